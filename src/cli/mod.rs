@@ -1,0 +1,63 @@
+//! Command-line interface: one file per command group.
+
+use std::io::Read;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub mod hl7;
+
+/// plexus: streaming dataflow engine for healthcare integration.
+#[derive(Debug, Parser)]
+#[command(name = "plexus", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// HL7v2 tools: split, extract, ack.
+    #[command(subcommand)]
+    Hl7(hl7::Hl7Command),
+}
+
+/// Entry point used by `src/main.rs`.
+pub fn main() -> ExitCode {
+    init_tracing();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Hl7(cmd) => hl7::run(cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_tracing() {
+    // Logs go to stderr so that stdout stays clean for data. Default: warnings only.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PLEXUS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Reads a whole input: a path, or `-` for stdin.
+pub(crate) fn read_input(path: &str) -> anyhow::Result<Vec<u8>> {
+    use anyhow::Context;
+    if path == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .context("reading standard input")?;
+        Ok(buf)
+    } else {
+        std::fs::read(path).with_context(|| format!("reading {path}"))
+    }
+}

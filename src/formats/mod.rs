@@ -1,0 +1,3 @@
+//! Wire formats: how bytes become rows.
+
+pub mod hl7;
