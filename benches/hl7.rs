@@ -74,7 +74,10 @@ fn split_parse(c: &mut Criterion) {
 
 fn parse_and_read(c: &mut Criterion) {
     let mut g = c.benchmark_group("parse_read10");
-    let ours: Vec<Path> = COLUMNS.iter().map(|(_, p, _)| Path::parse(p).unwrap()).collect();
+    let ours: Vec<Path> = COLUMNS
+        .iter()
+        .map(|(_, p, _)| Path::parse(p).unwrap())
+        .collect();
     let theirs: Vec<hl7_parser::query::LocationQuery> = COLUMNS
         .iter()
         .map(|(_, p, _)| hl7_parser::query::LocationQuery::parse(&p.replace('-', ".")).unwrap())

@@ -3,5 +3,5 @@
 //! Integration flows are declared as graphs of Arrow-batched operators. This crate holds the
 //! whole engine; `src/main.rs` is only the command line.
 
-pub mod formats;
 pub mod cli;
+pub mod formats;

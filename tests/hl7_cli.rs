@@ -60,11 +60,18 @@ fn split_lists_messages_with_offsets() {
     assert_eq!(o.status.code(), Some(1), "one record failed");
     let lines: Vec<_> = stdout(&o).lines().map(str::to_string).collect();
     assert_eq!(lines.len(), 4);
-    assert!(lines[0].starts_with("0\t26\tADT^A01^ADT_A01\tM1"), "{}", lines[0]);
+    assert!(
+        lines[0].starts_with("0\t26\tADT^A01^ADT_A01\tM1"),
+        "{}",
+        lines[0]
+    );
     assert!(lines[3].ends_with("\t-\t-"));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("MSH-9"), "{err}");
-    assert!(err.contains("BTS-1 declares 5 messages but 2 were found"), "{err}");
+    assert!(
+        err.contains("BTS-1 declares 5 messages but 2 were found"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -81,8 +88,18 @@ fn extract_ndjson_with_arrays_types_and_provenance() {
     let file = batch_file(&dir);
     let o = run(
         &[
-            "hl7", "extract", &file, "--field", "mrn=PID-3.1", "--field", "family=PID-5.1",
-            "--field", "dob=PID-7:date", "--field", "sent=MSH-7:timestamp", "--field",
+            "hl7",
+            "extract",
+            &file,
+            "--field",
+            "mrn=PID-3.1",
+            "--field",
+            "family=PID-5.1",
+            "--field",
+            "dob=PID-7:date",
+            "--field",
+            "sent=MSH-7:timestamp",
+            "--field",
             "first_id=PID-3(1).1",
         ],
         None,
@@ -97,7 +114,12 @@ fn extract_ndjson_with_arrays_types_and_provenance() {
     assert_eq!(rows[0]["first_id"], "M1");
     assert_eq!(rows[1]["family"], "O|NEIL");
     assert_eq!(rows[0]["dob"], "1980-01-02");
-    assert!(rows[0]["sent"].as_str().unwrap().starts_with("2026-01-05T19:30:00"));
+    assert!(
+        rows[0]["sent"]
+            .as_str()
+            .unwrap()
+            .starts_with("2026-01-05T19:30:00")
+    );
     assert_eq!(rows[2]["_control_id"], "M3");
     assert_eq!(rows[2]["_message_type"], "ADT^A01^ADT_A01");
     assert!(rows[2]["_offset"].as_i64().unwrap() > 0);
@@ -111,8 +133,18 @@ fn extract_csv_and_parquet() {
     let csv_path = dir.path().join("out.csv");
     let o = run(
         &[
-            "hl7", "extract", &file, "-f", "ids=PID-3.1", "-f", "family=PID-5.1", "--format",
-            "csv", "--output", csv_path.to_str().unwrap(), "--no-provenance",
+            "hl7",
+            "extract",
+            &file,
+            "-f",
+            "ids=PID-3.1",
+            "-f",
+            "family=PID-5.1",
+            "--format",
+            "csv",
+            "--output",
+            csv_path.to_str().unwrap(),
+            "--no-provenance",
         ],
         None,
     );
@@ -126,8 +158,17 @@ fn extract_csv_and_parquet() {
     let pq = dir.path().join("out.parquet");
     let o = run(
         &[
-            "hl7", "extract", &file, "-f", "mrn=PID-3(1).1", "-f", "dob=PID-7:date", "--format",
-            "parquet", "-o", pq.to_str().unwrap(),
+            "hl7",
+            "extract",
+            &file,
+            "-f",
+            "mrn=PID-3(1).1",
+            "-f",
+            "dob=PID-7:date",
+            "--format",
+            "parquet",
+            "-o",
+            pq.to_str().unwrap(),
         ],
         None,
     );
@@ -142,14 +183,20 @@ fn extract_csv_and_parquet() {
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
     assert_eq!(rows, 3);
     let b = &batches[0];
-    assert_eq!(b.schema().field(1).data_type(), &arrow::datatypes::DataType::Date32);
+    assert_eq!(
+        b.schema().field(1).data_type(),
+        &arrow::datatypes::DataType::Date32
+    );
     let mrn = arrow::array::AsArray::as_string::<i32>(b.column(0));
     assert_eq!(mrn.value(2), "M3");
 }
 
 #[test]
 fn extract_rejects_bad_specs() {
-    let o = run(&["hl7", "extract", &corpus("ADT01-23.hl7"), "-f", "x=PID-0"], None);
+    let o = run(
+        &["hl7", "extract", &corpus("ADT01-23.hl7"), "-f", "x=PID-0"],
+        None,
+    );
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("1-based"));
 }
@@ -158,10 +205,26 @@ fn extract_rejects_bad_specs() {
 fn ack_answers_each_message() {
     let dir = tempfile::tempdir().unwrap();
     let file = batch_file(&dir);
-    let o = run(&["hl7", "ack", &file, "--code", "AE", "--text", "check PID", "--terminator", "cr"], None);
+    let o = run(
+        &[
+            "hl7",
+            "ack",
+            &file,
+            "--code",
+            "AE",
+            "--text",
+            "check PID",
+            "--terminator",
+            "cr",
+        ],
+        None,
+    );
     assert_eq!(o.status.code(), Some(1));
     let out = o.stdout;
-    let acks: Vec<&[u8]> = out.split(|&b| b == b'\n').filter(|a| !a.is_empty()).collect();
+    let acks: Vec<&[u8]> = out
+        .split(|&b| b == b'\n')
+        .filter(|a| !a.is_empty())
+        .collect();
     assert_eq!(acks.len(), 4);
     let first = plexus::formats::hl7::Message::parse(acks[0]).unwrap();
     assert_eq!(first.query("MSH-3").unwrap().as_deref(), Some("R"));

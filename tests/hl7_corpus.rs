@@ -31,15 +31,105 @@ fn one_message(bytes: &[u8]) -> Message<'_> {
 fn known_fields_read_back() {
     // (file, MSH-9, MSH-10, MSH-12, segment count, PID-3(1).1, PID-5.1.1, PID-7, OBX count)
     let expected = [
-        ("ADT-A01-01.hl7", "ADT^A01^ADT_A01", "MSG00001", "2.8", 24, "PATID1234", "EVERYMAN", "198808181126+0215", 1),
-        ("ADT-A04-01.hl7", "ADT^A04^ADT_A04", "MSG00001", "2.8", 24, "PATID1234", "EVERYMAN", "198808181126+0215", 1),
-        ("ADT-A08-01.hl7", "ADT^A08^ADT_A08", "MSG00001", "2.8", 24, "PATID1234", "EVERYMAN", "198808181126+0215", 1),
-        ("ADT01-23.hl7", "ADT^A01", "599102", "2.3", 12, "10006579", "DUCK", "19241010", 0),
-        ("LRI_2.0-NG_CBC_Typ_Message.hl7", "ORU^R01^ORU_R01", "NIST-LRI-NG-002.00", "2.5.1", 33, "PATID1234", "Jones", "19610615", 28),
-        ("ORM-O01-01.hl7", "ORM^O01^ORM_O01", "MSG00018", "2.6", 12, "PATID1234", "EVERYMAN", "198808181126+0215", 1),
-        ("ORU-R01-01.hl7", "ORU^R01^ORU_R01", "2.16.840.1.114222.4.3.3.5.1.2-20120314235954.325", "2.5.1", 29, "14", "Finn", "19630815", 5),
-        ("SIU-S12-01.hl7", "SIU^S12^SIU_S12", "MSG00012", "2.8", 18, "PATID1234", "EVERYMAN", "198808181126+0215", 1),
-        ("VXU-V04-01.hl7", "VXU^V04^VXU_V04", "MSG00001", "2.8", 23, "PATID1234", "EVERYMAN", "198808181126+0215", 5),
+        (
+            "ADT-A01-01.hl7",
+            "ADT^A01^ADT_A01",
+            "MSG00001",
+            "2.8",
+            24,
+            "PATID1234",
+            "EVERYMAN",
+            "198808181126+0215",
+            1,
+        ),
+        (
+            "ADT-A04-01.hl7",
+            "ADT^A04^ADT_A04",
+            "MSG00001",
+            "2.8",
+            24,
+            "PATID1234",
+            "EVERYMAN",
+            "198808181126+0215",
+            1,
+        ),
+        (
+            "ADT-A08-01.hl7",
+            "ADT^A08^ADT_A08",
+            "MSG00001",
+            "2.8",
+            24,
+            "PATID1234",
+            "EVERYMAN",
+            "198808181126+0215",
+            1,
+        ),
+        (
+            "ADT01-23.hl7",
+            "ADT^A01",
+            "599102",
+            "2.3",
+            12,
+            "10006579",
+            "DUCK",
+            "19241010",
+            0,
+        ),
+        (
+            "LRI_2.0-NG_CBC_Typ_Message.hl7",
+            "ORU^R01^ORU_R01",
+            "NIST-LRI-NG-002.00",
+            "2.5.1",
+            33,
+            "PATID1234",
+            "Jones",
+            "19610615",
+            28,
+        ),
+        (
+            "ORM-O01-01.hl7",
+            "ORM^O01^ORM_O01",
+            "MSG00018",
+            "2.6",
+            12,
+            "PATID1234",
+            "EVERYMAN",
+            "198808181126+0215",
+            1,
+        ),
+        (
+            "ORU-R01-01.hl7",
+            "ORU^R01^ORU_R01",
+            "2.16.840.1.114222.4.3.3.5.1.2-20120314235954.325",
+            "2.5.1",
+            29,
+            "14",
+            "Finn",
+            "19630815",
+            5,
+        ),
+        (
+            "SIU-S12-01.hl7",
+            "SIU^S12^SIU_S12",
+            "MSG00012",
+            "2.8",
+            18,
+            "PATID1234",
+            "EVERYMAN",
+            "198808181126+0215",
+            1,
+        ),
+        (
+            "VXU-V04-01.hl7",
+            "VXU^V04^VXU_V04",
+            "MSG00001",
+            "2.8",
+            23,
+            "PATID1234",
+            "EVERYMAN",
+            "198808181126+0215",
+            5,
+        ),
     ];
     let files = corpus_files();
     for (name, msh9, msh10, version, segs, mrn, family, dob, obx) in expected {
@@ -53,7 +143,11 @@ fn known_fields_read_back() {
         assert_eq!(q("PID-3.1").as_deref(), Some(mrn), "{name}");
         assert_eq!(q("PID-5.1.1").as_deref(), Some(family), "{name}");
         assert_eq!(q("PID-7").as_deref(), Some(dob), "{name}");
-        assert_eq!(m.segments().filter(|s| s.id() == "OBX").count(), obx, "{name}");
+        assert_eq!(
+            m.segments().filter(|s| s.id() == "OBX").count(),
+            obx,
+            "{name}"
+        );
     }
 }
 
@@ -108,18 +202,26 @@ fn every_value_matches_a_naive_split() {
                             let path = format!("{id}({occ})-{n}({}).{}.{}", r + 1, c + 1, s + 1);
                             let el = m.get(&Path::parse(&path).unwrap());
                             assert_eq!(el.raw(), sub.as_bytes(), "{name} {path}");
-                            assert_eq!(el.is_present(), true, "{name} {path}");
+                            assert!(el.is_present(), "{name} {path}");
                             checked += 1;
                         }
                         assert_eq!(
                             pieces(rep, '^', c + 1).unwrap().as_bytes(),
-                            m.get(&Path::parse(&format!("{id}({occ})-{n}({}).{}", r + 1, c + 1)).unwrap()).raw()
+                            m.get(
+                                &Path::parse(&format!("{id}({occ})-{n}({}).{}", r + 1, c + 1))
+                                    .unwrap()
+                            )
+                            .raw()
                         );
                     }
                 }
             }
             // One past the last field is absent, not empty.
-            let past = if id == "MSH" { fields.len() + 1 } else { fields.len() };
+            let past = if id == "MSH" {
+                fields.len() + 1
+            } else {
+                fields.len()
+            };
             let el = m.get(&Path::parse(&format!("{id}({occ})-{past}")).unwrap());
             assert!(!el.is_present(), "{name} {id}({occ})-{past}");
         }

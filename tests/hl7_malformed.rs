@@ -10,7 +10,11 @@ fn truncated_msh_is_located() {
     let items: Vec<_> = Splitter::new(input.as_bytes()).collect();
     assert_eq!(items.len(), 3, "the good neighbours survive");
     let bad = items[1].as_ref().unwrap_err();
-    assert!(matches!(bad.error.kind, ErrorKind::TruncatedMsh { .. }), "{}", bad.error);
+    assert!(
+        matches!(bad.error.kind, ErrorKind::TruncatedMsh { .. }),
+        "{}",
+        bad.error
+    );
     assert_eq!(bad.offset, GOOD.len());
     assert_eq!(bad.raw, b"MSH|^~\\&|APP|FAC");
     let text = bad.error.to_string();
@@ -22,7 +26,10 @@ fn truncated_msh_is_located() {
         assert!(
             matches!(
                 e.kind,
-                ErrorKind::Empty | ErrorKind::NotMsh { .. } | ErrorKind::TruncatedMsh { .. } | ErrorKind::BadEncodingCharacters { .. }
+                ErrorKind::Empty
+                    | ErrorKind::NotMsh { .. }
+                    | ErrorKind::TruncatedMsh { .. }
+                    | ErrorKind::BadEncodingCharacters { .. }
             ),
             "cut at {cut}: {e}"
         );
@@ -80,7 +87,8 @@ fn binary_garbage_is_returned_as_bad_records() {
 
 #[test]
 fn ten_megabyte_field_parses_in_linear_time_and_respects_limits() {
-    let mut input = b"MSH|^~\\&|A||||||ORU^R01|BIG|P|2.5\rOBX|1|ED|PDF^Report||^AP^PDF^Base64^".to_vec();
+    let mut input =
+        b"MSH|^~\\&|A||||||ORU^R01|BIG|P|2.5\rOBX|1|ED|PDF^Report||^AP^PDF^Base64^".to_vec();
     let payload_at = input.len();
     input.extend(std::iter::repeat_n(b'Q', 10 << 20));
     input.extend_from_slice(b"||||||F\rOBX|2|ST|X||after\r");
@@ -97,7 +105,11 @@ fn ten_megabyte_field_parses_in_linear_time_and_respects_limits() {
     };
     let items: Vec<_> = Splitter::with_limits(&input, limits).collect();
     let bad = items[0].as_ref().unwrap_err();
-    assert!(matches!(bad.error.kind, ErrorKind::FieldTooLarge { .. }), "{}", bad.error);
+    assert!(
+        matches!(bad.error.kind, ErrorKind::FieldTooLarge { .. }),
+        "{}",
+        bad.error
+    );
     assert_eq!(bad.error.location.segment_id.as_deref(), Some("OBX"));
     assert_eq!(bad.error.location.field, Some(5));
     assert_eq!(bad.error.location.byte_offset, payload_at - 15);

@@ -98,10 +98,18 @@ proptest! {
 
 /// Splits, then reads a spread of paths from every message that parsed.
 fn exercise(bytes: &[u8]) {
-    let paths: Vec<Path> = ["MSH-1", "MSH-2", "MSH-9.2", "PID-3(2).1.1", "PID(2)-1", "BTS-1", "OBX(*)-5(*)"]
-        .iter()
-        .map(|p| Path::parse(p).unwrap())
-        .collect();
+    let paths: Vec<Path> = [
+        "MSH-1",
+        "MSH-2",
+        "MSH-9.2",
+        "PID-3(2).1.1",
+        "PID(2)-1",
+        "BTS-1",
+        "OBX(*)-5(*)",
+    ]
+    .iter()
+    .map(|p| Path::parse(p).unwrap())
+    .collect();
     let mut out = Vec::new();
     for item in Splitter::new(bytes) {
         match item {

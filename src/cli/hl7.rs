@@ -87,7 +87,14 @@ pub fn run(cmd: Hl7Command) -> Result<ExitCode> {
             output,
             no_provenance,
             batch_size,
-        } => extract(&file, &fields, format, output.as_deref(), !no_provenance, batch_size),
+        } => extract(
+            &file,
+            &fields,
+            format,
+            output.as_deref(),
+            !no_provenance,
+            batch_size,
+        ),
         Hl7Command::Ack {
             file,
             code,
@@ -98,7 +105,11 @@ pub fn run(cmd: Hl7Command) -> Result<ExitCode> {
 }
 
 fn exit(bad: usize) -> ExitCode {
-    if bad == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) }
+    if bad == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }
 
 fn report_diagnostics(file: &str, splitter: &Splitter<'_>) {
@@ -215,14 +226,22 @@ enum BatchWriter {
 }
 
 impl BatchWriter {
-    fn new(format: OutputFormat, sink: Box<dyn Write + Send>, schema: arrow::datatypes::SchemaRef) -> Result<Self> {
+    fn new(
+        format: OutputFormat,
+        sink: Box<dyn Write + Send>,
+        schema: arrow::datatypes::SchemaRef,
+    ) -> Result<Self> {
         Ok(match format {
             OutputFormat::Ndjson => BatchWriter::Ndjson(
                 arrow::json::WriterBuilder::new()
                     .with_explicit_nulls(true)
                     .build::<_, arrow::json::writer::LineDelimited>(sink),
             ),
-            OutputFormat::Csv => BatchWriter::Csv(arrow::csv::WriterBuilder::new().with_header(true).build(sink)),
+            OutputFormat::Csv => BatchWriter::Csv(
+                arrow::csv::WriterBuilder::new()
+                    .with_header(true)
+                    .build(sink),
+            ),
             OutputFormat::Parquet => {
                 BatchWriter::Parquet(parquet::arrow::ArrowWriter::try_new(sink, schema, None)?)
             }
@@ -282,10 +301,18 @@ fn lists_as_json(batch: &RecordBatch) -> Result<RecordBatch> {
             columns.push(col.clone());
         }
     }
-    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
 }
 
-fn ack(file: &str, code: AckCode, text: Option<String>, terminator: Option<Terminator>) -> Result<ExitCode> {
+fn ack(
+    file: &str,
+    code: AckCode,
+    text: Option<String>,
+    terminator: Option<Terminator>,
+) -> Result<ExitCode> {
     let input = crate::cli::read_input(file)?;
     let stdout = std::io::stdout();
     let lf = match terminator {

@@ -58,7 +58,11 @@ impl FromStr for AckCode {
             "CA" => AckCode::CA,
             "CE" => AckCode::CE,
             "CR" => AckCode::CR,
-            _ => return Err(format!("unknown acknowledgement code {s:?} (AA, AE, AR, CA, CE, CR)")),
+            _ => {
+                return Err(format!(
+                    "unknown acknowledgement code {s:?} (AA, AE, AR, CA, CE, CR)"
+                ));
+            }
         })
     }
 }
@@ -162,7 +166,10 @@ struct Header<'a> {
 
 impl<'a> Header<'a> {
     fn from_message(m: &Message<'a>) -> Self {
-        let msh = m.segments().next().expect("a parsed message starts with MSH");
+        let msh = m
+            .segments()
+            .next()
+            .expect("a parsed message starts with MSH");
         let mut fields: [&'a [u8]; 19] = [&[]; 19];
         for (n, f) in fields.iter_mut().enumerate().skip(3) {
             *f = msh.field(n).raw();
@@ -248,7 +255,14 @@ fn write_ack(h: &Header<'_>, o: &AckOptions) -> Vec<u8> {
     }
     msh.set_raw(9, &msg_type)
         .set(10, o.control_id.clone())
-        .set_raw(11, if h.fields[11].is_empty() { b"P" } else { h.fields[11] })
+        .set_raw(
+            11,
+            if h.fields[11].is_empty() {
+                b"P"
+            } else {
+                h.fields[11]
+            },
+        )
         .set_raw(12, h.fields[12]);
     if !h.fields[18].is_empty() {
         msh.set_raw(18, h.fields[18]);
@@ -275,7 +289,10 @@ fn write_ack(h: &Header<'_>, o: &AckOptions) -> Vec<u8> {
                         vec![num(e.subcomponent)],
                     ]],
                 )
-                .set_components(3, &[e.code.to_string(), e.code_text.clone(), "HL70357".into()])
+                .set_components(
+                    3,
+                    &[e.code.to_string(), e.code_text.clone(), "HL70357".into()],
+                )
                 .set(4, e.severity.to_string());
                 if let Some(m) = &e.message {
                     err.set(8, m.clone());
@@ -359,12 +376,21 @@ mod tests {
         let orig = b"MSH#$*!@#SEND#F#RECV#G#2001##ADT$A04#C1#P#2.3\r";
         let m = Message::parse(orig).unwrap();
         let e = Hl7Error::new(ErrorKind::TruncatedMsh { missing: "x" }, 0).with_segment(b"MSH", 1);
-        let ack = build_ack(&m, &opts(AckCode::AR).error(AckError::from_error(&e, Some(&m))));
+        let ack = build_ack(
+            &m,
+            &opts(AckCode::AR).error(AckError::from_error(&e, Some(&m))),
+        );
         let s = std::str::from_utf8(&ack).unwrap();
-        assert!(s.starts_with("MSH#$*!@#RECV#G#SEND#F#20260105143001##ACK$A04#ACK1#P#2.3\r"), "{s}");
+        assert!(
+            s.starts_with("MSH#$*!@#RECV#G#SEND#F#20260105143001##ACK$A04#ACK1#P#2.3\r"),
+            "{s}"
+        );
         let a = Message::parse(&ack).unwrap();
         // v2.3: ERR-1 is an ELD with the code in sub-components.
-        assert_eq!(a.get(&Path::parse("ERR-1.4.1").unwrap()).text().unwrap(), "101");
+        assert_eq!(
+            a.get(&Path::parse("ERR-1.4.1").unwrap()).text().unwrap(),
+            "101"
+        );
         assert_eq!(a.query("ERR-1.1").unwrap().as_deref(), Some("MSH"));
     }
 
@@ -382,7 +408,14 @@ mod tests {
     fn commit_acks() {
         let m = Message::parse(ORIG).unwrap();
         let a = build_ack(&m, &opts(AckCode::CA));
-        assert!(Message::parse(&a).unwrap().query("MSA-1").unwrap().as_deref() == Some("CA"));
+        assert!(
+            Message::parse(&a)
+                .unwrap()
+                .query("MSA-1")
+                .unwrap()
+                .as_deref()
+                == Some("CA")
+        );
         assert!("ce".parse::<AckCode>().unwrap().is_negative());
         assert!("XX".parse::<AckCode>().is_err());
     }

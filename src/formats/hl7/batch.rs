@@ -8,7 +8,9 @@
 //! the input is skipped silently.
 
 use super::error::{ErrorKind, Hl7Error};
-use super::message::{Message, ParseLimits, SegmentSpan, is_padding, skip_line_padding, trim_line_end};
+use super::message::{
+    Message, ParseLimits, SegmentSpan, is_padding, skip_line_padding, trim_line_end,
+};
 
 /// Whether a batch header opened a file (FHS) or a batch (BHS).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,7 +211,11 @@ impl<'a> Splitter<'a> {
     }
 
     fn close_header(&mut self, kind: BatchKind, offset: usize, trailer: &[u8]) {
-        let name = if kind == BatchKind::Batch { "BTS" } else { "FTS" };
+        let name = if kind == BatchKind::Batch {
+            "BTS"
+        } else {
+            "FTS"
+        };
         let Some(pos) = self
             .open
             .iter()
@@ -223,10 +229,17 @@ impl<'a> Splitter<'a> {
             let h = &self.batches[inner];
             let msg = format!(
                 "{} at byte offset {} has no trailer",
-                if h.kind == BatchKind::Batch { "BHS" } else { "FHS" },
+                if h.kind == BatchKind::Batch {
+                    "BHS"
+                } else {
+                    "FHS"
+                },
                 h.offset
             );
-            self.diagnostics.push(Diagnostic { offset, message: msg });
+            self.diagnostics.push(Diagnostic {
+                offset,
+                message: msg,
+            });
         }
         let b = self.open[pos];
         self.open.truncate(pos);
@@ -249,7 +262,11 @@ impl<'a> Splitter<'a> {
             Some(Ok(n)) => {
                 header.declared_count = Some(n);
                 if n != actual {
-                    let what = if kind == BatchKind::Batch { "messages" } else { "batches" };
+                    let what = if kind == BatchKind::Batch {
+                        "messages"
+                    } else {
+                        "batches"
+                    };
                     self.diag(
                         offset,
                         format!("{name}-1 declares {n} {what} but {actual} were found"),
@@ -267,8 +284,8 @@ impl<'a> Iterator for Splitter<'a> {
     fn next(&mut self) -> Option<SplitItem<'a>> {
         let input = self.input;
         while self.pos < input.len() {
-            let line_end =
-                memchr::memchr2(b'\r', b'\n', &input[self.pos..]).map_or(input.len(), |p| self.pos + p);
+            let line_end = memchr::memchr2(b'\r', b'\n', &input[self.pos..])
+                .map_or(input.len(), |p| self.pos + p);
             let line = &input[self.pos..line_end];
             let skip = skip_line_padding(line);
             let seg = trim_line_end(&line[skip..]);
@@ -349,7 +366,11 @@ impl<'a> Iterator for Splitter<'a> {
                 let h = &self.batches[i];
                 let msg = format!(
                     "{} has no trailer before the end of input",
-                    if h.kind == BatchKind::Batch { "BHS" } else { "FHS" }
+                    if h.kind == BatchKind::Batch {
+                        "BHS"
+                    } else {
+                        "FHS"
+                    }
                 );
                 let offset = h.offset;
                 self.diag(offset, msg);
@@ -405,7 +426,11 @@ mod tests {
         assert_eq!(b[1].raw, b"BHS|^~\\&|B1");
         assert_eq!(b[2].declared_count, Some(3));
         assert_eq!(s.diagnostics().len(), 1, "{:?}", s.diagnostics());
-        assert!(s.diagnostics()[0].message.contains("declares 3 messages but 1"));
+        assert!(
+            s.diagnostics()[0]
+                .message
+                .contains("declares 3 messages but 1")
+        );
     }
 
     #[test]
@@ -426,7 +451,11 @@ mod tests {
         assert!(matches!(bad.error.kind, ErrorKind::OutsideMessage { .. }));
         // The trailing junk is a bad segment inside message 1, which fails as a whole.
         let bad = items[1].as_ref().unwrap_err();
-        assert!(matches!(bad.error.kind, ErrorKind::InvalidSegmentId { .. }), "{}", bad.error);
+        assert!(
+            matches!(bad.error.kind, ErrorKind::InvalidSegmentId { .. }),
+            "{}",
+            bad.error
+        );
         assert_eq!(bad.error.location.message_index, Some(1));
     }
 
@@ -444,6 +473,9 @@ mod tests {
         assert_eq!(items.len(), 1);
         let bad = items[0].as_ref().unwrap_err();
         assert_eq!(bad.raw.len(), input.len() - 1);
-        assert!(matches!(bad.error.kind, ErrorKind::TooManySegments { max: 10 }));
+        assert!(matches!(
+            bad.error.kind,
+            ErrorKind::TooManySegments { max: 10 }
+        ));
     }
 }

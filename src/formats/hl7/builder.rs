@@ -153,7 +153,12 @@ mod tests {
             .set_tree(
                 3,
                 vec![
-                    vec![vec!["1".into()], vec![], vec![], vec!["A".into(), "B".into()]],
+                    vec![
+                        vec!["1".into()],
+                        vec![],
+                        vec![],
+                        vec!["A".into(), "B".into()],
+                    ],
                     vec![vec!["2".into()]],
                 ],
             )

@@ -153,7 +153,14 @@ mod tests {
         assert_eq!(d, Delimiters::default());
         let d = Delimiters::from_msh(b'#', b"$*!@%", 4).unwrap();
         assert_eq!(
-            (d.field, d.component, d.repetition, d.escape, d.subcomponent, d.truncation),
+            (
+                d.field,
+                d.component,
+                d.repetition,
+                d.escape,
+                d.subcomponent,
+                d.truncation
+            ),
             (b'#', b'$', b'*', Some(b'!'), Some(b'@'), Some(b'%'))
         );
         assert_eq!(d.encoding_characters(), b"$*!@%");

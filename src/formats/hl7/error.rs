@@ -100,38 +100,57 @@ impl ErrorKind {
     }
 }
 
-/// An error with its location.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{kind} (at {location})")]
-pub struct Hl7Error {
+/// An error with its location. Boxed: errors are rare, and a small `Result` keeps the parse
+/// hot path lean.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hl7Error(Box<Hl7ErrorDetail>);
+
+/// What an `Hl7Error` holds (reached through `Deref`: `error.kind`, `error.location`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hl7ErrorDetail {
     pub kind: ErrorKind,
     pub location: Location,
 }
 
+impl std::ops::Deref for Hl7Error {
+    type Target = Hl7ErrorDetail;
+    fn deref(&self) -> &Hl7ErrorDetail {
+        &self.0
+    }
+}
+
+impl fmt::Display for Hl7Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (at {})", self.0.kind, self.0.location)
+    }
+}
+
+impl std::error::Error for Hl7Error {}
+
 impl Hl7Error {
     pub fn new(kind: ErrorKind, byte_offset: usize) -> Self {
-        Hl7Error {
+        Hl7Error(Box::new(Hl7ErrorDetail {
             kind,
             location: Location {
                 byte_offset,
                 ..Location::default()
             },
-        }
+        }))
     }
 
     pub fn with_message_index(mut self, index: usize) -> Self {
-        self.location.message_index = Some(index);
+        self.0.location.message_index = Some(index);
         self
     }
 
     pub fn with_segment(mut self, id: &[u8], index: usize) -> Self {
-        self.location.segment_id = Some(String::from_utf8_lossy(id).into_owned());
-        self.location.segment_index = Some(index);
+        self.0.location.segment_id = Some(String::from_utf8_lossy(id).into_owned());
+        self.0.location.segment_index = Some(index);
         self
     }
 
     pub fn with_field(mut self, field: usize) -> Self {
-        self.location.field = Some(field);
+        self.0.location.field = Some(field);
         self
     }
 }
@@ -162,10 +181,15 @@ mod tests {
 
     #[test]
     fn location_display_names_everything_known() {
-        let e = Hl7Error::new(ErrorKind::InvalidSegmentId { found: "P1D".into() }, 120)
-            .with_message_index(2)
-            .with_segment(b"P1D", 4)
-            .with_field(3);
+        let e = Hl7Error::new(
+            ErrorKind::InvalidSegmentId {
+                found: "P1D".into(),
+            },
+            120,
+        )
+        .with_message_index(2)
+        .with_segment(b"P1D", 4)
+        .with_field(3);
         assert_eq!(
             e.to_string(),
             "invalid segment id \"P1D\" (expected 3 upper-case letters or digits) \

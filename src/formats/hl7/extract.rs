@@ -46,9 +46,7 @@ impl ColumnType {
             ColumnType::Int64 => DataType::Int64,
             ColumnType::Float64 => DataType::Float64,
             ColumnType::Date32 => DataType::Date32,
-            ColumnType::Timestamp => {
-                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
-            }
+            ColumnType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
             ColumnType::ListUtf8 => {
                 DataType::List(Arc::new(Field::new("item", DataType::Utf8, true)))
             }
@@ -85,7 +83,11 @@ pub struct ColumnSpec {
 }
 
 impl ColumnSpec {
-    pub fn new(name: impl Into<String>, path: &str, data_type: ColumnType) -> Result<Self, Hl7Error> {
+    pub fn new(
+        name: impl Into<String>,
+        path: &str,
+        data_type: ColumnType,
+    ) -> Result<Self, Hl7Error> {
         let path = Path::parse(path)?;
         let spec = ColumnSpec {
             name: name.into(),
@@ -208,7 +210,10 @@ impl Extractor {
     /// Decides `Auto` columns from the data: list when the path selects many, or when any
     /// message has more than one repetition at an unqualified path; otherwise text.
     pub fn resolve_auto(columns: &mut [ColumnSpec], messages: &[Message<'_>]) {
-        for c in columns.iter_mut().filter(|c| c.data_type == ColumnType::Auto) {
+        for c in columns
+            .iter_mut()
+            .filter(|c| c.data_type == ColumnType::Auto)
+        {
             let repeats = c.path.selects_many()
                 || (c.path.repetition == Select::Default
                     && messages.iter().any(|m| {
@@ -224,7 +229,11 @@ impl Extractor {
     }
 
     /// Extracts one batch. `source` fills `_source` (a file name or topic/partition).
-    pub fn extract(&self, messages: &[Message<'_>], source: &str) -> Result<Extraction, ArrowError> {
+    pub fn extract(
+        &self,
+        messages: &[Message<'_>],
+        source: &str,
+    ) -> Result<Extraction, ArrowError> {
         let n = messages.len();
         let mut errors = Vec::new();
         let mut arrays: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len());
@@ -257,7 +266,7 @@ impl Extractor {
                     let mut b = Int64Builder::with_capacity(n);
                     for (row, m) in messages.iter().enumerate() {
                         let el = m.get(&col.path);
-                        match convert(&el, "int64", |t| parse_nm_i64(t)) {
+                        match convert(&el, "int64", parse_nm_i64) {
                             Ok(v) => b.append_option(v),
                             Err(e) => {
                                 fail(row, m, &el, e);
@@ -271,7 +280,7 @@ impl Extractor {
                     let mut b = Float64Builder::with_capacity(n);
                     for (row, m) in messages.iter().enumerate() {
                         let el = m.get(&col.path);
-                        match convert(&el, "float64", |t| parse_nm(t)) {
+                        match convert(&el, "float64", parse_nm) {
                             Ok(v) => b.append_option(v),
                             Err(e) => {
                                 fail(row, m, &el, e);
@@ -304,7 +313,9 @@ impl Extractor {
                     let tz = self.options.default_offset;
                     for (row, m) in messages.iter().enumerate() {
                         let el = m.get(&col.path).component_if_field(1);
-                        match convert(&el, "timestamp", |t| Ts::parse(t).map(|ts| ts.to_utc_micros(tz))) {
+                        match convert(&el, "timestamp", |t| {
+                            Ts::parse(t).map(|ts| ts.to_utc_micros(tz))
+                        }) {
                             Ok(v) => b.append_option(v),
                             Err(e) => {
                                 fail(row, m, &el, e);
@@ -437,7 +448,10 @@ MSH|^~\\&|A|B|C|D|20260101||ADT^A04|C2|P|2.5\rPID|1||333^^^H^MR||ROE^JANE||19901
         let ids = b.column(1).as_list::<i32>();
         let first = ids.value(0);
         let first = first.as_string::<i32>();
-        assert_eq!((first.len(), first.value(0), first.value(1)), (2, "111", "222"));
+        assert_eq!(
+            (first.len(), first.value(0), first.value(1)),
+            (2, "111", "222")
+        );
         let dob = b.column(2).as_primitive::<Date32Type>();
         assert_eq!(dob.value(0), 3652 + 1); // 1980-01-02: 10 years incl. 2 leap days, +1
         assert!(dob.is_null(1), "1990130 is not a date");

@@ -114,7 +114,8 @@ impl<'a> Message<'a> {
         let mut segments = Vec::with_capacity(16);
         let mut pos = 0usize;
         while pos < bytes.len() {
-            let line_end = memchr::memchr2(b'\r', b'\n', &bytes[pos..]).map_or(bytes.len(), |p| pos + p);
+            let line_end =
+                memchr::memchr2(b'\r', b'\n', &bytes[pos..]).map_or(bytes.len(), |p| pos + p);
             let line = &bytes[pos..line_end];
             let skip = skip_line_padding(line);
             let seg = trim_line_end(&line[skip..]);
@@ -175,15 +176,18 @@ impl<'a> Message<'a> {
             ));
         }
         let truncated = |missing: &'static str, at: usize| {
-            fail(Hl7Error::new(ErrorKind::TruncatedMsh { missing }, msh_at + at).with_segment(b"MSH", 1))
+            fail(
+                Hl7Error::new(ErrorKind::TruncatedMsh { missing }, msh_at + at)
+                    .with_segment(b"MSH", 1),
+            )
         };
         if msh.len() < 4 {
             return Err(truncated("MSH-1 (field separator)", msh.len()));
         }
         let field_sep = msh[3];
         let enc_end = memchr::memchr(field_sep, &msh[4..]).map_or(msh.len(), |p| 4 + p);
-        let delimiters = Delimiters::from_msh(field_sep, &msh[4..enc_end], msh_at + 4)
-            .map_err(|e| fail(e))?;
+        let delimiters =
+            Delimiters::from_msh(field_sep, &msh[4..enc_end], msh_at + 4).map_err(fail)?;
 
         let mut charset = Charset::Utf8;
         let message = |charset| Message {
@@ -231,19 +235,25 @@ impl<'a> Message<'a> {
                 ));
             }
             if seg.len() > limits.max_field_bytes {
-                check_field_sizes(seg, field_sep, limits.max_field_bytes).map_err(|(field, at, len)| {
-                    fail(
-                        Hl7Error::new(
-                            ErrorKind::FieldTooLarge {
-                                len,
-                                max: limits.max_field_bytes,
-                            },
-                            offset + s.start as usize + at,
+                check_field_sizes(seg, field_sep, limits.max_field_bytes).map_err(
+                    |(field, at, len)| {
+                        fail(
+                            Hl7Error::new(
+                                ErrorKind::FieldTooLarge {
+                                    len,
+                                    max: limits.max_field_bytes,
+                                },
+                                offset + s.start as usize + at,
+                            )
+                            .with_segment(&seg[..3], i + 1)
+                            .with_field(if &seg[..3] == b"MSH" {
+                                field + 1
+                            } else {
+                                field
+                            }),
                         )
-                        .with_segment(&seg[..3], i + 1)
-                        .with_field(if &seg[..3] == b"MSH" { field + 1 } else { field }),
-                    )
-                })?;
+                    },
+                )?;
             }
         }
         Ok(m)
@@ -467,8 +477,9 @@ impl<'a> Segment<'a> {
             match n {
                 1 => return mk(&self.raw[3..4.min(self.raw.len())], 3, Level::Opaque),
                 2 => {
-                    let end = memchr::memchr(self.delimiters.field, &self.raw[4.min(self.raw.len())..])
-                        .map_or(self.raw.len(), |p| 4 + p);
+                    let end =
+                        memchr::memchr(self.delimiters.field, &self.raw[4.min(self.raw.len())..])
+                            .map_or(self.raw.len(), |p| 4 + p);
                     return mk(&self.raw[4.min(end)..end], 4, Level::Opaque);
                 }
                 _ => n - 1,
@@ -693,7 +704,9 @@ impl<'a> Element<'a> {
     pub fn text_lossy(&self) -> Cow<'a, str> {
         match self.text() {
             Ok(t) => t,
-            Err(_) => Cow::Owned(String::from_utf8_lossy(&unescape(self.raw, &self.delimiters)).into_owned()),
+            Err(_) => Cow::Owned(
+                String::from_utf8_lossy(&unescape(self.raw, &self.delimiters)).into_owned(),
+            ),
         }
     }
 }
@@ -829,14 +842,19 @@ OBX|3|ST|C||third\r";
             ..ParseLimits::default()
         };
         let e = Message::parse_with(&msg, 0, 0, &limits).unwrap_err();
-        assert!(matches!(e.kind, ErrorKind::FieldTooLarge { len: 1000, .. }), "{e}");
+        assert!(
+            matches!(e.kind, ErrorKind::FieldTooLarge { len: 1000, .. }),
+            "{e}"
+        );
         assert_eq!(e.location.field, Some(5));
         assert_eq!(e.location.segment_id.as_deref(), Some("OBX"));
     }
 
     #[test]
     fn latin1_and_invalid_utf8() {
-        let m = Message::parse(b"MSH|^~\\&|A||||||ADT^A01|1|P|2.5||||||8859/1\rPID|1||||M\xFCller\r").unwrap();
+        let m =
+            Message::parse(b"MSH|^~\\&|A||||||ADT^A01|1|P|2.5||||||8859/1\rPID|1||||M\xFCller\r")
+                .unwrap();
         assert_eq!(m.query("PID-5").unwrap().unwrap(), "Müller");
         let m = Message::parse(b"MSH|^~\\&|A||||||ADT^A01|1|P|2.5\rPID|1||||M\xFCller\r").unwrap();
         let e = m.query("PID-5").unwrap_err();

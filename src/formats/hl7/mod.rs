@@ -14,7 +14,7 @@
 //!
 //! ```
 //! use plexus::formats::hl7::{Message, Splitter};
-//! let input = b"MSH|^~\\&|LAB|H||||||ORU^R01|42|P|2.5\rPID|1||123^^^H^MR||DOE^JANE\r";
+//! let input = b"MSH|^~\\&|LAB|H|||20260101||ORU^R01|42|P|2.5\rPID|1||123^^^H^MR||DOE^JANE\r";
 //! let m = Message::parse(input).unwrap();
 //! assert_eq!(m.query("PID-5.2").unwrap().as_deref(), Some("JANE"));
 //! assert_eq!(Splitter::new(input).count(), 1);
@@ -33,7 +33,9 @@ pub mod path;
 pub mod synth;
 
 pub use ack::{AckCode, AckError, AckOptions, build_ack, build_nack_for_unparsed};
-pub use batch::{BadMessage, BatchHeader, BatchKind, Diagnostic, SplitItem, SplitMessage, Splitter};
+pub use batch::{
+    BadMessage, BatchHeader, BatchKind, Diagnostic, SplitItem, SplitMessage, Splitter,
+};
 pub use builder::MessageBuilder;
 pub use datatypes::{Cwe, Cx, Hd, Precision, Ts, Xad, Xpn, Xtn, parse_dt, parse_nm, parse_nm_i64};
 pub use encoding::{Charset, Delimiters};

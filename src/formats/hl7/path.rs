@@ -229,7 +229,13 @@ mod tests {
 
     #[test]
     fn display_round_trips() {
-        for s in ["PID-3", "PID-3(2).1", "OBX(3)-5", "OBX(*)-5(*).1.2", "MSH-9.2"] {
+        for s in [
+            "PID-3",
+            "PID-3(2).1",
+            "OBX(3)-5",
+            "OBX(*)-5(*).1.2",
+            "MSH-9.2",
+        ] {
             assert_eq!(Path::parse(s).unwrap().to_string(), s);
         }
     }

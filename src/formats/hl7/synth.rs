@@ -7,8 +7,18 @@
 use std::fmt::Write;
 
 const FAMILY: &[&str] = &[
-    "SMITH", "JOHNSON", "WILLIAMS", "BROWN", "JONES", "GARCIA", "MILLER", "DAVIS", "O'BRIEN",
-    "VAN DER BERG", "NGUYEN", "MÜLLER",
+    "SMITH",
+    "JOHNSON",
+    "WILLIAMS",
+    "BROWN",
+    "JONES",
+    "GARCIA",
+    "MILLER",
+    "DAVIS",
+    "O'BRIEN",
+    "VAN DER BERG",
+    "NGUYEN",
+    "MÜLLER",
 ];
 const GIVEN: &[&str] = &[
     "JAMES", "MARY", "ROBERT", "PATRICIA", "JOHN", "JENNIFER", "MICHAEL", "LINDA", "AMÉLIE",
@@ -118,7 +128,10 @@ pub fn synthetic_feed(count: usize, seed: u64) -> Vec<u8> {
                 );
             }
             if rng.below(4) == 0 {
-                let _ = write!(out, "NTE|1|L|Specimen slightly hemolyzed\\.br\\Repeat advised\r");
+                let _ = write!(
+                    out,
+                    "NTE|1|L|Specimen slightly hemolyzed\\.br\\Repeat advised\r"
+                );
             }
         } else {
             let _ = write!(
