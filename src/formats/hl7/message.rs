@@ -6,6 +6,7 @@
 //! without escapes in valid UTF-8 is never copied at all.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 
 use super::encoding::{Charset, Delimiters};
 use super::error::{ErrorKind, Hl7Error, excerpt};
@@ -50,6 +51,23 @@ pub struct Message<'a> {
     delimiters: Delimiters,
     charset: Charset,
     segments: Vec<SegmentSpan>,
+    field_cache: RefCell<FieldCache>,
+}
+
+/// Field separator positions of the segment read last (see `Message::cached_piece`).
+#[derive(Debug, Clone)]
+struct FieldCache {
+    segment: usize,
+    separators: Vec<u32>,
+}
+
+impl Default for FieldCache {
+    fn default() -> Self {
+        FieldCache {
+            segment: usize::MAX,
+            separators: Vec::new(),
+        }
+    }
 }
 
 /// Bytes that may surround segments without being data: UTF-8 BOM pieces are handled apart;
@@ -189,31 +207,25 @@ impl<'a> Message<'a> {
         let delimiters =
             Delimiters::from_msh(field_sep, &msh[4..enc_end], msh_at + 4).map_err(fail)?;
 
-        let mut charset = Charset::Utf8;
-        let message = |charset| Message {
+        let mut m = Message {
             bytes,
             offset,
             index,
             delimiters,
-            charset,
-            segments: Vec::new(),
+            charset: Charset::Utf8,
+            segments,
+            field_cache: RefCell::default(),
         };
-        // Validate the header with a message view over the MSH alone.
-        let mut m = message(charset);
-        m.segments.push(*first);
         {
             let msh = m.segment_at(0);
-            let nine = msh.field(9);
-            if nine.raw().is_empty() {
+            if msh.field(9).raw().is_empty() {
                 return Err(truncated("MSH-9 (message type)", msh.raw().len()));
             }
             let eighteen = msh.field(18).repetition(1);
             if eighteen.is_present() {
-                charset = Charset::from_msh18(eighteen.raw());
+                m.charset = Charset::from_msh18(eighteen.raw());
             }
         }
-        m.charset = charset;
-        m.segments = segments;
         // Segment ids and field sizes are checked here so that access later cannot fail on
         // structure, only on value conversion.
         for (i, s) in m.segments.iter().enumerate() {
@@ -325,10 +337,42 @@ impl<'a> Message<'a> {
 
     /// The first value a path selects (`Absent` when the segment or field does not exist).
     pub fn get(&self, path: &Path) -> Element<'a> {
-        match self.segment(path.segment_id(), path.occurrence.first_index()) {
-            Some(seg) => seg.select(path, path.repetition.first_index()),
-            None => Element::absent(self.delimiters, self.charset, self.offset),
+        let position = self
+            .segments
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.id == path.segment)
+            .nth(path.occurrence.first_index() - 1)
+            .map(|(i, _)| i);
+        let Some(i) = position else {
+            return Element::absent(self.delimiters, self.charset, self.offset);
+        };
+        self.segment_at(i)
+            .field_by(path.field, |raw, sep, k| self.cached_piece(i, raw, sep, k))
+            .repetition(path.repetition.first_index())
+            .descend(path.component, path.subcomponent)
+    }
+
+    /// Finds field `k` of segment `i` through an index of its separators, built on the first
+    /// access and kept while the same segment is read: a mapping reads many fields of one
+    /// segment (PID), and this turns each read after the first into two array lookups.
+    fn cached_piece(&self, i: usize, raw: &[u8], sep: u8, k: usize) -> Option<(usize, usize)> {
+        let mut cache = self.field_cache.borrow_mut();
+        if cache.segment != i {
+            cache.segment = i;
+            cache.separators.clear();
+            positions_of(raw, sep, &mut cache.separators);
         }
+        if k > cache.separators.len() {
+            return None;
+        }
+        let start = if k == 0 {
+            0
+        } else {
+            cache.separators[k - 1] as usize + 1
+        };
+        let end = cache.separators.get(k).map_or(raw.len(), |&e| e as usize);
+        Some((start, end))
     }
 
     /// Every value a path selects: all occurrences of the segment for `SEG(*)`, all
@@ -462,6 +506,16 @@ impl<'a> Segment<'a> {
     /// Field `n` (1-based). For MSH, field 1 is the field separator and field 2 the encoding
     /// characters, both returned verbatim.
     pub fn field(&self, n: usize) -> Element<'a> {
+        self.field_by(n, nth_piece)
+    }
+
+    /// `field`, with the way the `k`-th piece of the segment is found supplied by the caller
+    /// (the message passes its cached separator index).
+    fn field_by(
+        &self,
+        n: usize,
+        find: impl FnOnce(&'a [u8], u8, usize) -> Option<(usize, usize)>,
+    ) -> Element<'a> {
         let mk = |raw: &'a [u8], start: usize, level| Element {
             raw,
             present: true,
@@ -487,7 +541,7 @@ impl<'a> Segment<'a> {
         } else {
             n
         };
-        match nth_piece(self.raw, self.delimiters.field, split_index) {
+        match find(self.raw, self.delimiters.field, split_index) {
             Some((start, end)) => mk(&self.raw[start..end], start, Level::Field),
             None => Element::absent(self.delimiters, self.charset, self.offset + self.raw.len()),
         }
@@ -501,18 +555,71 @@ impl<'a> Segment<'a> {
 }
 
 /// Returns the `[start, end)` of the `n`-th (0-based) piece of `raw` split by `sep`.
+///
+/// Delimiters in HL7 are dense (a field every few bytes), where calling `memchr` once per
+/// delimiter costs more than the search itself. So the start is found by counting delimiters
+/// eight bytes at a time (SWAR: one exact zero-byte test and a popcount per word); the end of
+/// the piece, which may be far away (an embedded document), is found with `memchr`.
 #[inline]
-fn nth_piece(raw: &[u8], sep: u8, n: usize) -> Option<(usize, usize)> {
-    let mut start = 0;
-    let mut seen = 0;
-    for p in memchr::memchr_iter(sep, raw) {
-        if seen == n {
-            return Some((start, p));
+pub(crate) fn nth_piece(raw: &[u8], sep: u8, n: usize) -> Option<(usize, usize)> {
+    let start = if n == 0 { 0 } else { after_nth(raw, sep, n)? };
+    let end = memchr::memchr(sep, &raw[start..]).map_or(raw.len(), |p| start + p);
+    Some((start, end))
+}
+
+/// Appends the position of every `sep` in `raw` to `out` (SWAR, as in `after_nth`).
+fn positions_of(raw: &[u8], sep: u8, out: &mut Vec<u32>) {
+    const LO7: u64 = 0x7F7F_7F7F_7F7F_7F7F;
+    let pattern = u64::from_ne_bytes([sep; 8]);
+    let mut i = 0;
+    while i + 8 <= raw.len() {
+        let word = u64::from_le_bytes(raw[i..i + 8].try_into().expect("8 bytes"));
+        let x = word ^ pattern;
+        let mut hits = !(((x & LO7) + LO7) | x | LO7);
+        while hits != 0 {
+            out.push((i + hits.trailing_zeros() as usize / 8) as u32);
+            hits &= hits - 1;
         }
-        seen += 1;
-        start = p + 1;
+        i += 8;
     }
-    (seen == n).then_some((start, raw.len()))
+    for (j, &b) in raw[i..].iter().enumerate() {
+        if b == sep {
+            out.push((i + j) as u32);
+        }
+    }
+}
+
+/// Offset just after the `n`-th (1-based) occurrence of `sep`.
+#[inline]
+fn after_nth(raw: &[u8], sep: u8, n: usize) -> Option<usize> {
+    const LO7: u64 = 0x7F7F_7F7F_7F7F_7F7F;
+    let pattern = u64::from_ne_bytes([sep; 8]);
+    let mut remaining = n;
+    let mut i = 0;
+    while i + 8 <= raw.len() {
+        let word = u64::from_le_bytes(raw[i..i + 8].try_into().expect("8 bytes"));
+        let x = word ^ pattern;
+        // High bit set exactly in the bytes of `x` that are zero (bytes equal to `sep`).
+        let mut hits = !(((x & LO7) + LO7) | x | LO7);
+        let count = hits.count_ones() as usize;
+        if count >= remaining {
+            for _ in 1..remaining {
+                hits &= hits - 1;
+            }
+            return Some(i + (hits.trailing_zeros() as usize) / 8 + 1);
+        }
+        remaining -= count;
+        i += 8;
+    }
+    for (j, &b) in raw[i..].iter().enumerate() {
+        if b == sep {
+            remaining -= 1;
+            if remaining == 0 {
+                return Some(i + j + 1);
+            }
+        }
+    }
+    None
 }
 
 /// How deep an element is, which decides what the next split is.
@@ -747,6 +854,32 @@ OBX|3|ST|C||third\r";
 
     fn q(m: &Message, p: &str) -> Option<String> {
         m.query(p).unwrap().map(|c| c.into_owned())
+    }
+
+    #[test]
+    fn nth_piece_matches_a_naive_split() {
+        let samples: [&[u8]; 6] = [
+            b"",
+            b"|",
+            b"a|b||c|",
+            b"PID|1||123^^^HOSP^MR~456^^^SSA^SS||DOE^JOHN||19800101|M|||1 Main St",
+            b"||||||||||||||||||||",
+            b"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx|y",
+        ];
+        for raw in samples {
+            let mut positions = Vec::new();
+            positions_of(raw, b'|', &mut positions);
+            let naive: Vec<u32> = (0..raw.len())
+                .filter(|&i| raw[i] == b'|')
+                .map(|i| i as u32)
+                .collect();
+            assert_eq!(positions, naive);
+            let pieces: Vec<&[u8]> = raw.split(|&b| b == b'|').collect();
+            for n in 0..pieces.len() + 3 {
+                let got = nth_piece(raw, b'|', n).map(|(s, e)| &raw[s..e]);
+                assert_eq!(got, pieces.get(n).copied(), "{raw:?} piece {n}");
+            }
+        }
     }
 
     #[test]

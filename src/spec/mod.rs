@@ -1,0 +1,568 @@
+//! The pipeline spec: what a `pipelines/*.yaml` file says, with the YAML position of every
+//! value kept so that any later error (unknown column, bad SQL, missing file) can name the
+//! `file:line:column` it comes from.
+//!
+//! Loading is two-step: the YAML is read into a marked node tree, then each component is
+//! deserialized into the struct for its `type` (`deny_unknown_fields` everywhere, so a typo in
+//! a key is an error, not a silently ignored setting).
+
+pub mod error;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use marked_yaml::{LoadError, LoaderOptions, Node, Spanned};
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+
+pub use error::{SpecError, SpecErrors, SpecLocation};
+
+/// A loaded pipeline file.
+#[derive(Debug)]
+pub struct PipelineSpec {
+    /// The YAML file.
+    pub file: PathBuf,
+    /// Relative paths in the spec resolve against this (the YAML file's directory).
+    pub base_dir: PathBuf,
+    pub name: Spanned<String>,
+    pub description: Option<String>,
+    pub integration: IntegrationSpec,
+    pub source: SourceSpec,
+    pub batch: BatchSpec,
+    pub stages: Vec<StageSpec>,
+    pub sinks: Vec<SinkSpec>,
+    pub dlq: Option<DlqSpec>,
+    pub tests: Vec<TestCaseSpec>,
+}
+
+/// The seed's IntegrationConfiguration, as far as a pipeline needs it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntegrationSpec {
+    pub id: Spanned<String>,
+    pub name: Option<String>,
+    pub facility: Option<String>,
+    pub system: Option<SystemSpec>,
+}
+
+/// The external system: type (ehr, lis, ris, ...), name and vendor.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SystemSpec {
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub name: Option<String>,
+    pub vendor: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Header {
+    name: Spanned<String>,
+    description: Option<String>,
+    integration: IntegrationSpec,
+    #[serde(default)]
+    batch: Option<BatchSpec>,
+    source: IgnoredAny,
+    stages: IgnoredAny,
+    sinks: IgnoredAny,
+    #[serde(default)]
+    dlq: Option<DlqSpec>,
+    #[serde(default)]
+    tests: Vec<TestCaseSpec>,
+}
+
+/// Where records come from.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSpec {
+    /// `file` (the embedded default).
+    #[serde(rename = "type")]
+    pub kind: Spanned<String>,
+    /// A file path or glob, relative to the pipeline file. `-` reads stdin.
+    pub path: Spanned<String>,
+    /// `hl7`, `ndjson` or `csv`: how the bytes are framed into records.
+    pub format: Spanned<String>,
+}
+
+/// How rows are grouped into Arrow batches.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchSpec {
+    #[serde(default = "default_max_rows")]
+    pub max_rows: Spanned<usize>,
+    /// e.g. `200ms`, `1s`.
+    #[serde(default)]
+    pub max_delay: Option<Spanned<String>>,
+}
+
+fn default_max_rows() -> Spanned<usize> {
+    Spanned::new(marked_yaml::Span::new_blank(), 8192)
+}
+
+impl Default for BatchSpec {
+    fn default() -> Self {
+        BatchSpec {
+            max_rows: default_max_rows(),
+            max_delay: None,
+        }
+    }
+}
+
+/// Parses `250ms`, `2s`, `1m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("duration {t:?} needs a unit (ms, s, m)"))?;
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("duration {t:?} must start with a number"))?;
+    match unit.trim() {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        u => Err(format!("unknown duration unit {u:?} (ms, s, m)")),
+    }
+}
+
+/// One stage of the flow.
+#[derive(Debug)]
+pub enum StageSpec {
+    Parse(ParseStage),
+    Map(MapStage),
+    Lookup(LookupStage),
+    Validate(ValidateStage),
+    Enrich(EnrichStage),
+    Route(RouteStage),
+}
+
+impl StageSpec {
+    pub fn name(&self) -> &Spanned<String> {
+        match self {
+            StageSpec::Parse(s) => &s.name,
+            StageSpec::Map(s) => &s.name,
+            StageSpec::Lookup(s) => &s.name,
+            StageSpec::Validate(s) => &s.name,
+            StageSpec::Enrich(s) => &s.name,
+            StageSpec::Route(s) => &s.name,
+        }
+    }
+
+    /// The upstream this stage reads (`stage` or `stage.output`); None = the previous stage.
+    pub fn input(&self) -> Option<&Spanned<String>> {
+        match self {
+            StageSpec::Parse(s) => s.input.as_ref(),
+            StageSpec::Map(s) => s.input.as_ref(),
+            StageSpec::Lookup(s) => s.input.as_ref(),
+            StageSpec::Validate(s) => s.input.as_ref(),
+            StageSpec::Enrich(s) => s.input.as_ref(),
+            StageSpec::Route(s) => s.input.as_ref(),
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StageSpec::Parse(_) => "parse",
+            StageSpec::Map(_) => "map",
+            StageSpec::Lookup(_) => "lookup",
+            StageSpec::Validate(_) => "validate",
+            StageSpec::Enrich(_) => "enrich",
+            StageSpec::Route(_) => "route",
+        }
+    }
+}
+
+/// Decodes records into columns.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParseStage {
+    pub name: Spanned<String>,
+    #[serde(rename = "type")]
+    pub kind: Spanned<String>,
+    pub input: Option<Spanned<String>>,
+    /// `hl7`, `ndjson` or `csv`.
+    pub format: Spanned<String>,
+    /// HL7: the columns to extract by path.
+    #[serde(default)]
+    pub columns: Vec<ColumnDecl>,
+    /// NDJSON/CSV: an Arrow schema file (JSON), relative to the pipeline file.
+    pub schema: Option<Spanned<String>>,
+    /// HL7: offset for timestamps without one, e.g. `-0500` (default UTC).
+    pub default_timezone: Option<Spanned<String>>,
+}
+
+/// An HL7 column: `{name: mrn, path: PID-3.1, type: utf8}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnDecl {
+    pub name: Spanned<String>,
+    pub path: Spanned<String>,
+    #[serde(rename = "type")]
+    pub data_type: Option<Spanned<String>>,
+}
+
+/// A SQL projection: `sql:` (inline `SELECT ... FROM input` or a `.sql` file) or `select:`
+/// (`name: expression` pairs, in order).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MapStage {
+    pub name: Spanned<String>,
+    #[serde(rename = "type")]
+    pub kind: Spanned<String>,
+    pub input: Option<Spanned<String>>,
+    pub sql: Option<Spanned<String>>,
+    pub select: Option<IndexMap<String, Spanned<String>>>,
+}
+
+/// A join with a reference table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LookupStage {
+    pub name: Spanned<String>,
+    #[serde(rename = "type")]
+    pub kind: Spanned<String>,
+    pub input: Option<Spanned<String>>,
+    /// CSV or Parquet file, relative to the pipeline file.
+    pub table: Spanned<String>,
+    /// Input column and table column to match.
+    pub key: LookupKey,
+    /// Table columns to add (default: all but the key).
+    #[serde(default)]
+    pub columns: Vec<Spanned<String>>,
+    /// `left` (default) or `inner`.
+    pub join: Option<Spanned<String>>,
+    /// What a miss does: `null` (default for left), `warn` (adds to `_warnings`), `default`
+    /// (fills `defaults`), `dlq` (dead-letters the row).
+    pub on_miss: Option<Spanned<String>>,
+    /// SQL literal per column for `on_miss: default`.
+    #[serde(default)]
+    pub defaults: IndexMap<String, Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LookupKey {
+    pub input: Spanned<String>,
+    pub table: Spanned<String>,
+}
+
+/// Named SQL predicates.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidateStage {
+    pub name: Spanned<String>,
+    #[serde(rename = "type")]
+    pub kind: Spanned<String>,
+    pub input: Option<Spanned<String>>,
+    pub rules: Vec<RuleSpec>,
+}
+
+/// A rule: the row is valid when `check` is true (NULL counts as a failure).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSpec {
+    pub name: Spanned<String>,
+    pub check: Spanned<String>,
+    pub message: Option<String>,
+    /// `error` (row to the DLQ, default) or `warning` (row goes on, noted in `_warnings`).
+    pub severity: Option<Spanned<String>>,
+}
+
+/// Computed columns added to the row (the seed's `calculate`/`enrich` rules).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrichStage {
+    pub name: Spanned<String>,
+    #[serde(rename = "type")]
+    pub kind: Spanned<String>,
+    pub input: Option<Spanned<String>>,
+    pub fields: IndexMap<String, Spanned<String>>,
+}
+
+/// Rows to named outputs by ordered predicates.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteStage {
+    pub name: Spanned<String>,
+    #[serde(rename = "type")]
+    pub kind: Spanned<String>,
+    pub input: Option<Spanned<String>>,
+    /// `first_match` (default) or `all_matches`.
+    pub mode: Option<Spanned<String>>,
+    pub routes: Vec<RouteSpec>,
+    /// Output for rows no route takes; without one they are counted as filtered.
+    pub default: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    pub name: Spanned<String>,
+    pub when: Spanned<String>,
+}
+
+/// Where rows end up.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkSpec {
+    pub name: Spanned<String>,
+    /// `stage` or `stage.output` (default: the last stage).
+    pub input: Option<Spanned<String>>,
+    /// `file` or `stdout`.
+    #[serde(rename = "type")]
+    pub kind: Spanned<String>,
+    /// `ndjson`, `parquet` or `arrow` (IPC file).
+    pub format: Option<Spanned<String>>,
+    pub path: Option<Spanned<String>>,
+    /// Keep the provenance columns (`_raw` is always left out).
+    #[serde(default)]
+    pub provenance: bool,
+}
+
+/// The dead-letter output (NDJSON: original record, stage, rule, reason, provenance).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DlqSpec {
+    pub path: Spanned<String>,
+}
+
+/// A test case: input records and what each sink (and the DLQ) must receive.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestCaseSpec {
+    pub name: Spanned<String>,
+    /// The raw input, in the source's format.
+    pub input: String,
+    /// Sink name (or `dlq`) → expected rows, each a subset of the row's columns.
+    #[serde(default)]
+    pub expect: IndexMap<String, Vec<IndexMap<String, serde_json::Value>>>,
+}
+
+impl PipelineSpec {
+    /// Reads and structurally checks a pipeline file (types of keys and values; semantic checks
+    /// such as columns and SQL are the planner's).
+    pub fn load(path: &Path) -> Result<PipelineSpec, SpecErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            SpecError::at_line(path, 1, 1, format!("cannot read pipeline file: {e}"))
+        })?;
+        let mut spec = Self::parse(path, &text)?;
+        // Sibling `<name>.test.yaml` adds test cases.
+        let tests = path.with_extension("test.yaml");
+        if tests.exists() {
+            spec.tests.extend(load_tests(&tests)?);
+        }
+        Ok(spec)
+    }
+
+    /// Parses pipeline YAML; `path` is used for locations and relative paths.
+    pub fn parse(path: &Path, text: &str) -> Result<PipelineSpec, SpecErrors> {
+        let root = marked_yaml::parse_yaml_with_options(0, text, yaml_options()).map_err(|e| load_error(path, e))?;
+        let header: Header = from_node(path, &root)?;
+        let map = root.as_mapping().expect("a parsed header is a mapping");
+        let mut errors = Vec::new();
+
+        let source_node = map.get_node("source").expect("header has source");
+        let source = from_node::<SourceSpec>(path, source_node)
+            .map_err(|e| errors.extend(e.0))
+            .ok();
+
+        let mut stages = Vec::new();
+        match map.get_node("stages").and_then(Node::as_sequence) {
+            Some(seq) => {
+                for node in seq.iter() {
+                    match stage_from_node(path, node) {
+                        Ok(s) => stages.push(s),
+                        Err(e) => errors.extend(e.0),
+                    }
+                }
+            }
+            None => errors.push(SpecError::at(
+                path,
+                map.get_node("stages").expect("header has stages").span(),
+                "`stages` must be a list",
+            )),
+        }
+
+        let mut sinks = Vec::new();
+        match map.get_node("sinks").and_then(Node::as_sequence) {
+            Some(seq) => {
+                for node in seq.iter() {
+                    match from_node::<SinkSpec>(path, node) {
+                        Ok(s) => sinks.push(s),
+                        Err(e) => errors.extend(e.0),
+                    }
+                }
+            }
+            None => errors.push(SpecError::at(
+                path,
+                map.get_node("sinks").expect("header has sinks").span(),
+                "`sinks` must be a list",
+            )),
+        }
+        if !errors.is_empty() {
+            return Err(SpecErrors(errors));
+        }
+        Ok(PipelineSpec {
+            file: path.to_path_buf(),
+            base_dir: path
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from(".")),
+            name: header.name,
+            description: header.description,
+            integration: header.integration,
+            source: source.expect("no errors means the source parsed"),
+            batch: header.batch.unwrap_or_default(),
+            stages,
+            sinks,
+            dlq: header.dlq,
+            tests: header.tests,
+        })
+    }
+
+    /// Resolves a path written in the spec (relative to the pipeline file; `-` stays stdin).
+    pub fn resolve(&self, p: &str) -> PathBuf {
+        let path = Path::new(p);
+        if p == "-" || path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TestFile {
+    tests: Vec<TestCaseSpec>,
+}
+
+fn load_tests(path: &Path) -> Result<Vec<TestCaseSpec>, SpecErrors> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| SpecError::at_line(path, 1, 1, format!("cannot read test file: {e}")))?;
+    let root = marked_yaml::parse_yaml_with_options(0, &text, yaml_options()).map_err(|e| load_error(path, e))?;
+    Ok(from_node::<TestFile>(path, &root)?.tests)
+}
+
+/// A repeated key is a mistake in a pipeline (the second would silently win).
+fn yaml_options() -> LoaderOptions {
+    LoaderOptions::default().error_on_duplicate_keys(true)
+}
+
+fn stage_from_node(path: &Path, node: &Node) -> Result<StageSpec, SpecErrors> {
+    let Some(kind) = node.as_mapping().and_then(|m| m.get_scalar("type")) else {
+        return Err(SpecError::at(path, node.span(), "a stage needs a `type`").into());
+    };
+    Ok(match kind.as_str() {
+        "parse" => StageSpec::Parse(from_node(path, node)?),
+        "map" => StageSpec::Map(from_node(path, node)?),
+        "lookup" => StageSpec::Lookup(from_node(path, node)?),
+        "validate" => StageSpec::Validate(from_node(path, node)?),
+        "enrich" => StageSpec::Enrich(from_node(path, node)?),
+        "route" => StageSpec::Route(from_node(path, node)?),
+        other => {
+            return Err(SpecError::at(
+                path,
+                kind.span(),
+                format!(
+                    "unknown stage type {other:?} (parse, map, lookup, validate, enrich, route)"
+                ),
+            )
+            .into());
+        }
+    })
+}
+
+fn from_node<T: serde::de::DeserializeOwned>(path: &Path, node: &Node) -> Result<T, SpecErrors> {
+    marked_yaml::from_node(node).map_err(|e| {
+        let (line, column) = e
+            .start_mark()
+            .map(|m| (m.line(), m.column()))
+            .or_else(|| node.span().start().map(|m| (m.line(), m.column())))
+            .unwrap_or((1, 1));
+        let message = match e.path() {
+            Some(p) if !p.is_empty() && p != "." => format!("{p}: {}", *e),
+            _ => e.to_string(),
+        };
+        SpecError::at_line(path, line, column, message).into()
+    })
+}
+
+fn load_error(path: &Path, e: LoadError) -> SpecErrors {
+    let text = e.to_string();
+    // LoadError's Display carries the position; keep it as the message and point at line 1
+    // only when no marker is available.
+    let marker = match &e {
+        LoadError::TopLevelMustBeMapping(m)
+        | LoadError::TopLevelMustBeSequence(m)
+        | LoadError::UnexpectedAnchor(m)
+        | LoadError::MappingKeyMustBeScalar(m)
+        | LoadError::UnexpectedTag(m)
+        | LoadError::ScanError(m, _) => Some(*m),
+        LoadError::DuplicateKey(inner) => inner.key.span().start().copied(),
+    };
+    let (line, column) = marker.map(|m| (m.line(), m.column())).unwrap_or((1, 1));
+    SpecError::at_line(path, line, column, text).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "\
+name: t
+integration: {id: x}
+source: {type: file, path: in.hl7, format: hl7}
+stages:
+  - name: parse
+    type: parse
+    format: hl7
+    columns:
+      - {name: mrn, path: PID-3.1}
+  - name: checks
+    type: validate
+    rules:
+      - {name: mrn_present, check: mrn IS NOT NULL}
+sinks:
+  - {name: out, type: stdout}
+";
+
+    #[test]
+    fn loads_a_minimal_pipeline() {
+        let spec = PipelineSpec::parse(Path::new("p/t.yaml"), MINIMAL).unwrap();
+        assert_eq!(*spec.name, "t");
+        assert_eq!(spec.stages.len(), 2);
+        assert_eq!(spec.stages[1].kind(), "validate");
+        assert_eq!(*spec.batch.max_rows, 8192);
+        assert_eq!(spec.resolve("in.hl7"), Path::new("p/in.hl7"));
+        let StageSpec::Validate(v) = &spec.stages[1] else {
+            panic!()
+        };
+        assert_eq!(v.rules[0].check.span().start().unwrap().line(), 13);
+    }
+
+    #[test]
+    fn unknown_keys_and_types_are_located() {
+        let bad = MINIMAL.replace("format: hl7\n    columns", "format: hl7\n    colums");
+        let e = PipelineSpec::parse(Path::new("t.yaml"), &bad).unwrap_err();
+        let text = e.to_string();
+        assert!(text.starts_with("t.yaml:"), "{text}");
+        assert!(text.contains("colums"), "{text}");
+
+        let bad = MINIMAL.replace("type: validate", "type: validat");
+        let e = PipelineSpec::parse(Path::new("t.yaml"), &bad).unwrap_err();
+        assert_eq!(e.0[0].location.line, 11, "{e}");
+        assert!(e.0[0].message.contains("unknown stage type"), "{e}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
+        assert!(parse_duration("2").is_err());
+        assert!(parse_duration("2h").is_err());
+    }
+}
