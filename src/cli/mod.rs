@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod hl7;
+pub mod pipeline;
 
 /// plexus: streaming dataflow engine for healthcare integration.
 #[derive(Debug, Parser)]
@@ -17,6 +18,27 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Runs a pipeline to completion (file mode: no services needed).
+    Run {
+        /// Pipeline file (pipelines/*.yaml).
+        pipeline: std::path::PathBuf,
+        /// Input file or glob instead of the pipeline's source path; `-` for stdin.
+        #[arg(long)]
+        input: Option<String>,
+        /// Directory for the outputs and dead letters (file names kept).
+        #[arg(long)]
+        output: Option<std::path::PathBuf>,
+        /// Print the run summary as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Type-checks pipelines without running them; exit 1 on any error.
+    Validate {
+        #[arg(required = true)]
+        pipelines: Vec<std::path::PathBuf>,
+    },
+    /// Runs a pipeline's test cases (in-file `tests:` or a sibling .test.yaml).
+    Test { pipeline: std::path::PathBuf },
     /// HL7v2 tools: split, extract, ack.
     #[command(subcommand)]
     Hl7(hl7::Hl7Command),
@@ -28,6 +50,19 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Hl7(cmd) => hl7::run(cmd),
+        Command::Run {
+            pipeline,
+            input,
+            output,
+            json,
+        } => pipeline::run(pipeline::RunArgs {
+            pipeline,
+            input,
+            output,
+            json,
+        }),
+        Command::Validate { pipelines } => pipeline::validate(&pipelines),
+        Command::Test { pipeline } => pipeline::test(&pipeline),
     };
     match result {
         Ok(code) => code,

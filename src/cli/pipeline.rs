@@ -1,0 +1,356 @@
+//! `plexus run|validate|test PIPELINE`: the pipeline commands.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use arrow::record_batch::RecordBatch;
+
+use crate::connectors::dlq::DlqFile;
+use crate::connectors::file::{FileSink, FileSource};
+use crate::connectors::memory::{MemoryDlq, MemorySink};
+use crate::connectors::{BatchSink, BatchSource, ConnectorError};
+use crate::operators::parse::raw_batch;
+use crate::plan::graph::SourceFormat;
+use crate::plan::{Plan, build};
+use crate::spec::{PipelineSpec, SpecErrors};
+
+async fn load(path: &Path) -> Result<(PipelineSpec, Plan), SpecErrors> {
+    let spec = PipelineSpec::load(path)?;
+    let plan = build(&spec).await?;
+    Ok((spec, plan))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")
+}
+
+/// `plexus validate`: type-checks every pipeline given; exit 1 on any error.
+pub fn validate(paths: &[PathBuf]) -> Result<ExitCode> {
+    let rt = runtime()?;
+    let mut failed = false;
+    for path in paths {
+        match rt.block_on(load(path)) {
+            Ok((_, plan)) => println!(
+                "ok: {}: {} stages, {} sinks, source {} file(s)",
+                path.display(),
+                plan.stages.len(),
+                plan.sinks.len(),
+                plan.source.paths.len()
+            ),
+            Err(errors) => {
+                failed = true;
+                for e in &errors.0 {
+                    eprintln!("error: {e}");
+                }
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Options of `plexus run`.
+pub struct RunArgs {
+    pub pipeline: PathBuf,
+    pub input: Option<String>,
+    pub output: Option<PathBuf>,
+    pub json: bool,
+}
+
+/// `plexus run`.
+pub fn run(args: RunArgs) -> Result<ExitCode> {
+    let rt = runtime()?;
+    let (_, mut plan) = match rt.block_on(load(&args.pipeline)) {
+        Ok(p) => p,
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("error: {e}");
+            }
+            return Ok(ExitCode::from(1));
+        }
+    };
+    if let Some(input) = &args.input {
+        plan.source.paths = if input == "-" {
+            vec![PathBuf::from("-")]
+        } else {
+            let matched: Vec<PathBuf> = glob::glob(input)
+                .with_context(|| format!("bad input pattern {input}"))?
+                .filter_map(Result::ok)
+                .collect();
+            anyhow::ensure!(!matched.is_empty(), "no input file matches {input}");
+            matched
+        };
+    }
+    if let Some(dir) = &args.output {
+        // Outputs keep their file names, in the given directory.
+        for s in &mut plan.sinks {
+            if let Some(p) = &s.path {
+                s.path = Some(dir.join(p.file_name().unwrap_or_default()));
+            }
+        }
+        if let Some(d) = &plan.dlq {
+            plan.dlq = Some(dir.join(d.file_name().unwrap_or_default()));
+        }
+    }
+    let source = Box::new(FileSource::new(
+        plan.source.paths.clone(),
+        plan.source.format,
+        plan.max_rows,
+    ));
+    let mut sinks: Vec<Box<dyn BatchSink>> = Vec::new();
+    for s in &plan.sinks {
+        sinks.push(Box::new(FileSink::create(
+            &s.name,
+            s.path.as_deref(),
+            s.format,
+            &s.schema,
+            s.provenance,
+        )?));
+    }
+    let dlq_path = plan
+        .dlq
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("{}.dlq.ndjson", plan.name)));
+    let dlq = Box::new(DlqFile::new(&dlq_path, &plan.name, &plan.integration_id));
+    let progress = progress_bar(&args);
+    let summary = rt.block_on(crate::runtime::run(plan, source, sinks, dlq, progress))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        eprint!("{}", summary.render());
+        if summary.dead_lettered > 0 {
+            eprintln!("dead letters: {}", dlq_path.display());
+        }
+    }
+    Ok(if summary.pending() == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
+}
+
+/// A progress line on a terminal (stderr), redrawn at most ten times a second.
+fn progress_bar(args: &RunArgs) -> Option<crate::runtime::Progress> {
+    if args.json || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let started = std::time::Instant::now();
+    let last = std::sync::Mutex::new(std::time::Instant::now());
+    Some(Box::new(move |done, total, records| {
+        let mut last = last.lock().expect("progress lock");
+        if last.elapsed().as_millis() < 100 {
+            return;
+        }
+        *last = std::time::Instant::now();
+        let secs = started.elapsed().as_secs_f64().max(1e-3);
+        let pct = total
+            .filter(|&t| t > 0)
+            .map(|t| format!("{:5.1}% ", 100.0 * done as f64 / t as f64))
+            .unwrap_or_default();
+        eprint!(
+            "\r{pct}{records} records, {:.1} MB, {:.0} records/s   ",
+            done as f64 / 1e6,
+            records as f64 / secs
+        );
+    }))
+}
+
+/// A source over bytes held in memory (test inputs).
+struct MemorySource {
+    batches: std::vec::IntoIter<RecordBatch>,
+    len: u64,
+}
+
+impl MemorySource {
+    fn new(data: &[u8], format: SourceFormat, max_rows: usize) -> Self {
+        let mut warnings = Vec::new();
+        let spans = crate::connectors::file::source::frame(data, format, "test", &mut warnings);
+        let records: Vec<(usize, &[u8])> = spans.iter().map(|&(s, e)| (s, &data[s..e])).collect();
+        let batches = records
+            .chunks(max_rows.max(1))
+            .enumerate()
+            .map(|(i, chunk)| raw_batch("test", chunk, i * max_rows.max(1)))
+            .collect::<Vec<_>>();
+        MemorySource {
+            batches: batches.into_iter(),
+            len: data.len() as u64,
+        }
+    }
+}
+
+impl BatchSource for MemorySource {
+    fn next_batch(&mut self) -> Result<Option<RecordBatch>, ConnectorError> {
+        Ok(self.batches.next())
+    }
+    fn progress(&self) -> (u64, Option<u64>) {
+        (self.len, Some(self.len))
+    }
+}
+
+/// Rows of batches as JSON objects (what the NDJSON sink would write).
+fn rows_as_json(
+    batches: &[RecordBatch],
+) -> Result<Vec<serde_json::Map<String, serde_json::Value>>> {
+    let mut buf = Vec::new();
+    {
+        let mut w = arrow::json::WriterBuilder::new()
+            .with_explicit_nulls(true)
+            .build::<_, arrow::json::writer::LineDelimited>(&mut buf);
+        for b in batches {
+            let keep: Vec<usize> = (0..b.num_columns())
+                .filter(|&i| b.schema().field(i).name() != crate::operators::RAW)
+                .collect();
+            w.write(&b.project(&keep)?)?;
+        }
+        w.finish()?;
+    }
+    buf.split(|&c| c == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| Ok(serde_json::from_slice(l)?))
+        .collect()
+}
+
+/// Whether `actual` has every expected key with an equal value. Test files are YAML, where
+/// `42` and `"42"` read the same, so values compare as text; for `reason`, containment.
+fn matches(
+    expected: &indexmap::IndexMap<String, serde_json::Value>,
+    actual: &serde_json::Map<String, serde_json::Value>,
+) -> Result<(), String> {
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    for (k, want) in expected {
+        let Some(got) = actual.get(k) else {
+            return Err(format!("no column {k:?}"));
+        };
+        let (w, g) = (text(want), text(got));
+        let ok = if k == "reason" {
+            g.contains(&w)
+        } else {
+            w == g
+        };
+        if !ok {
+            return Err(format!("{k}: expected {w:?}, got {g:?}"));
+        }
+    }
+    Ok(())
+}
+
+/// `plexus test`: runs the pipeline's test cases against its real graph (files replaced by
+/// memory); exit 1 if any fails.
+pub fn test(path: &Path) -> Result<ExitCode> {
+    let rt = runtime()?;
+    let spec = match PipelineSpec::load(path) {
+        Ok(s) => s,
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("error: {e}");
+            }
+            return Ok(ExitCode::from(1));
+        }
+    };
+    if spec.tests.is_empty() {
+        eprintln!(
+            "{}: no test cases (add `tests:` or a sibling .test.yaml)",
+            path.display()
+        );
+        return Ok(ExitCode::from(1));
+    }
+    let mut failures = 0;
+    for case in &spec.tests {
+        let plan = match rt.block_on(build(&spec)) {
+            Ok(p) => p,
+            Err(errors) => {
+                for e in &errors.0 {
+                    eprintln!("error: {e}");
+                }
+                return Ok(ExitCode::from(1));
+            }
+        };
+        let sink_names: Vec<String> = plan.sinks.iter().map(|s| s.name.clone()).collect();
+        let memory: Vec<MemorySink> = sink_names.iter().map(|_| MemorySink::default()).collect();
+        let sinks: Vec<Box<dyn BatchSink>> = memory
+            .iter()
+            .map(|m| Box::new(m.clone()) as Box<dyn BatchSink>)
+            .collect();
+        let dlq = MemoryDlq::default();
+        let source = Box::new(MemorySource::new(
+            case.input.as_bytes(),
+            plan.source.format,
+            plan.max_rows,
+        ));
+        let summary = rt.block_on(crate::runtime::run(
+            plan,
+            source,
+            sinks,
+            Box::new(dlq.clone()),
+            None,
+        ))?;
+        let mut problems = Vec::new();
+        for (target, expected_rows) in &case.expect {
+            let actual: Vec<serde_json::Map<String, serde_json::Value>> = if target == "dlq" {
+                dlq.records
+                    .lock()
+                    .expect("dlq")
+                    .iter()
+                    .map(|r| match serde_json::to_value(r) {
+                        Ok(serde_json::Value::Object(m)) => m,
+                        _ => serde_json::Map::new(),
+                    })
+                    .collect()
+            } else {
+                match sink_names.iter().position(|n| n == target) {
+                    Some(i) => rows_as_json(&memory[i].batches.lock().expect("sink"))?,
+                    None => {
+                        problems.push(format!("expect: no sink named {target:?}"));
+                        continue;
+                    }
+                }
+            };
+            if actual.len() != expected_rows.len() {
+                problems.push(format!(
+                    "{target}: expected {} rows, got {}",
+                    expected_rows.len(),
+                    actual.len()
+                ));
+                continue;
+            }
+            for (i, (want, got)) in expected_rows.iter().zip(&actual).enumerate() {
+                if let Err(e) = matches(want, got) {
+                    problems.push(format!("{target} row {}: {e}", i + 1));
+                }
+            }
+        }
+        if summary.pending() != 0 {
+            problems.push(format!("{} records unaccounted for", summary.pending()));
+        }
+        if problems.is_empty() {
+            println!("ok   {}", case.name.as_str());
+        } else {
+            failures += 1;
+            println!("FAIL {}", case.name.as_str());
+            for p in problems {
+                println!("     {p}");
+            }
+        }
+    }
+    println!(
+        "{} passed, {} failed",
+        spec.tests.len() - failures,
+        failures
+    );
+    Ok(if failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

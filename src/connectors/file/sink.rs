@@ -1,0 +1,165 @@
+//! File sink: NDJSON, Parquet or Arrow IPC files, or NDJSON on stdout.
+//!
+//! `_raw` (the original record) is never written to an output (it is for the dead-letter
+//! output); the other provenance columns are written when the sink asks for them.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::datatypes::{Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+
+use super::super::{BatchSink, ConnectorError};
+use crate::operators::{RAW, is_provenance};
+use crate::plan::graph::SinkFormat;
+
+enum Writer {
+    Ndjson(arrow::json::LineDelimitedWriter<Box<dyn Write + Send>>),
+    Parquet(Option<parquet::arrow::ArrowWriter<File>>),
+    Arrow(Option<arrow::ipc::writer::FileWriter<BufWriter<File>>>),
+}
+
+pub struct FileSink {
+    name: String,
+    writer: Writer,
+    /// Input column indices written, in order.
+    keep: Vec<usize>,
+    schema: SchemaRef,
+}
+
+impl FileSink {
+    /// `path` None writes NDJSON to stdout.
+    pub fn create(
+        name: &str,
+        path: Option<&Path>,
+        format: SinkFormat,
+        input: &SchemaRef,
+        provenance: bool,
+    ) -> Result<Self, ConnectorError> {
+        let keep: Vec<usize> = (0..input.fields().len())
+            .filter(|&i| {
+                let n = input.field(i).name();
+                n != RAW && (provenance || !is_provenance(n))
+            })
+            .collect();
+        let schema = Arc::new(Schema::new(
+            keep.iter()
+                .map(|&i| input.field(i).as_ref().clone())
+                .collect::<Vec<_>>(),
+        ));
+        let context = || path.map_or("stdout".to_string(), |p| p.display().to_string());
+        let open = |p: &Path| -> Result<File, ConnectorError> {
+            if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|source| ConnectorError::Io {
+                    path: dir.display().to_string(),
+                    source,
+                })?;
+            }
+            File::create(p).map_err(|source| ConnectorError::Io {
+                path: p.display().to_string(),
+                source,
+            })
+        };
+        let writer = match (format, path) {
+            (SinkFormat::Ndjson, None) => {
+                Writer::Ndjson(ndjson(Box::new(BufWriter::new(std::io::stdout()))))
+            }
+            (SinkFormat::Ndjson, Some(p)) => {
+                Writer::Ndjson(ndjson(Box::new(BufWriter::new(open(p)?))))
+            }
+            (SinkFormat::Parquet, Some(p)) => Writer::Parquet(Some(
+                parquet::arrow::ArrowWriter::try_new(open(p)?, schema.clone(), None).map_err(
+                    |source| ConnectorError::Parquet {
+                        context: context(),
+                        source,
+                    },
+                )?,
+            )),
+            (SinkFormat::Arrow, Some(p)) => Writer::Arrow(Some(
+                arrow::ipc::writer::FileWriter::try_new(BufWriter::new(open(p)?), &schema)
+                    .map_err(|source| ConnectorError::Arrow {
+                        context: context(),
+                        source,
+                    })?,
+            )),
+            (_, None) => Writer::Ndjson(ndjson(Box::new(BufWriter::new(std::io::stdout())))),
+        };
+        Ok(FileSink {
+            name: name.to_string(),
+            writer,
+            keep,
+            schema,
+        })
+    }
+
+    fn arrow_err(&self, source: arrow::error::ArrowError) -> ConnectorError {
+        ConnectorError::Arrow {
+            context: format!("sink {}", self.name),
+            source,
+        }
+    }
+}
+
+fn ndjson(w: Box<dyn Write + Send>) -> arrow::json::LineDelimitedWriter<Box<dyn Write + Send>> {
+    arrow::json::WriterBuilder::new()
+        .with_explicit_nulls(true)
+        .build::<_, arrow::json::writer::LineDelimited>(w)
+}
+
+impl BatchSink for FileSink {
+    fn write(&mut self, batch: &RecordBatch) -> Result<(), ConnectorError> {
+        let batch = batch
+            .project(&self.keep)
+            .and_then(|b| b.with_schema(self.schema.clone()))
+            .map_err(|e| self.arrow_err(e))?;
+        let name = self.name.clone();
+        match &mut self.writer {
+            Writer::Ndjson(w) => w.write(&batch).map_err(|source| ConnectorError::Arrow {
+                context: format!("sink {name}"),
+                source,
+            }),
+            Writer::Parquet(Some(w)) => w.write(&batch).map_err(|source| ConnectorError::Parquet {
+                context: format!("sink {name}"),
+                source,
+            }),
+            Writer::Arrow(Some(w)) => w.write(&batch).map_err(|source| ConnectorError::Arrow {
+                context: format!("sink {name}"),
+                source,
+            }),
+            Writer::Parquet(None) | Writer::Arrow(None) => Ok(()),
+        }
+    }
+
+    fn finish(&mut self) -> Result<(), ConnectorError> {
+        let name = self.name.clone();
+        let arrow = |source| ConnectorError::Arrow {
+            context: format!("sink {name}"),
+            source,
+        };
+        match &mut self.writer {
+            Writer::Ndjson(w) => {
+                w.finish().map_err(arrow)?;
+                w.get_mut().flush().map_err(|source| ConnectorError::Io {
+                    path: format!("sink {}", self.name),
+                    source,
+                })
+            }
+            Writer::Parquet(w) => match w.take() {
+                Some(w) => w
+                    .close()
+                    .map(|_| ())
+                    .map_err(|source| ConnectorError::Parquet {
+                        context: format!("sink {}", self.name),
+                        source,
+                    }),
+                None => Ok(()),
+            },
+            Writer::Arrow(w) => match w.take() {
+                Some(mut w) => w.finish().map_err(arrow),
+                None => Ok(()),
+            },
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! Operators: small structs that turn one Arrow `RecordBatch` into output batches.
+//!
+//! Every operator is built once by the planner (SQL already planned into physical expressions)
+//! and then called per batch. Rows it rejects are returned as `DeadLetters` with the rule and
+//! reason; rows it drops on purpose (a route without a default, an inner-join miss) are counted
+//! as `filtered`. So every input row is accounted for: out + dead + filtered.
+//!
+//! Provenance columns (names starting with `_`) travel with every row from the source to the
+//! sinks and the dead-letter output; operators pass them through untouched.
+
+use arrow::datatypes::SchemaRef;
+use arrow::error::ArrowError;
+use arrow::record_batch::RecordBatch;
+
+pub mod enrich;
+pub mod lookup;
+pub mod map;
+pub mod parse;
+pub mod route;
+pub mod validate;
+
+/// The original record bytes (HL7 message, JSON line, CSV row).
+pub const RAW: &str = "_raw";
+/// Where the record came from (file path, `stdin`, topic/partition).
+pub const SOURCE: &str = "_source";
+/// Byte offset of the record in its source.
+pub const OFFSET: &str = "_offset";
+/// 0-based position of the record in its source: the key of the run's accounting.
+pub const RECORD_INDEX: &str = "_record_index";
+/// HL7 MSH-10 (or an event id): the correlation id of everything derived from the record.
+pub const CONTROL_ID: &str = "_control_id";
+/// HL7 MSH-9.
+pub const MESSAGE_TYPE: &str = "_message_type";
+/// `list<utf8>` of warnings added by validate/lookup stages.
+pub const WARNINGS: &str = "_warnings";
+
+/// Whether a column is provenance (carried through every stage).
+pub fn is_provenance(name: &str) -> bool {
+    name.starts_with('_')
+}
+
+/// Rows an operator rejected, with the rule and reason for each.
+#[derive(Debug, Clone)]
+pub struct DeadLetters {
+    /// The rejected input rows (with their provenance columns).
+    pub rows: RecordBatch,
+    pub rule: Vec<String>,
+    pub reason: Vec<String>,
+}
+
+/// What one call of `Operator::process` produced.
+#[derive(Debug, Default)]
+pub struct StageOutput {
+    /// One entry per output port (same order as `Operator::outputs`); None = nothing this time.
+    pub outputs: Vec<Option<RecordBatch>>,
+    pub dead: Option<DeadLetters>,
+    /// Rows dropped on purpose.
+    pub filtered: usize,
+}
+
+impl StageOutput {
+    /// The common case: one port, everything passes.
+    pub fn single(batch: RecordBatch) -> Self {
+        StageOutput {
+            outputs: vec![Some(batch)],
+            dead: None,
+            filtered: 0,
+        }
+    }
+}
+
+/// Failures of a whole batch (bugs or resource errors, not bad rows: those are dead letters).
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorError {
+    #[error("arrow: {0}")]
+    Arrow(#[from] ArrowError),
+    #[error("sql: {0}")]
+    DataFusion(#[from] datafusion::error::DataFusionError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// One stage of a pipeline at run time.
+pub trait Operator: Send {
+    /// Output ports, by name, with their schemas. Single-output operators have one port
+    /// named `""`.
+    fn outputs(&self) -> Vec<(String, SchemaRef)>;
+
+    /// Processes one batch.
+    fn process(&mut self, batch: RecordBatch) -> Result<StageOutput, OperatorError>;
+}
+
+/// Splits `batch` into (kept rows, rejected rows) by a boolean mask (true = keep).
+pub fn split_by_mask(
+    batch: &RecordBatch,
+    keep: &arrow::array::BooleanArray,
+) -> Result<(RecordBatch, RecordBatch), ArrowError> {
+    let kept = arrow::compute::filter_record_batch(batch, keep)?;
+    let rejected = arrow::compute::filter_record_batch(batch, &arrow::compute::not(keep)?)?;
+    Ok((kept, rejected))
+}
+
+/// A filter mask where NULL counts as false (SQL `WHERE` semantics).
+pub fn true_mask(values: &arrow::array::BooleanArray) -> arrow::array::BooleanArray {
+    use arrow::array::Array;
+    if values.null_count() == 0 {
+        values.clone()
+    } else {
+        arrow::compute::prep_null_mask_filter(values)
+    }
+}

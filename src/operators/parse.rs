@@ -1,0 +1,453 @@
+//! `parse`: raw records (from a source) → typed columns.
+//!
+//! HL7v2 goes through the zero-copy engine (`formats::hl7`) with columns by path; NDJSON and CSV
+//! through Arrow's decoders against a declared schema (`schemas/*.json`). A record that does not
+//! parse, or a value that does not convert to its declared type, sends that record to the
+//! dead-letter output with a located reason; the rest of the batch goes on.
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, AsArray, RecordBatch, StringBuilder, UInt32Array};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
+
+use super::{
+    CONTROL_ID, DeadLetters, MESSAGE_TYPE, OFFSET, Operator, OperatorError, RAW, RECORD_INDEX,
+    SOURCE, StageOutput,
+};
+use crate::formats::hl7::extract::{ColumnSpec, ExtractOptions, Extractor};
+use crate::formats::hl7::{Message, ParseLimits};
+
+/// The schema sources produce: one row per record, before parsing.
+pub fn raw_record_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new(RAW, DataType::Binary, false),
+        Field::new(SOURCE, DataType::Utf8, false),
+        Field::new(OFFSET, DataType::Int64, false),
+        Field::new(RECORD_INDEX, DataType::Int64, false),
+    ]))
+}
+
+/// How records are decoded.
+pub enum ParseFormat {
+    Hl7 {
+        extractor: Extractor,
+        limits: ParseLimits,
+    },
+    Ndjson {
+        schema: SchemaRef,
+    },
+    Csv {
+        schema: SchemaRef,
+    },
+}
+
+pub struct Parse {
+    format: ParseFormat,
+    schema: SchemaRef,
+}
+
+impl Parse {
+    pub fn hl7(columns: Vec<ColumnSpec>, default_offset: chrono::FixedOffset) -> Self {
+        let extractor = Extractor::new(
+            columns,
+            ExtractOptions {
+                provenance: false,
+                default_offset,
+            },
+        );
+        let mut fields: Vec<Field> = extractor
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(Field::new(CONTROL_ID, DataType::Utf8, true));
+        fields.push(Field::new(MESSAGE_TYPE, DataType::Utf8, true));
+        Self::build(
+            ParseFormat::Hl7 {
+                extractor,
+                limits: ParseLimits::default(),
+            },
+            fields,
+        )
+    }
+
+    pub fn ndjson(schema: SchemaRef) -> Self {
+        let fields = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        Self::build(ParseFormat::Ndjson { schema }, fields)
+    }
+
+    pub fn csv(schema: SchemaRef) -> Self {
+        let fields = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        Self::build(ParseFormat::Csv { schema }, fields)
+    }
+
+    fn build(format: ParseFormat, mut fields: Vec<Field>) -> Self {
+        for f in raw_record_schema().fields() {
+            fields.push(f.as_ref().clone());
+        }
+        Parse {
+            format,
+            schema: Arc::new(Schema::new(fields)),
+        }
+    }
+
+    /// Appends the input's provenance columns (rows `take`n) to decoded columns.
+    fn assemble(
+        &self,
+        mut columns: Vec<ArrayRef>,
+        input: &RecordBatch,
+        rows: &UInt32Array,
+    ) -> Result<RecordBatch, OperatorError> {
+        for name in [RAW, SOURCE, OFFSET, RECORD_INDEX] {
+            let col = input
+                .column_by_name(name)
+                .ok_or_else(|| OperatorError::Other(format!("input lacks {name}")))?;
+            columns.push(arrow::compute::take(col.as_ref(), rows, None)?);
+        }
+        Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
+    }
+
+    fn process_hl7(
+        &self,
+        extractor: &Extractor,
+        limits: &ParseLimits,
+        batch: &RecordBatch,
+    ) -> Result<(RecordBatch, Failures), OperatorError> {
+        let raw = raw_column(batch)?;
+        let offsets = int_column(batch, OFFSET)?;
+        let indexes = int_column(batch, RECORD_INDEX)?;
+        let mut failures = Failures::default();
+        let mut messages = Vec::with_capacity(batch.num_rows());
+        let mut rows = Vec::with_capacity(batch.num_rows());
+        for i in 0..batch.num_rows() {
+            match Message::parse_with(
+                raw.value(i),
+                offsets.value(i) as usize,
+                indexes.value(i) as usize,
+                limits,
+            ) {
+                Ok(m) => {
+                    messages.push(m);
+                    rows.push(i as u32);
+                }
+                Err(e) => failures.add(i, "parse", e.to_string()),
+            }
+        }
+        let x = extractor.extract(&messages, "")?;
+        // A value that does not convert fails its whole record.
+        let mut bad = vec![false; messages.len()];
+        for e in &x.errors {
+            bad[e.row] = true;
+            failures.add(
+                rows[e.row] as usize,
+                &format!("parse:{}", e.column),
+                e.error.to_string(),
+            );
+        }
+        let mut ids = StringBuilder::new();
+        let mut types = StringBuilder::new();
+        for m in &messages {
+            ids.append_value(m.control_id());
+            types.append_value(m.message_type());
+        }
+        let mut columns: Vec<ArrayRef> = x.batch.columns().to_vec();
+        columns.push(Arc::new(ids.finish()));
+        columns.push(Arc::new(types.finish()));
+        let all = self.assemble(columns, batch, &UInt32Array::from(rows))?;
+        let keep = arrow::array::BooleanArray::from(bad.iter().map(|b| !b).collect::<Vec<_>>());
+        Ok((arrow::compute::filter_record_batch(&all, &keep)?, failures))
+    }
+
+    fn process_decoder(
+        &self,
+        batch: &RecordBatch,
+        decode: impl Fn(&[&[u8]]) -> Result<RecordBatch, String>,
+    ) -> Result<(RecordBatch, Failures), OperatorError> {
+        let raw = raw_column(batch)?;
+        let records: Vec<&[u8]> = (0..batch.num_rows()).map(|i| raw.value(i)).collect();
+        let mut failures = Failures::default();
+        // Fast path: the whole batch decodes. Otherwise find the culprits one by one.
+        let (decoded, rows) = match decode(&records) {
+            Ok(b) if b.num_rows() == records.len() => {
+                (b, (0..records.len() as u32).collect::<Vec<_>>())
+            }
+            _ => {
+                let mut parts = Vec::new();
+                let mut rows = Vec::new();
+                for (i, r) in records.iter().enumerate() {
+                    match decode(std::slice::from_ref(r)) {
+                        Ok(b) if b.num_rows() == 1 => {
+                            parts.push(b);
+                            rows.push(i as u32);
+                        }
+                        Ok(_) => failures.add(i, "parse", "empty record".into()),
+                        Err(e) => failures.add(i, "parse", e),
+                    }
+                }
+                let schema = self.decoded_schema();
+                (arrow::compute::concat_batches(&schema, &parts)?, rows)
+            }
+        };
+        let all = self.assemble(decoded.columns().to_vec(), batch, &UInt32Array::from(rows))?;
+        Ok((all, failures))
+    }
+
+    fn decoded_schema(&self) -> SchemaRef {
+        match &self.format {
+            ParseFormat::Ndjson { schema } | ParseFormat::Csv { schema } => schema.clone(),
+            ParseFormat::Hl7 { extractor, .. } => extractor.schema(),
+        }
+    }
+}
+
+/// Records that failed, by input row.
+#[derive(Default)]
+struct Failures {
+    rows: Vec<u32>,
+    rule: Vec<String>,
+    reason: Vec<String>,
+}
+
+impl Failures {
+    fn add(&mut self, row: usize, rule: &str, reason: String) {
+        // One entry per record: a second failing column adds to the reason.
+        if self.rows.last() == Some(&(row as u32)) {
+            let last = self.reason.len() - 1;
+            self.reason[last].push_str("; ");
+            self.reason[last].push_str(&reason);
+            return;
+        }
+        self.rows.push(row as u32);
+        self.rule.push(rule.to_string());
+        self.reason.push(reason);
+    }
+
+    fn into_dead(mut self, input: &RecordBatch) -> Result<Option<DeadLetters>, OperatorError> {
+        if self.rows.is_empty() {
+            return Ok(None);
+        }
+        // Conversion failures are found after parse failures; keep input order.
+        let mut order: Vec<usize> = (0..self.rows.len()).collect();
+        order.sort_by_key(|&i| self.rows[i]);
+        let rows = UInt32Array::from(order.iter().map(|&i| self.rows[i]).collect::<Vec<_>>());
+        let rule = order
+            .iter()
+            .map(|&i| std::mem::take(&mut self.rule[i]))
+            .collect();
+        let reason = order
+            .iter()
+            .map(|&i| std::mem::take(&mut self.reason[i]))
+            .collect();
+        Ok(Some(DeadLetters {
+            rows: arrow::compute::take_record_batch(input, &rows)?,
+            rule,
+            reason,
+        }))
+    }
+}
+
+fn raw_column(batch: &RecordBatch) -> Result<&arrow::array::BinaryArray, OperatorError> {
+    batch
+        .column_by_name(RAW)
+        .and_then(|c| c.as_binary_opt::<i32>())
+        .ok_or_else(|| OperatorError::Other(format!("parse input needs a binary {RAW} column")))
+}
+
+fn int_column<'b>(
+    batch: &'b RecordBatch,
+    name: &str,
+) -> Result<&'b arrow::array::PrimitiveArray<Int64Type>, OperatorError> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_primitive_opt::<Int64Type>())
+        .ok_or_else(|| OperatorError::Other(format!("parse input needs an int64 {name} column")))
+}
+
+fn decode_ndjson(schema: &SchemaRef, records: &[&[u8]]) -> Result<RecordBatch, String> {
+    let mut decoder = arrow::json::ReaderBuilder::new(schema.clone())
+        .with_batch_size(records.len().max(1))
+        .build_decoder()
+        .map_err(|e| e.to_string())?;
+    for r in records {
+        // One record must be exactly one JSON object: `{}{}` on a line is an error.
+        let before = decoder.len();
+        decoder.decode(r).map_err(|e| e.to_string())?;
+        decoder.decode(b"\n").map_err(|e| e.to_string())?;
+        if decoder.len() != before + 1 {
+            return Err(format!(
+                "expected one JSON object per record, found {}",
+                decoder.len() - before
+            ));
+        }
+    }
+    Ok(decoder
+        .flush()
+        .map_err(|e| e.to_string())?
+        .unwrap_or_else(|| RecordBatch::new_empty(schema.clone())))
+}
+
+fn decode_csv(schema: &SchemaRef, records: &[&[u8]]) -> Result<RecordBatch, String> {
+    let mut decoder = arrow::csv::ReaderBuilder::new(schema.clone())
+        .with_header(false)
+        .with_batch_size(records.len().max(1))
+        .build_decoder();
+    for r in records {
+        let mut line = r.to_vec();
+        line.push(b'\n');
+        let mut buf: &[u8] = &line;
+        while !buf.is_empty() {
+            let n = decoder.decode(buf).map_err(|e| e.to_string())?;
+            if n == 0 {
+                break;
+            }
+            buf = &buf[n..];
+        }
+    }
+    Ok(decoder
+        .flush()
+        .map_err(|e| e.to_string())?
+        .unwrap_or_else(|| RecordBatch::new_empty(schema.clone())))
+}
+
+impl Operator for Parse {
+    fn outputs(&self) -> Vec<(String, SchemaRef)> {
+        vec![(String::new(), self.schema.clone())]
+    }
+
+    fn process(&mut self, batch: RecordBatch) -> Result<StageOutput, OperatorError> {
+        let (out, failures) = match &self.format {
+            ParseFormat::Hl7 { extractor, limits } => {
+                self.process_hl7(extractor, limits, &batch)?
+            }
+            ParseFormat::Ndjson { schema } => {
+                let schema = schema.clone();
+                self.process_decoder(&batch, |r| decode_ndjson(&schema, r))?
+            }
+            ParseFormat::Csv { schema } => {
+                let schema = schema.clone();
+                self.process_decoder(&batch, |r| decode_csv(&schema, r))?
+            }
+        };
+        Ok(StageOutput {
+            outputs: vec![Some(out)],
+            dead: failures.into_dead(&batch)?,
+            filtered: 0,
+        })
+    }
+}
+
+/// Builds a raw-record batch (what sources emit), e.g. for tests.
+pub fn raw_batch(source: &str, records: &[(usize, &[u8])], first_index: usize) -> RecordBatch {
+    let raw = arrow::array::BinaryArray::from_iter_values(records.iter().map(|(_, r)| *r));
+    let sources = arrow::array::StringArray::from(vec![source; records.len()]);
+    let offsets =
+        arrow::array::Int64Array::from_iter_values(records.iter().map(|(o, _)| *o as i64));
+    let indexes = arrow::array::Int64Array::from_iter_values(
+        (0..records.len()).map(|i| (first_index + i) as i64),
+    );
+    RecordBatch::try_new(
+        raw_record_schema(),
+        vec![
+            Arc::new(raw),
+            Arc::new(sources),
+            Arc::new(offsets),
+            Arc::new(indexes),
+        ],
+    )
+    .expect("raw schema matches")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::formats::hl7::extract::ColumnType;
+
+    #[test]
+    fn hl7_good_bad_and_unconvertible_records() {
+        let good = b"MSH|^~\\&|A||||||ADT^A01|C1|P|2.5\rPID|1||111||DOE||19800102\r";
+        let bad_date = b"MSH|^~\\&|A||||||ADT^A01|C2|P|2.5\rPID|1||222||ROE||19801302\r";
+        let garbage = b"not hl7 at all";
+        let batch = raw_batch("f.hl7", &[(0, good), (100, garbage), (200, bad_date)], 10);
+        let mut p = Parse::hl7(
+            vec![
+                ColumnSpec::new("mrn", "PID-3.1", ColumnType::Utf8).unwrap(),
+                ColumnSpec::new("dob", "PID-7", ColumnType::Date32).unwrap(),
+            ],
+            chrono::FixedOffset::east_opt(0).unwrap(),
+        );
+        let out = p.process(batch).unwrap();
+        let rows = out.outputs[0].as_ref().unwrap();
+        assert_eq!(rows.num_rows(), 1);
+        assert_eq!(
+            rows.column_by_name(CONTROL_ID)
+                .unwrap()
+                .as_string::<i32>()
+                .value(0),
+            "C1"
+        );
+        assert_eq!(
+            rows.column_by_name(RECORD_INDEX)
+                .unwrap()
+                .as_primitive::<Int64Type>()
+                .value(0),
+            10
+        );
+        let dead = out.dead.unwrap();
+        assert_eq!(dead.rows.num_rows(), 2);
+        assert_eq!(dead.rule, ["parse", "parse:dob"]);
+        assert!(dead.reason[0].contains("MSH"), "{}", dead.reason[0]);
+        assert!(dead.reason[1].contains("month 13"), "{}", dead.reason[1]);
+        assert!(
+            dead.reason[1].contains("byte offset 2"),
+            "absolute offset: {}",
+            dead.reason[1]
+        );
+        let idx = dead
+            .rows
+            .column_by_name(RECORD_INDEX)
+            .unwrap()
+            .as_primitive::<Int64Type>();
+        assert_eq!((idx.value(0), idx.value(1)), (11, 12));
+    }
+
+    #[test]
+    fn ndjson_bad_lines_are_isolated() {
+        let schema = crate::formats::schema::parse(
+            r#"{"fields":[{"name":"id","type":"utf8","nullable":false},{"name":"n","type":"int64"}]}"#,
+        )
+        .unwrap();
+        let batch = raw_batch(
+            "e.ndjson",
+            &[
+                (0, br#"{"id":"a","n":1}"#),
+                (20, br#"{"id":"b","n":"x"}"#),
+                (40, b"{not json"),
+                (50, br#"{"n":3}"#),
+                (60, br#"{"id":"e"}"#),
+            ],
+            0,
+        );
+        let mut p = Parse::ndjson(schema);
+        let out = p.process(batch).unwrap();
+        let rows = out.outputs[0].as_ref().unwrap();
+        assert_eq!(rows.num_rows(), 2);
+        let ids = rows.column(0).as_string::<i32>();
+        assert_eq!((ids.value(0), ids.value(1)), ("a", "e"));
+        assert!(rows.column(1).is_null(1));
+        let dead = out.dead.unwrap();
+        assert_eq!(dead.rows.num_rows(), 3);
+    }
+
+    #[test]
+    fn csv_records() {
+        let schema = crate::formats::schema::parse(
+            r#"{"fields":[{"name":"code","type":"utf8"},{"name":"beds","type":"int64"}]}"#,
+        )
+        .unwrap();
+        let batch = raw_batch("f.csv", &[(0, b"GHH,120"), (8, b"\"North, Clinic\",x")], 0);
+        let out = Parse::csv(schema).process(batch).unwrap();
+        assert_eq!(out.outputs[0].as_ref().unwrap().num_rows(), 1);
+        assert_eq!(out.dead.unwrap().rows.num_rows(), 1);
+    }
+}

@@ -1,0 +1,823 @@
+//! Spec → graph of operators. Each stage is planned against the schema its upstream produces,
+//! so an unknown column, a non-boolean condition or a type mismatch is found here, before any
+//! record is read, and reported at the YAML (or SQL file) position it comes from.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use arrow::datatypes::SchemaRef;
+use datafusion::scalar::ScalarValue;
+use marked_yaml::Spanned;
+
+use super::sql::{PlannedExpr, SqlPlanner};
+use crate::formats::hl7::extract::{ColumnSpec, ColumnType};
+use crate::operators::Operator;
+use crate::operators::enrich::Enrich;
+use crate::operators::lookup::{JoinKind, Lookup, OnMiss, ReferenceTable};
+use crate::operators::map::Map;
+use crate::operators::parse::{Parse, raw_record_schema};
+use crate::operators::route::{Route, RouteMode};
+use crate::operators::validate::{Rule, Severity, Validate};
+use crate::spec::{PipelineSpec, SpecError, SpecErrors, StageSpec};
+
+/// Record framing of a source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceFormat {
+    Hl7,
+    Ndjson,
+    Csv,
+}
+
+impl SourceFormat {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "hl7" => Ok(SourceFormat::Hl7),
+            "ndjson" | "json" => Ok(SourceFormat::Ndjson),
+            "csv" => Ok(SourceFormat::Csv),
+            other => Err(format!("unknown format {other:?} (hl7, ndjson, csv)")),
+        }
+    }
+}
+
+/// Where a stage or sink reads from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Upstream {
+    Source,
+    Stage { stage: usize, port: usize },
+}
+
+#[derive(Debug, Clone)]
+pub struct PlannedSource {
+    /// Files matched by the spec's path/glob, in order; `-` is stdin.
+    pub paths: Vec<PathBuf>,
+    pub format: SourceFormat,
+}
+
+pub struct PlannedStage {
+    pub name: String,
+    pub kind: &'static str,
+    pub input: Upstream,
+    pub operator: Box<dyn Operator>,
+    pub outputs: Vec<(String, SchemaRef)>,
+}
+
+/// Output file formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkFormat {
+    Ndjson,
+    Parquet,
+    Arrow,
+}
+
+#[derive(Debug, Clone)]
+pub struct PlannedSink {
+    pub name: String,
+    pub input: Upstream,
+    /// None = stdout.
+    pub path: Option<PathBuf>,
+    pub format: SinkFormat,
+    pub schema: SchemaRef,
+    pub provenance: bool,
+}
+
+/// A pipeline ready to run.
+pub struct Plan {
+    pub name: String,
+    pub integration_id: String,
+    pub source: PlannedSource,
+    pub max_rows: usize,
+    pub max_delay: Duration,
+    pub stages: Vec<PlannedStage>,
+    pub sinks: Vec<PlannedSink>,
+    pub dlq: Option<PathBuf>,
+}
+
+impl Plan {
+    pub fn schema_of(&self, up: Upstream) -> SchemaRef {
+        match up {
+            Upstream::Source => raw_record_schema(),
+            Upstream::Stage { stage, port } => self.stages[stage].outputs[port].1.clone(),
+        }
+    }
+}
+
+struct Ctx<'s> {
+    spec: &'s PipelineSpec,
+    errors: Vec<SpecError>,
+}
+
+impl Ctx<'_> {
+    fn err<T>(&mut self, at: &Spanned<T>, message: impl Into<String>) {
+        self.errors
+            .push(SpecError::at(&self.spec.file, at.span(), message.into()));
+    }
+}
+
+/// Plans a spec; every problem found is returned (not only the first).
+pub async fn build(spec: &PipelineSpec) -> Result<Plan, SpecErrors> {
+    let mut cx = Ctx {
+        spec,
+        errors: Vec::new(),
+    };
+    let sql = SqlPlanner::new();
+
+    let source = plan_source(&mut cx);
+    let max_delay = match &spec.batch.max_delay {
+        Some(d) => crate::spec::parse_duration(d).unwrap_or_else(|e| {
+            cx.err(d, e);
+            Duration::from_millis(200)
+        }),
+        None => Duration::from_millis(200),
+    };
+    if *spec.batch.max_rows == 0 {
+        cx.err(&spec.batch.max_rows, "max_rows must be at least 1");
+    }
+
+    let mut stages: Vec<PlannedStage> = Vec::new();
+    for (i, stage) in spec.stages.iter().enumerate() {
+        let name = stage.name();
+        if spec.stages[..i]
+            .iter()
+            .any(|s| s.name().as_str() == name.as_str())
+        {
+            cx.err(
+                name,
+                format!("stage name {:?} is used twice", name.as_str()),
+            );
+        }
+        let input = match resolve_upstream(&mut cx, &stages, stage.input(), i, stage.kind()) {
+            Some(u) => u,
+            None => break,
+        };
+        let input_schema = match input {
+            Upstream::Source => raw_record_schema(),
+            Upstream::Stage { stage, port } => stages[stage].outputs[port].1.clone(),
+        };
+        let is_source_input = input == Upstream::Source;
+        if is_source_input != matches!(stage, StageSpec::Parse(_)) {
+            let msg = if is_source_input {
+                "the stage reading the source must be a `parse` stage"
+            } else {
+                "a `parse` stage reads raw records: its input must be the source"
+            };
+            cx.err(name, msg);
+            break;
+        }
+        match plan_stage(&mut cx, &sql, stage, &input_schema).await {
+            Some(operator) => {
+                let outputs = operator.outputs();
+                stages.push(PlannedStage {
+                    name: name.to_string(),
+                    kind: stage.kind(),
+                    input,
+                    operator,
+                    outputs,
+                });
+            }
+            // Downstream schemas are unknown after a failed stage: stop rather than cascade.
+            None => break,
+        }
+    }
+    let planned_all_stages = stages.len() == spec.stages.len();
+
+    let mut sinks = Vec::new();
+    if planned_all_stages {
+        for s in &spec.sinks {
+            if let Some(sink) = plan_sink(&mut cx, &stages, s) {
+                sinks.push(sink);
+            }
+        }
+        check_reachability(&mut cx, &stages, &sinks);
+    }
+    if spec.sinks.is_empty() {
+        cx.errors.push(SpecError::at_line(
+            &spec.file,
+            1,
+            1,
+            "a pipeline needs at least one sink",
+        ));
+    }
+    let dlq = spec.dlq.as_ref().map(|d| spec.resolve(&d.path));
+    if !cx.errors.is_empty() {
+        cx.errors
+            .sort_by_key(|e| (e.location.line, e.location.column));
+        return Err(SpecErrors(cx.errors));
+    }
+    Ok(Plan {
+        name: spec.name.to_string(),
+        integration_id: spec.integration.id.to_string(),
+        source: source.expect("no errors"),
+        max_rows: *spec.batch.max_rows,
+        max_delay,
+        stages,
+        sinks,
+        dlq,
+    })
+}
+
+fn plan_source(cx: &mut Ctx<'_>) -> Option<PlannedSource> {
+    let s = &cx.spec.source;
+    if s.kind.as_str() != "file" {
+        cx.err(
+            &s.kind,
+            format!("unknown source type {:?} (file)", s.kind.as_str()),
+        );
+        return None;
+    }
+    let format = match SourceFormat::parse(&s.format) {
+        Ok(f) => f,
+        Err(e) => {
+            cx.err(&s.format, e);
+            return None;
+        }
+    };
+    if s.path.as_str() == "-" {
+        return Some(PlannedSource {
+            paths: vec![PathBuf::from("-")],
+            format,
+        });
+    }
+    let pattern = cx.spec.resolve(&s.path);
+    let paths: Vec<PathBuf> = match glob::glob(&pattern.to_string_lossy()) {
+        Ok(paths) => paths
+            .filter_map(Result::ok)
+            .filter(|p| p.is_file())
+            .collect(),
+        Err(e) => {
+            cx.err(&s.path, format!("bad glob pattern: {e}"));
+            return None;
+        }
+    };
+    if paths.is_empty() {
+        cx.err(
+            &s.path,
+            format!("no input file matches {}", pattern.display()),
+        );
+        return None;
+    }
+    Some(PlannedSource { paths, format })
+}
+
+/// Resolves `stage` / `stage.output` (or the previous stage) to an upstream port.
+fn resolve_upstream(
+    cx: &mut Ctx<'_>,
+    stages: &[PlannedStage],
+    input: Option<&Spanned<String>>,
+    position: usize,
+    what: &str,
+) -> Option<Upstream> {
+    let Some(input) = input else {
+        if position == 0 {
+            return Some(Upstream::Source);
+        }
+        let prev = stages.last()?;
+        if prev.outputs.len() != 1 {
+            let at = cx.spec.stages[position].name().clone();
+            cx.err(
+                &at,
+                format!(
+                    "the previous stage {:?} has several outputs ({}): name one with `input: {}.<output>`",
+                    prev.name,
+                    port_names(prev),
+                    prev.name
+                ),
+            );
+            return None;
+        }
+        return Some(Upstream::Stage {
+            stage: stages.len() - 1,
+            port: 0,
+        });
+    };
+    if input.as_str() == "source" {
+        return Some(Upstream::Source);
+    }
+    let (stage_name, port_name) = match input.split_once('.') {
+        Some((s, p)) => (s, Some(p)),
+        None => (input.as_str(), None),
+    };
+    let Some(stage) = stages.iter().position(|s| s.name == stage_name) else {
+        let known: Vec<&str> = stages.iter().map(|s| s.name.as_str()).collect();
+        cx.err(
+            input,
+            format!(
+                "{what} input {:?}: no earlier stage has that name (known: source, {})",
+                input.as_str(),
+                known.join(", ")
+            ),
+        );
+        return None;
+    };
+    let s = &stages[stage];
+    let port = match port_name {
+        Some(p) => s.outputs.iter().position(|(n, _)| n == p),
+        None if s.outputs.len() == 1 => Some(0),
+        None => None,
+    };
+    match port {
+        Some(port) => Some(Upstream::Stage { stage, port }),
+        None => {
+            cx.err(
+                input,
+                format!(
+                    "{what} input {:?}: stage {:?} has outputs {}",
+                    input.as_str(),
+                    s.name,
+                    port_names(s)
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn port_names(s: &PlannedStage) -> String {
+    s.outputs
+        .iter()
+        .map(|(n, _)| {
+            if n.is_empty() {
+                s.name.clone()
+            } else {
+                format!("{}.{n}", s.name)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Plans an expression, recording an error at `at` on failure.
+fn expr(
+    cx: &mut Ctx<'_>,
+    sql: &SqlPlanner,
+    name: &str,
+    at: &Spanned<String>,
+    schema: &SchemaRef,
+    predicate: bool,
+) -> Option<PlannedExpr> {
+    let r = if predicate {
+        sql.predicate(name, at, schema)
+    } else {
+        sql.expr(name, at, schema)
+    };
+    r.map_err(|e| cx.err(at, format!("{name}: {e}"))).ok()
+}
+
+async fn plan_stage(
+    cx: &mut Ctx<'_>,
+    sql: &SqlPlanner,
+    stage: &StageSpec,
+    input: &SchemaRef,
+) -> Option<Box<dyn Operator>> {
+    match stage {
+        StageSpec::Parse(p) => {
+            let format = match SourceFormat::parse(&p.format) {
+                Ok(f) => f,
+                Err(e) => {
+                    cx.err(&p.format, e);
+                    return None;
+                }
+            };
+            if format != SourceFormat::parse(&cx.spec.source.format).unwrap_or(format) {
+                cx.err(
+                    &p.format,
+                    format!(
+                        "parse format {:?} differs from the source format {:?}",
+                        p.format.as_str(),
+                        cx.spec.source.format.as_str()
+                    ),
+                );
+            }
+            match format {
+                SourceFormat::Hl7 => {
+                    if p.columns.is_empty() {
+                        cx.err(&p.name, "an hl7 parse stage needs `columns`");
+                        return None;
+                    }
+                    if let Some(s) = &p.schema {
+                        cx.err(s, "hl7 columns are declared with `columns`, not `schema`");
+                    }
+                    let mut columns = Vec::new();
+                    for c in &p.columns {
+                        let ty = match &c.data_type {
+                            Some(t) => match t.parse::<ColumnType>() {
+                                Ok(ColumnType::Auto) => {
+                                    cx.err(
+                                        t,
+                                        "pipelines declare column types (auto is for the CLI)",
+                                    );
+                                    continue;
+                                }
+                                Ok(t) => t,
+                                Err(e) => {
+                                    cx.err(t, e);
+                                    continue;
+                                }
+                            },
+                            None => ColumnType::Utf8,
+                        };
+                        if columns
+                            .iter()
+                            .any(|x: &ColumnSpec| x.name == c.name.as_str())
+                        {
+                            cx.err(
+                                &c.name,
+                                format!("column {:?} is declared twice", c.name.as_str()),
+                            );
+                        }
+                        if c.name.starts_with('_') {
+                            cx.err(
+                                &c.name,
+                                "names starting with '_' are reserved for provenance",
+                            );
+                        }
+                        match ColumnSpec::new(c.name.as_str(), &c.path, ty) {
+                            Ok(spec) => columns.push(spec),
+                            Err(e) => cx.err(&c.path, e.kind.to_string()),
+                        }
+                    }
+                    let offset = match &p.default_timezone {
+                        Some(tz) => match parse_offset(tz) {
+                            Some(o) => o,
+                            None => {
+                                cx.err(
+                                    tz,
+                                    "default_timezone must be an offset like -0500 or +0100",
+                                );
+                                return None;
+                            }
+                        },
+                        None => chrono::FixedOffset::east_opt(0).expect("zero"),
+                    };
+                    (columns.len() == p.columns.len())
+                        .then(|| Box::new(Parse::hl7(columns, offset)) as Box<dyn Operator>)
+                }
+                SourceFormat::Ndjson | SourceFormat::Csv => {
+                    if !p.columns.is_empty() {
+                        cx.err(
+                            &p.name,
+                            "ndjson/csv records are typed by a `schema` file, not `columns`",
+                        );
+                    }
+                    let Some(schema_path) = &p.schema else {
+                        cx.err(&p.name, "an ndjson/csv parse stage needs a `schema` file");
+                        return None;
+                    };
+                    match crate::formats::schema::load(&cx.spec.resolve(schema_path)) {
+                        Ok(schema) => Some(if format == SourceFormat::Csv {
+                            Box::new(Parse::csv(schema)) as Box<dyn Operator>
+                        } else {
+                            Box::new(Parse::ndjson(schema))
+                        }),
+                        Err(e) => {
+                            cx.err(schema_path, e);
+                            None
+                        }
+                    }
+                }
+            }
+        }
+        StageSpec::Map(m) => {
+            let planned = match (&m.sql, &m.select) {
+                (Some(text), None) => {
+                    let (query, origin) = if text.trim_end().ends_with(".sql") {
+                        let path = cx.spec.resolve(text.trim());
+                        match std::fs::read_to_string(&path) {
+                            Ok(q) => (q, format!(" (in {})", path.display())),
+                            Err(e) => {
+                                cx.err(text, format!("cannot read {}: {e}", path.display()));
+                                return None;
+                            }
+                        }
+                    } else {
+                        (text.to_string(), String::new())
+                    };
+                    match sql.select(&query, input).await {
+                        Ok(s) => s,
+                        Err(e) => {
+                            cx.err(text, format!("{e}{origin}"));
+                            return None;
+                        }
+                    }
+                }
+                (None, Some(select)) => {
+                    let mut projection = Vec::new();
+                    for (name, e) in select {
+                        if let Some(p) = expr(cx, sql, name, e, input, false) {
+                            projection.push(p);
+                        }
+                    }
+                    if projection.len() != select.len() {
+                        return None;
+                    }
+                    super::sql::PlannedSelect {
+                        projection,
+                        filter: None,
+                    }
+                }
+                _ => {
+                    cx.err(
+                        &m.name,
+                        "a map stage needs exactly one of `sql` or `select`",
+                    );
+                    return None;
+                }
+            };
+            match Map::new(planned, input) {
+                Ok(op) => Some(Box::new(op)),
+                Err(e) => {
+                    cx.err(&m.name, e);
+                    None
+                }
+            }
+        }
+        StageSpec::Enrich(e) => {
+            let mut fields = Vec::new();
+            for (name, value) in &e.fields {
+                if let Some(p) = expr(cx, sql, name, value, input, false) {
+                    fields.push(p);
+                }
+            }
+            if fields.len() != e.fields.len() {
+                return None;
+            }
+            match Enrich::new(fields, input) {
+                Ok(op) => Some(Box::new(op)),
+                Err(msg) => {
+                    cx.err(&e.name, msg);
+                    None
+                }
+            }
+        }
+        StageSpec::Validate(v) => {
+            let mut rules = Vec::new();
+            for r in &v.rules {
+                let severity = match r.severity.as_ref().map(|s| s.as_str()) {
+                    None | Some("error") => Severity::Error,
+                    Some("warning") | Some("warn") => Severity::Warning,
+                    Some(other) => {
+                        let at = r.severity.as_ref().expect("some");
+                        cx.err(at, format!("unknown severity {other:?} (error, warning)"));
+                        continue;
+                    }
+                };
+                if rules.iter().any(|x: &Rule| x.name == r.name.as_str()) {
+                    cx.err(
+                        &r.name,
+                        format!("rule {:?} is declared twice", r.name.as_str()),
+                    );
+                }
+                if let Some(check) = expr(cx, sql, &r.name, &r.check, input, true) {
+                    rules.push(Rule {
+                        name: r.name.to_string(),
+                        message: r
+                            .message
+                            .clone()
+                            .unwrap_or_else(|| format!("failed: {}", r.check.as_str())),
+                        severity,
+                        check,
+                    });
+                }
+            }
+            if rules.len() != v.rules.len() {
+                return None;
+            }
+            match Validate::new(rules, input) {
+                Ok(op) => Some(Box::new(op)),
+                Err(e) => {
+                    cx.err(&v.name, e);
+                    None
+                }
+            }
+        }
+        StageSpec::Route(r) => {
+            let mode = match r.mode.as_ref().map(|m| m.as_str()) {
+                None | Some("first_match") => RouteMode::FirstMatch,
+                Some("all_matches") => RouteMode::AllMatches,
+                Some(other) => {
+                    cx.err(
+                        r.mode.as_ref().expect("some"),
+                        format!("unknown route mode {other:?} (first_match, all_matches)"),
+                    );
+                    return None;
+                }
+            };
+            let mut routes = Vec::new();
+            for route in &r.routes {
+                if routes
+                    .iter()
+                    .any(|x: &PlannedExpr| x.name == route.name.as_str())
+                    || r.default
+                        .as_ref()
+                        .is_some_and(|d| d.as_str() == route.name.as_str())
+                {
+                    cx.err(
+                        &route.name,
+                        format!("output {:?} is declared twice", route.name.as_str()),
+                    );
+                }
+                if let Some(p) = expr(cx, sql, &route.name, &route.when, input, true) {
+                    routes.push(p);
+                }
+            }
+            if r.routes.is_empty() {
+                cx.err(&r.name, "a route stage needs at least one route");
+                return None;
+            }
+            if routes.len() != r.routes.len() {
+                return None;
+            }
+            Some(Box::new(Route::new(
+                routes,
+                r.default.as_ref().map(|d| d.to_string()),
+                mode,
+                input,
+            )))
+        }
+        StageSpec::Lookup(l) => {
+            let path = cx.spec.resolve(&l.table);
+            let table = match ReferenceTable::load(&path, &l.key.table) {
+                Ok(t) => t,
+                Err(e) => {
+                    cx.err(&l.table, e);
+                    return None;
+                }
+            };
+            let join = match l.join.as_ref().map(|j| j.as_str()) {
+                None | Some("left") => JoinKind::Left,
+                Some("inner") => JoinKind::Inner,
+                Some(other) => {
+                    cx.err(
+                        l.join.as_ref().expect("some"),
+                        format!("unknown join {other:?} (left, inner)"),
+                    );
+                    return None;
+                }
+            };
+            let on_miss = match l.on_miss.as_ref().map(|m| m.as_str()) {
+                None | Some("null") => OnMiss::Null,
+                Some("warn") => OnMiss::Warn,
+                Some("default") => OnMiss::Default,
+                Some("dlq") => OnMiss::DeadLetter,
+                Some(other) => {
+                    cx.err(
+                        l.on_miss.as_ref().expect("some"),
+                        format!("unknown on_miss {other:?} (null, warn, default, dlq)"),
+                    );
+                    return None;
+                }
+            };
+            let mut defaults = Vec::new();
+            for (col, value) in &l.defaults {
+                match literal(sql, value) {
+                    Ok(v) => defaults.push((col.clone(), v)),
+                    Err(e) => cx.err(value, e),
+                }
+            }
+            if on_miss == OnMiss::Default && l.defaults.is_empty() {
+                cx.err(&l.name, "on_miss: default needs `defaults`");
+            }
+            match Lookup::new(
+                &l.name,
+                input.clone(),
+                table,
+                &l.key.input,
+                l.columns.iter().map(|c| c.to_string()).collect(),
+                join,
+                on_miss,
+                defaults,
+            ) {
+                Ok(op) => Some(Box::new(op)),
+                Err(e) => {
+                    cx.err(&l.key.input, e);
+                    None
+                }
+            }
+        }
+    }
+}
+
+/// Evaluates a constant SQL expression (a lookup default) once.
+fn literal(sql: &SqlPlanner, text: &str) -> Result<ScalarValue, String> {
+    let empty: SchemaRef = std::sync::Arc::new(arrow::datatypes::Schema::empty());
+    let e = sql.expr("default", text, &empty)?;
+    let batch = arrow::record_batch::RecordBatch::try_new_with_options(
+        empty,
+        vec![],
+        &arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(1)),
+    )
+    .map_err(|e| e.to_string())?;
+    let v = e.evaluate(&batch).map_err(|e| e.to_string())?;
+    ScalarValue::try_from_array(&v, 0).map_err(|e| e.to_string())
+}
+
+fn parse_offset(text: &str) -> Option<chrono::FixedOffset> {
+    let t = text.trim();
+    let (sign, digits) = match t.as_bytes().first()? {
+        b'+' => (1, &t[1..]),
+        b'-' => (-1, &t[1..]),
+        _ => return None,
+    };
+    if digits.len() != 4 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let h: i32 = digits[..2].parse().ok()?;
+    let m: i32 = digits[2..].parse().ok()?;
+    chrono::FixedOffset::east_opt(sign * (h * 3600 + m * 60))
+}
+
+fn plan_sink(
+    cx: &mut Ctx<'_>,
+    stages: &[PlannedStage],
+    s: &crate::spec::SinkSpec,
+) -> Option<PlannedSink> {
+    let input = match &s.input {
+        Some(i) => resolve_upstream(cx, stages, Some(i), stages.len(), "sink")?,
+        None => {
+            let Some(last) = stages.last() else {
+                cx.err(&s.name, "a sink needs stages to read from");
+                return None;
+            };
+            if last.outputs.len() != 1 {
+                cx.err(
+                    &s.name,
+                    format!(
+                        "sink {:?} must name its input: one of {}",
+                        s.name.as_str(),
+                        port_names(last)
+                    ),
+                );
+                return None;
+            }
+            Upstream::Stage {
+                stage: stages.len() - 1,
+                port: 0,
+            }
+        }
+    };
+    let format = match s.format.as_ref().map(|f| f.as_str()) {
+        None | Some("ndjson") | Some("json") => SinkFormat::Ndjson,
+        Some("parquet") => SinkFormat::Parquet,
+        Some("arrow") | Some("ipc") => SinkFormat::Arrow,
+        Some(other) => {
+            cx.err(
+                s.format.as_ref().expect("some"),
+                format!("unknown sink format {other:?} (ndjson, parquet, arrow)"),
+            );
+            return None;
+        }
+    };
+    let path = match s.kind.as_str() {
+        "file" => match &s.path {
+            Some(p) => Some(cx.spec.resolve(p)),
+            None => {
+                cx.err(&s.kind, "a file sink needs a `path`");
+                return None;
+            }
+        },
+        "stdout" => None,
+        other => {
+            cx.err(
+                &s.kind,
+                format!("unknown sink type {other:?} (file, stdout)"),
+            );
+            return None;
+        }
+    };
+    let schema = match input {
+        Upstream::Source => {
+            cx.err(&s.name, "a sink cannot read raw records: add a parse stage");
+            return None;
+        }
+        Upstream::Stage { stage, port } => stages[stage].outputs[port].1.clone(),
+    };
+    Some(PlannedSink {
+        name: s.name.to_string(),
+        input,
+        path,
+        format,
+        schema,
+        provenance: s.provenance,
+    })
+}
+
+/// Every stage output must be read by a later stage or a sink: rows sent nowhere would be lost.
+fn check_reachability(cx: &mut Ctx<'_>, stages: &[PlannedStage], sinks: &[PlannedSink]) {
+    for (i, stage) in stages.iter().enumerate() {
+        for (port, (name, _)) in stage.outputs.iter().enumerate() {
+            let up = Upstream::Stage { stage: i, port };
+            let read = stages.iter().any(|s| s.input == up) || sinks.iter().any(|s| s.input == up);
+            if !read {
+                let at = cx.spec.stages[i].name().clone();
+                let what = if name.is_empty() {
+                    format!("the output of stage {:?}", stage.name)
+                } else {
+                    format!("output {:?} of stage {:?}", name, stage.name)
+                };
+                cx.err(
+                    &at,
+                    format!("{what} goes nowhere: no stage or sink reads it"),
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! From spec to runnable graph: schemas propagated stage by stage, SQL planned once with
+//! DataFusion, every reference (column, file, output) checked before anything runs.
+
+pub mod graph;
+pub mod sql;
+pub mod udfs;
+
+pub use graph::{Plan, PlannedSink, PlannedStage, build};

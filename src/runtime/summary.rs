@@ -1,0 +1,94 @@
+//! The run summary: per stage rows in/out/dead-lettered/filtered and time, and the totals that
+//! prove nothing was lost (records in = delivered + dead-lettered + filtered + pending).
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StageSummary {
+    pub name: String,
+    pub kind: String,
+    pub rows_in: u64,
+    pub rows_out: u64,
+    pub dead_lettered: u64,
+    pub filtered: u64,
+    /// Time spent inside the operator.
+    pub busy_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    pub pipeline: String,
+    pub integration: String,
+    pub records_in: u64,
+    pub bytes_in: u64,
+    /// Distinct records written by at least one sink.
+    pub delivered: u64,
+    /// Distinct records in the dead-letter output.
+    pub dead_lettered: u64,
+    /// Dead-letter lines written (equal to `dead_lettered` unless a record failed twice).
+    pub dead_letter_rows: u64,
+    pub filtered: u64,
+    pub elapsed_ms: f64,
+    pub stages: Vec<StageSummary>,
+    /// Rows written per sink.
+    pub sinks: Vec<(String, u64)>,
+    pub warnings: Vec<String>,
+}
+
+impl RunSummary {
+    /// Records neither delivered, dead-lettered nor filtered: zero after a complete run.
+    pub fn pending(&self) -> i64 {
+        self.records_in as i64 - (self.delivered + self.dead_lettered + self.filtered) as i64
+    }
+
+    pub fn records_per_sec(&self) -> f64 {
+        self.records_in as f64 / (self.elapsed_ms / 1e3).max(1e-9)
+    }
+
+    /// A human-readable table.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        s.push_str(&format!(
+            "pipeline {} (integration {})\n",
+            self.pipeline, self.integration
+        ));
+        s.push_str(&format!(
+            "{:<20} {:<9} {:>10} {:>10} {:>10} {:>10} {:>10}\n",
+            "stage", "type", "in", "out", "dead", "filtered", "busy ms"
+        ));
+        for st in &self.stages {
+            s.push_str(&format!(
+                "{:<20} {:<9} {:>10} {:>10} {:>10} {:>10} {:>10.1}\n",
+                st.name,
+                st.kind,
+                st.rows_in,
+                st.rows_out,
+                st.dead_lettered,
+                st.filtered,
+                st.busy_ms
+            ));
+        }
+        for (name, rows) in &self.sinks {
+            s.push_str(&format!("sink {name}: {rows} rows\n"));
+        }
+        s.push_str(&format!(
+            "records: {} in = {} delivered + {} dead-lettered + {} filtered + {} pending\n",
+            self.records_in,
+            self.delivered,
+            self.dead_lettered,
+            self.filtered,
+            self.pending()
+        ));
+        let secs = self.elapsed_ms / 1e3;
+        s.push_str(&format!(
+            "elapsed {:.3} s, {:.0} records/s, {:.1} MB/s\n",
+            secs,
+            self.records_per_sec(),
+            self.bytes_in as f64 / 1e6 / secs.max(1e-9)
+        ));
+        for w in &self.warnings {
+            s.push_str(&format!("warning: {w}\n"));
+        }
+        s
+    }
+}

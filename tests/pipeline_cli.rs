@@ -1,0 +1,333 @@
+//! `plexus run|validate|test` on the shipped pipelines and on broken ones, as a user runs them.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use plexus::formats::hl7::Splitter;
+
+const BIN: &str = env!("CARGO_BIN_EXE_plexus");
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn plexus(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn ndjson(path: &Path) -> Vec<serde_json::Value> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => s
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+#[test]
+fn shipped_pipelines_validate() {
+    let o = plexus(&[
+        "validate",
+        "pipelines/adt_to_patient.yaml",
+        "pipelines/facility_events.yaml",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("ok: pipelines/adt_to_patient.yaml: 6 stages, 4 sinks"));
+}
+
+#[test]
+fn adt_pipeline_accounts_for_every_record() {
+    let out = tempfile::tempdir().unwrap();
+    let o = plexus(&[
+        "run",
+        "pipelines/adt_to_patient.yaml",
+        "--output",
+        out.path().to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let n = |k: &str| summary[k].as_u64().unwrap();
+
+    // Independent count of what the input holds.
+    let input = std::fs::read(root().join("data/samples/adt_feed.hl7")).unwrap();
+    let records: Vec<_> = Splitter::new(&input).collect();
+    assert_eq!(n("records_in"), records.len() as u64);
+    assert_eq!(
+        n("records_in"),
+        n("delivered") + n("dead_lettered") + n("filtered")
+    );
+    assert_eq!(n("filtered"), 0, "route has a default output");
+
+    let admissions = ndjson(&out.path().join("admissions.ndjson"));
+    let registrations = ndjson(&out.path().join("registrations.ndjson"));
+    let other = ndjson(&out.path().join("other_events.ndjson"));
+    let dlq = ndjson(&out.path().join("adt_to_patient.dlq.ndjson"));
+    assert!(out.path().join("patient_updates.parquet").exists());
+    assert_eq!(dlq.len() as u64, n("dead_lettered"));
+    assert!(!admissions.is_empty() && !registrations.is_empty() && !other.is_empty());
+
+    // Every A01 that was not dead-lettered is in admissions, with its data.
+    let dead_ids: Vec<&str> = dlq
+        .iter()
+        .filter_map(|d| d["control_id"].as_str())
+        .collect();
+    let a01: Vec<String> = records
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .filter(|m| m.message.trigger_event() == "A01")
+        .map(|m| m.message.control_id().into_owned())
+        .filter(|id| !dead_ids.contains(&id.as_str()))
+        .collect();
+    let got: Vec<&str> = admissions
+        .iter()
+        .map(|r| r["_control_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, a01);
+    for r in &admissions {
+        assert!(r["mrn"].as_str().is_some_and(|m| !m.is_empty()));
+        assert!(r["phone"].as_str().unwrap().starts_with("+1"));
+        assert!(
+            r.get("_raw").is_none(),
+            "the original record stays out of outputs"
+        );
+    }
+    // Registrations were written without provenance.
+    assert!(registrations[0].get("_control_id").is_none());
+    // Unknown facility XYZ is a warning, not a failure.
+    let xyz: Vec<_> = admissions
+        .iter()
+        .chain(&registrations)
+        .filter(|r| r["facility_code"] == "XYZ")
+        .collect();
+    assert!(!xyz.is_empty());
+    assert!(xyz.iter().all(|r| r["facility_name"].is_null()));
+
+    // Dead letters carry the original bytes unchanged, the stage, rule and reason.
+    for d in &dlq {
+        let offset = d["offset"].as_u64().unwrap() as usize;
+        let record = d["record"].as_str().unwrap().as_bytes();
+        assert_eq!(&input[offset..offset + record.len()], record);
+        assert!(!d["reason"].as_str().unwrap().is_empty());
+    }
+    let rules: Vec<&str> = dlq.iter().map(|d| d["rule"].as_str().unwrap()).collect();
+    for expected in [
+        "parse",
+        "parse:birth_date",
+        "mrn_present",
+        "birth_date_not_in_future",
+        "sex_in_hl7_0001",
+    ] {
+        assert!(
+            rules.iter().any(|r| r.split(',').any(|x| x == expected)),
+            "{expected} in {rules:?}"
+        );
+    }
+    let garbage = dlq
+        .iter()
+        .find(|d| d["record"] == "THIS IS NOT HL7")
+        .unwrap();
+    assert_eq!(garbage["stage"], "parse");
+}
+
+#[test]
+fn pipeline_tests_pass() {
+    let o = plexus(&["test", "pipelines/adt_to_patient.yaml"]);
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    assert!(
+        text(&o.stdout).contains("3 passed, 0 failed"),
+        "{}",
+        text(&o.stdout)
+    );
+}
+
+#[test]
+fn failing_pipeline_test_reports_the_difference() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = std::fs::read_to_string(root().join("pipelines/adt_to_patient.yaml"))
+        .unwrap()
+        .replace("../", &format!("{}/", root().display()));
+    std::fs::write(dir.path().join("p.yaml"), spec).unwrap();
+    std::fs::write(
+        dir.path().join("p.test.yaml"),
+        "tests:\n  - name: wrong expectation\n    input: \"MSH|^~\\\\&|A|GHH|P|H|20260105||ADT^A01|T1|P|2.5.1\\rPID|1||5^^^GHH^MR||DOE^JOHN||19700101|M\\rPV1|1|I|4E^1^A^GHH\\r\"\n    expect:\n      admissions:\n        - {mrn: \"6\"}\n",
+    )
+    .unwrap();
+    let o = plexus(&["test", dir.path().join("p.yaml").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = text(&o.stdout);
+    assert!(out.contains("FAIL wrong expectation"), "{out}");
+    assert!(out.contains("mrn: expected \"6\", got \"5\""), "{out}");
+}
+
+#[test]
+fn facility_events_dead_letters_bad_json_and_unknown_facilities() {
+    let out = tempfile::tempdir().unwrap();
+    let o = plexus(&[
+        "run",
+        "pipelines/facility_events.yaml",
+        "--output",
+        out.path().to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let lines =
+        std::fs::read_to_string(root().join("data/samples/facility_events.ndjson")).unwrap();
+    let total = lines.lines().filter(|l| !l.trim().is_empty()).count() as u64;
+    assert_eq!(summary["records_in"].as_u64().unwrap(), total);
+    let dlq = ndjson(&out.path().join("facility_events.dlq.ndjson"));
+    let parse_failures = dlq.iter().filter(|d| d["stage"] == "parse").count();
+    assert_eq!(parse_failures, 3, "bad time, bad json, missing event_id");
+    let unknown = lines.lines().filter(|l| l.contains("\"XYZ\"")).count();
+    let lookup_failures = dlq.iter().filter(|d| d["stage"] == "facility").count();
+    assert_eq!(lookup_failures, unknown);
+    let s = |k: &str| summary[k].as_u64().unwrap();
+    assert_eq!(
+        s("records_in"),
+        s("delivered") + s("dead_lettered") + s("filtered")
+    );
+    let alerts = ndjson(&out.path().join("facility_alerts.ndjson"));
+    assert!(
+        alerts
+            .iter()
+            .all(|a| a["severity"] == "high" || a["severity"] == "critical")
+    );
+    // The Arrow IPC output reads back.
+    let f = std::fs::File::open(out.path().join("facility_occupancy.arrow")).unwrap();
+    let reader = arrow::ipc::reader::FileReader::try_new(f, None).unwrap();
+    let rows: usize = reader.map(|b| b.unwrap().num_rows()).sum();
+    assert!(rows > 0);
+}
+
+#[test]
+fn run_reads_stdin_and_overrides_input() {
+    let out = tempfile::tempdir().unwrap();
+    let msg = "MSH|^~\\&|A|GHH|P|H|20260105||ADT^A04|S1|P|2.5.1\rPID|1||5^^^GHH^MR||DOE^JOHN||19700101|M\rPV1|1|I|4E^1^A^GHH\r";
+    let mut child = Command::new(BIN)
+        .args([
+            "run",
+            "pipelines/adt_to_patient.yaml",
+            "--input",
+            "-",
+            "--json",
+            "--output",
+        ])
+        .arg(out.path())
+        .current_dir(root())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(msg.as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success());
+    let regs = ndjson(&out.path().join("registrations.ndjson"));
+    assert_eq!(regs.len(), 1);
+    assert_eq!(regs[0]["mrn"], "5");
+    assert!(
+        !out.path().join("adt_to_patient.dlq.ndjson").exists(),
+        "no dead letters, no file"
+    );
+}
+
+#[test]
+fn validate_reports_every_error_with_its_location() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = root().display().to_string();
+    let spec = format!(
+        "name: broken
+integration: {{id: x}}
+source: {{type: file, path: {r}/data/samples/adt_feed.hl7, format: hl7}}
+stages:
+  - name: parse
+    type: parse
+    format: hl7
+    columns:
+      - {{name: mrn, path: PID-3.1}}
+      - {{name: dob, path: PID-7, type: date}}
+  - name: m
+    type: map
+    select:
+      mrn: mrn
+      age: dob + 'x'
+      nope: no_such_column
+  - name: v
+    type: validate
+    rules:
+      - {{name: r1, check: mrn}}
+      - {{name: r2, check: \"mrn = = 1\"}}
+sinks:
+  - {{name: out, type: file, path: {r}/out/x.ndjson}}
+"
+    );
+    let path = dir.path().join("broken.yaml");
+    std::fs::write(&path, &spec).unwrap();
+    let o = plexus(&["validate", path.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o.stderr);
+    let p = path.display().to_string();
+    assert!(
+        err.contains(&format!("{p}:16:")),
+        "unknown column at its line: {err}"
+    );
+    assert!(err.contains("no_such_column"), "{err}");
+    // Planning stops at the first broken stage (downstream schemas are unknown).
+    assert!(!err.contains("r1"), "{err}");
+
+    let spec2 = spec
+        .replace("      age: dob + 'x'\n      nope: no_such_column\n", "")
+        .replace("adt_feed.hl7", "missing.hl7");
+    std::fs::write(&path, &spec2).unwrap();
+    let err = text(&plexus(&["validate", path.to_str().unwrap()]).stderr);
+    assert!(
+        err.contains(&format!("{p}:3:")) && err.contains("missing.hl7"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{p}:18:")) && err.contains("must be boolean"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{p}:19:")),
+        "syntax error located: {err}"
+    );
+
+    let spec3 = spec2
+        .replace("missing.hl7", "adt_feed.hl7")
+        .replace(
+            "      - {name: r1, check: mrn}\n      - {name: r2, check: \"mrn = = 1\"}\n",
+            "      - {name: r1, check: mrn IS NOT NULL}\n",
+        )
+        .replace(
+            "  - {name: out, type: file, path:",
+            "  - {name: out, input: m, type: file, path:",
+        );
+    std::fs::write(&path, &spec3).unwrap();
+    let err = text(&plexus(&["validate", path.to_str().unwrap()]).stderr);
+    assert!(
+        err.contains("goes nowhere"),
+        "unreachable output of v: {err}"
+    );
+    assert!(err.contains(&format!("{p}:15:")), "{err}");
+}
