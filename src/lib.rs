@@ -5,10 +5,16 @@
 //! channels) running `operators` between `connectors`; `formats` decodes the wire formats
 //! (HL7v2 first). `src/main.rs` is only the command line.
 
+#[cfg(feature = "pipeline")]
 pub mod cli;
+#[cfg(feature = "pipeline")]
 pub mod connectors;
 pub mod formats;
+#[cfg(feature = "pipeline")]
 pub mod operators;
+#[cfg(feature = "pipeline")]
 pub mod plan;
+#[cfg(feature = "pipeline")]
 pub mod runtime;
+#[cfg(feature = "pipeline")]
 pub mod spec;

@@ -61,6 +61,81 @@ impl ReferenceTable {
                 ));
             }
         };
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| shown.to_string());
+        Self::from_batch(&shown.to_string(), name, batch, key)
+    }
+
+    /// Loads a reference table from PostgreSQL: `query`'s rows, every column read as text
+    /// (cast in SQL, so codes keep their exact form), indexed on `key`. `url` comes from the
+    /// environment, never from the pipeline file.
+    pub async fn load_postgres(
+        url: &str,
+        query: &str,
+        key: &str,
+    ) -> Result<ReferenceTable, String> {
+        use sqlx::Row;
+        let shown = "postgres query";
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(url)
+            .await
+            .map_err(|e| format!("reference table: cannot connect to PostgreSQL: {e}"))?;
+        // Each row as a JSON object in column order: every type reads back as text the same
+        // way (codes keep their exact form) without knowing the column types in advance.
+        // The query is the pipeline author's own SQL, like any SQL in a pipeline.
+        let wrapped = format!("SELECT row_to_json(q)::text FROM ({query}) AS q");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(wrapped))
+            .fetch_all(&mut conn)
+            .await
+            .map_err(|e| format!("reference table query: {e}"))?;
+        let mut names: Vec<String> = Vec::new();
+        let mut builders: Vec<arrow::array::StringBuilder> = Vec::new();
+        for (n, row) in rows.iter().enumerate() {
+            let text: String = row
+                .try_get(0)
+                .map_err(|e| format!("reference table query: {e}"))?;
+            let object: indexmap::IndexMap<String, serde_json::Value> = serde_json::from_str(&text)
+                .map_err(|e| format!("reference table query, row {}: {e}", n + 1))?;
+            if n == 0 {
+                names = object.keys().cloned().collect();
+                builders = names
+                    .iter()
+                    .map(|_| arrow::array::StringBuilder::new())
+                    .collect();
+            }
+            for (i, name) in names.iter().enumerate() {
+                match object.get(name) {
+                    None | Some(serde_json::Value::Null) => builders[i].append_null(),
+                    Some(serde_json::Value::String(v)) => builders[i].append_value(v),
+                    Some(other) => builders[i].append_value(other.to_string()),
+                }
+            }
+        }
+        if names.is_empty() {
+            return Err("reference table query returned no rows".into());
+        }
+        let schema = Arc::new(Schema::new(
+            names
+                .iter()
+                .map(|n| arrow::datatypes::Field::new(n, DataType::Utf8, true))
+                .collect::<Vec<_>>(),
+        ));
+        let columns: Vec<arrow::array::ArrayRef> = builders
+            .into_iter()
+            .map(|mut b| Arc::new(b.finish()) as arrow::array::ArrayRef)
+            .collect();
+        let batch = RecordBatch::try_new(schema, columns).map_err(|e| e.to_string())?;
+        Self::from_batch(shown, "postgres".to_string(), batch, key)
+    }
+
+    /// Indexes an in-memory table on `key`. `shown` names the table in errors.
+    pub fn from_batch(
+        shown: &str,
+        name: String,
+        batch: RecordBatch,
+        key: &str,
+    ) -> Result<ReferenceTable, String> {
         let schema = batch.schema();
         let mut seen = std::collections::HashSet::new();
         for f in schema.fields() {
@@ -103,10 +178,6 @@ impl ReferenceTable {
                 }
             }
         }
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| shown.to_string());
         Ok(ReferenceTable {
             schema,
             batch,

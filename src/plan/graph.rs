@@ -634,11 +634,30 @@ async fn plan_stage(
             )))
         }
         StageSpec::Lookup(l) => {
-            let path = cx.spec.resolve(&l.table);
-            let table = match ReferenceTable::load(&path, &l.key.table) {
+            let loaded = match (&l.table, &l.postgres) {
+                (Some(table), None) => ReferenceTable::load(&cx.spec.resolve(table), &l.key.table)
+                    .map_err(|e| (*table.span(), e)),
+                (None, Some(pg)) => {
+                    let var = pg.url_env.as_ref().map_or("DATABASE_URL", |v| v.as_str());
+                    match std::env::var(var) {
+                        Ok(url) => ReferenceTable::load_postgres(&url, &pg.query, &l.key.table)
+                            .await
+                            .map_err(|e| (*pg.query.span(), e)),
+                        Err(_) => Err((
+                            *pg.url_env.as_ref().map_or(pg.query.span(), |v| v.span()),
+                            format!("environment variable {var} (the PostgreSQL URL) is not set"),
+                        )),
+                    }
+                }
+                _ => Err((
+                    *l.name.span(),
+                    "a lookup needs exactly one of `table` (a file) or `postgres`".to_string(),
+                )),
+            };
+            let table = match loaded {
                 Ok(t) => t,
-                Err(e) => {
-                    cx.err(&l.table, e);
+                Err((span, e)) => {
+                    cx.errors.push(SpecError::at(&cx.spec.file, &span, e));
                     return None;
                 }
             };

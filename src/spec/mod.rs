@@ -232,7 +232,9 @@ pub struct LookupStage {
     pub kind: Spanned<String>,
     pub input: Option<Spanned<String>>,
     /// CSV or Parquet file, relative to the pipeline file.
-    pub table: Spanned<String>,
+    pub table: Option<Spanned<String>>,
+    /// Or a PostgreSQL query (loaded once at startup).
+    pub postgres: Option<PostgresTable>,
     /// Input column and table column to match.
     pub key: LookupKey,
     /// Table columns to add (default: all but the key).
@@ -246,6 +248,17 @@ pub struct LookupStage {
     /// SQL literal per column for `on_miss: default`.
     #[serde(default)]
     pub defaults: IndexMap<String, Spanned<String>>,
+}
+
+/// A reference table read from PostgreSQL.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresTable {
+    /// Environment variable holding the connection URL (default `DATABASE_URL`): credentials
+    /// never live in pipeline files.
+    pub url_env: Option<Spanned<String>>,
+    /// The rows to load, e.g. `SELECT code, name FROM facilities WHERE active`.
+    pub query: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
