@@ -331,3 +331,36 @@ sinks:
     );
     assert!(err.contains(&format!("{p}:15:")), "{err}");
 }
+
+#[test]
+fn run_over_a_glob_of_the_third_party_corpus() {
+    let out = tempfile::tempdir().unwrap();
+    let o = plexus(&[
+        "run",
+        "pipelines/adt_to_patient.yaml",
+        "--input",
+        "tests/data/corpus/ADT*.hl7",
+        "--output",
+        out.path().to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let n = |k: &str| summary[k].as_u64().unwrap();
+    assert_eq!(
+        n("records_in"),
+        4,
+        "ADT-A01-01, ADT-A04-01, ADT-A08-01, ADT01-23"
+    );
+    assert_eq!(
+        n("records_in"),
+        n("delivered") + n("dead_lettered") + n("filtered")
+    );
+    let admissions = ndjson(&out.path().join("admissions.ndjson"));
+    let mrns: Vec<&str> = admissions
+        .iter()
+        .map(|r| r["mrn"].as_str().unwrap())
+        .collect();
+    assert_eq!(mrns, ["PATID1234", "10006579"]);
+    assert_eq!(admissions[1]["family_name"], "DUCK");
+}

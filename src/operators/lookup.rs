@@ -15,9 +15,7 @@ use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, ListBuilder, StringArray, StringBuilder, UInt32Array,
-};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, StringArray, UInt32Array};
 use arrow::compute::{cast, take};
 use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
@@ -510,27 +508,12 @@ impl Lookup {
     /// The `_warnings` column: the input's lists (NULL read as empty, as `validate` does) plus
     /// one entry per miss.
     fn warnings(&self, batch: &RecordBatch, keys: &StringArray, hit: &BooleanArray) -> ArrayRef {
-        let existing = self
-            .warnings_in
-            .map(|i| batch.column(i).as_list::<i32>().clone());
-        let mut b = ListBuilder::new(StringBuilder::new());
-        for row in 0..batch.num_rows() {
-            if let Some(list) = &existing
-                && !list.is_null(row)
-            {
-                let items = list.value(row);
-                let items = items.as_string::<i32>();
-                for item in items.iter() {
-                    b.values().append_option(item);
-                }
-            }
+        super::extend_warnings(batch, self.warnings_in, |row, push| {
             if !hit.value(row) {
                 let key = (!keys.is_null(row)).then(|| keys.value(row));
-                b.values().append_value(self.warning(key));
+                push(&self.warning(key));
             }
-            b.append(true);
-        }
-        Arc::new(b.finish())
+        })
     }
 }
 
@@ -614,6 +597,7 @@ impl Operator for Lookup {
 mod tests {
     use super::*;
     use arrow::array::{Int64Array, ListArray};
+    use arrow::array::{ListBuilder, StringBuilder};
     use arrow::datatypes::UInt64Type;
     use std::io::Write;
 

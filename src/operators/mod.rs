@@ -109,3 +109,28 @@ pub fn true_mask(values: &arrow::array::BooleanArray) -> arrow::array::BooleanAr
         arrow::compute::prep_null_mask_filter(values)
     }
 }
+
+/// Builds a `_warnings` column: each row's existing list (from column `existing` of `batch`,
+/// NULL read as empty) followed by what `add(row, push)` pushes for that row.
+pub(crate) fn extend_warnings(
+    batch: &RecordBatch,
+    existing: Option<usize>,
+    mut add: impl FnMut(usize, &mut dyn FnMut(&str)),
+) -> arrow::array::ArrayRef {
+    use arrow::array::{Array, AsArray, ListBuilder, StringBuilder};
+    let existing = existing.map(|i| batch.column(i).as_list::<i32>().clone());
+    let mut b = ListBuilder::new(StringBuilder::new());
+    for row in 0..batch.num_rows() {
+        if let Some(list) = &existing
+            && !list.is_null(row)
+        {
+            let items = list.value(row);
+            for item in items.as_string::<i32>().iter() {
+                b.values().append_option(item);
+            }
+        }
+        add(row, &mut |w: &str| b.values().append_value(w));
+        b.append(true);
+    }
+    std::sync::Arc::new(b.finish())
+}

@@ -7,9 +7,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, BooleanBufferBuilder, ListBuilder, StringBuilder,
-};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, BooleanBufferBuilder};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 
@@ -138,30 +136,13 @@ impl Validate {
         if !self.rules.iter().any(|r| r.severity == Severity::Warning) {
             return Ok(batch.clone());
         }
-        let existing = self
-            .warnings_in
-            .map(|i| batch.column(i).as_list::<i32>().clone());
-        let mut b = ListBuilder::new(StringBuilder::new());
-        for row in 0..batch.num_rows() {
-            if let Some(list) = &existing
-                && !list.is_null(row)
-            {
-                let items = list.value(row);
-                let items = items.as_string::<i32>();
-                for i in 0..items.len() {
-                    b.values()
-                        .append_option((!items.is_null(i)).then(|| items.value(i)));
-                }
-            }
+        let warnings = super::extend_warnings(batch, self.warnings_in, |row, push| {
             for (rule, ok) in self.rules.iter().zip(results) {
                 if rule.severity == Severity::Warning && !ok.value(row) {
-                    b.values()
-                        .append_value(format!("{}: {}", rule.name, rule.message));
+                    push(&format!("{}: {}", rule.name, rule.message));
                 }
             }
-            b.append(true);
-        }
-        let warnings: ArrayRef = Arc::new(b.finish());
+        });
         let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
         match self.warnings_in {
             Some(i) => columns[i] = warnings,
