@@ -191,8 +191,12 @@ impl<'a> Header<'a> {
             let enc_end = memchr::memchr(sep, &line[4..]).map_or(line.len(), |p| 4 + p);
             if let Ok(d) = Delimiters::from_msh(sep, &line[4..enc_end], 0) {
                 delimiters = d;
-                for (i, f) in line.split(|&b| b == sep).enumerate().skip(2).take(17) {
-                    fields[i + 1] = f;
+                // Piece i of the line is field i + 1 (MSH-1 is the separator itself).
+                for (i, f) in line.split(|&b| b == sep).enumerate().skip(2) {
+                    match fields.get_mut(i + 1) {
+                        Some(slot) => *slot = f,
+                        None => break,
+                    }
                 }
             }
         }
@@ -402,6 +406,17 @@ mod tests {
         assert_eq!(a.query("MSA-1").unwrap().as_deref(), Some("AR"));
         assert_eq!(a.query("ERR-3.1").unwrap().as_deref(), Some("101"));
         assert_eq!(a.message_type(), "ACK");
+    }
+
+    #[test]
+    fn nack_for_a_long_header_that_failed_later() {
+        // Found by the fuzzer: an MSH with more than 18 fields on the best-effort path.
+        let raw = b"MSH|^~\\&|A|B|C|D|E||ADT^A01|X1|P|2.5|13|14|15|16|17|18|19|20|21\rP1d|x\r";
+        let e = Hl7Error::new(ErrorKind::InvalidSegmentId { found: "P1d".into() }, 0);
+        let ack = build_nack_for_unparsed(raw, &e, &opts(AckCode::AR));
+        let a = Message::parse(&ack).unwrap();
+        assert_eq!(a.query("MSA-2").unwrap().as_deref(), Some("X1"));
+        assert_eq!(a.query("MSH-18").unwrap().as_deref(), Some("18"));
     }
 
     #[test]
