@@ -412,7 +412,12 @@ mod tests {
     fn nack_for_a_long_header_that_failed_later() {
         // Found by the fuzzer: an MSH with more than 18 fields on the best-effort path.
         let raw = b"MSH|^~\\&|A|B|C|D|E||ADT^A01|X1|P|2.5|13|14|15|16|17|18|19|20|21\rP1d|x\r";
-        let e = Hl7Error::new(ErrorKind::InvalidSegmentId { found: "P1d".into() }, 0);
+        let e = Hl7Error::new(
+            ErrorKind::InvalidSegmentId {
+                found: "P1d".into(),
+            },
+            0,
+        );
         let ack = build_nack_for_unparsed(raw, &e, &opts(AckCode::AR));
         let a = Message::parse(&ack).unwrap();
         assert_eq!(a.query("MSA-2").unwrap().as_deref(), Some("X1"));
