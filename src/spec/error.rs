@@ -33,14 +33,7 @@ impl SpecError {
             .start()
             .map(|m| (m.line(), m.column()))
             .unwrap_or((1, 1));
-        SpecError {
-            location: SpecLocation {
-                file: file.to_path_buf(),
-                line,
-                column,
-            },
-            message: message.into(),
-        }
+        Self::at_line(file, line, column, message)
     }
 
     pub fn at_line(file: &Path, line: usize, column: usize, message: impl Into<String>) -> Self {
