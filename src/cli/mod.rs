@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod dlq;
 pub mod hl7;
 pub mod pipeline;
 
@@ -31,7 +32,19 @@ enum Command {
         /// Print the run summary as JSON on stdout.
         #[arg(long)]
         json: bool,
+        /// Streaming sources: stop (drain, commit, exit) after this long without a record,
+        /// e.g. `5s`. Without it a stream runs until SIGTERM/SIGINT.
+        #[arg(long, value_name = "DURATION")]
+        exit_when_idle: Option<String>,
+        /// Streaming sources: stop (drain, commit, exit) after reading this many records.
+        #[arg(long, value_name = "N")]
+        max_records: Option<u64>,
     },
+    /// Dead-letter topics: list or show what failed and why.
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
+    /// Re-injects dead letters into the pipeline's source topic after a fix, once each.
+    Replay(dlq::ReplayArgs),
     /// Type-checks pipelines without running them; exit 1 on any error.
     Validate {
         #[arg(required = true)]
@@ -55,12 +68,18 @@ pub fn main() -> ExitCode {
             input,
             output,
             json,
+            exit_when_idle,
+            max_records,
         } => pipeline::run(pipeline::RunArgs {
             pipeline,
             input,
             output,
             json,
+            exit_when_idle,
+            max_records,
         }),
+        Command::Dlq(cmd) => dlq::run(cmd),
+        Command::Replay(args) => dlq::replay(args),
         Command::Validate { pipelines } => pipeline::validate(&pipelines),
         Command::Test { pipeline } => pipeline::test(&pipeline),
     };

@@ -10,7 +10,14 @@ use arrow::record_batch::RecordBatch;
 use crate::connectors::dlq::DlqFile;
 use crate::connectors::file::{FileSink, FileSource};
 use crate::connectors::memory::{MemoryDlq, MemorySink};
-use crate::connectors::{BatchSink, BatchSource, ConnectorError};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::connectors::kafka::sink::KafkaSinkConfig;
+use crate::connectors::kafka::source::KafkaSourceConfig;
+use crate::connectors::kafka::{Attempts, KafkaDlq, KafkaSink, KafkaSource};
+use crate::connectors::registry::SchemaRegistry;
+use crate::connectors::{BatchSink, BatchSource, ConnectorError, DeadLetterSink};
 use crate::operators::parse::raw_batch;
 use crate::plan::graph::SourceFormat;
 use crate::plan::{Plan, build};
@@ -63,6 +70,8 @@ pub struct RunArgs {
     pub input: Option<String>,
     pub output: Option<PathBuf>,
     pub json: bool,
+    pub exit_when_idle: Option<String>,
+    pub max_records: Option<u64>,
 }
 
 /// `plexus run`.
@@ -100,26 +109,96 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
             plan.dlq = Some(dir.join(d.file_name().unwrap_or_default()));
         }
     }
-    let source = Box::new(FileSource::new(
-        plan.source.paths.clone(),
-        plan.source.format,
-        plan.max_rows,
-    ));
+    let idle = args
+        .exit_when_idle
+        .as_deref()
+        .map(crate::spec::parse_duration)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--exit-when-idle: {e}"))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let attempts = Attempts::default();
+    let source: Box<dyn BatchSource> = match &plan.source.kafka {
+        Some(k) => {
+            let conn = plan.kafka.clone().unwrap_or_default();
+            let config = KafkaSourceConfig {
+                topics: k.topics.clone(),
+                pattern: k.pattern.clone(),
+                group: k.group.clone(),
+                start: k.start.clone(),
+                format: plan.source.format,
+                max_rows: plan.max_rows,
+                max_bytes: plan.max_bytes,
+                max_delay: plan.max_delay,
+                limit: args.max_records,
+            };
+            let _guard = rt.enter();
+            watch_signals(&rt, stop.clone());
+            Box::new(KafkaSource::new(
+                &conn,
+                config,
+                stop.clone(),
+                idle,
+                attempts.clone(),
+            )?)
+        }
+        None => Box::new(FileSource::new(
+            plan.source.paths.clone(),
+            plan.source.format,
+            plan.max_rows,
+        )),
+    };
+    let registry = match &plan.registry {
+        Some(r) => Some(SchemaRegistry::new(r).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
     let mut sinks: Vec<Box<dyn BatchSink>> = Vec::new();
-    for s in &plan.sinks {
-        sinks.push(Box::new(FileSink::create(
-            &s.name,
-            s.path.as_deref(),
-            s.format,
-            &s.schema,
-            s.provenance,
-        )?));
+    for s in &mut plan.sinks {
+        match s.kafka.take() {
+            Some(k) => {
+                let conn = plan.kafka.clone().unwrap_or_default();
+                let config = KafkaSinkConfig {
+                    name: s.name.clone(),
+                    topic: k.topic,
+                    key: k.key,
+                    avro: k.avro,
+                    subject: k.subject,
+                    avro_schema: k.avro_schema,
+                    provenance: s.provenance,
+                    pipeline: plan.name.clone(),
+                    integration: plan.integration_id.clone(),
+                };
+                let sink = rt.block_on(KafkaSink::create(
+                    &conn,
+                    config,
+                    &s.schema,
+                    registry.as_ref(),
+                ))?;
+                sinks.push(Box::new(sink));
+            }
+            None => sinks.push(Box::new(FileSink::create(
+                &s.name,
+                s.path.as_deref(),
+                s.format,
+                &s.schema,
+                s.provenance,
+            )?)),
+        }
     }
     let dlq_path = plan
         .dlq
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("{}.dlq.ndjson", plan.name)));
-    let dlq = Box::new(DlqFile::new(&dlq_path, &plan.name, &plan.integration_id));
+    let dlq: Box<dyn DeadLetterSink> = match &plan.dlq_topic {
+        Some(topic) => Box::new(KafkaDlq::new(
+            &plan.kafka.clone().unwrap_or_default(),
+            topic,
+            &plan.name,
+            &plan.integration_id,
+            attempts,
+        )?),
+        None => Box::new(DlqFile::new(&dlq_path, &plan.name, &plan.integration_id)),
+    };
+    let dlq_topic = plan.dlq_topic.clone();
     let progress = progress_bar(&args);
     let summary = rt.block_on(crate::runtime::run(plan, source, sinks, dlq, progress))?;
     if args.json {
@@ -127,7 +206,10 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     } else {
         eprint!("{}", summary.render());
         if summary.dead_lettered > 0 {
-            eprintln!("dead letters: {}", dlq_path.display());
+            match &dlq_topic {
+                Some(t) => eprintln!("dead letters: topic {t} (plexus dlq list)"),
+                None => eprintln!("dead letters: {}", dlq_path.display()),
+            }
         }
     }
     Ok(if summary.pending() == 0 {
@@ -135,6 +217,34 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     } else {
         ExitCode::from(3)
     })
+}
+
+/// SIGTERM/SIGINT stop the stream gracefully (stop reading, drain, commit, exit); a second
+/// signal exits at once (uncommitted records are redelivered on restart: nothing is lost).
+fn watch_signals(rt: &tokio::runtime::Runtime, stop: Arc<AtomicBool>) {
+    rt.spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        for n in 0.. {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            if n > 0 {
+                eprintln!("second signal: exiting without draining");
+                std::process::exit(130);
+            }
+            eprintln!(
+                "stopping: draining in-flight batches and committing (signal again to exit now)"
+            );
+            stop.store(true, Ordering::Relaxed);
+        }
+    });
 }
 
 /// A progress line on a terminal (stderr), redrawn at most ten times a second.

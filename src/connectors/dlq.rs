@@ -157,6 +157,14 @@ impl DeadLetterSink for DlqFile {
         result.map_err(|e| self.io(e))
     }
 
+    fn barrier(&mut self) -> Result<Option<super::Durable>, ConnectorError> {
+        if let Some(out) = self.out.as_mut() {
+            let r = out.flush();
+            r.map_err(|e| self.io(e))?;
+        }
+        Ok(None)
+    }
+
     fn finish(&mut self) -> Result<(), ConnectorError> {
         match self.out.as_mut() {
             Some(out) => {

@@ -6,10 +6,14 @@
 //! | `file/sink.rs`    | NDJSON, Parquet or Arrow IPC files, or stdout                      |
 //! | `dlq.rs`          | the dead-letter output: original record + stage, rule, reason     |
 //! | `memory.rs`       | in-memory sinks for `plexus test` and tests                        |
+//! | `kafka/`          | Kafka source, sink and dead-letter topic (at-least-once)           |
+//! | `registry.rs`     | the schema registry client (Confluent wire format, schema cache)   |
 
 pub mod dlq;
 pub mod file;
+pub mod kafka;
 pub mod memory;
+pub mod registry;
 
 use arrow::record_batch::RecordBatch;
 
@@ -33,7 +37,19 @@ pub enum ConnectorError {
         context: String,
         source: parquet::errors::ParquetError,
     },
+    #[error("kafka: {context}: {source}")]
+    Kafka {
+        context: String,
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("{0}")]
+    Other(String),
 }
+
+/// Resolves once everything written before it is durable (Kafka acks received).
+pub type Durable = futures::future::BoxFuture<'static, Result<(), ConnectorError>>;
+
+pub use crate::runtime::checkpoint::{Checkpoints, Position};
 
 /// A source of raw-record batches (see `operators::parse::raw_record_schema`).
 pub trait BatchSource: Send {
@@ -44,16 +60,36 @@ pub trait BatchSource: Send {
     fn warnings(&self) -> Vec<String> {
         Vec::new()
     }
+    /// Checkpointed sources: the positions the batch just returned covers, committed once
+    /// everything derived from it is durable. None (files): the source does not commit.
+    fn positions(&mut self) -> Option<Vec<Position>> {
+        None
+    }
+    /// Commits positions whose batches are complete (`last`: the final commit at shutdown).
+    fn commit(&mut self, _positions: &[Position], _last: bool) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+    /// Gives the source the run's checkpoints (a rebalance waits for in-flight batches).
+    fn attach(&mut self, _checkpoints: std::sync::Arc<Checkpoints>) {}
 }
 
 /// Where rows of one pipeline output go.
 pub trait BatchSink: Send {
     fn write(&mut self, batch: &RecordBatch) -> Result<(), ConnectorError>;
+    /// Makes what was written so far durable: now (returns None) or when the returned
+    /// future resolves (Kafka delivery reports), without blocking later writes.
+    fn barrier(&mut self) -> Result<Option<Durable>, ConnectorError> {
+        Ok(None)
+    }
     fn finish(&mut self) -> Result<(), ConnectorError>;
 }
 
 /// Where dead letters go.
 pub trait DeadLetterSink: Send {
     fn write(&mut self, stage: &str, dead: &DeadLetters) -> Result<(), ConnectorError>;
+    /// As `BatchSink::barrier`.
+    fn barrier(&mut self) -> Result<Option<Durable>, ConnectorError> {
+        Ok(None)
+    }
     fn finish(&mut self) -> Result<(), ConnectorError>;
 }

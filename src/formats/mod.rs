@@ -1,4 +1,6 @@
 //! Wire formats: how bytes become rows.
 
+#[cfg(feature = "pipeline")]
+pub mod avro;
 pub mod hl7;
 pub mod schema;

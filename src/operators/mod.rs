@@ -86,6 +86,15 @@ pub trait Operator: Send {
     /// named `""`.
     fn outputs(&self) -> Vec<(String, SchemaRef)>;
 
+    /// Async work `process` needs first (e.g. fetching Avro writer schemas from the
+    /// registry), so that `process` itself stays synchronous and CPU-only. Most need none.
+    fn prepare<'a>(
+        &'a mut self,
+        _batch: &'a RecordBatch,
+    ) -> Option<futures::future::BoxFuture<'a, Result<(), OperatorError>>> {
+        None
+    }
+
     /// Processes one batch.
     fn process(&mut self, batch: RecordBatch) -> Result<StageOutput, OperatorError>;
 }

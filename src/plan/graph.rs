@@ -10,6 +10,8 @@ use datafusion::scalar::ScalarValue;
 use marked_yaml::Spanned;
 
 use super::sql::{PlannedExpr, SqlPlanner};
+use crate::connectors::kafka::{KafkaConnection, SecretRef, is_secret_property};
+use crate::connectors::registry::{RegistryConfig, SchemaRegistry};
 use crate::formats::hl7::extract::{ColumnSpec, ColumnType};
 use crate::operators::Operator;
 use crate::operators::enrich::Enrich;
@@ -26,6 +28,8 @@ pub enum SourceFormat {
     Hl7,
     Ndjson,
     Csv,
+    /// Confluent-framed Avro (Kafka messages only).
+    Avro,
 }
 
 impl SourceFormat {
@@ -34,7 +38,8 @@ impl SourceFormat {
             "hl7" => Ok(SourceFormat::Hl7),
             "ndjson" | "json" => Ok(SourceFormat::Ndjson),
             "csv" => Ok(SourceFormat::Csv),
-            other => Err(format!("unknown format {other:?} (hl7, ndjson, csv)")),
+            "avro" => Ok(SourceFormat::Avro),
+            other => Err(format!("unknown format {other:?} (hl7, ndjson, csv, avro)")),
         }
     }
 }
@@ -48,9 +53,30 @@ pub enum Upstream {
 
 #[derive(Debug, Clone)]
 pub struct PlannedSource {
-    /// Files matched by the spec's path/glob, in order; `-` is stdin.
+    /// Files matched by the spec's path/glob, in order; `-` is stdin. Empty for Kafka.
     pub paths: Vec<PathBuf>,
     pub format: SourceFormat,
+    pub kafka: Option<KafkaSourcePlan>,
+}
+
+/// A Kafka source's subscription.
+#[derive(Debug, Clone)]
+pub struct KafkaSourcePlan {
+    pub topics: Vec<String>,
+    pub pattern: Option<String>,
+    pub group: String,
+    pub start: String,
+}
+
+/// A Kafka sink's settings.
+#[derive(Debug, Clone)]
+pub struct KafkaSinkPlan {
+    pub topic: String,
+    pub key: Option<super::sql::PlannedExpr>,
+    pub avro: bool,
+    pub subject: Option<String>,
+    /// The writer schema's JSON text, when declared.
+    pub avro_schema: Option<String>,
 }
 
 pub struct PlannedStage {
@@ -78,6 +104,8 @@ pub struct PlannedSink {
     pub format: SinkFormat,
     pub schema: SchemaRef,
     pub provenance: bool,
+    /// Set for `type: kafka` sinks (then `path`/`format` are unused).
+    pub kafka: Option<KafkaSinkPlan>,
 }
 
 /// A pipeline ready to run.
@@ -86,10 +114,15 @@ pub struct Plan {
     pub integration_id: String,
     pub source: PlannedSource,
     pub max_rows: usize,
+    pub max_bytes: usize,
     pub max_delay: Duration,
     pub stages: Vec<PlannedStage>,
     pub sinks: Vec<PlannedSink>,
     pub dlq: Option<PathBuf>,
+    /// The dead-letter topic, when the DLQ is on Kafka.
+    pub dlq_topic: Option<String>,
+    pub kafka: Option<KafkaConnection>,
+    pub registry: Option<RegistryConfig>,
 }
 
 impl Plan {
@@ -104,6 +137,8 @@ impl Plan {
 struct Ctx<'s> {
     spec: &'s PipelineSpec,
     errors: Vec<SpecError>,
+    /// Built on first use by an Avro parse stage.
+    registry: Option<std::sync::Arc<SchemaRegistry>>,
 }
 
 impl Ctx<'_> {
@@ -118,7 +153,9 @@ pub async fn build(spec: &PipelineSpec) -> Result<Plan, SpecErrors> {
     let mut cx = Ctx {
         spec,
         errors: Vec::new(),
+        registry: None,
     };
+    let kafka = plan_kafka(&mut cx);
     let sql = SqlPlanner::new();
 
     let source = plan_source(&mut cx);
@@ -183,7 +220,7 @@ pub async fn build(spec: &PipelineSpec) -> Result<Plan, SpecErrors> {
     let mut sinks = Vec::new();
     if planned_all_stages {
         for s in &spec.sinks {
-            if let Some(sink) = plan_sink(&mut cx, &stages, s) {
+            if let Some(sink) = plan_sink(&mut cx, &stages, s, &sql) {
                 sinks.push(sink);
             }
         }
@@ -197,7 +234,45 @@ pub async fn build(spec: &PipelineSpec) -> Result<Plan, SpecErrors> {
             "a pipeline needs at least one sink",
         ));
     }
-    let dlq = spec.dlq.as_ref().map(|d| spec.resolve(&d.path));
+    let (dlq, dlq_topic) = match &spec.dlq {
+        None => (None, None),
+        Some(d) => match (&d.path, &d.topic) {
+            (Some(p), None) => (Some(spec.resolve(p)), None),
+            (None, Some(t)) => {
+                if kafka.is_none() {
+                    cx.err(t, "a dead-letter topic needs a `kafka:` connection block");
+                }
+                (None, Some(t.to_string()))
+            }
+            (Some(p), Some(_)) => {
+                cx.err(p, "the dlq has a `path` or a `topic`, not both");
+                (None, None)
+            }
+            (None, None) => {
+                cx.errors.push(SpecError::at_line(
+                    &spec.file,
+                    1,
+                    1,
+                    "`dlq` needs a `path` or a `topic`",
+                ));
+                (None, None)
+            }
+        },
+    };
+    if let Some(s) = &source
+        && s.kafka.is_some()
+        && kafka.is_none()
+    {
+        cx.err(
+            &spec.source.kind,
+            "a kafka source needs a `kafka:` connection block",
+        );
+    }
+    let registry = spec.schema_registry.as_ref().map(|r| RegistryConfig {
+        url: r.url.to_string(),
+        username_env: r.username_env.as_ref().map(|s| s.to_string()),
+        password_env: r.password_env.as_ref().map(|s| s.to_string()),
+    });
     if !cx.errors.is_empty() {
         cx.errors
             .sort_by_key(|e| (e.location.line, e.location.column));
@@ -208,22 +283,45 @@ pub async fn build(spec: &PipelineSpec) -> Result<Plan, SpecErrors> {
         integration_id: spec.integration.id.to_string(),
         source: source.expect("no errors"),
         max_rows: *spec.batch.max_rows,
+        max_bytes: spec.batch.max_bytes.as_ref().map_or(8 << 20, |b| **b),
         max_delay,
         stages,
         sinks,
         dlq,
+        dlq_topic,
+        kafka,
+        registry,
     })
+}
+
+/// The `kafka:` block: brokers, properties, and secrets by reference only.
+fn plan_kafka(cx: &mut Ctx<'_>) -> Option<KafkaConnection> {
+    let k = cx.spec.kafka.as_ref()?;
+    let mut conn = KafkaConnection {
+        brokers: k.brokers.as_ref().map(|b| b.to_string()),
+        ..KafkaConnection::default()
+    };
+    for (key, value) in &k.properties {
+        if is_secret_property(key) {
+            cx.err(
+                value,
+                format!("{key} is a secret: put it under `secrets:` as env:NAME or file:/path"),
+            );
+            continue;
+        }
+        conn.properties.push((key.clone(), value.to_string()));
+    }
+    for (key, value) in &k.secrets {
+        match SecretRef::parse(value) {
+            Ok(r) => conn.secrets.push((key.clone(), r)),
+            Err(e) => cx.err(value, e),
+        }
+    }
+    Some(conn)
 }
 
 fn plan_source(cx: &mut Ctx<'_>) -> Option<PlannedSource> {
     let s = &cx.spec.source;
-    if s.kind.as_str() != "file" {
-        cx.err(
-            &s.kind,
-            format!("unknown source type {:?} (file)", s.kind.as_str()),
-        );
-        return None;
-    }
     let format = match SourceFormat::parse(&s.format) {
         Ok(f) => f,
         Err(e) => {
@@ -231,31 +329,139 @@ fn plan_source(cx: &mut Ctx<'_>) -> Option<PlannedSource> {
             return None;
         }
     };
-    if s.path.as_str() == "-" {
+    match s.kind.as_str() {
+        "file" => {}
+        "kafka" => return plan_kafka_source(cx, format),
+        other => {
+            cx.err(
+                &s.kind,
+                format!("unknown source type {other:?} (file, kafka)"),
+            );
+            return None;
+        }
+    }
+    for (key, set) in [
+        ("topics", !s.topics.is_empty()),
+        ("pattern", s.pattern.is_some()),
+        ("group", s.group.is_some()),
+        ("start", s.start.is_some()),
+    ] {
+        if set {
+            cx.err(&s.kind, format!("`{key}` is a kafka source setting"));
+        }
+    }
+    if format == SourceFormat::Avro {
+        cx.err(
+            &s.format,
+            "avro records come from Kafka (Confluent wire format)",
+        );
+        return None;
+    }
+    let Some(path) = &s.path else {
+        cx.err(&s.kind, "a file source needs a `path`");
+        return None;
+    };
+    if path.as_str() == "-" {
         return Some(PlannedSource {
             paths: vec![PathBuf::from("-")],
             format,
+            kafka: None,
         });
     }
-    let pattern = cx.spec.resolve(&s.path);
+    let pattern = cx.spec.resolve(path);
     let paths: Vec<PathBuf> = match glob::glob(&pattern.to_string_lossy()) {
         Ok(paths) => paths
             .filter_map(Result::ok)
             .filter(|p| p.is_file())
             .collect(),
         Err(e) => {
-            cx.err(&s.path, format!("bad glob pattern: {e}"));
+            cx.err(path, format!("bad glob pattern: {e}"));
             return None;
         }
     };
     if paths.is_empty() {
+        cx.err(path, format!("no input file matches {}", pattern.display()));
+        return None;
+    }
+    Some(PlannedSource {
+        paths,
+        format,
+        kafka: None,
+    })
+}
+
+fn plan_kafka_source(cx: &mut Ctx<'_>, format: SourceFormat) -> Option<PlannedSource> {
+    let s = &cx.spec.source;
+    if let Some(p) = &s.path {
         cx.err(
-            &s.path,
-            format!("no input file matches {}", pattern.display()),
+            p,
+            "a kafka source reads `topics` or a `pattern`, not a `path`",
+        );
+    }
+    if format == SourceFormat::Csv {
+        cx.err(&s.format, "kafka messages are hl7, json or avro");
+        return None;
+    }
+    if s.topics.is_empty() == s.pattern.is_none() {
+        cx.err(
+            &s.kind,
+            "a kafka source needs `topics` or a `pattern` (one of them)",
         );
         return None;
     }
-    Some(PlannedSource { paths, format })
+    if let Some(p) = &s.pattern
+        && let Err(e) = regex_check(p)
+    {
+        cx.err(p, e);
+    }
+    let start = match s.start.as_ref().map(|s| s.as_str()) {
+        None | Some("earliest") => "earliest",
+        Some("latest") => "latest",
+        Some(other) => {
+            cx.err(
+                s.start.as_ref().expect("some"),
+                format!("start is `earliest` or `latest`, not {other:?}"),
+            );
+            return None;
+        }
+    };
+    Some(PlannedSource {
+        paths: Vec::new(),
+        format,
+        kafka: Some(KafkaSourcePlan {
+            topics: s.topics.iter().map(|t| t.to_string()).collect(),
+            pattern: s.pattern.as_ref().map(|p| p.to_string()),
+            group: s
+                .group
+                .as_ref()
+                .map(|g| g.to_string())
+                .unwrap_or_else(|| cx.spec.name.to_string()),
+            start: start.to_string(),
+        }),
+    })
+}
+
+/// A light check of a topic regex (librdkafka compiles it; unbalanced groups are the usual
+/// mistake).
+fn regex_check(p: &str) -> Result<(), String> {
+    let mut depth = 0i32;
+    let mut escaped = false;
+    for c in p.chars() {
+        match (escaped, c) {
+            (true, _) => escaped = false,
+            (false, '\\') => escaped = true,
+            (false, '(') => depth += 1,
+            (false, ')') => depth -= 1,
+            _ => {}
+        }
+        if depth < 0 {
+            return Err("unbalanced `)` in topic pattern".into());
+        }
+    }
+    if depth != 0 {
+        return Err("unbalanced `(` in topic pattern".into());
+    }
+    Ok(())
 }
 
 /// Resolves `stage` / `stage.output` (or the previous stage) to an upstream port.
@@ -450,6 +656,40 @@ async fn plan_stage(
                     };
                     (columns.len() == p.columns.len())
                         .then(|| Box::new(Parse::hl7(columns, offset)) as Box<dyn Operator>)
+                }
+                SourceFormat::Avro => {
+                    let Some(schema_path) = &p.schema else {
+                        cx.err(
+                            &p.name,
+                            "an avro parse stage needs a reader `schema` (.avsc)",
+                        );
+                        return None;
+                    };
+                    let path = cx.spec.resolve(schema_path);
+                    let reader = match std::fs::read_to_string(&path)
+                        .map_err(|e| format!("cannot read {}: {e}", path.display()))
+                        .and_then(|t| {
+                            apache_avro::Schema::parse_str(&t)
+                                .map_err(|e| format!("{}: {e}", path.display()))
+                        }) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            cx.err(schema_path, e);
+                            return None;
+                        }
+                    };
+                    let arrow = match crate::formats::avro::arrow_schema(&reader) {
+                        Ok(a) => std::sync::Arc::new(a),
+                        Err(e) => {
+                            cx.err(schema_path, format!("{}: {e}", path.display()));
+                            return None;
+                        }
+                    };
+                    let registry = match registry(cx, &p.name) {
+                        Some(r) => r,
+                        None => return None,
+                    };
+                    Some(Box::new(Parse::avro(reader, arrow, registry)) as Box<dyn Operator>)
                 }
                 SourceFormat::Ndjson | SourceFormat::Csv => {
                     if !p.columns.is_empty() {
@@ -744,10 +984,41 @@ fn parse_offset(text: &str) -> Option<chrono::FixedOffset> {
     chrono::FixedOffset::east_opt(sign * (h * 3600 + m * 60))
 }
 
+/// The pipeline's schema registry client (one per plan, shared by its stages).
+fn registry(cx: &mut Ctx<'_>, at: &Spanned<String>) -> Option<std::sync::Arc<SchemaRegistry>> {
+    if let Some(r) = &cx.registry {
+        return Some(r.clone());
+    }
+    let Some(spec) = &cx.spec.schema_registry else {
+        cx.err(
+            at,
+            "avro needs a `schema_registry:` block (url of a Confluent-compatible registry)",
+        );
+        return None;
+    };
+    let config = RegistryConfig {
+        url: spec.url.to_string(),
+        username_env: spec.username_env.as_ref().map(|s| s.to_string()),
+        password_env: spec.password_env.as_ref().map(|s| s.to_string()),
+    };
+    match SchemaRegistry::new(&config) {
+        Ok(r) => {
+            let r = std::sync::Arc::new(r);
+            cx.registry = Some(r.clone());
+            Some(r)
+        }
+        Err(e) => {
+            cx.err(&spec.url, e);
+            None
+        }
+    }
+}
+
 fn plan_sink(
     cx: &mut Ctx<'_>,
     stages: &[PlannedStage],
     s: &crate::spec::SinkSpec,
+    sql: &SqlPlanner,
 ) -> Option<PlannedSink> {
     let input = match &s.input {
         Some(i) => resolve_upstream(cx, stages, Some(i), stages.len(), "sink")?,
@@ -773,6 +1044,35 @@ fn plan_sink(
             }
         }
     };
+    let schema = match input {
+        Upstream::Source => {
+            cx.err(&s.name, "a sink cannot read raw records: add a parse stage");
+            return None;
+        }
+        Upstream::Stage { stage, port } => stages[stage].outputs[port].1.clone(),
+    };
+    if s.kind.as_str() == "kafka" {
+        let kafka = plan_kafka_sink(cx, s, &schema, sql)?;
+        return Some(PlannedSink {
+            name: s.name.to_string(),
+            input,
+            path: None,
+            format: SinkFormat::Ndjson,
+            schema,
+            provenance: s.provenance,
+            kafka: Some(kafka),
+        });
+    }
+    for (key, set) in [
+        ("topic", s.topic.is_some()),
+        ("key", s.key.is_some()),
+        ("subject", s.subject.is_some()),
+        ("schema", s.schema.is_some()),
+    ] {
+        if set {
+            cx.err(&s.kind, format!("`{key}` is a kafka sink setting"));
+        }
+    }
     let format = match s.format.as_ref().map(|f| f.as_str()) {
         None | Some("ndjson") | Some("json") => SinkFormat::Ndjson,
         Some("parquet") => SinkFormat::Parquet,
@@ -797,17 +1097,10 @@ fn plan_sink(
         other => {
             cx.err(
                 &s.kind,
-                format!("unknown sink type {other:?} (file, stdout)"),
+                format!("unknown sink type {other:?} (file, stdout, kafka)"),
             );
             return None;
         }
-    };
-    let schema = match input {
-        Upstream::Source => {
-            cx.err(&s.name, "a sink cannot read raw records: add a parse stage");
-            return None;
-        }
-        Upstream::Stage { stage, port } => stages[stage].outputs[port].1.clone(),
     };
     Some(PlannedSink {
         name: s.name.to_string(),
@@ -816,6 +1109,79 @@ fn plan_sink(
         format,
         schema,
         provenance: s.provenance,
+        kafka: None,
+    })
+}
+
+fn plan_kafka_sink(
+    cx: &mut Ctx<'_>,
+    s: &crate::spec::SinkSpec,
+    schema: &SchemaRef,
+    sql: &SqlPlanner,
+) -> Option<KafkaSinkPlan> {
+    if cx.spec.kafka.is_none() {
+        cx.err(&s.kind, "a kafka sink needs a `kafka:` connection block");
+    }
+    if let Some(p) = &s.path {
+        cx.err(p, "a kafka sink writes a `topic`, not a `path`");
+    }
+    let Some(topic) = &s.topic else {
+        cx.err(&s.kind, "a kafka sink needs a `topic`");
+        return None;
+    };
+    let avro = match s.format.as_ref().map(|f| f.as_str()) {
+        None | Some("json") | Some("ndjson") => false,
+        Some("avro") => true,
+        Some(other) => {
+            cx.err(
+                s.format.as_ref().expect("some"),
+                format!("kafka sinks write json or avro, not {other:?}"),
+            );
+            return None;
+        }
+    };
+    let key = match &s.key {
+        Some(k) => match sql.expr(&format!("{}.key", s.name.as_str()), k, schema) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                cx.err(k, e);
+                return None;
+            }
+        },
+        None => None,
+    };
+    let avro_schema = match &s.schema {
+        Some(p) if avro => {
+            let path = cx.spec.resolve(p);
+            match std::fs::read_to_string(&path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))
+                .and_then(|t| {
+                    apache_avro::Schema::parse_str(&t)
+                        .map(|_| t)
+                        .map_err(|e| format!("{}: {e}", path.display()))
+                }) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    cx.err(p, e);
+                    return None;
+                }
+            }
+        }
+        Some(p) => {
+            cx.err(p, "`schema` is for avro sinks");
+            None
+        }
+        None => None,
+    };
+    if avro && cx.spec.schema_registry.is_none() {
+        cx.err(&s.kind, "an avro sink needs a `schema_registry:` block");
+    }
+    Some(KafkaSinkPlan {
+        topic: topic.to_string(),
+        key,
+        avro,
+        subject: s.subject.as_ref().map(|x| x.to_string()),
+        avro_schema,
     })
 }
 

@@ -8,6 +8,7 @@
 //! filtered (dropped on purpose by a route or inner join); the summary shows the numbers and
 //! that they add up to the records read.
 
+pub mod checkpoint;
 pub mod summary;
 
 use std::collections::HashMap;
@@ -20,14 +21,29 @@ use arrow::datatypes::Int64Type;
 use arrow::record_batch::RecordBatch;
 use tokio::sync::mpsc;
 
-use crate::connectors::{BatchSink, BatchSource, DeadLetterSink};
+use crate::connectors::{BatchSink, BatchSource, DeadLetterSink, Durable};
 use crate::operators::{DeadLetters, RECORD_INDEX};
 use crate::plan::Plan;
 use crate::plan::graph::Upstream;
+pub use checkpoint::Checkpoints;
 pub use summary::{RunSummary, StageSummary};
 
 /// Batches in flight per channel: enough to keep both cores busy, small enough to bound memory.
 const CHANNEL_CAPACITY: usize = 4;
+
+/// What flows on the channels between tasks.
+#[derive(Clone)]
+enum Msg {
+    Batch(RecordBatch),
+    /// Everything before this belongs to epochs up to this one (see `checkpoint`).
+    Barrier(u64),
+}
+
+/// What flows to the dead-letter writer.
+enum DeadMsg {
+    Rows(String, DeadLetters),
+    Barrier(u64),
+}
 
 #[derive(Default)]
 struct StageCounters {
@@ -40,37 +56,106 @@ struct StageCounters {
 }
 
 /// Record indexes seen at the sinks and the DLQ (distinct: `all_matches` routes may deliver a
-/// record to several sinks, and it still counts once).
+/// record to several sinks, and it still counts once). Bits below `base` were folded into
+/// the totals once their epoch completed, so a long-running stream keeps only its in-flight
+/// window.
 #[derive(Default)]
 struct Seen {
+    base: u64,
     delivered: Vec<u64>,
     dead: Vec<u64>,
+    delivered_total: u64,
+    dead_total: u64,
 }
 
-fn mark(bits: &mut Vec<u64>, batch: &RecordBatch) {
-    let Some(idx) = batch
-        .column_by_name(RECORD_INDEX)
-        .and_then(|c| c.as_primitive_opt::<Int64Type>())
-    else {
-        return;
-    };
-    for &i in idx.values() {
-        let i = i as usize;
-        if bits.len() <= i / 64 {
-            bits.resize(i / 64 + 1, 0);
+impl Seen {
+    fn mark(&mut self, which: Which, batch: &RecordBatch) {
+        let Some(idx) = batch
+            .column_by_name(RECORD_INDEX)
+            .and_then(|c| c.as_primitive_opt::<Int64Type>())
+        else {
+            return;
+        };
+        let base = self.base;
+        let bits = match which {
+            Which::Delivered => &mut self.delivered,
+            Which::Dead => &mut self.dead,
+        };
+        for &i in idx.values() {
+            let Some(i) = (i as u64).checked_sub(base) else {
+                continue;
+            };
+            let i = i as usize;
+            if bits.len() <= i / 64 {
+                bits.resize(i / 64 + 1, 0);
+            }
+            bits[i / 64] |= 1 << (i % 64);
         }
-        bits[i / 64] |= 1 << (i % 64);
     }
+
+    /// Folds whole words of records below `end` (final) into the totals.
+    fn compact(&mut self, end: u64) {
+        let words = (end.saturating_sub(self.base) / 64) as usize;
+        if words == 0 {
+            return;
+        }
+        for (bits, total) in [
+            (&mut self.delivered, &mut self.delivered_total),
+            (&mut self.dead, &mut self.dead_total),
+        ] {
+            let n = words.min(bits.len());
+            *total += count(&bits[..n]);
+            bits.drain(..n);
+        }
+        self.base += words as u64 * 64;
+    }
+
+    fn delivered(&self) -> u64 {
+        self.delivered_total + count(&self.delivered)
+    }
+
+    fn dead(&self) -> u64 {
+        self.dead_total + count(&self.dead)
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Which {
+    Delivered,
+    Dead,
 }
 
 fn count(bits: &[u64]) -> u64 {
     bits.iter().map(|w| w.count_ones() as u64).sum()
 }
 
+/// Acks `epoch` once `durable` resolves (or now), on the runtime.
+fn ack_when(
+    handle: &tokio::runtime::Handle,
+    checkpoints: &Arc<Checkpoints>,
+    epoch: u64,
+    durable: Option<Durable>,
+    who: String,
+) {
+    match durable {
+        None => checkpoints.ack(epoch),
+        Some(f) => {
+            let cp = checkpoints.clone();
+            handle.spawn(async move {
+                match f.await {
+                    Ok(()) => cp.ack(epoch),
+                    Err(e) => cp.fail(format!("{who}: {e}")),
+                }
+            });
+        }
+    }
+}
+
 /// Progress callback: (bytes read, total bytes if known, records read).
 pub type Progress = Box<dyn Fn(u64, Option<u64>, u64) + Send>;
 
-/// Runs a planned pipeline to completion with the given connectors.
+/// Runs a planned pipeline to completion with the given connectors: until the source ends
+/// (files) or is stopped (streams; see `KafkaSource`).
 pub async fn run(
     plan: Plan,
     mut source: Box<dyn BatchSource>,
@@ -79,6 +164,7 @@ pub async fn run(
     progress: Option<Progress>,
 ) -> anyhow::Result<RunSummary> {
     let started = Instant::now();
+    let handle = tokio::runtime::Handle::current();
     let Plan {
         name,
         integration_id,
@@ -87,20 +173,40 @@ pub async fn run(
         ..
     } = plan;
     let seen = Arc::new(std::sync::Mutex::new(Seen::default()));
+    let checkpoints = Arc::new(Checkpoints::new(sink_specs.len() + 1));
+    source.attach(checkpoints.clone());
+    let stage_count = stages.len();
 
     // Who reads each upstream port.
-    let mut readers: HashMap<Upstream, Vec<mpsc::Sender<RecordBatch>>> = HashMap::new();
+    let mut readers: HashMap<Upstream, Vec<mpsc::Sender<Msg>>> = HashMap::new();
     let mut tasks = Vec::new();
 
-    // Dead letters from every stage go through one writer task.
-    let (dead_tx, mut dead_rx) = mpsc::channel::<(String, DeadLetters)>(CHANNEL_CAPACITY * 4);
+    // Dead letters from every stage go through one writer task. It acks an epoch once every
+    // stage has passed that epoch's barrier (each stage sends it after its dead letters).
+    let (dead_tx, mut dead_rx) = mpsc::channel::<DeadMsg>(CHANNEL_CAPACITY * 4);
     let dlq_seen = seen.clone();
+    let dlq_cp = checkpoints.clone();
+    let dlq_handle = handle.clone();
     let dlq_task = tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
         let mut n = 0;
-        while let Some((stage, dead)) = dead_rx.blocking_recv() {
-            dlq.write(&stage, &dead)?;
-            mark(&mut dlq_seen.lock().expect("seen").dead, &dead.rows);
-            n += dead.rows.num_rows() as u64;
+        let mut barriers: HashMap<u64, usize> = HashMap::new();
+        while let Some(msg) = dead_rx.blocking_recv() {
+            match msg {
+                DeadMsg::Rows(stage, dead) => {
+                    dlq.write(&stage, &dead)?;
+                    dlq_seen.lock().expect("seen").mark(Which::Dead, &dead.rows);
+                    n += dead.rows.num_rows() as u64;
+                }
+                DeadMsg::Barrier(epoch) => {
+                    let c = barriers.entry(epoch).or_default();
+                    *c += 1;
+                    if *c == stage_count {
+                        barriers.remove(&epoch);
+                        let durable = dlq.barrier()?;
+                        ack_when(&dlq_handle, &dlq_cp, epoch, durable, "dead letters".into());
+                    }
+                }
+            }
         }
         dlq.finish()?;
         Ok(n)
@@ -110,17 +216,30 @@ pub async fn run(
     let mut sink_tasks = Vec::new();
     let mut sink_rows = Vec::new();
     for (spec, mut sink) in sink_specs.into_iter().zip(sinks) {
-        let (tx, mut rx) = mpsc::channel::<RecordBatch>(CHANNEL_CAPACITY);
+        let (tx, mut rx) = mpsc::channel::<Msg>(CHANNEL_CAPACITY);
         readers.entry(spec.input).or_default().push(tx);
         let rows = Arc::new(AtomicU64::new(0));
         sink_rows.push((spec.name.clone(), rows.clone()));
         let sink_seen = seen.clone();
+        let cp = checkpoints.clone();
+        let h = handle.clone();
         sink_tasks.push(tokio::task::spawn_blocking(
             move || -> anyhow::Result<()> {
-                while let Some(batch) = rx.blocking_recv() {
-                    sink.write(&batch)?;
-                    rows.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
-                    mark(&mut sink_seen.lock().expect("seen").delivered, &batch);
+                while let Some(msg) = rx.blocking_recv() {
+                    match msg {
+                        Msg::Batch(batch) => {
+                            sink.write(&batch)?;
+                            rows.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+                            sink_seen
+                                .lock()
+                                .expect("seen")
+                                .mark(Which::Delivered, &batch);
+                        }
+                        Msg::Barrier(epoch) => {
+                            let durable = sink.barrier()?;
+                            ack_when(&h, &cp, epoch, durable, format!("sink {}", spec.name));
+                        }
+                    }
                 }
                 sink.finish()?;
                 Ok(())
@@ -131,13 +250,12 @@ pub async fn run(
     // Stages, last first, so that each stage's readers exist when it is spawned.
     let mut counters = Vec::new();
     let mut stage_meta = Vec::new();
-    let stage_count = stages.len();
     for (i, stage) in stages.into_iter().enumerate().rev() {
-        let (tx, mut rx) = mpsc::channel::<RecordBatch>(CHANNEL_CAPACITY);
+        let (tx, mut rx) = mpsc::channel::<Msg>(CHANNEL_CAPACITY);
         // This stage reads `stage.input`: upstream stages are spawned after it (reverse
         // order) and find this sender there.
         readers.entry(stage.input).or_default().push(tx);
-        let ports: Vec<Vec<mpsc::Sender<RecordBatch>>> = (0..stage.outputs.len())
+        let ports: Vec<Vec<mpsc::Sender<Msg>>> = (0..stage.outputs.len())
             .map(|port| {
                 readers
                     .remove(&Upstream::Stage { stage: i, port })
@@ -151,7 +269,28 @@ pub async fn run(
         let stage_name = stage.name.clone();
         let mut operator = stage.operator;
         tasks.push(tokio::spawn(async move {
-            while let Some(batch) = rx.recv().await {
+            let stopped = |_| anyhow::anyhow!("a reader of stage {stage_name} stopped");
+            while let Some(msg) = rx.recv().await {
+                let batch = match msg {
+                    Msg::Batch(b) => b,
+                    Msg::Barrier(epoch) => {
+                        dead_tx
+                            .send(DeadMsg::Barrier(epoch))
+                            .await
+                            .map_err(|_| anyhow::anyhow!("dead-letter writer stopped"))?;
+                        for readers in &ports {
+                            for r in readers {
+                                r.send(Msg::Barrier(epoch)).await.map_err(stopped)?;
+                            }
+                        }
+                        continue;
+                    }
+                };
+                if let Some(prepare) = operator.prepare(&batch) {
+                    prepare
+                        .await
+                        .map_err(|e| anyhow::anyhow!("stage {stage_name}: {e}"))?;
+                }
                 let t = Instant::now();
                 c.rows_in
                     .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
@@ -167,7 +306,7 @@ pub async fn run(
                     c.dead
                         .fetch_add(dead.rows.num_rows() as u64, Ordering::Relaxed);
                     dead_tx
-                        .send((stage_name.clone(), dead))
+                        .send(DeadMsg::Rows(stage_name.clone(), dead))
                         .await
                         .map_err(|_| anyhow::anyhow!("dead-letter writer stopped"))?;
                 }
@@ -179,9 +318,7 @@ pub async fn run(
                     c.rows_out
                         .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
                     for r in &ports[port] {
-                        r.send(batch.clone()).await.map_err(|_| {
-                            anyhow::anyhow!("a reader of stage {stage_name} stopped")
-                        })?;
+                        r.send(Msg::Batch(batch.clone())).await.map_err(stopped)?;
                     }
                 }
             }
@@ -193,23 +330,72 @@ pub async fn run(
     stage_meta.reverse();
     debug_assert_eq!(counters.len(), stage_count);
 
-    // The source, on a blocking thread: files are read synchronously.
+    // The source, on a blocking thread: files are read synchronously, and librdkafka's poll
+    // blocks. A checkpointed source follows each batch with a barrier and commits what
+    // completed; at its end it waits for the last epochs and commits once more.
     let source_readers = readers.remove(&Upstream::Source).unwrap_or_default();
     let records_read = Arc::new(AtomicU64::new(0));
     let read_counter = records_read.clone();
+    let source_cp = checkpoints.clone();
+    let source_seen = seen.clone();
     let source_task = tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, Vec<String>)> {
         let mut bytes = 0;
-        while let Some(batch) = source.next_batch()? {
-            read_counter.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+        let mut epoch = 0u64;
+        let send = |msg: Msg| -> anyhow::Result<()> {
             for r in &source_readers {
-                r.blocking_send(batch.clone())
+                r.blocking_send(msg.clone())
                     .map_err(|_| anyhow::anyhow!("the first stage stopped"))?;
             }
+            Ok(())
+        };
+        let commit = |source: &mut Box<dyn BatchSource>, last: bool| -> anyhow::Result<()> {
+            let done = source_cp.take_committable();
+            if !done.is_empty()
+                && let Err(e) = source.commit(&done, last)
+            {
+                // Not fatal: a later commit covers these offsets too.
+                tracing::warn!(error = %e, "offset commit failed; retrying with the next one");
+                source_cp.restore(done);
+            }
+            let (_, _, final_below) = source_cp.progress();
+            source_seen
+                .lock()
+                .expect("seen")
+                .compact(final_below.max(0) as u64);
+            Ok(())
+        };
+        while let Some(batch) = source.next_batch()? {
+            if let Some(f) = source_cp.failure() {
+                anyhow::bail!("stopping: {f}");
+            }
+            let rows = batch.num_rows() as u64;
+            if rows > 0 {
+                let read = read_counter.fetch_add(rows, Ordering::Relaxed) + rows;
+                send(Msg::Batch(batch))?;
+                if let Some(positions) = source.positions() {
+                    epoch += 1;
+                    source_cp.register(epoch, positions, read as i64);
+                    send(Msg::Barrier(epoch))?;
+                }
+            }
+            commit(&mut source, false)?;
             let (done, total) = source.progress();
             bytes = done;
             if let Some(p) = &progress {
                 p(done, total, read_counter.load(Ordering::Relaxed));
             }
+        }
+        drop(source_readers);
+        if epoch > 0 {
+            // Drain: every batch read is processed and acked before the last commit.
+            if !source_cp.wait_all(std::time::Duration::from_secs(60)) {
+                let why = source_cp
+                    .failure()
+                    .unwrap_or_else(|| "timed out waiting for sinks".into());
+                commit(&mut source, true)?;
+                anyhow::bail!("stopping: {why}");
+            }
+            commit(&mut source, true)?;
         }
         Ok((bytes, source.warnings()))
     });
@@ -244,8 +430,8 @@ pub async fn run(
         integration: integration_id,
         records_in: records_read.load(Ordering::Relaxed),
         bytes_in: bytes,
-        delivered: count(&seen.delivered),
-        dead_lettered: count(&seen.dead),
+        delivered: seen.delivered(),
+        dead_lettered: seen.dead(),
         dead_letter_rows: dead_rows,
         filtered,
         elapsed_ms: elapsed.as_secs_f64() * 1e3,

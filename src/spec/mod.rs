@@ -33,7 +33,36 @@ pub struct PipelineSpec {
     pub stages: Vec<StageSpec>,
     pub sinks: Vec<SinkSpec>,
     pub dlq: Option<DlqSpec>,
+    /// Kafka connection shared by Kafka sources, sinks and the DLQ topic.
+    pub kafka: Option<KafkaSpec>,
+    /// Confluent-compatible schema registry (Avro parse stages and sinks).
+    pub schema_registry: Option<RegistrySpec>,
     pub tests: Vec<TestCaseSpec>,
+}
+
+/// How to reach the Kafka cluster. Secrets never live here: `secrets` names environment
+/// variables or files that hold them, and `PLEXUS_KAFKA_BROKERS` overrides `brokers`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSpec {
+    /// `host:port[,host:port]`.
+    pub brokers: Option<Spanned<String>>,
+    /// librdkafka client properties (`security.protocol`, `sasl.mechanism`, ...).
+    #[serde(default)]
+    pub properties: IndexMap<String, Spanned<String>>,
+    /// Property → where its value comes from: `env:NAME` or `file:/run/secrets/x`.
+    #[serde(default)]
+    pub secrets: IndexMap<String, Spanned<String>>,
+}
+
+/// A schema registry: its URL, and credentials from the environment.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrySpec {
+    pub url: Spanned<String>,
+    /// Environment variables holding basic-auth credentials.
+    pub username_env: Option<Spanned<String>>,
+    pub password_env: Option<Spanned<String>>,
 }
 
 /// The seed's IntegrationConfiguration, as far as a pipeline needs it.
@@ -74,6 +103,10 @@ struct Header {
     #[serde(default)]
     dlq: Option<DlqSpec>,
     #[serde(default)]
+    kafka: Option<KafkaSpec>,
+    #[serde(default)]
+    schema_registry: Option<RegistrySpec>,
+    #[serde(default)]
     tests: Vec<TestCaseSpec>,
 }
 
@@ -81,13 +114,23 @@ struct Header {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceSpec {
-    /// `file` (the embedded default).
+    /// `file` (the embedded default) or `kafka`.
     #[serde(rename = "type")]
     pub kind: Spanned<String>,
-    /// A file path or glob, relative to the pipeline file. `-` reads stdin.
-    pub path: Spanned<String>,
-    /// `hl7`, `ndjson` or `csv`: how the bytes are framed into records.
+    /// file: a path or glob, relative to the pipeline file. `-` reads stdin.
+    pub path: Option<Spanned<String>>,
+    /// How bytes are framed into records: `hl7`, `ndjson` or `csv` (files); for Kafka each
+    /// message is a record (`hl7` also splits batch files), `json`, `avro` or `raw`.
     pub format: Spanned<String>,
+    /// kafka: the topics to read.
+    #[serde(default)]
+    pub topics: Vec<Spanned<String>>,
+    /// kafka: or a regex of topic names (`^facility\..*`).
+    pub pattern: Option<Spanned<String>>,
+    /// kafka: the consumer group (default: the pipeline name).
+    pub group: Option<Spanned<String>>,
+    /// kafka: where a group without committed offsets starts: `earliest` (default) or `latest`.
+    pub start: Option<Spanned<String>>,
 }
 
 /// How rows are grouped into Arrow batches.
@@ -96,6 +139,8 @@ pub struct SourceSpec {
 pub struct BatchSpec {
     #[serde(default = "default_max_rows")]
     pub max_rows: Spanned<usize>,
+    /// Streaming sources: close a batch at this many payload bytes (default 8 MiB).
+    pub max_bytes: Option<Spanned<usize>>,
     /// e.g. `200ms`, `1s`.
     #[serde(default)]
     pub max_delay: Option<Spanned<String>>,
@@ -109,6 +154,7 @@ impl Default for BatchSpec {
     fn default() -> Self {
         BatchSpec {
             max_rows: default_max_rows(),
+            max_bytes: None,
             max_delay: None,
         }
     }
@@ -330,22 +376,32 @@ pub struct SinkSpec {
     pub name: Spanned<String>,
     /// `stage` or `stage.output` (default: the last stage).
     pub input: Option<Spanned<String>>,
-    /// `file` or `stdout`.
+    /// `file`, `stdout` or `kafka`.
     #[serde(rename = "type")]
     pub kind: Spanned<String>,
-    /// `ndjson`, `parquet` or `arrow` (IPC file).
+    /// Files: `ndjson`, `parquet` or `arrow` (IPC file). Kafka: `json` or `avro`.
     pub format: Option<Spanned<String>>,
     pub path: Option<Spanned<String>>,
+    /// kafka: the topic written.
+    pub topic: Option<Spanned<String>>,
+    /// kafka: SQL expression for the message key (records with one key keep their order).
+    pub key: Option<Spanned<String>>,
+    /// kafka avro: the registry subject (default `<topic>-value`).
+    pub subject: Option<Spanned<String>>,
+    /// kafka avro: the writer schema (`.avsc`); default: derived from the rows.
+    pub schema: Option<Spanned<String>>,
     /// Keep the provenance columns (`_raw` is always left out).
     #[serde(default)]
     pub provenance: bool,
 }
 
-/// The dead-letter output (NDJSON: original record, stage, rule, reason, provenance).
+/// The dead-letter output: an NDJSON file (original record, stage, rule, reason, provenance)
+/// or a Kafka topic (original bytes unchanged, the rest in headers).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DlqSpec {
-    pub path: Spanned<String>,
+    pub path: Option<Spanned<String>>,
+    pub topic: Option<Spanned<String>>,
 }
 
 /// A test case: input records and what each sink (and the DLQ) must receive.
@@ -439,6 +495,8 @@ impl PipelineSpec {
             stages,
             sinks,
             dlq: header.dlq,
+            kafka: header.kafka,
+            schema_registry: header.schema_registry,
             tests: header.tests,
         })
     }

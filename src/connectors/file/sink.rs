@@ -132,6 +132,23 @@ impl BatchSink for FileSink {
         }
     }
 
+    /// Files are durable once flushed to the OS (a Parquet row group is closed early).
+    fn barrier(&mut self) -> Result<Option<crate::connectors::Durable>, ConnectorError> {
+        let path = format!("sink {}", self.name);
+        match &mut self.writer {
+            Writer::Ndjson(w) => w
+                .get_mut()
+                .flush()
+                .map_err(|source| ConnectorError::Io { path, source })?,
+            Writer::Parquet(Some(w)) => w.flush().map_err(|source| ConnectorError::Parquet {
+                context: path,
+                source,
+            })?,
+            Writer::Parquet(None) | Writer::Arrow(_) => {}
+        }
+        Ok(None)
+    }
+
     fn finish(&mut self) -> Result<(), ConnectorError> {
         let name = self.name.clone();
         let arrow = |source| ConnectorError::Arrow {

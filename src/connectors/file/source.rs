@@ -122,6 +122,8 @@ pub fn frame(
         SourceFormat::Ndjson => lines(data)
             .filter(|&(s, e)| !data[s..e].iter().all(u8::is_ascii_whitespace))
             .collect(),
+        // One Avro record per input (Kafka messages; `plexus test` inputs).
+        SourceFormat::Avro => vec![(0, data.len())],
         SourceFormat::Csv => {
             let mut records = csv_records(data);
             if !records.is_empty() {

@@ -1,0 +1,251 @@
+//! Kafka throughput, end to end against the raw consume rate, in one run on one broker.
+//!
+//!     scripts/dev-services up
+//!     cargo bench --bench kafka_throughput            # PLEXUS_BENCH_MESSAGES=200000 by default
+//!
+//! 1. Produces N synthetic ADT messages to a fresh topic (4 partitions).
+//! 2. Raw: librdkafka (rdkafka `BaseConsumer`) reads them all, touching every payload.
+//! 3. End to end: the plexus runtime reads the same topic in a consumer group, parses HL7
+//!    (10 columns), maps, validates and produces JSON to an output topic, committing offsets
+//!    after the output is acknowledged.
+//!
+//! Both rates are measured from the first record received to the last one handled (for the
+//! pipeline: until its final commit), so group-join time counts for neither. Not a criterion
+//! bench: one long run is the measurement.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use plexus::connectors::kafka::sink::{KafkaSink, KafkaSinkConfig};
+use plexus::connectors::kafka::source::{KafkaSource, KafkaSourceConfig};
+use plexus::connectors::kafka::{Attempts, KafkaConnection, KafkaDlq};
+use plexus::connectors::{BatchSink, BatchSource};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+fn main() {
+    // `cargo bench` passes `--bench`; anything else (e.g. `cargo test --benches`) skips.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let brokers = std::env::var("PLEXUS_BENCH_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let n: usize = std::env::var("PLEXUS_BENCH_MESSAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let tag = std::process::id();
+    let (input, output, dlq) = (
+        format!("bench-in-{tag}"),
+        format!("bench-out-{tag}"),
+        format!("bench-dlq-{tag}"),
+    );
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", &brokers);
+    rt.block_on(async {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        let admin: AdminClient<_> = cc.create().unwrap();
+        let topics = [
+            NewTopic::new(&input, 4, TopicReplication::Fixed(1)),
+            NewTopic::new(&output, 4, TopicReplication::Fixed(1)),
+            NewTopic::new(&dlq, 1, TopicReplication::Fixed(1)),
+        ];
+        admin
+            .create_topics(&topics, &AdminOptions::new())
+            .await
+            .unwrap();
+    });
+
+    // 1. Produce.
+    let feed = plexus::formats::hl7::synth::synthetic_feed(n, 7);
+    let messages: Vec<&[u8]> = plexus::formats::hl7::Splitter::new(&feed)
+        .filter_map(Result::ok)
+        .map(|m| m.message.raw())
+        .collect();
+    let bytes: usize = messages.iter().map(|m| m.len()).sum();
+    let t = Instant::now();
+    rt.block_on(async {
+        let p: FutureProducer = cc
+            .clone()
+            .set("linger.ms", "20")
+            .set("queue.buffering.max.messages", "2000000")
+            .create()
+            .unwrap();
+        let mut pending = Vec::with_capacity(messages.len());
+        for m in &messages {
+            let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&input).payload(*m);
+            loop {
+                match p.send_result(rec) {
+                    Ok(f) => {
+                        pending.push(f);
+                        break;
+                    }
+                    Err((_, back)) => {
+                        rec = back;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+            }
+        }
+        for f in pending {
+            f.await.unwrap().unwrap();
+        }
+    });
+    println!(
+        "produced {} messages ({:.1} MB) in {:.1} s",
+        messages.len(),
+        bytes as f64 / 1e6,
+        t.elapsed().as_secs_f64()
+    );
+    let n = messages.len();
+
+    // 2. Raw consume.
+    let consumer: BaseConsumer = cc
+        .clone()
+        .set("group.id", format!("bench-raw-{tag}"))
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..4 {
+        tpl.add_partition_offset(&input, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let (mut got, mut checksum) = (0usize, 0u64);
+    let mut first = None;
+    while got < n {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            first.get_or_insert_with(Instant::now);
+            checksum = checksum.wrapping_add(m.payload().map_or(0, |p| p.len() as u64));
+            got += 1;
+        }
+    }
+    let raw_secs = first.unwrap().elapsed().as_secs_f64();
+    drop(consumer);
+    let raw_rate = n as f64 / raw_secs;
+    println!(
+        "raw consume (librdkafka):  {n} messages in {raw_secs:.2} s = {raw_rate:.0} msg/s ({:.1} MB/s; checksum {checksum})",
+        bytes as f64 / 1e6 / raw_secs
+    );
+
+    // 3. The pipeline.
+    let dir = std::env::temp_dir().join(format!("plexus-bench-{tag}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let yaml = format!(
+        r#"
+name: bench
+integration: {{id: bench}}
+kafka: {{brokers: "{brokers}"}}
+source: {{type: kafka, topics: [{input}], group: bench-e2e-{tag}, format: hl7}}
+batch: {{max_rows: 8192, max_delay: 100ms}}
+stages:
+  - name: parse
+    type: parse
+    format: hl7
+    columns:
+      - {{name: event, path: MSH-9.2}}
+      - {{name: mrn, path: PID-3.1}}
+      - {{name: family, path: PID-5.1}}
+      - {{name: given, path: PID-5.2}}
+      - {{name: birth_date, path: PID-7, type: date}}
+      - {{name: sex, path: PID-8}}
+      - {{name: city, path: PID-11.3}}
+      - {{name: state, path: PID-11.4}}
+      - {{name: phone, path: PID-13.1}}
+      - {{name: facility, path: PV1-3.4}}
+  - name: shape
+    type: map
+    select:
+      mrn: mrn
+      name: concat_ws(' ', given, family)
+      birth_date: birth_date
+      sex: upper(sex)
+      facility: facility
+      event: event
+  - name: checks
+    type: validate
+    rules:
+      - {{name: mrn_present, check: "mrn IS NOT NULL"}}
+sinks:
+  - {{name: out, type: kafka, topic: {output}, key: mrn, format: json}}
+dlq: {{topic: {dlq}}}
+"#
+    );
+    let path = dir.join("bench.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let spec = plexus::spec::PipelineSpec::load(&path).unwrap();
+    let mut plan = rt.block_on(plexus::plan::build(&spec)).unwrap();
+    let conn: KafkaConnection = plan.kafka.clone().unwrap();
+    let k = plan.source.kafka.clone().unwrap();
+    let source = KafkaSource::new(
+        &conn,
+        KafkaSourceConfig {
+            topics: k.topics,
+            pattern: None,
+            group: k.group,
+            start: k.start,
+            format: plan.source.format,
+            max_rows: plan.max_rows,
+            max_bytes: plan.max_bytes,
+            max_delay: plan.max_delay,
+            limit: Some(n as u64),
+        },
+        Arc::new(AtomicBool::new(false)),
+        None,
+        Attempts::default(),
+    )
+    .unwrap();
+    let s = &mut plan.sinks[0];
+    let kp = s.kafka.take().unwrap();
+    let sink = rt
+        .block_on(KafkaSink::create(
+            &conn,
+            KafkaSinkConfig {
+                name: s.name.clone(),
+                topic: kp.topic,
+                key: kp.key,
+                avro: false,
+                subject: None,
+                avro_schema: None,
+                provenance: false,
+                pipeline: "bench".into(),
+                integration: "bench".into(),
+            },
+            &s.schema,
+            None,
+        ))
+        .unwrap();
+    let dlq_sink = KafkaDlq::new(&conn, &dlq, "bench", "bench", Attempts::default()).unwrap();
+    let first_read = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let fr = first_read.clone();
+    let progress: plexus::runtime::Progress = Box::new(move |_, _, records| {
+        if records > 0 && fr.load(Ordering::Relaxed) == 0 {
+            fr.store(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        }
+    });
+    let summary = rt
+        .block_on(plexus::runtime::run(
+            plan,
+            Box::new(source) as Box<dyn BatchSource>,
+            vec![Box::new(sink) as Box<dyn BatchSink>],
+            Box::new(dlq_sink),
+            Some(progress),
+        ))
+        .unwrap();
+    let e2e_secs = started.elapsed().as_secs_f64()
+        - Duration::from_nanos(first_read.load(Ordering::Relaxed)).as_secs_f64();
+    let e2e_rate = summary.records_in as f64 / e2e_secs;
+    println!(
+        "end to end (Kafka → HL7 parse → map → validate → Kafka, committed): {} records in {e2e_secs:.2} s = {e2e_rate:.0} msg/s; delivered {}, dead-lettered {}",
+        summary.records_in, summary.delivered, summary.dead_lettered
+    );
+    println!(
+        "ratio end-to-end / raw consume: {:.0} %",
+        100.0 * e2e_rate / raw_rate
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,518 @@
+//! `plexus dlq list|show` and `plexus replay`: working with a pipeline's dead-letter topic.
+//!
+//! Replay is idempotent. Every dead letter replayed is recorded (after its re-injected copy
+//! is acknowledged by the brokers) in a ledger topic `<dlq topic>.replayed`, keyed by the
+//! dead letter's partition/offset; a later replay skips what the ledger holds. Copies of one
+//! failure that a crash-recovery wrote twice (same original record, same attempt) are
+//! replayed once. A record that fails again after its replay is a new dead letter (attempt
+//! n+1) and can be replayed again.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::connectors::kafka::{KafkaConnection, headers};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum DlqCommand {
+    /// One line per dead letter: where it came from, stage, rule, attempt, error.
+    List {
+        pipeline: PathBuf,
+        /// At most this many (the oldest first).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A dead letter's headers and original record (`--at PARTITION:OFFSET` of the DLQ topic).
+    Show {
+        pipeline: PathBuf,
+        #[arg(long, value_name = "PARTITION:OFFSET")]
+        at: String,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReplayArgs {
+    /// The pipeline whose dead letters to replay.
+    #[arg(long)]
+    pipeline: PathBuf,
+    /// Only dead letters matching this SQL condition over: stage, rule, error, attempt,
+    /// source_topic, source_partition, source_offset, correlation_id, failed_at, record.
+    #[arg(long)]
+    filter: Option<String>,
+    /// Where to re-inject (default: each record's original topic).
+    #[arg(long)]
+    to_topic: Option<String>,
+    /// Show what would be replayed without doing it.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+/// A dead letter read back from the topic.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeadLetter {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: String,
+    pub stage: String,
+    pub rule: String,
+    pub error: String,
+    pub attempt: i64,
+    pub first_failed_at: String,
+    pub failed_at: String,
+    pub source_topic: Option<String>,
+    pub source_partition: Option<i64>,
+    pub source_offset: Option<i64>,
+    pub correlation_id: Option<String>,
+    #[serde(skip)]
+    pub record: Vec<u8>,
+}
+
+struct Target {
+    conn: KafkaConnection,
+    topic: String,
+    pipeline: String,
+}
+
+fn target(pipeline: &std::path::Path) -> Result<Target> {
+    let spec = crate::spec::PipelineSpec::load(pipeline).map_err(|e| {
+        anyhow::anyhow!(
+            "{}",
+            e.0.iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    })?;
+    let topic = spec
+        .dlq
+        .as_ref()
+        .and_then(|d| d.topic.as_ref())
+        .map(|t| t.to_string())
+        .with_context(|| format!("{}: the dlq is not a Kafka topic", pipeline.display()))?;
+    let k = spec
+        .kafka
+        .as_ref()
+        .with_context(|| format!("{}: no `kafka:` block", pipeline.display()))?;
+    let conn = KafkaConnection {
+        brokers: k.brokers.as_ref().map(|b| b.to_string()),
+        properties: k
+            .properties
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_string()))
+            .collect(),
+        secrets: k
+            .secrets
+            .iter()
+            .map(|(k, v)| {
+                crate::connectors::kafka::SecretRef::parse(v)
+                    .map(|r| (k.clone(), r))
+                    .map_err(anyhow::Error::msg)
+            })
+            .collect::<Result<_>>()?,
+    };
+    Ok(Target {
+        conn,
+        topic,
+        pipeline: spec.name.to_string(),
+    })
+}
+
+/// Reads a whole topic from the beginning (to the end as of now) with `f` per message.
+fn read_topic(
+    conn: &KafkaConnection,
+    topic: &str,
+    mut f: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
+) -> Result<()> {
+    let mut cc = conn.client_config().map_err(anyhow::Error::msg)?;
+    cc.set("group.id", "plexus-dlq-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true");
+    let consumer: BaseConsumer = cc.create().context("creating a consumer")?;
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .with_context(|| format!("reading metadata of {topic}"))?;
+    let partitions: Vec<i32> = md
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        // A topic that does not exist yet holds no dead letters.
+        return Ok(());
+    }
+    let mut tpl = TopicPartitionList::new();
+    for p in &partitions {
+        tpl.add_partition_offset(topic, *p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let mut at_end: HashSet<i32> = HashSet::new();
+    let mut last = Instant::now();
+    // End of partition events mark the end; a quiet broker ends it after a pause.
+    while at_end.len() < partitions.len() && last.elapsed() < Duration::from_secs(5) {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                last = Instant::now();
+                f(&m);
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+            }
+            Some(Err(e)) => bail!("reading {topic}: {e}"),
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+fn header<'a>(m: &'a rdkafka::message::BorrowedMessage<'_>, key: &str) -> Option<&'a str> {
+    let h = m.headers()?;
+    h.iter()
+        .find(|h| h.key == key)
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+}
+
+fn dead_letter(m: &rdkafka::message::BorrowedMessage<'_>) -> DeadLetter {
+    let s = |k| header(m, k).unwrap_or_default().to_string();
+    let n = |k| header(m, k).and_then(|v| v.parse::<i64>().ok());
+    DeadLetter {
+        partition: m.partition(),
+        offset: m.offset(),
+        key: m
+            .key()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .unwrap_or_default(),
+        stage: s(headers::STAGE),
+        rule: s(headers::RULE),
+        error: s(headers::ERROR),
+        attempt: n(headers::ATTEMPT).unwrap_or(1),
+        first_failed_at: s(headers::FIRST_FAILED_AT),
+        failed_at: s(headers::FAILED_AT),
+        source_topic: header(m, headers::SOURCE_TOPIC).map(str::to_string),
+        source_partition: n(headers::SOURCE_PARTITION),
+        source_offset: n(headers::SOURCE_OFFSET),
+        correlation_id: header(m, headers::CORRELATION_ID).map(str::to_string),
+        record: m.payload().unwrap_or_default().to_vec(),
+    }
+}
+
+/// Every dead letter on the pipeline's DLQ topic, oldest first per partition.
+pub fn read_dead_letters(conn: &KafkaConnection, topic: &str) -> Result<Vec<DeadLetter>> {
+    let mut out = Vec::new();
+    read_topic(conn, topic, |m| out.push(dead_letter(m)))?;
+    out.sort_by_key(|d| (d.failed_at.clone(), d.partition, d.offset));
+    Ok(out)
+}
+
+pub fn run(cmd: DlqCommand) -> Result<ExitCode> {
+    match cmd {
+        DlqCommand::List {
+            pipeline,
+            limit,
+            json,
+        } => {
+            let t = target(&pipeline)?;
+            let all = read_dead_letters(&t.conn, &t.topic)?;
+            if !json {
+                println!(
+                    "{:<14} {:<32} {:<10} {:<24} {:>7}  error",
+                    "dlq p:offset", "from", "stage", "rule", "attempt"
+                );
+            }
+            for d in all.iter().take(limit) {
+                if json {
+                    println!("{}", serde_json::to_string(d)?);
+                } else {
+                    let from = match (&d.source_topic, d.source_partition, d.source_offset) {
+                        (Some(t), Some(p), Some(o)) => format!("{t}/{p}@{o}"),
+                        (Some(t), None, Some(o)) => format!("{t}@{o}"),
+                        _ => "-".into(),
+                    };
+                    let error: String = d.error.chars().take(80).collect();
+                    println!(
+                        "{:<14} {:<32} {:<10} {:<24} {:>7}  {}",
+                        format!("{}:{}", d.partition, d.offset),
+                        from,
+                        d.stage,
+                        d.rule,
+                        d.attempt,
+                        error
+                    );
+                }
+            }
+            if !json {
+                eprintln!("{} dead letters on {}", all.len(), t.topic);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DlqCommand::Show { pipeline, at } => {
+            let (p, o) = at
+                .split_once(':')
+                .and_then(|(p, o)| Some((p.parse::<i32>().ok()?, o.parse::<i64>().ok()?)))
+                .context("--at is PARTITION:OFFSET, e.g. 0:42")?;
+            let t = target(&pipeline)?;
+            let all = read_dead_letters(&t.conn, &t.topic)?;
+            let d = all
+                .iter()
+                .find(|d| d.partition == p && d.offset == o)
+                .with_context(|| format!("no dead letter at {at} on {}", t.topic))?;
+            println!("{}", serde_json::to_string_pretty(d)?);
+            println!("--- original record ({} bytes) ---", d.record.len());
+            match std::str::from_utf8(&d.record) {
+                Ok(text) => println!("{}", text.replace('\r', "\n")),
+                Err(_) => println!(
+                    "{}",
+                    d.record
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect::<String>()
+                ),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Creates the replay ledger (compacted: one entry per dead letter) unless it exists.
+async fn ensure_ledger(conn: &KafkaConnection, topic: &str) -> Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::types::RDKafkaErrorCode;
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = conn
+        .client_config()
+        .map_err(anyhow::Error::msg)?
+        .create()
+        .context("creating an admin client")?;
+    let new = NewTopic::new(topic, 1, TopicReplication::Fixed(-1)).set("cleanup.policy", "compact");
+    for r in admin
+        .create_topics(&[new], &AdminOptions::new())
+        .await
+        .with_context(|| format!("creating {topic}"))?
+    {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, e)) => bail!("creating the replay ledger {t}: {e}"),
+        }
+    }
+    Ok(())
+}
+
+/// The columns `--filter` sees.
+fn filter_batch(dead: &[DeadLetter]) -> Result<RecordBatch> {
+    let text = |f: &dyn Fn(&DeadLetter) -> Option<String>| -> ArrayRef {
+        Arc::new(StringArray::from(dead.iter().map(f).collect::<Vec<_>>()))
+    };
+    let int = |f: &dyn Fn(&DeadLetter) -> Option<i64>| -> ArrayRef {
+        Arc::new(Int64Array::from(dead.iter().map(f).collect::<Vec<_>>()))
+    };
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("stage", DataType::Utf8, true),
+        Field::new("rule", DataType::Utf8, true),
+        Field::new("error", DataType::Utf8, true),
+        Field::new("attempt", DataType::Int64, true),
+        Field::new("source_topic", DataType::Utf8, true),
+        Field::new("source_partition", DataType::Int64, true),
+        Field::new("source_offset", DataType::Int64, true),
+        Field::new("correlation_id", DataType::Utf8, true),
+        Field::new("failed_at", DataType::Utf8, true),
+        Field::new("record", DataType::Utf8, true),
+    ]));
+    Ok(RecordBatch::try_new(
+        schema,
+        vec![
+            text(&|d| Some(d.stage.clone())),
+            text(&|d| Some(d.rule.clone())),
+            text(&|d| Some(d.error.clone())),
+            int(&|d| Some(d.attempt)),
+            text(&|d| d.source_topic.clone()),
+            int(&|d| d.source_partition),
+            int(&|d| d.source_offset),
+            text(&|d| d.correlation_id.clone()),
+            text(&|d| Some(d.failed_at.clone())),
+            text(&|d| Some(String::from_utf8_lossy(&d.record).into_owned())),
+        ],
+    )?)
+}
+
+pub fn replay(args: ReplayArgs) -> Result<ExitCode> {
+    let t = target(&args.pipeline)?;
+    let ledger_topic = format!("{}.replayed", t.topic);
+    let all = read_dead_letters(&t.conn, &t.topic)?;
+    let mut replayed: HashSet<(i32, i64)> = HashSet::new();
+    read_topic(&t.conn, &ledger_topic, |m| {
+        if let Some(k) = m.key().and_then(|k| std::str::from_utf8(k).ok())
+            && let Some((p, o)) = k.split_once(':')
+            && let (Ok(p), Ok(o)) = (p.parse(), o.parse())
+        {
+            replayed.insert((p, o));
+        }
+    })?;
+    let keep = match &args.filter {
+        Some(sql) => {
+            let batch = filter_batch(&all)?;
+            let planner = crate::plan::sql::SqlPlanner::new();
+            let pred = planner
+                .predicate("--filter", sql, &batch.schema())
+                .map_err(|e| anyhow::anyhow!("--filter: {e}"))?;
+            let mask = pred.evaluate(&batch)?;
+            let mask = crate::operators::true_mask(mask.as_boolean());
+            (0..all.len()).map(|i| mask.value(i)).collect::<Vec<_>>()
+        }
+        None => vec![true; all.len()],
+    };
+    let mut seen_failures: HashSet<(String, i64)> = HashSet::new();
+    let mut todo = Vec::new();
+    let (mut skipped_done, mut skipped_dup) = (0, 0);
+    for (d, keep) in all.iter().zip(keep) {
+        if !keep {
+            continue;
+        }
+        if replayed.contains(&(d.partition, d.offset)) {
+            skipped_done += 1;
+            continue;
+        }
+        if !seen_failures.insert((d.key.clone(), d.attempt)) {
+            skipped_dup += 1;
+            todo.push((d, false));
+            continue;
+        }
+        todo.push((d, true));
+    }
+    let to_send = todo.iter().filter(|(_, send)| *send).count();
+    eprintln!(
+        "{} dead letters on {}: replaying {to_send}, {skipped_done} replayed before, {skipped_dup} duplicate copies",
+        all.len(),
+        t.topic
+    );
+    if args.dry_run {
+        for (d, send) in &todo {
+            if *send {
+                println!(
+                    "{}:{} -> {}",
+                    d.partition,
+                    d.offset,
+                    args.to_topic
+                        .as_deref()
+                        .or(d.source_topic.as_deref())
+                        .unwrap_or("?")
+                );
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let producer = crate::connectors::kafka::producer(&t.conn)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(ensure_ledger(&t.conn, &ledger_topic))?;
+    let mut deliveries = Vec::new();
+    for (d, send) in &todo {
+        if *send {
+            let Some(topic) = args.to_topic.as_deref().or(d.source_topic.as_deref()) else {
+                bail!(
+                    "dead letter {}:{} has no source topic header: pass --to-topic",
+                    d.partition,
+                    d.offset
+                );
+            };
+            let attempt = (d.attempt + 1).to_string();
+            let of = format!("{}/{}/{}", t.topic, d.partition, d.offset);
+            let h = OwnedHeaders::new()
+                .insert(Header {
+                    key: headers::ATTEMPT,
+                    value: Some(attempt.as_str()),
+                })
+                .insert(Header {
+                    key: headers::FIRST_FAILED_AT,
+                    value: Some(d.first_failed_at.as_str()),
+                })
+                .insert(Header {
+                    key: headers::REPLAY_OF,
+                    value: Some(of.as_str()),
+                })
+                .insert(Header {
+                    key: headers::PIPELINE,
+                    value: Some(t.pipeline.as_str()),
+                });
+            let record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
+                .payload(d.record.as_slice())
+                .headers(h);
+            deliveries.push(crate::connectors::kafka::send(&producer, record)?);
+        }
+    }
+    rt.block_on(crate::connectors::kafka::all_delivered(
+        deliveries,
+        "replay".into(),
+    ))?;
+    // Only now, with the copies acknowledged, are the dead letters marked replayed
+    // (duplicate copies too, so they are not replayed by a later run).
+    let mut marks = Vec::new();
+    for (d, _) in &todo {
+        let key = format!("{}:{}", d.partition, d.offset);
+        let record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&ledger_topic)
+            .key(key.as_bytes())
+            .payload(b"".as_slice());
+        marks.push(crate::connectors::kafka::send(&producer, record)?);
+    }
+    rt.block_on(crate::connectors::kafka::all_delivered(
+        marks,
+        ledger_topic.clone(),
+    ))?;
+    producer.flush(Duration::from_secs(30))?;
+    println!("replayed {to_send} dead letters");
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::Array;
+
+    #[test]
+    fn filter_columns_plan() {
+        let d = DeadLetter {
+            partition: 0,
+            offset: 1,
+            key: "t/0/5".into(),
+            stage: "checks".into(),
+            rule: "mrn_present".into(),
+            error: "MRN missing".into(),
+            attempt: 1,
+            first_failed_at: "2026-11-26T00:00:00Z".into(),
+            failed_at: "2026-11-26T00:00:00Z".into(),
+            source_topic: Some("t".into()),
+            source_partition: Some(0),
+            source_offset: Some(5),
+            correlation_id: None,
+            record: b"MSH|".to_vec(),
+        };
+        let batch = filter_batch(&[
+            d.clone(),
+            DeadLetter {
+                rule: "x".into(),
+                ..d
+            },
+        ])
+        .unwrap();
+        let p = crate::plan::sql::SqlPlanner::new()
+            .predicate("f", "rule = 'mrn_present' AND attempt < 3", &batch.schema())
+            .unwrap();
+        let m = p.evaluate(&batch).unwrap();
+        let m = m.as_boolean();
+        assert!(m.value(0) && !m.value(1));
+        assert!(m.is_valid(0));
+    }
+}

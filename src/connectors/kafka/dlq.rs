@@ -1,0 +1,192 @@
+//! The dead-letter topic: each rejected record's original bytes, unchanged, as the message
+//! value; why and where it failed in headers (stage, rule, error, attempt, first and latest
+//! failure time, original topic/partition/offset). The key is the original
+//! `topic/partition/offset` (or file/offset), which is what `plexus replay` deduplicates on.
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::Int64Type;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+
+use super::{Attempts, KafkaConnection, headers, parse_source_name};
+use crate::connectors::{ConnectorError, DeadLetterSink, Durable};
+use crate::operators::{CONTROL_ID, DeadLetters, OFFSET, RAW, RECORD_INDEX, SOURCE};
+
+pub struct KafkaDlq {
+    topic: String,
+    producer: FutureProducer,
+    pipeline: String,
+    integration: String,
+    attempts: Attempts,
+    pending: Vec<DeliveryFuture>,
+}
+
+impl KafkaDlq {
+    pub fn new(
+        connection: &KafkaConnection,
+        topic: &str,
+        pipeline: &str,
+        integration: &str,
+        attempts: Attempts,
+    ) -> Result<Self, ConnectorError> {
+        Ok(KafkaDlq {
+            topic: topic.to_string(),
+            producer: super::producer(connection)?,
+            pipeline: pipeline.to_string(),
+            integration: integration.to_string(),
+            attempts,
+            pending: Vec::new(),
+        })
+    }
+}
+
+/// Error text as a header: bounded, and without control characters.
+fn header_text(s: &str) -> String {
+    let mut t: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(2000)
+        .collect();
+    if s.chars().count() > 2000 {
+        t.push('…');
+    }
+    t
+}
+
+impl DeadLetterSink for KafkaDlq {
+    fn write(&mut self, stage: &str, dead: &DeadLetters) -> Result<(), ConnectorError> {
+        let rows = &dead.rows;
+        let raw = rows
+            .column_by_name(RAW)
+            .and_then(|c| c.as_binary_opt::<i32>());
+        let sources = rows
+            .column_by_name(SOURCE)
+            .and_then(|c| c.as_string_opt::<i32>());
+        let offsets = rows
+            .column_by_name(OFFSET)
+            .and_then(|c| c.as_primitive_opt::<Int64Type>());
+        let indexes = rows
+            .column_by_name(RECORD_INDEX)
+            .and_then(|c| c.as_primitive_opt::<Int64Type>());
+        let controls = rows
+            .column_by_name(CONTROL_ID)
+            .and_then(|c| c.as_string_opt::<i32>());
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        for i in 0..rows.num_rows() {
+            let payload: &[u8] = raw
+                .filter(|r| r.is_valid(i))
+                .map(|r| r.value(i))
+                .unwrap_or_default();
+            let source = sources.filter(|s| s.is_valid(i)).map(|s| s.value(i));
+            let offset = offsets.filter(|o| o.is_valid(i)).map(|o| o.value(i));
+            let (attempt, first) = indexes
+                .filter(|x| x.is_valid(i))
+                .and_then(|x| self.attempts.get(x.value(i)))
+                .unwrap_or((1, now.clone()));
+            let error = header_text(&dead.reason[i]);
+            let mut h = OwnedHeaders::new_with_capacity(12)
+                .insert(Header {
+                    key: headers::PIPELINE,
+                    value: Some(self.pipeline.as_str()),
+                })
+                .insert(Header {
+                    key: headers::INTEGRATION,
+                    value: Some(self.integration.as_str()),
+                })
+                .insert(Header {
+                    key: headers::STAGE,
+                    value: Some(stage),
+                })
+                .insert(Header {
+                    key: headers::RULE,
+                    value: Some(dead.rule[i].as_str()),
+                })
+                .insert(Header {
+                    key: headers::ERROR,
+                    value: Some(error.as_str()),
+                })
+                .insert(Header {
+                    key: headers::ATTEMPT,
+                    value: Some(&attempt.to_string()),
+                })
+                .insert(Header {
+                    key: headers::FIRST_FAILED_AT,
+                    value: Some(first.as_str()),
+                })
+                .insert(Header {
+                    key: headers::FAILED_AT,
+                    value: Some(now.as_str()),
+                });
+            let (topic, partition) = match source.map(|s| parse_source_name(s).ok_or(s)) {
+                Some(Ok((t, p))) => (Some(t), Some(p.to_string())),
+                Some(Err(s)) => (Some(s), None),
+                None => (None, None),
+            };
+            if let Some(t) = topic {
+                h = h.insert(Header {
+                    key: headers::SOURCE_TOPIC,
+                    value: Some(t),
+                });
+            }
+            if let Some(p) = &partition {
+                h = h.insert(Header {
+                    key: headers::SOURCE_PARTITION,
+                    value: Some(p.as_str()),
+                });
+            }
+            if let Some(o) = offset {
+                h = h.insert(Header {
+                    key: headers::SOURCE_OFFSET,
+                    value: Some(&o.to_string()),
+                });
+            }
+            // Stable across runs (a reprocessed window dead-letters the same key again, and
+            // replay skips keys it has replayed). One Kafka message may hold several HL7
+            // messages (a batch file): their control ids keep the keys apart.
+            let control = controls.filter(|c| c.is_valid(i)).map(|c| c.value(i));
+            let key = format!(
+                "{}/{}{}{}",
+                source.unwrap_or("-"),
+                offset.unwrap_or(-1),
+                if control.is_some() { "#" } else { "" },
+                control.unwrap_or("")
+            );
+            if let Some(c) = control {
+                h = h.insert(Header {
+                    key: headers::CORRELATION_ID,
+                    value: Some(c),
+                });
+            }
+            let record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic)
+                .payload(payload)
+                .key(key.as_bytes())
+                .headers(h);
+            let f = super::send(&self.producer, record)?;
+            self.pending.push(f);
+        }
+        Ok(())
+    }
+
+    fn barrier(&mut self) -> Result<Option<Durable>, ConnectorError> {
+        if self.pending.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(super::all_delivered(
+            std::mem::take(&mut self.pending),
+            format!("dead-letter topic {}", self.topic),
+        )))
+    }
+
+    fn finish(&mut self) -> Result<(), ConnectorError> {
+        self.producer
+            .flush(std::time::Duration::from_secs(60))
+            .map_err(|source| ConnectorError::Kafka {
+                context: format!("dead-letter topic {}: flushing", self.topic),
+                source,
+            })?;
+        futures::executor::block_on(super::all_delivered(
+            std::mem::take(&mut self.pending),
+            self.topic.clone(),
+        ))
+    }
+}

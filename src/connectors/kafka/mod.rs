@@ -1,0 +1,247 @@
+//! Kafka: the source, the sink and the dead-letter topic, over librdkafka (`rdkafka`).
+//!
+//! Delivery is at-least-once end to end. The source hands the runtime one batch per poll
+//! window and, after it, a barrier; a batch's offsets are committed only once every sink and
+//! the dead-letter writer have made everything before that barrier durable (Kafka acks,
+//! flushed files). A crash therefore replays at most the uncommitted window, and a rebalance
+//! waits for in-flight batches of the partitions it takes away, then commits them.
+//!
+//! Connection settings come from the pipeline's `kafka:` block, then the environment:
+//! `PLEXUS_KAFKA_BROKERS` overrides the brokers, and each `secrets:` entry names an
+//! environment variable (`env:NAME`) or file (`file:/path`) holding a property's value —
+//! passwords never live in pipeline files or logs.
+
+pub mod dlq;
+pub mod sink;
+pub mod source;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use rdkafka::ClientConfig;
+
+pub use dlq::KafkaDlq;
+pub use sink::KafkaSink;
+pub use source::KafkaSource;
+
+/// Header names plexus writes (and reads back on replay).
+pub mod headers {
+    pub const PIPELINE: &str = "plexus.pipeline";
+    pub const INTEGRATION: &str = "plexus.integration";
+    pub const SOURCE_TOPIC: &str = "plexus.source.topic";
+    pub const SOURCE_PARTITION: &str = "plexus.source.partition";
+    pub const SOURCE_OFFSET: &str = "plexus.source.offset";
+    pub const CORRELATION_ID: &str = "plexus.correlation-id";
+    pub const STAGE: &str = "plexus.dlq.stage";
+    pub const RULE: &str = "plexus.dlq.rule";
+    pub const ERROR: &str = "plexus.dlq.error";
+    pub const ATTEMPT: &str = "plexus.attempt";
+    pub const FIRST_FAILED_AT: &str = "plexus.first-failed-at";
+    pub const FAILED_AT: &str = "plexus.failed-at";
+    /// On a replayed record: the dead letter it came from (`topic/partition/offset`).
+    pub const REPLAY_OF: &str = "plexus.replay-of";
+}
+
+/// A secret property's origin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretRef {
+    Env(String),
+    File(std::path::PathBuf),
+}
+
+impl SecretRef {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if let Some(name) = s.strip_prefix("env:") {
+            Ok(SecretRef::Env(name.to_string()))
+        } else if let Some(path) = s.strip_prefix("file:") {
+            Ok(SecretRef::File(path.into()))
+        } else {
+            Err(format!(
+                "a secret is `env:NAME` or `file:/path`, not {:?}",
+                s.chars().take(4).collect::<String>() + "…"
+            ))
+        }
+    }
+
+    fn read(&self) -> Result<String, String> {
+        match self {
+            SecretRef::Env(n) => {
+                std::env::var(n).map_err(|_| format!("environment variable {n} is not set"))
+            }
+            SecretRef::File(p) => std::fs::read_to_string(p)
+                .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
+                .map_err(|e| format!("secret file {}: {e}", p.display())),
+        }
+    }
+}
+
+/// Properties that must come from `secrets:` (never inline in a pipeline file).
+pub fn is_secret_property(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    k.contains("password") || k.contains("secret") || k.ends_with(".key.pem") || k == "ssl.key.pem"
+}
+
+/// The resolved `kafka:` block.
+#[derive(Debug, Clone, Default)]
+pub struct KafkaConnection {
+    pub brokers: Option<String>,
+    pub properties: Vec<(String, String)>,
+    pub secrets: Vec<(String, SecretRef)>,
+}
+
+impl KafkaConnection {
+    /// A librdkafka configuration with the brokers, properties and secrets applied.
+    pub fn client_config(&self) -> Result<ClientConfig, String> {
+        let brokers = std::env::var("PLEXUS_KAFKA_BROKERS")
+            .ok()
+            .filter(|b| !b.is_empty())
+            .or_else(|| self.brokers.clone())
+            .ok_or("no Kafka brokers: set `kafka.brokers` or PLEXUS_KAFKA_BROKERS")?;
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", brokers);
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+        for (k, r) in &self.secrets {
+            c.set(k, r.read().map_err(|e| format!("kafka secret {k}: {e}"))?);
+        }
+        // librdkafka logs through `log`; keep its chatter below info.
+        c.set_log_level(rdkafka::config::RDKafkaLogLevel::Warning);
+        Ok(c)
+    }
+}
+
+/// An idempotent producer (no duplicates from producer retries; order kept per partition).
+pub fn producer(
+    connection: &KafkaConnection,
+) -> Result<rdkafka::producer::FutureProducer, crate::connectors::ConnectorError> {
+    let mut cc = connection
+        .client_config()
+        .map_err(crate::connectors::ConnectorError::Other)?;
+    for (k, v) in [
+        ("enable.idempotence", "true"),
+        ("acks", "all"),
+        ("linger.ms", "5"),
+        ("compression.type", "lz4"),
+    ] {
+        // The pipeline's properties win over these defaults.
+        if !connection.properties.iter().any(|(pk, _)| pk == k) {
+            cc.set(k, v);
+        }
+    }
+    cc.create()
+        .map_err(|source| crate::connectors::ConnectorError::Kafka {
+            context: "creating the producer".into(),
+            source,
+        })
+}
+
+/// Sends one record, waiting while librdkafka's queue is full (backpressure, not an error).
+pub fn send(
+    producer: &rdkafka::producer::FutureProducer,
+    mut record: rdkafka::producer::FutureRecord<'_, [u8], [u8]>,
+) -> Result<rdkafka::producer::DeliveryFuture, crate::connectors::ConnectorError> {
+    loop {
+        match producer.send_result(record) {
+            Ok(f) => return Ok(f),
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull,
+                ),
+                r,
+            )) => {
+                record = r;
+                producer.poll(std::time::Duration::from_millis(20));
+            }
+            Err((source, r)) => {
+                return Err(crate::connectors::ConnectorError::Kafka {
+                    context: format!("producing to {}", r.topic),
+                    source,
+                });
+            }
+        }
+    }
+}
+
+/// Resolves when every delivery report is in; the first failure is the error.
+pub fn all_delivered(
+    pending: Vec<rdkafka::producer::DeliveryFuture>,
+    what: String,
+) -> crate::connectors::Durable {
+    Box::pin(async move {
+        for f in pending {
+            match f.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((source, _))) => {
+                    return Err(crate::connectors::ConnectorError::Kafka {
+                        context: format!("delivering to {what}"),
+                        source,
+                    });
+                }
+                Err(_) => {
+                    return Err(crate::connectors::ConnectorError::Other(format!(
+                        "{what}: the producer was dropped before delivery"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Where a record came from on Kafka: `_source` is `topic/partition`, `_offset` the offset.
+pub fn source_name(topic: &str, partition: i32) -> String {
+    format!("{topic}/{partition}")
+}
+
+/// Splits a `_source` written by `source_name`.
+pub fn parse_source_name(s: &str) -> Option<(&str, i32)> {
+    let (t, p) = s.rsplit_once('/')?;
+    Some((t, p.parse().ok()?))
+}
+
+/// Replay metadata of records that arrived with plexus retry headers, by `_record_index`, so
+/// that a record failing again gets the right attempt number and first-failure time.
+#[derive(Debug, Default, Clone)]
+pub struct Attempts(Arc<Mutex<HashMap<i64, (u32, String)>>>);
+
+impl Attempts {
+    pub fn insert(&self, record_index: i64, attempt: u32, first_failed_at: String) {
+        self.0
+            .lock()
+            .expect("attempts")
+            .insert(record_index, (attempt, first_failed_at));
+    }
+    pub fn get(&self, record_index: i64) -> Option<(u32, String)> {
+        self.0.lock().expect("attempts").get(&record_index).cloned()
+    }
+    /// Forgets records below `index` (their batches are committed).
+    pub fn forget_below(&self, index: i64) {
+        let mut m = self.0.lock().expect("attempts");
+        if !m.is_empty() {
+            m.retain(|&k, _| k >= index);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_and_source_names() {
+        assert_eq!(
+            SecretRef::parse("env:KAFKA_PASSWORD").unwrap(),
+            SecretRef::Env("KAFKA_PASSWORD".into())
+        );
+        assert!(SecretRef::parse("hunter2").is_err());
+        assert!(!SecretRef::parse("hunter2").unwrap_err().contains("hunter2"));
+        assert!(is_secret_property("sasl.password"));
+        assert!(!is_secret_property("sasl.username"));
+        assert_eq!(parse_source_name("hl7.adt/3"), Some(("hl7.adt", 3)));
+        assert_eq!(
+            parse_source_name(&source_name("a.b-c", 12)),
+            Some(("a.b-c", 12))
+        );
+    }
+}

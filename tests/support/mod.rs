@@ -1,0 +1,303 @@
+//! Shared by the Kafka integration tests: the real broker (tansu on 127.0.0.1:9092, started by
+//! `scripts/dev-services`), a schema registry stand-in speaking Confluent's REST API, and
+//! helpers to produce, read topics back and run the `plexus` binary.
+#![allow(dead_code)]
+
+pub mod registry;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_plexus");
+
+pub fn brokers() -> String {
+    std::env::var("PLEXUS_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".to_string())
+}
+
+/// A topic name no other test (or earlier run on the same broker) uses.
+pub fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{name}-{}-{}", std::process::id(), nanos % 1_000_000_000)
+}
+
+fn config() -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers());
+    c
+}
+
+/// Creates topics (the broker does not auto-create them).
+pub fn create_topics(topics: &[(&str, i32)]) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let admin: AdminClient<DefaultClientContext> = config().create().unwrap();
+        let new: Vec<NewTopic> = topics
+            .iter()
+            .map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1)))
+            .collect();
+        let results = admin
+            .create_topics(&new, &AdminOptions::new())
+            .await
+            .expect("create topics");
+        for r in results {
+            if let Err((t, e)) = r {
+                panic!("creating topic {t}: {e}");
+            }
+        }
+    });
+}
+
+/// A record to produce: key, value, headers.
+pub struct Rec {
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+    pub partition: Option<i32>,
+}
+
+impl Rec {
+    pub fn value(v: impl Into<Vec<u8>>) -> Rec {
+        Rec {
+            key: None,
+            value: v.into(),
+            headers: Vec::new(),
+            partition: None,
+        }
+    }
+}
+
+/// Produces records and waits for every delivery report.
+pub fn produce(topic: &str, records: Vec<Rec>) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let p: FutureProducer = config()
+            .set("linger.ms", "5")
+            .set("queue.buffering.max.messages", "1000000")
+            .create()
+            .unwrap();
+        let mut futures = Vec::new();
+        for r in &records {
+            let mut h = OwnedHeaders::new();
+            for (k, v) in &r.headers {
+                h = h.insert(Header {
+                    key: k,
+                    value: Some(v.as_str()),
+                });
+            }
+            let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
+                .payload(r.value.as_slice())
+                .headers(h);
+            if let Some(k) = &r.key {
+                rec = rec.key(k.as_slice());
+            }
+            if let Some(p) = r.partition {
+                rec = rec.partition(p);
+            }
+            loop {
+                match p.send_result(rec) {
+                    Ok(f) => {
+                        futures.push(f);
+                        break;
+                    }
+                    Err((_, back)) => {
+                        rec = back;
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+        }
+        for f in futures {
+            f.await.unwrap().expect("delivered");
+        }
+    });
+}
+
+/// A message read back.
+#[derive(Debug, Clone)]
+pub struct Msg {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+    pub headers: HashMap<String, String>,
+}
+
+impl Msg {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.value).into_owned()
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.value).expect("json value")
+    }
+    pub fn header(&self, k: &str) -> &str {
+        self.headers
+            .get(k)
+            .map(String::as_str)
+            .unwrap_or_else(|| panic!("no header {k} in {:?}", self.headers))
+    }
+}
+
+/// Reads a topic from the beginning until `expected` messages arrived and nothing more came
+/// for `quiet`, or `timeout` passed.
+pub fn read_topic(topic: &str, expected: usize, timeout: Duration) -> Vec<Msg> {
+    let c: BaseConsumer = config()
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for t in md.topics() {
+        for p in t.partitions() {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                .unwrap();
+        }
+    }
+    c.assign(&tpl).unwrap();
+    let started = Instant::now();
+    let mut out = Vec::new();
+    let mut last = Instant::now();
+    let quiet = Duration::from_millis(1500);
+    while started.elapsed() < timeout {
+        if out.len() >= expected && last.elapsed() > quiet {
+            break;
+        }
+        match c.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                last = Instant::now();
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                (
+                                    h.key.to_string(),
+                                    String::from_utf8_lossy(h.value.unwrap_or_default())
+                                        .into_owned(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push(Msg {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    value: m.payload().unwrap_or_default().to_vec(),
+                    headers,
+                });
+            }
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            None => {}
+        }
+    }
+    out
+}
+
+/// Waits until `topic` holds at least `min` messages (one consumer, polled continuously).
+pub fn wait_for(topic: &str, min: usize, timeout: Duration) -> usize {
+    let c: BaseConsumer = config()
+        .set("group.id", unique("watch"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for t in md.topics() {
+        for p in t.partitions() {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                .unwrap();
+        }
+    }
+    c.assign(&tpl).unwrap();
+    let started = Instant::now();
+    let mut n = 0;
+    while n < min && started.elapsed() < timeout {
+        if let Some(Ok(_)) = c.poll(Duration::from_millis(20)) {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Committed offsets of a group (partition → next offset), for `topic`.
+pub fn committed(group: &str, topic: &str, partitions: i32) -> HashMap<i32, i64> {
+    let c: BaseConsumer = config().set("group.id", group).create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let got = c
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed offsets");
+    got.elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Writes a pipeline file into `dir`.
+pub fn pipeline(dir: &Path, name: &str, yaml: &str) -> std::path::PathBuf {
+    let p = dir.join(format!("{name}.yaml"));
+    std::fs::write(&p, yaml).unwrap();
+    p
+}
+
+/// Runs `plexus` to completion.
+pub fn plexus(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("PLEXUS_LOG", "warn")
+        .output()
+        .expect("run plexus")
+}
+
+pub fn assert_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "plexus failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The JSON run summary of `plexus run --json`.
+pub fn summary(out: &Output) -> serde_json::Value {
+    assert_ok(out);
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "summary: {e}\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// An ADT^A01 with the given control id and MRN (MRN empty → fails the `mrn` rule).
+pub fn adt(control_id: &str, mrn: &str) -> String {
+    format!(
+        "MSH|^~\\&|EPIC|GHH|PLEXUS|GHH|20260105120000||ADT^A01|{control_id}|P|2.5\r\
+         PID|1||{mrn}^^^GHH^MR||DOE^JANE||19800102|F\r\
+         PV1|1|I|4E^1^A^GHH\r"
+    )
+}
