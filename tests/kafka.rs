@@ -397,8 +397,8 @@ fn control_ids(msgs: &[Msg]) -> (HashSet<String>, usize) {
 }
 
 #[test]
-#[ignore = "on tansu 0.6 the restarted member is assigned the partitions but fetches nothing \
-            after the killed member's session expires; under investigation (see the issue note)"]
+#[ignore = "on tansu 0.6 the restarted member resumes but stops short of the end (93,400 of \
+            100,000 in the last run); under investigation (see the issue note)"]
 fn kill_dash_9_mid_stream_loses_nothing() {
     let (input, output, dlq) = (unique("crash-in"), unique("crash-out"), unique("crash-dlq"));
     let group = unique("g");
@@ -436,7 +436,7 @@ fn kill_dash_9_mid_stream_loses_nothing() {
         p.to_str().unwrap(),
         "--json",
         "--exit-when-idle",
-        "3s",
+        "15s",
     ]));
     eprintln!("restart summary: {s}");
     let out = read_topic(&output, n, Duration::from_secs(180));
