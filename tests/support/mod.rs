@@ -149,9 +149,8 @@ impl Msg {
     }
 }
 
-/// Reads a topic from the beginning until `expected` messages arrived and nothing more came
-/// for `quiet`, or `timeout` passed.
-pub fn read_topic(topic: &str, expected: usize, timeout: Duration) -> Vec<Msg> {
+/// A consumer assigned every partition of `topic` from its beginning (no group offsets).
+fn from_beginning(topic: &str) -> BaseConsumer {
     let c: BaseConsumer = config()
         .set("group.id", unique("reader"))
         .set("enable.auto.commit", "false")
@@ -168,6 +167,13 @@ pub fn read_topic(topic: &str, expected: usize, timeout: Duration) -> Vec<Msg> {
         }
     }
     c.assign(&tpl).unwrap();
+    c
+}
+
+/// Reads a topic from the beginning until `expected` messages arrived and nothing more came
+/// for `quiet`, or `timeout` passed.
+pub fn read_topic(topic: &str, expected: usize, timeout: Duration) -> Vec<Msg> {
+    let c = from_beginning(topic);
     let started = Instant::now();
     let mut out = Vec::new();
     let mut last = Instant::now();
@@ -210,22 +216,7 @@ pub fn read_topic(topic: &str, expected: usize, timeout: Duration) -> Vec<Msg> {
 
 /// Waits until `topic` holds at least `min` messages (one consumer, polled continuously).
 pub fn wait_for(topic: &str, min: usize, timeout: Duration) -> usize {
-    let c: BaseConsumer = config()
-        .set("group.id", unique("watch"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let md = c
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for t in md.topics() {
-        for p in t.partitions() {
-            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
-                .unwrap();
-        }
-    }
-    c.assign(&tpl).unwrap();
+    let c = from_beginning(topic);
     let started = Instant::now();
     let mut n = 0;
     while n < min && started.elapsed() < timeout {

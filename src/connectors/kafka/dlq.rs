@@ -6,7 +6,7 @@
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::Int64Type;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::FutureRecord;
 
 use super::{Attempts, KafkaConnection, headers, parse_source_name};
 use crate::connectors::{ConnectorError, DeadLetterSink, Durable};
@@ -14,11 +14,10 @@ use crate::operators::{CONTROL_ID, DeadLetters, OFFSET, RAW, RECORD_INDEX, SOURC
 
 pub struct KafkaDlq {
     topic: String,
-    producer: FutureProducer,
+    out: super::Deliveries,
     pipeline: String,
     integration: String,
     attempts: Attempts,
-    pending: Vec<DeliveryFuture>,
 }
 
 impl KafkaDlq {
@@ -31,11 +30,10 @@ impl KafkaDlq {
     ) -> Result<Self, ConnectorError> {
         Ok(KafkaDlq {
             topic: topic.to_string(),
-            producer: super::producer(connection)?,
+            out: super::Deliveries::new(connection, format!("dead-letter topic {topic}"))?,
             pipeline: pipeline.to_string(),
             integration: integration.to_string(),
             attempts,
-            pending: Vec::new(),
         })
     }
 }
@@ -161,32 +159,16 @@ impl DeadLetterSink for KafkaDlq {
                 .payload(payload)
                 .key(key.as_bytes())
                 .headers(h);
-            let f = super::send(&self.producer, record)?;
-            self.pending.push(f);
+            self.out.send(record)?;
         }
         Ok(())
     }
 
     fn barrier(&mut self) -> Result<Option<Durable>, ConnectorError> {
-        if self.pending.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(super::all_delivered(
-            std::mem::take(&mut self.pending),
-            format!("dead-letter topic {}", self.topic),
-        )))
+        Ok(self.out.barrier())
     }
 
     fn finish(&mut self) -> Result<(), ConnectorError> {
-        self.producer
-            .flush(std::time::Duration::from_secs(60))
-            .map_err(|source| ConnectorError::Kafka {
-                context: format!("dead-letter topic {}: flushing", self.topic),
-                source,
-            })?;
-        futures::executor::block_on(super::all_delivered(
-            std::mem::take(&mut self.pending),
-            self.topic.clone(),
-        ))
+        self.out.finish()
     }
 }

@@ -189,6 +189,64 @@ pub fn all_delivered(
     })
 }
 
+/// A producer plus the delivery reports not yet handed to a barrier: what the sink and the
+/// dead-letter topic share.
+pub struct Deliveries {
+    producer: rdkafka::producer::FutureProducer,
+    pending: Vec<rdkafka::producer::DeliveryFuture>,
+    /// Names the destination in errors (`sink patients (topic patients.out)`).
+    what: String,
+}
+
+impl Deliveries {
+    pub fn new(
+        connection: &KafkaConnection,
+        what: String,
+    ) -> Result<Self, crate::connectors::ConnectorError> {
+        Ok(Deliveries {
+            producer: producer(connection)?,
+            pending: Vec::new(),
+            what,
+        })
+    }
+
+    /// Enqueues one record (see `send`).
+    pub fn send(
+        &mut self,
+        record: rdkafka::producer::FutureRecord<'_, [u8], [u8]>,
+    ) -> Result<(), crate::connectors::ConnectorError> {
+        let f = send(&self.producer, record)?;
+        self.pending.push(f);
+        Ok(())
+    }
+
+    /// Resolves once everything sent so far is acknowledged (None: nothing pending).
+    pub fn barrier(&mut self) -> Option<crate::connectors::Durable> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        Some(all_delivered(
+            std::mem::take(&mut self.pending),
+            self.what.clone(),
+        ))
+    }
+
+    /// Flushes and waits for the reports of writes after the last barrier.
+    pub fn finish(&mut self) -> Result<(), crate::connectors::ConnectorError> {
+        use rdkafka::producer::Producer;
+        self.producer
+            .flush(std::time::Duration::from_secs(60))
+            .map_err(|source| crate::connectors::ConnectorError::Kafka {
+                context: format!("{}: flushing", self.what),
+                source,
+            })?;
+        match self.barrier() {
+            Some(f) => futures::executor::block_on(f),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Where a record came from on Kafka: `_source` is `topic/partition`, `_offset` the offset.
 pub fn source_name(topic: &str, partition: i32) -> String {
     format!("{topic}/{partition}")

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Int64Type, SchemaRef};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::FutureRecord;
 
 use super::{KafkaConnection, headers, parse_source_name};
 use crate::connectors::registry::{SchemaRegistry, frame_wire};
@@ -32,7 +32,7 @@ pub enum KafkaEncoding {
 pub struct KafkaSink {
     name: String,
     topic: String,
-    producer: FutureProducer,
+    out: super::Deliveries,
     encoding: KafkaEncoding,
     key: Option<PlannedExpr>,
     /// Payload columns (input indices) and their schema.
@@ -40,7 +40,6 @@ pub struct KafkaSink {
     payload_schema: SchemaRef,
     pipeline: String,
     integration: String,
-    pending: Vec<DeliveryFuture>,
 }
 
 /// What a Kafka sink needs besides the connection.
@@ -115,7 +114,10 @@ impl KafkaSink {
             KafkaEncoding::Json
         };
         Ok(KafkaSink {
-            producer: super::producer(connection)?,
+            out: super::Deliveries::new(
+                connection,
+                format!("sink {} (topic {})", config.name, config.topic),
+            )?,
             name: config.name,
             topic: config.topic,
             encoding,
@@ -124,7 +126,6 @@ impl KafkaSink {
             payload_schema,
             pipeline: config.pipeline,
             integration: config.integration,
-            pending: Vec::new(),
         })
     }
 
@@ -255,33 +256,17 @@ impl BatchSink for KafkaSink {
             if let Some(k) = keys.filter(|k| k.is_valid(row)) {
                 record = record.key(k.value(row).as_bytes());
             }
-            let f = super::send(&self.producer, record)?;
-            self.pending.push(f);
+            self.out.send(record)?;
         }
         Ok(())
     }
 
     fn barrier(&mut self) -> Result<Option<Durable>, ConnectorError> {
-        if self.pending.is_empty() {
-            return Ok(None);
-        }
-        let pending = std::mem::take(&mut self.pending);
-        Ok(Some(super::all_delivered(
-            pending,
-            format!("sink {} (topic {})", self.name, self.topic),
-        )))
+        Ok(self.out.barrier())
     }
 
     fn finish(&mut self) -> Result<(), ConnectorError> {
-        self.producer
-            .flush(std::time::Duration::from_secs(60))
-            .map_err(|source| ConnectorError::Kafka {
-                context: format!("sink {}: flushing", self.name),
-                source,
-            })?;
-        // Delivery reports of writes after the last barrier (files mode has no barriers).
-        let pending = std::mem::take(&mut self.pending);
-        futures::executor::block_on(super::all_delivered(pending, self.topic.clone()))
+        self.out.finish()
     }
 }
 
