@@ -187,6 +187,7 @@ dlq: {{topic: {dlq}}}
             pattern: None,
             group: k.group,
             start: k.start,
+            instance: k.instance,
             format: plan.source.format,
             max_rows: plan.max_rows,
             max_bytes: plan.max_bytes,

@@ -397,8 +397,9 @@ fn control_ids(msgs: &[Msg]) -> (HashSet<String>, usize) {
 }
 
 #[test]
-#[ignore = "on tansu 0.6 the restarted member resumes but stops short of the end (93,400 of \
-            100,000 in the last run); under investigation (see the issue note)"]
+#[ignore = "fails on tansu 0.6: after kill -9 the restart (static membership) read 96,179 records \
+            where the committed offsets implied 96,452, and 205 of 100,000 were missing; under \
+            investigation (see the issue note)"]
 fn kill_dash_9_mid_stream_loses_nothing() {
     let (input, output, dlq) = (unique("crash-in"), unique("crash-out"), unique("crash-dlq"));
     let group = unique("g");
@@ -414,7 +415,11 @@ fn kill_dash_9_mid_stream_loses_nothing() {
     let p = pipeline(
         dir.path(),
         "crash",
-        &hl7_pipeline(&input, &output, &dlq, &group, 10),
+        // Static membership: the restarted process takes over the killed one's partitions.
+        &hl7_pipeline(&input, &output, &dlq, &group, 2).replace(
+            "format: hl7}",
+            &format!("format: hl7, instance: {group}-1}}"),
+        ),
     );
     let mut child = Command::new(BIN)
         .args(["run", p.to_str().unwrap()])
@@ -423,11 +428,10 @@ fn kill_dash_9_mid_stream_loses_nothing() {
         .spawn()
         .unwrap();
     // Kill mid-stream, with batches in flight (small batches keep the run long enough).
-    let t0 = Instant::now();
-    assert!(wait_for(&output, 2_000, WAIT) >= 2_000, "output started");
-    eprintln!("output reached 2000 after {:?}", t0.elapsed());
+    assert!(wait_for(&output, 1_000, WAIT) >= 1_000, "output started");
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
+    eprintln!("killed; committed {:?}", committed(&group, &input, 2));
     let before = read_topic(&output, 0, Duration::from_secs(2)).len();
     assert!(before < n, "killed mid-stream ({before} of {n} out)");
 
@@ -436,9 +440,13 @@ fn kill_dash_9_mid_stream_loses_nothing() {
         p.to_str().unwrap(),
         "--json",
         "--exit-when-idle",
-        "15s",
+        "5s",
     ]));
-    eprintln!("restart summary: {s}");
+    eprintln!(
+        "restart read {}; committed now {:?}",
+        s["records_in"],
+        committed(&group, &input, 2)
+    );
     let out = read_topic(&output, n, Duration::from_secs(180));
     let (ids, dup) = control_ids(&out);
     assert_eq!(ids.len(), n, "every record present after the restart");

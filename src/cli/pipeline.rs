@@ -125,6 +125,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
                 pattern: k.pattern.clone(),
                 group: k.group.clone(),
                 start: k.start.clone(),
+                instance: k.instance.clone(),
                 format: plan.source.format,
                 max_rows: plan.max_rows,
                 max_bytes: plan.max_bytes,

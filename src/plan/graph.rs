@@ -66,6 +66,7 @@ pub struct KafkaSourcePlan {
     pub pattern: Option<String>,
     pub group: String,
     pub start: String,
+    pub instance: Option<String>,
 }
 
 /// A Kafka sink's settings.
@@ -345,6 +346,7 @@ fn plan_source(cx: &mut Ctx<'_>) -> Option<PlannedSource> {
         ("pattern", s.pattern.is_some()),
         ("group", s.group.is_some()),
         ("start", s.start.is_some()),
+        ("instance", s.instance.is_some()),
     ] {
         if set {
             cx.err(&s.kind, format!("`{key}` is a kafka source setting"));
@@ -437,6 +439,7 @@ fn plan_kafka_source(cx: &mut Ctx<'_>, format: SourceFormat) -> Option<PlannedSo
                 .map(|g| g.to_string())
                 .unwrap_or_else(|| cx.spec.name.to_string()),
             start: start.to_string(),
+            instance: s.instance.as_ref().map(|i| i.to_string()),
         }),
     })
 }

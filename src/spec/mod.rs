@@ -131,6 +131,10 @@ pub struct SourceSpec {
     pub group: Option<Spanned<String>>,
     /// kafka: where a group without committed offsets starts: `earliest` (default) or `latest`.
     pub start: Option<Spanned<String>>,
+    /// kafka: static group membership (`group.instance.id`): a restarted process with the
+    /// same id takes its partitions back at once instead of waiting for the broker to expire
+    /// the old member. `PLEXUS_KAFKA_INSTANCE_ID` overrides (one id per process).
+    pub instance: Option<Spanned<String>>,
 }
 
 /// How rows are grouped into Arrow batches.

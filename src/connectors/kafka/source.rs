@@ -36,6 +36,8 @@ pub struct KafkaSourceConfig {
     pub group: String,
     /// `earliest` or `latest`, for partitions without a committed offset.
     pub start: String,
+    /// Static membership id (`group.instance.id`).
+    pub instance: Option<String>,
     pub format: SourceFormat,
     pub max_rows: usize,
     pub max_bytes: usize,
@@ -149,6 +151,13 @@ impl KafkaSource {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", &config.start)
             .set("enable.partition.eof", "false");
+        let instance = std::env::var("PLEXUS_KAFKA_INSTANCE_ID")
+            .ok()
+            .filter(|i| !i.is_empty())
+            .or_else(|| config.instance.clone());
+        if let Some(id) = &instance {
+            cc.set("group.instance.id", id);
+        }
         if !connection
             .properties
             .iter()
