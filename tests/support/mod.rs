@@ -257,7 +257,10 @@ pub fn pipeline(dir: &Path, name: &str, yaml: &str) -> std::path::PathBuf {
 pub fn plexus(args: &[&str]) -> Output {
     Command::new(BIN)
         .args(args)
-        .env("PLEXUS_LOG", "warn")
+        .env(
+            "PLEXUS_LOG",
+            std::env::var("PLEXUS_TEST_LOG").unwrap_or("warn".into()),
+        )
         .output()
         .expect("run plexus")
 }

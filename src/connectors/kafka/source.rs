@@ -210,10 +210,12 @@ impl KafkaSource {
         })
     }
 
-    fn intern(&mut self, topic: &str, partition: i32) -> usize {
+    fn intern(&mut self, topic: &str, partition: i32, offset: i64) -> usize {
         if let Some(&i) = self.name_index.get(&(topic.to_string(), partition)) {
             return i;
         }
+        // Where each partition resumed: the first thing to check after a restart.
+        tracing::info!(topic, partition, offset, "first record of partition");
         self.names
             .push((topic.to_string(), partition, source_name(topic, partition)));
         self.name_index
@@ -232,7 +234,7 @@ impl KafkaSource {
 
     /// Buffers one message as one or more records (HL7 batch files split into messages).
     fn add(&mut self, topic: &str, partition: i32, offset: i64, payload: &[u8]) {
-        let tp = self.intern(topic, partition);
+        let tp = self.intern(topic, partition, offset);
         self.bytes_read += payload.len() as u64;
         match self.config.format {
             SourceFormat::Hl7 => {
