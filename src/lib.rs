@@ -15,6 +15,8 @@ pub mod operators;
 #[cfg(feature = "pipeline")]
 pub mod plan;
 #[cfg(feature = "pipeline")]
+pub mod resilience;
+#[cfg(feature = "pipeline")]
 pub mod runtime;
 #[cfg(feature = "pipeline")]
 pub mod spec;

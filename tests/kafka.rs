@@ -163,6 +163,25 @@ fn hl7_topic_to_output_and_dead_letter_topics() {
     let listed = plexus(&["dlq", "list", p.to_str().unwrap(), "--json"]);
     assert_ok(&listed);
     assert_eq!(String::from_utf8_lossy(&listed.stdout).lines().count(), 22);
+    // `dlq show --at P:O`: one dead letter's headers and its original record.
+    let g = &dead[0];
+    let shown = plexus(&[
+        "dlq",
+        "show",
+        p.to_str().unwrap(),
+        "--at",
+        &format!("{}:{}", g.partition, g.offset),
+    ]);
+    assert_ok(&shown);
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(text.contains(g.header("plexus.dlq.rule")), "{text}");
+    assert!(
+        text.contains(&format!("original record ({} bytes)", g.value.len())),
+        "{text}"
+    );
+    let missing = plexus(&["dlq", "show", p.to_str().unwrap(), "--at", "0:999999"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no dead letter at 0:999999"));
     let replay_to = unique("adt-replay");
     create_topics(&[(&replay_to, 1)]);
     let args = [
@@ -420,10 +439,12 @@ fn kill_dash_9_mid_stream_loses_nothing() {
             &format!("format: hl7, instance: {group}-1}}"),
         ),
     );
+    let killed_log = dir.path().join("killed.log");
     let mut child = Command::new(BIN)
         .args(["run", p.to_str().unwrap()])
+        .env("PLEXUS_LOG", "plexus=trace")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&killed_log).unwrap())
         .spawn()
         .unwrap();
     // Kill mid-stream, with batches in flight (small batches keep the run long enough).
@@ -477,6 +498,26 @@ fn kill_dash_9_mid_stream_loses_nothing() {
             }
         }
         eprintln!("missing input ranges (partition, from, to, count): {ranges:?}");
+        // Output offsets per partition: gaps mean the reader skipped stored records.
+        let mut per: std::collections::BTreeMap<i32, (usize, i64)> = Default::default();
+        for m in &out {
+            let e = per.entry(m.partition).or_default();
+            e.0 += 1;
+            e.1 = e.1.max(m.offset + 1);
+        }
+        eprintln!("output per partition (count, end offset): {per:?}");
+        let log = std::fs::read_to_string(&killed_log).unwrap_or_default();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| {
+                l.contains("committing")
+                    || l.contains("delivery reports")
+                    || l.contains("epoch complete")
+            })
+            .collect();
+        for l in lines.iter().rev().take(12).rev() {
+            eprintln!("killed: {l}");
+        }
         eprintln!(
             "output messages: {} seen after the kill, {} delivered by the restart, {} on the topic now",
             before,

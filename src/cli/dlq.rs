@@ -289,25 +289,9 @@ pub fn run(cmd: DlqCommand) -> Result<ExitCode> {
 
 /// Creates the replay ledger (compacted: one entry per dead letter) unless it exists.
 async fn ensure_ledger(conn: &KafkaConnection, topic: &str) -> Result<()> {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::types::RDKafkaErrorCode;
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> = conn
-        .client_config()
-        .map_err(anyhow::Error::msg)?
-        .create()
-        .context("creating an admin client")?;
-    let new = NewTopic::new(topic, 1, TopicReplication::Fixed(-1)).set("cleanup.policy", "compact");
-    for r in admin
-        .create_topics(&[new], &AdminOptions::new())
+    crate::connectors::kafka::ensure_topics(conn, &[(topic.to_string(), 1, true)])
         .await
-        .with_context(|| format!("creating {topic}"))?
-    {
-        match r {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((t, e)) => bail!("creating the replay ledger {t}: {e}"),
-        }
-    }
-    Ok(())
+        .with_context(|| format!("creating the replay ledger {topic}"))
 }
 
 /// The columns `--filter` sees.

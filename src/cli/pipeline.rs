@@ -13,13 +13,19 @@ use crate::connectors::memory::{MemoryDlq, MemorySink};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::connectors::http::{HttpSink, HttpSinkConfig, HttpTarget};
+use crate::connectors::kafka::retry::{
+    RetryStats, RetryTopics, RetryWorkerConfig, retry_topics, run_worker,
+};
 use crate::connectors::kafka::sink::KafkaSinkConfig;
 use crate::connectors::kafka::source::KafkaSourceConfig;
-use crate::connectors::kafka::{Attempts, KafkaDlq, KafkaSink, KafkaSource};
+use crate::connectors::kafka::{
+    Attempts, KafkaDlq, KafkaSink, KafkaSource, SecretRef, ensure_topics,
+};
 use crate::connectors::registry::SchemaRegistry;
 use crate::connectors::{BatchSink, BatchSource, ConnectorError, DeadLetterSink};
 use crate::operators::parse::raw_batch;
-use crate::plan::graph::SourceFormat;
+use crate::plan::graph::{HeaderValue, HttpSinkPlan, SourceFormat};
 use crate::plan::{Plan, build};
 use crate::spec::{PipelineSpec, SpecErrors};
 
@@ -153,7 +159,37 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         None => None,
     };
     let mut sinks: Vec<Box<dyn BatchSink>> = Vec::new();
-    for s in &mut plan.sinks {
+    let main_done = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    let mut http_sinks: std::collections::HashMap<usize, Box<dyn BatchSink>> =
+        std::collections::HashMap::new();
+    let http_plans: Vec<_> = plan.sinks.iter_mut().map(|s| s.http.take()).collect();
+    for (i, h) in http_plans.into_iter().enumerate() {
+        let Some(h) = h else { continue };
+        let (name, provenance) = (plan.sinks[i].name.clone(), plan.sinks[i].provenance);
+        {
+            let (sink, worker) = http_sink(
+                &rt,
+                &plan,
+                &name,
+                provenance,
+                h,
+                RetryRun {
+                    stop: stop.clone(),
+                    main_done: main_done.clone(),
+                    idle: idle.unwrap_or(std::time::Duration::from_secs(2)),
+                },
+            )?;
+            http_sinks.insert(i, Box::new(sink));
+            workers.extend(worker);
+        }
+    }
+    let mut http_sinks_taken = http_sinks;
+    for (i, s) in plan.sinks.iter_mut().enumerate() {
+        if let Some(sink) = http_sinks_taken.remove(&i) {
+            sinks.push(sink);
+            continue;
+        }
         match s.kafka.take() {
             Some(k) => {
                 let conn = plan.kafka.clone().unwrap_or_default();
@@ -201,7 +237,19 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     };
     let dlq_topic = plan.dlq_topic.clone();
     let progress = progress_bar(&args);
-    let summary = rt.block_on(crate::runtime::run(plan, source, sinks, dlq, progress))?;
+    let result = rt.block_on(crate::runtime::run(plan, source, sinks, dlq, progress));
+    // The retry workers finish what is due, then stop (or stop now on a signal).
+    main_done.store(true, Ordering::Relaxed);
+    let mut retries = Vec::new();
+    for w in workers {
+        match w.join() {
+            Ok(Ok(stats)) => retries.push(stats),
+            Ok(Err(e)) => anyhow::bail!("retry worker: {e}"),
+            Err(_) => anyhow::bail!("retry worker panicked"),
+        }
+    }
+    let mut summary = result?;
+    summary.retries = retries;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
@@ -218,6 +266,100 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     } else {
         ExitCode::from(3)
     })
+}
+
+/// What a retry worker needs from the run.
+struct RetryRun {
+    stop: Arc<AtomicBool>,
+    main_done: Arc<AtomicBool>,
+    idle: std::time::Duration,
+}
+
+type Worker = std::thread::JoinHandle<Result<RetryStats, ConnectorError>>;
+
+/// An HTTP sink, and the retry worker of its retry topics when it has them.
+fn http_sink(
+    rt: &tokio::runtime::Runtime,
+    plan: &Plan,
+    name: &str,
+    provenance: bool,
+    h: HttpSinkPlan,
+    run: RetryRun,
+) -> Result<(HttpSink, Option<Worker>)> {
+    let secret = |r: &SecretRef| r.read().map_err(|e| anyhow::anyhow!("sink {name}: {e}"));
+    let url = match h.url.strip_prefix("env:") {
+        Some(var) => std::env::var(var)
+            .with_context(|| format!("sink {name}: environment variable {var} (url)"))?,
+        None => h.url.clone(),
+    };
+    let mut headers = Vec::new();
+    for (k, v) in &h.headers {
+        let value = match v {
+            HeaderValue::Literal(t) => t.clone(),
+            HeaderValue::Secret(r) => secret(r)?,
+        };
+        headers.push((k.clone(), value));
+    }
+    let key = h
+        .secret
+        .as_ref()
+        .map(|r| secret(r).map(String::into_bytes))
+        .transpose()?;
+    let target = HttpTarget::new(&url, &h.method, headers, key, h.timeout)
+        .map_err(|e| anyhow::anyhow!("sink {name}: {e}"))?;
+    let config = HttpSinkConfig {
+        name: name.to_string(),
+        target: target.clone(),
+        policy: h.retry.clone(),
+        concurrency: h.concurrency,
+        provenance,
+    };
+    let Some(base) = &h.retry_topic else {
+        return Ok((HttpSink::new(config, rt.handle().clone(), None), None));
+    };
+    let conn = plan.kafka.clone().unwrap_or_default();
+    let topics: Vec<(String, i32, bool)> = retry_topics(base, &h.retry)
+        .into_iter()
+        .map(|t| (t, 3, false))
+        .collect();
+    rt.block_on(ensure_topics(&conn, &topics))?;
+    let parking = RetryTopics::new(&conn, base, &plan.name, &plan.integration_id, name)?;
+    let group = match &plan.source.kafka {
+        Some(k) => k.group.clone(),
+        None => format!("plexus-{}", plan.name),
+    };
+    let worker_config = RetryWorkerConfig {
+        base: base.clone(),
+        group: format!("{group}.retry.{name}"),
+        sink: name.to_string(),
+        pipeline: plan.name.clone(),
+        integration: plan.integration_id.clone(),
+        dlq_topic: plan
+            .dlq_topic
+            .clone()
+            .context("retry topics need a dead-letter topic")?,
+        policy: h.retry.clone(),
+        concurrency: h.concurrency,
+    };
+    let handle = rt.handle().clone();
+    let worker = std::thread::Builder::new()
+        .name(format!("retry-{name}"))
+        .spawn(move || {
+            run_worker(
+                &conn,
+                worker_config,
+                target,
+                handle,
+                run.stop,
+                run.main_done,
+                run.idle,
+            )
+        })
+        .context("starting the retry worker")?;
+    Ok((
+        HttpSink::new(config, rt.handle().clone(), Some(parking)),
+        Some(worker),
+    ))
 }
 
 /// SIGTERM/SIGINT stop the stream gracefully (stop reading, drain, commit, exit); a second

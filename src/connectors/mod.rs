@@ -8,9 +8,11 @@
 //! | `memory.rs`       | in-memory sinks for `plexus test` and tests                        |
 //! | `kafka/`          | Kafka source, sink and dead-letter topic (at-least-once)           |
 //! | `registry.rs`     | the schema registry client (Confluent wire format, schema cache)   |
+//! | `http/`           | HTTP sink (webhooks, REST): signed requests, retries, retry topics |
 
 pub mod dlq;
 pub mod file;
+pub mod http;
 pub mod kafka;
 pub mod memory;
 pub mod registry;
@@ -73,9 +75,21 @@ pub trait BatchSource: Send {
     fn attach(&mut self, _checkpoints: std::sync::Arc<Checkpoints>) {}
 }
 
+/// Rows a sink could not deliver, per `write`: dead letters, and records parked on a retry
+/// topic (by `_record_index`; they are neither delivered nor dead yet).
+#[derive(Debug, Default)]
+pub struct SinkOutcome {
+    pub dead: Vec<DeadLetters>,
+    pub parked: Vec<i64>,
+}
+
 /// Where rows of one pipeline output go.
 pub trait BatchSink: Send {
     fn write(&mut self, batch: &RecordBatch) -> Result<(), ConnectorError>;
+    /// Rows of the last `write` that were not delivered (sinks that deliver per record).
+    fn take_outcome(&mut self) -> SinkOutcome {
+        SinkOutcome::default()
+    }
     /// Makes what was written so far durable: now (returns None) or when the returned
     /// future resolves (Kafka delivery reports), without blocking later writes.
     fn barrier(&mut self) -> Result<Option<Durable>, ConnectorError> {

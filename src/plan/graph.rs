@@ -80,6 +80,28 @@ pub struct KafkaSinkPlan {
     pub avro_schema: Option<String>,
 }
 
+/// A `type: http` sink.
+#[derive(Clone, Debug)]
+pub struct HttpSinkPlan {
+    pub url: String,
+    pub method: String,
+    /// Header values resolved at start (secrets read then, never stored in the plan's text).
+    pub headers: Vec<(String, HeaderValue)>,
+    pub secret: Option<crate::connectors::kafka::SecretRef>,
+    pub timeout: Duration,
+    pub concurrency: usize,
+    pub retry: crate::resilience::retry::RetryPolicy,
+    /// Kafka retry topics' base name (non-blocking retries).
+    pub retry_topic: Option<String>,
+}
+
+/// A header value: literal, or a secret read at start.
+#[derive(Clone, Debug)]
+pub enum HeaderValue {
+    Literal(String),
+    Secret(crate::connectors::kafka::SecretRef),
+}
+
 pub struct PlannedStage {
     pub name: String,
     pub kind: &'static str,
@@ -107,6 +129,8 @@ pub struct PlannedSink {
     pub provenance: bool,
     /// Set for `type: kafka` sinks (then `path`/`format` are unused).
     pub kafka: Option<KafkaSinkPlan>,
+    /// Set for `type: http` sinks.
+    pub http: Option<HttpSinkPlan>,
 }
 
 /// A pipeline ready to run.
@@ -1064,7 +1088,34 @@ fn plan_sink(
             schema,
             provenance: s.provenance,
             kafka: Some(kafka),
+            http: None,
         });
+    }
+    if s.kind.as_str() == "http" {
+        let http = plan_http_sink(cx, s)?;
+        return Some(PlannedSink {
+            name: s.name.to_string(),
+            input,
+            path: None,
+            format: SinkFormat::Ndjson,
+            schema,
+            provenance: s.provenance,
+            kafka: None,
+            http: Some(http),
+        });
+    }
+    for (key, set) in [
+        ("url", s.url.is_some()),
+        ("method", s.method.is_some()),
+        ("headers", !s.headers.is_empty()),
+        ("secret", s.secret.is_some()),
+        ("timeout", s.timeout.is_some()),
+        ("concurrency", s.concurrency.is_some()),
+        ("retry", s.retry.is_some()),
+    ] {
+        if set {
+            cx.err(&s.kind, format!("`{key}` is an http sink setting"));
+        }
     }
     for (key, set) in [
         ("topic", s.topic.is_some()),
@@ -1100,7 +1151,7 @@ fn plan_sink(
         other => {
             cx.err(
                 &s.kind,
-                format!("unknown sink type {other:?} (file, stdout, kafka)"),
+                format!("unknown sink type {other:?} (file, stdout, kafka, http)"),
             );
             return None;
         }
@@ -1113,6 +1164,155 @@ fn plan_sink(
         schema,
         provenance: s.provenance,
         kafka: None,
+        http: None,
+    })
+}
+
+fn plan_http_sink(cx: &mut Ctx<'_>, s: &crate::spec::SinkSpec) -> Option<HttpSinkPlan> {
+    use crate::connectors::kafka::SecretRef;
+    use crate::resilience::retry::{Backoff, RetryPolicy};
+    for (key, set) in [
+        ("path", s.path.is_some()),
+        ("topic", s.topic.is_some()),
+        ("key", s.key.is_some()),
+        ("subject", s.subject.is_some()),
+        ("schema", s.schema.is_some()),
+    ] {
+        if set {
+            cx.err(&s.kind, format!("`{key}` is not an http sink setting"));
+        }
+    }
+    if let Some(f) = &s.format
+        && !matches!(f.as_str(), "json" | "ndjson")
+    {
+        cx.err(f, "http sinks send json");
+    }
+    let Some(url) = &s.url else {
+        cx.err(&s.kind, "an http sink needs a `url`");
+        return None;
+    };
+    let url_text = match url.strip_prefix("env:") {
+        Some(name) => std::env::var(name).unwrap_or_default(),
+        None => url.to_string(),
+    };
+    if let Err(e) = reqwest::Url::parse(&url_text) {
+        cx.err(url, format!("not a URL ({e})"));
+    }
+    let method = s
+        .method
+        .as_ref()
+        .map(|m| m.to_ascii_uppercase())
+        .unwrap_or_else(|| "POST".into());
+    if !matches!(method.as_str(), "POST" | "PUT" | "PATCH") {
+        cx.err(
+            s.method.as_ref().expect("set"),
+            "method is POST, PUT or PATCH",
+        );
+    }
+    let mut headers = Vec::new();
+    for (k, v) in &s.headers {
+        let value = if v.starts_with("env:") || v.starts_with("file:") {
+            match SecretRef::parse(v) {
+                Ok(r) => HeaderValue::Secret(r),
+                Err(e) => {
+                    cx.err(v, e);
+                    continue;
+                }
+            }
+        } else {
+            HeaderValue::Literal(v.to_string())
+        };
+        headers.push((k.clone(), value));
+    }
+    let secret = match &s.secret {
+        Some(v) => match SecretRef::parse(v) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                cx.err(v, e);
+                None
+            }
+        },
+        None => None,
+    };
+    let mut dur = |v: &Option<Spanned<String>>, default: Duration| match v {
+        Some(t) => match crate::spec::parse_duration(t) {
+            Ok(d) => d,
+            Err(e) => {
+                cx.err(t, e);
+                default
+            }
+        },
+        None => default,
+    };
+    let timeout = dur(&s.timeout, Duration::from_secs(30));
+    let mut retry = RetryPolicy {
+        jitter: 0.2,
+        ..RetryPolicy::default()
+    };
+    let mut retry_topic = None;
+    if let Some(r) = &s.retry {
+        retry.base = dur(&r.base, retry.base);
+        retry.max_delay = dur(&r.max_delay, retry.max_delay);
+        if let Some(n) = &r.max_attempts {
+            if **n == 0 || **n > 20 {
+                cx.err(n, "max_attempts is between 1 and 20");
+            }
+            retry.max_attempts = (**n).clamp(1, 20);
+        }
+        if let Some(b) = &r.backoff {
+            retry.backoff = match b.as_str() {
+                "linear" => Backoff::Linear,
+                "exponential" => Backoff::Exponential,
+                other => {
+                    cx.err(
+                        b,
+                        format!("backoff is linear or exponential, not {other:?}"),
+                    );
+                    Backoff::Exponential
+                }
+            };
+        }
+        if let Some(j) = &r.jitter {
+            if !(0.0..=1.0).contains(&**j) {
+                cx.err(j, "jitter is a fraction between 0 and 1");
+            }
+            retry.jitter = j.clamp(0.0, 1.0);
+        }
+        if let Some(t) = &r.topic {
+            if cx.spec.kafka.is_none() {
+                cx.err(t, "retry topics need a `kafka:` connection block");
+            }
+            // The worker dead-letters exhausted records itself: it needs the DLQ topic.
+            if cx
+                .spec
+                .dlq
+                .as_ref()
+                .and_then(|d| d.topic.as_ref())
+                .is_none()
+            {
+                cx.err(
+                    t,
+                    "retry topics need a dead-letter topic (`dlq: {topic: ...}`)",
+                );
+            }
+            retry_topic = Some(t.to_string());
+        }
+    }
+    let concurrency = s.concurrency.as_ref().map(|c| **c).unwrap_or(8);
+    if let Some(c) = &s.concurrency
+        && (**c == 0 || **c > 1024)
+    {
+        cx.err(c, "concurrency is between 1 and 1024");
+    }
+    Some(HttpSinkPlan {
+        url: url.to_string(),
+        method,
+        headers,
+        secret,
+        timeout,
+        concurrency: concurrency.clamp(1, 1024),
+        retry,
+        retry_topic,
     })
 }
 

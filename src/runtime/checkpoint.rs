@@ -96,10 +96,11 @@ impl Checkpoints {
                 break;
             }
             let (epoch, e) = entry.remove_entry();
-            for (topic, partition, next) in e.positions {
+            for (topic, partition, next) in e.positions.iter().cloned() {
                 let slot = s.committable.entry((topic, partition)).or_insert(next);
                 *slot = (*slot).max(next);
             }
+            tracing::trace!(epoch, positions = ?e.positions, "epoch complete");
             s.completed_through = epoch;
             s.complete_end_index = s.complete_end_index.max(e.end_index);
         }

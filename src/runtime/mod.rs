@@ -64,24 +64,34 @@ struct Seen {
     base: u64,
     delivered: Vec<u64>,
     dead: Vec<u64>,
+    parked: Vec<u64>,
     delivered_total: u64,
     dead_total: u64,
+    parked_total: u64,
+}
+
+/// The `_record_index` column of a batch.
+fn record_indexes(batch: &RecordBatch) -> &[i64] {
+    batch
+        .column_by_name(RECORD_INDEX)
+        .and_then(|c| c.as_primitive_opt::<Int64Type>())
+        .map(|a| a.values().as_ref())
+        .unwrap_or_default()
 }
 
 impl Seen {
     fn mark(&mut self, which: Which, batch: &RecordBatch) {
-        let Some(idx) = batch
-            .column_by_name(RECORD_INDEX)
-            .and_then(|c| c.as_primitive_opt::<Int64Type>())
-        else {
-            return;
-        };
+        self.mark_indexes(which, record_indexes(batch).iter().copied());
+    }
+
+    fn mark_indexes(&mut self, which: Which, indexes: impl Iterator<Item = i64>) {
         let base = self.base;
         let bits = match which {
             Which::Delivered => &mut self.delivered,
             Which::Dead => &mut self.dead,
+            Which::Parked => &mut self.parked,
         };
-        for &i in idx.values() {
+        for i in indexes {
             let Some(i) = (i as u64).checked_sub(base) else {
                 continue;
             };
@@ -102,6 +112,7 @@ impl Seen {
         for (bits, total) in [
             (&mut self.delivered, &mut self.delivered_total),
             (&mut self.dead, &mut self.dead_total),
+            (&mut self.parked, &mut self.parked_total),
         ] {
             let n = words.min(bits.len());
             *total += count(&bits[..n]);
@@ -117,12 +128,18 @@ impl Seen {
     fn dead(&self) -> u64 {
         self.dead_total + count(&self.dead)
     }
+
+    fn parked(&self) -> u64 {
+        self.parked_total + count(&self.parked)
+    }
 }
 
 #[derive(Clone, Copy)]
 enum Which {
     Delivered,
     Dead,
+    /// Handed to a delayed retry topic: its outcome is the retry worker's.
+    Parked,
 }
 
 fn count(bits: &[u64]) -> u64 {
@@ -176,6 +193,9 @@ pub async fn run(
     let checkpoints = Arc::new(Checkpoints::new(sink_specs.len() + 1));
     source.attach(checkpoints.clone());
     let stage_count = stages.len();
+    // Every stage and every sink sends each barrier to the dead-letter writer (sinks send
+    // their undeliverable rows there too).
+    let barrier_senders = stage_count + sink_specs.len();
 
     // Who reads each upstream port.
     let mut readers: HashMap<Upstream, Vec<mpsc::Sender<Msg>>> = HashMap::new();
@@ -200,7 +220,7 @@ pub async fn run(
                 DeadMsg::Barrier(epoch) => {
                     let c = barriers.entry(epoch).or_default();
                     *c += 1;
-                    if *c == stage_count {
+                    if *c == barrier_senders {
                         barriers.remove(&epoch);
                         let durable = dlq.barrier()?;
                         ack_when(&dlq_handle, &dlq_cp, epoch, durable, "dead letters".into());
@@ -223,21 +243,46 @@ pub async fn run(
         let sink_seen = seen.clone();
         let cp = checkpoints.clone();
         let h = handle.clone();
+        let dead_tx = dead_tx.clone();
         sink_tasks.push(tokio::task::spawn_blocking(
             move || -> anyhow::Result<()> {
+                let dlq_gone = |_| anyhow::anyhow!("dead-letter writer stopped");
                 while let Some(msg) = rx.blocking_recv() {
                     match msg {
                         Msg::Batch(batch) => {
                             sink.write(&batch)?;
-                            rows.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
-                            sink_seen
-                                .lock()
-                                .expect("seen")
-                                .mark(Which::Delivered, &batch);
+                            let outcome = sink.take_outcome();
+                            let mut undelivered: std::collections::HashSet<i64> =
+                                outcome.parked.iter().copied().collect();
+                            for dead in &outcome.dead {
+                                undelivered.extend(record_indexes(&dead.rows));
+                            }
+                            let delivered = record_indexes(&batch)
+                                .iter()
+                                .copied()
+                                .filter(|i| !undelivered.contains(i));
+                            {
+                                let mut seen = sink_seen.lock().expect("seen");
+                                seen.mark_indexes(Which::Delivered, delivered);
+                                seen.mark_indexes(Which::Parked, outcome.parked.into_iter());
+                            }
+                            rows.fetch_add(
+                                (batch.num_rows() - undelivered.len().min(batch.num_rows())) as u64,
+                                Ordering::Relaxed,
+                            );
+                            for dead in outcome.dead {
+                                dead_tx
+                                    .blocking_send(DeadMsg::Rows(spec.name.clone(), dead))
+                                    .map_err(dlq_gone)?;
+                            }
                         }
                         Msg::Barrier(epoch) => {
                             let durable = sink.barrier()?;
                             ack_when(&h, &cp, epoch, durable, format!("sink {}", spec.name));
+                            // After this sink's dead letters of the epoch.
+                            dead_tx
+                                .blocking_send(DeadMsg::Barrier(epoch))
+                                .map_err(dlq_gone)?;
                         }
                     }
                 }
@@ -432,6 +477,8 @@ pub async fn run(
         bytes_in: bytes,
         delivered: seen.delivered(),
         dead_lettered: seen.dead(),
+        parked: seen.parked(),
+        retries: Vec::new(),
         dead_letter_rows: dead_rows,
         filtered,
         elapsed_ms: elapsed.as_secs_f64() * 1e3,

@@ -28,6 +28,11 @@ pub struct RunSummary {
     /// Dead-letter lines written (equal to `dead_lettered` unless a record failed twice).
     pub dead_letter_rows: u64,
     pub filtered: u64,
+    /// Distinct records parked on a delayed retry topic (their retry worker decides).
+    pub parked: u64,
+    /// What the retry workers did in this run, per sink.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub retries: Vec<crate::connectors::kafka::retry::RetryStats>,
     pub elapsed_ms: f64,
     pub stages: Vec<StageSummary>,
     /// Rows written per sink.
@@ -36,9 +41,10 @@ pub struct RunSummary {
 }
 
 impl RunSummary {
-    /// Records neither delivered, dead-lettered nor filtered: zero after a complete run.
+    /// Records neither delivered, dead-lettered, filtered nor parked: zero after a complete run.
     pub fn pending(&self) -> i64 {
-        self.records_in as i64 - (self.delivered + self.dead_lettered + self.filtered) as i64
+        self.records_in as i64
+            - (self.delivered + self.dead_lettered + self.filtered + self.parked) as i64
     }
 
     pub fn records_per_sec(&self) -> f64 {
@@ -72,13 +78,20 @@ impl RunSummary {
             s.push_str(&format!("sink {name}: {rows} rows\n"));
         }
         s.push_str(&format!(
-            "records: {} in = {} delivered + {} dead-lettered + {} filtered + {} pending\n",
+            "records: {} in = {} delivered + {} dead-lettered + {} filtered + {} parked for retry + {} pending\n",
             self.records_in,
             self.delivered,
             self.dead_lettered,
             self.filtered,
+            self.parked,
             self.pending()
         ));
+        for r in &self.retries {
+            s.push_str(&format!(
+                "retries of sink {}: {} delivered, {} parked again, {} dead-lettered\n",
+                r.sink, r.delivered, r.parked_again, r.dead_lettered
+            ));
+        }
         let secs = self.elapsed_ms / 1e3;
         s.push_str(&format!(
             "elapsed {:.3} s, {:.0} records/s, {:.1} MB/s\n",

@@ -397,6 +397,40 @@ pub struct SinkSpec {
     /// Keep the provenance columns (`_raw` is always left out).
     #[serde(default)]
     pub provenance: bool,
+    /// http: the endpoint (or `env:NAME` holding it).
+    pub url: Option<Spanned<String>>,
+    /// http: `POST` (default), `PUT` or `PATCH`.
+    pub method: Option<Spanned<String>>,
+    /// http: extra request headers; a value may be `env:NAME` or `file:/path` (API keys).
+    #[serde(default)]
+    pub headers: IndexMap<String, Spanned<String>>,
+    /// http: HMAC-SHA256 signing secret, `env:NAME` or `file:/path` only.
+    pub secret: Option<Spanned<String>>,
+    /// http: per-request timeout (default 30s).
+    pub timeout: Option<Spanned<String>>,
+    /// http: requests in flight at once (default 8).
+    pub concurrency: Option<Spanned<usize>>,
+    /// Retries of transient delivery failures (the seed's `connection.retryPolicy`).
+    pub retry: Option<RetrySpec>,
+}
+
+/// `retry:` on a sink.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySpec {
+    /// Attempts in all, the first included (default 3).
+    pub max_attempts: Option<Spanned<u32>>,
+    /// `linear` or `exponential` (default).
+    pub backoff: Option<Spanned<String>>,
+    /// The first wait (default 1s).
+    pub base: Option<Spanned<String>>,
+    /// The longest wait (default 5m).
+    pub max_delay: Option<Spanned<String>>,
+    /// Up to this fraction of each wait added at random (default 0.2).
+    pub jitter: Option<Spanned<f64>>,
+    /// Kafka: park failed records on `<topic>.<attempt>` and go on (non-blocking); without
+    /// it the sink waits and retries in place.
+    pub topic: Option<Spanned<String>>,
 }
 
 /// The dead-letter output: an NDJSON file (original record, stage, rule, reason, provenance)

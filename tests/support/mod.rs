@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod registry;
+pub mod webhook;
 
 use std::collections::HashMap;
 use std::path::Path;

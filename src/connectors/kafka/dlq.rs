@@ -38,8 +38,15 @@ impl KafkaDlq {
     }
 }
 
+impl KafkaDlq {
+    /// Attempt numbers and first-failure times by `_record_index` (the retry worker's).
+    pub fn set_attempts(&mut self, attempts: Attempts) {
+        self.attempts = attempts;
+    }
+}
+
 /// Error text as a header: bounded, and without control characters.
-fn header_text(s: &str) -> String {
+pub(crate) fn header_text(s: &str) -> String {
     let mut t: String = s
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })

@@ -12,6 +12,7 @@
 //! passwords never live in pipeline files or logs.
 
 pub mod dlq;
+pub mod retry;
 pub mod sink;
 pub mod source;
 
@@ -40,6 +41,60 @@ pub mod headers {
     pub const FAILED_AT: &str = "plexus.failed-at";
     /// On a replayed record: the dead letter it came from (`topic/partition/offset`).
     pub const REPLAY_OF: &str = "plexus.replay-of";
+    /// On a parked record: the sink that failed to deliver it.
+    pub const SINK: &str = "plexus.sink";
+    /// On a parked record: when it is due (milliseconds since the Unix epoch).
+    pub const DUE_AT: &str = "plexus.due-at";
+    /// On a parked record: the original record's `_source` (`topic/partition` or file).
+    pub const RECORD_SOURCE: &str = "plexus.record-source";
+    /// On a parked record: the original record's bytes (for its dead letter).
+    pub const ORIGINAL: &str = "plexus.original";
+}
+
+/// Creates topics that do not exist yet: (name, partitions, compacted).
+pub async fn ensure_topics(
+    connection: &KafkaConnection,
+    topics: &[(String, i32, bool)],
+) -> Result<(), crate::connectors::ConnectorError> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::types::RDKafkaErrorCode;
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = connection
+        .client_config()
+        .map_err(crate::connectors::ConnectorError::Other)?
+        .create()
+        .map_err(|source| crate::connectors::ConnectorError::Kafka {
+            context: "creating an admin client".into(),
+            source,
+        })?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(t, p, compact)| {
+            let n = NewTopic::new(t, *p, TopicReplication::Fixed(-1));
+            if *compact {
+                n.set("cleanup.policy", "compact")
+            } else {
+                n
+            }
+        })
+        .collect();
+    let results = admin
+        .create_topics(&new, &AdminOptions::new())
+        .await
+        .map_err(|source| crate::connectors::ConnectorError::Kafka {
+            context: "creating topics".into(),
+            source,
+        })?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, e)) => {
+                return Err(crate::connectors::ConnectorError::Other(format!(
+                    "creating topic {t}: {e}"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A secret property's origin.
@@ -63,7 +118,7 @@ impl SecretRef {
         }
     }
 
-    fn read(&self) -> Result<String, String> {
+    pub fn read(&self) -> Result<String, String> {
         match self {
             SecretRef::Env(n) => {
                 std::env::var(n).map_err(|_| format!("environment variable {n} is not set"))
@@ -169,6 +224,7 @@ pub fn all_delivered(
     what: String,
 ) -> crate::connectors::Durable {
     Box::pin(async move {
+        let n = pending.len();
         for f in pending {
             match f.await {
                 Ok(Ok(_)) => {}
@@ -185,6 +241,7 @@ pub fn all_delivered(
                 }
             }
         }
+        tracing::debug!(records = n, to = %what, "delivery reports in");
         Ok(())
     })
 }

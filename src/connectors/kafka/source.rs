@@ -444,6 +444,7 @@ impl BatchSource for KafkaSource {
         } else {
             CommitMode::Async
         };
+        tracing::debug!(?positions, last, "committing offsets");
         self.consumer
             .commit(&position_list(positions), mode)
             .map_err(|source| ConnectorError::Kafka {

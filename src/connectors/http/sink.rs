@@ -1,0 +1,256 @@
+//! The HTTP sink (`type: http`): each row POSTed as a JSON object to an endpoint.
+//!
+//! Failures never stop the partition. A permanent failure (a 4xx) sends the record to the
+//! dead-letter output with the status and the start of the response. A transient one (503,
+//! timeout, ...) is retried per the sink's `retry:` policy:
+//! - with `retry.topic` (Kafka), the record is *parked* on the delayed retry topic
+//!   `<topic>.<attempt>` and later records go on; the retry worker (`kafka::retry`) delivers it
+//!   when due. The source's offset is committed once the park is acknowledged.
+//! - without it (file mode), the sink waits out the backoff and retries in place.
+//!
+//! After the last attempt the record goes to the dead-letter output.
+
+use std::time::Duration;
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::Int64Type;
+use arrow::record_batch::RecordBatch;
+use futures::StreamExt;
+
+use super::{HttpTarget, Outcome, Request};
+use crate::connectors::kafka::retry::{Parked, RetryTopics};
+use crate::connectors::{BatchSink, ConnectorError, Durable, SinkOutcome};
+use crate::operators::{CONTROL_ID, DeadLetters, OFFSET, RAW, RECORD_INDEX, SOURCE, is_provenance};
+use crate::resilience::retry::{RetryPolicy, jitter_random};
+
+pub struct HttpSinkConfig {
+    pub name: String,
+    pub target: HttpTarget,
+    pub policy: RetryPolicy,
+    /// Requests in flight at once.
+    pub concurrency: usize,
+    /// Send the provenance columns too (`_raw` never).
+    pub provenance: bool,
+}
+
+pub struct HttpSink {
+    config: HttpSinkConfig,
+    handle: tokio::runtime::Handle,
+    retry: Option<RetryTopics>,
+    outcome: SinkOutcome,
+    delivered: u64,
+}
+
+impl HttpSink {
+    /// `retry`: the Kafka retry topics to park transient failures on (None: retry in place).
+    pub fn new(
+        config: HttpSinkConfig,
+        handle: tokio::runtime::Handle,
+        retry: Option<RetryTopics>,
+    ) -> Self {
+        HttpSink {
+            config,
+            handle,
+            retry,
+            outcome: SinkOutcome::default(),
+            delivered: 0,
+        }
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> ConnectorError {
+        ConnectorError::Other(format!("sink {}: {e}", self.config.name))
+    }
+
+    /// One JSON object per row.
+    fn bodies(&self, batch: &RecordBatch) -> Result<Vec<Vec<u8>>, ConnectorError> {
+        let keep: Vec<usize> = (0..batch.num_columns())
+            .filter(|&i| {
+                let n = batch.schema_ref().field(i).name().clone();
+                n != RAW && (self.config.provenance || !is_provenance(&n))
+            })
+            .collect();
+        let rows = batch.project(&keep).map_err(|e| self.err(e))?;
+        let mut buf = Vec::new();
+        {
+            let mut w = arrow::json::LineDelimitedWriter::new(&mut buf);
+            w.write(&rows).map_err(|e| self.err(e))?;
+            w.finish().map_err(|e| self.err(e))?;
+        }
+        Ok(buf
+            .split(|&c| c == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect())
+    }
+}
+
+/// The stable identity of a record: `source/offset#control id` (as the dead-letter key), so
+/// retries and replays of one record carry one idempotency key.
+pub fn record_key(batch: &RecordBatch, row: usize) -> (String, Option<String>) {
+    let source = batch
+        .column_by_name(SOURCE)
+        .and_then(|c| c.as_string_opt::<i32>())
+        .filter(|s| s.is_valid(row))
+        .map(|s| s.value(row).to_string());
+    let offset = batch
+        .column_by_name(OFFSET)
+        .and_then(|c| c.as_primitive_opt::<Int64Type>())
+        .filter(|o| o.is_valid(row))
+        .map(|o| o.value(row));
+    let control = batch
+        .column_by_name(CONTROL_ID)
+        .or_else(|| batch.column_by_name("event_id"))
+        .and_then(|c| c.as_string_opt::<i32>())
+        .filter(|c| c.is_valid(row))
+        .map(|c| c.value(row).to_string());
+    let key = format!(
+        "{}/{}{}{}",
+        source.as_deref().unwrap_or("-"),
+        offset.unwrap_or(-1),
+        if control.is_some() { "#" } else { "" },
+        control.as_deref().unwrap_or("")
+    );
+    (key, control)
+}
+
+/// Delivers `requests` with at most `concurrency` in flight; outcomes in request order.
+pub async fn deliver_all(
+    target: &HttpTarget,
+    requests: &[Request<'_>],
+    concurrency: usize,
+) -> Vec<Outcome> {
+    futures::stream::iter(requests.iter().map(|r| target.deliver(r)))
+        .buffered(concurrency.max(1))
+        .collect()
+        .await
+}
+
+impl BatchSink for HttpSink {
+    fn write(&mut self, batch: &RecordBatch) -> Result<(), ConnectorError> {
+        let bodies = self.bodies(batch)?;
+        let ids: Vec<(String, Option<String>)> = (0..batch.num_rows())
+            .map(|r| record_key(batch, r))
+            .collect();
+        let indexes = batch
+            .column_by_name(RECORD_INDEX)
+            .and_then(|c| c.as_primitive_opt::<Int64Type>())
+            .cloned();
+        let raw = batch
+            .column_by_name(RAW)
+            .and_then(|c| c.as_binary_opt::<i32>())
+            .cloned();
+        let sources = batch
+            .column_by_name(SOURCE)
+            .and_then(|c| c.as_string_opt::<i32>());
+        let offsets = batch
+            .column_by_name(OFFSET)
+            .and_then(|c| c.as_primitive_opt::<Int64Type>());
+        let max = self.config.policy.max_attempts.max(1);
+        // (row, attempt) still to try.
+        let mut todo: Vec<(usize, u32)> = (0..batch.num_rows()).map(|r| (r, 1)).collect();
+        let mut dead: Vec<(usize, String)> = Vec::new();
+        let first_failed = chrono::Utc::now();
+        while !todo.is_empty() {
+            let requests: Vec<Request<'_>> = todo
+                .iter()
+                .map(|&(row, attempt)| Request {
+                    body: &bodies[row],
+                    idempotency_key: &ids[row].0,
+                    correlation_id: ids[row].1.as_deref(),
+                    attempt,
+                })
+                .collect();
+            let outcomes = self.handle.block_on(deliver_all(
+                &self.config.target,
+                &requests,
+                self.config.concurrency,
+            ));
+            let mut again = Vec::new();
+            let mut wait = Duration::ZERO;
+            for (&(row, attempt), outcome) in todo.iter().zip(outcomes) {
+                match outcome {
+                    Outcome::Delivered { .. } => self.delivered += 1,
+                    Outcome::Permanent { reason } => dead.push((row, reason)),
+                    Outcome::Transient {
+                        reason,
+                        retry_after,
+                    } => {
+                        if attempt >= max {
+                            dead.push((row, format!("{reason} (attempt {attempt} of {max})")));
+                            continue;
+                        }
+                        let delay =
+                            self.config
+                                .policy
+                                .next_delay(attempt, jitter_random(), retry_after);
+                        match &mut self.retry {
+                            Some(topics) => {
+                                topics.park(Parked {
+                                    failed_attempt: attempt,
+                                    due: chrono::Utc::now()
+                                        + chrono::Duration::from_std(delay).unwrap_or_default(),
+                                    first_failed_at: first_failed,
+                                    error: reason,
+                                    body: &bodies[row],
+                                    key: &ids[row].0,
+                                    correlation_id: ids[row].1.as_deref(),
+                                    original: raw
+                                        .as_ref()
+                                        .filter(|r| r.is_valid(row))
+                                        .map(|r| r.value(row)),
+                                    source: sources
+                                        .filter(|s| s.is_valid(row))
+                                        .map(|s| s.value(row)),
+                                    offset: offsets
+                                        .filter(|o| o.is_valid(row))
+                                        .map(|o| o.value(row)),
+                                })?;
+                                if let Some(ix) = &indexes {
+                                    self.outcome.parked.push(ix.value(row));
+                                }
+                            }
+                            None => {
+                                wait = wait.max(delay);
+                                again.push((row, attempt + 1));
+                            }
+                        }
+                    }
+                }
+            }
+            if !again.is_empty() {
+                tracing::debug!(sink = %self.config.name, records = again.len(), ?wait, "retrying in place");
+                std::thread::sleep(wait);
+            }
+            todo = again;
+        }
+        if !dead.is_empty() {
+            dead.sort_by_key(|d| d.0);
+            let rows = arrow::array::UInt32Array::from_iter_values(dead.iter().map(|d| d.0 as u32));
+            let rows = arrow::compute::take_record_batch(batch, &rows).map_err(|e| self.err(e))?;
+            let n = dead.len();
+            let failed = DeadLetters {
+                rows,
+                rule: vec!["delivery".to_string(); n],
+                reason: dead.into_iter().map(|d| d.1).collect(),
+            };
+            self.outcome.dead.push(failed);
+        }
+        Ok(())
+    }
+
+    fn take_outcome(&mut self) -> SinkOutcome {
+        std::mem::take(&mut self.outcome)
+    }
+
+    fn barrier(&mut self) -> Result<Option<Durable>, ConnectorError> {
+        Ok(self.retry.as_mut().and_then(RetryTopics::barrier))
+    }
+
+    fn finish(&mut self) -> Result<(), ConnectorError> {
+        tracing::info!(sink = %self.config.name, delivered = self.delivered, "http sink done");
+        match &mut self.retry {
+            Some(t) => t.finish(),
+            None => Ok(()),
+        }
+    }
+}
