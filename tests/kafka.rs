@@ -416,14 +416,13 @@ fn control_ids(msgs: &[Msg]) -> (HashSet<String>, usize) {
 }
 
 #[test]
-#[ignore = "fails: after kill -9 the restart resumes past records whose output never arrived \
-            (last run: partition 1 offsets 6764..8248 missing); see the issue note"]
 fn kill_dash_9_mid_stream_loses_nothing() {
     let (input, output, dlq) = (unique("crash-in"), unique("crash-out"), unique("crash-dlq"));
     let group = unique("g");
     create_topics(&[(&input, 2), (&output, 2), (&dlq, 1)]);
-    let n = 100_000;
-    produce(
+    let n = 40_000;
+    // One record per batch: tansu skips the rest of a batch when a fetch starts inside it.
+    produce_unbatched(
         &input,
         (0..n)
             .map(|i| Rec::value(adt(&format!("K{i:06}"), &format!("M{i}"))))
@@ -442,7 +441,7 @@ fn kill_dash_9_mid_stream_loses_nothing() {
     let killed_log = dir.path().join("killed.log");
     let mut child = Command::new(BIN)
         .args(["run", p.to_str().unwrap()])
-        .env("PLEXUS_LOG", "plexus=trace")
+        .env("PLEXUS_LOG", "plexus=debug")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&killed_log).unwrap())
         .spawn()
@@ -451,7 +450,8 @@ fn kill_dash_9_mid_stream_loses_nothing() {
     assert!(wait_for(&output, 1_000, WAIT) >= 1_000, "output started");
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    eprintln!("killed; committed {:?}", committed(&group, &input, 2));
+    let committed_at_kill: i64 = committed(&group, &input, 2).values().sum();
+    eprintln!("killed; committed {committed_at_kill}");
     let before = read_topic(&output, 0, Duration::from_secs(2)).len();
     assert!(before < n, "killed mid-stream ({before} of {n} out)");
 
@@ -507,6 +507,9 @@ fn kill_dash_9_mid_stream_loses_nothing() {
         }
         eprintln!("output per partition (count, end offset): {per:?}");
         let log = std::fs::read_to_string(&killed_log).unwrap_or_default();
+        let kept = std::env::temp_dir().join("plexus-crash-killed.log");
+        let _ = std::fs::write(&kept, &log);
+        eprintln!("killed process log: {}", kept.display());
         let lines: Vec<&str> = log
             .lines()
             .filter(|l| {
@@ -531,6 +534,11 @@ fn kill_dash_9_mid_stream_loses_nothing() {
         s["records_in"]
     );
     assert_eq!(out.len(), n + dup);
+    // Duplicates come only from the window delivered but not committed before the kill.
+    assert!(
+        dup as i64 <= before as i64 - committed_at_kill,
+        "{dup} duplicates, {before} outputs at the kill, {committed_at_kill} committed"
+    );
 }
 
 #[test]
@@ -594,7 +602,7 @@ fn sigterm_drains_commits_and_exits_cleanly() {
     let group = unique("g");
     create_topics(&[(&input, 1), (&output, 1), (&dlq, 1)]);
     let n = 10_000;
-    produce(
+    produce_unbatched(
         &input,
         (0..n)
             .map(|i| Rec::value(adt(&format!("T{i:06}"), &format!("M{i}"))))
@@ -649,4 +657,43 @@ fn sigterm_drains_commits_and_exits_cleanly() {
         (n, 0),
         "no loss, no duplicate after a graceful stop"
     );
+}
+
+/// Broker conformance: a consumer starting at an offset inside a produced record batch must get
+/// that record first (the broker returns the whole batch; the client skips the earlier ones).
+#[test]
+#[ignore = "fails on tansu 0.6 (memory engine): a fetch from inside a batch returns the next \
+            batch (Kafka returns the containing batch). Run: cargo test --release --test kafka -- --ignored fetch_from"]
+fn fetch_from_an_offset_inside_a_batch_starts_there() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+    let topic = unique("midbatch");
+    create_topics(&[(&topic, 1)]);
+    let n = 20_000;
+    produce(
+        &topic,
+        (0..n)
+            .map(|i| Rec::value(format!("record {i:06} {}", "x".repeat(100))))
+            .collect(),
+    );
+    for start in [1i64, 777, 5_000, 12_345, 19_999] {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .set("group.id", unique("probe"))
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, 0, Offset::Offset(start))
+            .unwrap();
+        c.assign(&tpl).unwrap();
+        let t = Instant::now();
+        let first = loop {
+            if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+                break m.offset();
+            }
+            assert!(t.elapsed() < WAIT, "nothing fetched from {start}");
+        };
+        eprintln!("asked for {start}, first record {first}");
+        assert_eq!(first, start, "fetch from {start}");
+    }
 }

@@ -216,6 +216,28 @@ impl KafkaSource {
         }
         // Where each partition resumed: the first thing to check after a restart.
         tracing::info!(topic, partition, offset, "first record of partition");
+        // A resume past the committed offset means offsets were never read here: retention or
+        // compaction removed them, transaction markers sit there, or the broker skipped them
+        // (tansu 0.6 does, for a fetch from inside a record batch). Say so, never silently.
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(topic, partition);
+        if let Ok(c) = self.consumer.committed_offsets(tpl, Duration::from_secs(5))
+            && let Some(Offset::Offset(committed)) = c.elements().first().map(|e| e.offset())
+            && offset > committed
+        {
+            let skipped = offset - committed;
+            tracing::warn!(
+                topic,
+                partition,
+                committed,
+                first = offset,
+                skipped,
+                "the first record after the committed offset is further on: offsets in between were not read"
+            );
+            self.warnings.push(format!(
+                "{topic}/{partition}: resumed at offset {offset} but {committed} was committed: {skipped} offsets not read (retention, compaction, transaction markers or a broker fault)"
+            ));
+        }
         self.names
             .push((topic.to_string(), partition, source_name(topic, partition)));
         self.name_index
