@@ -1,4 +1,5 @@
-//! Resilience: how plexus treats a system that fails — retry policies (and, with the windows
-//! of the metrics issue, circuit breakers).
+//! Resilience: how plexus treats a system that fails — retry policies (`retry`) and the
+//! circuit breaker state machine (`breaker`).
 
+pub mod breaker;
 pub mod retry;
