@@ -305,3 +305,87 @@ fn validate_locates_http_sink_mistakes() {
     let o = plexus(&["validate", p.to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+#[test]
+fn an_outage_opens_the_breaker_records_wait_and_drain_after_recovery() {
+    // Every request fails with 503 for the first 9 seconds.
+    let outage_end = std::time::Instant::now() + Duration::from_secs(9);
+    let (rx, url) = Receiver::start(SECRET, vec![("", Rule::Until(outage_end, 503))]);
+    let (input, dlq) = (unique("brk-in"), unique("brk-dlq"));
+    let retry = unique("brk-retry");
+    let group = unique("g");
+    create_topics(&[(&input, 1), (&dlq, 1)]);
+    let n = 300;
+    produce(
+        &input,
+        (0..n)
+            .map(|i| Rec::value(adt(&format!("C{i}"), &format!("M{i:04}"))))
+            .collect(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let spec = webhook_pipeline(
+        &format!("{{type: kafka, topics: [{input}], group: {group}, format: hl7}}"),
+        &url,
+        &format!("{{max_attempts: 10, backoff: linear, base: 1s, jitter: 0, topic: {retry}}}"),
+        &format!("{{topic: {dlq}}}"),
+        &format!("kafka: {{brokers: {}}}", brokers()),
+    )
+    .replace(
+        "    retry:",
+        "    breaker: {window: 20, minimum_calls: 10, failure_rate: 50, wait: 2s, half_open_calls: 2}\n    retry:",
+    );
+    let p = pipeline(dir.path(), "brk", &spec);
+    let out = run_with_secret(&[
+        "run",
+        p.to_str().unwrap(),
+        "--json",
+        "--exit-when-idle",
+        "6s",
+    ]);
+    let s = summary(&out);
+    let seen = rx.seen();
+    if std::env::var("PLEXUS_TEST_LOG").is_ok() {
+        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    // Not hammered: while the endpoint was down it saw a handful of calls, not one per record.
+    let failed = seen.iter().filter(|r| r.status == 503).count();
+    eprintln!("{failed} calls failed during the outage; summary {s}");
+    assert!(
+        failed >= 10,
+        "the breaker needed its minimum calls to open ({failed})"
+    );
+    assert!(
+        failed < n / 5,
+        "{failed} calls reached the broken endpoint for {n} records"
+    );
+
+    // Opened, probed, and closed again after the recovery.
+    let t = s["breaker_transitions"].as_array().unwrap();
+    let to: Vec<&str> = t.iter().map(|t| t["to"].as_str().unwrap()).collect();
+    assert_eq!(to.first(), Some(&"OPEN"), "{to:?}");
+    assert!(to.contains(&"HALF_OPEN"), "{to:?}");
+    assert_eq!(to.last(), Some(&"CLOSED"), "{to:?}");
+
+    // Nothing lost: every record delivered once the endpoint was back, none dead.
+    let delivered: HashSet<&str> = seen
+        .iter()
+        .filter(|r| r.status == 200)
+        .map(|r| r.key.as_str())
+        .collect();
+    assert_eq!(delivered.len(), n, "every record delivered after recovery");
+    assert!(
+        seen.iter()
+            .filter(|r| r.status == 200)
+            .all(|r| r.at >= outage_end)
+    );
+    assert_eq!(s["dead_lettered"], 0);
+    let parked = s["parked"].as_u64().unwrap();
+    assert_eq!(s["delivered"].as_u64().unwrap() + parked, n as u64, "{s}");
+    assert_eq!(
+        s["retries"][0]["delivered"], parked,
+        "the backlog drained: {s}"
+    );
+    assert_eq!(s["retries"][0]["dead_lettered"], 0);
+    assert_eq!(committed(&group, &input, 1).get(&0), Some(&(n as i64)));
+}

@@ -27,6 +27,7 @@ use crate::connectors::{BatchSink, BatchSource, ConnectorError, DeadLetterSink};
 use crate::operators::parse::raw_batch;
 use crate::plan::graph::{HeaderValue, HttpSinkPlan, SourceFormat};
 use crate::plan::{Plan, build};
+use crate::resilience::breaker::SharedBreaker;
 use crate::spec::{PipelineSpec, SpecErrors};
 
 async fn load(path: &Path) -> Result<(PipelineSpec, Plan), SpecErrors> {
@@ -160,6 +161,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     };
     let mut sinks: Vec<Box<dyn BatchSink>> = Vec::new();
     let main_done = Arc::new(AtomicBool::new(false));
+    let breakers: Arc<std::sync::Mutex<Vec<SharedBreaker>>> = Arc::default();
     let mut workers = Vec::new();
     let mut http_sinks: std::collections::HashMap<usize, Box<dyn BatchSink>> =
         std::collections::HashMap::new();
@@ -178,6 +180,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
                     stop: stop.clone(),
                     main_done: main_done.clone(),
                     idle: idle.unwrap_or(std::time::Duration::from_secs(2)),
+                    breakers: breakers.clone(),
                 },
             )?;
             http_sinks.insert(i, Box::new(sink));
@@ -250,6 +253,9 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     }
     let mut summary = result?;
     summary.retries = retries;
+    for b in breakers.lock().expect("breakers").iter() {
+        summary.breaker_transitions.extend(b.transitions());
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
@@ -273,6 +279,7 @@ struct RetryRun {
     stop: Arc<AtomicBool>,
     main_done: Arc<AtomicBool>,
     idle: std::time::Duration,
+    breakers: Arc<std::sync::Mutex<Vec<SharedBreaker>>>,
 }
 
 type Worker = std::thread::JoinHandle<Result<RetryStats, ConnectorError>>;
@@ -307,13 +314,21 @@ fn http_sink(
         .transpose()?;
     let target = HttpTarget::new(&url, &h.method, headers, key, h.timeout)
         .map_err(|e| anyhow::anyhow!("sink {name}: {e}"))?;
+    let breaker = h
+        .breaker
+        .clone()
+        .map(|c| SharedBreaker::new(&format!("{}/{name}", plan.integration_id), c));
     let config = HttpSinkConfig {
         name: name.to_string(),
         target: target.clone(),
         policy: h.retry.clone(),
         concurrency: h.concurrency,
         provenance,
+        breaker: breaker.clone(),
     };
+    if let Some(b) = &breaker {
+        run.breakers.lock().expect("breakers").push(b.clone());
+    }
     let Some(base) = &h.retry_topic else {
         return Ok((HttpSink::new(config, rt.handle().clone(), None), None));
     };
@@ -353,6 +368,7 @@ fn http_sink(
                 run.stop,
                 run.main_done,
                 run.idle,
+                breaker,
             )
         })
         .context("starting the retry worker")?;

@@ -93,6 +93,7 @@ pub struct HttpSinkPlan {
     pub retry: crate::resilience::retry::RetryPolicy,
     /// Kafka retry topics' base name (non-blocking retries).
     pub retry_topic: Option<String>,
+    pub breaker: Option<crate::resilience::breaker::BreakerConfig>,
 }
 
 /// A header value: literal, or a secret read at start.
@@ -1112,6 +1113,7 @@ fn plan_sink(
         ("timeout", s.timeout.is_some()),
         ("concurrency", s.concurrency.is_some()),
         ("retry", s.retry.is_some()),
+        ("breaker", s.breaker.is_some()),
     ] {
         if set {
             cx.err(&s.kind, format!("`{key}` is an http sink setting"));
@@ -1298,6 +1300,7 @@ fn plan_http_sink(cx: &mut Ctx<'_>, s: &crate::spec::SinkSpec) -> Option<HttpSin
             retry_topic = Some(t.to_string());
         }
     }
+    let breaker = s.breaker.as_ref().map(|b| plan_breaker(cx, b));
     let concurrency = s.concurrency.as_ref().map(|c| **c).unwrap_or(8);
     if let Some(c) = &s.concurrency
         && (**c == 0 || **c > 1024)
@@ -1313,7 +1316,82 @@ fn plan_http_sink(cx: &mut Ctx<'_>, s: &crate::spec::SinkSpec) -> Option<HttpSin
         concurrency: concurrency.clamp(1, 1024),
         retry,
         retry_topic,
+        breaker,
     })
+}
+
+fn plan_breaker(
+    cx: &mut Ctx<'_>,
+    b: &crate::spec::BreakerSpec,
+) -> crate::resilience::breaker::BreakerConfig {
+    use crate::resilience::breaker::{BreakerConfig, SlidingWindow};
+    let mut c = BreakerConfig::default();
+    let mut dur = |v: &Option<Spanned<String>>, default: Duration| match v {
+        Some(t) => match crate::spec::parse_duration(t) {
+            Ok(d) => d,
+            Err(e) => {
+                cx.err(t, e);
+                default
+            }
+        },
+        None => default,
+    };
+    c.slow_call_duration = dur(&b.slow_call, c.slow_call_duration);
+    c.wait_in_open = dur(&b.wait, c.wait_in_open);
+    c.max_wait_in_open = dur(&b.max_wait, c.max_wait_in_open.max(c.wait_in_open));
+    c.max_wait_in_half_open = dur(&b.half_open_max_wait, c.max_wait_in_half_open);
+    if let Some(w) = &b.window {
+        match w.parse::<usize>() {
+            Ok(n) if n > 0 => c.window = SlidingWindow::Count(n),
+            _ => match crate::spec::parse_duration(w) {
+                Ok(d) if d >= Duration::from_secs(1) => c.window = SlidingWindow::Time(d),
+                _ => cx.err(
+                    w,
+                    "window is a number of calls (100) or a span of at least 1s (60s)",
+                ),
+            },
+        }
+    }
+    // A count window smaller than the minimum could never trip.
+    let window_calls = match c.window {
+        SlidingWindow::Count(n) => n,
+        SlidingWindow::Time(_) => usize::MAX,
+    };
+    c.minimum_calls = b
+        .minimum_calls
+        .as_ref()
+        .map(|m| **m)
+        .unwrap_or(c.minimum_calls.min(window_calls));
+    if let Some(m) = &b.minimum_calls
+        && (**m == 0 || **m > window_calls)
+    {
+        cx.err(m, "minimum_calls is between 1 and the window's size");
+    }
+    for (v, slot) in [
+        (&b.failure_rate, &mut c.failure_rate_threshold),
+        (&b.slow_call_rate, &mut c.slow_call_rate_threshold),
+    ] {
+        if let Some(r) = v {
+            if !(**r > 0.0 && **r <= 100.0) {
+                cx.err(r, "a rate threshold is a percentage in (0, 100]");
+            }
+            *slot = **r;
+        }
+    }
+    if let Some(m) = &b.wait_multiplier {
+        if **m < 1.0 {
+            cx.err(m, "wait_multiplier is at least 1");
+        }
+        c.wait_multiplier = m.max(1.0);
+    }
+    if let Some(n) = &b.half_open_calls {
+        if **n == 0 {
+            cx.err(n, "half_open_calls is at least 1");
+        }
+        c.permitted_in_half_open = (**n).max(1);
+    }
+    c.max_failures = b.max_failures.as_ref().map(|m| **m);
+    c
 }
 
 fn plan_kafka_sink(

@@ -392,6 +392,66 @@ impl CircuitBreaker {
     }
 }
 
+/// A breaker shared by a sink and its retry worker, on processing time, keeping the
+/// transitions it made for the run summary and the breaker events.
+#[derive(Clone)]
+pub struct SharedBreaker {
+    name: String,
+    inner: std::sync::Arc<std::sync::Mutex<(CircuitBreaker, Vec<Transition>)>>,
+}
+
+impl SharedBreaker {
+    pub fn new(name: &str, config: BreakerConfig) -> Self {
+        SharedBreaker {
+            name: name.to_string(),
+            inner: std::sync::Arc::new(std::sync::Mutex::new((
+                CircuitBreaker::new(config),
+                Vec::new(),
+            ))),
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut CircuitBreaker, i64) -> T) -> T {
+        let mut g = self.inner.lock().expect("breaker");
+        let now = chrono::Utc::now().timestamp_millis();
+        let out = f(&mut g.0, now);
+        let changes = g.0.take_transitions();
+        for t in &changes {
+            // Counts and reasons only: never a record's content.
+            tracing::info!(
+                breaker = %self.name,
+                from = ?t.from,
+                to = ?t.to,
+                reason = %t.reason,
+                "{}",
+                t.to.event_type()
+            );
+        }
+        g.1.extend(changes);
+        out
+    }
+
+    pub fn try_acquire(&self) -> Result<(), Rejected> {
+        self.with(|b, now| b.try_acquire(now))
+    }
+
+    pub fn record(&self, failed: bool, latency: Duration) {
+        self.with(|b, now| b.record(now, failed, latency))
+    }
+
+    pub fn state(&self) -> BreakerState {
+        self.with(|b, now| {
+            b.tick(now);
+            b.state()
+        })
+    }
+
+    /// Every transition so far.
+    pub fn transitions(&self) -> Vec<Transition> {
+        self.inner.lock().expect("breaker").1.clone()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -479,6 +479,7 @@ pub async fn run(
         dead_lettered: seen.dead(),
         parked: seen.parked(),
         retries: Vec::new(),
+        breaker_transitions: Vec::new(),
         dead_letter_rows: dead_rows,
         filtered,
         elapsed_ms: elapsed.as_secs_f64() * 1e3,

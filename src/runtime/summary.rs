@@ -33,6 +33,9 @@ pub struct RunSummary {
     /// What the retry workers did in this run, per sink.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub retries: Vec<crate::connectors::kafka::retry::RetryStats>,
+    /// Circuit breaker state changes in this run, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub breaker_transitions: Vec<crate::resilience::breaker::Transition>,
     pub elapsed_ms: f64,
     pub stages: Vec<StageSummary>,
     /// Rows written per sink.
@@ -86,6 +89,12 @@ impl RunSummary {
             self.parked,
             self.pending()
         ));
+        for t in &self.breaker_transitions {
+            s.push_str(&format!(
+                "circuit {:?} -> {:?}: {}\n",
+                t.from, t.to, t.reason
+            ));
+        }
         for r in &self.retries {
             s.push_str(&format!(
                 "retries of sink {}: {} delivered, {} parked again, {} dead-lettered\n",

@@ -412,6 +412,27 @@ pub struct SinkSpec {
     pub concurrency: Option<Spanned<usize>>,
     /// Retries of transient delivery failures (the seed's `connection.retryPolicy`).
     pub retry: Option<RetrySpec>,
+    /// http: a circuit breaker gating the calls (see `resilience::breaker`).
+    pub breaker: Option<BreakerSpec>,
+}
+
+/// `breaker:` on a sink. Rates are percentages.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerSpec {
+    /// The last N calls (`100`) or the calls of a span (`60s`).
+    pub window: Option<Spanned<String>>,
+    pub minimum_calls: Option<Spanned<usize>>,
+    pub failure_rate: Option<Spanned<f64>>,
+    pub slow_call_rate: Option<Spanned<f64>>,
+    pub slow_call: Option<Spanned<String>>,
+    /// Opens on this many failures in the window, whatever the rate.
+    pub max_failures: Option<Spanned<usize>>,
+    pub wait: Option<Spanned<String>>,
+    pub wait_multiplier: Option<Spanned<f64>>,
+    pub max_wait: Option<Spanned<String>>,
+    pub half_open_calls: Option<Spanned<usize>>,
+    pub half_open_max_wait: Option<Spanned<String>>,
 }
 
 /// `retry:` on a sink.

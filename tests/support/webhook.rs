@@ -16,6 +16,8 @@ pub enum Rule {
     /// The first `n` attempts of each such record get `status`, then 200.
     FailFirst(u16, usize),
     Always(u16),
+    /// Every matching request gets `status` until this instant (an outage), then 200.
+    Until(Instant, u16),
 }
 
 #[derive(Clone, Debug)]
@@ -110,6 +112,7 @@ async fn hook(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> Sta
     let status = match inner.rules.iter().find(|(m, _)| text.contains(m.as_str())) {
         Some((_, Rule::FailFirst(s, n))) if earlier < *n => *s,
         Some((_, Rule::Always(s))) => *s,
+        Some((_, Rule::Until(t, s))) if Instant::now() < *t => *s,
         _ if !signature_ok => 401,
         _ => 200,
     };

@@ -45,6 +45,14 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// How long the call took (known for delivered calls; zero otherwise).
+    pub fn latency(&self) -> Duration {
+        match self {
+            Outcome::Delivered { latency, .. } => *latency,
+            _ => Duration::ZERO,
+        }
+    }
+
     pub fn reason(&self) -> Option<&str> {
         match self {
             Outcome::Delivered { .. } => None,

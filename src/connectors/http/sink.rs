@@ -21,6 +21,7 @@ use super::{HttpTarget, Outcome, Request};
 use crate::connectors::kafka::retry::{Parked, RetryTopics};
 use crate::connectors::{BatchSink, ConnectorError, Durable, SinkOutcome};
 use crate::operators::{CONTROL_ID, DeadLetters, OFFSET, RAW, RECORD_INDEX, SOURCE, is_provenance};
+use crate::resilience::breaker::SharedBreaker;
 use crate::resilience::retry::{RetryPolicy, jitter_random};
 
 pub struct HttpSinkConfig {
@@ -31,6 +32,8 @@ pub struct HttpSinkConfig {
     pub concurrency: usize,
     /// Send the provenance columns too (`_raw` never).
     pub provenance: bool,
+    /// Gates the calls; shared with the retry worker.
+    pub breaker: Option<SharedBreaker>,
 }
 
 pub struct HttpSink {
@@ -151,6 +154,19 @@ impl BatchSink for HttpSink {
         let mut dead: Vec<(usize, String)> = Vec::new();
         let first_failed = chrono::Utc::now();
         while !todo.is_empty() {
+            // The breaker decides which calls are made now; refused ones wait (parked, or
+            // in place) without using up an attempt.
+            let mut refused: Vec<(usize, u32, Duration)> = Vec::new();
+            if let Some(b) = &self.config.breaker {
+                todo.retain(|&(row, attempt)| match b.try_acquire() {
+                    Ok(()) => true,
+                    Err(r) => {
+                        let wait = r.retry_in.unwrap_or(Duration::from_millis(200));
+                        refused.push((row, attempt, wait.max(Duration::from_millis(1))));
+                        false
+                    }
+                });
+            }
             let requests: Vec<Request<'_>> = todo
                 .iter()
                 .map(|&(row, attempt)| Request {
@@ -167,7 +183,44 @@ impl BatchSink for HttpSink {
             ));
             let mut again = Vec::new();
             let mut wait = Duration::ZERO;
+            for (row, attempt, delay) in refused {
+                match &mut self.retry {
+                    Some(topics) => {
+                        topics.park(Parked {
+                            failed_attempt: attempt.saturating_sub(1).max(1),
+                            next_attempt: attempt,
+                            due: chrono::Utc::now()
+                                + chrono::Duration::from_std(delay).unwrap_or_default(),
+                            first_failed_at: first_failed,
+                            error: format!("circuit breaker of sink {} is open", self.config.name),
+                            body: &bodies[row],
+                            key: &ids[row].0,
+                            correlation_id: ids[row].1.as_deref(),
+                            original: raw
+                                .as_ref()
+                                .filter(|r| r.is_valid(row))
+                                .map(|r| r.value(row)),
+                            source: sources.filter(|s| s.is_valid(row)).map(|s| s.value(row)),
+                            offset: offsets.filter(|o| o.is_valid(row)).map(|o| o.value(row)),
+                        })?;
+                        if let Some(ix) = &indexes {
+                            self.outcome.parked.push(ix.value(row));
+                        }
+                    }
+                    None => {
+                        wait = wait.max(delay);
+                        again.push((row, attempt));
+                    }
+                }
+            }
             for (&(row, attempt), outcome) in todo.iter().zip(outcomes) {
+                if let Some(b) = &self.config.breaker {
+                    // A 4xx is the record's fault, not the system's: it counts as an answer.
+                    b.record(
+                        matches!(outcome, Outcome::Transient { .. }),
+                        outcome.latency(),
+                    );
+                }
                 match outcome {
                     Outcome::Delivered { .. } => self.delivered += 1,
                     Outcome::Permanent { reason } => dead.push((row, reason)),
@@ -187,6 +240,7 @@ impl BatchSink for HttpSink {
                             Some(topics) => {
                                 topics.park(Parked {
                                     failed_attempt: attempt,
+                                    next_attempt: attempt + 1,
                                     due: chrono::Utc::now()
                                         + chrono::Duration::from_std(delay).unwrap_or_default(),
                                     first_failed_at: first_failed,

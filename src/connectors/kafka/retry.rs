@@ -5,8 +5,8 @@
 //! header; the source's offset is then committed as for a delivered record, and later records
 //! go on. Every record on `<base>.<n>` waited the same backoff, so each partition of a retry
 //! topic is in due-time order: the retry worker reads the head of each partition and, when it
-//! is not due yet, pauses that partition (seeking back to it) until it is — no record is held
-//! in memory and nothing is busy-waiting. A due record is delivered again; a further transient
+//! is not due yet (or the sink's circuit breaker is open), lets that partition wait until it
+//! is, holding what is fetched behind it in memory (bounded) — nothing is busy-waiting. A due record is delivered again; a further transient
 //! failure parks it on `<base>.<n+1>`; after the policy's last attempt, or on a permanent
 //! failure, it goes to the pipeline's dead-letter topic with its original bytes. A retry
 //! topic's offset is committed only after that outcome is durable (at-least-once).
@@ -14,7 +14,7 @@
 //! This is the non-blocking retry of Uber's "reliable reprocessing" and Spring Kafka's
 //! `@RetryableTopic`, with one topic per attempt instead of per delay.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -33,6 +33,7 @@ use super::{Deliveries, KafkaConnection, KafkaDlq, headers};
 use crate::connectors::http::{HttpTarget, Outcome, Request};
 use crate::connectors::{ConnectorError, DeadLetterSink, Durable};
 use crate::operators::{CONTROL_ID, DeadLetters, OFFSET, RAW, RECORD_INDEX, SOURCE};
+use crate::resilience::breaker::SharedBreaker;
 use crate::resilience::retry::{RetryPolicy, jitter_random};
 
 /// The topic holding records whose attempt `failed_attempt` failed.
@@ -49,7 +50,10 @@ pub fn retry_topics(base: &str, policy: &RetryPolicy) -> Vec<String> {
 
 /// A record to park.
 pub struct Parked<'a> {
+    /// Which retry topic (`<base>.<n>`): the attempt that failed.
     pub failed_attempt: u32,
+    /// The attempt number of the next try (the same one when a breaker refused the call).
+    pub next_attempt: u32,
     pub due: DateTime<Utc>,
     pub first_failed_at: DateTime<Utc>,
     pub error: String,
@@ -93,7 +97,7 @@ impl RetryTopics {
 
     pub fn park(&mut self, p: Parked<'_>) -> Result<(), ConnectorError> {
         let topic = retry_topic(&self.base, p.failed_attempt);
-        let next = (p.failed_attempt + 1).to_string();
+        let next = p.next_attempt.to_string();
         let due = p.due.timestamp_millis().to_string();
         let first = p
             .first_failed_at
@@ -242,11 +246,8 @@ pub fn run_worker(
     stop: Arc<AtomicBool>,
     main_done: Arc<AtomicBool>,
     idle: Duration,
+    breaker: Option<SharedBreaker>,
 ) -> Result<RetryStats, ConnectorError> {
-    let kafka = |context: &str| {
-        let context = context.to_string();
-        move |source| ConnectorError::Kafka { context, source }
-    };
     let consumer: BaseConsumer = connection
         .client_config()
         .map_err(ConnectorError::Other)?
@@ -261,133 +262,249 @@ pub fn run_worker(
     consumer
         .subscribe(&names)
         .map_err(kafka("subscribing to the retry topics"))?;
-    let mut parking = RetryTopics::new(
-        connection,
-        &config.base,
-        &config.pipeline,
-        &config.integration,
-        &config.sink,
-    )?;
-    let mut dlq = KafkaDlq::new(
-        connection,
-        &config.dlq_topic,
-        &config.pipeline,
-        &config.integration,
-        super::Attempts::default(),
-    )?;
-    let mut stats = RetryStats {
-        sink: config.sink.clone(),
-        ..RetryStats::default()
+    let mut w = Worker {
+        parking: RetryTopics::new(
+            connection,
+            &config.base,
+            &config.pipeline,
+            &config.integration,
+            &config.sink,
+        )?,
+        dlq: KafkaDlq::new(
+            connection,
+            &config.dlq_topic,
+            &config.pipeline,
+            &config.integration,
+            super::Attempts::default(),
+        )?,
+        stats: RetryStats {
+            sink: config.sink.clone(),
+            ..RetryStats::default()
+        },
+        consumer,
+        config,
+        target,
+        handle,
+        breaker,
+        held: HashMap::new(),
+        paused: HashMap::new(),
+        fetch_paused: false,
+        handled: HashMap::new(),
     };
-    // Paused partitions and when their head record is due (ms since the epoch).
-    let mut paused: HashMap<(String, i32), i64> = HashMap::new();
     let mut last_activity = Instant::now();
     let mut joined = false;
-    // Next offset per partition whose records are handled (for the final commit).
-    let mut handled: HashMap<(String, i32), i64> = HashMap::new();
-    let tp = |t: &str, p: i32, o: Option<i64>| {
-        let mut l = TopicPartitionList::new();
-        match o {
-            Some(o) => {
-                let _ = l.add_partition_offset(t, p, Offset::Offset(o));
-            }
-            None => {
-                l.add_partition(t, p);
-            }
-        }
-        l
-    };
     while !stop.load(Ordering::Relaxed) {
-        let now = Utc::now().timestamp_millis();
-        // Resume partitions whose head is due: it is fetched again and handled below.
-        let due: Vec<(String, i32)> = paused
-            .iter()
-            .filter(|(_, at)| **at <= now)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for (t, p) in due {
-            paused.remove(&(t.clone(), p));
-            consumer
-                .resume(&tp(&t, p, None))
-                .map_err(kafka("resuming a retry partition"))?;
-        }
-        if !joined && consumer.assignment().is_ok_and(|a| a.count() > 0) {
+        w.release_due()?;
+        if !joined && w.consumer.assignment().is_ok_and(|a| a.count() > 0) {
             joined = true;
             last_activity = Instant::now();
         }
+        let waiting = w.held.values().any(|q| !q.is_empty());
         if main_done.load(Ordering::Relaxed)
-            && paused.is_empty()
+            && !waiting
             && (joined || last_activity.elapsed() > idle * 4)
             && last_activity.elapsed() >= idle
         {
             break;
         }
-        let wait = paused
+        let now = Utc::now().timestamp_millis();
+        let wait = w
+            .paused
             .values()
             .min()
             .map(|at| Duration::from_millis((at - now).clamp(1, 100) as u64))
             .unwrap_or(Duration::from_millis(100));
-        let Some(m) = consumer.poll(wait) else {
-            continue;
-        };
-        let m = match m {
-            Ok(m) => m,
-            Err(e) => {
+        let m = match w.consumer.poll(wait) {
+            None => continue,
+            Some(Err(e)) => {
                 tracing::warn!(error = %e, "retry consumer error");
                 continue;
             }
+            Some(Ok(m)) => m,
         };
         last_activity = Instant::now();
         let key = (m.topic().to_string(), m.partition());
-        if paused.contains_key(&key) {
-            // Fetched before the pause took effect; read again after the resume.
-            continue;
-        }
-        let d = read(&m);
-        if d.due_ms > Utc::now().timestamp_millis() {
-            // Not due: wait at this record without reading past it (the partition is in due
-            // order). Seeking back makes the resume fetch it again.
-            let l = tp(&key.0, key.1, None);
-            consumer
-                .pause(&l)
-                .map_err(kafka("pausing a retry partition"))?;
-            consumer
-                .seek(
-                    &key.0,
-                    key.1,
-                    Offset::Offset(m.offset()),
-                    Duration::from_secs(10),
-                )
-                .map_err(kafka("seeking a retry partition"))?;
-            paused.insert(key, d.due_ms);
-            continue;
-        }
-        let offset = m.offset();
+        let record = (m.offset(), read(&m));
         drop(m);
-        let outcome = handle.block_on(target.deliver(&Request {
+        let queue = w.held.entry(key.clone()).or_default();
+        queue.push_back(record);
+        if !w.paused.contains_key(&key) {
+            w.drain(&key)?;
+        }
+    }
+    tracing::info!(
+        sink = %w.config.sink,
+        delivered = w.stats.delivered,
+        parked_again = w.stats.parked_again,
+        dead_lettered = w.stats.dead_lettered,
+        stopped = stop.load(Ordering::Relaxed),
+        "retry worker done"
+    );
+    // A final synchronous commit: async commits may still be in flight. Records still held
+    // are not committed: the next run reads them again.
+    if !w.handled.is_empty() {
+        let mut l = TopicPartitionList::new();
+        for ((t, p), o) in &w.handled {
+            let _ = l.add_partition_offset(t, *p, Offset::Offset(*o));
+        }
+        w.consumer
+            .commit(&l, CommitMode::Sync)
+            .map_err(kafka("committing retry offsets"))?;
+    }
+    w.parking.finish()?;
+    w.dlq.finish()?;
+    Ok(w.stats)
+}
+
+fn kafka(context: &str) -> impl FnOnce(rdkafka::error::KafkaError) -> ConnectorError {
+    let context = context.to_string();
+    move |source| ConnectorError::Kafka { context, source }
+}
+
+/// Records held in memory before the worker stops fetching.
+const MAX_HELD: usize = 50_000;
+
+/// The retry worker's state. Each partition of a retry topic is in due order, so only its
+/// head can be waiting; what is fetched behind it queues in memory, and fetching continues
+/// (up to `MAX_HELD` records). Partitions are not paused per head: a pause discards the
+/// prefetched records and re-fetches from the middle of a record batch, which tansu 0.6
+/// answers with the *next* batch — records would be skipped.
+struct Worker {
+    consumer: BaseConsumer,
+    config: RetryWorkerConfig,
+    target: HttpTarget,
+    handle: tokio::runtime::Handle,
+    breaker: Option<SharedBreaker>,
+    parking: RetryTopics,
+    dlq: KafkaDlq,
+    stats: RetryStats,
+    /// Records read but not handled yet, per partition, in offset order.
+    held: HashMap<(String, i32), VecDeque<(i64, Due)>>,
+    /// Waiting partitions and when their head may be tried (ms since the epoch).
+    paused: HashMap<(String, i32), i64>,
+    /// Fetching stopped by the memory guard.
+    fetch_paused: bool,
+    /// Next offset per partition whose records are handled (for the final commit).
+    handled: HashMap<(String, i32), i64>,
+}
+
+impl Worker {
+    /// Resumes partitions whose head is due and works through what they hold.
+    fn release_due(&mut self) -> Result<(), ConnectorError> {
+        let now = Utc::now().timestamp_millis();
+        let due: Vec<(String, i32)> = self
+            .paused
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in due {
+            self.paused.remove(&key);
+            self.drain(&key)?;
+        }
+        // Memory guard: past MAX_HELD records waiting, stop fetching until half have gone.
+        let held: usize = self.held.values().map(VecDeque::len).sum();
+        if held > MAX_HELD && !self.fetch_paused {
+            let assigned = self
+                .consumer
+                .assignment()
+                .map_err(kafka("reading the assignment"))?;
+            self.consumer
+                .pause(&assigned)
+                .map_err(kafka("pausing the retry topics"))?;
+            self.fetch_paused = true;
+            tracing::warn!(
+                held,
+                "retry worker: {MAX_HELD}+ records waiting; fetching paused"
+            );
+        } else if held <= MAX_HELD / 2 && self.fetch_paused {
+            let assigned = self
+                .consumer
+                .assignment()
+                .map_err(kafka("reading the assignment"))?;
+            self.consumer
+                .resume(&assigned)
+                .map_err(kafka("resuming the retry topics"))?;
+            self.fetch_paused = false;
+        }
+        Ok(())
+    }
+
+    /// Handles the held records of a partition in order until one must wait.
+    fn drain(&mut self, key: &(String, i32)) -> Result<(), ConnectorError> {
+        loop {
+            let Some((offset, d)) = self.held.get_mut(key).and_then(|q| q.pop_front()) else {
+                return Ok(());
+            };
+            let now = Utc::now().timestamp_millis();
+            // An open breaker holds the record like a not-yet-due one.
+            let ready_at = if d.due_ms > now {
+                d.due_ms
+            } else {
+                match self.breaker.as_ref().map(|b| b.try_acquire()) {
+                    Some(Err(r)) => {
+                        now + r
+                            .retry_in
+                            .unwrap_or(Duration::from_millis(200))
+                            .as_millis()
+                            .max(1) as i64
+                    }
+                    _ => now,
+                }
+            };
+            if ready_at > now {
+                tracing::debug!(topic = %key.0, partition = key.1, offset, wait_ms = ready_at - now, "retry partition waits");
+                self.paused.insert(key.clone(), ready_at);
+                self.held
+                    .get_mut(key)
+                    .expect("queue")
+                    .push_front((offset, d));
+                return Ok(());
+            }
+            self.handle_one(key, offset, &d)?;
+        }
+    }
+
+    /// Delivers one due record; parks or dead-letters it on failure; commits once durable.
+    fn handle_one(
+        &mut self,
+        key: &(String, i32),
+        offset: i64,
+        d: &Due,
+    ) -> Result<(), ConnectorError> {
+        let outcome = self.handle.block_on(self.target.deliver(&Request {
             body: &d.body,
             idempotency_key: &d.key,
             correlation_id: d.correlation_id.as_deref(),
             attempt: d.attempt,
         }));
-        let max = config.policy.max_attempts.max(1);
+        tracing::debug!(topic = %key.0, partition = key.1, offset, attempt = d.attempt, delivered = matches!(outcome, Outcome::Delivered { .. }), "retry handled");
+        if let Some(b) = &self.breaker {
+            b.record(
+                matches!(outcome, Outcome::Transient { .. }),
+                outcome.latency(),
+            );
+        }
+        let max = self.config.policy.max_attempts.max(1);
         let durable = match outcome {
             Outcome::Delivered { .. } => {
-                stats.delivered += 1;
+                self.stats.delivered += 1;
                 None
             }
             Outcome::Transient {
                 reason,
                 retry_after,
             } if d.attempt < max => {
-                let delay = config
+                let delay = self
+                    .config
                     .policy
                     .next_delay(d.attempt, jitter_random(), retry_after);
                 let first = DateTime::parse_from_rfc3339(&d.first_failed_at)
                     .map(|t| t.with_timezone(&Utc))
                     .unwrap_or_else(|_| Utc::now());
-                parking.park(Parked {
+                self.parking.park(Parked {
                     failed_attempt: d.attempt,
+                    next_attempt: d.attempt + 1,
                     due: Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default(),
                     first_failed_at: first,
                     error: reason,
@@ -398,8 +515,8 @@ pub fn run_worker(
                     source: d.source.as_deref(),
                     offset: d.offset,
                 })?;
-                stats.parked_again += 1;
-                parking.barrier()
+                self.stats.parked_again += 1;
+                self.parking.barrier()
             }
             other => {
                 let reason = match &other {
@@ -408,34 +525,24 @@ pub fn run_worker(
                     }
                     _ => other.reason().unwrap_or_default().to_string(),
                 };
-                let dead = dead_letter(&d, reason);
+                let dead = dead_letter(d, reason);
                 let attempts = super::Attempts::default();
                 attempts.insert(0, d.attempt, d.first_failed_at.clone());
-                dlq.set_attempts(attempts);
-                dlq.write(&config.sink, &dead)?;
-                stats.dead_lettered += 1;
-                dlq.barrier()?
+                self.dlq.set_attempts(attempts);
+                self.dlq.write(&self.config.sink, &dead)?;
+                self.stats.dead_lettered += 1;
+                self.dlq.barrier()?
             }
         };
         if let Some(f) = durable {
-            handle.block_on(f)?;
+            self.handle.block_on(f)?;
         }
-        consumer
-            .commit(&tp(&key.0, key.1, Some(offset + 1)), CommitMode::Async)
-            .map_err(kafka("committing a retry offset"))?;
-        handled.insert(key, offset + 1);
-    }
-    // A final synchronous commit: async commits may still be in flight.
-    if !handled.is_empty() {
         let mut l = TopicPartitionList::new();
-        for ((t, p), o) in &handled {
-            let _ = l.add_partition_offset(t, *p, Offset::Offset(*o));
-        }
-        consumer
-            .commit(&l, CommitMode::Sync)
-            .map_err(kafka("committing retry offsets"))?;
+        let _ = l.add_partition_offset(&key.0, key.1, Offset::Offset(offset + 1));
+        self.consumer
+            .commit(&l, CommitMode::Async)
+            .map_err(kafka("committing a retry offset"))?;
+        self.handled.insert(key.clone(), offset + 1);
+        Ok(())
     }
-    parking.finish()?;
-    dlq.finish()?;
-    Ok(stats)
 }
