@@ -11,6 +11,8 @@ pub mod cli;
 pub mod connectors;
 pub mod formats;
 #[cfg(feature = "pipeline")]
+pub mod metrics;
+#[cfg(feature = "pipeline")]
 pub mod operators;
 #[cfg(feature = "pipeline")]
 pub mod plan;

@@ -48,6 +48,24 @@ pub enum ConnectorError {
     Other(String),
 }
 
+/// One JSON object per row (nulls written out), as bytes: what the Kafka and HTTP sinks send.
+pub fn json_rows(batch: &RecordBatch) -> Result<Vec<Vec<u8>>, arrow::error::ArrowError> {
+    let mut buf = Vec::with_capacity(batch.num_rows() * 128);
+    {
+        let mut w = arrow::json::WriterBuilder::new()
+            .with_explicit_nulls(true)
+            .build::<_, arrow::json::writer::LineDelimited>(&mut buf);
+        w.write(batch)?;
+        w.finish()?;
+    }
+    // The writer escapes newlines inside strings, so lines are rows.
+    Ok(buf
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect())
+}
+
 /// Resolves once everything written before it is durable (Kafka acks received).
 pub type Durable = futures::future::BoxFuture<'static, Result<(), ConnectorError>>;
 

@@ -1236,16 +1236,7 @@ fn plan_http_sink(cx: &mut Ctx<'_>, s: &crate::spec::SinkSpec) -> Option<HttpSin
         },
         None => None,
     };
-    let mut dur = |v: &Option<Spanned<String>>, default: Duration| match v {
-        Some(t) => match crate::spec::parse_duration(t) {
-            Ok(d) => d,
-            Err(e) => {
-                cx.err(t, e);
-                default
-            }
-        },
-        None => default,
-    };
+    let mut dur = |v: &Option<Spanned<String>>, default: Duration| duration_or(cx, v, default);
     let timeout = dur(&s.timeout, Duration::from_secs(30));
     let mut retry = RetryPolicy {
         jitter: 0.2,
@@ -1320,13 +1311,9 @@ fn plan_http_sink(cx: &mut Ctx<'_>, s: &crate::spec::SinkSpec) -> Option<HttpSin
     })
 }
 
-fn plan_breaker(
-    cx: &mut Ctx<'_>,
-    b: &crate::spec::BreakerSpec,
-) -> crate::resilience::breaker::BreakerConfig {
-    use crate::resilience::breaker::{BreakerConfig, SlidingWindow};
-    let mut c = BreakerConfig::default();
-    let mut dur = |v: &Option<Spanned<String>>, default: Duration| match v {
+/// A duration setting, or `default` when absent (a bad value is reported at its place).
+fn duration_or(cx: &mut Ctx<'_>, v: &Option<Spanned<String>>, default: Duration) -> Duration {
+    match v {
         Some(t) => match crate::spec::parse_duration(t) {
             Ok(d) => d,
             Err(e) => {
@@ -1335,7 +1322,16 @@ fn plan_breaker(
             }
         },
         None => default,
-    };
+    }
+}
+
+fn plan_breaker(
+    cx: &mut Ctx<'_>,
+    b: &crate::spec::BreakerSpec,
+) -> crate::resilience::breaker::BreakerConfig {
+    use crate::resilience::breaker::{BreakerConfig, SlidingWindow};
+    let mut c = BreakerConfig::default();
+    let mut dur = |v: &Option<Spanned<String>>, default: Duration| duration_or(cx, v, default);
     c.slow_call_duration = dur(&b.slow_call, c.slow_call_duration);
     c.wait_in_open = dur(&b.wait, c.wait_in_open);
     c.max_wait_in_open = dur(&b.max_wait, c.max_wait_in_open.max(c.wait_in_open));

@@ -73,17 +73,7 @@ impl HttpSink {
             })
             .collect();
         let rows = batch.project(&keep).map_err(|e| self.err(e))?;
-        let mut buf = Vec::new();
-        {
-            let mut w = arrow::json::LineDelimitedWriter::new(&mut buf);
-            w.write(&rows).map_err(|e| self.err(e))?;
-            w.finish().map_err(|e| self.err(e))?;
-        }
-        Ok(buf
-            .split(|&c| c == b'\n')
-            .filter(|l| !l.is_empty())
-            .map(<[u8]>::to_vec)
-            .collect())
+        crate::connectors::json_rows(&rows).map_err(|e| self.err(e))
     }
 }
 
@@ -181,38 +171,15 @@ impl BatchSink for HttpSink {
                 &requests,
                 self.config.concurrency,
             ));
-            let mut again = Vec::new();
-            let mut wait = Duration::ZERO;
-            for (row, attempt, delay) in refused {
-                match &mut self.retry {
-                    Some(topics) => {
-                        topics.park(Parked {
-                            failed_attempt: attempt.saturating_sub(1).max(1),
-                            next_attempt: attempt,
-                            due: chrono::Utc::now()
-                                + chrono::Duration::from_std(delay).unwrap_or_default(),
-                            first_failed_at: first_failed,
-                            error: format!("circuit breaker of sink {} is open", self.config.name),
-                            body: &bodies[row],
-                            key: &ids[row].0,
-                            correlation_id: ids[row].1.as_deref(),
-                            original: raw
-                                .as_ref()
-                                .filter(|r| r.is_valid(row))
-                                .map(|r| r.value(row)),
-                            source: sources.filter(|s| s.is_valid(row)).map(|s| s.value(row)),
-                            offset: offsets.filter(|o| o.is_valid(row)).map(|o| o.value(row)),
-                        })?;
-                        if let Some(ix) = &indexes {
-                            self.outcome.parked.push(ix.value(row));
-                        }
-                    }
-                    None => {
-                        wait = wait.max(delay);
-                        again.push((row, attempt));
-                    }
-                }
-            }
+            // Records that wait for a later attempt: (row, retry topic = the attempt that
+            // failed, next attempt number, delay, why). A refusal uses up no attempt.
+            let mut waits: Vec<(usize, u32, u32, Duration, String)> = refused
+                .into_iter()
+                .map(|(row, attempt, delay)| {
+                    let why = format!("circuit breaker of sink {} is open", self.config.name);
+                    (row, attempt.saturating_sub(1).max(1), attempt, delay, why)
+                })
+                .collect();
             for (&(row, attempt), outcome) in todo.iter().zip(outcomes) {
                 if let Some(b) = &self.config.breaker {
                     // A 4xx is the record's fault, not the system's: it counts as an answer.
@@ -224,51 +191,47 @@ impl BatchSink for HttpSink {
                 match outcome {
                     Outcome::Delivered { .. } => self.delivered += 1,
                     Outcome::Permanent { reason } => dead.push((row, reason)),
+                    Outcome::Transient { reason, .. } if attempt >= max => {
+                        dead.push((row, format!("{reason} (attempt {attempt} of {max})")));
+                    }
                     Outcome::Transient {
                         reason,
                         retry_after,
                     } => {
-                        if attempt >= max {
-                            dead.push((row, format!("{reason} (attempt {attempt} of {max})")));
-                            continue;
-                        }
                         let delay =
                             self.config
                                 .policy
                                 .next_delay(attempt, jitter_random(), retry_after);
-                        match &mut self.retry {
-                            Some(topics) => {
-                                topics.park(Parked {
-                                    failed_attempt: attempt,
-                                    next_attempt: attempt + 1,
-                                    due: chrono::Utc::now()
-                                        + chrono::Duration::from_std(delay).unwrap_or_default(),
-                                    first_failed_at: first_failed,
-                                    error: reason,
-                                    body: &bodies[row],
-                                    key: &ids[row].0,
-                                    correlation_id: ids[row].1.as_deref(),
-                                    original: raw
-                                        .as_ref()
-                                        .filter(|r| r.is_valid(row))
-                                        .map(|r| r.value(row)),
-                                    source: sources
-                                        .filter(|s| s.is_valid(row))
-                                        .map(|s| s.value(row)),
-                                    offset: offsets
-                                        .filter(|o| o.is_valid(row))
-                                        .map(|o| o.value(row)),
-                                })?;
-                                if let Some(ix) = &indexes {
-                                    self.outcome.parked.push(ix.value(row));
-                                }
-                            }
-                            None => {
-                                wait = wait.max(delay);
-                                again.push((row, attempt + 1));
-                            }
-                        }
+                        waits.push((row, attempt, attempt + 1, delay, reason));
                     }
+                }
+            }
+            let mut again = Vec::new();
+            let mut wait = Duration::ZERO;
+            for (row, failed_attempt, next_attempt, delay, error) in waits {
+                let Some(topics) = &mut self.retry else {
+                    wait = wait.max(delay);
+                    again.push((row, next_attempt));
+                    continue;
+                };
+                topics.park(Parked {
+                    failed_attempt,
+                    next_attempt,
+                    due: chrono::Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default(),
+                    first_failed_at: first_failed,
+                    error,
+                    body: &bodies[row],
+                    key: &ids[row].0,
+                    correlation_id: ids[row].1.as_deref(),
+                    original: raw
+                        .as_ref()
+                        .filter(|r| r.is_valid(row))
+                        .map(|r| r.value(row)),
+                    source: sources.filter(|s| s.is_valid(row)).map(|s| s.value(row)),
+                    offset: offsets.filter(|o| o.is_valid(row)).map(|o| o.value(row)),
+                })?;
+                if let Some(ix) = &indexes {
+                    self.outcome.parked.push(ix.value(row));
                 }
             }
             if !again.is_empty() {

@@ -140,20 +140,7 @@ impl KafkaSink {
             .map_err(|e| self.err(e))?;
         match &self.encoding {
             KafkaEncoding::Json => {
-                let mut buf = Vec::with_capacity(projected.num_rows() * 128);
-                {
-                    let mut w = arrow::json::WriterBuilder::new()
-                        .with_explicit_nulls(true)
-                        .build::<_, arrow::json::writer::LineDelimited>(&mut buf);
-                    w.write(&projected).map_err(|e| self.err(e))?;
-                    w.finish().map_err(|e| self.err(e))?;
-                }
-                // The writer escapes newlines inside strings, so lines are rows.
-                Ok(buf
-                    .split(|&b| b == b'\n')
-                    .filter(|l| !l.is_empty())
-                    .map(<[u8]>::to_vec)
-                    .collect())
+                crate::connectors::json_rows(&projected).map_err(|e| self.err(e))
             }
             KafkaEncoding::Avro { schema, id } => (0..projected.num_rows())
                 .map(|row| {
