@@ -135,19 +135,7 @@ impl Registry {
             .route("/subjects/{subject}/versions/latest", get(latest))
             .route("/schemas/ids/{id}", get(by_id))
             .with_state(r.clone());
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let l = tokio::net::TcpListener::from_std(listener).unwrap();
-                axum::serve(l, app).await.unwrap();
-            });
-        });
+        let url = super::serve(app);
         (r, url)
     }
 

@@ -55,19 +55,7 @@ impl Receiver {
         let app = axum::Router::new()
             .route("/hook", post(hook))
             .with_state(r.clone());
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let l = tokio::net::TcpListener::from_std(listener).unwrap();
-                axum::serve(l, app).await.unwrap();
-            });
-        });
+        let url = format!("{}/hook", super::serve(app));
         (r, url)
     }
 

@@ -18,6 +18,7 @@ use arrow::record_batch::RecordBatch;
 use futures::StreamExt;
 
 use super::{HttpTarget, Outcome, Request};
+use crate::connectors::kafka::record_identity;
 use crate::connectors::kafka::retry::{Parked, RetryTopics};
 use crate::connectors::{BatchSink, ConnectorError, Durable, SinkOutcome};
 use crate::operators::{CONTROL_ID, DeadLetters, OFFSET, RAW, RECORD_INDEX, SOURCE, is_provenance};
@@ -77,35 +78,6 @@ impl HttpSink {
     }
 }
 
-/// The stable identity of a record: `source/offset#control id` (as the dead-letter key), so
-/// retries and replays of one record carry one idempotency key.
-pub fn record_key(batch: &RecordBatch, row: usize) -> (String, Option<String>) {
-    let source = batch
-        .column_by_name(SOURCE)
-        .and_then(|c| c.as_string_opt::<i32>())
-        .filter(|s| s.is_valid(row))
-        .map(|s| s.value(row).to_string());
-    let offset = batch
-        .column_by_name(OFFSET)
-        .and_then(|c| c.as_primitive_opt::<Int64Type>())
-        .filter(|o| o.is_valid(row))
-        .map(|o| o.value(row));
-    let control = batch
-        .column_by_name(CONTROL_ID)
-        .or_else(|| batch.column_by_name("event_id"))
-        .and_then(|c| c.as_string_opt::<i32>())
-        .filter(|c| c.is_valid(row))
-        .map(|c| c.value(row).to_string());
-    let key = format!(
-        "{}/{}{}{}",
-        source.as_deref().unwrap_or("-"),
-        offset.unwrap_or(-1),
-        if control.is_some() { "#" } else { "" },
-        control.as_deref().unwrap_or("")
-    );
-    (key, control)
-}
-
 /// Delivers `requests` with at most `concurrency` in flight; outcomes in request order.
 pub async fn deliver_all(
     target: &HttpTarget,
@@ -121,8 +93,28 @@ pub async fn deliver_all(
 impl BatchSink for HttpSink {
     fn write(&mut self, batch: &RecordBatch) -> Result<(), ConnectorError> {
         let bodies = self.bodies(batch)?;
+        let sources = batch
+            .column_by_name(SOURCE)
+            .and_then(|c| c.as_string_opt::<i32>());
+        let offsets = batch
+            .column_by_name(OFFSET)
+            .and_then(|c| c.as_primitive_opt::<Int64Type>());
+        // The correlation id: HL7 MSH-10, else the event's own id.
+        let controls = batch
+            .column_by_name(CONTROL_ID)
+            .or_else(|| batch.column_by_name("event_id"))
+            .and_then(|c| c.as_string_opt::<i32>());
+        // (idempotency key = the record's identity, correlation id) per row.
         let ids: Vec<(String, Option<String>)> = (0..batch.num_rows())
-            .map(|r| record_key(batch, r))
+            .map(|r| {
+                let control = controls.filter(|c| c.is_valid(r)).map(|c| c.value(r));
+                let key = record_identity(
+                    sources.filter(|s| s.is_valid(r)).map(|s| s.value(r)),
+                    offsets.filter(|o| o.is_valid(r)).map(|o| o.value(r)),
+                    control,
+                );
+                (key, control.map(str::to_string))
+            })
             .collect();
         let indexes = batch
             .column_by_name(RECORD_INDEX)
@@ -132,12 +124,6 @@ impl BatchSink for HttpSink {
             .column_by_name(RAW)
             .and_then(|c| c.as_binary_opt::<i32>())
             .cloned();
-        let sources = batch
-            .column_by_name(SOURCE)
-            .and_then(|c| c.as_string_opt::<i32>());
-        let offsets = batch
-            .column_by_name(OFFSET)
-            .and_then(|c| c.as_primitive_opt::<Int64Type>());
         let max = self.config.policy.max_attempts.max(1);
         // (row, attempt) still to try.
         let mut todo: Vec<(usize, u32)> = (0..batch.num_rows()).map(|r| (r, 1)).collect();

@@ -146,16 +146,9 @@ impl DeadLetterSink for KafkaDlq {
                 });
             }
             // Stable across runs (a reprocessed window dead-letters the same key again, and
-            // replay skips keys it has replayed). One Kafka message may hold several HL7
-            // messages (a batch file): their control ids keep the keys apart.
+            // replay skips keys it has replayed).
             let control = controls.filter(|c| c.is_valid(i)).map(|c| c.value(i));
-            let key = format!(
-                "{}/{}{}{}",
-                source.unwrap_or("-"),
-                offset.unwrap_or(-1),
-                if control.is_some() { "#" } else { "" },
-                control.unwrap_or("")
-            );
+            let key = super::record_identity(source, offset, control);
             if let Some(c) = control {
                 h = h.insert(Header {
                     key: headers::CORRELATION_ID,

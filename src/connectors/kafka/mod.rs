@@ -309,6 +309,19 @@ pub fn source_name(topic: &str, partition: i32) -> String {
     format!("{topic}/{partition}")
 }
 
+/// A record's stable identity, `source/offset#control id`: the dead-letter key (what replay
+/// deduplicates on) and the HTTP sink's idempotency key. One Kafka message may hold several
+/// HL7 messages (a batch file): their control ids keep the keys apart.
+pub fn record_identity(source: Option<&str>, offset: Option<i64>, control: Option<&str>) -> String {
+    format!(
+        "{}/{}{}{}",
+        source.unwrap_or("-"),
+        offset.unwrap_or(-1),
+        if control.is_some() { "#" } else { "" },
+        control.unwrap_or("")
+    )
+}
+
 /// Splits a `_source` written by `source_name`.
 pub fn parse_source_name(s: &str) -> Option<(&str, i32)> {
     let (t, p) = s.rsplit_once('/')?;
