@@ -234,7 +234,10 @@ dlq: {{topic: {dlq}}}
             Box::new(source) as Box<dyn BatchSource>,
             vec![Box::new(sink) as Box<dyn BatchSink>],
             Box::new(dlq_sink),
-            Some(progress),
+            plexus::runtime::RunOptions {
+                progress: Some(progress),
+                ..Default::default()
+            },
         ))
         .unwrap();
     let e2e_secs = started.elapsed().as_secs_f64()

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 pub mod dlq;
 pub mod hl7;
 pub mod pipeline;
+pub mod query;
 
 /// plexus: streaming dataflow engine for healthcare integration.
 #[derive(Debug, Parser)]
@@ -39,6 +40,9 @@ enum Command {
         /// Streaming sources: stop (drain, commit, exit) after reading this many records.
         #[arg(long, value_name = "N")]
         max_records: Option<u64>,
+        /// Serve Prometheus metrics on http://ADDR/metrics while running (e.g. 127.0.0.1:9898).
+        #[arg(long, value_name = "ADDR")]
+        metrics_addr: Option<String>,
     },
     /// Dead-letter topics: list or show what failed and why.
     #[command(subcommand)]
@@ -52,6 +56,8 @@ enum Command {
     },
     /// Runs a pipeline's test cases (in-file `tests:` or a sibling .test.yaml).
     Test { pipeline: std::path::PathBuf },
+    /// SQL over a pipeline's window metrics, breaker events, alerts and dead-letter summary.
+    Query(query::QueryArgs),
     /// HL7v2 tools: split, extract, ack.
     #[command(subcommand)]
     Hl7(hl7::Hl7Command),
@@ -70,6 +76,7 @@ pub fn main() -> ExitCode {
             json,
             exit_when_idle,
             max_records,
+            metrics_addr,
         } => pipeline::run(pipeline::RunArgs {
             pipeline,
             input,
@@ -77,11 +84,13 @@ pub fn main() -> ExitCode {
             json,
             exit_when_idle,
             max_records,
+            metrics_addr,
         }),
         Command::Dlq(cmd) => dlq::run(cmd),
         Command::Replay(args) => dlq::replay(args),
         Command::Validate { pipelines } => pipeline::validate(&pipelines),
         Command::Test { pipeline } => pipeline::test(&pipeline),
+        Command::Query(args) => query::run(args),
     };
     match result {
         Ok(code) => code,

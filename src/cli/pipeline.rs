@@ -23,7 +23,15 @@ use crate::connectors::kafka::{
     Attempts, KafkaDlq, KafkaSink, KafkaSource, SecretRef, ensure_topics,
 };
 use crate::connectors::registry::SchemaRegistry;
+use crate::connectors::monitoring::MonitorOutputs;
+use crate::connectors::monitoring::follow::spawn as follow_breakers;
+use crate::connectors::monitoring::state::WindowStateStore;
 use crate::connectors::{BatchSink, BatchSource, ConnectorError, DeadLetterSink};
+use crate::metrics::outcome::OutcomeTap;
+use crate::plan::windows::{PlannedWindow, StateStore, WindowInput};
+use crate::runtime::RunOptions;
+use crate::runtime::telemetry::{Telemetry, serve as serve_metrics};
+use crate::runtime::windows::{Monitor, WindowIo};
 use crate::operators::parse::raw_batch;
 use crate::plan::graph::{HeaderValue, HttpSinkPlan, SourceFormat};
 use crate::plan::{Plan, build};
@@ -79,6 +87,8 @@ pub struct RunArgs {
     pub json: bool,
     pub exit_when_idle: Option<String>,
     pub max_records: Option<u64>,
+    /// Serve Prometheus `/metrics` here (`127.0.0.1:9898`).
+    pub metrics_addr: Option<String>,
 }
 
 /// `plexus run`.
@@ -114,6 +124,16 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         }
         if let Some(d) = &plan.dlq {
             plan.dlq = Some(dir.join(d.file_name().unwrap_or_default()));
+        }
+        if let Some(m) = &mut plan.monitoring {
+            let moved = |p: &Path| dir.join(p.file_name().unwrap_or_default());
+            let default_state = StateStore::Dir(m.metrics_dir.join("_state"));
+            m.metrics_dir = moved(&m.metrics_dir);
+            m.events_path = moved(&m.events_path);
+            m.alerts_path = moved(&m.alerts_path);
+            if m.state == default_state {
+                m.state = StateStore::Dir(m.metrics_dir.join("_state"));
+            }
         }
     }
     let idle = args
@@ -161,7 +181,20 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     };
     let mut sinks: Vec<Box<dyn BatchSink>> = Vec::new();
     let main_done = Arc::new(AtomicBool::new(false));
-    let breakers: Arc<std::sync::Mutex<Vec<SharedBreaker>>> = Arc::default();
+    let breakers: Breakers = Arc::default();
+    let outcome_windows: Vec<PlannedWindow> = {
+        let (o, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut plan.windows)
+            .into_iter()
+            .partition(|w| w.input == WindowInput::Outcomes);
+        plan.windows = rest;
+        o
+    };
+    let (tap, tap_rx) = if outcome_windows.is_empty() {
+        (OutcomeTap::default(), None)
+    } else {
+        let (t, rx) = OutcomeTap::channel();
+        (t, Some(rx))
+    };
     let mut workers = Vec::new();
     let mut http_sinks: std::collections::HashMap<usize, Box<dyn BatchSink>> =
         std::collections::HashMap::new();
@@ -181,6 +214,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
                     main_done: main_done.clone(),
                     idle: idle.unwrap_or(std::time::Duration::from_secs(2)),
                     breakers: breakers.clone(),
+                    outcomes: tap.clone(),
                 },
             )?;
             http_sinks.insert(i, Box::new(sink));
@@ -240,7 +274,52 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     };
     let dlq_topic = plan.dlq_topic.clone();
     let progress = progress_bar(&args);
-    let result = rt.block_on(crate::runtime::run(plan, source, sinks, dlq, progress));
+    let telemetry = Arc::new(Telemetry::new(&plan.name, &plan.integration_id));
+    for (sink, b) in breakers.lock().expect("breakers").iter() {
+        telemetry.add_breaker(sink, b.clone());
+    }
+    let server = match &args.metrics_addr {
+        Some(addr) => {
+            let addr: std::net::SocketAddr = addr
+                .parse()
+                .with_context(|| format!("--metrics-addr {addr}: not host:port"))?;
+            let _guard = rt.enter();
+            let h = rt
+                .block_on(serve_metrics(addr, telemetry.clone()))
+                .with_context(|| format!("--metrics-addr {addr}"))?;
+            eprintln!("metrics: http://{addr}/metrics");
+            Some(h)
+        }
+        None => None,
+    };
+    let mut follower = None;
+    let (window_io, monitor) = match monitoring(&rt, &plan, &breakers, &telemetry)? {
+        Some((io, f)) => {
+            follower = f;
+            // Also without outcome windows: the monitor publishes the breaker events.
+            let rx = tap_rx.unwrap_or_else(|| OutcomeTap::channel().1);
+            let _guard = rt.enter();
+            let monitor = Monitor::start(outcome_windows, rx, io.clone())?;
+            (Some(io), Some(monitor))
+        }
+        None => (None, None),
+    };
+    // The sinks hold the tap; the monitor ends when told, after the retry workers.
+    drop(tap);
+    let result = rt.block_on(crate::runtime::run(
+        plan,
+        source,
+        sinks,
+        dlq,
+        RunOptions {
+            progress,
+            windows: window_io,
+            telemetry: Some(telemetry.clone()),
+        },
+    ));
+    if let Some(s) = server {
+        s.abort();
+    }
     // The retry workers finish what is due, then stop (or stop now on a signal).
     main_done.store(true, Ordering::Relaxed);
     let mut retries = Vec::new();
@@ -253,7 +332,14 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     }
     let mut summary = result?;
     summary.retries = retries;
-    for b in breakers.lock().expect("breakers").iter() {
+    if let Some(m) = monitor {
+        summary.windows.extend(rt.block_on(m.stop())?);
+    }
+    if let Some((stop, h)) = follower {
+        stop.store(true, Ordering::Relaxed);
+        let _ = h.join();
+    }
+    for (_, b) in breakers.lock().expect("breakers").iter() {
         summary.breaker_transitions.extend(b.transitions());
     }
     if args.json {
@@ -274,12 +360,94 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     })
 }
 
+/// The breaker-event follower: its stop flag and thread.
+type Follower = (Arc<AtomicBool>, std::thread::JoinHandle<()>);
+
+/// The run's breakers, by sink name.
+type Breakers = Arc<std::sync::Mutex<Vec<(String, SharedBreaker)>>>;
+
 /// What a retry worker needs from the run.
 struct RetryRun {
     stop: Arc<AtomicBool>,
     main_done: Arc<AtomicBool>,
     idle: std::time::Duration,
-    breakers: Arc<std::sync::Mutex<Vec<SharedBreaker>>>,
+    breakers: Breakers,
+    outcomes: OutcomeTap,
+}
+
+/// The monitoring outputs, window state and breakers, when the pipeline has windows or
+/// breakers (None otherwise).
+fn monitoring(
+    rt: &tokio::runtime::Runtime,
+    plan: &Plan,
+    breakers: &Breakers,
+    telemetry: &Arc<Telemetry>,
+) -> Result<Option<(WindowIo, Option<Follower>)>> {
+    let Some(m) = &plan.monitoring else {
+        return Ok(None);
+    };
+    let kafka = plan.kafka.clone();
+    if let Some(conn) = &kafka {
+        // Breaker events are compacted: the topic keeps each breaker's latest state.
+        let topics: Vec<(String, i32, bool)> = [
+            (&m.metrics_topic, false),
+            (&m.alerts_topic, false),
+            (&m.events_topic, true),
+        ]
+        .into_iter()
+        .filter_map(|(t, compact)| t.clone().map(|t| (t, 3, compact)))
+        .collect();
+        if !topics.is_empty() {
+            rt.block_on(ensure_topics(conn, &topics))?;
+        }
+    }
+    let webhook = match &m.alerts_webhook {
+        Some((url, secret)) => {
+            let key = secret
+                .as_ref()
+                .map(|r| r.read().map(String::into_bytes))
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("alerts webhook: {e}"))?;
+            Some(
+                HttpTarget::new(url, "POST", Vec::new(), key, std::time::Duration::from_secs(10))
+                    .map_err(|e| anyhow::anyhow!("alerts webhook: {e}"))?,
+            )
+        }
+        None => None,
+    };
+    let outputs = MonitorOutputs::new(m, kafka.as_ref(), webhook, rt.handle().clone())?;
+    let state = rt.block_on(WindowStateStore::open(&m.state))?;
+    let configured = plan.source.kafka.as_ref().and_then(|k| k.instance.clone());
+    let instance = configured.clone().unwrap_or_else(|| "default".into());
+    let member = configured.unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let follower = match (&kafka, &m.events_topic) {
+        (Some(conn), Some(topic)) => {
+            let by_name = breakers
+                .lock()
+                .expect("breakers")
+                .iter()
+                .map(|(_, b)| (b.name().to_string(), b.clone()))
+                .collect();
+            let stop = Arc::new(AtomicBool::new(false));
+            let h = follow_breakers(conn, topic, &member, by_name, stop.clone())?;
+            Some((stop, h))
+        }
+        _ => None,
+    };
+    Ok(Some((WindowIo {
+        outputs: Arc::new(std::sync::Mutex::new(outputs)),
+        state: Arc::new(state),
+        pipeline: plan.name.clone(),
+        integration: plan.integration_id.clone(),
+        instance,
+        bounded: plan.source.kafka.is_none(),
+        member,
+        breakers: breakers.lock().expect("breakers").iter().cloned().collect(),
+        telemetry: Some(telemetry.clone()),
+    }, follower)))
 }
 
 type Worker = std::thread::JoinHandle<Result<RetryStats, ConnectorError>>;
@@ -325,9 +493,13 @@ fn http_sink(
         concurrency: h.concurrency,
         provenance,
         breaker: breaker.clone(),
+        outcomes: run.outcomes.clone(),
     };
     if let Some(b) = &breaker {
-        run.breakers.lock().expect("breakers").push(b.clone());
+        run.breakers
+            .lock()
+            .expect("breakers")
+            .push((name.to_string(), b.clone()));
     }
     let Some(base) = &h.retry_topic else {
         return Ok((HttpSink::new(config, rt.handle().clone(), None), None));
@@ -355,6 +527,7 @@ fn http_sink(
             .context("retry topics need a dead-letter topic")?,
         policy: h.retry.clone(),
         concurrency: h.concurrency,
+        outcomes: run.outcomes.clone(),
     };
     let handle = rt.handle().clone();
     let worker = std::thread::Builder::new()
@@ -562,7 +735,7 @@ pub fn test(path: &Path) -> Result<ExitCode> {
             source,
             sinks,
             Box::new(dlq.clone()),
-            None,
+            RunOptions::default(),
         ))?;
         let mut problems = Vec::new();
         for (target, expected_rows) in &case.expect {

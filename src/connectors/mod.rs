@@ -9,12 +9,14 @@
 //! | `kafka/`          | Kafka source, sink and dead-letter topic (at-least-once)           |
 //! | `registry.rs`     | the schema registry client (Confluent wire format, schema cache)   |
 //! | `http/`           | HTTP sink (webhooks, REST): signed requests, retries, retry topics |
+//! | `monitoring/`     | window rows (Parquet, topic), alerts, breaker events, window state |
 
 pub mod dlq;
 pub mod file;
 pub mod http;
 pub mod kafka;
 pub mod memory;
+pub mod monitoring;
 pub mod registry;
 
 use arrow::record_batch::RecordBatch;

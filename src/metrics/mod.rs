@@ -1,5 +1,7 @@
 //! Metrics: event-time windows over outcome rows (`window`) and the latency sketch they use
-//! (`sketch`). Breakers and alerts read the window rows; analysts query them.
+//! (`sketch`), and the outcome stream sinks report calls on (`outcome`). Breakers and alerts
+//! read the window rows; analysts query them.
 
 pub mod sketch;
 pub mod window;
+pub mod outcome;

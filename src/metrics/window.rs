@@ -166,13 +166,12 @@ impl Windows {
                 dropped = true;
                 continue;
             }
-            let agg = self
-                .open
-                .entry(start)
-                .or_default()
-                .entry(o.key.to_string())
-                .or_default();
-            agg.add(o);
+            let keys = self.open.entry(start).or_default();
+            // Look up before inserting: the key is allocated once per window, not per row.
+            match keys.get_mut(o.key) {
+                Some(agg) => agg.add(o),
+                None => keys.entry(o.key.to_string()).or_default().add(o),
+            }
             if self.fired.contains(&start) {
                 updates.push(self.row(start, o.key, true));
             }
@@ -248,6 +247,42 @@ impl Windows {
             data_quality_rate: (a.count - a.flagged) as f64 / n,
             update,
         }
+    }
+
+    /// Running rows of the windows not fired yet, for `keys` (what a breaker's trip
+    /// predicate looks at: it must not wait for the window to close).
+    pub fn live_rows<'k>(&self, keys: impl IntoIterator<Item = &'k str> + Clone) -> Vec<WindowRow> {
+        let mut rows = Vec::new();
+        for (&start, aggs) in &self.open {
+            if self.fired.contains(&start) {
+                continue;
+            }
+            for k in keys.clone() {
+                if aggs.contains_key(k) {
+                    rows.push(self.row(start, k, false));
+                }
+            }
+        }
+        rows
+    }
+
+    /// Fires every open window regardless of the watermark: the end of a bounded input
+    /// (Flink's final watermark).
+    pub fn fire_all(&mut self) -> Vec<WindowRow> {
+        let last = self.open.keys().next_back().copied();
+        if let Some(s) = last {
+            self.advance_watermark_to(s + self.config.size_ms + self.config.allowed_lateness_ms);
+        }
+        self.fire()
+    }
+
+    pub fn config(&self) -> &WindowConfig {
+        &self.config
+    }
+
+    /// Windows (start, keys) held in memory.
+    pub fn open_windows(&self) -> usize {
+        self.open.len()
     }
 
     /// The whole state as JSON (the checkpoint): a restart resumes mid-window.

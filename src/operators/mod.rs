@@ -18,6 +18,7 @@ pub mod map;
 pub mod parse;
 pub mod route;
 pub mod validate;
+pub mod window;
 
 /// The original record bytes (HL7 message, JSON line, CSV row).
 pub const RAW: &str = "_raw";

@@ -149,6 +149,10 @@ pub struct Plan {
     pub dlq_topic: Option<String>,
     pub kafka: Option<KafkaConnection>,
     pub registry: Option<RegistryConfig>,
+    /// Windowed aggregations (`windows:`), run beside the sinks.
+    pub windows: Vec<super::windows::PlannedWindow>,
+    /// Where window rows, breaker events and alerts go (set when there are windows).
+    pub monitoring: Option<super::windows::MonitoringPlan>,
 }
 
 impl Plan {
@@ -160,15 +164,15 @@ impl Plan {
     }
 }
 
-struct Ctx<'s> {
-    spec: &'s PipelineSpec,
-    errors: Vec<SpecError>,
+pub(super) struct Ctx<'s> {
+    pub(super) spec: &'s PipelineSpec,
+    pub(super) errors: Vec<SpecError>,
     /// Built on first use by an Avro parse stage.
     registry: Option<std::sync::Arc<SchemaRegistry>>,
 }
 
 impl Ctx<'_> {
-    fn err<T>(&mut self, at: &Spanned<T>, message: impl Into<String>) {
+    pub(super) fn err<T>(&mut self, at: &Spanned<T>, message: impl Into<String>) {
         self.errors
             .push(SpecError::at(&self.spec.file, at.span(), message.into()));
     }
@@ -252,6 +256,17 @@ pub async fn build(spec: &PipelineSpec) -> Result<Plan, SpecErrors> {
         }
         check_reachability(&mut cx, &stages, &sinks);
     }
+    let windows = if planned_all_stages {
+        super::windows::plan_windows(&mut cx, &stages, &mut sinks, &sql)
+    } else {
+        Vec::new()
+    };
+    // Breakers publish their events even without windows.
+    let has_breaker = sinks
+        .iter()
+        .any(|s| s.http.as_ref().is_some_and(|h| h.breaker.is_some()));
+    let monitoring = (!spec.windows.is_empty() || spec.monitoring.is_some() || has_breaker)
+        .then(|| super::windows::plan_monitoring(&mut cx));
     if spec.sinks.is_empty() {
         cx.errors.push(SpecError::at_line(
             &spec.file,
@@ -317,6 +332,8 @@ pub async fn build(spec: &PipelineSpec) -> Result<Plan, SpecErrors> {
         dlq_topic,
         kafka,
         registry,
+        windows,
+        monitoring,
     })
 }
 
@@ -493,7 +510,7 @@ fn regex_check(p: &str) -> Result<(), String> {
 }
 
 /// Resolves `stage` / `stage.output` (or the previous stage) to an upstream port.
-fn resolve_upstream(
+pub(super) fn resolve_upstream(
     cx: &mut Ctx<'_>,
     stages: &[PlannedStage],
     input: Option<&Spanned<String>>,
@@ -1312,7 +1329,7 @@ fn plan_http_sink(cx: &mut Ctx<'_>, s: &crate::spec::SinkSpec) -> Option<HttpSin
 }
 
 /// A duration setting, or `default` when absent (a bad value is reported at its place).
-fn duration_or(cx: &mut Ctx<'_>, v: &Option<Spanned<String>>, default: Duration) -> Duration {
+pub(super) fn duration_or(cx: &mut Ctx<'_>, v: &Option<Spanned<String>>, default: Duration) -> Duration {
     match v {
         Some(t) => match crate::spec::parse_duration(t) {
             Ok(d) => d,

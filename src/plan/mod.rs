@@ -4,5 +4,6 @@
 pub mod graph;
 pub mod sql;
 pub mod udfs;
+pub mod windows;
 
 pub use graph::{Plan, PlannedSink, PlannedStage, build};

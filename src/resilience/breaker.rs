@@ -333,6 +333,17 @@ impl CircuitBreaker {
         }
     }
 
+    /// Opens a CLOSED breaker from outside: a window's trip predicate held (`reason` says
+    /// which). OPEN and HALF_OPEN are left alone: the breaker is already protecting the
+    /// system, and half-open probes decide for themselves.
+    pub fn trip(&mut self, now_ms: i64, reason: String) {
+        self.tick(now_ms);
+        if self.state == BreakerState::Closed {
+            let total = self.window.total;
+            self.open(now_ms, reason, total);
+        }
+    }
+
     /// Why these counts open the breaker, if they do.
     fn should_open(&self, c: Counts, closed: bool) -> Option<String> {
         if closed
@@ -439,6 +450,15 @@ impl SharedBreaker {
         self.with(|b, now| b.record(now, failed, latency))
     }
 
+    /// See `CircuitBreaker::trip`.
+    pub fn trip(&self, reason: String) {
+        self.with(|b, now| b.trip(now, reason))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     pub fn state(&self) -> BreakerState {
         self.with(|b, now| {
             b.tick(now);
@@ -502,6 +522,26 @@ mod tests {
         assert_eq!(b.state(), Closed, "3 of 7 = 43%");
         calls(&mut b, 0, &[true]);
         assert_eq!(b.state(), Open, "4 of 8 = 50%");
+    }
+
+    #[test]
+    fn a_window_trip_opens_a_closed_breaker_and_probes_still_decide() {
+        let mut b = CircuitBreaker::new(config());
+        calls(&mut b, 0, &[false, true]);
+        b.trip(1_000, "window calls: 2 calls, 1 failed".into());
+        assert_eq!(b.state(), Open);
+        let t = b.take_transitions();
+        assert_eq!(t[0].reason, "window calls: 2 calls, 1 failed");
+        // Tripping an open breaker changes nothing (no second event).
+        b.trip(2_000, "again".into());
+        assert!(b.take_transitions().is_empty());
+        // After the wait, probes close it as usual.
+        for _ in 0..3 {
+            assert!(b.try_acquire(11_000).is_ok());
+            assert_eq!(b.state(), HalfOpen);
+            b.record(11_000, false, FAST);
+        }
+        assert_eq!(b.state(), Closed);
     }
 
     #[test]

@@ -10,6 +10,8 @@
 
 pub mod checkpoint;
 pub mod summary;
+pub mod telemetry;
+pub mod windows;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -171,6 +173,16 @@ fn ack_when(
 /// Progress callback: (bytes read, total bytes if known, records read).
 pub type Progress = Box<dyn Fn(u64, Option<u64>, u64) + Send>;
 
+/// Optional parts of a run.
+#[derive(Default)]
+pub struct RunOptions {
+    pub progress: Option<Progress>,
+    /// Window outputs and state; without it windows are not run (`plexus test`).
+    pub windows: Option<windows::WindowIo>,
+    /// Live counters (`/metrics`).
+    pub telemetry: Option<Arc<telemetry::Telemetry>>,
+}
+
 /// Runs a planned pipeline to completion with the given connectors: until the source ends
 /// (files) or is stopped (streams; see `KafkaSource`).
 pub async fn run(
@@ -178,8 +190,13 @@ pub async fn run(
     mut source: Box<dyn BatchSource>,
     sinks: Vec<Box<dyn BatchSink>>,
     mut dlq: Box<dyn DeadLetterSink>,
-    progress: Option<Progress>,
+    options: RunOptions,
 ) -> anyhow::Result<RunSummary> {
+    let RunOptions {
+        progress,
+        windows: window_io,
+        telemetry,
+    } = options;
     let started = Instant::now();
     let handle = tokio::runtime::Handle::current();
     let Plan {
@@ -187,10 +204,26 @@ pub async fn run(
         integration_id,
         stages,
         sinks: sink_specs,
+        windows: planned_windows,
         ..
     } = plan;
+    // Windows over stage outputs run here (outcome windows run in the `Monitor`); without
+    // window outputs (`plexus test`) they are not run.
+    let stream_windows: Vec<_> = match &window_io {
+        Some(_) => planned_windows
+            .into_iter()
+            .filter_map(|w| match w.input {
+                crate::plan::windows::WindowInput::Stream(up) => Some((up, w)),
+                crate::plan::windows::WindowInput::Outcomes => None,
+            })
+            .collect(),
+        None => Vec::new(),
+    };
     let seen = Arc::new(std::sync::Mutex::new(Seen::default()));
-    let checkpoints = Arc::new(Checkpoints::new(sink_specs.len() + 1));
+    // Parties: every sink, the dead-letter writer, every window (its state at the barrier).
+    let checkpoints = Arc::new(Checkpoints::new(
+        sink_specs.len() + 1 + stream_windows.len(),
+    ));
     source.attach(checkpoints.clone());
     let stage_count = stages.len();
     // Every stage and every sink sends each barrier to the dead-letter writer (sinks send
@@ -207,6 +240,7 @@ pub async fn run(
     let dlq_seen = seen.clone();
     let dlq_cp = checkpoints.clone();
     let dlq_handle = handle.clone();
+    let dlq_tel = telemetry.clone();
     let dlq_task = tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
         let mut n = 0;
         let mut barriers: HashMap<u64, usize> = HashMap::new();
@@ -216,6 +250,10 @@ pub async fn run(
                     dlq.write(&stage, &dead)?;
                     dlq_seen.lock().expect("seen").mark(Which::Dead, &dead.rows);
                     n += dead.rows.num_rows() as u64;
+                    if let Some(t) = &dlq_tel {
+                        t.dead_letters
+                            .fetch_add(dead.rows.num_rows() as u64, Ordering::Relaxed);
+                    }
                 }
                 DeadMsg::Barrier(epoch) => {
                     let c = barriers.entry(epoch).or_default();
@@ -244,6 +282,7 @@ pub async fn run(
         let cp = checkpoints.clone();
         let h = handle.clone();
         let dead_tx = dead_tx.clone();
+        let sink_tel = telemetry.clone();
         sink_tasks.push(tokio::task::spawn_blocking(
             move || -> anyhow::Result<()> {
                 let dlq_gone = |_| anyhow::anyhow!("dead-letter writer stopped");
@@ -266,10 +305,12 @@ pub async fn run(
                                 seen.mark_indexes(Which::Delivered, delivered);
                                 seen.mark_indexes(Which::Parked, outcome.parked.into_iter());
                             }
-                            rows.fetch_add(
-                                (batch.num_rows() - undelivered.len().min(batch.num_rows())) as u64,
-                                Ordering::Relaxed,
-                            );
+                            let written =
+                                (batch.num_rows() - undelivered.len().min(batch.num_rows())) as u64;
+                            rows.fetch_add(written, Ordering::Relaxed);
+                            if let Some(t) = &sink_tel {
+                                t.sink_rows(&spec.name, written);
+                            }
                             for dead in outcome.dead {
                                 dead_tx
                                     .blocking_send(DeadMsg::Rows(spec.name.clone(), dead))
@@ -290,6 +331,44 @@ pub async fn run(
                 Ok(())
             },
         ));
+    }
+
+    // Windows over stage outputs: they observe the rows (never consume them) and save their
+    // state at each barrier before acknowledging it.
+    let mut window_tasks = Vec::new();
+    for (up, w) in stream_windows {
+        let io = window_io.clone().expect("stream windows need window io");
+        let (tx, mut rx) = mpsc::channel::<Msg>(CHANNEL_CAPACITY);
+        readers.entry(up).or_default().push(tx);
+        let cp = checkpoints.clone();
+        let h = handle.clone();
+        let name = w.name.clone();
+        let mut driver = windows::Driver::start(w, &io)?;
+        window_tasks.push(tokio::spawn(async move {
+            loop {
+                let msg = match tokio::time::timeout(std::time::Duration::from_secs(1), rx.recv()).await {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break,
+                    // Processing-time windows fire while the input is idle.
+                    Err(_) => {
+                        tokio::task::block_in_place(|| driver.tick(&io))?;
+                        continue;
+                    }
+                };
+                tokio::task::block_in_place(|| -> anyhow::Result<()> {
+                    match msg {
+                        Msg::Batch(b) => driver.process(&b, &io),
+                        Msg::Barrier(epoch) => {
+                            driver.checkpoint(&io)?;
+                            let durable = io.outputs.lock().expect("monitor outputs").flush()?;
+                            ack_when(&h, &cp, epoch, durable, format!("window {name}"));
+                            Ok(())
+                        }
+                    }
+                })?;
+            }
+            tokio::task::block_in_place(|| driver.end(&io))
+        }));
     }
 
     // Stages, last first, so that each stage's readers exist when it is spawned.
@@ -383,6 +462,7 @@ pub async fn run(
     let read_counter = records_read.clone();
     let source_cp = checkpoints.clone();
     let source_seen = seen.clone();
+    let source_tel = telemetry.clone();
     let source_task = tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, Vec<String>)> {
         let mut bytes = 0;
         let mut epoch = 0u64;
@@ -416,6 +496,9 @@ pub async fn run(
             let rows = batch.num_rows() as u64;
             if rows > 0 {
                 let read = read_counter.fetch_add(rows, Ordering::Relaxed) + rows;
+                if let Some(t) = &source_tel {
+                    t.records_in.fetch_add(rows, Ordering::Relaxed);
+                }
                 send(Msg::Batch(batch))?;
                 if let Some(positions) = source.positions() {
                     epoch += 1;
@@ -452,6 +535,10 @@ pub async fn run(
     for t in sink_tasks {
         t.await??;
     }
+    let mut window_summaries = Vec::new();
+    for t in window_tasks {
+        window_summaries.push(t.await??);
+    }
     let dead_rows = dlq_task.await??;
     let elapsed = started.elapsed();
 
@@ -480,6 +567,7 @@ pub async fn run(
         parked: seen.parked(),
         retries: Vec::new(),
         breaker_transitions: Vec::new(),
+        windows: window_summaries,
         dead_letter_rows: dead_rows,
         filtered,
         elapsed_ms: elapsed.as_secs_f64() * 1e3,

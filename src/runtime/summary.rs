@@ -36,6 +36,9 @@ pub struct RunSummary {
     /// Circuit breaker state changes in this run, in order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub breaker_transitions: Vec<crate::resilience::breaker::Transition>,
+    /// Windowed aggregations: rows in, window rows out, alerts, late and invalid rows.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<super::windows::WindowSummary>,
     pub elapsed_ms: f64,
     pub stages: Vec<StageSummary>,
     /// Rows written per sink.
@@ -93,6 +96,19 @@ impl RunSummary {
             s.push_str(&format!(
                 "circuit {:?} -> {:?}: {}\n",
                 t.from, t.to, t.reason
+            ));
+        }
+        for w in &self.windows {
+            s.push_str(&format!(
+                "window {}: {} rows in, {} window rows, {} alerts, {} breaker trips, {} late (dropped), {} without event time{}\n",
+                w.name,
+                w.rows_in,
+                w.window_rows,
+                w.alerts,
+                w.breaker_trips,
+                w.late_dropped,
+                w.invalid_time,
+                if w.resumed { ", resumed from checkpoint" } else { "" }
             ));
         }
         for r in &self.retries {

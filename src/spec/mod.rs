@@ -37,6 +37,10 @@ pub struct PipelineSpec {
     pub kafka: Option<KafkaSpec>,
     /// Confluent-compatible schema registry (Avro parse stages and sinks).
     pub schema_registry: Option<RegistrySpec>,
+    /// Windowed aggregations over any stream or over the sinks' outcomes.
+    pub windows: Vec<WindowSpec>,
+    /// Where window results, breaker events and alerts go; the seed's alert thresholds.
+    pub monitoring: Option<MonitoringSpec>,
     pub tests: Vec<TestCaseSpec>,
 }
 
@@ -107,7 +111,103 @@ struct Header {
     #[serde(default)]
     schema_registry: Option<RegistrySpec>,
     #[serde(default)]
+    windows: Vec<WindowSpec>,
+    #[serde(default)]
+    monitoring: Option<MonitoringSpec>,
+    #[serde(default)]
     tests: Vec<TestCaseSpec>,
+}
+
+/// A windowed aggregation: `input` is a stage output (any stream) or `outcomes` (one row
+/// per sink call: `integration, sink, record, attempt, status, http_status, latency_ms,
+/// at`). Every expression is SQL over the input's columns.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowSpec {
+    pub name: Spanned<String>,
+    pub input: Spanned<String>,
+    /// Grouping expressions; each becomes a column of the window rows (default: none, one
+    /// group per window).
+    #[serde(default)]
+    pub key: IndexMap<String, Spanned<String>>,
+    /// Event time (a timestamp or epoch milliseconds); omitted: processing time.
+    pub time: Option<Spanned<String>>,
+    pub size: Spanned<String>,
+    /// Hopping windows: a new window every `slide` (default: `size`, tumbling).
+    pub slide: Option<Spanned<String>>,
+    /// Bounded out-of-orderness of event time (the watermark lag).
+    pub out_of_orderness: Option<Spanned<String>>,
+    /// How long after the watermark passed a window's end late rows still update it.
+    pub allowed_lateness: Option<Spanned<String>>,
+    /// A row counts as a failure when this is true (outcomes default: `status <> 'delivered'`).
+    pub failed: Option<Spanned<String>>,
+    /// Latency of the row in milliseconds (outcomes default: `latency_ms`).
+    pub latency_ms: Option<Spanned<String>>,
+    /// Data-quality findings on the row (default: entries of `_warnings` when present).
+    pub warnings: Option<Spanned<String>>,
+    /// Trips a sink's circuit breaker when true for a window's running row.
+    pub breaker: Option<WindowBreakerSpec>,
+    /// Alert rules over each window row.
+    #[serde(default)]
+    pub alerts: Vec<AlertRuleSpec>,
+}
+
+/// `breaker: {sink: ehr, trip: "error_rate > 0.5 AND total >= 20"}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowBreakerSpec {
+    pub sink: Spanned<String>,
+    pub trip: Spanned<String>,
+}
+
+/// `{name: slow, when: "latency_p95_ms > 2000", severity: warning}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertRuleSpec {
+    pub name: Spanned<String>,
+    pub when: Spanned<String>,
+    /// `warning` (default) or `critical`.
+    pub severity: Option<Spanned<String>>,
+}
+
+/// The pipeline's monitoring outputs.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitoringSpec {
+    /// The seed's `monitoring.alertThresholds`, turned into alert rules on every window.
+    pub thresholds: Option<ThresholdsSpec>,
+    /// Window rows: a directory of Parquet files (`window=/date=/hour=`) and/or a topic.
+    pub metrics: Option<OutputSpec>,
+    /// Circuit-breaker state changes (keyed by integration/sink on a topic).
+    pub breaker_events: Option<OutputSpec>,
+    /// Alert events.
+    pub alerts: Option<OutputSpec>,
+    /// Where window state is checkpointed: a file path (default: next to the metrics) or
+    /// `postgres` (connection URL from `DATABASE_URL`).
+    pub state: Option<Spanned<String>>,
+}
+
+/// The seed's `alertThresholds`: response time, error rate, data quality.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThresholdsSpec {
+    /// Average latency above this raises a warning (`integration_performance`).
+    pub response_time: Option<Spanned<String>>,
+    /// Error rate (0–1) above this raises a critical alert (`integration_reliability`).
+    pub error_rate: Option<Spanned<f64>>,
+    /// Data-quality rate (0–1) below this raises a warning (`data_quality`).
+    pub data_quality: Option<Spanned<f64>>,
+}
+
+/// A monitoring output: a local path, a Kafka topic, and (alerts) a webhook.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSpec {
+    pub path: Option<Spanned<String>>,
+    pub topic: Option<Spanned<String>>,
+    /// Alerts only: POSTed as signed JSON (`env:`/`file:` for the secret).
+    pub webhook: Option<Spanned<String>>,
+    pub secret: Option<Spanned<String>>,
 }
 
 /// Where records come from.
@@ -169,7 +269,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t
         .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("duration {t:?} needs a unit (ms, s, m)"))?;
+        .ok_or_else(|| format!("duration {t:?} needs a unit (ms, s, m, h)"))?;
     let (n, unit) = t.split_at(split);
     let n: u64 = n
         .parse()
@@ -178,7 +278,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
         "m" => Ok(Duration::from_secs(n * 60)),
-        u => Err(format!("unknown duration unit {u:?} (ms, s, m)")),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        u => Err(format!("unknown duration unit {u:?} (ms, s, m, h)")),
     }
 }
 
@@ -556,6 +657,8 @@ impl PipelineSpec {
             dlq: header.dlq,
             kafka: header.kafka,
             schema_registry: header.schema_registry,
+            windows: header.windows,
+            monitoring: header.monitoring,
             tests: header.tests,
         })
     }
@@ -701,6 +804,7 @@ sinks:
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
         assert!(parse_duration("2").is_err());
-        assert!(parse_duration("2h").is_err());
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert!(parse_duration("2d").is_err());
     }
 }

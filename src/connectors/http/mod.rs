@@ -37,11 +37,11 @@ pub enum Outcome {
     Transient {
         reason: String,
         retry_after: Option<Duration>,
+        /// The HTTP status, when the endpoint answered.
+        status: Option<u16>,
     },
     /// Retrying would fail the same way.
-    Permanent {
-        reason: String,
-    },
+    Permanent { reason: String, status: Option<u16> },
 }
 
 impl Outcome {
@@ -56,7 +56,24 @@ impl Outcome {
     pub fn reason(&self) -> Option<&str> {
         match self {
             Outcome::Delivered { .. } => None,
-            Outcome::Transient { reason, .. } | Outcome::Permanent { reason } => Some(reason),
+            Outcome::Transient { reason, .. } | Outcome::Permanent { reason, .. } => Some(reason),
+        }
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Outcome::Delivered { status, .. } => Some(*status),
+            Outcome::Transient { status, .. } | Outcome::Permanent { status, .. } => *status,
+        }
+    }
+
+    /// The outcome-stream status (`metrics::outcome`).
+    pub fn call_status(&self) -> crate::metrics::outcome::CallStatus {
+        use crate::metrics::outcome::CallStatus;
+        match self {
+            Outcome::Delivered { .. } => CallStatus::Delivered,
+            Outcome::Transient { .. } => CallStatus::Transient,
+            Outcome::Permanent { .. } => CallStatus::Permanent,
         }
     }
 }
@@ -150,18 +167,24 @@ impl HttpTarget {
                     Outcome::Transient {
                         reason,
                         retry_after,
+                        status: Some(status),
                     }
                 } else {
-                    Outcome::Permanent { reason }
+                    Outcome::Permanent {
+                        reason,
+                        status: Some(status),
+                    }
                 }
             }
             Err(e) if e.is_builder() => Outcome::Permanent {
                 reason: format!("{what}: {e}"),
+                status: None,
             },
             // Timeouts, refused connections, resets: the endpoint may come back.
             Err(e) => Outcome::Transient {
                 reason: format!("{what}: {}", error_chain(&e)),
                 retry_after: None,
+                status: None,
             },
         }
     }

@@ -17,7 +17,10 @@ use arrow::datatypes::Int64Type;
 use arrow::record_batch::RecordBatch;
 use futures::StreamExt;
 
+use std::sync::Arc;
+
 use super::{HttpTarget, Outcome, Request};
+use crate::metrics::outcome::{OutcomeRow, OutcomeTap};
 use crate::connectors::kafka::record_identity;
 use crate::connectors::kafka::retry::{Parked, RetryTopics};
 use crate::connectors::{BatchSink, ConnectorError, Durable, SinkOutcome};
@@ -35,6 +38,8 @@ pub struct HttpSinkConfig {
     pub provenance: bool,
     /// Gates the calls; shared with the retry worker.
     pub breaker: Option<SharedBreaker>,
+    /// Where each call's outcome is reported (windows over `outcomes`).
+    pub outcomes: OutcomeTap,
 }
 
 pub struct HttpSink {
@@ -78,16 +83,43 @@ impl HttpSink {
     }
 }
 
-/// Delivers `requests` with at most `concurrency` in flight; outcomes in request order.
+/// Delivers `requests` with at most `concurrency` in flight; outcomes (with how long each
+/// call took) in request order.
 pub async fn deliver_all(
     target: &HttpTarget,
     requests: &[Request<'_>],
     concurrency: usize,
-) -> Vec<Outcome> {
-    futures::stream::iter(requests.iter().map(|r| target.deliver(r)))
-        .buffered(concurrency.max(1))
-        .collect()
-        .await
+) -> Vec<(Outcome, Duration)> {
+    futures::stream::iter(requests.iter().map(|r| async move {
+        let started = std::time::Instant::now();
+        let o = target.deliver(r).await;
+        (o, started.elapsed())
+    }))
+    .buffered(concurrency.max(1))
+    .collect()
+    .await
+}
+
+/// Reports one call on the outcome stream.
+pub fn report_call(
+    tap: &OutcomeTap,
+    sink: &Arc<str>,
+    record: &str,
+    attempt: u32,
+    outcome: &Outcome,
+    took: Duration,
+) {
+    if tap.is_active() {
+        tap.emit(OutcomeRow {
+            sink: sink.clone(),
+            record: record.to_string(),
+            attempt,
+            status: outcome.call_status(),
+            http_status: outcome.status(),
+            latency_ms: Some(took.as_secs_f64() * 1e3),
+            at_ms: crate::metrics::outcome::now_ms(),
+        });
+    }
 }
 
 impl BatchSink for HttpSink {
@@ -166,23 +198,23 @@ impl BatchSink for HttpSink {
                     (row, attempt.saturating_sub(1).max(1), attempt, delay, why)
                 })
                 .collect();
-            for (&(row, attempt), outcome) in todo.iter().zip(outcomes) {
+            let sink_name: Arc<str> = Arc::from(self.config.name.as_str());
+            for (&(row, attempt), (outcome, took)) in todo.iter().zip(outcomes) {
+                report_call(&self.config.outcomes, &sink_name, &ids[row].0, attempt, &outcome, took);
                 if let Some(b) = &self.config.breaker {
                     // A 4xx is the record's fault, not the system's: it counts as an answer.
-                    b.record(
-                        matches!(outcome, Outcome::Transient { .. }),
-                        outcome.latency(),
-                    );
+                    b.record(matches!(outcome, Outcome::Transient { .. }), took);
                 }
                 match outcome {
                     Outcome::Delivered { .. } => self.delivered += 1,
-                    Outcome::Permanent { reason } => dead.push((row, reason)),
+                    Outcome::Permanent { reason, .. } => dead.push((row, reason)),
                     Outcome::Transient { reason, .. } if attempt >= max => {
                         dead.push((row, format!("{reason} (attempt {attempt} of {max})")));
                     }
                     Outcome::Transient {
                         reason,
                         retry_after,
+                        ..
                     } => {
                         let delay =
                             self.config

@@ -162,6 +162,8 @@ pub struct RetryWorkerConfig {
     pub dlq_topic: String,
     pub policy: RetryPolicy,
     pub concurrency: usize,
+    /// Where each retried call's outcome is reported.
+    pub outcomes: crate::metrics::outcome::OutcomeTap,
 }
 
 /// One record read from a retry topic.
@@ -262,6 +264,7 @@ pub fn run_worker(
     consumer
         .subscribe(&names)
         .map_err(kafka("subscribing to the retry topics"))?;
+    let sink_name: std::sync::Arc<str> = std::sync::Arc::from(config.sink.as_str());
     let mut w = Worker {
         parking: RetryTopics::new(
             connection,
@@ -290,6 +293,7 @@ pub fn run_worker(
         paused: HashMap::new(),
         fetch_paused: false,
         handled: HashMap::new(),
+        sink_name,
     };
     let mut last_activity = Instant::now();
     let mut joined = false;
@@ -386,6 +390,7 @@ struct Worker {
     fetch_paused: bool,
     /// Next offset per partition whose records are handled (for the final commit).
     handled: HashMap<(String, i32), i64>,
+    sink_name: std::sync::Arc<str>,
 }
 
 impl Worker {
@@ -472,18 +477,25 @@ impl Worker {
         offset: i64,
         d: &Due,
     ) -> Result<(), ConnectorError> {
+        let started = std::time::Instant::now();
         let outcome = self.handle.block_on(self.target.deliver(&Request {
             body: &d.body,
             idempotency_key: &d.key,
             correlation_id: d.correlation_id.as_deref(),
             attempt: d.attempt,
         }));
+        let took = started.elapsed();
+        crate::connectors::http::sink::report_call(
+            &self.config.outcomes,
+            &self.sink_name,
+            &d.key,
+            d.attempt,
+            &outcome,
+            took,
+        );
         tracing::debug!(topic = %key.0, partition = key.1, offset, attempt = d.attempt, delivered = matches!(outcome, Outcome::Delivered { .. }), "retry handled");
         if let Some(b) = &self.breaker {
-            b.record(
-                matches!(outcome, Outcome::Transient { .. }),
-                outcome.latency(),
-            );
+            b.record(matches!(outcome, Outcome::Transient { .. }), took);
         }
         let max = self.config.policy.max_attempts.max(1);
         let durable = match outcome {
@@ -494,6 +506,7 @@ impl Worker {
             Outcome::Transient {
                 reason,
                 retry_after,
+                ..
             } if d.attempt < max => {
                 let delay = self
                     .config

@@ -1,0 +1,299 @@
+//! `plexus query "SQL"`: DataFusion SQL over what a pipeline's monitoring wrote.
+//!
+//! Tables:
+//! - `metrics`: every window's rows (Parquet, `date`/`hour` partitions pruned by filters),
+//!   and each window's own table under its name with its key columns;
+//! - `breaker_events`, `alerts`: the JSON-lines event files (`at` as a timestamp);
+//! - `dead_letters`: a summary of the dead-letter file per stage, rule and reason — counts
+//!   and first/last failure, never the records themselves (they hold patient data).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use datafusion::datasource::MemTable;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::prelude::{JsonReadOptions, SessionContext};
+
+use crate::operators::window::window_row_schema;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Csv,
+    Json,
+    Parquet,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct QueryArgs {
+    /// The SQL (tables: metrics, <window name>, breaker_events, alerts, dead_letters).
+    pub sql: String,
+    /// The pipeline whose outputs to query (paths from its `monitoring:` and `dlq:`).
+    #[arg(long)]
+    pub pipeline: PathBuf,
+    /// The directory given to `plexus run --output`, if one was.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+    /// Write here instead of stdout (required for parquet).
+    #[arg(long, short = 'o')]
+    pub out: Option<PathBuf>,
+}
+
+/// Where a pipeline's monitoring outputs are.
+pub struct Locations {
+    pub metrics_dir: PathBuf,
+    pub events: PathBuf,
+    pub alerts: PathBuf,
+    pub dlq: PathBuf,
+}
+
+pub fn run(args: QueryArgs) -> Result<ExitCode> {
+    let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    let loc = locations(&rt, &args.pipeline, args.output.as_deref())?;
+    let batches = rt.block_on(async {
+        let ctx = context(&loc).await?;
+        let df = ctx.sql(&args.sql).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        df.collect().await.map_err(|e| anyhow::anyhow!("{e}"))
+    })?;
+    write(&batches, args.format, args.out.as_deref())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn locations(rt: &tokio::runtime::Runtime, pipeline: &Path, output: Option<&Path>) -> Result<Locations> {
+    let spec = crate::spec::PipelineSpec::load(pipeline).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let plan = rt
+        .block_on(crate::plan::build(&spec))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let m = plan
+        .monitoring
+        .clone()
+        .context("the pipeline has no windows, breakers or `monitoring:`: nothing to query")?;
+    let dlq = plan
+        .dlq
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("{}.dlq.ndjson", plan.name)));
+    // As `plexus run --output` moves them.
+    let moved = |p: PathBuf| match output {
+        Some(d) => d.join(p.file_name().unwrap_or_default()),
+        None => p,
+    };
+    Ok(Locations {
+        metrics_dir: moved(m.metrics_dir),
+        events: moved(m.events_path),
+        alerts: moved(m.alerts_path),
+        dlq: moved(dlq),
+    })
+}
+
+/// The columns every window row has (the `metrics` table).
+fn common_columns() -> Vec<String> {
+    window_row_schema(&[])
+        .fields()
+        .iter()
+        .map(|f| format!("\"{}\"", f.name()))
+        .collect()
+}
+
+/// A session with the tables registered.
+pub async fn context(loc: &Locations) -> Result<SessionContext> {
+    let ctx = SessionContext::new();
+    let mut windows = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(&loc.metrics_dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if e.path().is_dir() && !name.starts_with('_') && !name.starts_with('.') {
+                windows.push(name);
+            }
+        }
+    }
+    windows.sort();
+    let mut union = Vec::new();
+    for w in &windows {
+        let dir = loc.metrics_dir.join(w);
+        let url = ListingTableUrl::parse(format!("{}/", dir.canonicalize()?.display()))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+            .with_file_extension(".parquet")
+            .with_table_partition_cols(vec![
+                ("date".to_string(), DataType::Utf8),
+                ("hour".to_string(), DataType::Utf8),
+            ]);
+        let schema = options
+            .infer_schema(&ctx.state(), &url)
+            .await
+            .map_err(|e| anyhow::anyhow!("metrics of window {w}: {e}"))?;
+        let config = ListingTableConfig::new(url)
+            .with_listing_options(options)
+            .with_schema(schema);
+        let table = ListingTable::try_new(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+        ctx.register_table(w.as_str(), Arc::new(table))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        union.push(format!(
+            "SELECT {}, date, hour FROM \"{w}\"",
+            common_columns().join(", ")
+        ));
+    }
+    if union.is_empty() {
+        let mut fields: Vec<Field> = window_row_schema(&[])
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(Field::new("date", DataType::Utf8, true));
+        fields.push(Field::new("hour", DataType::Utf8, true));
+        empty(&ctx, "metrics", Arc::new(Schema::new(fields)))?;
+    } else {
+        ctx.sql(&format!("CREATE VIEW metrics AS {}", union.join(" UNION ALL ")))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    events(&ctx, "breaker_events", &loc.events, breaker_event_schema()).await?;
+    events(&ctx, "alerts", &loc.alerts, alert_schema()).await?;
+    dead_letters(&ctx, &loc.dlq).await?;
+    Ok(ctx)
+}
+
+fn empty(ctx: &SessionContext, name: &str, schema: SchemaRef) -> Result<()> {
+    let t = MemTable::try_new(schema, vec![vec![]]).map_err(|e| anyhow::anyhow!("{e}"))?;
+    ctx.register_table(name, Arc::new(t))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
+
+fn breaker_event_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("type", DataType::Utf8, true),
+        Field::new("integration", DataType::Utf8, true),
+        Field::new("instance", DataType::Utf8, true),
+        Field::new("breaker", DataType::Utf8, true),
+        Field::new("from", DataType::Utf8, true),
+        Field::new("to", DataType::Utf8, true),
+        Field::new("reason", DataType::Utf8, true),
+        Field::new("calls", DataType::Int64, true),
+        Field::new("failure_rate", DataType::Float64, true),
+        Field::new("slow_call_rate", DataType::Float64, true),
+        Field::new("at_ms", DataType::Int64, true),
+    ]))
+}
+
+fn alert_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("type", DataType::Utf8, true),
+        Field::new("alert", DataType::Utf8, true),
+        Field::new("severity", DataType::Utf8, true),
+        Field::new("integration", DataType::Utf8, true),
+        Field::new("window", DataType::Utf8, true),
+        Field::new("key", DataType::Utf8, true),
+        Field::new("window_start_ms", DataType::Int64, true),
+        Field::new("window_end_ms", DataType::Int64, true),
+        Field::new("condition", DataType::Utf8, true),
+        Field::new("total", DataType::Int64, true),
+        Field::new("error_rate", DataType::Float64, true),
+        Field::new("latency_avg_ms", DataType::Float64, true),
+        Field::new("latency_p95_ms", DataType::Float64, true),
+        Field::new("data_quality_rate", DataType::Float64, true),
+        Field::new("at_ms", DataType::Int64, true),
+    ]))
+}
+
+/// A JSON-lines event file as a table with `at` (and window bounds) as timestamps.
+async fn events(ctx: &SessionContext, name: &str, path: &Path, schema: SchemaRef) -> Result<()> {
+    let raw = format!("{name}_raw");
+    if path.is_file() {
+        let opts = JsonReadOptions::default()
+            .newline_delimited(true)
+            .schema(schema.as_ref())
+            .file_extension(path.extension().and_then(|e| e.to_str()).unwrap_or(""));
+        ctx.register_json(&raw, path.display().to_string().as_str(), opts)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    } else {
+        empty(ctx, &raw, schema.clone())?;
+    }
+    let mut cols = vec!["*".to_string(), "to_timestamp_millis(at_ms) AS at".to_string()];
+    if schema.field_with_name("window_start_ms").is_ok() {
+        cols.push("to_timestamp_millis(window_start_ms) AS window_start".into());
+        cols.push("to_timestamp_millis(window_end_ms) AS window_end".into());
+    }
+    ctx.sql(&format!("CREATE VIEW {name} AS SELECT {} FROM {raw}", cols.join(", ")))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
+
+async fn dead_letters(ctx: &SessionContext, path: &Path) -> Result<()> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("pipeline", DataType::Utf8, true),
+        Field::new("integration", DataType::Utf8, true),
+        Field::new("stage", DataType::Utf8, true),
+        Field::new("rule", DataType::Utf8, true),
+        Field::new("reason", DataType::Utf8, true),
+        Field::new("failed_at", DataType::Utf8, true),
+    ]));
+    // Only these columns are read: the record itself never enters the query engine.
+    if path.is_file() {
+        let opts = JsonReadOptions::default()
+            .newline_delimited(true)
+            .schema(schema.as_ref())
+            .file_extension(path.extension().and_then(|e| e.to_str()).unwrap_or(""));
+        ctx.register_json("dead_letters_raw", path.display().to_string().as_str(), opts)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    } else {
+        empty(ctx, "dead_letters_raw", schema)?;
+    }
+    ctx.sql(
+        "CREATE VIEW dead_letters AS
+         SELECT pipeline, integration, stage, rule, reason, count(*) AS records,
+                min(to_timestamp(failed_at)) AS first_failed_at,
+                max(to_timestamp(failed_at)) AS last_failed_at
+         FROM dead_letters_raw GROUP BY pipeline, integration, stage, rule, reason",
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
+
+fn write(batches: &[RecordBatch], format: Format, out: Option<&Path>) -> Result<()> {
+    let mut sink: Box<dyn std::io::Write + Send> = match out {
+        Some(p) => Box::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?),
+        None => Box::new(std::io::stdout()),
+    };
+    match format {
+        Format::Table => {
+            writeln!(sink, "{}", arrow::util::pretty::pretty_format_batches(batches)?)?;
+        }
+        Format::Csv => {
+            let mut w = arrow::csv::WriterBuilder::new().with_header(true).build(&mut sink);
+            for b in batches {
+                w.write(b)?;
+            }
+        }
+        Format::Json => {
+            let mut w = arrow::json::LineDelimitedWriter::new(&mut sink);
+            for b in batches {
+                w.write(b)?;
+            }
+            w.finish()?;
+        }
+        Format::Parquet => {
+            anyhow::ensure!(out.is_some(), "--format parquet needs --out FILE");
+            let Some(first) = batches.first() else {
+                anyhow::bail!("the query returned no batches: nothing to write");
+            };
+            let mut w = parquet::arrow::ArrowWriter::try_new(sink, first.schema(), None)?;
+            for b in batches {
+                w.write(b)?;
+            }
+            w.close()?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,262 @@
+//! Monitoring outputs: window rows (Parquet + topic), alerts (file + topic + webhook) and
+//! circuit-breaker events (file + compacted topic keyed by breaker), plus window-state
+//! checkpoints (`state`).
+//!
+//! Events are JSON lines, one per event, appended to a local file (the embedded default, what
+//! `plexus query` reads) and, with Kafka, produced to a topic. Breaker events are keyed by
+//! `integration/sink`, so a compacted topic keeps each breaker's latest state.
+
+pub mod follow;
+pub mod parquet;
+pub mod state;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use arrow::record_batch::RecordBatch;
+use serde::Serialize;
+
+use crate::connectors::http::{HttpTarget, Request};
+use crate::connectors::kafka::{Deliveries, KafkaConnection};
+use crate::connectors::{ConnectorError, Durable};
+use crate::operators::window::Alert;
+use crate::resilience::breaker::Transition;
+
+/// A breaker state change as published (`integration.circuit.opened|half_opened|closed`).
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct BreakerEvent {
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub integration: String,
+    /// The process that made the transition (scaled-out instances share the topic).
+    pub instance: String,
+    /// `integration/sink`: the key on the topic.
+    pub breaker: String,
+    pub from: String,
+    pub to: String,
+    pub reason: String,
+    pub calls: usize,
+    pub failure_rate: f64,
+    pub slow_call_rate: f64,
+    pub at_ms: i64,
+}
+
+impl BreakerEvent {
+    pub fn new(integration: &str, instance: &str, breaker: &str, t: &Transition) -> Self {
+        let state = |s| serde_json::to_value(s).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        BreakerEvent {
+            event_type: t.to.event_type().to_string(),
+            integration: integration.to_string(),
+            instance: instance.to_string(),
+            breaker: breaker.to_string(),
+            from: state(t.from),
+            to: state(t.to),
+            reason: t.reason.clone(),
+            calls: t.calls,
+            failure_rate: t.failure_rate,
+            slow_call_rate: t.slow_call_rate,
+            at_ms: t.at_ms,
+        }
+    }
+}
+
+/// JSON lines to a file and optionally a topic.
+pub struct EventLog {
+    path: PathBuf,
+    file: Option<std::io::BufWriter<std::fs::File>>,
+    topic: Option<(String, Deliveries)>,
+    pub written: u64,
+}
+
+impl EventLog {
+    pub fn new(
+        path: &Path,
+        topic: Option<(&str, &KafkaConnection)>,
+    ) -> Result<Self, ConnectorError> {
+        let topic = match topic {
+            Some((t, conn)) => Some((t.to_string(), Deliveries::new(conn, format!("topic {t}"))?)),
+            None => None,
+        };
+        Ok(EventLog {
+            path: path.to_path_buf(),
+            file: None,
+            topic,
+            written: 0,
+        })
+    }
+
+    pub fn append<T: Serialize>(&mut self, key: &str, event: &T) -> Result<(), ConnectorError> {
+        let line = serde_json::to_vec(event).map_err(|e| ConnectorError::Other(e.to_string()))?;
+        let io = |source| ConnectorError::Io {
+            path: self.path.display().to_string(),
+            source,
+        };
+        if self.file.is_none() {
+            if let Some(d) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(d).map_err(io)?;
+            }
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)
+                .map_err(io)?;
+            self.file = Some(std::io::BufWriter::new(f));
+        }
+        let f = self.file.as_mut().expect("opened");
+        f.write_all(&line).map_err(io)?;
+        f.write_all(b"\n").map_err(io)?;
+        if let Some((t, d)) = &mut self.topic {
+            d.send(
+                rdkafka::producer::FutureRecord::to(t)
+                    .key(key.as_bytes())
+                    .payload(&line[..]),
+            )?;
+        }
+        self.written += 1;
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> Result<Option<Durable>, ConnectorError> {
+        if let Some(f) = &mut self.file {
+            f.flush().map_err(|source| ConnectorError::Io {
+                path: self.path.display().to_string(),
+                source,
+            })?;
+        }
+        Ok(self.topic.as_mut().and_then(|(_, d)| d.barrier()))
+    }
+
+    pub fn finish(&mut self) -> Result<(), ConnectorError> {
+        self.flush()?;
+        match &mut self.topic {
+            Some((_, d)) => d.finish(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Everything the windows and breakers write.
+pub struct MonitorOutputs {
+    pub metrics: parquet::PartitionedParquet,
+    metrics_topic: Option<(String, Deliveries)>,
+    pub alerts: EventLog,
+    pub events: EventLog,
+    webhook: Option<(HttpTarget, tokio::runtime::Handle)>,
+    pub webhook_failures: u64,
+    pub window_rows: u64,
+}
+
+impl MonitorOutputs {
+    pub fn new(
+        plan: &crate::plan::windows::MonitoringPlan,
+        kafka: Option<&KafkaConnection>,
+        webhook: Option<HttpTarget>,
+        handle: tokio::runtime::Handle,
+    ) -> Result<Self, ConnectorError> {
+        fn topic<'a>(
+            t: &'a Option<String>,
+            kafka: Option<&'a KafkaConnection>,
+        ) -> Option<(&'a str, &'a KafkaConnection)> {
+            t.as_deref().zip(kafka)
+        }
+        Ok(MonitorOutputs {
+            metrics: parquet::PartitionedParquet::new(&plan.metrics_dir),
+            metrics_topic: match topic(&plan.metrics_topic, kafka) {
+                Some((t, c)) => Some((t.to_string(), Deliveries::new(c, format!("topic {t}"))?)),
+                None => None,
+            },
+            alerts: EventLog::new(&plan.alerts_path, topic(&plan.alerts_topic, kafka))?,
+            events: EventLog::new(&plan.events_path, topic(&plan.events_topic, kafka))?,
+            webhook: webhook.map(|w| (w, handle)),
+            webhook_failures: 0,
+            window_rows: 0,
+        })
+    }
+
+    pub fn window_rows(&mut self, window: &str, rows: &RecordBatch) -> Result<(), ConnectorError> {
+        self.window_rows += rows.num_rows() as u64;
+        self.metrics.write(window, rows)?;
+        if let Some((t, d)) = &mut self.metrics_topic {
+            let keys = rows
+                .column_by_name("key")
+                .and_then(|c| arrow::array::AsArray::as_string_opt::<i32>(c.as_ref()).cloned());
+            for (i, line) in crate::connectors::json_rows(rows)
+                .map_err(|source| ConnectorError::Arrow {
+                    context: "window rows as JSON".into(),
+                    source,
+                })?
+                .into_iter()
+                .enumerate()
+            {
+                let key = format!(
+                    "{window}/{}",
+                    keys.as_ref().map(|k| k.value(i)).unwrap_or_default()
+                );
+                d.send(
+                    rdkafka::producer::FutureRecord::to(t)
+                        .key(key.as_bytes())
+                        .payload(&line[..]),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn alert(&mut self, a: &Alert) -> Result<(), ConnectorError> {
+        // Names and numbers only (no record content): safe to log.
+        tracing::warn!(alert = %a.alert, severity = ?a.severity, integration = %a.integration, window = %a.window, key = %a.key, "alert raised");
+        let key = format!("{}/{}/{}", a.integration, a.window, a.key);
+        self.alerts.append(&key, a)?;
+        if let Some((target, handle)) = &self.webhook {
+            let body = serde_json::to_vec(a).map_err(|e| ConnectorError::Other(e.to_string()))?;
+            let idem = format!("{key}/{}/{}", a.alert, a.window_start_ms);
+            let outcome = tokio::task::block_in_place(|| {
+                handle.block_on(target.deliver(&Request {
+                    body: &body,
+                    idempotency_key: &idem,
+                    correlation_id: None,
+                    attempt: 1,
+                }))
+            });
+            if let Some(reason) = outcome.reason() {
+                // The alert is in the file and topic; the webhook is best effort, counted.
+                self.webhook_failures += 1;
+                tracing::warn!(%reason, "alert webhook failed");
+            }
+        }
+        Ok(())
+    }
+
+    pub fn breaker_event(&mut self, e: &BreakerEvent) -> Result<(), ConnectorError> {
+        self.events.append(&e.breaker, e)
+    }
+
+    /// Writes what is buffered; the future resolves once topics acknowledged it.
+    pub fn flush(&mut self) -> Result<Option<Durable>, ConnectorError> {
+        self.metrics.flush()?;
+        let mut pending: Vec<Durable> = Vec::new();
+        pending.extend(self.alerts.flush()?);
+        pending.extend(self.events.flush()?);
+        if let Some((_, d)) = &mut self.metrics_topic {
+            pending.extend(d.barrier());
+        }
+        Ok((!pending.is_empty()).then(|| {
+            Box::pin(async move {
+                for p in pending {
+                    p.await?;
+                }
+                Ok(())
+            }) as Durable
+        }))
+    }
+
+    pub fn finish(&mut self) -> Result<(), ConnectorError> {
+        self.metrics.flush()?;
+        self.alerts.finish()?;
+        self.events.finish()?;
+        if let Some((_, d)) = &mut self.metrics_topic {
+            d.finish()?;
+        }
+        Ok(())
+    }
+}
