@@ -36,12 +36,20 @@ fn batches() -> Vec<RecordBatch> {
             RecordBatch::try_new(
                 schema.clone(),
                 vec![
-                    Arc::new(StringArray::from_iter_values(rows.clone().map(|i| &keys[(i * 7919) % KEYS]))),
-                    Arc::new(Int64Array::from_iter_values(rows.clone().map(|i| i as i64))),
                     Arc::new(StringArray::from_iter_values(
-                        rows.clone().map(|i| if i % 50 == 0 { "transient" } else { "delivered" }),
+                        rows.clone().map(|i| &keys[(i * 7919) % KEYS]),
                     )),
-                    Arc::new(Float64Array::from_iter_values(rows.map(|i| 5.0 + (i % 997) as f64))),
+                    Arc::new(Int64Array::from_iter_values(rows.clone().map(|i| i as i64))),
+                    Arc::new(StringArray::from_iter_values(rows.clone().map(|i| {
+                        if i % 50 == 0 {
+                            "transient"
+                        } else {
+                            "delivered"
+                        }
+                    }))),
+                    Arc::new(Float64Array::from_iter_values(
+                        rows.map(|i| 5.0 + (i % 997) as f64),
+                    )),
                 ],
             )
             .unwrap()
@@ -80,7 +88,11 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Elements((BATCH * BATCHES) as u64));
     g.sample_size(10);
     let cases: [(&str, WindowConfig, Option<&str>); 3] = [
-        ("tumbling_60s", WindowConfig::tumbling(Duration::from_secs(60)), None),
+        (
+            "tumbling_60s",
+            WindowConfig::tumbling(Duration::from_secs(60)),
+            None,
+        ),
         (
             "hopping_60s_every_15s",
             WindowConfig::hopping(Duration::from_secs(60), Duration::from_secs(15)),

@@ -93,8 +93,17 @@ fn stream_windows_write_partitioned_parquet_that_plexus_query_reads() {
         let minute = i - i % 5 + (4 - i % 5);
         let (h, m) = (12 + minute / 60, minute % 60);
         let event = events[(i % 3) as usize];
-        let mrn = if i % 7 == 0 { String::new() } else { format!("M{i}") };
-        input.push_str(&msg(&format!("C{i}"), &format!("20260105{h:02}{m:02}00"), event, &mrn));
+        let mrn = if i % 7 == 0 {
+            String::new()
+        } else {
+            format!("M{i}")
+        };
+        input.push_str(&msg(
+            &format!("C{i}"),
+            &format!("20260105{h:02}{m:02}00"),
+            event,
+            &mrn,
+        ));
         let window = format!("2026-01-05T{h:02}:{:02}:00Z", if m < 30 { 0 } else { 30 });
         let e = expected.entry((window, event.to_string())).or_default();
         e.0 += 1;
@@ -111,8 +120,16 @@ fn stream_windows_write_partitioned_parquet_that_plexus_query_reads() {
     ]));
     assert_eq!(s["delivered"], 90, "{s}");
     let w = &s["windows"][0];
-    assert_eq!((w["rows_in"].as_u64(), w["late_dropped"].as_u64()), (Some(90), Some(0)), "{s}");
-    assert_eq!(w["window_rows"].as_u64(), Some(expected.len() as u64), "{s}");
+    assert_eq!(
+        (w["rows_in"].as_u64(), w["late_dropped"].as_u64()),
+        (Some(90), Some(0)),
+        "{s}"
+    );
+    assert_eq!(
+        w["window_rows"].as_u64(),
+        Some(expected.len() as u64),
+        "{s}"
+    );
 
     // Hive-style partitions by date and hour of the window start.
     for hour in ["12", "13"] {
@@ -137,15 +154,23 @@ fn stream_windows_write_partitioned_parquet_that_plexus_query_reads() {
             let ws = r["ws"].as_str().unwrap().replace(' ', "T");
             let ws = format!("{}Z", ws.trim_end_matches('Z'));
             let total = r["total"].as_u64().unwrap();
-            let flagged = (total as f64 * (1.0 - r["data_quality_rate"].as_f64().unwrap())).round() as u64;
+            let flagged =
+                (total as f64 * (1.0 - r["data_quality_rate"].as_f64().unwrap())).round() as u64;
             assert_eq!(r["failure"], 0);
-            ((ws, r["event"].as_str().unwrap().to_string()), (total, flagged))
+            (
+                (ws, r["event"].as_str().unwrap().to_string()),
+                (total, flagged),
+            )
         })
         .collect();
     assert_eq!(got, expected);
 
     // The common `metrics` table, filtered on the partition column.
-    let rows = query(&p, &out, "SELECT sum(total) AS n FROM metrics WHERE hour = '13'");
+    let rows = query(
+        &p,
+        &out,
+        "SELECT sum(total) AS n FROM metrics WHERE hour = '13'",
+    );
     let want13: u64 = expected
         .iter()
         .filter(|((w, _), _)| w.contains("T13:"))
@@ -154,26 +179,51 @@ fn stream_windows_write_partitioned_parquet_that_plexus_query_reads() {
     assert_eq!(rows[0]["n"].as_u64(), Some(want13));
 
     // Data quality below the seed's threshold raised warnings, one per such window row.
-    let alerts = query(&p, &out, "SELECT alert, severity, key FROM alerts ORDER BY key");
+    let alerts = query(
+        &p,
+        &out,
+        "SELECT alert, severity, key FROM alerts ORDER BY key",
+    );
     let below = expected
         .values()
         .filter(|(n, f)| ((*n - *f) as f64 / *n as f64) < 0.9)
         .count();
     assert!(below > 0, "the input was built to cross the threshold");
     assert_eq!(alerts.len(), below, "{alerts:?}");
-    assert!(alerts.iter().all(|a| a["alert"] == "data_quality" && a["severity"] == "warning"));
+    assert!(
+        alerts
+            .iter()
+            .all(|a| a["alert"] == "data_quality" && a["severity"] == "warning")
+    );
 
     // CSV and Parquet output of a query.
     let o = plexus(&[
-        "query", "--pipeline", p.to_str().unwrap(), "--output", out.to_str().unwrap(),
-        "--format", "csv", "SELECT key AS event, sum(total) AS n FROM metrics GROUP BY key ORDER BY key",
+        "query",
+        "--pipeline",
+        p.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--format",
+        "csv",
+        "SELECT key AS event, sum(total) AS n FROM metrics GROUP BY key ORDER BY key",
     ]);
     assert_ok(&o);
-    assert_eq!(String::from_utf8_lossy(&o.stdout), "event,n\nA01,30\nA03,30\nA08,30\n");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "event,n\nA01,30\nA03,30\nA08,30\n"
+    );
     let pq = dir.path().join("q.parquet");
     let o = plexus(&[
-        "query", "--pipeline", p.to_str().unwrap(), "--output", out.to_str().unwrap(),
-        "--format", "parquet", "--out", pq.to_str().unwrap(), "SELECT * FROM metrics",
+        "query",
+        "--pipeline",
+        p.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--format",
+        "parquet",
+        "--out",
+        pq.to_str().unwrap(),
+        "SELECT * FROM metrics",
     ]);
     assert_ok(&o);
     assert!(std::fs::read(&pq).unwrap().starts_with(b"PAR1"));
@@ -189,7 +239,11 @@ fn windows_validate_their_sql_and_settings_with_locations() {
     let o = plexus(&["validate", p.to_str().unwrap()]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    let line = bad.lines().position(|l| l.contains("no_such_column")).unwrap() + 1;
+    let line = bad
+        .lines()
+        .position(|l| l.contains("no_such_column"))
+        .unwrap()
+        + 1;
     for want in [
         &format!("bad.yaml:{line}:") as &str,
         "no_such_column",
@@ -244,7 +298,13 @@ monitoring:
     );
     let p = pipeline(dir.path(), "ehr", &spec);
     let o = std::process::Command::new(BIN)
-        .args(["run", p.to_str().unwrap(), "--output", out.to_str().unwrap(), "--json"])
+        .args([
+            "run",
+            p.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--json",
+        ])
         .env("HOOK_SECRET", "s3cret")
         .output()
         .unwrap();
@@ -262,19 +322,43 @@ monitoring:
     assert!(failed <= 20, "{failed} calls hit the broken endpoint");
 
     // The window opened the breaker (its reason names the window), probes closed it later.
-    let events = query(&p, &out, "SELECT \"to\", reason FROM breaker_events ORDER BY at_ms");
+    let events = query(
+        &p,
+        &out,
+        "SELECT \"to\", reason FROM breaker_events ORDER BY at_ms",
+    );
     let to: Vec<&str> = events.iter().map(|e| e["to"].as_str().unwrap()).collect();
     assert_eq!(to.first(), Some(&"OPEN"), "{events:?}");
-    assert!(events[0]["reason"].as_str().unwrap().contains("window calls"), "{events:?}");
+    assert!(
+        events[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("window calls"),
+        "{events:?}"
+    );
     assert_eq!(to.last(), Some(&"CLOSED"), "{events:?}");
-    assert!(s["windows"][0]["breaker_trips"].as_u64().unwrap() >= 1, "{s}");
+    assert!(
+        s["windows"][0]["breaker_trips"].as_u64().unwrap() >= 1,
+        "{s}"
+    );
 
     // The windows saw the failures and the recovery; the error-rate alert is critical.
-    let m = query(&p, &out, "SELECT sum(total) AS calls, sum(failure) AS failed FROM metrics");
+    let m = query(
+        &p,
+        &out,
+        "SELECT sum(total) AS calls, sum(failure) AS failed FROM metrics",
+    );
     assert_eq!(m[0]["calls"].as_u64(), Some((n + failed) as u64));
     assert_eq!(m[0]["failed"].as_u64(), Some(failed as u64));
-    let a = query(&p, &out, "SELECT severity FROM alerts WHERE alert = 'error_rate'");
-    assert!(!a.is_empty() && a.iter().all(|a| a["severity"] == "critical"), "{a:?}");
+    let a = query(
+        &p,
+        &out,
+        "SELECT severity FROM alerts WHERE alert = 'error_rate'",
+    );
+    assert!(
+        !a.is_empty() && a.iter().all(|a| a["severity"] == "critical"),
+        "{a:?}"
+    );
 }
 
 #[test]
@@ -315,7 +399,15 @@ monitoring:
     let p = pipeline(dir.path(), "winkafka", &spec);
     let db = "postgres://postgres@127.0.0.1:5432/test";
     let run = |extra: &[&str]| {
-        let mut args = vec!["run", p.to_str().unwrap(), "--output", out.to_str().unwrap(), "--json", "--exit-when-idle", "3s"];
+        let mut args = vec![
+            "run",
+            p.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--json",
+            "--exit-when-idle",
+            "3s",
+        ];
         args.extend_from_slice(extra);
         std::process::Command::new(BIN)
             .args(&args)
@@ -327,23 +419,50 @@ monitoring:
     produce_unbatched(
         &input,
         (0..30)
-            .map(|i| Rec::value(msg(&format!("A{i}"), &format!("2026010510{i:02}00"), "A01", "M")))
+            .map(|i| {
+                Rec::value(msg(
+                    &format!("A{i}"),
+                    &format!("2026010510{i:02}00"),
+                    "A01",
+                    "M",
+                ))
+            })
             .collect(),
     );
     let s1 = summary(&run(&[]));
     assert_eq!(s1["records_in"], 30, "{s1}");
-    assert_eq!(s1["windows"][0]["window_rows"], 0, "the hour has not ended: {s1}");
+    assert_eq!(
+        s1["windows"][0]["window_rows"], 0,
+        "the hour has not ended: {s1}"
+    );
 
     // Run 2: 20 more in the same hour, then one at 12:30 moves the watermark past 11:00.
     let mut more: Vec<Rec> = (0..20)
-        .map(|i| Rec::value(msg(&format!("B{i}"), &format!("2026010510{:02}00", 30 + i), "A01", "M")))
+        .map(|i| {
+            Rec::value(msg(
+                &format!("B{i}"),
+                &format!("2026010510{:02}00", 30 + i),
+                "A01",
+                "M",
+            ))
+        })
         .collect();
     more.push(Rec::value(msg("Z", "20260105123000", "A01", "M")));
     produce_unbatched(&input, more);
     let port = 20000 + (std::process::id() % 20000) as u16;
     let addr = format!("127.0.0.1:{port}");
     let child = std::process::Command::new(BIN)
-        .args(["run", p.to_str().unwrap(), "--output", out.to_str().unwrap(), "--json", "--exit-when-idle", "4s", "--metrics-addr", &addr])
+        .args([
+            "run",
+            p.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--json",
+            "--exit-when-idle",
+            "4s",
+            "--metrics-addr",
+            &addr,
+        ])
         .env("DATABASE_URL", db)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -354,7 +473,9 @@ monitoring:
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while std::time::Instant::now() < deadline {
         if let Some(body) = http_get(&addr, "/metrics")
-            && body.contains("plexus_records_in_total{pipeline=\"winkafka\",integration=\"ghh-win\"} 21")
+            && body.contains(
+                "plexus_records_in_total{pipeline=\"winkafka\",integration=\"ghh-win\"} 21",
+            )
             && body.contains("plexus_window_total{")
         {
             scraped = body;
@@ -365,13 +486,36 @@ monitoring:
     let o = child.wait_with_output().unwrap();
     let s2 = summary(&o);
     assert!(!scraped.is_empty(), "never scraped the expected metrics");
-    assert!(scraped.contains("# TYPE plexus_records_in_total counter"), "{scraped}");
-    assert!(scraped.contains("window=\"hourly\",key=\"A01\"} 50"), "{scraped}");
+    assert!(
+        scraped.contains("# TYPE plexus_records_in_total counter"),
+        "{scraped}"
+    );
+    assert!(
+        scraped.contains("window=\"hourly\",key=\"A01\"} 50"),
+        "{scraped}"
+    );
 
     assert_eq!(s2["windows"][0]["resumed"], true, "{s2}");
     assert_eq!(s2["windows"][0]["window_rows"], 1, "{s2}");
-    let rows = query(&p, &out, "SELECT CAST(window_start AS VARCHAR) AS ws, total FROM hourly");
+    let rows = query(
+        &p,
+        &out,
+        "SELECT CAST(window_start AS VARCHAR) AS ws, total FROM hourly",
+    );
     assert_eq!(rows.len(), 1, "{rows:?}");
-    assert_eq!(rows[0]["total"], 50, "30 before the restart + 20 after: {rows:?}");
-    assert!(rows[0]["ws"].as_str().unwrap().starts_with("2026-01-05T10:00:00") || rows[0]["ws"].as_str().unwrap().starts_with("2026-01-05 10:00:00"), "{rows:?}");
+    assert_eq!(
+        rows[0]["total"], 50,
+        "30 before the restart + 20 after: {rows:?}"
+    );
+    assert!(
+        rows[0]["ws"]
+            .as_str()
+            .unwrap()
+            .starts_with("2026-01-05T10:00:00")
+            || rows[0]["ws"]
+                .as_str()
+                .unwrap()
+                .starts_with("2026-01-05 10:00:00"),
+        "{rows:?}"
+    );
 }

@@ -22,20 +22,20 @@ use crate::connectors::kafka::source::KafkaSourceConfig;
 use crate::connectors::kafka::{
     Attempts, KafkaDlq, KafkaSink, KafkaSource, SecretRef, ensure_topics,
 };
-use crate::connectors::registry::SchemaRegistry;
 use crate::connectors::monitoring::MonitorOutputs;
 use crate::connectors::monitoring::follow::spawn as follow_breakers;
 use crate::connectors::monitoring::state::WindowStateStore;
+use crate::connectors::registry::SchemaRegistry;
 use crate::connectors::{BatchSink, BatchSource, ConnectorError, DeadLetterSink};
 use crate::metrics::outcome::OutcomeTap;
+use crate::operators::parse::raw_batch;
+use crate::plan::graph::{HeaderValue, HttpSinkPlan, SourceFormat};
 use crate::plan::windows::{PlannedWindow, StateStore, WindowInput};
+use crate::plan::{Plan, build};
+use crate::resilience::breaker::SharedBreaker;
 use crate::runtime::RunOptions;
 use crate::runtime::telemetry::{Telemetry, serve as serve_metrics};
 use crate::runtime::windows::{Monitor, WindowIo};
-use crate::operators::parse::raw_batch;
-use crate::plan::graph::{HeaderValue, HttpSinkPlan, SourceFormat};
-use crate::plan::{Plan, build};
-use crate::resilience::breaker::SharedBreaker;
 use crate::spec::{PipelineSpec, SpecErrors};
 
 async fn load(path: &Path) -> Result<(PipelineSpec, Plan), SpecErrors> {
@@ -409,8 +409,14 @@ fn monitoring(
                 .transpose()
                 .map_err(|e| anyhow::anyhow!("alerts webhook: {e}"))?;
             Some(
-                HttpTarget::new(url, "POST", Vec::new(), key, std::time::Duration::from_secs(10))
-                    .map_err(|e| anyhow::anyhow!("alerts webhook: {e}"))?,
+                HttpTarget::new(
+                    url,
+                    "POST",
+                    Vec::new(),
+                    key,
+                    std::time::Duration::from_secs(10),
+                )
+                .map_err(|e| anyhow::anyhow!("alerts webhook: {e}"))?,
             )
         }
         None => None,
@@ -437,17 +443,20 @@ fn monitoring(
         }
         _ => None,
     };
-    Ok(Some((WindowIo {
-        outputs: Arc::new(std::sync::Mutex::new(outputs)),
-        state: Arc::new(state),
-        pipeline: plan.name.clone(),
-        integration: plan.integration_id.clone(),
-        instance,
-        bounded: plan.source.kafka.is_none(),
-        member,
-        breakers: breakers.lock().expect("breakers").iter().cloned().collect(),
-        telemetry: Some(telemetry.clone()),
-    }, follower)))
+    Ok(Some((
+        WindowIo {
+            outputs: Arc::new(std::sync::Mutex::new(outputs)),
+            state: Arc::new(state),
+            pipeline: plan.name.clone(),
+            integration: plan.integration_id.clone(),
+            instance,
+            bounded: plan.source.kafka.is_none(),
+            member,
+            breakers: breakers.lock().expect("breakers").iter().cloned().collect(),
+            telemetry: Some(telemetry.clone()),
+        },
+        follower,
+    )))
 }
 
 type Worker = std::thread::JoinHandle<Result<RetryStats, ConnectorError>>;

@@ -16,7 +16,9 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use datafusion::datasource::MemTable;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
 use datafusion::prelude::{JsonReadOptions, SessionContext};
 
 use crate::operators::window::window_row_schema;
@@ -59,14 +61,21 @@ pub fn run(args: QueryArgs) -> Result<ExitCode> {
     let loc = locations(&rt, &args.pipeline, args.output.as_deref())?;
     let batches = rt.block_on(async {
         let ctx = context(&loc).await?;
-        let df = ctx.sql(&args.sql).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let df = ctx
+            .sql(&args.sql)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         df.collect().await.map_err(|e| anyhow::anyhow!("{e}"))
     })?;
     write(&batches, args.format, args.out.as_deref())?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn locations(rt: &tokio::runtime::Runtime, pipeline: &Path, output: Option<&Path>) -> Result<Locations> {
+fn locations(
+    rt: &tokio::runtime::Runtime,
+    pipeline: &Path,
+    output: Option<&Path>,
+) -> Result<Locations> {
     let spec = crate::spec::PipelineSpec::load(pipeline).map_err(|e| anyhow::anyhow!("{e}"))?;
     let plan = rt
         .block_on(crate::plan::build(&spec))
@@ -150,9 +159,12 @@ pub async fn context(loc: &Locations) -> Result<SessionContext> {
         fields.push(Field::new("hour", DataType::Utf8, true));
         empty(&ctx, "metrics", Arc::new(Schema::new(fields)))?;
     } else {
-        ctx.sql(&format!("CREATE VIEW metrics AS {}", union.join(" UNION ALL ")))
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        ctx.sql(&format!(
+            "CREATE VIEW metrics AS {}",
+            union.join(" UNION ALL ")
+        ))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     events(&ctx, "breaker_events", &loc.events, breaker_event_schema()).await?;
     events(&ctx, "alerts", &loc.alerts, alert_schema()).await?;
@@ -217,14 +229,20 @@ async fn events(ctx: &SessionContext, name: &str, path: &Path, schema: SchemaRef
     } else {
         empty(ctx, &raw, schema.clone())?;
     }
-    let mut cols = vec!["*".to_string(), "to_timestamp_millis(at_ms) AS at".to_string()];
+    let mut cols = vec![
+        "*".to_string(),
+        "to_timestamp_millis(at_ms) AS at".to_string(),
+    ];
     if schema.field_with_name("window_start_ms").is_ok() {
         cols.push("to_timestamp_millis(window_start_ms) AS window_start".into());
         cols.push("to_timestamp_millis(window_end_ms) AS window_end".into());
     }
-    ctx.sql(&format!("CREATE VIEW {name} AS SELECT {} FROM {raw}", cols.join(", ")))
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    ctx.sql(&format!(
+        "CREATE VIEW {name} AS SELECT {} FROM {raw}",
+        cols.join(", ")
+    ))
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
 }
 
@@ -243,18 +261,27 @@ async fn dead_letters(ctx: &SessionContext, path: &Path) -> Result<()> {
             .newline_delimited(true)
             .schema(schema.as_ref())
             .file_extension(path.extension().and_then(|e| e.to_str()).unwrap_or(""));
-        ctx.register_json("dead_letters_raw", path.display().to_string().as_str(), opts)
-            .await
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        ctx.register_json(
+            "dead_letters_raw",
+            path.display().to_string().as_str(),
+            opts,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     } else {
         empty(ctx, "dead_letters_raw", schema)?;
     }
     ctx.sql(
-        "CREATE VIEW dead_letters AS
+        // Reasons may quote the offending value (a birth date, an MRN): quoted text and the
+        // per-message location are cut, so the summary groups alike failures and shows no PHI.
+        r#"CREATE VIEW dead_letters AS
          SELECT pipeline, integration, stage, rule, reason, count(*) AS records,
-                min(to_timestamp(failed_at)) AS first_failed_at,
-                max(to_timestamp(failed_at)) AS last_failed_at
-         FROM dead_letters_raw GROUP BY pipeline, integration, stage, rule, reason",
+                min(at) AS first_failed_at, max(at) AS last_failed_at
+         FROM (SELECT pipeline, integration, stage, rule, to_timestamp(failed_at) AS at,
+                      regexp_replace(regexp_replace(reason, '"[^"]*"', '"…"', 'g'),
+                                     ' \(at message [^)]*\)', '', 'g') AS reason
+               FROM dead_letters_raw)
+         GROUP BY pipeline, integration, stage, rule, reason"#,
     )
     .await
     .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -263,15 +290,23 @@ async fn dead_letters(ctx: &SessionContext, path: &Path) -> Result<()> {
 
 fn write(batches: &[RecordBatch], format: Format, out: Option<&Path>) -> Result<()> {
     let mut sink: Box<dyn std::io::Write + Send> = match out {
-        Some(p) => Box::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?),
+        Some(p) => {
+            Box::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)
+        }
         None => Box::new(std::io::stdout()),
     };
     match format {
         Format::Table => {
-            writeln!(sink, "{}", arrow::util::pretty::pretty_format_batches(batches)?)?;
+            writeln!(
+                sink,
+                "{}",
+                arrow::util::pretty::pretty_format_batches(batches)?
+            )?;
         }
         Format::Csv => {
-            let mut w = arrow::csv::WriterBuilder::new().with_header(true).build(&mut sink);
+            let mut w = arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(&mut sink);
             for b in batches {
                 w.write(b)?;
             }

@@ -2,6 +2,6 @@
 //! (`sketch`), and the outcome stream sinks report calls on (`outcome`). Breakers and alerts
 //! read the window rows; analysts query them.
 
+pub mod outcome;
 pub mod sketch;
 pub mod window;
-pub mod outcome;

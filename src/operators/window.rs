@@ -202,7 +202,11 @@ impl WindowAggregate {
     }
 
     /// Adds a batch of input rows (`now_ms`: processing time).
-    pub fn process(&mut self, batch: &RecordBatch, now_ms: i64) -> Result<WindowOutput, OperatorError> {
+    pub fn process(
+        &mut self,
+        batch: &RecordBatch,
+        now_ms: i64,
+    ) -> Result<WindowOutput, OperatorError> {
         let n = batch.num_rows();
         if n == 0 {
             return self.tick(now_ms);
@@ -213,9 +217,17 @@ impl WindowAggregate {
             None => None,
         };
         let failed = match &self.exprs.failed {
-            Some(f) => Some(f.evaluate(batch)?.as_boolean_opt().cloned().ok_or_else(|| {
-                OperatorError::Other(format!("window {}: `failed` must be boolean", self.name))
-            })?),
+            Some(f) => Some(
+                f.evaluate(batch)?
+                    .as_boolean_opt()
+                    .cloned()
+                    .ok_or_else(|| {
+                        OperatorError::Other(format!(
+                            "window {}: `failed` must be boolean",
+                            self.name
+                        ))
+                    })?,
+            ),
             None => None,
         };
         let latency = match &self.exprs.latency_ms {
@@ -357,12 +369,9 @@ impl WindowAggregate {
         let batch = self.rows_batch(&rows, now_ms)?;
         let mut alerts = Vec::new();
         for rule in &self.alerts {
-            let hits = super::true_mask(
-                rule.when
-                    .evaluate(&batch)?
-                    .as_boolean_opt()
-                    .ok_or_else(|| OperatorError::Other(format!("alert {}: not boolean", rule.name)))?,
-            );
+            let hits = super::true_mask(rule.when.evaluate(&batch)?.as_boolean_opt().ok_or_else(
+                || OperatorError::Other(format!("alert {}: not boolean", rule.name)),
+            )?);
             for (i, r) in rows.iter().enumerate() {
                 if hits.value(i) {
                     alerts.push(Alert {
@@ -421,7 +430,11 @@ impl WindowAggregate {
     }
 
     /// Window rows as a batch of `self.schema`.
-    pub fn rows_batch(&self, rows: &[WindowRow], now_ms: i64) -> Result<RecordBatch, OperatorError> {
+    pub fn rows_batch(
+        &self,
+        rows: &[WindowRow],
+        now_ms: i64,
+    ) -> Result<RecordBatch, OperatorError> {
         let n = rows.len();
         let nkeys = self.exprs.key.len();
         let mut name = StringBuilder::new();
@@ -436,7 +449,8 @@ impl WindowAggregate {
             Int64Builder::with_capacity(n),
             Int64Builder::with_capacity(n),
         );
-        let mut f64s: Vec<Float64Builder> = (0..7).map(|_| Float64Builder::with_capacity(n)).collect();
+        let mut f64s: Vec<Float64Builder> =
+            (0..7).map(|_| Float64Builder::with_capacity(n)).collect();
         let mut update = BooleanBuilder::with_capacity(n);
         for r in rows {
             name.append_value(&self.name);
@@ -514,7 +528,9 @@ impl Keys {
 fn event_times(a: &ArrayRef) -> Result<arrow::array::Int64Array, OperatorError> {
     let ms = match a.data_type() {
         DataType::Int64 => a.clone(),
-        DataType::Int32 | DataType::UInt32 | DataType::UInt64 => cast_with_options(a, &DataType::Int64, &CastOptions::default())?,
+        DataType::Int32 | DataType::UInt32 | DataType::UInt64 => {
+            cast_with_options(a, &DataType::Int64, &CastOptions::default())?
+        }
         _ => {
             let safe = CastOptions {
                 safe: true,
@@ -557,7 +573,9 @@ mod tests {
                 Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
                 Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
                 Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.2))),
-                Arc::new(arrow::array::Float64Array::from_iter_values(rows.iter().map(|r| r.3))),
+                Arc::new(arrow::array::Float64Array::from_iter_values(
+                    rows.iter().map(|r| r.3),
+                )),
             ],
         )
         .unwrap()
@@ -599,20 +617,42 @@ mod tests {
     fn trip_predicate_sees_the_running_window_before_it_closes() {
         let mut w = aggregate(Some("error_rate > 0.5 AND total >= 4"), None);
         let out = w
-            .process(&input(&[("ehr", 1_000, "transient", 5.0), ("ehr", 2_000, "delivered", 5.0)]), 0)
+            .process(
+                &input(&[
+                    ("ehr", 1_000, "transient", 5.0),
+                    ("ehr", 2_000, "delivered", 5.0),
+                ]),
+                0,
+            )
             .unwrap();
         assert!(out.trip.is_none() && out.rows.is_none());
         let out = w
-            .process(&input(&[("ehr", 3_000, "transient", 5.0), ("ehr", 4_000, "transient", 5.0)]), 0)
+            .process(
+                &input(&[
+                    ("ehr", 3_000, "transient", 5.0),
+                    ("ehr", 4_000, "transient", 5.0),
+                ]),
+                0,
+            )
             .unwrap();
         let why = out.trip.expect("3 of 4 failed");
         assert!(why.contains("4 calls, 3 failed"), "{why}");
         assert!(out.rows.is_none(), "the window has not closed");
         // After the breaker recovers, the same window's old failures do not trip it again.
-        let out = w.process(&input(&[("ehr", 5_000, "transient", 5.0)]), 0).unwrap();
+        let out = w
+            .process(&input(&[("ehr", 5_000, "transient", 5.0)]), 0)
+            .unwrap();
         assert!(out.trip.is_none());
         let out = w
-            .process(&input(&[("ehr", 61_000, "transient", 5.0), ("ehr", 62_000, "transient", 5.0), ("ehr", 63_000, "transient", 5.0), ("ehr", 64_000, "transient", 5.0)]), 0)
+            .process(
+                &input(&[
+                    ("ehr", 61_000, "transient", 5.0),
+                    ("ehr", 62_000, "transient", 5.0),
+                    ("ehr", 63_000, "transient", 5.0),
+                    ("ehr", 64_000, "transient", 5.0),
+                ]),
+                0,
+            )
             .unwrap();
         assert!(out.trip.is_some(), "a new window trips again");
     }
@@ -629,11 +669,16 @@ mod tests {
             0,
         )
         .unwrap();
-        let out = w.process(&input(&[("lab", 61_000, "delivered", 1.0)]), 0).unwrap();
+        let out = w
+            .process(&input(&[("lab", 61_000, "delivered", 1.0)]), 0)
+            .unwrap();
         let rows = out.rows.expect("window [0, 60s) fired");
         assert_eq!(rows.num_rows(), 2);
         let keys = rows.column_by_name("sink").unwrap().as_string::<i32>();
-        let totals = rows.column_by_name("total").unwrap().as_primitive::<Int64Type>();
+        let totals = rows
+            .column_by_name("total")
+            .unwrap()
+            .as_primitive::<Int64Type>();
         assert_eq!((keys.value(0), totals.value(0)), ("ehr", 2));
         assert_eq!((keys.value(1), totals.value(1)), ("lab", 1));
         assert_eq!(out.alerts.len(), 1);
@@ -647,7 +692,10 @@ mod tests {
         let schema = input(&[]).schema();
         let exprs = WindowExprs {
             key: vec![],
-            time: Some(sql.expr("t", "CASE WHEN t > 0 THEN t END", &schema).unwrap()),
+            time: Some(
+                sql.expr("t", "CASE WHEN t > 0 THEN t END", &schema)
+                    .unwrap(),
+            ),
             failed: None,
             latency_ms: None,
             warnings: None,
@@ -660,18 +708,31 @@ mod tests {
             vec![],
             None,
         );
-        w.process(&input(&[("a", 0, "x", 0.0), ("a", 500, "x", 0.0)]), 0).unwrap();
+        w.process(&input(&[("a", 0, "x", 0.0), ("a", 500, "x", 0.0)]), 0)
+            .unwrap();
         assert_eq!(w.invalid_time(), 1);
         let out = w.finish(0).unwrap();
         let rows = out.rows.unwrap();
-        assert_eq!(rows.column_by_name("total").unwrap().as_primitive::<Int64Type>().value(0), 1);
+        assert_eq!(
+            rows.column_by_name("total")
+                .unwrap()
+                .as_primitive::<Int64Type>()
+                .value(0),
+            1
+        );
     }
 
     #[test]
     fn a_restored_checkpoint_keeps_counting_the_same_window() {
         let mut w = aggregate(None, None);
-        w.process(&input(&[("ehr", 1_000, "delivered", 1.0), ("ehr", 2_000, "transient", 1.0)]), 0)
-            .unwrap();
+        w.process(
+            &input(&[
+                ("ehr", 1_000, "delivered", 1.0),
+                ("ehr", 2_000, "transient", 1.0),
+            ]),
+            0,
+        )
+        .unwrap();
         let saved = w.snapshot();
         let mut again = aggregate(None, None);
         again.restore(&saved).unwrap();
@@ -679,7 +740,12 @@ mod tests {
             .process(&input(&[("ehr", 3_000, "delivered", 1.0)]), 0)
             .unwrap();
         let rows = again.finish(0).unwrap().rows.unwrap();
-        let col = |n: &str| rows.column_by_name(n).unwrap().as_primitive::<Int64Type>().value(0);
+        let col = |n: &str| {
+            rows.column_by_name(n)
+                .unwrap()
+                .as_primitive::<Int64Type>()
+                .value(0)
+        };
         assert_eq!((col("total"), col("failure")), (3, 1));
     }
 }

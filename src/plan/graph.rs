@@ -1329,7 +1329,11 @@ fn plan_http_sink(cx: &mut Ctx<'_>, s: &crate::spec::SinkSpec) -> Option<HttpSin
 }
 
 /// A duration setting, or `default` when absent (a bad value is reported at its place).
-pub(super) fn duration_or(cx: &mut Ctx<'_>, v: &Option<Spanned<String>>, default: Duration) -> Duration {
+pub(super) fn duration_or(
+    cx: &mut Ctx<'_>,
+    v: &Option<Spanned<String>>,
+    default: Duration,
+) -> Duration {
     match v {
         Some(t) => match crate::spec::parse_duration(t) {
             Ok(d) => d,

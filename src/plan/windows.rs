@@ -12,7 +12,9 @@ use crate::connectors::kafka::SecretRef;
 use crate::metrics::outcome::outcome_schema;
 use crate::metrics::window::WindowConfig;
 use crate::operators::WARNINGS;
-use crate::operators::window::{AlertRule, Severity, WindowAggregate, WindowExprs, window_row_schema};
+use crate::operators::window::{
+    AlertRule, Severity, WindowAggregate, WindowExprs, window_row_schema,
+};
 use crate::resilience::breaker::BreakerConfig;
 use crate::spec::WindowSpec;
 
@@ -69,7 +71,10 @@ pub(super) fn plan_monitoring(cx: &mut Ctx<'_>) -> MonitoringPlan {
         if let Some(t) = topic
             && !has_kafka
         {
-            cx.err(t, format!("a {what} topic needs a `kafka:` connection block"));
+            cx.err(
+                t,
+                format!("a {what} topic needs a `kafka:` connection block"),
+            );
         }
         (path, topic.map(|t| t.to_string()))
     };
@@ -88,9 +93,12 @@ pub(super) fn plan_monitoring(cx: &mut Ctx<'_>) -> MonitoringPlan {
         format!("{name}.alerts.ndjson"),
         "alerts",
     );
-    for o in [m.and_then(|m| m.metrics.as_ref()), m.and_then(|m| m.breaker_events.as_ref())]
-        .into_iter()
-        .flatten()
+    for o in [
+        m.and_then(|m| m.metrics.as_ref()),
+        m.and_then(|m| m.breaker_events.as_ref()),
+    ]
+    .into_iter()
+    .flatten()
     {
         for w in [&o.webhook, &o.secret].into_iter().flatten() {
             cx.err(w, "only `alerts` go to a webhook");
@@ -101,7 +109,10 @@ pub(super) fn plan_monitoring(cx: &mut Ctx<'_>) -> MonitoringPlan {
         let secret = a.secret.as_ref().and_then(|s| match SecretRef::parse(s) {
             Ok(r) => Some(r),
             Err(_) => {
-                cx.err(s, "a webhook secret is `env:NAME` or `file:/path`, never inline");
+                cx.err(
+                    s,
+                    "a webhook secret is `env:NAME` or `file:/path`, never inline",
+                );
                 None
             }
         });
@@ -138,8 +149,14 @@ pub(super) fn plan_windows(
     let mut out = Vec::new();
     let thresholds = threshold_rules(cx);
     for (i, w) in spec.windows.iter().enumerate() {
-        if spec.windows[..i].iter().any(|o| o.name.as_str() == w.name.as_str()) {
-            cx.err(&w.name, format!("window name {:?} is used twice", w.name.as_str()));
+        if spec.windows[..i]
+            .iter()
+            .any(|o| o.name.as_str() == w.name.as_str())
+        {
+            cx.err(
+                &w.name,
+                format!("window name {:?} is used twice", w.name.as_str()),
+            );
         }
         if let Some(p) = plan_window(cx, stages, sinks, sql, w, &thresholds) {
             out.push(p);
@@ -150,7 +167,12 @@ pub(super) fn plan_windows(
 
 /// The seed's `alertThresholds` as SQL rules over window rows.
 fn threshold_rules(cx: &mut Ctx<'_>) -> Vec<(String, Severity, String)> {
-    let Some(t) = cx.spec.monitoring.as_ref().and_then(|m| m.thresholds.as_ref()) else {
+    let Some(t) = cx
+        .spec
+        .monitoring
+        .as_ref()
+        .and_then(|m| m.thresholds.as_ref())
+    else {
         return Vec::new();
     };
     let mut rules = Vec::new();
@@ -163,8 +185,18 @@ fn threshold_rules(cx: &mut Ctx<'_>) -> Vec<(String, Severity, String)> {
         ));
     }
     for (v, name, sev, sql) in [
-        (&t.error_rate, "error_rate", Severity::Critical, "error_rate >"),
-        (&t.data_quality, "data_quality", Severity::Warning, "data_quality_rate <"),
+        (
+            &t.error_rate,
+            "error_rate",
+            Severity::Critical,
+            "error_rate >",
+        ),
+        (
+            &t.data_quality,
+            "data_quality",
+            Severity::Warning,
+            "data_quality_rate <",
+        ),
     ] {
         if let Some(x) = v {
             if !(0.0..=1.0).contains(&**x) {
@@ -190,28 +222,36 @@ fn plan_window(
         let up = resolve_upstream(cx, stages, Some(&w.input), stages.len(), "window")?;
         match up {
             Upstream::Source => {
-                cx.err(&w.input, "a window reads parsed rows: name a stage or `outcomes`");
+                cx.err(
+                    &w.input,
+                    "a window reads parsed rows: name a stage or `outcomes`",
+                );
                 return None;
             }
-            Upstream::Stage { stage, port } => {
-                (WindowInput::Stream(up), stages[stage].outputs[port].1.clone())
-            }
+            Upstream::Stage { stage, port } => (
+                WindowInput::Stream(up),
+                stages[stage].outputs[port].1.clone(),
+            ),
         }
     };
     let outcomes = input == WindowInput::Outcomes;
     // Any error below fails this window (the count tells, so closures need not share a flag).
     let errors_before = cx.errors.len();
-    let expr = |cx: &mut Ctx<'_>, name: &str, at: &Spanned<String>| match sql.expr(name, at, &schema) {
-        Ok(e) => Some(e),
-        Err(e) => {
-            cx.err(at, format!("window {}: {name}: {e}", w.name.as_str()));
-            None
-        }
-    };
+    let expr =
+        |cx: &mut Ctx<'_>, name: &str, at: &Spanned<String>| match sql.expr(name, at, &schema) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                cx.err(at, format!("window {}: {name}: {e}", w.name.as_str()));
+                None
+            }
+        };
     let mut key = Vec::new();
     let default_key;
     let keys: Vec<(&String, &Spanned<String>)> = if w.key.is_empty() && outcomes {
-        default_key = ("sink".to_string(), Spanned::new(w.input.span().clone(), "sink".to_string()));
+        default_key = (
+            "sink".to_string(),
+            Spanned::new(*w.input.span(), "sink".to_string()),
+        );
         vec![(&default_key.0, &default_key.1)]
     } else {
         w.key.iter().collect()
@@ -219,16 +259,27 @@ fn plan_window(
     let reserved = window_row_schema(&[]);
     for (name, text) in keys {
         if reserved.field_with_name(name).is_ok() {
-            cx.err(text, format!("key name {name:?} is a window-row column; pick another"));
+            cx.err(
+                text,
+                format!("key name {name:?} is a window-row column; pick another"),
+            );
         }
         key.extend(expr(cx, name, text));
     }
     let time = w.time.as_ref().and_then(|t| expr(cx, "time", t));
-    let synth = |text: &str| Spanned::new(w.name.span().clone(), text.to_string());
-    let failed_text = w.failed.clone().or_else(|| outcomes.then(|| synth("status <> 'delivered'")));
+    let synth = |text: &str| Spanned::new(*w.name.span(), text.to_string());
+    let failed_text = w
+        .failed
+        .clone()
+        .or_else(|| outcomes.then(|| synth("status <> 'delivered'")));
     let failed = failed_text.as_ref().and_then(|t| expr(cx, "failed", t));
-    let latency_text = w.latency_ms.clone().or_else(|| outcomes.then(|| synth("latency_ms")));
-    let latency_ms = latency_text.as_ref().and_then(|t| expr(cx, "latency_ms", t));
+    let latency_text = w
+        .latency_ms
+        .clone()
+        .or_else(|| outcomes.then(|| synth("latency_ms")));
+    let latency_ms = latency_text
+        .as_ref()
+        .and_then(|t| expr(cx, "latency_ms", t));
     let warnings_text = w.warnings.clone().or_else(|| {
         (schema.field_with_name(WARNINGS).is_ok())
             .then(|| synth(&format!("coalesce(cardinality({WARNINGS}), 0)")))
@@ -237,7 +288,10 @@ fn plan_window(
     if let Some(f) = &failed
         && f.data_type != arrow::datatypes::DataType::Boolean
     {
-        cx.err(failed_text.as_ref().expect("planned"), "`failed` must be a boolean expression");
+        cx.err(
+            failed_text.as_ref().expect("planned"),
+            "`failed` must be a boolean expression",
+        );
     }
 
     let size = duration_or(cx, &Some(w.size.clone()), Duration::from_secs(60));
@@ -246,7 +300,9 @@ fn plan_window(
         cx.err(&w.size, "a window's size is positive");
     }
     if let Some(s) = &w.slide
-        && (slide.is_zero() || slide > size || size.as_millis() % slide.as_millis().max(1) != 0)
+        && (slide.is_zero()
+            || slide > size
+            || !size.as_millis().is_multiple_of(slide.as_millis().max(1)))
     {
         cx.err(s, "slide is positive, at most the size, and divides it");
     }
@@ -313,7 +369,11 @@ fn plan_window(
                 let known: Vec<&str> = sinks.iter().map(|s| s.name.as_str()).collect();
                 cx.err(
                     &b.sink,
-                    format!("no sink named {:?} (sinks: {})", b.sink.as_str(), known.join(", ")),
+                    format!(
+                        "no sink named {:?} (sinks: {})",
+                        b.sink.as_str(),
+                        known.join(", ")
+                    ),
                 );
             }
         }

@@ -346,7 +346,9 @@ pub async fn run(
         let mut driver = windows::Driver::start(w, &io)?;
         window_tasks.push(tokio::spawn(async move {
             loop {
-                let msg = match tokio::time::timeout(std::time::Duration::from_secs(1), rx.recv()).await {
+                let msg = match tokio::time::timeout(std::time::Duration::from_secs(1), rx.recv())
+                    .await
+                {
                     Ok(Some(m)) => m,
                     Ok(None) => break,
                     // Processing-time windows fire while the input is idle.

@@ -78,7 +78,16 @@ impl Telemetry {
     /// Keeps the latest row per (window, key) of a batch of window rows.
     pub fn window_rows(&self, window: &str, rows: &RecordBatch) {
         let col = |n: &str| rows.column_by_name(n);
-        let (Some(key), Some(total), Some(failure), Some(rate), Some(p95), Some(avg), Some(dq), Some(tp)) = (
+        let (
+            Some(key),
+            Some(total),
+            Some(failure),
+            Some(rate),
+            Some(p95),
+            Some(avg),
+            Some(dq),
+            Some(tp),
+        ) = (
             col("key").and_then(|c| c.as_string_opt::<i32>()),
             col("total").and_then(|c| c.as_primitive_opt::<Int64Type>()),
             col("failure").and_then(|c| c.as_primitive_opt::<Int64Type>()),
@@ -87,7 +96,8 @@ impl Telemetry {
             col("latency_avg_ms").and_then(|c| c.as_primitive_opt::<Float64Type>()),
             col("data_quality_rate").and_then(|c| c.as_primitive_opt::<Float64Type>()),
             col("throughput_per_min").and_then(|c| c.as_primitive_opt::<Float64Type>()),
-        ) else {
+        )
+        else {
             return;
         };
         let mut w = self.windows.lock().expect("telemetry");
@@ -119,7 +129,11 @@ impl Telemetry {
         let mut metric = |name: &str, kind: &str, help: &str| {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
         };
-        metric("plexus_records_in_total", "counter", "Records read from the source.");
+        metric(
+            "plexus_records_in_total",
+            "counter",
+            "Records read from the source.",
+        );
         let _ = writeln!(
             s,
             "plexus_records_in_total{{{base}}} {}",
@@ -131,9 +145,16 @@ impl Telemetry {
             "# HELP plexus_dead_letters_total Rows written to the dead-letter output.\n# TYPE plexus_dead_letters_total counter\nplexus_dead_letters_total{{{base}}} {}",
             self.dead_letters.load(Ordering::Relaxed)
         );
-        let _ = writeln!(body, "# HELP plexus_sink_rows_total Rows delivered per sink.\n# TYPE plexus_sink_rows_total counter");
+        let _ = writeln!(
+            body,
+            "# HELP plexus_sink_rows_total Rows delivered per sink.\n# TYPE plexus_sink_rows_total counter"
+        );
         for (sink, n) in self.sinks.lock().expect("telemetry").iter() {
-            let _ = writeln!(body, "plexus_sink_rows_total{{{base},sink=\"{}\"}} {n}", escape(sink));
+            let _ = writeln!(
+                body,
+                "plexus_sink_rows_total{{{base},sink=\"{}\"}} {n}",
+                escape(sink)
+            );
         }
         let _ = writeln!(
             body,
@@ -145,9 +166,16 @@ impl Telemetry {
                 BreakerState::HalfOpen => 1,
                 BreakerState::Open => 2,
             };
-            let _ = writeln!(body, "plexus_circuit_state{{{base},sink=\"{}\"}} {v}", escape(sink));
+            let _ = writeln!(
+                body,
+                "plexus_circuit_state{{{base},sink=\"{}\"}} {v}",
+                escape(sink)
+            );
         }
-        let _ = writeln!(body, "# HELP plexus_alerts_total Alerts raised.\n# TYPE plexus_alerts_total counter");
+        let _ = writeln!(
+            body,
+            "# HELP plexus_alerts_total Alerts raised.\n# TYPE plexus_alerts_total counter"
+        );
         for ((name, sev), n) in self.alerts.lock().expect("telemetry").iter() {
             let _ = writeln!(
                 body,
@@ -159,13 +187,41 @@ impl Telemetry {
         let windows = self.windows.lock().expect("telemetry");
         type Get = fn(&WindowGauge) -> Option<f64>;
         let gauges: [(&str, &str, Get); 7] = [
-            ("plexus_window_total", "Rows in the latest closed window.", |g| Some(g.total as f64)),
-            ("plexus_window_failures", "Failed rows in the latest closed window.", |g| Some(g.failure as f64)),
-            ("plexus_window_error_rate", "Error rate of the latest closed window (0-1).", |g| Some(g.error_rate)),
-            ("plexus_window_latency_p95_ms", "p95 latency of the latest closed window.", |g| g.latency_p95_ms),
-            ("plexus_window_latency_avg_ms", "Average latency of the latest closed window.", |g| g.latency_avg_ms),
-            ("plexus_window_data_quality_rate", "Share of rows without validation findings.", |g| Some(g.data_quality_rate)),
-            ("plexus_window_throughput_per_minute", "Rows per minute in the latest closed window.", |g| Some(g.throughput_per_min)),
+            (
+                "plexus_window_total",
+                "Rows in the latest closed window.",
+                |g| Some(g.total as f64),
+            ),
+            (
+                "plexus_window_failures",
+                "Failed rows in the latest closed window.",
+                |g| Some(g.failure as f64),
+            ),
+            (
+                "plexus_window_error_rate",
+                "Error rate of the latest closed window (0-1).",
+                |g| Some(g.error_rate),
+            ),
+            (
+                "plexus_window_latency_p95_ms",
+                "p95 latency of the latest closed window.",
+                |g| g.latency_p95_ms,
+            ),
+            (
+                "plexus_window_latency_avg_ms",
+                "Average latency of the latest closed window.",
+                |g| g.latency_avg_ms,
+            ),
+            (
+                "plexus_window_data_quality_rate",
+                "Share of rows without validation findings.",
+                |g| Some(g.data_quality_rate),
+            ),
+            (
+                "plexus_window_throughput_per_minute",
+                "Rows per minute in the latest closed window.",
+                |g| Some(g.throughput_per_min),
+            ),
         ];
         for (name, help, get) in gauges {
             let _ = writeln!(body, "# HELP {name} {help}\n# TYPE {name} gauge");
@@ -187,7 +243,9 @@ impl Telemetry {
 
 /// Label values escape backslash, quote and newline.
 fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Serves `/metrics` (Prometheus) and `/health` until the runtime stops.
@@ -204,7 +262,10 @@ pub async fn serve(
                 let t = t.clone();
                 async move {
                     (
-                        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4",
+                        )],
                         t.render(),
                     )
                 }

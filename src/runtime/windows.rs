@@ -73,15 +73,13 @@ impl Driver {
             resumed = true;
             tracing::info!(window = %w.name, rows = agg.rows_in(), "window state restored");
         }
-        let breaker = match &w.breaker_sink {
-            Some(s) => Some(
-                io.breakers
-                    .get(s)
-                    .cloned()
-                    .ok_or_else(|| anyhow::anyhow!("window {}: sink {s} has no breaker", w.name))?,
-            ),
-            None => None,
-        };
+        let breaker =
+            match &w.breaker_sink {
+                Some(s) => Some(io.breakers.get(s).cloned().ok_or_else(|| {
+                    anyhow::anyhow!("window {}: sink {s} has no breaker", w.name)
+                })?),
+                None => None,
+            };
         Ok(Driver {
             summary: WindowSummary {
                 name: w.name.clone(),
@@ -114,7 +112,14 @@ impl Driver {
         for a in &out.alerts {
             o.alert(a)?;
             if let Some(t) = &io.telemetry {
-                t.alert(&a.alert, if a.severity == crate::operators::window::Severity::Critical { "critical" } else { "warning" });
+                t.alert(
+                    &a.alert,
+                    if a.severity == crate::operators::window::Severity::Critical {
+                        "critical"
+                    } else {
+                        "warning"
+                    },
+                );
             }
         }
         self.summary.alerts += out.alerts.len() as u64;
@@ -134,8 +139,12 @@ impl Driver {
     /// Saves the state (streams only).
     pub fn checkpoint(&self, io: &WindowIo) -> Res<()> {
         if !io.bounded {
-            io.state
-                .save(&io.pipeline, &io.instance, &self.agg.name, &self.agg.snapshot())?;
+            io.state.save(
+                &io.pipeline,
+                &io.instance,
+                &self.agg.name,
+                &self.agg.snapshot(),
+            )?;
         }
         Ok(())
     }

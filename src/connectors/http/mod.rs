@@ -41,7 +41,10 @@ pub enum Outcome {
         status: Option<u16>,
     },
     /// Retrying would fail the same way.
-    Permanent { reason: String, status: Option<u16> },
+    Permanent {
+        reason: String,
+        status: Option<u16>,
+    },
 }
 
 impl Outcome {

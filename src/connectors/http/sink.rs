@@ -20,10 +20,10 @@ use futures::StreamExt;
 use std::sync::Arc;
 
 use super::{HttpTarget, Outcome, Request};
-use crate::metrics::outcome::{OutcomeRow, OutcomeTap};
 use crate::connectors::kafka::record_identity;
 use crate::connectors::kafka::retry::{Parked, RetryTopics};
 use crate::connectors::{BatchSink, ConnectorError, Durable, SinkOutcome};
+use crate::metrics::outcome::{OutcomeRow, OutcomeTap};
 use crate::operators::{CONTROL_ID, DeadLetters, OFFSET, RAW, RECORD_INDEX, SOURCE, is_provenance};
 use crate::resilience::breaker::SharedBreaker;
 use crate::resilience::retry::{RetryPolicy, jitter_random};
@@ -200,7 +200,14 @@ impl BatchSink for HttpSink {
                 .collect();
             let sink_name: Arc<str> = Arc::from(self.config.name.as_str());
             for (&(row, attempt), (outcome, took)) in todo.iter().zip(outcomes) {
-                report_call(&self.config.outcomes, &sink_name, &ids[row].0, attempt, &outcome, took);
+                report_call(
+                    &self.config.outcomes,
+                    &sink_name,
+                    &ids[row].0,
+                    attempt,
+                    &outcome,
+                    took,
+                );
                 if let Some(b) = &self.config.breaker {
                     // A 4xx is the record's fault, not the system's: it counts as an answer.
                     b.record(matches!(outcome, Outcome::Transient { .. }), took);

@@ -112,9 +112,21 @@ mod tests {
         let now = 1_000_000;
         let why = follows(&event("b", "OPEN", "failure rate 100%", now - 10), "a", now).unwrap();
         assert_eq!(why, "followed instance b: failure rate 100%");
-        assert!(follows(&event("a", "OPEN", "x", now), "a", now).is_none(), "our own");
-        assert!(follows(&event("b", "CLOSED", "x", now), "a", now).is_none(), "closing");
-        assert!(follows(&event("b", "OPEN", &why, now), "a", now).is_none(), "an echo");
-        assert!(follows(&event("b", "OPEN", "x", now - 600_000), "a", now).is_none(), "stale");
+        assert!(
+            follows(&event("a", "OPEN", "x", now), "a", now).is_none(),
+            "our own"
+        );
+        assert!(
+            follows(&event("b", "CLOSED", "x", now), "a", now).is_none(),
+            "closing"
+        );
+        assert!(
+            follows(&event("b", "OPEN", &why, now), "a", now).is_none(),
+            "an echo"
+        );
+        assert!(
+            follows(&event("b", "OPEN", "x", now - 600_000), "a", now).is_none(),
+            "stale"
+        );
     }
 }

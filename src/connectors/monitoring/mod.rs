@@ -43,7 +43,12 @@ pub struct BreakerEvent {
 
 impl BreakerEvent {
     pub fn new(integration: &str, instance: &str, breaker: &str, t: &Transition) -> Self {
-        let state = |s| serde_json::to_value(s).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        let state = |s| {
+            serde_json::to_value(s)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default()
+        };
         BreakerEvent {
             event_type: t.to.event_type().to_string(),
             integration: integration.to_string(),

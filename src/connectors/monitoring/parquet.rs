@@ -54,7 +54,11 @@ impl PartitionedParquet {
             .ok_or_else(|| ConnectorError::Other("window rows need window_start".into()))?;
         let mut parts: BTreeMap<String, Vec<u32>> = BTreeMap::new();
         for i in 0..batch.num_rows() {
-            let t = if starts.is_valid(i) { starts.value(i) } else { 0 };
+            let t = if starts.is_valid(i) {
+                starts.value(i)
+            } else {
+                0
+            };
             let dt = chrono::DateTime::from_timestamp_millis(t).unwrap_or_default();
             let part = format!(
                 "{}/date={}/hour={}",
@@ -65,11 +69,12 @@ impl PartitionedParquet {
             parts.entry(part).or_default().push(i as u32);
         }
         for (part, rows) in parts {
-            let rows = arrow::compute::take_record_batch(batch, &UInt32Array::from(rows))
-                .map_err(|source| ConnectorError::Arrow {
+            let rows = arrow::compute::take_record_batch(batch, &UInt32Array::from(rows)).map_err(
+                |source| ConnectorError::Arrow {
                     context: "partitioning window rows".into(),
                     source,
-                })?;
+                },
+            )?;
             self.buffered.entry(part).or_default().push(rows);
         }
         Ok(())
@@ -118,6 +123,12 @@ impl PartitionedParquet {
 /// A window name as a path segment.
 fn sanitize(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
