@@ -21,8 +21,27 @@ pub struct Sketch {
     bins: BTreeMap<i32, u64>,
     count: u64,
     sum: f64,
+    // An empty sketch's min/max are ±∞, which JSON cannot hold: written as null.
+    #[serde(serialize_with = "finite_or_null", deserialize_with = "null_as_inf")]
     min: f64,
+    #[serde(serialize_with = "finite_or_null", deserialize_with = "null_as_neg_inf")]
     max: f64,
+}
+
+fn finite_or_null<S: serde::Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
+    if x.is_finite() {
+        s.serialize_some(x)
+    } else {
+        s.serialize_none()
+    }
+}
+
+fn null_as_inf<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::INFINITY))
+}
+
+fn null_as_neg_inf<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NEG_INFINITY))
 }
 
 impl Default for Sketch {
@@ -128,6 +147,19 @@ impl Sketch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn empty_and_full_sketches_survive_a_json_checkpoint() {
+        let empty = Sketch::default();
+        let back: Sketch = serde_json::from_slice(&serde_json::to_vec(&empty).unwrap()).unwrap();
+        assert_eq!(back, empty);
+        let mut full = Sketch::default();
+        for x in [1.0, 5.0, 250.0] {
+            full.add(x);
+        }
+        let back: Sketch = serde_json::from_slice(&serde_json::to_vec(&full).unwrap()).unwrap();
+        assert_eq!(back, full);
+    }
 
     fn exact(sorted: &[f64], q: f64) -> f64 {
         sorted[(q * (sorted.len() - 1) as f64).floor() as usize]
