@@ -31,19 +31,24 @@ fn http_get(addr: &str, path: &str) -> Option<String> {
     Some(s)
 }
 
-fn query(p: &std::path::Path, out: &std::path::Path, sql: &str) -> Vec<serde_json::Value> {
-    let o = plexus(&[
+/// `plexus query` over the outputs of pipeline `p` run with `--output out`; its stdout.
+fn query_as(p: &std::path::Path, out: &std::path::Path, options: &[&str], sql: &str) -> String {
+    let mut args = vec![
         "query",
         "--pipeline",
         p.to_str().unwrap(),
         "--output",
         out.to_str().unwrap(),
-        "--format",
-        "json",
-        sql,
-    ]);
+    ];
+    args.extend_from_slice(options);
+    args.push(sql);
+    let o = plexus(&args);
     assert_ok(&o);
-    String::from_utf8_lossy(&o.stdout)
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+fn query(p: &std::path::Path, out: &std::path::Path, sql: &str) -> Vec<serde_json::Value> {
+    query_as(p, out, &["--format", "json"], sql)
         .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).unwrap())
@@ -197,35 +202,21 @@ fn stream_windows_write_partitioned_parquet_that_plexus_query_reads() {
     );
 
     // CSV and Parquet output of a query.
-    let o = plexus(&[
-        "query",
-        "--pipeline",
-        p.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--format",
-        "csv",
+    let csv = query_as(
+        &p,
+        &out,
+        &["--format", "csv"],
         "SELECT key AS event, sum(total) AS n FROM metrics GROUP BY key ORDER BY key",
-    ]);
-    assert_ok(&o);
-    assert_eq!(
-        String::from_utf8_lossy(&o.stdout),
-        "event,n\nA01,30\nA03,30\nA08,30\n"
     );
+    assert_eq!(csv, "event,n\nA01,30\nA03,30\nA08,30\n");
     let pq = dir.path().join("q.parquet");
-    let o = plexus(&[
-        "query",
-        "--pipeline",
-        p.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--format",
-        "parquet",
-        "--out",
-        pq.to_str().unwrap(),
+    let pq_arg = pq.to_str().unwrap();
+    query_as(
+        &p,
+        &out,
+        &["--format", "parquet", "--out", pq_arg],
         "SELECT * FROM metrics",
-    ]);
-    assert_ok(&o);
+    );
     assert!(std::fs::read(&pq).unwrap().starts_with(b"PAR1"));
 }
 
@@ -517,5 +508,125 @@ monitoring:
                 .unwrap()
                 .starts_with("2026-01-05 10:00:00"),
         "{rows:?}"
+    );
+}
+
+#[test]
+fn breaker_events_go_to_a_compacted_topic_and_other_instances_follow_an_opening() {
+    let (rx, url) = Receiver::start("s3cret", vec![]);
+    let input = unique("follow-in");
+    let events = unique("breakers");
+    let group = unique("g");
+    create_topics(&[(&input, 1), (&events, 1)]);
+    // Another instance's breaker for the same sink opened a moment ago.
+    let other = serde_json::json!({
+        "type": "integration.circuit.opened", "integration": "ghh-follow",
+        "instance": "other-1", "breaker": "ghh-follow/ehr", "from": "CLOSED", "to": "OPEN",
+        "reason": "failure rate 100.0% ≥ 50% over 10 calls", "calls": 10,
+        "failure_rate": 100.0, "slow_call_rate": 0.0,
+        "at_ms": chrono::Utc::now().timestamp_millis(),
+    });
+    let mut rec = Rec::value(other.to_string());
+    rec.key = Some(b"ghh-follow/ehr".to_vec());
+    produce(&events, vec![rec]);
+    let n = 40;
+    produce(
+        &input,
+        (0..n)
+            .map(|i| {
+                Rec::value(msg(
+                    &format!("F{i}"),
+                    "20260105120000",
+                    "A01",
+                    &format!("M{i}"),
+                ))
+            })
+            .collect(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let spec = format!(
+        r#"
+name: follow
+integration: {{id: ghh-follow}}
+kafka: {{brokers: {brokers}}}
+source: {{type: kafka, topics: [{input}], group: {group}, format: hl7, instance: {group}-1}}
+batch: {{max_rows: 10, max_delay: 100ms}}
+stages:
+  - name: parse
+    type: parse
+    format: hl7
+    columns:
+      - {{name: mrn, path: PID-3.1}}
+sinks:
+  - name: ehr
+    type: http
+    url: {url}
+    secret: env:HOOK_SECRET
+    retry: {{max_attempts: 5, backoff: linear, base: 200ms, jitter: 0}}
+    breaker: {{wait: 2s, half_open_calls: 2}}
+monitoring:
+  breaker_events: {{topic: {events}}}
+"#,
+        brokers = brokers()
+    );
+    let p = pipeline(dir.path(), "follow", &spec);
+    let started = std::time::Instant::now();
+    let o = std::process::Command::new(BIN)
+        .args([
+            "run",
+            p.to_str().unwrap(),
+            "--json",
+            "--exit-when-idle",
+            "3s",
+        ])
+        .env("HOOK_SECRET", "s3cret")
+        .output()
+        .unwrap();
+    let s = summary(&o);
+
+    // Our breaker opened on the other instance's evidence, then probed and closed by itself.
+    let t = s["breaker_transitions"].as_array().unwrap();
+    assert_eq!(t[0]["to"], "OPEN", "{s}");
+    let why = t[0]["reason"].as_str().unwrap();
+    assert!(
+        why.starts_with("followed instance other-1: failure rate"),
+        "{why}"
+    );
+    assert_eq!(t.last().unwrap()["to"], "CLOSED", "{s}");
+    // Nothing lost; the healthy endpoint was spared while open (no call in the first 2 s
+    // after the opening, except what was in flight before it).
+    assert_eq!(s["delivered"], n, "{s}");
+    let seen = rx.seen();
+    let early = seen
+        .iter()
+        .filter(|r| r.at < started + Duration::from_millis(1500))
+        .count();
+    assert!(
+        early <= 10,
+        "{early} calls while the followed breaker was open"
+    );
+
+    // Our own transitions are on the compacted topic, keyed by integration/sink, naming us.
+    let msgs = read_topic(&events, 1 + t.len(), Duration::from_secs(20));
+    let ours: Vec<serde_json::Value> = msgs
+        .iter()
+        .map(|m| m.json())
+        .filter(|e| e["instance"] == format!("{group}-1"))
+        .collect();
+    assert_eq!(ours.len(), t.len(), "{ours:?}");
+    assert!(
+        msgs.iter()
+            .all(|m| m.key.as_deref() == Some(&b"ghh-follow/ehr"[..]))
+    );
+    let types: Vec<&str> = ours.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        types.first(),
+        Some(&"integration.circuit.opened"),
+        "{types:?}"
+    );
+    assert_eq!(
+        types.last(),
+        Some(&"integration.circuit.closed"),
+        "{types:?}"
     );
 }

@@ -24,7 +24,10 @@ pub struct Sketch {
     // An empty sketch's min/max are ±∞, which JSON cannot hold: written as null.
     #[serde(serialize_with = "finite_or_null", deserialize_with = "null_as_inf")]
     min: f64,
-    #[serde(serialize_with = "finite_or_null", deserialize_with = "null_as_neg_inf")]
+    #[serde(
+        serialize_with = "finite_or_null",
+        deserialize_with = "null_as_neg_inf"
+    )]
     max: f64,
 }
 
