@@ -394,62 +394,68 @@ pub async fn run(
         let dead_tx = dead_tx.clone();
         let stage_name = stage.name.clone();
         let mut operator = stage.operator;
-        tasks.push(tokio::spawn(async move {
-            let stopped = |_| anyhow::anyhow!("a reader of stage {stage_name} stopped");
-            while let Some(msg) = rx.recv().await {
-                let batch = match msg {
-                    Msg::Batch(b) => b,
-                    Msg::Barrier(epoch) => {
+        // One span per stage: traces (and an OpenTelemetry layer, when installed) show where
+        // a batch spent its time; fields are names, never row content.
+        let span = tracing::info_span!("stage", name = %stage.name, kind = stage.kind);
+        tasks.push(tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let stopped = |_| anyhow::anyhow!("a reader of stage {stage_name} stopped");
+                while let Some(msg) = rx.recv().await {
+                    let batch = match msg {
+                        Msg::Batch(b) => b,
+                        Msg::Barrier(epoch) => {
+                            dead_tx
+                                .send(DeadMsg::Barrier(epoch))
+                                .await
+                                .map_err(|_| anyhow::anyhow!("dead-letter writer stopped"))?;
+                            for readers in &ports {
+                                for r in readers {
+                                    r.send(Msg::Barrier(epoch)).await.map_err(stopped)?;
+                                }
+                            }
+                            continue;
+                        }
+                    };
+                    if let Some(prepare) = operator.prepare(&batch) {
+                        prepare
+                            .await
+                            .map_err(|e| anyhow::anyhow!("stage {stage_name}: {e}"))?;
+                    }
+                    let t = Instant::now();
+                    c.rows_in
+                        .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+                    c.batches.fetch_add(1, Ordering::Relaxed);
+                    // Operators run inline: they are short CPU bursts per batch, and the
+                    // multi-threaded runtime spreads stages over the cores.
+                    let out = operator.process(batch);
+                    let out = out.map_err(|e| anyhow::anyhow!("stage {stage_name}: {e}"))?;
+                    c.busy_nanos
+                        .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    c.filtered.fetch_add(out.filtered as u64, Ordering::Relaxed);
+                    if let Some(dead) = out.dead {
+                        c.dead
+                            .fetch_add(dead.rows.num_rows() as u64, Ordering::Relaxed);
                         dead_tx
-                            .send(DeadMsg::Barrier(epoch))
+                            .send(DeadMsg::Rows(stage_name.clone(), dead))
                             .await
                             .map_err(|_| anyhow::anyhow!("dead-letter writer stopped"))?;
-                        for readers in &ports {
-                            for r in readers {
-                                r.send(Msg::Barrier(epoch)).await.map_err(stopped)?;
-                            }
+                    }
+                    for (port, batch) in out.outputs.into_iter().enumerate() {
+                        let Some(batch) = batch else { continue };
+                        if batch.num_rows() == 0 {
+                            continue;
                         }
-                        continue;
-                    }
-                };
-                if let Some(prepare) = operator.prepare(&batch) {
-                    prepare
-                        .await
-                        .map_err(|e| anyhow::anyhow!("stage {stage_name}: {e}"))?;
-                }
-                let t = Instant::now();
-                c.rows_in
-                    .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
-                c.batches.fetch_add(1, Ordering::Relaxed);
-                // Operators run inline: they are short CPU bursts per batch, and the
-                // multi-threaded runtime spreads stages over the cores.
-                let out = operator.process(batch);
-                let out = out.map_err(|e| anyhow::anyhow!("stage {stage_name}: {e}"))?;
-                c.busy_nanos
-                    .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                c.filtered.fetch_add(out.filtered as u64, Ordering::Relaxed);
-                if let Some(dead) = out.dead {
-                    c.dead
-                        .fetch_add(dead.rows.num_rows() as u64, Ordering::Relaxed);
-                    dead_tx
-                        .send(DeadMsg::Rows(stage_name.clone(), dead))
-                        .await
-                        .map_err(|_| anyhow::anyhow!("dead-letter writer stopped"))?;
-                }
-                for (port, batch) in out.outputs.into_iter().enumerate() {
-                    let Some(batch) = batch else { continue };
-                    if batch.num_rows() == 0 {
-                        continue;
-                    }
-                    c.rows_out
-                        .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
-                    for r in &ports[port] {
-                        r.send(Msg::Batch(batch.clone())).await.map_err(stopped)?;
+                        c.rows_out
+                            .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+                        for r in &ports[port] {
+                            r.send(Msg::Batch(batch.clone())).await.map_err(stopped)?;
+                        }
                     }
                 }
-            }
-            Ok::<(), anyhow::Error>(())
-        }));
+                Ok::<(), anyhow::Error>(())
+            },
+            span,
+        )));
     }
     drop(dead_tx);
     counters.reverse();
