@@ -115,14 +115,23 @@ fn stream_windows_write_partitioned_parquet_that_plexus_query_reads() {
         e.1 += (i % 7 == 0) as u64;
     }
     std::fs::write(dir.path().join("in.hl7"), input).unwrap();
-    let p = pipeline(dir.path(), "adt", STREAM_WINDOW);
-    let s = summary(&plexus(&[
-        "run",
-        p.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--json",
-    ]));
+    // Alerts also go to a signed webhook.
+    let (hook, url) = Receiver::start("alert-secret", vec![]);
+    let spec = format!("{STREAM_WINDOW}  alerts: {{webhook: {url}, secret: env:ALERT_SECRET}}\n");
+    let p = pipeline(dir.path(), "adt", &spec);
+    let s = summary(
+        &std::process::Command::new(BIN)
+            .args([
+                "run",
+                p.to_str().unwrap(),
+                "--output",
+                out.to_str().unwrap(),
+                "--json",
+            ])
+            .env("ALERT_SECRET", "alert-secret")
+            .output()
+            .unwrap(),
+    );
     assert_eq!(s["delivered"], 90, "{s}");
     let w = &s["windows"][0];
     assert_eq!(
@@ -200,6 +209,12 @@ fn stream_windows_write_partitioned_parquet_that_plexus_query_reads() {
             .iter()
             .all(|a| a["alert"] == "data_quality" && a["severity"] == "warning")
     );
+    let posted = hook.seen();
+    assert_eq!(posted.len(), below, "one signed POST per alert");
+    assert!(posted.iter().all(|r| r.signature_ok && r.status == 200));
+    assert!(posted.iter().all(|r| r.body["type"] == "integration.alert"));
+    let keys: std::collections::HashSet<&str> = posted.iter().map(|r| r.key.as_str()).collect();
+    assert_eq!(keys.len(), below, "distinct idempotency keys");
 
     // CSV and Parquet output of a query.
     let csv = query_as(
@@ -356,6 +371,7 @@ monitoring:
 fn a_restart_mid_window_keeps_its_counts_and_metrics_are_served() {
     let input = unique("win-in");
     let output = unique("win-out");
+    let metrics = unique("win-metrics");
     let group = unique("g");
     create_topics(&[(&input, 1), (&output, 1)]);
     let dir = tempfile::tempdir().unwrap();
@@ -384,6 +400,7 @@ windows:
     size: 1h
 monitoring:
   state: postgres
+  metrics: {{topic: {metrics}}}
 "#,
         brokers = brokers()
     );
@@ -498,6 +515,11 @@ monitoring:
         rows[0]["total"], 50,
         "30 before the restart + 20 after: {rows:?}"
     );
+    // The same window row on the metrics topic, keyed by window/key.
+    let m = read_topic(&metrics, 1, Duration::from_secs(20));
+    assert_eq!(m.len(), 1);
+    assert_eq!(m[0].key.as_deref(), Some(&b"hourly/A01"[..]));
+    assert_eq!(m[0].json()["total"], 50);
     assert!(
         rows[0]["ws"]
             .as_str()
