@@ -468,7 +468,13 @@ impl SharedBreaker {
 
     /// Every transition so far.
     pub fn transitions(&self) -> Vec<Transition> {
-        self.inner.lock().expect("breaker").1.clone()
+        self.transitions_since(0)
+    }
+
+    /// Transitions after the first `n` (what a publisher has not seen yet).
+    pub fn transitions_since(&self, n: usize) -> Vec<Transition> {
+        let g = self.inner.lock().expect("breaker");
+        g.1.get(n..).map(<[Transition]>::to_vec).unwrap_or_default()
     }
 }
 

@@ -50,13 +50,15 @@ impl Telemetry {
         }
     }
 
+    /// Called per batch by every sink: no allocation once the sink is known.
     pub fn sink_rows(&self, sink: &str, n: u64) {
-        *self
-            .sinks
-            .lock()
-            .expect("telemetry")
-            .entry(sink.to_string())
-            .or_default() += n;
+        let mut sinks = self.sinks.lock().expect("telemetry");
+        match sinks.get_mut(sink) {
+            Some(c) => *c += n,
+            None => {
+                sinks.insert(sink.to_string(), n);
+            }
+        }
     }
 
     pub fn add_breaker(&self, sink: &str, b: SharedBreaker) {

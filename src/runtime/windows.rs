@@ -263,14 +263,15 @@ impl Monitor {
 /// Appends breaker transitions not published yet.
 fn publish_breaker_events(io: &WindowIo, published: &mut HashMap<String, usize>) -> Res<()> {
     for b in io.breakers.values() {
-        let all = b.transitions();
         let done = published.entry(b.name().to_string()).or_default();
-        if all.len() > *done {
+        // Only what is new since the last tick (this runs every 100 ms).
+        let new = b.transitions_since(*done);
+        if !new.is_empty() {
             let mut o = io.outputs.lock().expect("monitor outputs");
-            for t in &all[*done..] {
+            for t in &new {
                 o.breaker_event(&BreakerEvent::new(&io.integration, &io.member, b.name(), t))?;
             }
-            *done = all.len();
+            *done += new.len();
         }
     }
     Ok(())

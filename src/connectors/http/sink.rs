@@ -24,7 +24,7 @@ use crate::connectors::kafka::record_identity;
 use crate::connectors::kafka::retry::{Parked, RetryTopics};
 use crate::connectors::{BatchSink, ConnectorError, Durable, SinkOutcome};
 use crate::metrics::outcome::{OutcomeRow, OutcomeTap};
-use crate::operators::{CONTROL_ID, DeadLetters, OFFSET, RAW, RECORD_INDEX, SOURCE, is_provenance};
+use crate::operators::{DeadLetters, RAW, RECORD_INDEX, is_provenance};
 use crate::resilience::breaker::SharedBreaker;
 use crate::resilience::retry::{RetryPolicy, jitter_random};
 
@@ -125,17 +125,7 @@ pub fn report_call(
 impl BatchSink for HttpSink {
     fn write(&mut self, batch: &RecordBatch) -> Result<(), ConnectorError> {
         let bodies = self.bodies(batch)?;
-        let sources = batch
-            .column_by_name(SOURCE)
-            .and_then(|c| c.as_string_opt::<i32>());
-        let offsets = batch
-            .column_by_name(OFFSET)
-            .and_then(|c| c.as_primitive_opt::<Int64Type>());
-        // The correlation id: HL7 MSH-10, else the event's own id.
-        let controls = batch
-            .column_by_name(CONTROL_ID)
-            .or_else(|| batch.column_by_name("event_id"))
-            .and_then(|c| c.as_string_opt::<i32>());
+        let (sources, offsets, controls) = crate::connectors::kafka::provenance_columns(batch);
         // (idempotency key = the record's identity, correlation id) per row.
         let ids: Vec<(String, Option<String>)> = (0..batch.num_rows())
             .map(|r| {

@@ -322,6 +322,30 @@ pub fn record_identity(source: Option<&str>, offset: Option<i64>, control: Optio
     )
 }
 
+/// A batch's provenance columns (`_source`, `_offset`, and the correlation id: HL7 MSH-10,
+/// else the event's own `event_id`), each when present: what sinks stamp on what they send.
+pub fn provenance_columns(
+    batch: &arrow::record_batch::RecordBatch,
+) -> (
+    Option<&arrow::array::StringArray>,
+    Option<&arrow::array::Int64Array>,
+    Option<&arrow::array::StringArray>,
+) {
+    use crate::operators::{CONTROL_ID, OFFSET, SOURCE};
+    use arrow::array::AsArray;
+    let sources = batch
+        .column_by_name(SOURCE)
+        .and_then(|c| c.as_string_opt::<i32>());
+    let offsets = batch
+        .column_by_name(OFFSET)
+        .and_then(|c| c.as_primitive_opt::<arrow::datatypes::Int64Type>());
+    let controls = batch
+        .column_by_name(CONTROL_ID)
+        .or_else(|| batch.column_by_name("event_id"))
+        .and_then(|c| c.as_string_opt::<i32>());
+    (sources, offsets, controls)
+}
+
 /// Splits a `_source` written by `source_name`.
 pub fn parse_source_name(s: &str) -> Option<(&str, i32)> {
     let (t, p) = s.rsplit_once('/')?;

@@ -8,14 +8,14 @@
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{Int64Type, SchemaRef};
+use arrow::datatypes::SchemaRef;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 
 use super::{KafkaConnection, headers, parse_source_name};
 use crate::connectors::registry::{SchemaRegistry, frame_wire};
 use crate::connectors::{BatchSink, ConnectorError, Durable};
-use crate::operators::{CONTROL_ID, OFFSET, SOURCE, is_provenance};
+use crate::operators::is_provenance;
 use crate::plan::sql::PlannedExpr;
 
 /// How rows are encoded.
@@ -183,17 +183,7 @@ impl BatchSink for KafkaSink {
             None => None,
         };
         let keys = keys.as_ref().map(|k| k.as_string::<i32>());
-        let sources = batch
-            .column_by_name(SOURCE)
-            .and_then(|c| c.as_string_opt::<i32>());
-        let offsets = batch
-            .column_by_name(OFFSET)
-            .and_then(|c| c.as_primitive_opt::<Int64Type>());
-        // The correlation id: HL7 MSH-10, else the event's own id.
-        let controls = batch
-            .column_by_name(CONTROL_ID)
-            .or_else(|| batch.column_by_name("event_id"))
-            .and_then(|c| c.as_string_opt::<i32>());
+        let (sources, offsets, controls) = super::provenance_columns(batch);
         for (row, payload) in payloads.iter().enumerate() {
             let mut h = OwnedHeaders::new_with_capacity(6)
                 .insert(Header {
