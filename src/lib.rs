@@ -9,6 +9,8 @@
 pub mod cli;
 #[cfg(feature = "pipeline")]
 pub mod connectors;
+#[cfg(feature = "pipeline")]
+pub mod fhir;
 pub mod formats;
 #[cfg(feature = "pipeline")]
 pub mod metrics;
@@ -22,3 +24,5 @@ pub mod resilience;
 pub mod runtime;
 #[cfg(feature = "pipeline")]
 pub mod spec;
+#[cfg(feature = "pipeline")]
+pub mod sync;

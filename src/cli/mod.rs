@@ -6,9 +6,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod dlq;
+pub mod fhir;
 pub mod hl7;
+pub mod otel;
 pub mod pipeline;
 pub mod query;
+pub mod sync;
 
 /// plexus: streaming dataflow engine for healthcare integration.
 #[derive(Debug, Parser)]
@@ -61,14 +64,23 @@ enum Command {
     /// HL7v2 tools: split, extract, ack.
     #[command(subcommand)]
     Hl7(hl7::Hl7Command),
+    /// FHIR R4 tools: convert HL7v2 to FHIR resources or Bundles.
+    #[command(subcommand)]
+    Fhir(fhir::FhirCommand),
+    /// EHR sync state: list open conflicts, resolve one.
+    #[command(subcommand)]
+    Sync(sync::SyncCommand),
 }
 
 /// Entry point used by `src/main.rs`.
 pub fn main() -> ExitCode {
-    init_tracing();
+    // Dropped last: flushes exported spans after the command finished.
+    let _otel = init_tracing();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Hl7(cmd) => hl7::run(cmd),
+        Command::Fhir(cmd) => fhir::run(cmd),
+        Command::Sync(cmd) => sync::run(cmd),
         Command::Run {
             pipeline,
             input,
@@ -101,14 +113,27 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+fn init_tracing() -> Option<otel::OtelGuard> {
+    use tracing_subscriber::prelude::*;
     // Logs go to stderr so that stdout stays clean for data. Default: warnings only.
     let filter = tracing_subscriber::EnvFilter::try_from_env("PLEXUS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_filter(filter);
+    let (otel, guard) = match otel::layer() {
+        Ok(Some((layer, guard))) => (Some(layer), Some(guard)),
+        Ok(None) => (None, None),
+        Err(e) => {
+            eprintln!("warning: OpenTelemetry export is off: {e:#}");
+            (None, None)
+        }
+    };
+    let _ = tracing_subscriber::registry()
+        .with(fmt)
+        .with(otel)
         .try_init();
+    guard
 }
 
 /// Reads a whole input: a path, or `-` for stdin.

@@ -30,7 +30,7 @@ use crate::connectors::{BatchSink, BatchSource, ConnectorError, DeadLetterSink};
 use crate::metrics::outcome::OutcomeTap;
 use crate::operators::parse::raw_batch;
 use crate::plan::graph::{HeaderValue, HttpSinkPlan, SourceFormat};
-use crate::plan::windows::{PlannedWindow, StateStore, WindowInput};
+use crate::plan::windows::{MetricsLocation, PlannedWindow, StateStore, WindowInput};
 use crate::plan::{Plan, build};
 use crate::resilience::breaker::SharedBreaker;
 use crate::runtime::RunOptions;
@@ -127,13 +127,17 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         }
         if let Some(m) = &mut plan.monitoring {
             let moved = |p: &Path| dir.join(p.file_name().unwrap_or_default());
-            let default_state = StateStore::Dir(m.metrics_dir.join("_state"));
-            m.metrics_dir = moved(&m.metrics_dir);
+            // Local metrics and the state beside them move; object-store metrics stay where
+            // the pipeline says (and so does their state).
+            if let MetricsLocation::Dir(old) = m.metrics.clone() {
+                let new = moved(&old);
+                if m.state == StateStore::Dir(old.join("_state")) {
+                    m.state = StateStore::Dir(new.join("_state"));
+                }
+                m.metrics = MetricsLocation::Dir(new);
+            }
             m.events_path = moved(&m.events_path);
             m.alerts_path = moved(&m.alerts_path);
-            if m.state == default_state {
-                m.state = StateStore::Dir(m.metrics_dir.join("_state"));
-            }
         }
     }
     let idle = args
@@ -489,8 +493,11 @@ fn http_sink(
         .as_ref()
         .map(|r| secret(r).map(String::into_bytes))
         .transpose()?;
-    let target = HttpTarget::new(&url, &h.method, headers, key, h.timeout)
+    let mut target = HttpTarget::new(&url, &h.method, headers, key, h.timeout)
         .map_err(|e| anyhow::anyhow!("sink {name}: {e}"))?;
+    if h.fhir {
+        target = target.fhir();
+    }
     let breaker = h
         .breaker
         .clone()
@@ -503,6 +510,7 @@ fn http_sink(
         provenance,
         breaker: breaker.clone(),
         outcomes: run.outcomes.clone(),
+        fhir: h.fhir,
     };
     if let Some(b) = &breaker {
         run.breakers

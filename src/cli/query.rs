@@ -21,7 +21,9 @@ use datafusion::datasource::listing::{
 };
 use datafusion::prelude::{JsonReadOptions, SessionContext};
 
+use crate::connectors::monitoring::parquet::open_store;
 use crate::operators::window::window_row_schema;
+use crate::plan::windows::MetricsLocation;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -50,7 +52,7 @@ pub struct QueryArgs {
 
 /// Where a pipeline's monitoring outputs are.
 pub struct Locations {
-    pub metrics_dir: PathBuf,
+    pub metrics: MetricsLocation,
     pub events: PathBuf,
     pub alerts: PathBuf,
     pub dlq: PathBuf,
@@ -94,7 +96,10 @@ fn locations(
         None => p,
     };
     Ok(Locations {
-        metrics_dir: moved(m.metrics_dir),
+        metrics: match m.metrics {
+            MetricsLocation::Dir(d) => MetricsLocation::Dir(moved(d)),
+            url => url,
+        },
         events: moved(m.events_path),
         alerts: moved(m.alerts_path),
         dlq: moved(dlq),
@@ -114,20 +119,45 @@ fn common_columns() -> Vec<String> {
 pub async fn context(loc: &Locations) -> Result<SessionContext> {
     let ctx = SessionContext::new();
     let mut windows = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(&loc.metrics_dir) {
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().to_string();
-            if e.path().is_dir() && !name.starts_with('_') && !name.starts_with('.') {
-                windows.push(name);
+    match &loc.metrics {
+        MetricsLocation::Dir(dir) => {
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                for e in entries.flatten() {
+                    let name = e.file_name().to_string_lossy().to_string();
+                    if e.path().is_dir() && !name.starts_with('_') && !name.starts_with('.') {
+                        let url = format!("{}/", e.path().canonicalize()?.display());
+                        windows.push((name, url));
+                    }
+                }
             }
+        }
+        MetricsLocation::Url(url) => {
+            let (store, prefix) = open_store(url)?;
+            let listing = store
+                .list_with_delimiter(Some(&prefix))
+                .await
+                .with_context(|| format!("listing {url}"))?;
+            for p in listing.common_prefixes {
+                let Some(name) = p.filename().map(str::to_string) else {
+                    continue;
+                };
+                if !name.starts_with('_') && !name.starts_with('.') {
+                    let bucket = url.host_str().unwrap_or_default();
+                    windows.push((name, format!("{}://{bucket}/{p}/", url.scheme())));
+                }
+            }
+            let root = url::Url::parse(&format!(
+                "{}://{}",
+                url.scheme(),
+                url.host_str().unwrap_or_default()
+            ))?;
+            ctx.register_object_store(&root, store);
         }
     }
     windows.sort();
     let mut union = Vec::new();
-    for w in &windows {
-        let dir = loc.metrics_dir.join(w);
-        let url = ListingTableUrl::parse(format!("{}/", dir.canonicalize()?.display()))
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    for (w, table_url) in &windows {
+        let url = ListingTableUrl::parse(table_url).map_err(|e| anyhow::anyhow!("{e}"))?;
         let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
             .with_file_extension(".parquet")
             .with_table_partition_cols(vec![

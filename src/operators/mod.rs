@@ -13,6 +13,7 @@ use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 
 pub mod enrich;
+pub mod fhir;
 pub mod lookup;
 pub mod map;
 pub mod parse;

@@ -271,14 +271,14 @@ impl Parse {
 
 /// Records that failed, by input row.
 #[derive(Default)]
-struct Failures {
+pub(super) struct Failures {
     rows: Vec<u32>,
     rule: Vec<String>,
     reason: Vec<String>,
 }
 
 impl Failures {
-    fn add(&mut self, row: usize, rule: &str, reason: String) {
+    pub(super) fn add(&mut self, row: usize, rule: &str, reason: String) {
         // One entry per record: a second failing column adds to the reason.
         if self.rows.last() == Some(&(row as u32)) {
             let last = self.reason.len() - 1;
@@ -291,7 +291,10 @@ impl Failures {
         self.reason.push(reason);
     }
 
-    fn into_dead(mut self, input: &RecordBatch) -> Result<Option<DeadLetters>, OperatorError> {
+    pub(super) fn into_dead(
+        mut self,
+        input: &RecordBatch,
+    ) -> Result<Option<DeadLetters>, OperatorError> {
         if self.rows.is_empty() {
             return Ok(None);
         }
@@ -315,14 +318,14 @@ impl Failures {
     }
 }
 
-fn raw_column(batch: &RecordBatch) -> Result<&arrow::array::BinaryArray, OperatorError> {
+pub(super) fn raw_column(batch: &RecordBatch) -> Result<&arrow::array::BinaryArray, OperatorError> {
     batch
         .column_by_name(RAW)
         .and_then(|c| c.as_binary_opt::<i32>())
         .ok_or_else(|| OperatorError::Other(format!("parse input needs a binary {RAW} column")))
 }
 
-fn int_column<'b>(
+pub(super) fn int_column<'b>(
     batch: &'b RecordBatch,
     name: &str,
 ) -> Result<&'b arrow::array::PrimitiveArray<Int64Type>, OperatorError> {

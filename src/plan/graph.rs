@@ -94,6 +94,9 @@ pub struct HttpSinkPlan {
     /// Kafka retry topics' base name (non-blocking retries).
     pub retry_topic: Option<String>,
     pub breaker: Option<crate::resilience::breaker::BreakerConfig>,
+    /// `type: fhir`: `url` is the FHIR base; rows of a `fhir` stage are PUT to their
+    /// `request_url` (conditional updates) or, as Bundles, POSTed to the base.
+    pub fhir: bool,
 }
 
 /// A header value: literal, or a secret read at start.
@@ -221,11 +224,11 @@ pub async fn build(spec: &PipelineSpec) -> Result<Plan, SpecErrors> {
             Upstream::Stage { stage, port } => stages[stage].outputs[port].1.clone(),
         };
         let is_source_input = input == Upstream::Source;
-        if is_source_input != matches!(stage, StageSpec::Parse(_)) {
+        if is_source_input != matches!(stage, StageSpec::Parse(_) | StageSpec::Fhir(_)) {
             let msg = if is_source_input {
-                "the stage reading the source must be a `parse` stage"
+                "the stage reading the source must be a `parse` or `fhir` stage"
             } else {
-                "a `parse` stage reads raw records: its input must be the source"
+                "a `parse` or `fhir` stage reads raw records: its input must be the source"
             };
             cx.err(name, msg);
             break;
@@ -620,6 +623,46 @@ async fn plan_stage(
     input: &SchemaRef,
 ) -> Option<Box<dyn Operator>> {
     match stage {
+        StageSpec::Fhir(f) => {
+            if SourceFormat::parse(&cx.spec.source.format).ok() != Some(SourceFormat::Hl7) {
+                cx.err(
+                    &f.name,
+                    "a `fhir` stage maps HL7v2: the source format must be hl7",
+                );
+                return None;
+            }
+            let bundle = match f.bundle.as_ref().map(|b| b.as_str()) {
+                None => None,
+                Some("transaction") => Some(crate::fhir::bundle::BundleType::Transaction),
+                Some("batch") => Some(crate::fhir::bundle::BundleType::Batch),
+                Some(_) => {
+                    let b = f.bundle.as_ref().expect("some");
+                    cx.err(b, "bundle is `transaction` or `batch`");
+                    return None;
+                }
+            };
+            let offset = match &f.default_timezone {
+                Some(tz) => match parse_offset(tz) {
+                    Some(o) => o,
+                    None => {
+                        cx.err(tz, "default_timezone must be an offset like -0500 or +0100");
+                        return None;
+                    }
+                },
+                None => chrono::FixedOffset::east_opt(0).expect("zero"),
+            };
+            let systems = f
+                .systems
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_string()))
+                .collect();
+            let opts = crate::fhir::v2::Options {
+                default_offset: offset,
+                ..Default::default()
+            }
+            .with_systems(systems);
+            Some(Box::new(crate::operators::fhir::ToFhir::new(opts, bundle)) as Box<dyn Operator>)
+        }
         StageSpec::Parse(p) => {
             let format = match SourceFormat::parse(&p.format) {
                 Ok(f) => f,
@@ -1109,8 +1152,35 @@ fn plan_sink(
             http: None,
         });
     }
-    if s.kind.as_str() == "http" {
-        let http = plan_http_sink(cx, s)?;
+    if matches!(s.kind.as_str(), "http" | "fhir") {
+        let mut http = plan_http_sink(cx, s)?;
+        if s.kind.as_str() == "fhir" {
+            for col in ["resource", "request_url"] {
+                if schema.column_with_name(col).is_none() {
+                    cx.err(
+                        &s.name,
+                        format!(
+                            "a fhir sink reads the `{col}` column: its input must be a `fhir` stage"
+                        ),
+                    );
+                }
+            }
+            for (key, set) in [
+                ("method", s.method.is_some()),
+                ("secret", s.secret.is_some()),
+            ] {
+                if set {
+                    cx.err(&s.kind, format!("`{key}` is not a fhir sink setting (FHIR decides the method; auth goes in `headers`)"));
+                }
+            }
+            if let Some(t) = s.retry.as_ref().and_then(|r| r.topic.as_ref()) {
+                cx.err(
+                    t,
+                    "a fhir sink retries in place (retry topics carry no request path yet)",
+                );
+            }
+            http.fhir = true;
+        }
         return Some(PlannedSink {
             name: s.name.to_string(),
             input,
@@ -1170,7 +1240,7 @@ fn plan_sink(
         other => {
             cx.err(
                 &s.kind,
-                format!("unknown sink type {other:?} (file, stdout, kafka, http)"),
+                format!("unknown sink type {other:?} (file, stdout, kafka, http, fhir)"),
             );
             return None;
         }
@@ -1207,7 +1277,17 @@ fn plan_http_sink(cx: &mut Ctx<'_>, s: &crate::spec::SinkSpec) -> Option<HttpSin
         cx.err(f, "http sinks send json");
     }
     let Some(url) = &s.url else {
-        cx.err(&s.kind, "an http sink needs a `url`");
+        cx.err(
+            &s.kind,
+            format!(
+                "a{} sink needs a `url`",
+                if s.kind.as_str() == "fhir" {
+                    " fhir"
+                } else {
+                    "n http"
+                }
+            ),
+        );
         return None;
     };
     let url_text = match url.strip_prefix("env:") {
@@ -1325,6 +1405,7 @@ fn plan_http_sink(cx: &mut Ctx<'_>, s: &crate::spec::SinkSpec) -> Option<HttpSin
         retry,
         retry_topic,
         breaker,
+        fhir: false,
     })
 }
 

@@ -44,10 +44,41 @@ pub enum StateStore {
     Postgres { url_env: String },
 }
 
+/// Where window rows are written as Parquet.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetricsLocation {
+    /// A local directory.
+    Dir(PathBuf),
+    /// An object store: `s3://bucket/prefix` (S3 or an S3-compatible store; endpoint and
+    /// credentials from the standard `AWS_*` environment variables).
+    Url(url::Url),
+}
+
+impl MetricsLocation {
+    /// Parses `monitoring.metrics.path`: an `s3://` URL, or a path (relative to the pipeline).
+    fn parse(raw: &str, resolve: impl Fn(&str) -> PathBuf) -> Result<Self, String> {
+        if !raw.contains("://") {
+            return Ok(MetricsLocation::Dir(resolve(raw)));
+        }
+        let url = url::Url::parse(raw).map_err(|e| format!("`{raw}` is not a URL: {e}"))?;
+        match url.scheme() {
+            "s3" if url.host_str().is_some_and(|h| !h.is_empty()) => Ok(MetricsLocation::Url(url)),
+            "s3" => Err(format!("`{raw}` names no bucket (s3://BUCKET/prefix)")),
+            "file" => url
+                .to_file_path()
+                .map(MetricsLocation::Dir)
+                .map_err(|_| format!("`{raw}` is not a local path")),
+            other => Err(format!(
+                "metrics go to a directory or an s3:// URL (S3-compatible stores too), not {other}://"
+            )),
+        }
+    }
+}
+
 /// The monitoring outputs (by default next to the pipeline file, named after it).
 #[derive(Debug, Clone)]
 pub struct MonitoringPlan {
-    pub metrics_dir: PathBuf,
+    pub metrics: MetricsLocation,
     pub metrics_topic: Option<String>,
     pub events_path: PathBuf,
     pub events_topic: Option<String>,
@@ -118,15 +149,28 @@ pub(super) fn plan_monitoring(cx: &mut Ctx<'_>) -> MonitoringPlan {
         });
         Some((url.to_string(), secret))
     });
+    let metrics = match m
+        .and_then(|m| m.metrics.as_ref())
+        .and_then(|o| o.path.as_ref())
+    {
+        Some(raw) => match MetricsLocation::parse(raw, |p| spec.resolve(p)) {
+            Ok(l) => l,
+            Err(e) => {
+                cx.err(raw, e);
+                MetricsLocation::Dir(metrics_dir)
+            }
+        },
+        None => MetricsLocation::Dir(metrics_dir),
+    };
     let state = match m.and_then(|m| m.state.as_ref()) {
         Some(s) if s.as_str() == "postgres" => StateStore::Postgres {
             url_env: "DATABASE_URL".into(),
         },
         Some(s) => StateStore::Dir(spec.resolve(s)),
-        None => StateStore::Dir(metrics_dir.join("_state")),
+        None => default_state(&metrics, || spec.resolve(&format!("{name}.window_state"))),
     };
     MonitoringPlan {
-        metrics_dir,
+        metrics,
         metrics_topic,
         events_path,
         events_topic,
@@ -134,6 +178,18 @@ pub(super) fn plan_monitoring(cx: &mut Ctx<'_>) -> MonitoringPlan {
         alerts_topic,
         alerts_webhook,
         state,
+    }
+}
+
+/// Window state by default: beside local metrics; next to the pipeline when metrics go to an
+/// object store (state is rewritten every checkpoint, which object stores bill per request).
+fn default_state(
+    metrics: &MetricsLocation,
+    beside_pipeline: impl FnOnce() -> PathBuf,
+) -> StateStore {
+    match metrics {
+        MetricsLocation::Dir(d) => StateStore::Dir(d.join("_state")),
+        MetricsLocation::Url(_) => StateStore::Dir(beside_pipeline()),
     }
 }
 

@@ -289,8 +289,25 @@ pub async fn run(
                 while let Some(msg) = rx.blocking_recv() {
                     match msg {
                         Msg::Batch(batch) => {
+                            let span = tracing::info_span!(
+                                "sink_batch",
+                                sink = %spec.name,
+                                rows = batch.num_rows() as i64,
+                                parked = tracing::field::Empty,
+                                dead = tracing::field::Empty,
+                            );
+                            let _entered = span.enter();
                             sink.write(&batch)?;
                             let outcome = sink.take_outcome();
+                            span.record("parked", outcome.parked.len() as i64);
+                            span.record(
+                                "dead",
+                                outcome
+                                    .dead
+                                    .iter()
+                                    .map(|d| d.rows.num_rows() as i64)
+                                    .sum::<i64>(),
+                            );
                             let mut undelivered: std::collections::HashSet<i64> =
                                 outcome.parked.iter().copied().collect();
                             for dead in &outcome.dead {
@@ -427,8 +444,29 @@ pub async fn run(
                     c.batches.fetch_add(1, Ordering::Relaxed);
                     // Operators run inline: they are short CPU bursts per batch, and the
                     // multi-threaded runtime spreads stages over the cores.
-                    let out = operator.process(batch);
+                    let batch_span = tracing::info_span!(
+                        "batch",
+                        rows_in = batch.num_rows() as i64,
+                        rows_out = tracing::field::Empty,
+                        dead = tracing::field::Empty,
+                        filtered = tracing::field::Empty,
+                    );
+                    let out = batch_span.in_scope(|| operator.process(batch));
                     let out = out.map_err(|e| anyhow::anyhow!("stage {stage_name}: {e}"))?;
+                    batch_span.record(
+                        "rows_out",
+                        out.outputs
+                            .iter()
+                            .flatten()
+                            .map(|b| b.num_rows() as i64)
+                            .sum::<i64>(),
+                    );
+                    batch_span.record(
+                        "dead",
+                        out.dead.as_ref().map_or(0, |d| d.rows.num_rows() as i64),
+                    );
+                    batch_span.record("filtered", out.filtered as i64);
+                    drop(batch_span);
                     c.busy_nanos
                         .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
                     c.filtered.fetch_add(out.filtered as u64, Ordering::Relaxed);

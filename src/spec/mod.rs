@@ -294,6 +294,7 @@ pub enum StageSpec {
     Validate(ValidateStage),
     Enrich(EnrichStage),
     Route(RouteStage),
+    Fhir(FhirStage),
 }
 
 impl StageSpec {
@@ -305,6 +306,7 @@ impl StageSpec {
             StageSpec::Validate(s) => &s.name,
             StageSpec::Enrich(s) => &s.name,
             StageSpec::Route(s) => &s.name,
+            StageSpec::Fhir(s) => &s.name,
         }
     }
 
@@ -317,6 +319,7 @@ impl StageSpec {
             StageSpec::Validate(s) => s.input.as_ref(),
             StageSpec::Enrich(s) => s.input.as_ref(),
             StageSpec::Route(s) => s.input.as_ref(),
+            StageSpec::Fhir(s) => s.input.as_ref(),
         }
     }
 
@@ -328,6 +331,7 @@ impl StageSpec {
             StageSpec::Validate(_) => "validate",
             StageSpec::Enrich(_) => "enrich",
             StageSpec::Route(_) => "route",
+            StageSpec::Fhir(_) => "fhir",
         }
     }
 }
@@ -348,6 +352,23 @@ pub struct ParseStage {
     /// NDJSON/CSV: an Arrow schema file (JSON), relative to the pipeline file.
     pub schema: Option<Spanned<String>>,
     /// HL7: offset for timestamps without one, e.g. `-0500` (default UTC).
+    pub default_timezone: Option<Spanned<String>>,
+}
+
+/// HL7v2 → FHIR R4 per the v2-to-FHIR IG: reads the source's raw HL7 records.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FhirStage {
+    pub name: Spanned<String>,
+    #[serde(rename = "type")]
+    pub kind: Spanned<String>,
+    pub input: Option<Spanned<String>>,
+    /// `transaction` or `batch`: one Bundle row per message instead of a row per resource.
+    pub bundle: Option<Spanned<String>>,
+    /// Assigning-authority namespace → identifier system URI.
+    #[serde(default)]
+    pub systems: IndexMap<String, Spanned<String>>,
+    /// Offset for times sent without one, e.g. `-0500` (default UTC).
     pub default_timezone: Option<Spanned<String>>,
 }
 
@@ -704,12 +725,13 @@ fn stage_from_node(path: &Path, node: &Node) -> Result<StageSpec, SpecErrors> {
         "validate" => StageSpec::Validate(from_node(path, node)?),
         "enrich" => StageSpec::Enrich(from_node(path, node)?),
         "route" => StageSpec::Route(from_node(path, node)?),
+        "fhir" => StageSpec::Fhir(from_node(path, node)?),
         other => {
             return Err(SpecError::at(
                 path,
                 kind.span(),
                 format!(
-                    "unknown stage type {other:?} (parse, map, lookup, validate, enrich, route)"
+                    "unknown stage type {other:?} (parse, map, lookup, validate, enrich, route, fhir)"
                 ),
             )
             .into());

@@ -89,6 +89,9 @@ pub fn is_transient_status(status: u16) -> bool {
 /// One request of a batch.
 pub struct Request<'a> {
     pub body: &'a [u8],
+    /// FHIR targets: the request's path under the base (a conditional update's
+    /// `Patient?identifier=…`, sent as PUT); `None` or empty posts to the base (a Bundle).
+    pub path: Option<&'a str>,
     pub idempotency_key: &'a str,
     pub correlation_id: Option<&'a str>,
     pub attempt: u32,
@@ -102,9 +105,17 @@ pub struct HttpTarget {
     method: reqwest::Method,
     headers: Vec<(String, String)>,
     secret: Option<Vec<u8>>,
+    /// A FHIR server: `application/fhir+json`, method and path per request.
+    fhir: bool,
 }
 
 impl HttpTarget {
+    /// Makes this a FHIR target: the URL is the server's base, each request says its path.
+    pub fn fhir(mut self) -> Self {
+        self.fhir = true;
+        self
+    }
+
     pub fn new(
         url: &str,
         method: &str,
@@ -125,15 +136,29 @@ impl HttpTarget {
             method,
             headers,
             secret,
+            fhir: false,
         })
     }
 
     /// One attempt. Never panics; every failure is an `Outcome`.
     pub async fn deliver(&self, r: &Request<'_>) -> Outcome {
+        let (method, url, content_type) = match r.path.filter(|p| self.fhir && !p.is_empty()) {
+            Some(path) => (
+                reqwest::Method::PUT,
+                format!("{}/{path}", self.url.trim_end_matches('/')),
+                "application/fhir+json",
+            ),
+            None if self.fhir => (
+                reqwest::Method::POST,
+                self.url.clone(),
+                "application/fhir+json",
+            ),
+            None => (self.method.clone(), self.url.clone(), "application/json"),
+        };
         let mut req = self
             .client
-            .request(self.method.clone(), &self.url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .request(method.clone(), &url)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
             .header(IDEMPOTENCY_HEADER, r.idempotency_key)
             .header(ATTEMPT_HEADER, r.attempt.to_string());
         if let Some(c) = r.correlation_id {
@@ -147,7 +172,12 @@ impl HttpTarget {
             req = req.header(SIGNATURE_HEADER, sign(secret, t, r.body));
         }
         let started = Instant::now();
-        let what = format!("{} {}", self.method, self.url);
+        // A conditional update's query holds an identifier (an MRN): reasons name the
+        // resource type only.
+        let what = match url.split_once('?') {
+            Some((path, _)) if self.fhir => format!("{method} {path}?…"),
+            _ => format!("{method} {url}"),
+        };
         match req.body(r.body.to_vec()).send().await {
             Ok(resp) => {
                 let status = resp.status().as_u16();

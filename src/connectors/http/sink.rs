@@ -40,6 +40,9 @@ pub struct HttpSinkConfig {
     pub breaker: Option<SharedBreaker>,
     /// Where each call's outcome is reported (windows over `outcomes`).
     pub outcomes: OutcomeTap,
+    /// A FHIR server (`type: fhir`): each row's `resource` is PUT to its `request_url`
+    /// (a Bundle, with no URL, is POSTed to the base).
+    pub fhir: bool,
 }
 
 pub struct HttpSink {
@@ -70,8 +73,14 @@ impl HttpSink {
         ConnectorError::Other(format!("sink {}: {e}", self.config.name))
     }
 
-    /// One JSON object per row.
+    /// One JSON object per row (FHIR: the row's `resource`, as the `fhir` stage wrote it).
     fn bodies(&self, batch: &RecordBatch) -> Result<Vec<Vec<u8>>, ConnectorError> {
+        if self.config.fhir {
+            let resources = fhir_column(batch, "resource").map_err(|e| self.err(e))?;
+            return Ok((0..batch.num_rows())
+                .map(|r| resources.value(r).as_bytes().to_vec())
+                .collect());
+        }
         let keep: Vec<usize> = (0..batch.num_columns())
             .filter(|&i| {
                 let n = batch.schema_ref().field(i).name().clone();
@@ -81,6 +90,17 @@ impl HttpSink {
         let rows = batch.project(&keep).map_err(|e| self.err(e))?;
         crate::connectors::json_rows(&rows).map_err(|e| self.err(e))
     }
+}
+
+/// A string column the `fhir` stage writes.
+fn fhir_column<'b>(
+    batch: &'b RecordBatch,
+    name: &str,
+) -> Result<&'b arrow::array::StringArray, String> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_string_opt::<i32>())
+        .ok_or_else(|| format!("a fhir sink reads the `{name}` column of a `fhir` stage"))
 }
 
 /// Delivers `requests` with at most `concurrency` in flight; outcomes (with how long each
@@ -125,6 +145,10 @@ pub fn report_call(
 impl BatchSink for HttpSink {
     fn write(&mut self, batch: &RecordBatch) -> Result<(), ConnectorError> {
         let bodies = self.bodies(batch)?;
+        let paths = match self.config.fhir {
+            true => Some(fhir_column(batch, "request_url").map_err(|e| self.err(e))?),
+            false => None,
+        };
         let (sources, offsets, controls) = crate::connectors::kafka::provenance_columns(batch);
         // (idempotency key = the record's identity, correlation id) per row.
         let ids: Vec<(String, Option<String>)> = (0..batch.num_rows())
@@ -169,6 +193,7 @@ impl BatchSink for HttpSink {
                 .iter()
                 .map(|&(row, attempt)| Request {
                     body: &bodies[row],
+                    path: paths.map(|p| p.value(row)),
                     idempotency_key: &ids[row].0,
                     correlation_id: ids[row].1.as_deref(),
                     attempt,

@@ -479,6 +479,7 @@ impl Worker {
     ) -> Result<(), ConnectorError> {
         let started = std::time::Instant::now();
         let outcome = self.handle.block_on(self.target.deliver(&Request {
+            path: None,
             body: &d.body,
             idempotency_key: &d.key,
             correlation_id: d.correlation_id.as_deref(),

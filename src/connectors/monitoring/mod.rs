@@ -165,7 +165,7 @@ impl MonitorOutputs {
             t.as_deref().zip(kafka)
         }
         Ok(MonitorOutputs {
-            metrics: parquet::PartitionedParquet::new(&plan.metrics_dir),
+            metrics: parquet::PartitionedParquet::new(&plan.metrics, handle.clone())?,
             metrics_topic: match topic(&plan.metrics_topic, kafka) {
                 Some((t, c)) => Some((t.to_string(), Deliveries::new(c, format!("topic {t}"))?)),
                 None => None,
@@ -217,6 +217,7 @@ impl MonitorOutputs {
             let idem = format!("{key}/{}/{}", a.alert, a.window_start_ms);
             let outcome = tokio::task::block_in_place(|| {
                 handle.block_on(target.deliver(&Request {
+                    path: None,
                     body: &body,
                     idempotency_key: &idem,
                     correlation_id: None,

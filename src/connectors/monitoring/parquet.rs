@@ -4,11 +4,16 @@
 //! (The window's name is a column in the files, so it is not a `window=` partition too.)
 //!
 //! Rows are buffered per partition and written as one new file per partition on `flush`
-//! (each barrier, and at the end): files are immutable once written, and are written under a
-//! temporary name and renamed, so a reader never sees half a file.
+//! (each barrier, and at the end): files are immutable once written, so a reader never sees
+//! half a file — in a directory they are written under a temporary name and renamed; in an
+//! object store (`s3://bucket/prefix`) one PUT makes an object appear whole.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
 
 use arrow::array::{Array, AsArray, UInt32Array};
 use arrow::datatypes::TimestampMillisecondType;
@@ -18,9 +23,39 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
 use crate::connectors::ConnectorError;
+use crate::plan::windows::MetricsLocation;
+
+/// Where the files go.
+enum Target {
+    Dir(PathBuf),
+    Store {
+        store: Arc<dyn ObjectStore>,
+        prefix: ObjectPath,
+        url: String,
+        handle: tokio::runtime::Handle,
+    },
+}
+
+/// Opens an object store URL (`s3://bucket/prefix`): the store and the prefix within it.
+/// Endpoint, region and credentials come from the standard `AWS_*` variables
+/// (`AWS_ENDPOINT` and `AWS_ALLOW_HTTP=true` for a local S3-compatible store).
+pub fn open_store(url: &url::Url) -> Result<(Arc<dyn ObjectStore>, ObjectPath), ConnectorError> {
+    let err = |e: String| ConnectorError::Other(format!("metrics store {url}: {e}"));
+    match url.scheme() {
+        "s3" => {
+            let store = object_store::aws::AmazonS3Builder::from_env()
+                .with_url(url.as_str())
+                .build()
+                .map_err(|e| err(e.to_string()))?;
+            let prefix = ObjectPath::from_url_path(url.path()).map_err(|e| err(e.to_string()))?;
+            Ok((Arc::new(store), prefix))
+        }
+        other => Err(err(format!("unsupported scheme {other}://"))),
+    }
+}
 
 pub struct PartitionedParquet {
-    dir: PathBuf,
+    target: Target,
     /// Distinguishes this run's files from earlier runs' (never overwrites).
     run_id: String,
     seq: u64,
@@ -31,9 +66,24 @@ pub struct PartitionedParquet {
 }
 
 impl PartitionedParquet {
-    pub fn new(dir: &Path) -> Self {
-        PartitionedParquet {
-            dir: dir.to_path_buf(),
+    pub fn new(
+        location: &MetricsLocation,
+        handle: tokio::runtime::Handle,
+    ) -> Result<Self, ConnectorError> {
+        let target = match location {
+            MetricsLocation::Dir(d) => Target::Dir(d.clone()),
+            MetricsLocation::Url(url) => {
+                let (store, prefix) = open_store(url)?;
+                Target::Store {
+                    store,
+                    prefix,
+                    url: url.to_string(),
+                    handle,
+                }
+            }
+        };
+        Ok(PartitionedParquet {
+            target,
             run_id: format!(
                 "{}-{}",
                 chrono::Utc::now().format("%Y%m%dT%H%M%S%.3f"),
@@ -43,7 +93,7 @@ impl PartitionedParquet {
             buffered: BTreeMap::new(),
             files_written: 0,
             rows_written: 0,
-        }
+        })
     }
 
     /// Buffers window rows (a batch of `window_row_schema`) by partition.
@@ -83,41 +133,63 @@ impl PartitionedParquet {
     /// Writes one file per partition with buffered rows.
     pub fn flush(&mut self) -> Result<(), ConnectorError> {
         for (part, batches) in std::mem::take(&mut self.buffered) {
-            let dir = self.dir.join(&part);
-            std::fs::create_dir_all(&dir).map_err(|source| ConnectorError::Io {
-                path: dir.display().to_string(),
-                source,
-            })?;
             self.seq += 1;
             let name = format!("part-{}-{:06}.parquet", self.run_id, self.seq);
-            let tmp = dir.join(format!(".{name}.tmp"));
-            let path = dir.join(&name);
-            let io = |source| ConnectorError::Io {
-                path: tmp.display().to_string(),
-                source,
-            };
-            let file = std::fs::File::create(&tmp).map_err(io)?;
-            let props = WriterProperties::builder()
-                .set_compression(Compression::ZSTD(ZstdLevel::default()))
-                .build();
-            let pq = |source| ConnectorError::Parquet {
-                context: path.display().to_string(),
-                source,
-            };
-            let mut w = ArrowWriter::try_new(file, batches[0].schema(), Some(props)).map_err(pq)?;
-            for b in &batches {
-                w.write(b).map_err(pq)?;
-                self.rows_written += b.num_rows() as u64;
+            let bytes = encode(&batches, &format!("{part}/{name}"))?;
+            match &self.target {
+                Target::Dir(root) => {
+                    let dir = root.join(&part);
+                    let io = |p: &std::path::Path| {
+                        let path = p.display().to_string();
+                        move |source| ConnectorError::Io { path, source }
+                    };
+                    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+                    let tmp = dir.join(format!(".{name}.tmp"));
+                    let path = dir.join(&name);
+                    std::fs::write(&tmp, &bytes).map_err(io(&tmp))?;
+                    std::fs::rename(&tmp, &path).map_err(io(&path))?;
+                }
+                Target::Store {
+                    store,
+                    prefix,
+                    url,
+                    handle,
+                } => {
+                    let mut path = prefix.clone();
+                    for segment in part.split('/').chain([name.as_str()]) {
+                        path = path.join(segment);
+                    }
+                    // The store client retries transient failures itself (with backoff);
+                    // what still fails stops the run rather than losing metrics silently.
+                    let put = store.put(&path, bytes.into());
+                    tokio::task::block_in_place(|| handle.block_on(put)).map_err(|e| {
+                        ConnectorError::Other(format!("writing {path} to {url}: {e}"))
+                    })?;
+                }
             }
-            w.close().map_err(pq)?;
-            std::fs::rename(&tmp, &path).map_err(|source| ConnectorError::Io {
-                path: path.display().to_string(),
-                source,
-            })?;
+            self.rows_written += batches.iter().map(|b| b.num_rows() as u64).sum::<u64>();
             self.files_written += 1;
         }
         Ok(())
     }
+}
+
+/// One Parquet file's bytes (window rows are small: a file per partition per checkpoint).
+fn encode(batches: &[RecordBatch], name: &str) -> Result<Vec<u8>, ConnectorError> {
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .build();
+    let pq = |source| ConnectorError::Parquet {
+        context: name.to_string(),
+        source,
+    };
+    let mut out = Vec::new();
+    let mut w = ArrowWriter::try_new(&mut out, batches[0].schema(), Some(props)).map_err(pq)?;
+    for b in batches {
+        w.write(b).map_err(pq)?;
+    }
+    w.close().map_err(pq)?;
+    Ok(out)
 }
 
 /// A window name as a path segment.

@@ -1,0 +1,46 @@
+//! HL7v2 → FHIR R4 conversion speed on FHIR-Converter's own sample messages (the shared
+//! corpus is a copy of its `data/SampleData/Hl7v2`): parse + map to resources, and the same
+//! serialized as a transaction Bundle (what `plexus fhir convert --bundle` writes).
+//!
+//! Run: `cargo bench --bench fhir`
+
+use std::hint::black_box;
+use std::path::Path;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use plexus::fhir::bundle::{BundleType, bundle};
+use plexus::fhir::v2::{Options, convert};
+use plexus::formats::hl7::Message;
+
+fn corpus(name: &str) -> Vec<u8> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/corpus")
+        .join(name);
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn bench(c: &mut Criterion) {
+    let opts = Options::default();
+    let mut g = c.benchmark_group("fhir_convert");
+    for name in ["ADT-A01-01.hl7", "SIU-S12-01.hl7"] {
+        let raw = corpus(name);
+        g.throughput(Throughput::Elements(1));
+        g.bench_function(format!("{name}/resources"), |b| {
+            b.iter(|| {
+                let m = Message::parse(black_box(&raw)).unwrap();
+                black_box(convert(&m, &opts).unwrap())
+            })
+        });
+        g.bench_function(format!("{name}/transaction_bundle_json"), |b| {
+            b.iter(|| {
+                let m = Message::parse(black_box(&raw)).unwrap();
+                let rs = convert(&m, &opts).unwrap();
+                black_box(serde_json::to_vec(&bundle(&rs, BundleType::Transaction)).unwrap())
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

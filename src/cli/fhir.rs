@@ -1,0 +1,144 @@
+//! `plexus fhir convert`: HL7v2 files → FHIR R4 resources (NDJSON) or Bundles, the
+//! FHIR-Converter use case.
+//!
+//! Exit codes as for the HL7 commands: 0 when every message converted, 1 when some did not
+//! (each reported on stderr with its position and reason; the rest still converted), 2 on
+//! usage or I/O errors.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Subcommand, ValueEnum};
+
+use crate::fhir::bundle::{BundleType, bundle};
+use crate::fhir::v2::{Options, convert};
+use crate::formats::hl7::Splitter;
+
+#[derive(Debug, Subcommand)]
+pub enum FhirCommand {
+    /// Converts HL7v2 messages (ADT, SIU) to FHIR R4 per the v2-to-FHIR IG.
+    Convert {
+        /// HL7 file (plain messages or an FHS/BHS batch); `-` for stdin.
+        file: String,
+        /// One Bundle per message (a line each) instead of one resource per line.
+        #[arg(long, value_enum)]
+        bundle: Option<BundleKind>,
+        /// Output file (default: stdout).
+        #[arg(long, short = 'o')]
+        output: Option<String>,
+        /// Identifier system for an assigning authority sent by local name, e.g.
+        /// `--system GHH=urn:oid:2.16.840.1.113883.3.72` (repeatable).
+        #[arg(long = "system", value_name = "NAMESPACE=URI")]
+        systems: Vec<String>,
+        /// Offset of times sent without one, e.g. `+01:00` (FHIR times need an offset).
+        #[arg(long, default_value = "+00:00")]
+        default_offset: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum BundleKind {
+    Transaction,
+    Batch,
+}
+
+pub fn run(cmd: FhirCommand) -> Result<ExitCode> {
+    match cmd {
+        FhirCommand::Convert {
+            file,
+            bundle,
+            output,
+            systems,
+            default_offset,
+        } => {
+            let mut map = HashMap::new();
+            for s in &systems {
+                let (ns, uri) = s
+                    .split_once('=')
+                    .with_context(|| format!("--system {s}: expected NAMESPACE=URI"))?;
+                map.insert(ns.to_string(), uri.to_string());
+            }
+            let offset: chrono::FixedOffset = default_offset
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--default-offset {default_offset}: {e}"))?;
+            let opts = Options {
+                default_offset: offset,
+                ..Options::default()
+            }
+            .with_systems(map);
+            let kind = bundle.map(|b| match b {
+                BundleKind::Transaction => BundleType::Transaction,
+                BundleKind::Batch => BundleType::Batch,
+            });
+            convert_file(&file, kind, output.as_deref(), &opts)
+        }
+    }
+}
+
+fn convert_file(
+    file: &str,
+    kind: Option<BundleType>,
+    output: Option<&str>,
+    opts: &Options,
+) -> Result<ExitCode> {
+    let input = crate::cli::read_input(file)?;
+    let mut out: Box<dyn Write> = match output {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("creating {p}"))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let mut splitter = Splitter::new(&input);
+    let (mut good, mut bad, mut resources) = (0usize, 0usize, 0usize);
+    for item in splitter.by_ref() {
+        let m = match item {
+            Ok(m) => m.message,
+            Err(b) => {
+                bad += 1;
+                eprintln!(
+                    "error: {file}: message {} at byte {}: {}",
+                    b.index, b.offset, b.error
+                );
+                continue;
+            }
+        };
+        match convert(&m, opts) {
+            Ok(rs) => {
+                good += 1;
+                resources += rs.len();
+                match kind {
+                    Some(k) => {
+                        serde_json::to_writer(&mut out, &bundle(&rs, k))?;
+                        out.write_all(b"\n")?;
+                    }
+                    None => {
+                        for r in &rs {
+                            serde_json::to_writer(&mut out, &r.body)?;
+                            out.write_all(b"\n")?;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                bad += 1;
+                eprintln!(
+                    "error: {file}: message {} at byte {}: {e}",
+                    m.index(),
+                    m.offset()
+                );
+            }
+        }
+    }
+    out.flush()?;
+    for d in splitter.diagnostics() {
+        eprintln!("warning: {file}: {d}");
+    }
+    eprintln!("{good} messages converted to {resources} resources, {bad} failed");
+    Ok(if bad == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

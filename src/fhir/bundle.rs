@@ -1,0 +1,160 @@
+//! Transaction and batch Bundles whose entries are conditional updates on business
+//! identifiers (`PUT Patient?identifier=system|value`): the receiving server creates a
+//! resource the first time and updates the same one after, so a replayed message changes
+//! nothing and never duplicates a patient.
+
+use serde_json::{Value, json};
+
+use super::v2::Resource;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BundleType {
+    /// All or nothing; entries reference each other by `urn:uuid:` full URLs, which the
+    /// server resolves to the ids it assigns.
+    Transaction,
+    /// Each entry on its own; entries reference each other as `Type/id` with plexus's
+    /// deterministic ids (the server must allow update-as-create for a new resource).
+    Batch,
+}
+
+impl BundleType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BundleType::Transaction => "transaction",
+            BundleType::Batch => "batch",
+        }
+    }
+}
+
+/// The request URL of a resource's conditional update (or update by id without one).
+pub fn request_url(r: &Resource) -> String {
+    match &r.identifier {
+        Some((system, value)) => format!(
+            "{}?identifier={}|{}",
+            r.resource_type,
+            encode(system),
+            encode(&escape_token(value))
+        ),
+        None => format!("{}/{}", r.resource_type, r.id),
+    }
+}
+
+/// One Bundle of the resources of a message.
+pub fn bundle(resources: &[Resource], kind: BundleType) -> Value {
+    let entries: Vec<Value> = resources
+        .iter()
+        .map(|r| {
+            let mut body = r.body.clone();
+            if kind == BundleType::Transaction {
+                if let Value::Object(o) = &mut body {
+                    // A conditional update must not carry an id the match might contradict.
+                    if r.identifier.is_some() {
+                        o.remove("id");
+                    }
+                }
+                for other in resources {
+                    rewrite_references(
+                        &mut body,
+                        &format!("{}/{}", other.resource_type, other.id),
+                        &format!("urn:uuid:{}", other.id),
+                    );
+                }
+            }
+            json!({
+                "fullUrl": format!("urn:uuid:{}", r.id),
+                "resource": body,
+                "request": {"method": "PUT", "url": request_url(r)}
+            })
+        })
+        .collect();
+    json!({"resourceType": "Bundle", "type": kind.as_str(), "entry": entries})
+}
+
+fn rewrite_references(v: &mut Value, from: &str, to: &str) {
+    match v {
+        Value::Object(o) => {
+            for (k, child) in o.iter_mut() {
+                if k == "reference" && child.as_str() == Some(from) {
+                    *child = Value::from(to);
+                } else {
+                    rewrite_references(child, from, to);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(|c| rewrite_references(c, from, to)),
+        _ => {}
+    }
+}
+
+/// FHIR search escaping of a token part: `\`, `|`, `,` and `$` are backslash-escaped.
+fn escape_token(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '\\' | '|' | ',' | '$') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Percent-encodes all but unreserved characters and `:`/`/` (kept for readable systems).
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b':' | b'/') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn res(t: &'static str, id: &str, key: Option<(&str, &str)>, body: Value) -> Resource {
+        Resource {
+            resource_type: t,
+            id: id.into(),
+            identifier: key.map(|(s, v)| (s.into(), v.into())),
+            body,
+        }
+    }
+
+    #[test]
+    fn transactions_use_conditional_updates_and_urn_references() {
+        let p = res(
+            "Patient",
+            "p1",
+            Some(("urn:oid:1.2", "A|1 2")),
+            json!({"resourceType": "Patient", "id": "p1"}),
+        );
+        let e = res(
+            "Encounter",
+            "e1",
+            None,
+            json!({"resourceType": "Encounter", "id": "e1", "subject": {"reference": "Patient/p1"}}),
+        );
+        let b = bundle(&[p.clone(), e.clone()], BundleType::Transaction);
+        assert_eq!(
+            b["entry"][0]["request"]["url"],
+            "Patient?identifier=urn:oid:1.2|A%5C%7C1%202"
+        );
+        assert!(b["entry"][0]["resource"].get("id").is_none());
+        assert_eq!(b["entry"][1]["request"]["url"], "Encounter/e1");
+        assert_eq!(b["entry"][1]["resource"]["id"], "e1");
+        assert_eq!(
+            b["entry"][1]["resource"]["subject"]["reference"],
+            "urn:uuid:p1"
+        );
+        let b = bundle(&[p, e], BundleType::Batch);
+        assert_eq!(
+            b["entry"][1]["resource"]["subject"]["reference"],
+            "Patient/p1"
+        );
+        assert_eq!(b["entry"][0]["resource"]["id"], "p1");
+    }
+}

@@ -1,0 +1,678 @@
+//! The EHR client (the seed's EHRIntegrationAdapter): FHIR R4 REST over reqwest.
+//!
+//! - Interactions: create, read, vread, update (optionally `If-Match` on the version the
+//!   caller last saw), conditional update, delete, search (following `Bundle.link[next]`
+//!   through every page), transaction/batch.
+//! - Errors are typed: `409`/`412` are [`FhirError::Conflict`] (someone else changed the
+//!   resource: never retried, the sync decides), other `4xx` are [`FhirError::Rejected`] with
+//!   the server's OperationOutcome issues (severity, code, where, diagnostics), `404`/`410`
+//!   are [`FhirError::NotFound`]/[`FhirError::Gone`]. Transient failures (`408`, `425`,
+//!   `429`, `5xx`, timeouts, connection errors) are retried by the integration's
+//!   [`RetryPolicy`] honouring `Retry-After`, then reported as [`FhirError::Unavailable`].
+//! - Authentication: none, basic, API key header, bearer token, OAuth2 client credentials
+//!   (token fetched once, reused until shortly before it expires, fetched again on a `401`),
+//!   and a client certificate (mTLS).
+//! - A circuit breaker, when given, gates every call and learns from its outcome.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+use crate::resilience::breaker::SharedBreaker;
+use crate::resilience::retry::{RetryPolicy, jitter_random, parse_retry_after};
+
+/// How the client authenticates.
+#[derive(Debug, Clone, Default)]
+pub enum Auth {
+    #[default]
+    None,
+    Basic {
+        user: String,
+        password: String,
+    },
+    ApiKey {
+        header: String,
+        value: String,
+    },
+    Bearer(String),
+    /// OAuth2 client credentials (SMART backend services without JWT assertion).
+    ClientCredentials {
+        token_url: String,
+        client_id: String,
+        client_secret: String,
+        scope: Option<String>,
+    },
+}
+
+/// Client settings.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The FHIR base, e.g. `https://ehr.example.org/fhir` (no trailing slash needed).
+    pub base: String,
+    pub auth: Auth,
+    pub timeout: Duration,
+    pub retry: RetryPolicy,
+    /// Client certificate and key (PEM, PKCS#8) for mutual TLS.
+    pub identity_pem: Option<Vec<u8>>,
+    /// At most this many search pages are followed (a server looping its `next` link must
+    /// not hang a sync).
+    pub max_pages: usize,
+}
+
+impl ClientConfig {
+    pub fn new(base: impl Into<String>) -> Self {
+        ClientConfig {
+            base: base.into(),
+            auth: Auth::None,
+            timeout: Duration::from_secs(30),
+            retry: RetryPolicy::default(),
+            identity_pem: None,
+            max_pages: 1000,
+        }
+    }
+}
+
+/// One OperationOutcome issue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Issue {
+    pub severity: String,
+    pub code: String,
+    /// `expression` (or the deprecated `location`), e.g. `Patient.birthDate`.
+    pub location: Option<String>,
+    pub diagnostics: Option<String>,
+}
+
+/// The issues of an OperationOutcome (empty when the server sent none).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Outcome(pub Vec<Issue>);
+
+impl Outcome {
+    /// Reads an OperationOutcome body; anything else gives no issues.
+    pub fn parse(body: &Value) -> Outcome {
+        if body["resourceType"] != "OperationOutcome" {
+            return Outcome::default();
+        }
+        let text = |v: &Value| v.as_str().map(str::to_string);
+        Outcome(
+            body["issue"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|i| Issue {
+                    severity: text(&i["severity"]).unwrap_or_default(),
+                    code: text(&i["code"]).unwrap_or_default(),
+                    location: i["expression"][0]
+                        .as_str()
+                        .or(i["location"][0].as_str())
+                        .map(str::to_string),
+                    diagnostics: text(&i["diagnostics"]).or_else(|| text(&i["details"]["text"])),
+                })
+                .collect(),
+        )
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return write!(f, "no OperationOutcome");
+        }
+        for (n, i) in self.0.iter().enumerate() {
+            if n > 0 {
+                write!(f, "; ")?;
+            }
+            write!(f, "{} {}", i.severity, i.code)?;
+            if let Some(l) = &i.location {
+                write!(f, " at {l}")?;
+            }
+            if let Some(d) = &i.diagnostics {
+                write!(f, ": {d}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FhirError {
+    /// 409 or 412: the resource changed since the version the caller sent (or a concurrent
+    /// write won). Not retried: the caller re-reads and decides.
+    #[error("{method} {url}: conflict ({status}): {outcome}")]
+    Conflict {
+        method: Method,
+        url: String,
+        status: u16,
+        outcome: Outcome,
+    },
+    #[error("{method} {url}: not found")]
+    NotFound { method: Method, url: String },
+    #[error("{method} {url}: gone (deleted)")]
+    Gone { method: Method, url: String },
+    /// Any other 4xx: the request itself is wrong; retrying cannot help.
+    #[error("{method} {url}: rejected ({status}): {outcome}")]
+    Rejected {
+        method: Method,
+        url: String,
+        status: u16,
+        outcome: Outcome,
+    },
+    /// Still failing after the retry policy's attempts (or refused by the breaker).
+    #[error("{method} {url}: unavailable after {attempts} attempt(s): {reason}")]
+    Unavailable {
+        method: Method,
+        url: String,
+        attempts: u32,
+        reason: String,
+    },
+    #[error("{0}")]
+    Config(String),
+}
+
+impl FhirError {
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, FhirError::Conflict { .. })
+    }
+}
+
+/// A resource as the server returned it, with its version.
+#[derive(Debug, Clone)]
+pub struct Versioned {
+    pub resource: Value,
+    /// `meta.versionId`, else the `ETag`'s (`W/"3"` → `3`).
+    pub version_id: Option<String>,
+    /// HTTP status of the response (201 on create, 200 on update).
+    pub status: u16,
+}
+
+impl Versioned {
+    pub fn id(&self) -> Option<&str> {
+        self.resource["id"].as_str()
+    }
+}
+
+struct Token {
+    value: String,
+    /// Refetch after this (the server's `expires_in` less a margin).
+    fresh_until: Instant,
+}
+
+/// A FHIR R4 client for one EHR.
+#[derive(Clone)]
+pub struct FhirClient {
+    config: Arc<ClientConfig>,
+    http: reqwest::Client,
+    token: Arc<Mutex<Option<Token>>>,
+    breaker: Option<SharedBreaker>,
+}
+
+/// What one attempt produced.
+enum Attempt {
+    Done(reqwest::StatusCode, reqwest::header::HeaderMap, Value),
+    Transient(String, Option<Duration>),
+    Unauthorized,
+}
+
+impl FhirClient {
+    pub fn new(config: ClientConfig) -> Result<Self, FhirError> {
+        let mut b = reqwest::Client::builder().timeout(config.timeout);
+        if let Some(pem) = &config.identity_pem {
+            let (cert, key) = split_pem(pem);
+            let id = reqwest::Identity::from_pkcs8_pem(&cert, &key)
+                .map_err(|e| FhirError::Config(format!("client certificate: {e}")))?;
+            b = b.identity(id);
+        }
+        let http = b
+            .build()
+            .map_err(|e| FhirError::Config(format!("HTTP client: {e}")))?;
+        Ok(FhirClient {
+            config: Arc::new(config),
+            http,
+            token: Arc::new(Mutex::new(None)),
+            breaker: None,
+        })
+    }
+
+    /// Gates every call with `breaker` (and records each outcome in it).
+    pub fn with_breaker(mut self, breaker: SharedBreaker) -> Self {
+        self.breaker = Some(breaker);
+        self
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/{}", self.config.base.trim_end_matches('/'), path)
+    }
+
+    pub async fn read(&self, kind: &str, id: &str) -> Result<Versioned, FhirError> {
+        self.send(Method::GET, &self.url(&format!("{kind}/{id}")), None, &[])
+            .await
+    }
+
+    pub async fn vread(&self, kind: &str, id: &str, version: &str) -> Result<Versioned, FhirError> {
+        let path = format!("{kind}/{id}/_history/{version}");
+        self.send(Method::GET, &self.url(&path), None, &[]).await
+    }
+
+    pub async fn create(&self, resource: &Value) -> Result<Versioned, FhirError> {
+        let kind = resource_type(resource)?;
+        self.send(Method::POST, &self.url(kind), Some(resource), &[])
+            .await
+    }
+
+    /// Update by id; with `if_match`, only if the server's version is still that one
+    /// (else [`FhirError::Conflict`]).
+    pub async fn update(
+        &self,
+        resource: &Value,
+        if_match: Option<&str>,
+    ) -> Result<Versioned, FhirError> {
+        let kind = resource_type(resource)?;
+        let id = resource["id"]
+            .as_str()
+            .ok_or_else(|| FhirError::Config("an update needs the resource's id".into()))?;
+        let etag = if_match.map(|v| format!("W/\"{v}\""));
+        let headers: Vec<(&str, &str)> = etag.iter().map(|e| ("If-Match", e.as_str())).collect();
+        self.send(
+            Method::PUT,
+            &self.url(&format!("{kind}/{id}")),
+            Some(resource),
+            &headers,
+        )
+        .await
+    }
+
+    /// `PUT Type?query`: updates the one match, creates when none (412 when several).
+    pub async fn conditional_update(
+        &self,
+        resource: &Value,
+        query: &str,
+    ) -> Result<Versioned, FhirError> {
+        let kind = resource_type(resource)?;
+        self.send(
+            Method::PUT,
+            &self.url(&format!("{kind}?{query}")),
+            Some(resource),
+            &[],
+        )
+        .await
+    }
+
+    pub async fn delete(&self, kind: &str, id: &str) -> Result<(), FhirError> {
+        self.send(
+            Method::DELETE,
+            &self.url(&format!("{kind}/{id}")),
+            None,
+            &[],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Every resource matching `query` (e.g. `identifier=sys|123&_count=50`), through all
+    /// pages. Included resources (`search.mode = include`) are left out.
+    pub async fn search(&self, kind: &str, query: &str) -> Result<Vec<Value>, FhirError> {
+        let mut url = self.url(&format!("{kind}?{query}"));
+        let mut out = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..self.config.max_pages {
+            let page = self.send(Method::GET, &url, None, &[]).await?.resource;
+            for e in page["entry"].as_array().into_iter().flatten() {
+                if e["search"]["mode"] != "include" {
+                    out.push(e["resource"].clone());
+                }
+            }
+            let next = page["link"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|l| l["relation"] == "next")
+                .and_then(|l| l["url"].as_str());
+            match next {
+                Some(n) if seen.insert(n.to_string()) => url = n.to_string(),
+                _ => return Ok(out),
+            }
+        }
+        Err(FhirError::Unavailable {
+            method: Method::GET,
+            url,
+            attempts: 1,
+            reason: format!("more than {} search pages", self.config.max_pages),
+        })
+    }
+
+    /// Posts a transaction or batch Bundle to the base; the response Bundle.
+    pub async fn bundle(&self, bundle: &Value) -> Result<Value, FhirError> {
+        let base = self.config.base.trim_end_matches('/').to_string();
+        Ok(self
+            .send(Method::POST, &base, Some(bundle), &[])
+            .await?
+            .resource)
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Result<Versioned, FhirError> {
+        let policy = &self.config.retry;
+        let mut failed = 0u32;
+        let mut reauthenticated = false;
+        loop {
+            if let Some(b) = &self.breaker
+                && let Err(r) = b.try_acquire()
+            {
+                return Err(FhirError::Unavailable {
+                    method,
+                    url: url.to_string(),
+                    attempts: failed,
+                    reason: format!("circuit breaker {:?}", r.state),
+                });
+            }
+            let started = Instant::now();
+            let attempt = self.attempt(&method, url, body, headers).await;
+            let failure = match &attempt {
+                Ok(Attempt::Transient(..)) => true,
+                Ok(Attempt::Done(status, ..)) => status.is_server_error(),
+                _ => false,
+            };
+            if let Some(b) = &self.breaker {
+                b.record(failure, started.elapsed());
+            }
+            match attempt? {
+                Attempt::Done(status, headers, json) => {
+                    return self.finish(method, url, status, &headers, json);
+                }
+                Attempt::Unauthorized if !reauthenticated => {
+                    // An expired or revoked token: fetch a new one once.
+                    reauthenticated = true;
+                    *self.token.lock().await = None;
+                }
+                Attempt::Unauthorized => {
+                    return Err(FhirError::Rejected {
+                        method,
+                        url: url.to_string(),
+                        status: 401,
+                        outcome: Outcome::default(),
+                    });
+                }
+                Attempt::Transient(reason, retry_after) => {
+                    failed += 1;
+                    if !policy.retries_after(failed) {
+                        return Err(FhirError::Unavailable {
+                            method,
+                            url: url.to_string(),
+                            attempts: failed,
+                            reason,
+                        });
+                    }
+                    let wait = policy.next_delay(failed, jitter_random(), retry_after);
+                    tracing::debug!(%method, url, attempt = failed, ?wait, %reason, "FHIR call retried");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    async fn attempt(
+        &self,
+        method: &Method,
+        url: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Result<Attempt, FhirError> {
+        let mut req = self
+            .http
+            .request(method.clone(), url)
+            .header("Accept", "application/fhir+json");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(b) = body {
+            req = req
+                .header("Content-Type", "application/fhir+json")
+                .body(serde_json::to_vec(b).map_err(|e| FhirError::Config(e.to_string()))?);
+        }
+        req = self.authenticate(req).await?;
+        let resp = match req.send().await {
+            Ok(r) => r,
+            // Timeouts and refused connections: the server may be back soon.
+            Err(e) => return Ok(Attempt::Transient(transport_reason(&e), None)),
+        };
+        let status = resp.status();
+        if status == StatusCode::UNAUTHORIZED && !matches!(self.config.auth, Auth::None) {
+            return Ok(Attempt::Unauthorized);
+        }
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        let headers = resp.headers().clone();
+        let bytes = match resp.bytes().await {
+            Ok(b) => b,
+            Err(e) => return Ok(Attempt::Transient(transport_reason(&e), None)),
+        };
+        let json: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+        };
+        let transient = matches!(status.as_u16(), 408 | 425 | 429) || status.is_server_error();
+        if transient {
+            let why = format!("{status}: {}", Outcome::parse(&json));
+            return Ok(Attempt::Transient(why, retry_after));
+        }
+        Ok(Attempt::Done(status, headers, json))
+    }
+
+    fn finish(
+        &self,
+        method: Method,
+        url: &str,
+        status: StatusCode,
+        headers: &reqwest::header::HeaderMap,
+        json: Value,
+    ) -> Result<Versioned, FhirError> {
+        let url = url.to_string();
+        match status.as_u16() {
+            200..=299 => {
+                let etag_version = headers
+                    .get("etag")
+                    .and_then(|v| v.to_str().ok())
+                    .map(|e| e.trim_start_matches("W/").trim_matches('"').to_string());
+                let version_id = json["meta"]["versionId"]
+                    .as_str()
+                    .map(str::to_string)
+                    .or(etag_version);
+                Ok(Versioned {
+                    resource: json,
+                    version_id,
+                    status: status.as_u16(),
+                })
+            }
+            404 => Err(FhirError::NotFound { method, url }),
+            410 => Err(FhirError::Gone { method, url }),
+            409 | 412 => Err(FhirError::Conflict {
+                method,
+                url,
+                status: status.as_u16(),
+                outcome: Outcome::parse(&json),
+            }),
+            s => Err(FhirError::Rejected {
+                method,
+                url,
+                status: s,
+                outcome: Outcome::parse(&json),
+            }),
+        }
+    }
+
+    async fn authenticate(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<reqwest::RequestBuilder, FhirError> {
+        Ok(match &self.config.auth {
+            Auth::None => req,
+            Auth::Basic { user, password } => req.basic_auth(user, Some(password)),
+            Auth::ApiKey { header, value } => req.header(header.as_str(), value.as_str()),
+            Auth::Bearer(t) => req.bearer_auth(t),
+            Auth::ClientCredentials { .. } => {
+                let token = self.access_token().await?;
+                req.bearer_auth(token)
+            }
+        })
+    }
+
+    /// The cached access token, fetched when absent or about to expire.
+    async fn access_token(&self) -> Result<String, FhirError> {
+        let Auth::ClientCredentials {
+            token_url,
+            client_id,
+            client_secret,
+            scope,
+        } = &self.config.auth
+        else {
+            return Err(FhirError::Config("not an OAuth2 client".into()));
+        };
+        let mut cached = self.token.lock().await;
+        if let Some(t) = cached.as_ref()
+            && Instant::now() < t.fresh_until
+        {
+            return Ok(t.value.clone());
+        }
+        let mut form = vec![("grant_type", "client_credentials")];
+        if let Some(s) = scope {
+            form.push(("scope", s.as_str()));
+        }
+        let unavailable = |reason: String| FhirError::Unavailable {
+            method: Method::POST,
+            url: token_url.clone(),
+            attempts: 1,
+            reason,
+        };
+        let resp = self
+            .http
+            .post(token_url)
+            .basic_auth(client_id, Some(client_secret))
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| unavailable(transport_reason(&e)))?;
+        let status = resp.status();
+        let body: Value = resp
+            .json()
+            .await
+            .map_err(|e| unavailable(format!("token response: {e}")))?;
+        if !status.is_success() {
+            // The error code is safe to report; the secret never is.
+            return Err(FhirError::Rejected {
+                method: Method::POST,
+                url: token_url.clone(),
+                status: status.as_u16(),
+                outcome: Outcome(vec![Issue {
+                    severity: "error".into(),
+                    code: body["error"].as_str().unwrap_or("token").to_string(),
+                    location: None,
+                    diagnostics: body["error_description"].as_str().map(str::to_string),
+                }]),
+            });
+        }
+        let value = body["access_token"]
+            .as_str()
+            .ok_or_else(|| unavailable("token response without access_token".into()))?
+            .to_string();
+        let lifetime = Duration::from_secs(body["expires_in"].as_u64().unwrap_or(300));
+        // Refresh a little early so a token never expires in flight.
+        let margin = Duration::from_secs(30).min(lifetime / 2);
+        *cached = Some(Token {
+            value: value.clone(),
+            fresh_until: Instant::now() + lifetime - margin,
+        });
+        Ok(value)
+    }
+}
+
+fn resource_type(resource: &Value) -> Result<&str, FhirError> {
+    resource["resourceType"]
+        .as_str()
+        .ok_or_else(|| FhirError::Config("a resource needs its resourceType".into()))
+}
+
+fn transport_reason(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timed out".into()
+    } else if e.is_connect() {
+        "cannot connect".into()
+    } else {
+        // Without the URL (it is reported next to the error already, and a search URL may
+        // hold identifiers).
+        let text = e.to_string();
+        match e.url() {
+            Some(u) => text.replace(u.as_str(), "<url>"),
+            None => text,
+        }
+    }
+}
+
+/// A PEM bundle as (certificates, private key).
+fn split_pem(pem: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let text = String::from_utf8_lossy(pem);
+    let (mut certs, mut key) = (String::new(), String::new());
+    let mut current: Option<&mut String> = None;
+    for line in text.lines() {
+        if line.starts_with("-----BEGIN") {
+            current = Some(if line.contains("PRIVATE KEY") {
+                &mut key
+            } else {
+                &mut certs
+            });
+        }
+        if let Some(c) = current.as_deref_mut() {
+            c.push_str(line);
+            c.push('\n');
+        }
+        if line.starts_with("-----END") {
+            current = None;
+        }
+    }
+    (certs.into_bytes(), key.into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn operation_outcomes_read_as_located_issues() {
+        let o = Outcome::parse(&json!({
+            "resourceType": "OperationOutcome",
+            "issue": [
+                {"severity": "error", "code": "invalid", "expression": ["Patient.birthDate"],
+                 "diagnostics": "not a date"},
+                {"severity": "warning", "code": "business-rule", "details": {"text": "late"}}
+            ]
+        }));
+        assert_eq!(
+            o.to_string(),
+            "error invalid at Patient.birthDate: not a date; warning business-rule: late"
+        );
+        assert_eq!(
+            Outcome::parse(&json!({"resourceType": "Patient"})),
+            Outcome::default()
+        );
+    }
+
+    #[test]
+    fn pem_bundles_split_into_certificates_and_key() {
+        let pem = b"-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\n-----BEGIN PRIVATE KEY-----\nBBB\n-----END PRIVATE KEY-----\n";
+        let (c, k) = split_pem(pem);
+        assert!(String::from_utf8(c).unwrap().contains("AAA"));
+        assert!(String::from_utf8(k).unwrap().contains("BBB"));
+    }
+}

@@ -1,0 +1,259 @@
+//! SCH (+ TQ1, NTE, AIS, AIP, AIL) → Appointment: the IG's `SCH(Appointment)`,
+//! `AIS(Appointment)`, `AIP(Appointment)` and `AIL(Appointment)`.
+
+use chrono::Duration;
+use serde_json::{Value, json};
+
+use super::datatypes::{
+    Obj, codeable_concept, entity_identifier, instant, location_display, practitioner_ref, text,
+};
+use super::{Ctx, MappingError, Resource, concepts, stable_id};
+use crate::formats::hl7::{Cwe, Segment, Ts};
+
+pub(super) fn map(cx: &Ctx<'_, '_>, patient: &Resource) -> Result<Resource, MappingError> {
+    let sch = cx
+        .segment("SCH")
+        .ok_or_else(|| cx.error("no SCH segment: nothing describes the appointment"))?;
+    let at = |n: usize| cx.at(format!("SCH-{n}"));
+    let systems = &cx.opts.systems;
+    let offset = cx.opts.default_offset;
+    let mut a = Obj::new();
+
+    // Identifiers: SCH-1 placer, SCH-2 filler (r3–4). The filler's id names the appointment
+    // (the filler owns it); without an assigning authority it is scoped to the sender.
+    let mut key = None;
+    for (n, kind) in [(2, "appointment-filler"), (1, "appointment-placer")] {
+        if let Some(mut v) = entity_identifier(&sch.field(n), systems).map_err(at(n))? {
+            if v.get("system").is_none() {
+                v["system"] = Value::from(cx.local_system(kind));
+            }
+            if key.is_none() {
+                key = Some((
+                    v["system"].as_str().unwrap_or_default().to_string(),
+                    v["value"].as_str().unwrap_or_default().to_string(),
+                ));
+            }
+            a.push("identifier", v);
+        }
+    }
+    let key =
+        key.ok_or_else(|| cx.error("SCH-1/SCH-2: the appointment has no placer or filler id"))?;
+
+    // SCH-7 reason (r9, or appointment type when coded in HL70277, r10), SCH-8 type (r11).
+    let cwe = |seg: &Segment<'_>, n: usize| -> Result<Option<Cwe>, MappingError> {
+        let f = seg.field(n);
+        if !f.is_present() || f.raw().is_empty() {
+            return Ok(None);
+        }
+        Cwe::from_element(&f.repetition(1))
+            .map(Some)
+            .map_err(cx.at(format!("{}-{n}", seg.id())))
+    };
+    if let Some(reason) = cwe(&sch, 7)? {
+        let key = if reason.coding_system.as_deref() == Some("HL70277") {
+            "appointmentType"
+        } else {
+            "reasonCode"
+        };
+        let v = codeable_concept(&reason);
+        if key == "reasonCode" {
+            a.push(key, v);
+        } else {
+            a.put(key, v);
+        }
+    }
+    if let Some(kind) = cwe(&sch, 8)? {
+        a.put("appointmentType", codeable_concept(&kind));
+    }
+
+    // Times: TQ1-7/8 (v2.5+), else SCH-11.4/.5 (the IG's TQ[Appointment]), else AIS-4; the
+    // end from a duration when only the start is sent (SCH-9/10, AIS-7/8).
+    let ais = cx.segment("AIS");
+    let tq1 = cx.segment("TQ1");
+    let mut start = None;
+    let mut end = None;
+    if let Some(tq1) = &tq1 {
+        start = Ts::from_element(&tq1.field(7)).map_err(cx.at("TQ1-7"))?;
+        end = Ts::from_element(&tq1.field(8)).map_err(cx.at("TQ1-8"))?;
+    }
+    if start.is_none() {
+        // SCH-11 is a TQ: its start and end are components, not fields.
+        let f = sch.field(11).repetition(1);
+        let ts = |n: usize| -> Result<Option<Ts>, MappingError> {
+            let label = format!("SCH-11.{n}");
+            match text(&f.component(n)).map_err(cx.at(label.clone()))? {
+                Some(t) => Ts::parse(&t)
+                    .map(Some)
+                    .map_err(|r| cx.error(format!("{label}: not a date/time: {r}"))),
+                None => Ok(None),
+            }
+        };
+        start = ts(4)?;
+        end = ts(5)?;
+    }
+    if start.is_none()
+        && let Some(ais) = &ais
+    {
+        start = Ts::from_element(&ais.field(4)).map_err(cx.at("AIS-4"))?;
+    }
+    let minutes =
+        |seg: &Segment<'_>, value: usize, unit: usize| -> Result<Option<i64>, MappingError> {
+            let label = format!("{}-{value}", seg.id());
+            let Some(v) = text(&seg.field(value)).map_err(cx.at(label.clone()))? else {
+                return Ok(None);
+            };
+            let unit = text(&seg.field(unit).component(1))
+                .map_err(cx.at(label.clone()))?
+                .unwrap_or_else(|| "min".into())
+                .to_ascii_lowercase();
+            let n: f64 = v
+                .parse()
+                .map_err(|_| cx.error(format!("{label}: duration `{v}` is not a number")))?;
+            // SCH r12: a duration in minutes (hours converted); other units are not mapped.
+            let per_minute = match unit.as_str() {
+                "min" | "minute" | "minutes" => 1.0,
+                "h" | "hr" | "hour" | "hours" => 60.0,
+                _ => return Ok(None),
+            };
+            Ok(Some((n * per_minute).round() as i64))
+        };
+    let duration = match minutes(&sch, 9, 10)? {
+        Some(m) => Some(m),
+        None => match &ais {
+            Some(ais) => minutes(ais, 7, 8)?,
+            None => None,
+        },
+    };
+    if let Some(m) = duration.filter(|m| *m > 0) {
+        a.put("minutesDuration", Some(Value::from(m)));
+    }
+    let start_text = start.map(|t| instant(&t, offset));
+    let end_text = match (end, start, duration) {
+        (Some(e), _, _) => Some(instant(&e, offset)),
+        (None, Some(s), Some(m)) => {
+            let shifted = s.datetime() + Duration::minutes(m);
+            let off = s.offset().unwrap_or(offset);
+            Some(
+                shifted
+                    .and_local_timezone(off)
+                    .single()
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, false))
+                    .unwrap_or_default(),
+            )
+        }
+        _ => None,
+    };
+
+    // Status: SCH-25 (r34, FillerStatusCodes), else AIS-10 (AIS r12); the event decides
+    // cancellations and no-shows (S15, S26) whatever the status field says.
+    let mut status = None;
+    for (seg, n) in [(Some(&sch), 25), (ais.as_ref(), 10)] {
+        if status.is_none()
+            && let Some(seg) = seg
+            && let Some(code) =
+                text(&seg.field(n).component(1)).map_err(cx.at(format!("{}-{n}", seg.id())))?
+        {
+            status = concepts::appointment_status(&code);
+        }
+    }
+    let status = match cx.event.as_str() {
+        "S15" => "cancelled",
+        "S17" => "entered-in-error",
+        "S26" => "noshow",
+        _ => status.unwrap_or(if start_text.is_some() {
+            "booked"
+        } else {
+            "proposed"
+        }),
+    };
+    // app-3: only proposed, cancelled and waitlisted appointments may lack start and end.
+    if !matches!(status, "proposed" | "cancelled" | "waitlist")
+        && (start_text.is_none() || end_text.is_none())
+    {
+        return Err(cx.error(format!(
+            "a {status} appointment needs a start and an end (TQ1-7/8, SCH-11.4/.5, or a start with a duration in SCH-9/10 or AIS-7/8)"
+        )));
+    }
+    a.put("status", Some(Value::from(status)));
+    a.put("start", start_text.map(Value::from));
+    a.put("end", end_text.map(Value::from));
+
+    // AIS-3 service (AIS r5).
+    if let Some(ais) = &ais
+        && let Some(service) = cwe(ais, 3)?
+    {
+        a.push("serviceType", codeable_concept(&service));
+    }
+    // NTE right after SCH → comment (SIU_S12 r10).
+    let mut notes = Vec::new();
+    let mut after_sch = false;
+    for seg in cx.msg.segments() {
+        match seg.id() {
+            "SCH" => after_sch = true,
+            "NTE" | "TQ1" if after_sch => {
+                if seg.id() == "NTE"
+                    && let Some(t) = text(&seg.field(3)).map_err(cx.at("NTE-3"))?
+                {
+                    notes.push(t);
+                }
+            }
+            _ => after_sch = false,
+        }
+    }
+    if !notes.is_empty() {
+        a.put("comment", Some(Value::from(notes.join("\n"))));
+    }
+
+    // Participants: the patient (PID(Appointment)), AIP-3 people with their role AIP-4 and
+    // status AIP-12 (AIP r5–14), AIL-3 locations (AIL r5) with status AIL-12.
+    a.push(
+        "participant",
+        json!({"actor": {"reference": format!("Patient/{}", patient.id)}, "status": "accepted"}),
+    );
+    for aip in cx.msg.segments_named(*b"AIP") {
+        for rep in aip.field(3).repetitions() {
+            let Some(who) = practitioner_ref(&rep, systems).map_err(cx.at("AIP-3"))? else {
+                continue;
+            };
+            let role = cwe(&aip, 4)?.as_ref().and_then(codeable_concept);
+            let st = text(&aip.field(12).component(1)).map_err(cx.at("AIP-12"))?;
+            a.push(
+                "participant",
+                Obj::new()
+                    .set("type", role.map(|r| json!([r])))
+                    .set("actor", Some(who))
+                    .set(
+                        "status",
+                        Some(Value::from(concepts::participant_status(
+                            st.as_deref().unwrap_or("booked"),
+                        ))),
+                    )
+                    .build(),
+            );
+        }
+    }
+    for ail in cx.msg.segments_named(*b"AIL") {
+        if let Some(display) = location_display(&ail.field(3)).map_err(cx.at("AIL-3"))? {
+            let st = text(&ail.field(12).component(1)).map_err(cx.at("AIL-12"))?;
+            a.push(
+                "participant",
+                json!({
+                    "actor": {"type": "Location", "display": display},
+                    "status": concepts::participant_status(st.as_deref().unwrap_or("booked"))
+                }),
+            );
+        }
+    }
+
+    let id = stable_id(&["Appointment", &key.0, &key.1]);
+    let mut body = Obj::new()
+        .set("resourceType", Some(Value::from("Appointment")))
+        .set("id", Some(Value::from(id.as_str())));
+    body.0.extend(a.0);
+    Ok(Resource {
+        resource_type: "Appointment",
+        id,
+        identifier: Some(key),
+        body: body.into_value(),
+    })
+}

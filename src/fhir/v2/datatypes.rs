@@ -1,0 +1,480 @@
+//! v2 data types → FHIR data types (the IG's `datatypes/` maps): CX→Identifier,
+//! XPN→HumanName, XAD→Address, XTN→ContactPoint, CWE→CodeableConcept/Coding, XCN→a
+//! logical Reference, TS/DTM→date/dateTime/instant, EI→Identifier.
+//!
+//! FHIR forbids empty values (`""`, `[]`, `{}`): every builder here leaves out what was not
+//! sent, and returns `None` when nothing was.
+
+use chrono::{Datelike, FixedOffset, Timelike};
+use serde_json::{Map, Value, json};
+
+use super::concepts;
+use crate::formats::hl7::{Cwe, Cx, Element, Hd, Hl7Error, Precision, Ts, Xad, Xpn, Xtn};
+
+/// A JSON object that skips empty values.
+#[derive(Debug, Default, Clone)]
+pub struct Obj(pub Map<String, Value>);
+
+impl Obj {
+    pub fn new() -> Self {
+        Obj(Map::new())
+    }
+
+    /// Sets `key` unless `value` is absent or empty.
+    pub fn set(mut self, key: &str, value: impl Into<Option<Value>>) -> Self {
+        self.put(key, value);
+        self
+    }
+
+    pub fn put(&mut self, key: &str, value: impl Into<Option<Value>>) {
+        if let Some(v) = value.into()
+            && !is_empty(&v)
+        {
+            self.0.insert(key.to_string(), v);
+        }
+    }
+
+    /// Appends to the array at `key`.
+    pub fn push(&mut self, key: &str, value: impl Into<Option<Value>>) {
+        if let Some(v) = value.into()
+            && !is_empty(&v)
+        {
+            match self.0.entry(key).or_insert_with(|| Value::Array(vec![])) {
+                Value::Array(a) => a.push(v),
+                other => *other = Value::Array(vec![other.take(), v]),
+            }
+        }
+    }
+
+    pub fn build(self) -> Option<Value> {
+        (!self.0.is_empty()).then_some(Value::Object(self.0))
+    }
+
+    pub fn into_value(self) -> Value {
+        Value::Object(self.0)
+    }
+}
+
+fn is_empty(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        _ => false,
+    }
+}
+
+fn s(v: &Option<String>) -> Option<Value> {
+    v.as_ref().map(|s| Value::String(s.clone()))
+}
+
+/// How identifier systems are chosen.
+#[derive(Debug, Clone, Default)]
+pub struct Systems {
+    /// Assigning-authority namespace (HD-1) → system URI, for authorities sent by local name.
+    pub by_namespace: std::collections::HashMap<String, String>,
+}
+
+impl Systems {
+    /// HD[uri] (rows 3–6), with a configured namespace map first: the namespace's URI; else a
+    /// universal id that is a URI by its type (`urn:oid:` for ISO, `urn:uuid:` for UUID, a
+    /// URI as is); else the namespace as sent (the IG's row 3); else the universal id.
+    pub fn system(&self, hd: &Hd) -> Option<String> {
+        if let Some(ns) = &hd.namespace_id
+            && let Some(uri) = self.by_namespace.get(ns)
+        {
+            return Some(uri.clone());
+        }
+        if let Some(uid) = &hd.universal_id {
+            match hd.universal_id_type.as_deref() {
+                Some("ISO") => return Some(format!("urn:oid:{uid}")),
+                Some("UUID") => return Some(format!("urn:uuid:{uid}")),
+                Some("URI") => return Some(uid.clone()),
+                _ => {}
+            }
+        }
+        hd.namespace_id.clone().or_else(|| hd.universal_id.clone())
+    }
+}
+
+/// A `v2-0203` identifier type.
+pub fn identifier_type(code: &str) -> Value {
+    json!({"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": code}]})
+}
+
+/// CX[Identifier]: value (r3), system from CX-4 (r9, HD[uri]) with the authority's name as
+/// assigner display (r8), type from CX-5 (r10).
+pub fn identifier(cx: &Cx, systems: &Systems) -> Option<Value> {
+    let value = cx.id.as_ref()?;
+    let mut o = Obj::new()
+        .set(
+            "type",
+            cx.identifier_type_code.as_deref().map(identifier_type),
+        )
+        .set(
+            "system",
+            systems.system(&cx.assigning_authority).map(Value::from),
+        )
+        .set("value", Value::from(value.as_str()));
+    o.put(
+        "assigner",
+        cx.assigning_authority.name().map(|n| json!({"display": n})),
+    );
+    Some(o.into_value())
+}
+
+/// XPN[HumanName]: family (FN-1), given [XPN-2, XPN-3], prefix XPN-5, suffix [XPN-4,
+/// XPN-6 degree], use from NameType (r9).
+pub fn human_name(x: &Xpn) -> Option<Value> {
+    let given: Vec<Value> = [&x.given, &x.middle].into_iter().filter_map(s).collect();
+    let suffix: Vec<Value> = [&x.suffix, &x.degree].into_iter().filter_map(s).collect();
+    Obj::new()
+        .set(
+            "use",
+            x.name_type_code
+                .as_deref()
+                .and_then(concepts::name_use)
+                .map(Value::from),
+        )
+        .set("family", s(&x.family))
+        .set("given", Value::Array(given))
+        .set("prefix", x.prefix.as_ref().map(|p| json!([p])))
+        .set("suffix", Value::Array(suffix))
+        .build()
+}
+
+/// XAD[Address]: lines SAD-1..3 then XAD-2 (r3–4), city, state, postal code, country
+/// (r5–8), use or type from XAD-7 (r9–10), district from XAD-9 (r17).
+pub fn address(x: &Xad) -> Option<Value> {
+    let lines: Vec<Value> = [
+        &x.street,
+        &x.street_name,
+        &x.dwelling_number,
+        &x.other_designation,
+    ]
+    .into_iter()
+    .filter_map(s)
+    .collect();
+    let kind = x.address_type.as_deref();
+    Obj::new()
+        .set("use", kind.and_then(concepts::address_use).map(Value::from))
+        .set(
+            "type",
+            kind.and_then(concepts::address_type).map(Value::from),
+        )
+        .set("line", Value::Array(lines))
+        .set("city", s(&x.city))
+        .set("district", s(&x.county))
+        .set("state", s(&x.state))
+        .set("postalCode", s(&x.postal_code))
+        .set("country", s(&x.country))
+        .build()
+}
+
+/// XTN[ContactPoint]. Value: XTN-4 for e-mail (r8); else composed `+5 6 7 X8` when area and
+/// local number are sent (r15–18); else XTN-12 (r24); else XTN-1 (r3); a lone XTN-7 is used
+/// too (no IG row covers it). System from XTN-3 (r5), `email` when only XTN-4 is sent (r6),
+/// else `phone` (the IG's data-absent-reason would leave a value without a usable system).
+/// Use from XTN-2 (r4), else `default_use` (PID-13 home, PID-14 work).
+pub fn contact_point(x: &Xtn, default_use: Option<&str>) -> Option<Value> {
+    let (mut system, mut use_) = match x.equipment_type.as_deref() {
+        Some(eq) => match concepts::telecom_system(eq) {
+            Some((sys, u)) => (Some(sys), u),
+            None => (None, None),
+        },
+        None if x.email.is_some() => (Some("email"), None),
+        None => (None, None),
+    };
+    let value = if system == Some("email") {
+        x.email.clone().or_else(|| x.telephone.clone())
+    } else if let (Some(area), Some(local)) = (&x.area_code, &x.local_number) {
+        let mut v = String::new();
+        if let Some(cc) = &x.country_code {
+            v.push('+');
+            v.push_str(cc.trim_start_matches('+'));
+            v.push(' ');
+        }
+        v.push_str(area);
+        v.push(' ');
+        v.push_str(local);
+        if let Some(ext) = &x.extension {
+            v.push_str(" X");
+            v.push_str(ext);
+        }
+        Some(v)
+    } else {
+        x.unformatted
+            .clone()
+            .or_else(|| x.telephone.clone())
+            .or_else(|| x.local_number.clone())
+    }?;
+    if system.is_none() {
+        system = Some("phone");
+    }
+    if let Some(u) = x.use_code.as_deref().and_then(concepts::telecom_use) {
+        use_ = Some(u);
+    }
+    if use_.is_none() {
+        use_ = default_use;
+    }
+    Obj::new()
+        .set("system", system.map(Value::from))
+        .set("value", Value::from(value))
+        .set("use", use_.map(Value::from))
+        .build()
+}
+
+/// One Coding (CWE[Coding]): code, display, system from the coding-system name.
+fn coding(
+    code: &Option<String>,
+    display: &Option<String>,
+    system: &Option<String>,
+) -> Option<Value> {
+    code.as_ref()?;
+    Obj::new()
+        .set(
+            "system",
+            system
+                .as_deref()
+                .and_then(concepts::coding_system)
+                .map(Value::from),
+        )
+        .set("code", s(code))
+        .set("display", s(display))
+        .build()
+}
+
+/// CWE[CodeableConcept]: the primary (r3–5) and alternate (r6–8) codings; `text` when only
+/// text was sent.
+pub fn codeable_concept(c: &Cwe) -> Option<Value> {
+    let codings: Vec<Value> = [
+        coding(&c.identifier, &c.text, &c.coding_system),
+        coding(
+            &c.alternate_identifier,
+            &c.alternate_text,
+            &c.alternate_coding_system,
+        ),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let text = if codings.is_empty() {
+        c.text.clone().or_else(|| c.alternate_text.clone())
+    } else {
+        None
+    };
+    Obj::new()
+        .set("coding", Value::Array(codings))
+        .set("text", text.map(Value::from))
+        .build()
+}
+
+/// A CodeableConcept through a concept map: the mapped coding first (with the sender's
+/// display), then the v2 coding as sent (`v2_table` like `0002`), so a reader sees both.
+pub fn mapped_concept(
+    c: &Cwe,
+    map: impl Fn(&str) -> Option<concepts::Target>,
+    v2_table: &str,
+) -> Option<Value> {
+    let code = c.identifier.as_deref()?;
+    let mut codings = Vec::new();
+    if let Some((system, mapped)) = map(code) {
+        codings.push(
+            Obj::new()
+                .set("system", Value::from(system))
+                .set("code", Value::from(mapped))
+                .set("display", s(&c.text))
+                .into_value(),
+        );
+    }
+    let v2 = format!("http://terminology.hl7.org/CodeSystem/v2-{v2_table}");
+    if codings.first().and_then(|c| c["system"].as_str()) != Some(v2.as_str()) {
+        codings.push(json!({"system": v2, "code": code}));
+    }
+    Obj::new()
+        .set("coding", Value::Array(codings))
+        .set("text", s(&c.text))
+        .build()
+}
+
+/// An XCN (person with identifier) as a logical Reference: `identifier` (XCN-1, system from
+/// XCN-9, type XCN-13) and `display` (the name). The IG creates a Practitioner per XCN
+/// (XCN[Practitioner]); without a practitioner registry that would mint duplicates on every
+/// message, so the reference names the person by identifier for the receiver to resolve.
+pub fn practitioner_ref(el: &Element<'_>, systems: &Systems) -> Result<Option<Value>, Hl7Error> {
+    let id = text(&el.component(1))?;
+    let name = Xpn {
+        family: text(&el.component(2).subcomponent(1))?,
+        given: text(&el.component(3))?,
+        middle: text(&el.component(4))?,
+        suffix: text(&el.component(5))?,
+        prefix: text(&el.component(6))?,
+        degree: text(&el.component(7))?,
+        name_type_code: None,
+    };
+    let authority = Hd {
+        namespace_id: text(&el.component(9).subcomponent(1))?,
+        universal_id: text(&el.component(9).subcomponent(2))?,
+        universal_id_type: text(&el.component(9).subcomponent(3))?,
+    };
+    let display = name.display();
+    let identifier = id.map(|v| {
+        Obj::new()
+            .set(
+                "type",
+                text(&el.component(13))
+                    .ok()
+                    .flatten()
+                    .map(|t| identifier_type(&t)),
+            )
+            .set("system", systems.system(&authority).map(Value::from))
+            .set("value", Value::from(v))
+            .into_value()
+    });
+    Ok(Obj::new()
+        .set("type", Some(Value::from("Practitioner")))
+        .set("identifier", identifier)
+        .set(
+            "display",
+            (!display.is_empty()).then(|| Value::from(display)),
+        )
+        .build()
+        .filter(|r| r.get("identifier").is_some() || r.get("display").is_some()))
+}
+
+/// EI[Identifier]: value EI-1, system from EI-2/EI-3/EI-4 (HD rules).
+pub fn entity_identifier(el: &Element<'_>, systems: &Systems) -> Result<Option<Value>, Hl7Error> {
+    let Some(value) = text(&el.component(1))? else {
+        return Ok(None);
+    };
+    let hd = Hd {
+        namespace_id: text(&el.component(2))?,
+        universal_id: text(&el.component(3))?,
+        universal_id_type: text(&el.component(4))?,
+    };
+    Ok(Obj::new()
+        .set("system", systems.system(&hd).map(Value::from))
+        .set("value", Value::from(value))
+        .build())
+}
+
+/// PL (person location) as a display: point of care, room, bed, facility, building, floor.
+pub fn location_display(el: &Element<'_>) -> Result<Option<String>, Hl7Error> {
+    let mut parts = Vec::new();
+    for (n, label) in [
+        (1, ""),
+        (2, "room "),
+        (3, "bed "),
+        (4, ""),
+        (7, "building "),
+        (8, "floor "),
+    ] {
+        if let Some(v) = text(&el.component(n).subcomponent(1))? {
+            parts.push(format!("{label}{v}"));
+        }
+    }
+    Ok((!parts.is_empty()).then(|| parts.join(", ")))
+}
+
+/// Decoded text of an element; `None` when absent, empty or null.
+pub fn text(el: &Element<'_>) -> Result<Option<String>, Hl7Error> {
+    if !el.is_present() || el.raw().is_empty() || el.is_null() {
+        return Ok(None);
+    }
+    let t = el.text()?;
+    let t = t.trim_end();
+    Ok((!t.is_empty()).then(|| t.to_string()))
+}
+
+/// FHIR `date` at the value's precision (a birth year stays a year).
+pub fn date(ts: &Ts) -> String {
+    let d = ts.datetime();
+    match ts.precision() {
+        Precision::Year => format!("{:04}", d.year()),
+        Precision::Month => format!("{:04}-{:02}", d.year(), d.month()),
+        _ => format!("{:04}-{:02}-{:02}", d.year(), d.month(), d.day()),
+    }
+}
+
+/// FHIR `dateTime`: a date at day precision or coarser; with a time, seconds and an offset
+/// are required by FHIR — the value's own offset, else the configured one.
+pub fn date_time(ts: &Ts, default_offset: FixedOffset) -> String {
+    if ts.precision() <= Precision::Day {
+        return date(ts);
+    }
+    instant(ts, default_offset)
+}
+
+/// FHIR `instant`: always to the second with an offset.
+pub fn instant(ts: &Ts, default_offset: FixedOffset) -> String {
+    let d = ts.datetime();
+    let offset = ts.offset().unwrap_or(default_offset);
+    let mut out = format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+        d.year(),
+        d.month(),
+        d.day(),
+        d.hour(),
+        d.minute(),
+        d.second()
+    );
+    if let Precision::Fraction(n) = ts.precision() {
+        let micros = d.nanosecond() / 1_000;
+        let v = micros / 10u32.pow(6 - u32::from(n));
+        out.push_str(&format!(".{v:0width$}", width = usize::from(n)));
+    }
+    let secs = offset.local_minus_utc();
+    let sign = if secs < 0 { '-' } else { '+' };
+    let secs = secs.unsigned_abs();
+    out.push_str(&format!("{sign}{:02}:{:02}", secs / 3600, secs / 60 % 60));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_keep_precision_and_times_get_an_offset() {
+        let utc = FixedOffset::east_opt(0).unwrap();
+        let t = Ts::parse("1988").unwrap();
+        assert_eq!(date_time(&t, utc), "1988");
+        let t = Ts::parse("198808181126+0215").unwrap();
+        assert_eq!(date(&t), "1988-08-18");
+        assert_eq!(date_time(&t, utc), "1988-08-18T11:26:00+02:15");
+        let t = Ts::parse("20210817151943.4").unwrap();
+        assert_eq!(
+            instant(&t, FixedOffset::west_opt(5 * 3600).unwrap()),
+            "2021-08-17T15:19:43.4-05:00"
+        );
+    }
+
+    #[test]
+    fn phones_are_composed_and_email_comes_from_xtn4() {
+        let x = Xtn {
+            equipment_type: Some("CP".into()),
+            country_code: Some("1".into()),
+            area_code: Some("555".into()),
+            local_number: Some("1234567".into()),
+            extension: Some("89".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            contact_point(&x, Some("home")).unwrap(),
+            json!({"system": "phone", "value": "+1 555 1234567 X89", "use": "mobile"})
+        );
+        let x = Xtn {
+            use_code: Some("WPN".into()),
+            equipment_type: Some("Internet".into()),
+            email: Some("a@b.org".into()),
+            telephone: Some("89898989".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            contact_point(&x, None).unwrap(),
+            json!({"system": "email", "value": "a@b.org", "use": "work"})
+        );
+        assert_eq!(contact_point(&Xtn::default(), None), None);
+    }
+}

@@ -1,0 +1,210 @@
+//! HL7v2 → FHIR R4, following the HL7 v2-to-FHIR IG (STU1) mapping tables.
+//!
+//! Messages: ADT A01/A04/A08/A13 (the IG's ADT_A01 map), A03 (no IG map: handled like A01,
+//! with the discharge setting the encounter finished), A02/A05/A11 and A28/A31 (ADT_A05, the
+//! person-only events: no Encounter unless a real visit is sent) → Patient (+ Encounter);
+//! SIU S12–S26 (the IG's SIU_S12 map) → Patient + Appointment.
+//!
+//! Every resource gets a deterministic id (a UUID derived from its business identifier) and
+//! names that identifier, so that writers can use conditional updates
+//! (`PUT Patient?identifier=system|value`) and a replay changes nothing. The comments cite
+//! the IG rows implemented (`PID(Patient) r13` = row 13 of that segment map).
+
+pub mod concepts;
+pub mod datatypes;
+
+mod appointment;
+mod encounter;
+mod patient;
+
+use std::collections::HashMap;
+
+use chrono::FixedOffset;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::formats::hl7::{Hl7Error, Message, Segment};
+pub use datatypes::Systems;
+
+/// How messages are mapped.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The offset of times sent without one (FHIR requires an offset on every time).
+    pub default_offset: FixedOffset,
+    pub systems: Systems,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            default_offset: FixedOffset::east_opt(0).expect("UTC"),
+            systems: Systems::default(),
+        }
+    }
+}
+
+impl Options {
+    /// Namespace → system URI overrides, e.g. `GHH=urn:oid:2.16.840.1.113883.3.72`.
+    pub fn with_systems(mut self, map: HashMap<String, String>) -> Self {
+        self.systems.by_namespace = map;
+        self
+    }
+}
+
+/// One FHIR resource mapped from a message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resource {
+    pub resource_type: &'static str,
+    /// Deterministic: the same business identifier always gives the same id.
+    pub id: String,
+    /// The business identifier (system, value) a conditional update matches on.
+    pub identifier: Option<(String, String)>,
+    /// The resource JSON, with `resourceType` and `id`; references to other resources of the
+    /// same message are `Type/id`.
+    pub body: Value,
+}
+
+/// Why a message could not be mapped: the message, and where in it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message_type} message {control_id}: {reason}")]
+pub struct MappingError {
+    pub message_type: String,
+    pub control_id: String,
+    pub reason: String,
+}
+
+/// What the mappers share about the message at hand.
+pub(crate) struct Ctx<'m, 'a> {
+    pub msg: &'m Message<'a>,
+    pub opts: &'m Options,
+    /// The trigger event (MSH-9.2, else EVN-1).
+    pub event: String,
+}
+
+impl Ctx<'_, '_> {
+    pub fn error(&self, reason: impl Into<String>) -> MappingError {
+        MappingError {
+            message_type: self.msg.message_type().into_owned(),
+            control_id: self.msg.control_id().into_owned(),
+            reason: reason.into(),
+        }
+    }
+
+    /// An error of the element at `label` (e.g. `PID-7`).
+    pub fn at(&self, label: impl Into<String>) -> impl Fn(Hl7Error) -> MappingError + '_ {
+        let label = label.into();
+        move |e| self.error(format!("{label}: {e}"))
+    }
+
+    /// A system for identifiers the sender sent without an assigning authority: scoped to the
+    /// sending facility (MSH-4, else MSH-3) so that two senders' visit numbers never collide.
+    pub fn local_system(&self, kind: &str) -> String {
+        let msh = self.msg.segment("MSH", 1);
+        let facility = msh
+            .as_ref()
+            .and_then(|m| datatypes::text(&m.field(4).component(1)).ok().flatten())
+            .or_else(|| {
+                msh.as_ref()
+                    .and_then(|m| datatypes::text(&m.field(3).component(1)).ok().flatten())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        let safe: String = facility
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        format!("urn:plexus:v2:{safe}:{kind}")
+    }
+
+    pub fn segment(&self, id: &str) -> Option<Segment<'_>> {
+        self.msg.segment(id, 1)
+    }
+}
+
+/// A UUID-shaped id derived from `parts` (SHA-256, version 5 and variant bits set): stable
+/// across runs and machines, so a replay addresses the same resource.
+pub fn stable_id(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0x1f]);
+    }
+    let d = h.finalize();
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d[..16]);
+    b[6] = (b[6] & 0x0f) | 0x50;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
+/// Maps one message to its resources (Patient first).
+pub fn convert(msg: &Message<'_>, opts: &Options) -> Result<Vec<Resource>, MappingError> {
+    let code = msg.message_code().into_owned();
+    // MSH-9.2; EVN-1 only when it is missing (EVN-1 is kept for backward compatibility
+    // since v2.5, and senders leave it stale: the corpus's A04 and A08 say A01 there).
+    let event = match msg.trigger_event().into_owned() {
+        e if !e.is_empty() => e,
+        _ => msg
+            .segment("EVN", 1)
+            .and_then(|e| datatypes::text(&e.field(1)).ok().flatten())
+            .unwrap_or_default(),
+    };
+    let cx = Ctx {
+        msg,
+        opts,
+        event: event.clone(),
+    };
+    match (code.as_str(), event.as_str()) {
+        ("ADT", "A01" | "A02" | "A03" | "A04" | "A05" | "A08" | "A11" | "A13" | "A28" | "A31") => {
+            let patient = patient::map(&cx)?;
+            let mut out = Vec::with_capacity(2);
+            let encounter = encounter::map(&cx, &patient)?;
+            out.push(patient);
+            out.extend(encounter);
+            Ok(out)
+        }
+        ("SIU", e) if is_siu_event(e) => {
+            let patient = patient::map(&cx)?;
+            let appointment = appointment::map(&cx, &patient)?;
+            Ok(vec![patient, appointment])
+        }
+        _ => Err(cx.error(format!(
+            "no FHIR mapping for {code}^{event} (mapped: ADT A01–A05, A08, A11, A13, A28, A31; SIU S12–S26)"
+        ))),
+    }
+}
+
+fn is_siu_event(e: &str) -> bool {
+    e.strip_prefix('S')
+        .and_then(|n| n.parse::<u32>().ok())
+        .is_some_and(|n| (12..=26).contains(&n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stable_ids_are_uuid_shaped_and_stable() {
+        let a = stable_id(&["Patient", "urn:oid:1.2", "123"]);
+        assert_eq!(a, stable_id(&["Patient", "urn:oid:1.2", "123"]));
+        assert_ne!(a, stable_id(&["Patient", "urn:oid:1.2", "124"]));
+        // Parts are separated: ("ab","c") and ("a","bc") differ.
+        assert_ne!(stable_id(&["ab", "c"]), stable_id(&["a", "bc"]));
+        assert_eq!(a.len(), 36);
+        assert_eq!(&a[14..15], "5");
+    }
+}

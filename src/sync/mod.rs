@@ -1,0 +1,650 @@
+//! Bidirectional sync with an EHR (the seed's SyncState and IntegrationOrchestrator): each
+//! mapped resource is pushed to the FHIR server under a lease, with the versions both sides
+//! last agreed on remembered, so that a change made on the server meanwhile is detected and
+//! never silently overwritten.
+//!
+//! For one entity (a resource type and its business identifier):
+//!
+//! | local changed since last sync | server `versionId` moved | what happens |
+//! |---|---|---|
+//! | no  | no  | nothing (in sync) |
+//! | yes | no  | update with `If-Match` on the agreed version (a racing write → conflict) |
+//! | no  | yes | the server's version is adopted (in sync) |
+//! | yes | yes | **conflict**: fields and both sides recorded; resolved by the integration's strategy (`timestamp_wins`, `source_priority`) or left for `plexus sync resolve` (`manual`) |
+//!
+//! A worker that cannot take the lease reports [`SyncOutcome::Contended`] (retry later, not
+//! an error); every resolution is written to the audit log; every outcome is an event
+//! (`integration.sync.completed|failed|conflict`).
+
+pub mod store;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::fhir::client::{FhirClient, FhirError, Versioned};
+use crate::fhir::v2::Resource;
+use store::{SyncStore, Update};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    InSync,
+    OutOfSync,
+    Conflict,
+    Error,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::InSync => "in_sync",
+            Status::OutOfSync => "out_of_sync",
+            Status::Conflict => "conflict",
+            Status::Error => "error",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        Some(match s {
+            "in_sync" => Status::InSync,
+            "out_of_sync" => Status::OutOfSync,
+            "conflict" => Status::Conflict,
+            "error" => Status::Error,
+            _ => return None,
+        })
+    }
+}
+
+/// How a conflict is settled when it is detected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConflictPolicy {
+    /// The newer side wins: the local message time against the server's `meta.lastUpdated`.
+    TimestampWins,
+    /// The named side always wins.
+    SourcePriority(Side),
+    /// Recorded for a person to resolve (`plexus sync resolve`).
+    Manual,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Local,
+    External,
+}
+
+/// How `resolve` settles a recorded conflict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolution {
+    UseLocal,
+    UseExternal,
+    /// Per field: which side's value to keep (fields not named keep the server's).
+    Merge(BTreeMap<String, Side>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("sync state: {0}")]
+    Store(String),
+    #[error("the lease expired during the sync: another worker holds the entity now")]
+    LeaseLost,
+    #[error(transparent)]
+    Fhir(#[from] FhirError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What one sync of one entity came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SyncOutcome {
+    Created {
+        id: String,
+        version: Option<String>,
+    },
+    Updated {
+        id: String,
+        version: Option<String>,
+    },
+    Unchanged,
+    AdoptedExternal {
+        version: Option<String>,
+    },
+    /// Both sides changed; the differing fields.
+    Conflict {
+        fields: Vec<String>,
+    },
+    /// Another worker holds the entity: try again later.
+    Contended,
+}
+
+pub struct Syncer {
+    pub integration: String,
+    /// This worker's name (lease owner).
+    pub owner: String,
+    pub store: SyncStore,
+    pub client: FhirClient,
+    pub policy: ConflictPolicy,
+    pub lease: Duration,
+    /// Sync events, one JSON object per line.
+    pub events: Option<PathBuf>,
+}
+
+/// The resource as compared and hashed: without server-assigned `id` and `meta`, and the
+/// narrative the server may generate.
+fn content(resource: &Value) -> Value {
+    let mut v = resource.clone();
+    if let Value::Object(o) = &mut v {
+        for k in ["id", "meta", "text"] {
+            o.remove(k);
+        }
+    }
+    v
+}
+
+/// A hash of the canonical JSON (keys sorted at every level).
+fn hash(resource: &Value) -> String {
+    fn canonical(v: &Value) -> Value {
+        match v {
+            Value::Object(o) => Value::Object(
+                o.iter()
+                    .map(|(k, v)| (k.clone(), canonical(v)))
+                    .collect::<BTreeMap<_, _>>()
+                    .into_iter()
+                    .collect(),
+            ),
+            Value::Array(a) => Value::Array(a.iter().map(canonical).collect()),
+            other => other.clone(),
+        }
+    }
+    let mut h = Sha256::new();
+    h.update(canonical(&content(resource)).to_string().as_bytes());
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Top-level fields whose values differ between two resources.
+fn differing_fields(a: &Value, b: &Value) -> Vec<String> {
+    let (a, b) = (content(a), content(b));
+    let keys: BTreeSet<&String> = a
+        .as_object()
+        .into_iter()
+        .chain(b.as_object())
+        .flat_map(|o| o.keys())
+        .collect();
+    keys.into_iter()
+        .filter(|k| a.get(k.as_str()) != b.get(k.as_str()))
+        .cloned()
+        .collect()
+}
+
+impl Syncer {
+    fn key<'a>(&'a self, kind: &'a str, entity: &'a str) -> (&'a str, &'a str, &'a str) {
+        (self.integration.as_str(), kind, entity)
+    }
+
+    fn event(&self, kind: &str, entity_type: &str, entity: &str, details: Value) {
+        let Some(path) = &self.events else { return };
+        let line = json!({
+            "type": format!("integration.sync.{kind}"),
+            "integration": self.integration,
+            "entity_type": entity_type,
+            // The business identifier is patient data: events carry its hash only.
+            "entity": hash(&Value::from(entity)),
+            "instance": self.owner,
+            "at": chrono::Utc::now().to_rfc3339(),
+            "details": details,
+        });
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut f| writeln!(f, "{line}"));
+        if let Err(e) = written {
+            tracing::warn!(path = %path.display(), error = %e, "sync event not written");
+        }
+    }
+
+    /// Pushes one mapped resource (its business identifier names the entity), detecting a
+    /// concurrent change on the server. `local_time` is when the local change happened
+    /// (the message time), for `timestamp_wins`.
+    pub async fn sync(
+        &self,
+        resource: &Resource,
+        local_time: chrono::DateTime<chrono::Utc>,
+    ) -> Result<SyncOutcome, SyncError> {
+        let (system, value) = resource.identifier.as_ref().ok_or_else(|| {
+            SyncError::Invalid(format!(
+                "a {} without a business identifier cannot be synced",
+                resource.resource_type
+            ))
+        })?;
+        let entity = format!("{system}|{value}");
+        let kind = resource.resource_type;
+        let key = self.key(kind, &entity);
+        if !self.store.acquire(key, &self.owner, self.lease).await? {
+            return Ok(SyncOutcome::Contended);
+        }
+        // A 412 on our update means a write raced ours: the second pass sees the server's
+        // new version and records the conflict.
+        let mut result = self.sync_held(resource, &entity, local_time).await;
+        if matches!(&result, Err(SyncError::Fhir(e)) if e.is_conflict()) {
+            result = self.sync_held(resource, &entity, local_time).await;
+        }
+        let outcome = match &result {
+            Ok(SyncOutcome::Conflict { fields }) => {
+                self.event("conflict", kind, &entity, json!({"fields": fields}));
+                result
+            }
+            Ok(o) => {
+                self.event(
+                    "completed",
+                    kind,
+                    &entity,
+                    json!({"outcome": format!("{o:?}").split(' ').next()}),
+                );
+                result
+            }
+            Err(e) => {
+                // Counted and scheduled for a retry; the error text names no patient data.
+                let retry = Duration::from_secs(30);
+                let _ = self
+                    .store
+                    .save(
+                        key,
+                        &self.owner,
+                        &Update {
+                            status: Status::Error,
+                            local_hash: None,
+                            local_resource: None,
+                            external_id: None,
+                            external_version: None,
+                            conflict: None,
+                            synced: false,
+                            retry_in: Some(retry),
+                        },
+                    )
+                    .await;
+                self.event("failed", kind, &entity, json!({"error": e.to_string()}));
+                result
+            }
+        };
+        self.store.release(key, &self.owner).await?;
+        outcome
+    }
+
+    async fn sync_held(
+        &self,
+        resource: &Resource,
+        entity: &str,
+        local_time: chrono::DateTime<chrono::Utc>,
+    ) -> Result<SyncOutcome, SyncError> {
+        let kind = resource.resource_type;
+        let key = self.key(kind, entity);
+        let state = self.store.get(key).await?.unwrap_or_default();
+        let local = content(&resource.body);
+        let local_hash = hash(&local);
+        let query = format!(
+            "identifier={}",
+            crate::fhir::bundle::request_url(resource)
+                .split_once("identifier=")
+                .map(|(_, q)| q.to_string())
+                .unwrap_or_default()
+        );
+        let found = self.client.search(kind, &query).await?;
+        if found.len() > 1 {
+            return Err(SyncError::Invalid(format!(
+                "{} {kind} resources on the server share the identifier",
+                found.len()
+            )));
+        }
+        let Some(external) = found.into_iter().next() else {
+            let v = self.client.conditional_update(&local, &query).await?;
+            self.saved(key, &local, &local_hash, &v, None).await?;
+            return Ok(SyncOutcome::Created {
+                id: v.id().unwrap_or_default().to_string(),
+                version: v.version_id,
+            });
+        };
+        let ext_id = external["id"].as_str().unwrap_or_default().to_string();
+        let ext_version = external["meta"]["versionId"].as_str().map(str::to_string);
+        let local_changed = state.local_hash.as_deref() != Some(local_hash.as_str());
+        let external_changed = match (&state.external_version, &ext_version) {
+            (Some(base), Some(now)) => base != now,
+            // Never synced, or a server without versions: nothing to compare against.
+            _ => false,
+        };
+        match (local_changed, external_changed) {
+            (false, false) => {
+                self.saved(
+                    key,
+                    &local,
+                    &local_hash,
+                    &Versioned {
+                        resource: external,
+                        version_id: ext_version,
+                        status: 200,
+                    },
+                    None,
+                )
+                .await?;
+                Ok(SyncOutcome::Unchanged)
+            }
+            (true, false) => {
+                let base = state.external_version.clone().or(ext_version.clone());
+                self.push(key, &local, &local_hash, &ext_id, base.as_deref())
+                    .await
+            }
+            (false, true) => {
+                // The server moved on; our side did not: its version is the agreed one.
+                self.store
+                    .save(
+                        key,
+                        &self.owner,
+                        &Update {
+                            status: Status::InSync,
+                            local_hash: None,
+                            local_resource: None,
+                            external_id: Some(&ext_id),
+                            external_version: ext_version.as_deref(),
+                            conflict: None,
+                            synced: true,
+                            retry_in: None,
+                        },
+                    )
+                    .await?;
+                Ok(SyncOutcome::AdoptedExternal {
+                    version: ext_version,
+                })
+            }
+            (true, true) => {
+                let winner = match self.policy {
+                    ConflictPolicy::Manual => None,
+                    ConflictPolicy::SourcePriority(side) => Some(side),
+                    ConflictPolicy::TimestampWins => {
+                        let server_time = external["meta"]["lastUpdated"]
+                            .as_str()
+                            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+                        Some(match server_time {
+                            Some(t) if t > local_time => Side::External,
+                            _ => Side::Local,
+                        })
+                    }
+                };
+                let fields = differing_fields(&local, &external);
+                match winner {
+                    Some(Side::Local) => {
+                        self.store
+                            .audit(
+                                key,
+                                "auto_resolved",
+                                &self.owner,
+                                &json!({"winner": "local", "fields": fields}),
+                            )
+                            .await?;
+                        self.push(key, &local, &local_hash, &ext_id, ext_version.as_deref())
+                            .await
+                    }
+                    Some(Side::External) => {
+                        self.store
+                            .audit(
+                                key,
+                                "auto_resolved",
+                                &self.owner,
+                                &json!({"winner": "external", "fields": fields}),
+                            )
+                            .await?;
+                        self.store
+                            .save(
+                                key,
+                                &self.owner,
+                                &Update {
+                                    status: Status::InSync,
+                                    local_hash: Some(&local_hash),
+                                    local_resource: Some(&local),
+                                    external_id: Some(&ext_id),
+                                    external_version: ext_version.as_deref(),
+                                    conflict: None,
+                                    synced: true,
+                                    retry_in: None,
+                                },
+                            )
+                            .await?;
+                        Ok(SyncOutcome::AdoptedExternal {
+                            version: ext_version,
+                        })
+                    }
+                    None => {
+                        let pick = |v: &Value| -> Value {
+                            fields
+                                .iter()
+                                .map(|f| (f.clone(), v.get(f).cloned().unwrap_or(Value::Null)))
+                                .collect::<serde_json::Map<_, _>>()
+                                .into()
+                        };
+                        let conflict = json!({
+                            "fields": fields,
+                            "local": pick(&local),
+                            "external": pick(&external),
+                            "local_resource": local,
+                            "external_id": ext_id,
+                            "external_version": ext_version,
+                            "base_version": state.external_version,
+                            "detected_at": chrono::Utc::now().to_rfc3339(),
+                        });
+                        self.store
+                            .save(
+                                key,
+                                &self.owner,
+                                &Update {
+                                    status: Status::Conflict,
+                                    local_hash: None,
+                                    local_resource: None,
+                                    external_id: Some(&ext_id),
+                                    external_version: None,
+                                    conflict: Some(&conflict),
+                                    synced: false,
+                                    retry_in: None,
+                                },
+                            )
+                            .await?;
+                        Ok(SyncOutcome::Conflict { fields })
+                    }
+                }
+            }
+        }
+    }
+
+    /// Updates the server's resource on version `base`; a write racing ours makes it a
+    /// conflict on the next sync (the state keeps the old agreed version).
+    async fn push(
+        &self,
+        key: (&str, &str, &str),
+        local: &Value,
+        local_hash: &str,
+        ext_id: &str,
+        base: Option<&str>,
+    ) -> Result<SyncOutcome, SyncError> {
+        let mut body = local.clone();
+        body["id"] = Value::from(ext_id);
+        let v = self.client.update(&body, base).await?;
+        self.saved(key, local, local_hash, &v, None).await?;
+        Ok(SyncOutcome::Updated {
+            id: ext_id.to_string(),
+            version: v.version_id,
+        })
+    }
+
+    async fn saved(
+        &self,
+        key: (&str, &str, &str),
+        local: &Value,
+        local_hash: &str,
+        v: &Versioned,
+        conflict: Option<&Value>,
+    ) -> Result<(), SyncError> {
+        self.store
+            .save(
+                key,
+                &self.owner,
+                &Update {
+                    status: Status::InSync,
+                    local_hash: Some(local_hash),
+                    local_resource: Some(local),
+                    external_id: v.id(),
+                    external_version: v.version_id.as_deref(),
+                    conflict,
+                    synced: true,
+                    retry_in: None,
+                },
+            )
+            .await
+    }
+
+    /// Settles a recorded conflict: writes the chosen content to the server (on the version
+    /// seen now, so a newer server change fails rather than being overwritten), records it
+    /// as the agreed state, and audits who did what.
+    pub async fn resolve(
+        &self,
+        kind: &str,
+        entity: &str,
+        how: &Resolution,
+        actor: &str,
+    ) -> Result<SyncOutcome, SyncError> {
+        let key = self.key(kind, entity);
+        if !self.store.acquire(key, &self.owner, self.lease).await? {
+            return Ok(SyncOutcome::Contended);
+        }
+        let result = self.resolve_held(kind, entity, how, actor).await;
+        self.store.release(key, &self.owner).await?;
+        if result.is_ok() {
+            self.event(
+                "completed",
+                kind,
+                entity,
+                json!({"resolved": format!("{how:?}").split('(').next()}),
+            );
+        }
+        result
+    }
+
+    async fn resolve_held(
+        &self,
+        kind: &str,
+        entity: &str,
+        how: &Resolution,
+        actor: &str,
+    ) -> Result<SyncOutcome, SyncError> {
+        let key = self.key(kind, entity);
+        let state = self.store.get(key).await?.unwrap_or_default();
+        let (Some(Status::Conflict), Some(conflict)) = (state.status, state.conflict.clone())
+        else {
+            return Err(SyncError::Invalid(format!(
+                "{kind} {entity}: no open conflict"
+            )));
+        };
+        let ext_id = conflict["external_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let current = self.client.read(kind, &ext_id).await?;
+        let local = conflict["local_resource"].clone();
+        let chosen = match how {
+            Resolution::UseLocal => Some(local.clone()),
+            Resolution::UseExternal => None,
+            Resolution::Merge(choices) => {
+                let mut merged = content(&current.resource);
+                for (field, side) in choices {
+                    if *side == Side::Local {
+                        match local.get(field) {
+                            Some(v) => merged[field.as_str()] = v.clone(),
+                            None => {
+                                if let Value::Object(o) = &mut merged {
+                                    o.remove(field);
+                                }
+                            }
+                        }
+                    }
+                }
+                Some(merged)
+            }
+        };
+        let (agreed, version) = match &chosen {
+            Some(c) => {
+                let mut body = c.clone();
+                body["id"] = Value::from(ext_id.as_str());
+                let v = self
+                    .client
+                    .update(&body, current.version_id.as_deref())
+                    .await?;
+                (c.clone(), v.version_id)
+            }
+            None => (content(&current.resource), current.version_id.clone()),
+        };
+        let agreed_hash = hash(&agreed);
+        self.store
+            .save(
+                key,
+                &self.owner,
+                &Update {
+                    status: Status::InSync,
+                    local_hash: Some(&agreed_hash),
+                    local_resource: Some(&agreed),
+                    external_id: Some(&ext_id),
+                    external_version: version.as_deref(),
+                    conflict: None,
+                    synced: true,
+                    retry_in: None,
+                },
+            )
+            .await?;
+        let strategy = match how {
+            Resolution::UseLocal => json!("use_local"),
+            Resolution::UseExternal => json!("use_external"),
+            Resolution::Merge(c) => {
+                json!({"merge": c.iter().map(|(f, s)| (f.clone(), Value::from(if *s == Side::Local { "local" } else { "external" }))).collect::<serde_json::Map<_, _>>()})
+            }
+        };
+        self.store
+            .audit(
+                key,
+                "resolved",
+                actor,
+                &json!({
+                    "strategy": strategy,
+                    "fields": conflict["fields"],
+                    "from_version": current.version_id,
+                    "to_version": version,
+                }),
+            )
+            .await?;
+        Ok(SyncOutcome::Updated {
+            id: ext_id,
+            version,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_ignore_key_order_and_server_fields() {
+        let a = json!({"resourceType": "Patient", "gender": "male", "name": [{"family": "X"}]});
+        let b = json!({"name": [{"family": "X"}], "id": "7", "meta": {"versionId": "3"}, "gender": "male", "resourceType": "Patient"});
+        assert_eq!(hash(&a), hash(&b));
+        assert_ne!(
+            hash(&a),
+            hash(&json!({"resourceType": "Patient", "gender": "female"}))
+        );
+        assert_eq!(
+            differing_fields(
+                &a,
+                &json!({"resourceType": "Patient", "gender": "female", "name": [{"family": "X"}]})
+            ),
+            ["gender"]
+        );
+    }
+}

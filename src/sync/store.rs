@@ -1,0 +1,293 @@
+//! Sync state in PostgreSQL: one row per (integration, entity type, entity key) with the
+//! versions last agreed on both sides, the status, retry bookkeeping, the open conflict and
+//! a lease; plus an append-only audit table of resolutions.
+//!
+//! The lease is the lock: `acquire` takes it when it is free, expired or already ours, in
+//! one statement (no read-then-write race), and every later write of the row checks that
+//! the lease is still ours — a worker whose lease expired mid-sync cannot overwrite the row
+//! another worker now holds (fencing).
+
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::Row;
+
+use super::{Status, SyncError};
+
+const CREATE: [&str; 2] = [
+    "CREATE TABLE IF NOT EXISTS plexus_sync_state (
+        integration text NOT NULL,
+        entity_type text NOT NULL,
+        entity_key text NOT NULL,
+        local_hash text,
+        local_resource text,
+        external_id text,
+        external_version text,
+        last_synced_at timestamptz,
+        status text NOT NULL DEFAULT 'out_of_sync',
+        retry_count integer NOT NULL DEFAULT 0,
+        next_retry_at timestamptz,
+        conflict text,
+        lease_owner text,
+        lease_until timestamptz,
+        updated_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (integration, entity_type, entity_key))",
+    "CREATE TABLE IF NOT EXISTS plexus_sync_audit (
+        id bigserial PRIMARY KEY,
+        integration text NOT NULL,
+        entity_type text NOT NULL,
+        entity_key text NOT NULL,
+        action text NOT NULL,
+        actor text NOT NULL,
+        at timestamptz NOT NULL DEFAULT now(),
+        details text NOT NULL)",
+];
+
+/// One entity's sync state.
+#[derive(Debug, Clone, Default)]
+pub struct SyncRecord {
+    /// The local resource last pushed or adopted (canonical JSON hash and the resource).
+    pub local_hash: Option<String>,
+    pub local_resource: Option<Value>,
+    pub external_id: Option<String>,
+    /// The server's `versionId` both sides last agreed on.
+    pub external_version: Option<String>,
+    pub status: Option<Status>,
+    pub retry_count: i32,
+    /// The open conflict: fields, both sides, when detected.
+    pub conflict: Option<Value>,
+}
+
+/// What a sync writes back into the row.
+#[derive(Debug, Clone)]
+pub struct Update<'a> {
+    pub status: Status,
+    pub local_hash: Option<&'a str>,
+    pub local_resource: Option<&'a Value>,
+    pub external_id: Option<&'a str>,
+    pub external_version: Option<&'a str>,
+    pub conflict: Option<&'a Value>,
+    /// Set `last_synced_at` to now (a successful exchange with the server).
+    pub synced: bool,
+    /// A failure: count it and schedule the next try.
+    pub retry_in: Option<Duration>,
+}
+
+#[derive(Clone)]
+pub struct SyncStore {
+    pool: sqlx::PgPool,
+}
+
+fn db(e: sqlx::Error) -> SyncError {
+    SyncError::Store(e.to_string())
+}
+
+impl SyncStore {
+    pub async fn connect(url: &str) -> Result<Self, SyncError> {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .connect(url)
+            .await
+            .map_err(db)?;
+        // Concurrent `CREATE TABLE IF NOT EXISTS` can still collide in PostgreSQL's
+        // catalog: workers starting together take turns under an advisory lock.
+        let mut tx = pool.begin().await.map_err(db)?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('plexus_sync_schema'))")
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        for stmt in CREATE {
+            sqlx::query(stmt).execute(&mut *tx).await.map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(SyncStore { pool })
+    }
+
+    /// Takes the entity's lease for `ttl` if it is free, expired or already `owner`'s.
+    pub async fn acquire(
+        &self,
+        key: (&str, &str, &str),
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<bool, SyncError> {
+        let row = sqlx::query(
+            "INSERT INTO plexus_sync_state (integration, entity_type, entity_key, lease_owner, lease_until)
+             VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))
+             ON CONFLICT (integration, entity_type, entity_key) DO UPDATE
+               SET lease_owner = EXCLUDED.lease_owner, lease_until = EXCLUDED.lease_until
+               WHERE plexus_sync_state.lease_owner IS NULL
+                  OR plexus_sync_state.lease_until < now()
+                  OR plexus_sync_state.lease_owner = EXCLUDED.lease_owner
+             RETURNING lease_owner",
+        )
+        .bind(key.0)
+        .bind(key.1)
+        .bind(key.2)
+        .bind(owner)
+        .bind(ttl.as_secs_f64())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(row.is_some())
+    }
+
+    /// Gives the lease back (only if still ours).
+    pub async fn release(&self, key: (&str, &str, &str), owner: &str) -> Result<(), SyncError> {
+        sqlx::query(
+            "UPDATE plexus_sync_state SET lease_owner = NULL, lease_until = NULL
+             WHERE integration = $1 AND entity_type = $2 AND entity_key = $3 AND lease_owner = $4",
+        )
+        .bind(key.0)
+        .bind(key.1)
+        .bind(key.2)
+        .bind(owner)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    pub async fn get(&self, key: (&str, &str, &str)) -> Result<Option<SyncRecord>, SyncError> {
+        let row = sqlx::query(
+            "SELECT local_hash, local_resource, external_id, external_version, status,
+                    retry_count, conflict
+             FROM plexus_sync_state
+             WHERE integration = $1 AND entity_type = $2 AND entity_key = $3",
+        )
+        .bind(key.0)
+        .bind(key.1)
+        .bind(key.2)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        let Some(r) = row else { return Ok(None) };
+        let json = |v: Option<String>| v.and_then(|t| serde_json::from_str(&t).ok());
+        let status: String = r.try_get("status").map_err(db)?;
+        Ok(Some(SyncRecord {
+            local_hash: r.try_get("local_hash").map_err(db)?,
+            local_resource: json(r.try_get("local_resource").map_err(db)?),
+            external_id: r.try_get("external_id").map_err(db)?,
+            external_version: r.try_get("external_version").map_err(db)?,
+            status: Status::parse(&status),
+            retry_count: r.try_get("retry_count").map_err(db)?,
+            conflict: json(r.try_get("conflict").map_err(db)?),
+        }))
+    }
+
+    /// Writes the outcome of a sync, if `owner` still holds the lease (else
+    /// [`SyncError::LeaseLost`]: another worker took over after our lease expired).
+    pub async fn save(
+        &self,
+        key: (&str, &str, &str),
+        owner: &str,
+        u: &Update<'_>,
+    ) -> Result<(), SyncError> {
+        let text = |v: Option<&Value>| v.map(|v| v.to_string());
+        let done = sqlx::query(
+            "UPDATE plexus_sync_state SET
+                status = $5,
+                local_hash = COALESCE($6, local_hash),
+                local_resource = COALESCE($7, local_resource),
+                external_id = COALESCE($8, external_id),
+                external_version = COALESCE($9, external_version),
+                conflict = $10,
+                last_synced_at = CASE WHEN $11 THEN now() ELSE last_synced_at END,
+                retry_count = CASE WHEN $12::float8 IS NULL THEN 0 ELSE retry_count + 1 END,
+                next_retry_at = CASE WHEN $12::float8 IS NULL THEN NULL
+                                     ELSE now() + make_interval(secs => $12::float8) END,
+                updated_at = now()
+             WHERE integration = $1 AND entity_type = $2 AND entity_key = $3
+               AND lease_owner = $4 AND lease_until >= now()",
+        )
+        .bind(key.0)
+        .bind(key.1)
+        .bind(key.2)
+        .bind(owner)
+        .bind(u.status.as_str())
+        .bind(u.local_hash)
+        .bind(text(u.local_resource))
+        .bind(u.external_id)
+        .bind(u.external_version)
+        .bind(text(u.conflict))
+        .bind(u.synced)
+        .bind(u.retry_in.map(|d| d.as_secs_f64()))
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        if done.rows_affected() == 0 {
+            return Err(SyncError::LeaseLost);
+        }
+        Ok(())
+    }
+
+    /// Appends to the audit log: who did what to which entity, when.
+    pub async fn audit(
+        &self,
+        key: (&str, &str, &str),
+        action: &str,
+        actor: &str,
+        details: &Value,
+    ) -> Result<(), SyncError> {
+        sqlx::query(
+            "INSERT INTO plexus_sync_audit (integration, entity_type, entity_key, action, actor, details)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(key.0)
+        .bind(key.1)
+        .bind(key.2)
+        .bind(action)
+        .bind(actor)
+        .bind(details.to_string())
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    /// The audit entries of one entity, oldest first: (action, actor, details).
+    pub async fn audit_log(
+        &self,
+        key: (&str, &str, &str),
+    ) -> Result<Vec<(String, String, Value)>, SyncError> {
+        let rows = sqlx::query(
+            "SELECT action, actor, details FROM plexus_sync_audit
+             WHERE integration = $1 AND entity_type = $2 AND entity_key = $3 ORDER BY id",
+        )
+        .bind(key.0)
+        .bind(key.1)
+        .bind(key.2)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                let details: String = r.try_get("details").map_err(db)?;
+                Ok((
+                    r.try_get("action").map_err(db)?,
+                    r.try_get("actor").map_err(db)?,
+                    serde_json::from_str(&details).unwrap_or(Value::Null),
+                ))
+            })
+            .collect()
+    }
+
+    /// Entities of an integration in `status` (e.g. open conflicts): (type, key).
+    pub async fn list(
+        &self,
+        integration: &str,
+        status: Status,
+    ) -> Result<Vec<(String, String)>, SyncError> {
+        let rows = sqlx::query(
+            "SELECT entity_type, entity_key FROM plexus_sync_state
+             WHERE integration = $1 AND status = $2 ORDER BY entity_type, entity_key",
+        )
+        .bind(integration)
+        .bind(status.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0).map_err(db)?, r.try_get(1).map_err(db)?)))
+            .collect()
+    }
+}

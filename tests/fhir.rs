@@ -1,0 +1,616 @@
+//! HL7v2 → FHIR R4 (`plexus fhir convert`) on the shared third-party corpus: resources checked
+//! field by field against the messages and the v2-to-FHIR IG rows, validated by an
+//! independent implementation of the FHIR models (`scripts/fhir-validate`, fhir.resources),
+//! and written as transaction Bundles to a real FHIR server (sekmet, from
+//! `scripts/dev-services`) — twice, to show that a replay changes nothing.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::{Value, json};
+use support::BIN;
+
+const FHIR: &str = "http://127.0.0.1:8089/fhir";
+
+fn corpus(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/corpus")
+        .join(name)
+}
+
+/// `plexus fhir convert` with `args`; (exit code, stdout lines as JSON, stderr).
+fn convert(args: &[&str]) -> (i32, Vec<Value>, String) {
+    let o = Command::new(BIN)
+        .args(["fhir", "convert"])
+        .args(args)
+        .output()
+        .unwrap();
+    let lines = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    (
+        o.status.code().unwrap_or(-1),
+        lines,
+        String::from_utf8_lossy(&o.stderr).to_string(),
+    )
+}
+
+fn one(file: &str) -> Vec<Value> {
+    let (code, out, err) = convert(&[corpus(file).to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    out
+}
+
+fn of_type<'a>(rs: &'a [Value], t: &str) -> &'a Value {
+    rs.iter()
+        .find(|r| r["resourceType"] == t)
+        .unwrap_or_else(|| panic!("no {t} in {rs:#?}"))
+}
+
+#[test]
+fn adt_a01_maps_patient_and_encounter_field_by_field() {
+    let rs = one("ADT-A01-01.hl7");
+    assert_eq!(rs.len(), 2);
+    let p = of_type(&rs, "Patient");
+    // PID-3 (r5): CX-4 `test1&2.16.1&HCD` (not ISO: the namespace is the system), CX-5 MR.
+    assert_eq!(
+        p["identifier"][1],
+        json!({
+            "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}]},
+            "system": "test1", "value": "PATID1234", "assigner": {"display": "test1"}
+        })
+    );
+    // PID-19 SSN (r30–34), PID-20 driver's licence (r35).
+    let ids = p["identifier"].as_array().unwrap();
+    assert!(ids.contains(&json!({
+        "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "SS"}]},
+        "system": "http://hl7.org/fhir/sid/us-ssn", "value": "PSSN123121234"
+    })));
+    assert!(ids.iter().any(|i| i["value"] == "DLN-123"));
+    // PID-5 (r7, XPN): FN-1 family, given XPN-2/3, suffix XPN-4 + degree XPN-6, prefix XPN-5,
+    // use from XPN-7 `D` → usual; the alias repetition with `L` → official.
+    assert_eq!(
+        p["name"][0],
+        json!({"use": "usual", "family": "EVERYMAN", "given": ["ADAM", "A"], "prefix": ["Dr."], "suffix": ["III", "MD"]})
+    );
+    assert_eq!(p["name"][1]["use"], "official");
+    assert_eq!(p["name"][1]["family"], "Josh");
+    // PID-8 M → male (AdministrativeSex r4); PID-7 with a time → birthDate + birthTime.
+    assert_eq!(p["gender"], "male");
+    assert_eq!(p["birthDate"], "1988-08-18");
+    assert_eq!(
+        p["_birthDate"]["extension"][0]["valueDateTime"],
+        "1988-08-18T11:26:00+02:15"
+    );
+    // PID-11 (XAD): SAD parts and XAD-2 as lines, XAD-7 `M` → type postal; PID-12 → district.
+    assert_eq!(
+        p["address"][0],
+        json!({"type": "postal", "line": ["1000", "Hospital Lane", "Ste. 123"], "city": "Ann Arbor",
+               "district": "GL", "state": "MI", "postalCode": "99999", "country": "USA"})
+    );
+    // PID-13: equipment CP → phone, use mobile (the IG's r6 puts `mobile` in use).
+    let telecom = p["telecom"].as_array().unwrap();
+    assert!(telecom.contains(&json!({"system": "phone", "value": "12121212", "use": "mobile"})));
+    // PID-14 TDD → other, default use work (r24); PID-40 Internet → email.
+    assert!(telecom.contains(&json!({"system": "other", "value": "1111", "use": "work"})));
+    assert!(telecom.contains(&json!({"system": "email", "value": "89898989", "use": "work"})));
+    // PID-16 M → v3 MaritalStatus M, the v2 code kept beside it.
+    assert_eq!(
+        p["maritalStatus"]["coding"][0],
+        json!({"system": "http://terminology.hl7.org/CodeSystem/v3-MaritalStatus", "code": "M", "display": "Married"})
+    );
+    // PID-15 (r25): both codings, HL70296 → v2-0296.
+    assert_eq!(
+        p["communication"][0]["language"]["coding"][1],
+        json!({"system": "http://terminology.hl7.org/CodeSystem/v2-0296", "code": "eng", "display": "English-us"})
+    );
+    // PID-25 birth order 2 (r41) wins over PID-24; PID-29 → deceasedDateTime (r49).
+    assert_eq!(p["multipleBirthInteger"], 2);
+    assert_eq!(p["deceasedDateTime"], "2008-08-25T11:16:30+01:15");
+    // NK1 → contact: NK1-3 EMC → v2-0131 C (Relationship r28), NK1-7 O (ContactRole r9).
+    let c = &p["contact"][0];
+    assert_eq!(
+        c["relationship"][0]["coding"][0],
+        json!({"system": "http://terminology.hl7.org/CodeSystem/v2-0131", "code": "C", "display": "test"})
+    );
+    assert_eq!(c["relationship"][1]["coding"][0]["code"], "O");
+    assert_eq!(c["name"]["family"], "Evan");
+    assert_eq!(c["gender"], "female");
+    assert_eq!(
+        c["period"],
+        json!({"start": "2021-08-18", "end": "2021-12-18"})
+    );
+    // PD1-4 → generalPractitioner as a logical reference.
+    assert_eq!(p["generalPractitioner"][0]["identifier"]["value"], "88");
+
+    let e = of_type(&rs, "Encounter");
+    assert_eq!(
+        e["subject"]["reference"],
+        format!("Patient/{}", p["id"].as_str().unwrap())
+    );
+    // PV1-2 P → PRENC (EncounterClass r6); A01 → in-progress (no PV1-45).
+    assert_eq!(
+        e["class"],
+        json!({"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "PRENC"})
+    );
+    assert_eq!(e["status"], "in-progress");
+    // PV1-19 (r41–44): the visit number with its authority's namespace.
+    assert_eq!(e["identifier"][0]["value"], "40007716");
+    assert_eq!(e["identifier"][0]["system"], "AccMng");
+    // PV1-44 (r70).
+    assert_eq!(e["period"], json!({"start": "2015-02-08T11:34:19+01:10"}));
+    // PV1-7/8/9/17 participants (ATND, REF, CON, ADM).
+    let codes: Vec<&str> = e["participant"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["type"][0]["coding"][0]["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(codes, ["ATND", "REF", "CON", "ADM"]);
+    assert_eq!(
+        e["participant"][0]["individual"]["identifier"]["value"],
+        "1122334"
+    );
+    // PV1-3 (r6–7: planned for a pre-admit), PV1-6 prior (completed), PV1-42 (reserved).
+    let loc = e["location"].as_array().unwrap();
+    assert_eq!(loc[0]["status"], "planned");
+    assert!(
+        loc[0]["location"]["display"]
+            .as_str()
+            .unwrap()
+            .contains("bed Bed 03")
+    );
+    assert!(loc.iter().any(|l| l["status"] == "completed"));
+    assert!(loc.iter().any(|l| l["status"] == "reserved"));
+    // PV2-3 admit reason (SNOMED).
+    assert_eq!(
+        e["reasonCode"][0]["coding"][0],
+        json!({"system": "http://snomed.info/sct", "code": "140004", "display": "Chronic pharyngitis"})
+    );
+}
+
+#[test]
+fn discharge_and_update_events_set_the_encounter_status() {
+    // A08 of the corpus sends PV1-45: finished (PV1 r72) whatever the event.
+    let a08 = one("ADT-A08-01.hl7");
+    let e = of_type(&a08, "Encounter");
+    assert_eq!(e["status"], "finished");
+    assert_eq!(e["period"]["end"], "2015-02-09T11:34:19+01:10");
+    // A04 without PV1-45: registration → planned (Event[EncounterStatus]).
+    let a04 = one("ADT-A04-01.hl7");
+    assert_eq!(of_type(&a04, "Encounter")["status"], "planned");
+    // The same patient and visit in all three: the same deterministic ids.
+    let a01 = one("ADT-A01-01.hl7");
+    for t in ["Patient", "Encounter"] {
+        assert_eq!(of_type(&a01, t)["id"], of_type(&a08, t)["id"], "{t}");
+        assert_eq!(of_type(&a01, t)["id"], of_type(&a04, t)["id"], "{t}");
+    }
+    // v2.3 with a BOM, inpatient: class IMP.
+    let old = one("ADT01-23.hl7");
+    assert_eq!(of_type(&old, "Encounter")["class"]["code"], "IMP");
+    assert_eq!(of_type(&old, "Patient")["name"][0]["family"], "DUCK");
+}
+
+#[test]
+fn siu_s12_maps_to_an_appointment() {
+    let rs = one("SIU-S12-01.hl7");
+    let p = of_type(&rs, "Patient");
+    let a = of_type(&rs, "Appointment");
+    // SCH-25 Booked (FillerStatusCodes r5); TQ1-7/8 → start/end as instants.
+    assert_eq!(a["status"], "booked");
+    assert_eq!(a["start"], "2021-09-24T09:30:00+02:15");
+    assert_eq!(a["end"], "2021-09-24T10:20:00+02:15");
+    // SCH-9 is 60 `s` (not minutes: r12 does not map it); AIS-7 is 50 min.
+    assert_eq!(a["minutesDuration"], 50);
+    // SCH-2 filler id names the appointment, scoped to the sending facility (no authority).
+    assert_eq!(
+        a["identifier"][0],
+        json!({"system": "urn:plexus:v2:GHHSFacility:appointment-filler", "value": "36996"})
+    );
+    assert_eq!(a["identifier"][1]["value"], "12345");
+    // AIS-3 service (SNOMED), the NTE after SCH as the comment.
+    assert_eq!(a["serviceType"][0]["coding"][0]["code"], "76164006");
+    assert_eq!(a["comment"], "Appointment booked for emergency procedure");
+    // Participants: the patient, AIP-3 with AIP-4 as type, AIL-3 location; all accepted.
+    let parts = a["participant"].as_array().unwrap();
+    assert_eq!(parts.len(), 3, "{parts:#?}");
+    assert_eq!(
+        parts[0]["actor"]["reference"],
+        format!("Patient/{}", p["id"].as_str().unwrap())
+    );
+    assert_eq!(parts[1]["actor"]["identifier"]["value"], "1210");
+    assert_eq!(
+        parts[1]["type"][0]["coding"][0]["display"],
+        "Gastroenterologist"
+    );
+    assert!(
+        parts[2]["actor"]["display"]
+            .as_str()
+            .unwrap()
+            .contains("Room01")
+    );
+    assert!(parts.iter().all(|p| p["status"] == "accepted"));
+}
+
+#[test]
+fn unmappable_and_broken_messages_are_reported_with_where_and_the_rest_converted() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = std::fs::read_to_string(corpus("ADT01-23.hl7")).unwrap();
+    let good = good.trim_start_matches('\u{feff}').to_string();
+    // A birth date that is no date, and an ORU (no FHIR mapping here).
+    let bad_dob = good
+        .replace("|19241010|M|", "|1924131|M|")
+        .replace("599102", "BADDOB");
+    let oru = std::fs::read_to_string(corpus("ORU-R01-01.hl7")).unwrap();
+    let input = dir.path().join("mixed.hl7");
+    // The corpus files do not end in a segment terminator.
+    std::fs::write(&input, format!("{good}\n{bad_dob}\n{oru}\n")).unwrap();
+    let (code, out, err) = convert(&[input.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(out.len(), 2, "the good message's two resources: {out:#?}");
+    assert!(
+        err.contains("message 1 at byte") && err.contains("BADDOB") && err.contains("PID-7"),
+        "{err}"
+    );
+    assert!(
+        err.contains("ORU^R01") && err.contains("no FHIR mapping"),
+        "{err}"
+    );
+    assert!(
+        err.contains("1 messages converted to 2 resources, 2 failed"),
+        "{err}"
+    );
+}
+
+/// The validator's interpreter (installed by `scripts/dev-services up`).
+fn validator() -> PathBuf {
+    let state = std::env::var("PLEXUS_SERVICES_DIR").unwrap_or_else(|_| {
+        format!(
+            "{}/plexus-services",
+            std::env::var("TMPDIR").unwrap_or_else(|_| "/tmp".into())
+        )
+    });
+    PathBuf::from(state).join("fhir-validator-venv/bin/python")
+}
+
+fn validate(ndjson: &[Value]) -> (bool, String) {
+    let mut child = Command::new(validator())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fhir-validate"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("validator (scripts/dev-services up installs it)");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        for v in ndjson {
+            writeln!(stdin, "{v}").unwrap();
+        }
+    }
+    let o = child.wait_with_output().unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).to_string(),
+    )
+}
+
+const MAPPED: [&str; 5] = [
+    "ADT-A01-01.hl7",
+    "ADT-A04-01.hl7",
+    "ADT-A08-01.hl7",
+    "ADT01-23.hl7",
+    "SIU-S12-01.hl7",
+];
+
+#[test]
+fn every_resource_and_bundle_validates_against_the_fhir_r4_models() {
+    let mut all = Vec::new();
+    let mut bundles = Vec::new();
+    for f in MAPPED {
+        all.extend(one(f));
+        for kind in ["transaction", "batch"] {
+            let (code, b, err) = convert(&[corpus(f).to_str().unwrap(), "--bundle", kind]);
+            assert_eq!(code, 0, "{err}");
+            bundles.extend(b);
+        }
+    }
+    let (ok, report) = validate(&all);
+    assert!(ok, "{report}");
+    let counts: Value = serde_json::from_str(report.trim()).unwrap();
+    assert_eq!(
+        counts,
+        json!({"Appointment": 1, "Encounter": 4, "Patient": 5})
+    );
+    let (ok, report) = validate(&bundles);
+    assert!(ok, "{report}");
+    // The validator really rejects what FHIR forbids (so the passes above mean something).
+    let mut broken = all[0].clone();
+    broken["birthDate"] = json!("18-08-1988");
+    let (ok, report) = validate(&[broken]);
+    assert!(!ok && report.contains("birthDate"), "{report}");
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn transaction_bundles_are_accepted_by_a_fhir_server_and_a_replay_changes_nothing() {
+    // A patient of our own (fresh identifier), so that repeated test runs start clean.
+    let mrn = support::unique("MRN");
+    let msg = std::fs::read_to_string(corpus("ADT-A01-01.hl7"))
+        .unwrap()
+        .replace(
+            "PATID1234^5^M11^test1&2.16.1&HCD^MR",
+            &format!("{mrn}^5^M11^&2.16.840.1.113883.19.5&ISO^MR"),
+        )
+        .replace("40007716^^^AccMng", &format!("V{mrn}^^^AccMng"));
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("a01.hl7");
+    std::fs::write(&input, msg).unwrap();
+    let (code, bundles, err) = convert(&[input.to_str().unwrap(), "--bundle", "transaction"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        bundles[0]["entry"][0]["request"]["url"],
+        format!("Patient?identifier=urn:oid:2.16.840.1.113883.19.5|{mrn}")
+    );
+    let client = reqwest::Client::new();
+    let rt = rt();
+    let post = |b: &Value| {
+        rt.block_on(async {
+            let r = client
+                .post(FHIR)
+                .header("content-type", "application/fhir+json")
+                .json(b)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status();
+            let body: Value = r.json().await.unwrap();
+            assert!(status.is_success(), "{status}: {body}");
+            body
+        })
+    };
+    let first = post(&bundles[0]);
+    assert_eq!(first["type"], "transaction-response", "{first}");
+    let statuses = |b: &Value| -> Vec<String> {
+        b["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["response"]["status"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(
+        statuses(&first).iter().all(|s| s.starts_with("201")),
+        "{first}"
+    );
+    let second = post(&bundles[0]);
+    assert!(
+        statuses(&second).iter().all(|s| s.starts_with("200")),
+        "{second}"
+    );
+    let search = |q: &str| -> Value {
+        rt.block_on(async {
+            client
+                .get(format!("{FHIR}/{q}"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap()
+        })
+    };
+    // One patient with that MRN (not two), and its encounter points at it.
+    let found = search(&format!(
+        "Patient?identifier=urn:oid:2.16.840.1.113883.19.5|{mrn}"
+    ));
+    let entries = found["entry"].as_array().cloned().unwrap_or_default();
+    assert_eq!(entries.len(), 1, "{found}");
+    let server_id = entries[0]["resource"]["id"].as_str().unwrap().to_string();
+    assert_eq!(entries[0]["resource"]["name"][0]["family"], "EVERYMAN");
+    let enc = search(&format!("Encounter?identifier=AccMng|V{mrn}"));
+    let enc_entries = enc["entry"].as_array().cloned().unwrap_or_default();
+    assert_eq!(enc_entries.len(), 1, "{enc}");
+    assert_eq!(
+        enc_entries[0]["resource"]["subject"]["reference"],
+        format!("Patient/{server_id}")
+    );
+    // The second write was an update of the same resource: version 2.
+    assert_eq!(entries[0]["resource"]["meta"]["versionId"], "2", "{found}");
+}
+
+fn ndjson(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_fhir_stage_maps_a_feed_in_a_pipeline_and_dead_letters_what_it_cannot_map() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let mut feed = String::new();
+    for f in ["ADT-A01-01.hl7", "ORU-R01-01.hl7", "SIU-S12-01.hl7"] {
+        // The corpus files do not end in a segment terminator.
+        feed.push_str(
+            std::fs::read_to_string(corpus(f))
+                .unwrap()
+                .trim_start_matches('\u{feff}'),
+        );
+        feed.push('\n');
+    }
+    std::fs::write(dir.path().join("in.hl7"), feed).unwrap();
+    let p = support::pipeline(
+        dir.path(),
+        "to_fhir",
+        r#"
+name: to_fhir
+integration: {id: ghh-ehr}
+source: {type: file, path: in.hl7, format: hl7}
+stages:
+  - {name: fhir, type: fhir, systems: {AccMng: "urn:oid:1.2.840.99.1"}}
+  - {name: keep, type: map, select: {resource_type: resource_type, url: request_url, resource: resource}}
+sinks:
+  - {name: resources, type: file, format: ndjson, path: resources.ndjson}
+dlq: {path: to_fhir.dlq.ndjson}
+"#,
+    );
+    let s = support::summary(
+        &Command::new(BIN)
+            .args([
+                "run",
+                p.to_str().unwrap(),
+                "--output",
+                out.to_str().unwrap(),
+                "--json",
+            ])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(
+        (s["delivered"].as_u64(), s["dead_lettered"].as_u64()),
+        (Some(2), Some(1)),
+        "{s}"
+    );
+    let rows = ndjson(&out.join("resources.ndjson"));
+    let kinds: Vec<&str> = rows
+        .iter()
+        .map(|r| r["resource_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["Patient", "Encounter", "Patient", "Appointment"]);
+    // The systems map applies: the visit number's authority AccMng is an OID now.
+    let enc: Value = serde_json::from_str(rows[1]["resource"].as_str().unwrap()).unwrap();
+    assert_eq!(enc["identifier"][0]["system"], "urn:oid:1.2.840.99.1");
+    assert_eq!(
+        rows[1]["url"],
+        "Encounter?identifier=urn:oid:1.2.840.99.1|40007716"
+    );
+    let dead = ndjson(&out.join("to_fhir.dlq.ndjson"));
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["stage"], "fhir");
+    assert_eq!(dead[0]["rule"], "fhir:map");
+    assert!(
+        dead[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no FHIR mapping for ORU^R01"),
+        "{}",
+        dead[0]
+    );
+}
+
+#[test]
+fn an_adt_feed_flows_through_a_pipeline_into_the_fhir_server_idempotently() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    // Ten patients of our own (fresh MRNs), each admitted (A01) then updated (A08 with a
+    // new family name): the server must end with ten patients carrying the later name.
+    let run = support::unique("R").replace(['-', '_'], "");
+    let template = std::fs::read_to_string(corpus("ADT01-23.hl7")).unwrap();
+    let template = template.trim_start_matches('\u{feff}');
+    let mut feed = String::new();
+    for i in 0..10 {
+        for (event, family) in [("A01", "DUCK"), ("A08", "DRAKE")] {
+            let m = template
+                .replace("ADT^A01|599102", &format!("ADT^{event}|{run}{i}{event}"))
+                .replace("10006579^^^1^MR^1", &format!("{run}{i}^^^GHH^MR^1"))
+                .replace("40007716^^^AccMgr^VN", &format!("V{run}{i}^^^AccMgr^VN"))
+                .replace("DUCK^DONALD", &format!("{family}^DONALD"));
+            feed.push_str(&m);
+            feed.push('\n');
+        }
+    }
+    std::fs::write(dir.path().join("adt.hl7"), feed).unwrap();
+    let p = support::pipeline(
+        dir.path(),
+        "adt_to_ehr",
+        &format!(
+            r#"
+name: adt_to_ehr
+integration: {{id: ghh-ehr}}
+source: {{type: file, path: adt.hl7, format: hl7}}
+batch: {{max_rows: 4}}
+stages:
+  - {{name: fhir, type: fhir, bundle: transaction, systems: {{GHH: "urn:oid:2.16.840.1.113883.19.5"}}}}
+sinks:
+  - {{name: ehr, type: fhir, url: "{FHIR}", concurrency: 1}}
+dlq: {{path: adt_to_ehr.dlq.ndjson}}
+windows:
+  - {{name: ehr_calls, input: outcomes, key: {{sink: sink}}, size: 1h}}
+"#
+        ),
+    );
+    // Concurrency 1 keeps each patient's A01 before its A08 (one Bundle per message).
+    for attempt in 1..=2 {
+        let s = support::summary(
+            &Command::new(BIN)
+                .args([
+                    "run",
+                    p.to_str().unwrap(),
+                    "--output",
+                    out.to_str().unwrap(),
+                    "--json",
+                ])
+                .output()
+                .unwrap(),
+        );
+        assert_eq!(
+            (s["delivered"].as_u64(), s["dead_lettered"].as_u64()),
+            (Some(20), Some(0)),
+            "run {attempt}: {s}"
+        );
+    }
+    let client = reqwest::Client::new();
+    let rt = rt();
+    for i in 0..10 {
+        let found: Value = rt.block_on(async {
+            client
+                .get(format!(
+                    "{FHIR}/Patient?identifier=urn:oid:2.16.840.1.113883.19.5|{run}{i}"
+                ))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap()
+        });
+        let entries = found["entry"].as_array().cloned().unwrap_or_default();
+        assert_eq!(entries.len(), 1, "patient {i}: {found}");
+        assert_eq!(entries[0]["resource"]["name"][0]["family"], "DRAKE");
+    }
+    // Every call is on the outcome stream: two runs × 20 Bundles, all delivered.
+    let q = Command::new(BIN)
+        .args([
+            "query",
+            "--pipeline",
+            p.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ])
+        .args([
+            "--format",
+            "json",
+            "SELECT sum(total) AS total, sum(success) AS ok FROM ehr_calls",
+        ])
+        .output()
+        .unwrap();
+    support::assert_ok(&q);
+    let row: Value =
+        serde_json::from_str(String::from_utf8_lossy(&q.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!(
+        (row["total"].as_i64(), row["ok"].as_i64()),
+        (Some(40), Some(40)),
+        "{row}"
+    );
+}

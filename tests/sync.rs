@@ -1,0 +1,325 @@
+//! Sync state against the real FHIR server (sekmet) and PostgreSQL: a patient synced from an
+//! ADT feed, changed on the server and locally → a conflict recorded (the server's change is
+//! not overwritten), resolved each way with `plexus sync resolve`, audited; leases so two
+//! workers never sync one entity at once; a crashed holder's lease expiring.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use plexus::fhir::client::{ClientConfig, FhirClient};
+use plexus::fhir::v2::{Options, Resource, convert};
+use plexus::formats::hl7::Message;
+use plexus::sync::store::SyncStore;
+use plexus::sync::{ConflictPolicy, Side, Status, SyncError, SyncOutcome, Syncer};
+use serde_json::{Value, json};
+
+const FHIR: &str = "http://127.0.0.1:8089/fhir";
+const DB: &str = "postgres://postgres@127.0.0.1:5432/test";
+const SYSTEM: &str = "urn:oid:2.16.840.1.113883.19.5";
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The Patient of the corpus A01 with our MRN and a family name.
+fn patient(mrn: &str, family: &str) -> Resource {
+    let raw = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/ADT01-23.hl7"),
+    )
+    .unwrap()
+    .trim_start_matches('\u{feff}')
+    .replace(
+        "10006579^^^1^MR^1",
+        &format!("{mrn}^^^&{}&ISO^MR", &SYSTEM[8..]),
+    )
+    .replace("DUCK^DONALD", &format!("{family}^DONALD"));
+    let m = Message::parse(raw.as_bytes()).unwrap();
+    convert(&m, &Options::default())
+        .unwrap()
+        .into_iter()
+        .find(|r| r.resource_type == "Patient")
+        .unwrap()
+}
+
+async fn syncer(integration: &str, owner: &str, policy: ConflictPolicy) -> Syncer {
+    Syncer {
+        integration: integration.into(),
+        owner: owner.into(),
+        store: SyncStore::connect(DB).await.unwrap(),
+        client: FhirClient::new(ClientConfig::new(FHIR)).unwrap(),
+        policy,
+        lease: Duration::from_secs(30),
+        events: None,
+    }
+}
+
+/// Someone edits the patient on the server: a new phone number.
+async fn edit_on_server(c: &FhirClient, mrn: &str, phone: &str) {
+    let found = c
+        .search("Patient", &format!("identifier={SYSTEM}|{mrn}"))
+        .await
+        .unwrap();
+    let mut p = found[0].clone();
+    p["telecom"] = json!([{"system": "phone", "value": phone, "use": "mobile"}]);
+    c.update(&p, p["meta"]["versionId"].as_str()).await.unwrap();
+}
+
+async fn on_server(c: &FhirClient, mrn: &str) -> Value {
+    c.search("Patient", &format!("identifier={SYSTEM}|{mrn}"))
+        .await
+        .unwrap()
+        .remove(0)
+}
+
+fn resolve(integration: &str, entity: &str, args: &[&str]) -> String {
+    let o = Command::new(support::BIN)
+        .args([
+            "sync",
+            "resolve",
+            "--integration",
+            integration,
+            "--entity",
+            entity,
+        ])
+        .args(["--fhir-base", FHIR, "--actor", "dr.ops"])
+        .args(args)
+        .env("DATABASE_URL", DB)
+        .output()
+        .unwrap();
+    support::assert_ok(&o);
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+#[test]
+fn concurrent_changes_become_conflicts_and_are_resolved_each_way_with_an_audit_trail() {
+    let rt = rt();
+    let integration = support::unique("ehr-sync");
+    let mrn = support::unique("S").replace(['-', '_'], "");
+    let entity = format!("Patient/{SYSTEM}|{mrn}");
+    let s = rt.block_on(syncer(&integration, "worker-1", ConflictPolicy::Manual));
+    let now = chrono::Utc::now();
+    rt.block_on(async {
+        // First sync creates; a repeat changes nothing.
+        let created = s.sync(&patient(&mrn, "DUCK"), now).await.unwrap();
+        assert!(
+            matches!(created, SyncOutcome::Created { .. }),
+            "{created:?}"
+        );
+        assert_eq!(
+            s.sync(&patient(&mrn, "DUCK"), now).await.unwrap(),
+            SyncOutcome::Unchanged
+        );
+        // Only our side changes: pushed with If-Match.
+        let updated = s.sync(&patient(&mrn, "DRAKE"), now).await.unwrap();
+        assert!(
+            matches!(updated, SyncOutcome::Updated { .. }),
+            "{updated:?}"
+        );
+        // Only the server changes: adopted.
+        edit_on_server(&s.client, &mrn, "555-0100").await;
+        let adopted = s.sync(&patient(&mrn, "DRAKE"), now).await.unwrap();
+        assert!(
+            matches!(adopted, SyncOutcome::AdoptedExternal { .. }),
+            "{adopted:?}"
+        );
+
+        // Both change: a conflict, and the server's edit is not overwritten.
+        edit_on_server(&s.client, &mrn, "555-0101").await;
+        let conflict = s.sync(&patient(&mrn, "MALLARD"), now).await.unwrap();
+        let SyncOutcome::Conflict { fields } = conflict else {
+            panic!("{conflict:?}")
+        };
+        assert_eq!(fields, ["name", "telecom"]);
+        let server = on_server(&s.client, &mrn).await;
+        assert_eq!(server["name"][0]["family"], "DRAKE");
+        assert_eq!(server["telecom"][0]["value"], "555-0101");
+        let state = s
+            .store
+            .get((&integration, "Patient", &format!("{SYSTEM}|{mrn}")))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(state.status, Some(Status::Conflict));
+        assert_eq!(
+            state.conflict.as_ref().unwrap()["local"]["name"][0]["family"],
+            "MALLARD"
+        );
+        assert_eq!(
+            state.conflict.as_ref().unwrap()["external"]["telecom"][0]["value"],
+            "555-0101"
+        );
+    });
+    // The conflict is listed, then resolved with the local side.
+    let listed = Command::new(support::BIN)
+        .args(["sync", "list", "--integration", &integration])
+        .env("DATABASE_URL", DB)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&listed.stdout).contains(&format!("Patient\t{SYSTEM}|{mrn}")));
+    assert!(resolve(&integration, &entity, &["--strategy", "use_local"]).contains("in sync"));
+    rt.block_on(async {
+        let server = on_server(&s.client, &mrn).await;
+        assert_eq!(server["name"][0]["family"], "MALLARD");
+        // The same local content again: nothing to do.
+        assert_eq!(
+            s.sync(&patient(&mrn, "MALLARD"), now).await.unwrap(),
+            SyncOutcome::Unchanged
+        );
+
+        // Again both sides; this time the server wins.
+        edit_on_server(&s.client, &mrn, "555-0102").await;
+        let c = s.sync(&patient(&mrn, "TEAL"), now).await.unwrap();
+        assert!(matches!(c, SyncOutcome::Conflict { .. }), "{c:?}");
+    });
+    resolve(&integration, &entity, &["--strategy", "use_external"]);
+    rt.block_on(async {
+        let server = on_server(&s.client, &mrn).await;
+        assert_eq!(server["name"][0]["family"], "MALLARD");
+        assert_eq!(server["telecom"][0]["value"], "555-0102");
+        edit_on_server(&s.client, &mrn, "555-0103").await;
+        let c = s.sync(&patient(&mrn, "WIGEON"), now).await.unwrap();
+        assert!(matches!(c, SyncOutcome::Conflict { .. }), "{c:?}");
+    });
+    // A merge: our name, the server's phone.
+    resolve(
+        &integration,
+        &entity,
+        &["--strategy", "merge", "--take", "name=local"],
+    );
+    rt.block_on(async {
+        let server = on_server(&s.client, &mrn).await;
+        assert_eq!(server["name"][0]["family"], "WIGEON");
+        assert_eq!(server["telecom"][0]["value"], "555-0103");
+        let log = s
+            .store
+            .audit_log((&integration, "Patient", &format!("{SYSTEM}|{mrn}")))
+            .await
+            .unwrap();
+        let strategies: Vec<(String, String, Value)> = log
+            .into_iter()
+            .map(|(action, actor, d)| (action, actor, d["strategy"].clone()))
+            .collect();
+        assert_eq!(
+            strategies,
+            [
+                ("resolved".into(), "dr.ops".into(), json!("use_local")),
+                ("resolved".into(), "dr.ops".into(), json!("use_external")),
+                (
+                    "resolved".into(),
+                    "dr.ops".into(),
+                    json!({"merge": {"name": "local"}})
+                ),
+            ]
+        );
+    });
+}
+
+#[test]
+fn a_configured_policy_settles_conflicts_itself() {
+    let rt = rt();
+    rt.block_on(async {
+        let integration = support::unique("ehr-prio");
+        let mrn = support::unique("P").replace(['-', '_'], "");
+        let s = syncer(
+            &integration,
+            "w",
+            ConflictPolicy::SourcePriority(Side::Local),
+        )
+        .await;
+        let now = chrono::Utc::now();
+        s.sync(&patient(&mrn, "DUCK"), now).await.unwrap();
+        edit_on_server(&s.client, &mrn, "555-0199").await;
+        let r = s.sync(&patient(&mrn, "DRAKE"), now).await.unwrap();
+        assert!(matches!(r, SyncOutcome::Updated { .. }), "{r:?}");
+        let server = on_server(&s.client, &mrn).await;
+        assert_eq!(server["name"][0]["family"], "DRAKE");
+        let log = s
+            .store
+            .audit_log((&integration, "Patient", &format!("{SYSTEM}|{mrn}")))
+            .await
+            .unwrap();
+        assert_eq!(log[0].0, "auto_resolved");
+        assert_eq!(log[0].2["winner"], "local");
+    });
+}
+
+#[test]
+fn leases_keep_two_workers_off_one_entity_and_expire_when_a_holder_dies() {
+    let rt = rt();
+    rt.block_on(async {
+        let integration = support::unique("ehr-lease");
+        let mrn = support::unique("L").replace(['-', '_'], "");
+        let key_text = format!("{SYSTEM}|{mrn}");
+        let key = (integration.as_str(), "Patient", key_text.as_str());
+        let a = syncer(&integration, "worker-a", ConflictPolicy::Manual).await;
+        let b = syncer(&integration, "worker-b", ConflictPolicy::Manual).await;
+        let now = chrono::Utc::now();
+        // Worker A holds the entity (mid-sync, then it crashes: it never releases).
+        assert!(
+            a.store
+                .acquire(key, "worker-a", Duration::from_secs(2))
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            b.sync(&patient(&mrn, "DUCK"), now).await.unwrap(),
+            SyncOutcome::Contended
+        );
+        // After the lease expires, B proceeds.
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        let r = b.sync(&patient(&mrn, "DUCK"), now).await.unwrap();
+        assert!(matches!(r, SyncOutcome::Created { .. }), "{r:?}");
+        // A wakes up and tries to write its stale result: fenced off.
+        let stale = a
+            .store
+            .save(
+                key,
+                "worker-a",
+                &plexus::sync::store::Update {
+                    status: Status::InSync,
+                    local_hash: Some("stale"),
+                    local_resource: None,
+                    external_id: None,
+                    external_version: Some("999"),
+                    conflict: None,
+                    synced: true,
+                    retry_in: None,
+                },
+            )
+            .await;
+        assert!(matches!(stale, Err(SyncError::LeaseLost)), "{stale:?}");
+
+        // Both race on every round: never both inside; no update lost.
+        let mut contended = 0;
+        for round in 0..10 {
+            let (pa, pb) = (
+                patient(&mrn, &format!("A{round}")),
+                patient(&mrn, &format!("B{round}")),
+            );
+            let (ra, rb) = tokio::join!(a.sync(&pa, now), b.sync(&pb, now));
+            for r in [ra.unwrap(), rb.unwrap()] {
+                if r == SyncOutcome::Contended {
+                    contended += 1;
+                }
+            }
+        }
+        // What the state says was agreed is what the server has.
+        let state = a.store.get(key).await.unwrap().unwrap();
+        let server = on_server(&a.client, &mrn).await;
+        assert_eq!(
+            state.external_version.as_deref(),
+            server["meta"]["versionId"].as_str()
+        );
+        assert_eq!(
+            state.local_resource.unwrap()["name"],
+            server["name"],
+            "the agreed content is the server's ({contended} contended)"
+        );
+    });
+}
