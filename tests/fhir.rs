@@ -462,7 +462,6 @@ stages:
   - {name: keep, type: map, select: {resource_type: resource_type, url: request_url, resource: resource}}
 sinks:
   - {name: resources, type: file, format: ndjson, path: resources.ndjson}
-dlq: {path: to_fhir.dlq.ndjson}
 "#,
     );
     let s = support::summary(

@@ -124,6 +124,10 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         }
         if let Some(d) = &plan.dlq {
             plan.dlq = Some(dir.join(d.file_name().unwrap_or_default()));
+        } else if plan.dlq_topic.is_none() {
+            // The default dead-letter file goes with the other outputs (where `plexus query
+            // --output` looks for it), not into the working directory.
+            plan.dlq = Some(dir.join(format!("{}.dlq.ndjson", plan.name)));
         }
         if let Some(m) = &mut plan.monitoring {
             let moved = |p: &Path| dir.join(p.file_name().unwrap_or_default());
