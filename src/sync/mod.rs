@@ -301,7 +301,7 @@ impl Syncer {
         }
         let Some(external) = found.into_iter().next() else {
             let v = self.client.conditional_update(&local, &query).await?;
-            self.saved(key, &local, &local_hash, &v, None).await?;
+            self.saved(key, &local, &local_hash, &v).await?;
             return Ok(SyncOutcome::Created {
                 id: v.id().unwrap_or_default().to_string(),
                 version: v.version_id,
@@ -317,18 +317,9 @@ impl Syncer {
         };
         match (local_changed, external_changed) {
             (false, false) => {
-                self.saved(
-                    key,
-                    &local,
-                    &local_hash,
-                    &Versioned {
-                        resource: external,
-                        version_id: ext_version,
-                        status: 200,
-                    },
-                    None,
-                )
-                .await?;
+                let update =
+                    Update::in_sync(&local_hash, &local, Some(&ext_id), ext_version.as_deref());
+                self.store.save(key, &self.owner, &update).await?;
                 Ok(SyncOutcome::Unchanged)
             }
             (true, false) => {
@@ -399,16 +390,12 @@ impl Syncer {
                             .save(
                                 key,
                                 &self.owner,
-                                &Update {
-                                    status: Status::InSync,
-                                    local_hash: Some(&local_hash),
-                                    local_resource: Some(&local),
-                                    external_id: Some(&ext_id),
-                                    external_version: ext_version.as_deref(),
-                                    conflict: None,
-                                    synced: true,
-                                    retry_in: None,
-                                },
+                                &Update::in_sync(
+                                    &local_hash,
+                                    &local,
+                                    Some(&ext_id),
+                                    ext_version.as_deref(),
+                                ),
                             )
                             .await?;
                         Ok(SyncOutcome::AdoptedExternal {
@@ -469,7 +456,7 @@ impl Syncer {
         let mut body = local.clone();
         body["id"] = Value::from(ext_id);
         let v = self.client.update(&body, base).await?;
-        self.saved(key, local, local_hash, &v, None).await?;
+        self.saved(key, local, local_hash, &v).await?;
         Ok(SyncOutcome::Updated {
             id: ext_id.to_string(),
             version: v.version_id,
@@ -482,24 +469,9 @@ impl Syncer {
         local: &Value,
         local_hash: &str,
         v: &Versioned,
-        conflict: Option<&Value>,
     ) -> Result<(), SyncError> {
-        self.store
-            .save(
-                key,
-                &self.owner,
-                &Update {
-                    status: Status::InSync,
-                    local_hash: Some(local_hash),
-                    local_resource: Some(local),
-                    external_id: v.id(),
-                    external_version: v.version_id.as_deref(),
-                    conflict,
-                    synced: true,
-                    retry_in: None,
-                },
-            )
-            .await
+        let update = Update::in_sync(local_hash, local, v.id(), v.version_id.as_deref());
+        self.store.save(key, &self.owner, &update).await
     }
 
     /// Settles a recorded conflict: writes the chosen content to the server (on the version
@@ -587,16 +559,7 @@ impl Syncer {
             .save(
                 key,
                 &self.owner,
-                &Update {
-                    status: Status::InSync,
-                    local_hash: Some(&agreed_hash),
-                    local_resource: Some(&agreed),
-                    external_id: Some(&ext_id),
-                    external_version: version.as_deref(),
-                    conflict: None,
-                    synced: true,
-                    retry_in: None,
-                },
+                &Update::in_sync(&agreed_hash, &agreed, Some(&ext_id), version.as_deref()),
             )
             .await?;
         let strategy = match how {

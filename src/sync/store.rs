@@ -73,6 +73,27 @@ pub struct Update<'a> {
     pub retry_in: Option<Duration>,
 }
 
+impl<'a> Update<'a> {
+    /// Both sides agree on `local` at the server's `external_version`.
+    pub fn in_sync(
+        local_hash: &'a str,
+        local: &'a Value,
+        external_id: Option<&'a str>,
+        external_version: Option<&'a str>,
+    ) -> Self {
+        Update {
+            status: Status::InSync,
+            local_hash: Some(local_hash),
+            local_resource: Some(local),
+            external_id,
+            external_version,
+            conflict: None,
+            synced: true,
+            retry_in: None,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct SyncStore {
     pool: sqlx::PgPool,

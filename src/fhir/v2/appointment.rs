@@ -246,14 +246,5 @@ pub(super) fn map(cx: &Ctx<'_, '_>, patient: &Resource) -> Result<Resource, Mapp
     }
 
     let id = stable_id(&["Appointment", &key.0, &key.1]);
-    let mut body = Obj::new()
-        .set("resourceType", Some(Value::from("Appointment")))
-        .set("id", Some(Value::from(id.as_str())));
-    body.0.extend(a.0);
-    Ok(Resource {
-        resource_type: "Appointment",
-        id,
-        identifier: Some(key),
-        body: body.into_value(),
-    })
+    Ok(Resource::new("Appointment", id, Some(key), a))
 }

@@ -217,14 +217,5 @@ pub(super) fn map(cx: &Ctx<'_, '_>, patient: &Resource) -> Result<Option<Resourc
                 .unwrap_or_else(|| cx.msg.control_id().into_owned()),
         ]),
     };
-    let mut body = Obj::new()
-        .set("resourceType", Some(Value::from("Encounter")))
-        .set("id", Some(Value::from(id.as_str())));
-    body.0.extend(e.0);
-    Ok(Some(Resource {
-        resource_type: "Encounter",
-        id,
-        identifier: key,
-        body: body.into_value(),
-    }))
+    Ok(Some(Resource::new("Encounter", id, key, e)))
 }

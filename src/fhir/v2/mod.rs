@@ -64,6 +64,27 @@ pub struct Resource {
     pub body: Value,
 }
 
+impl Resource {
+    /// A resource of `kind` with `id` first, then the mapped `fields`.
+    pub(crate) fn new(
+        kind: &'static str,
+        id: String,
+        identifier: Option<(String, String)>,
+        fields: datatypes::Obj,
+    ) -> Self {
+        let mut body = serde_json::Map::new();
+        body.insert("resourceType".into(), Value::from(kind));
+        body.insert("id".into(), Value::from(id.as_str()));
+        body.extend(fields.0);
+        Resource {
+            resource_type: kind,
+            id,
+            identifier,
+            body: Value::Object(body),
+        }
+    }
+}
+
 /// Why a message could not be mapped: the message, and where in it.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message_type} message {control_id}: {reason}")]

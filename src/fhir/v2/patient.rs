@@ -189,16 +189,7 @@ pub(super) fn map(cx: &Ctx<'_, '_>) -> Result<Resource, MappingError> {
         p.push("contact", contact(cx, &nk1)?);
     }
 
-    let mut body = Obj::new()
-        .set("resourceType", Some(Value::from("Patient")))
-        .set("id", Some(Value::from(id.as_str())));
-    body.0.extend(p.0);
-    Ok(Resource {
-        resource_type: "Patient",
-        id,
-        identifier: Some(key),
-        body: body.into_value(),
-    })
+    Ok(Resource::new("Patient", id, Some(key), p))
 }
 
 /// One NK1 as a Patient.contact: name r4, relationship r5 (Relationship) and r10
