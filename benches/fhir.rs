@@ -1,5 +1,5 @@
-//! HL7v2 → FHIR R4 conversion speed on FHIR-Converter's own sample messages (the shared
-//! corpus is a copy of its `data/SampleData/Hl7v2`): parse + map to resources, and the same
+//! HL7v2 → FHIR R4 conversion speed on FHIR-Converter's own sample messages
+//! (`tests/data/corpus` is a copy of its `data/SampleData/Hl7v2`): parse + map to resources, and the same
 //! serialized as a transaction Bundle (what `plexus fhir convert --bundle` writes).
 //!
 //! Run: `cargo bench --bench fhir`
@@ -14,7 +14,7 @@ use plexus::formats::hl7::Message;
 
 fn corpus(name: &str) -> Vec<u8> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/corpus")
+        .join("tests/data/corpus")
         .join(name);
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }

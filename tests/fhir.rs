@@ -16,7 +16,7 @@ const FHIR: &str = "http://127.0.0.1:8089/fhir";
 
 fn corpus(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/corpus")
+        .join("tests/data/corpus")
         .join(name)
 }
 
@@ -611,5 +611,80 @@ windows:
         (row["total"].as_i64(), row["ok"].as_i64()),
         (Some(40), Some(40)),
         "{row}"
+    );
+}
+
+#[test]
+fn search_results_read_back_as_rows_that_match_the_hl7_source() {
+    let mrn = support::unique("RB").replace(['-', '_'], "");
+    let msg = std::fs::read_to_string(corpus("ADT01-23.hl7"))
+        .unwrap()
+        .trim_start_matches('\u{feff}')
+        .replace(
+            "10006579^^^1^MR^1",
+            &format!("{mrn}^^^&2.16.840.1.113883.19.5&ISO^MR"),
+        )
+        .replace("40007716^^^AccMgr^VN", &format!("V{mrn}^^^AccMgr^VN"));
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("a01.hl7");
+    std::fs::write(&input, &msg).unwrap();
+    let (code, bundles, err) = convert(&[input.to_str().unwrap(), "--bundle", "transaction"]);
+    assert_eq!(code, 0, "{err}");
+    rt().block_on(async {
+        let r = reqwest::Client::new()
+            .post(FHIR)
+            .header("content-type", "application/fhir+json")
+            .json(&bundles[0])
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    });
+    let search = |kind: &str, q: &str| -> Vec<Value> {
+        let o = Command::new(BIN)
+            .args([
+                "fhir", "search", "--base", FHIR, kind, q, "--format", "json",
+            ])
+            .output()
+            .unwrap();
+        support::assert_ok(&o);
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    // The same facts the HL7 parse stage reads: PID-3.1, PID-5.1/.2/.3, PID-7, PID-8,
+    // PID-11, PID-13; PV1-19, PV1-2, PV1-44.
+    let p = search(
+        "Patient",
+        &format!("identifier=urn:oid:2.16.840.1.113883.19.5|{mrn}"),
+    );
+    assert_eq!(p.len(), 1);
+    let p = &p[0];
+    assert_eq!(p["mrn"], mrn.as_str());
+    assert_eq!(p["mrn_system"], "urn:oid:2.16.840.1.113883.19.5");
+    assert_eq!(
+        (&p["family"], &p["given"], &p["birth_date"], &p["gender"]),
+        (
+            &json!("DUCK"),
+            &json!("DONALD D"),
+            &json!("1924-10-10"),
+            &json!("male")
+        )
+    );
+    assert_eq!((&p["city"], &p["state"]), (&json!("FOWL"), &json!("CA")));
+    assert_eq!(p["phone"], "8885551212");
+    assert_eq!(p["version_id"], "1");
+    let e = search("Encounter", &format!("identifier=AccMgr|V{mrn}"));
+    assert_eq!(e.len(), 1);
+    assert_eq!(e[0]["visit_number"], format!("V{mrn}"));
+    assert_eq!(
+        (&e[0]["class"], &e[0]["status"]),
+        (&json!("IMP"), &json!("in-progress"))
+    );
+    assert_eq!(e[0]["period_start"], "2005-01-10T04:55:02+07:00");
+    assert_eq!(
+        e[0]["patient"],
+        format!("Patient/{}", p["id"].as_str().unwrap())
     );
 }

@@ -30,7 +30,7 @@ fn rt() -> tokio::runtime::Runtime {
 /// The Patient of the corpus A01 with our MRN and a family name.
 fn patient(mrn: &str, family: &str) -> Resource {
     let raw = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/ADT01-23.hl7"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/corpus/ADT01-23.hl7"),
     )
     .unwrap()
     .trim_start_matches('\u{feff}')
@@ -111,10 +111,8 @@ fn concurrent_changes_become_conflicts_and_are_resolved_each_way_with_an_audit_t
             matches!(created, SyncOutcome::Created { .. }),
             "{created:?}"
         );
-        assert_eq!(
-            s.sync(&patient(&mrn, "DUCK"), now).await.unwrap(),
-            SyncOutcome::Unchanged
-        );
+        let r = s.sync(&patient(&mrn, "DUCK"), now).await.unwrap();
+        assert!(matches!(r, SyncOutcome::Unchanged { .. }), "{r:?}");
         // Only our side changes: pushed with If-Match.
         let updated = s.sync(&patient(&mrn, "DRAKE"), now).await.unwrap();
         assert!(
@@ -132,7 +130,7 @@ fn concurrent_changes_become_conflicts_and_are_resolved_each_way_with_an_audit_t
         // Both change: a conflict, and the server's edit is not overwritten.
         edit_on_server(&s.client, &mrn, "555-0101").await;
         let conflict = s.sync(&patient(&mrn, "MALLARD"), now).await.unwrap();
-        let SyncOutcome::Conflict { fields } = conflict else {
+        let SyncOutcome::Conflict { fields, .. } = conflict else {
             panic!("{conflict:?}")
         };
         assert_eq!(fields, ["name", "telecom"]);
@@ -167,10 +165,8 @@ fn concurrent_changes_become_conflicts_and_are_resolved_each_way_with_an_audit_t
         let server = on_server(&s.client, &mrn).await;
         assert_eq!(server["name"][0]["family"], "MALLARD");
         // The same local content again: nothing to do.
-        assert_eq!(
-            s.sync(&patient(&mrn, "MALLARD"), now).await.unwrap(),
-            SyncOutcome::Unchanged
-        );
+        let r = s.sync(&patient(&mrn, "MALLARD"), now).await.unwrap();
+        assert!(matches!(r, SyncOutcome::Unchanged { .. }), "{r:?}");
 
         // Again both sides; this time the server wins.
         edit_on_server(&s.client, &mrn, "555-0102").await;
@@ -322,4 +318,116 @@ fn leases_keep_two_workers_off_one_entity_and_expire_when_a_holder_dies() {
             "the agreed content is the server's ({contended} contended)"
         );
     });
+}
+
+#[test]
+fn a_pipeline_syncing_an_adt_feed_records_a_conflict_instead_of_overwriting() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let integration = support::unique("ehr-pipe");
+    let mrn = support::unique("Q").replace(['-', '_'], "");
+    let message = |event: &str, family: &str| {
+        std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/corpus/ADT01-23.hl7"),
+        )
+        .unwrap()
+        .trim_start_matches('\u{feff}')
+        .replace("ADT^A01|599102", &format!("ADT^{event}|{mrn}{event}"))
+        .replace(
+            "10006579^^^1^MR^1",
+            &format!("{mrn}^^^&{}&ISO^MR", &SYSTEM[8..]),
+        )
+        .replace("40007716^^^AccMgr^VN", &format!("V{mrn}^^^AccMgr^VN"))
+        .replace("DUCK^DONALD", &format!("{family}^DONALD"))
+            + "\n"
+    };
+    std::fs::write(dir.path().join("a01.hl7"), message("A01", "DUCK")).unwrap();
+    std::fs::write(dir.path().join("a08.hl7"), message("A08", "DRAKE")).unwrap();
+    let p = support::pipeline(
+        dir.path(),
+        "adt_sync",
+        &format!(
+            r#"
+name: adt_sync
+integration: {{id: {integration}}}
+source: {{type: file, path: a01.hl7, format: hl7}}
+stages:
+  - {{name: fhir, type: fhir}}
+sinks:
+  - {{name: ehr, type: fhir, url: "{FHIR}", concurrency: 1,
+     sync: {{state: postgres, conflicts: manual, events: sync_events.ndjson}}}}
+"#
+        ),
+    );
+    let run = |input: &str| {
+        support::summary(
+            &Command::new(support::BIN)
+                .args(["run", p.to_str().unwrap(), "--input"])
+                .arg(dir.path().join(input))
+                .args(["--output", out.to_str().unwrap(), "--json"])
+                .env("DATABASE_URL", DB)
+                .output()
+                .unwrap(),
+        )
+    };
+    let counts = |s: &Value| (s["delivered"].as_u64(), s["dead_lettered"].as_u64());
+    assert_eq!(counts(&run("a01.hl7")), (Some(1), Some(0)));
+    let rt = rt();
+    let c = FhirClient::new(ClientConfig::new(FHIR)).unwrap();
+    let patient_id = rt.block_on(async {
+        let p = on_server(&c, &mrn).await;
+        assert_eq!(p["name"][0]["family"], "DUCK");
+        // The encounter refers to the server's patient, not to plexus's own id.
+        let e = c
+            .search("Encounter", &format!("identifier=AccMgr|V{mrn}"))
+            .await
+            .unwrap();
+        assert_eq!(
+            e[0]["subject"]["reference"],
+            format!("Patient/{}", p["id"].as_str().unwrap())
+        );
+        edit_on_server(&c, &mrn, "555-0142").await;
+        p["id"].as_str().unwrap().to_string()
+    });
+    // The A08 changes the name locally while the server changed the phone: a conflict.
+    let s = run("a08.hl7");
+    assert_eq!(counts(&s), (Some(0), Some(1)), "{s}");
+    let dlq: Vec<Value> = std::fs::read_to_string(out.join("adt_sync.dlq.ndjson"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(dlq[0]["rule"], "sync:conflict");
+    assert!(
+        dlq[0]["reason"].as_str().unwrap().contains("name"),
+        "{}",
+        dlq[0]
+    );
+    rt.block_on(async {
+        let p = on_server(&c, &mrn).await;
+        assert_eq!(p["name"][0]["family"], "DUCK", "not overwritten");
+        assert_eq!(p["telecom"][0]["value"], "555-0142");
+    });
+    // Resolved for the local side; the replayed A08 is then in sync.
+    resolve(
+        &integration,
+        &format!("Patient/{SYSTEM}|{mrn}"),
+        &["--strategy", "use_local"],
+    );
+    rt.block_on(async {
+        let p = on_server(&c, &mrn).await;
+        assert_eq!(p["name"][0]["family"], "DRAKE");
+        assert_eq!(p["id"], patient_id.as_str());
+    });
+    assert_eq!(counts(&run("a08.hl7")), (Some(1), Some(0)));
+    // Sync events: one conflict; identifiers hashed, never in clear.
+    let events = std::fs::read_to_string(out.join("sync_events.ndjson")).unwrap();
+    assert_eq!(
+        events.matches("integration.sync.conflict").count(),
+        1,
+        "{events}"
+    );
+    assert!(events.contains("integration.sync.completed"));
+    assert!(!events.contains(&mrn), "{events}");
 }

@@ -36,6 +36,19 @@ pub enum FhirCommand {
         #[arg(long, default_value = "+00:00")]
         default_offset: String,
     },
+    /// Searches a FHIR server and prints the matches as flat rows (FHIR → local columns:
+    /// MRN, names, birth date, visit number, times, statuses), every page.
+    Search {
+        /// The server's base URL, e.g. `http://127.0.0.1:8089/fhir`.
+        #[arg(long, env = "PLEXUS_FHIR_BASE")]
+        base: String,
+        /// Patient, Encounter or Appointment.
+        resource_type: String,
+        /// The search, e.g. `identifier=urn:oid:1.2|123` or `family=DUCK`.
+        query: String,
+        #[arg(long, value_enum, default_value = "table")]
+        format: crate::cli::query::Format,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -73,6 +86,25 @@ pub fn run(cmd: FhirCommand) -> Result<ExitCode> {
                 BundleKind::Batch => BundleType::Batch,
             });
             convert_file(&file, kind, output.as_deref(), &opts)
+        }
+        FhirCommand::Search {
+            base,
+            resource_type,
+            query,
+            format,
+        } => {
+            anyhow::ensure!(
+                crate::fhir::rows::columns(&resource_type).is_some(),
+                "rows are defined for Patient, Encounter and Appointment, not {resource_type}"
+            );
+            let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            let client =
+                crate::fhir::client::FhirClient::new(crate::fhir::client::ClientConfig::new(base))?;
+            let found = rt.block_on(client.search(&resource_type, &query))?;
+            let batch =
+                crate::fhir::rows::batch(&resource_type, &found).context("building the rows")?;
+            crate::cli::query::write(&[batch], format, None)?;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

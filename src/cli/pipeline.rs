@@ -122,6 +122,16 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
                 s.path = Some(dir.join(p.file_name().unwrap_or_default()));
             }
         }
+        for s in &mut plan.sinks {
+            if let Some(events) = s
+                .http
+                .as_mut()
+                .and_then(|h| h.sync.as_mut())
+                .and_then(|sy| sy.events.as_mut())
+            {
+                *events = dir.join(events.file_name().unwrap_or_default());
+            }
+        }
         if let Some(d) = &plan.dlq {
             plan.dlq = Some(dir.join(d.file_name().unwrap_or_default()));
         } else if plan.dlq_topic.is_none() {
@@ -210,6 +220,11 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     for (i, h) in http_plans.into_iter().enumerate() {
         let Some(h) = h else { continue };
         let (name, provenance) = (plan.sinks[i].name.clone(), plan.sinks[i].provenance);
+        if let Some(sync) = h.sync.clone() {
+            let sink = fhir_sync_sink(&rt, &plan, &name, &h, &sync, tap.clone(), &breakers)?;
+            http_sinks.insert(i, Box::new(sink));
+            continue;
+        }
         {
             let (sink, worker) = http_sink(
                 &rt,
@@ -470,6 +485,60 @@ fn monitoring(
 type Worker = std::thread::JoinHandle<Result<RetryStats, ConnectorError>>;
 
 /// An HTTP sink, and the retry worker of its retry topics when it has them.
+/// A `fhir` sink with `sync:`: every resource through the sync state.
+fn fhir_sync_sink(
+    rt: &tokio::runtime::Runtime,
+    plan: &Plan,
+    name: &str,
+    h: &HttpSinkPlan,
+    sync: &crate::plan::graph::SyncPlan,
+    outcomes: OutcomeTap,
+    breakers: &Breakers,
+) -> Result<crate::connectors::fhir_sync::FhirSyncSink> {
+    use crate::fhir::client::{ClientConfig, FhirClient};
+    let base = match h.url.strip_prefix("env:") {
+        Some(var) => std::env::var(var)
+            .with_context(|| format!("sink {name}: environment variable {var} (url)"))?,
+        None => h.url.clone(),
+    };
+    let db = std::env::var(&sync.url_env).with_context(|| {
+        format!(
+            "sink {name}: sync state in PostgreSQL: set {} to its URL",
+            sync.url_env
+        )
+    })?;
+    let mut config = ClientConfig::new(base);
+    config.timeout = h.timeout;
+    config.retry = h.retry.clone();
+    let mut client = FhirClient::new(config)?;
+    if let Some(c) = h.breaker.clone() {
+        let b = SharedBreaker::new(&format!("{}/{name}", plan.integration_id), c);
+        breakers
+            .lock()
+            .expect("breakers")
+            .push((name.to_string(), b.clone()));
+        client = client.with_breaker(b);
+    }
+    let store = rt
+        .block_on(crate::sync::store::SyncStore::connect(&db))
+        .with_context(|| format!("sink {name}"))?;
+    let syncer = crate::sync::Syncer {
+        integration: plan.integration_id.clone(),
+        owner: format!("{}-{}", plan.name, std::process::id()),
+        store,
+        client,
+        policy: sync.policy,
+        lease: sync.lease,
+        events: sync.events.clone(),
+    };
+    Ok(crate::connectors::fhir_sync::FhirSyncSink::new(
+        name,
+        syncer,
+        rt.handle().clone(),
+        outcomes,
+    ))
+}
+
 fn http_sink(
     rt: &tokio::runtime::Runtime,
     plan: &Plan,

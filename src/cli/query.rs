@@ -318,7 +318,7 @@ async fn dead_letters(ctx: &SessionContext, path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn write(batches: &[RecordBatch], format: Format, out: Option<&Path>) -> Result<()> {
+pub(crate) fn write(batches: &[RecordBatch], format: Format, out: Option<&Path>) -> Result<()> {
     let mut sink: Box<dyn std::io::Write + Send> = match out {
         Some(p) => {
             Box::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)

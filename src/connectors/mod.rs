@@ -12,6 +12,7 @@
 //! | `monitoring/`     | window rows (Parquet, topic), alerts, breaker events, window state |
 
 pub mod dlq;
+pub mod fhir_sync;
 pub mod file;
 pub mod http;
 pub mod kafka;

@@ -1,6 +1,8 @@
-//! FHIR R4: HL7v2 → FHIR mapping (`v2`, per the HL7 v2-to-FHIR IG) and the Bundles that write
-//! its resources idempotently (`bundle`).
+//! FHIR R4: HL7v2 → FHIR mapping (`v2`, per the HL7 v2-to-FHIR IG), the Bundles that write
+//! its resources idempotently (`bundle`), the EHR client (`client`) and the reverse
+//! direction, FHIR resources as flat rows (`rows`).
 
 pub mod bundle;
 pub mod client;
+pub mod rows;
 pub mod v2;

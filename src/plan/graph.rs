@@ -97,6 +97,18 @@ pub struct HttpSinkPlan {
     /// `type: fhir`: `url` is the FHIR base; rows of a `fhir` stage are PUT to their
     /// `request_url` (conditional updates) or, as Bundles, POSTed to the base.
     pub fhir: bool,
+    /// `type: fhir` with `sync:`: through the sync state instead.
+    pub sync: Option<SyncPlan>,
+}
+
+/// A fhir sink's sync settings.
+#[derive(Debug, Clone)]
+pub struct SyncPlan {
+    /// The environment variable holding the PostgreSQL URL.
+    pub url_env: String,
+    pub policy: crate::sync::ConflictPolicy,
+    pub lease: Duration,
+    pub events: Option<PathBuf>,
 }
 
 /// A header value: literal, or a secret read at start.
@@ -1180,6 +1192,11 @@ fn plan_sink(
                 );
             }
             http.fhir = true;
+            if let Some(sy) = &s.sync {
+                http.sync = plan_sync(cx, s, sy);
+            }
+        } else if let Some(sy) = &s.sync {
+            cx.err(&sy.state, "`sync` is a fhir sink setting");
         }
         return Some(PlannedSink {
             name: s.name.to_string(),
@@ -1406,6 +1423,45 @@ fn plan_http_sink(cx: &mut Ctx<'_>, s: &crate::spec::SinkSpec) -> Option<HttpSin
         retry_topic,
         breaker,
         fhir: false,
+        sync: None,
+    })
+}
+
+fn plan_sync(
+    cx: &mut Ctx<'_>,
+    s: &crate::spec::SinkSpec,
+    sy: &crate::spec::SyncSpec,
+) -> Option<SyncPlan> {
+    use crate::sync::{ConflictPolicy, Side};
+    if sy.state.as_str() != "postgres" {
+        cx.err(&sy.state, "sync state lives in `postgres` (DATABASE_URL)");
+    }
+    if !s.headers.is_empty() {
+        cx.err(
+            &s.name,
+            "a syncing fhir sink takes no `headers` yet (authentication is next)",
+        );
+    }
+    let policy = match sy.conflicts.as_ref().map(|c| c.as_str()) {
+        None | Some("manual") => ConflictPolicy::Manual,
+        Some("timestamp_wins") => ConflictPolicy::TimestampWins,
+        Some("local_wins") => ConflictPolicy::SourcePriority(Side::Local),
+        Some("external_wins") => ConflictPolicy::SourcePriority(Side::External),
+        Some(_) => {
+            let c = sy.conflicts.as_ref().expect("some");
+            cx.err(
+                c,
+                "conflicts: manual, timestamp_wins, local_wins or external_wins",
+            );
+            return None;
+        }
+    };
+    let lease = duration_or(cx, &sy.lease, Duration::from_secs(30));
+    Some(SyncPlan {
+        url_env: "DATABASE_URL".into(),
+        policy,
+        lease,
+        events: sy.events.as_ref().map(|e| cx.spec.resolve(e)),
     })
 }
 

@@ -536,6 +536,22 @@ pub struct SinkSpec {
     pub retry: Option<RetrySpec>,
     /// http: a circuit breaker gating the calls (see `resilience::breaker`).
     pub breaker: Option<BreakerSpec>,
+    /// fhir: sync through the sync state (conflict detection) instead of blind updates.
+    pub sync: Option<SyncSpec>,
+}
+
+/// `sync:` on a fhir sink.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncSpec {
+    /// Where the sync state lives: `postgres` (connection URL in `DATABASE_URL`).
+    pub state: Spanned<String>,
+    /// `manual` (default), `timestamp_wins`, `local_wins` or `external_wins`.
+    pub conflicts: Option<Spanned<String>>,
+    /// How long a worker holds an entity (default 30s).
+    pub lease: Option<Spanned<String>>,
+    /// Sync events (`integration.sync.*`), one JSON object per line.
+    pub events: Option<Spanned<String>>,
 }
 
 /// `breaker:` on a sink. Rates are percentages.

@@ -97,6 +97,20 @@ pub enum SyncError {
     Invalid(String),
 }
 
+impl SyncOutcome {
+    /// The server's id of the resource, when the sync settled it.
+    pub fn external_id(&self) -> Option<&str> {
+        match self {
+            SyncOutcome::Created { id, .. }
+            | SyncOutcome::Updated { id, .. }
+            | SyncOutcome::Unchanged { id }
+            | SyncOutcome::AdoptedExternal { id, .. }
+            | SyncOutcome::Conflict { id, .. } => Some(id),
+            SyncOutcome::Contended => None,
+        }
+    }
+}
+
 /// What one sync of one entity came to.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SyncOutcome {
@@ -108,12 +122,16 @@ pub enum SyncOutcome {
         id: String,
         version: Option<String>,
     },
-    Unchanged,
+    Unchanged {
+        id: String,
+    },
     AdoptedExternal {
+        id: String,
         version: Option<String>,
     },
     /// Both sides changed; the differing fields.
     Conflict {
+        id: String,
         fields: Vec<String>,
     },
     /// Another worker holds the entity: try again later.
@@ -196,10 +214,16 @@ impl Syncer {
             "at": chrono::Utc::now().to_rfc3339(),
             "details": details,
         });
-        let written = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
+        let written = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+            })
             .and_then(|mut f| writeln!(f, "{line}"));
         if let Err(e) = written {
             tracing::warn!(path = %path.display(), error = %e, "sync event not written");
@@ -233,7 +257,7 @@ impl Syncer {
             result = self.sync_held(resource, &entity, local_time).await;
         }
         let outcome = match &result {
-            Ok(SyncOutcome::Conflict { fields }) => {
+            Ok(SyncOutcome::Conflict { fields, .. }) => {
                 self.event("conflict", kind, &entity, json!({"fields": fields}));
                 result
             }
@@ -320,7 +344,7 @@ impl Syncer {
                 let update =
                     Update::in_sync(&local_hash, &local, Some(&ext_id), ext_version.as_deref());
                 self.store.save(key, &self.owner, &update).await?;
-                Ok(SyncOutcome::Unchanged)
+                Ok(SyncOutcome::Unchanged { id: ext_id })
             }
             (true, false) => {
                 let base = state.external_version.clone().or(ext_version.clone());
@@ -346,6 +370,7 @@ impl Syncer {
                     )
                     .await?;
                 Ok(SyncOutcome::AdoptedExternal {
+                    id: ext_id,
                     version: ext_version,
                 })
             }
@@ -399,6 +424,7 @@ impl Syncer {
                             )
                             .await?;
                         Ok(SyncOutcome::AdoptedExternal {
+                            id: ext_id,
                             version: ext_version,
                         })
                     }
@@ -436,7 +462,7 @@ impl Syncer {
                                 },
                             )
                             .await?;
-                        Ok(SyncOutcome::Conflict { fields })
+                        Ok(SyncOutcome::Conflict { id: ext_id, fields })
                     }
                 }
             }
