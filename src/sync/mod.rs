@@ -389,28 +389,23 @@ impl Syncer {
                     }
                 };
                 let fields = differing_fields(&local, &external);
+                if let Some(side) = winner {
+                    let side = if side == Side::Local {
+                        "local"
+                    } else {
+                        "external"
+                    };
+                    let details = json!({"winner": side, "fields": fields});
+                    self.store
+                        .audit(key, "auto_resolved", &self.owner, &details)
+                        .await?;
+                }
                 match winner {
                     Some(Side::Local) => {
-                        self.store
-                            .audit(
-                                key,
-                                "auto_resolved",
-                                &self.owner,
-                                &json!({"winner": "local", "fields": fields}),
-                            )
-                            .await?;
                         self.push(key, &local, &local_hash, &ext_id, ext_version.as_deref())
                             .await
                     }
                     Some(Side::External) => {
-                        self.store
-                            .audit(
-                                key,
-                                "auto_resolved",
-                                &self.owner,
-                                &json!({"winner": "external", "fields": fields}),
-                            )
-                            .await?;
                         self.store
                             .save(
                                 key,

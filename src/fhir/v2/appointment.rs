@@ -8,7 +8,7 @@ use super::datatypes::{
     Obj, codeable_concept, entity_identifier, instant, location_display, practitioner_ref, text,
 };
 use super::{Ctx, MappingError, Resource, concepts, stable_id};
-use crate::formats::hl7::{Cwe, Segment, Ts};
+use crate::formats::hl7::{Segment, Ts};
 
 pub(super) fn map(cx: &Ctx<'_, '_>, patient: &Resource) -> Result<Resource, MappingError> {
     let sch = cx
@@ -40,16 +40,7 @@ pub(super) fn map(cx: &Ctx<'_, '_>, patient: &Resource) -> Result<Resource, Mapp
         key.ok_or_else(|| cx.error("SCH-1/SCH-2: the appointment has no placer or filler id"))?;
 
     // SCH-7 reason (r9, or appointment type when coded in HL70277, r10), SCH-8 type (r11).
-    let cwe = |seg: &Segment<'_>, n: usize| -> Result<Option<Cwe>, MappingError> {
-        let f = seg.field(n);
-        if !f.is_present() || f.raw().is_empty() {
-            return Ok(None);
-        }
-        Cwe::from_element(&f.repetition(1))
-            .map(Some)
-            .map_err(cx.at(format!("{}-{n}", seg.id())))
-    };
-    if let Some(reason) = cwe(&sch, 7)? {
+    if let Some(reason) = cx.cwe(&sch, 7)? {
         let key = if reason.coding_system.as_deref() == Some("HL70277") {
             "appointmentType"
         } else {
@@ -62,7 +53,7 @@ pub(super) fn map(cx: &Ctx<'_, '_>, patient: &Resource) -> Result<Resource, Mapp
             a.put(key, v);
         }
     }
-    if let Some(kind) = cwe(&sch, 8)? {
+    if let Some(kind) = cx.cwe(&sch, 8)? {
         a.put("appointmentType", codeable_concept(&kind));
     }
 
@@ -180,7 +171,7 @@ pub(super) fn map(cx: &Ctx<'_, '_>, patient: &Resource) -> Result<Resource, Mapp
 
     // AIS-3 service (AIS r5).
     if let Some(ais) = &ais
-        && let Some(service) = cwe(ais, 3)?
+        && let Some(service) = cx.cwe(ais, 3)?
     {
         a.push("serviceType", codeable_concept(&service));
     }
@@ -215,7 +206,7 @@ pub(super) fn map(cx: &Ctx<'_, '_>, patient: &Resource) -> Result<Resource, Mapp
             let Some(who) = practitioner_ref(&rep, systems).map_err(cx.at("AIP-3"))? else {
                 continue;
             };
-            let role = cwe(&aip, 4)?.as_ref().and_then(codeable_concept);
+            let role = cx.cwe(&aip, 4)?.as_ref().and_then(codeable_concept);
             let st = text(&aip.field(12).component(1)).map_err(cx.at("AIP-12"))?;
             a.push(
                 "participant",

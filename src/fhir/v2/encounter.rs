@@ -78,9 +78,7 @@ pub(super) fn map(cx: &Ctx<'_, '_>, patient: &Resource) -> Result<Option<Resourc
     e.put("class", Some(class));
     // PV1-4 admission type (r9), PV1-10 hospital service (r25).
     for (n, key) in [(4, "type"), (10, "serviceType")] {
-        let f = pv1.field(n);
-        if f.is_present() && !f.raw().is_empty() {
-            let c = Cwe::from_element(&f.repetition(1)).map_err(at(n))?;
+        if let Some(c) = cx.cwe(&pv1, n)? {
             let v = codeable_concept(&c).map(|mut v| {
                 // A bare v2 code: its table is the field's (0007, 0069).
                 if let Some(Value::Array(codings)) = v.get_mut("coding") {
@@ -136,9 +134,7 @@ pub(super) fn map(cx: &Ctx<'_, '_>, patient: &Resource) -> Result<Option<Resourc
     );
     // PV2-3 admit reason (PV2(Encounter) r7), PV2-25 priority (r34).
     if let Some(pv2) = cx.segment("PV2") {
-        let f = pv2.field(3);
-        if f.is_present() && !f.raw().is_empty() {
-            let c = Cwe::from_element(&f.repetition(1)).map_err(cx.at("PV2-3"))?;
+        if let Some(c) = cx.cwe(&pv2, 3)? {
             e.push("reasonCode", codeable_concept(&c));
         }
         if let Some(p) = text(&pv2.field(25).component(1)).map_err(cx.at("PV2-25"))? {

@@ -23,7 +23,7 @@ use chrono::FixedOffset;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::formats::hl7::{Hl7Error, Message, Segment};
+use crate::formats::hl7::{Cwe, Hl7Error, Message, Segment};
 pub use datatypes::Systems;
 
 /// How messages are mapped.
@@ -140,6 +140,17 @@ impl Ctx<'_, '_> {
             })
             .collect();
         format!("urn:plexus:v2:{safe}:{kind}")
+    }
+
+    /// The first repetition of field `n` of `seg` as a CWE; `None` when not sent.
+    pub fn cwe(&self, seg: &Segment<'_>, n: usize) -> Result<Option<Cwe>, MappingError> {
+        let f = seg.field(n);
+        if !f.is_present() || f.raw().is_empty() {
+            return Ok(None);
+        }
+        Cwe::from_element(&f.repetition(1))
+            .map(Some)
+            .map_err(self.at(format!("{}-{n}", seg.id())))
     }
 
     pub fn segment(&self, id: &str) -> Option<Segment<'_>> {

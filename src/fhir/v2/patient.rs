@@ -130,25 +130,16 @@ pub(super) fn map(cx: &Ctx<'_, '_>) -> Result<Resource, MappingError> {
         }
     }
     // PID-15 language (r25), PID-16 marital status (r26), PID-17 religion (r27–28).
-    let cwe = |n: usize, seg: &Segment<'_>| -> Result<Option<Cwe>, MappingError> {
-        let f = seg.field(n);
-        if !f.is_present() || f.raw().is_empty() {
-            return Ok(None);
-        }
-        Cwe::from_element(&f.repetition(1))
-            .map(Some)
-            .map_err(cx.at(format!("{}-{n}", seg.id())))
-    };
-    if let Some(lang) = cwe(15, &pid)?.as_ref().and_then(codeable_concept) {
+    if let Some(lang) = cx.cwe(&pid, 15)?.as_ref().and_then(codeable_concept) {
         p.push("communication", json!({"language": lang}));
     }
-    if let Some(ms) = cwe(16, &pid)? {
+    if let Some(ms) = cx.cwe(&pid, 16)? {
         p.put(
             "maritalStatus",
             mapped_concept(&ms, concepts::marital_status, "0002"),
         );
     }
-    if let Some(rel) = cwe(17, &pid)?.as_ref().and_then(codeable_concept) {
+    if let Some(rel) = cx.cwe(&pid, 17)?.as_ref().and_then(codeable_concept) {
         p.push(
             "extension",
             json!({"url": "http://hl7.org/fhir/StructureDefinition/patient-religion", "valueCodeableConcept": rel}),
