@@ -389,3 +389,97 @@ fn an_outage_opens_the_breaker_records_wait_and_drain_after_recovery() {
     assert_eq!(s["retries"][0]["dead_lettered"], 0);
     assert_eq!(committed(&group, &input, 1).get(&0), Some(&(n as i64)));
 }
+
+/// A `fhir` sink on Kafka parks failed requests with their path: the retry worker PUTs each
+/// conditional update to the same `Patient?identifier=…` it first failed on (not to the base).
+#[test]
+fn a_fhir_sink_parks_requests_with_their_path_and_the_retry_worker_puts_them_there() {
+    use std::sync::{Arc, Mutex};
+    let input = unique("fhir-in");
+    let dlq = unique("fhir-dlq");
+    let retry = unique("fhir-retry");
+    let group = unique("g");
+    create_topics(&[(&input, 1), (&dlq, 1)]);
+    // (method, path?query, attempt, answered status): the first attempt of every Patient
+    // update fails with 503.
+    let seen: Arc<Mutex<Vec<(String, String, String, u16)>>> = Arc::default();
+    let s2 = seen.clone();
+    let app = axum::Router::new().fallback(
+        move |method: axum::http::Method, uri: axum::http::Uri, headers: axum::http::HeaderMap| {
+            let seen = s2.clone();
+            async move {
+                let attempt = headers
+                    .get("x-plexus-attempt")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
+                let path = uri.path_and_query().unwrap().to_string();
+                let status = if path.contains("/Patient?") && attempt == "1" {
+                    503
+                } else {
+                    200
+                };
+                seen.lock()
+                    .unwrap()
+                    .push((method.to_string(), path, attempt, status));
+                axum::http::StatusCode::from_u16(status).unwrap()
+            }
+        },
+    );
+    let url = serve(app);
+    let n = 5;
+    produce(
+        &input,
+        (0..n)
+            .map(|i| Rec::value(adt(&format!("C{i}"), &format!("M{i}"))))
+            .collect(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let p = pipeline(
+        dir.path(),
+        "fhir_retry",
+        &format!(
+            r#"
+name: fhir_retry
+integration: {{id: ghh-ehr}}
+kafka: {{brokers: {brokers}}}
+source: {{type: kafka, topics: [{input}], group: {group}, format: hl7}}
+batch: {{max_rows: 10, max_delay: 100ms}}
+stages:
+  - {{name: fhir, type: fhir}}
+sinks:
+  - name: ehr
+    type: fhir
+    url: "{url}/fhir"
+    retry: {{max_attempts: 3, backoff: linear, base: 500ms, jitter: 0, topic: {retry}}}
+dlq: {{topic: {dlq}}}
+"#,
+            brokers = brokers()
+        ),
+    );
+    let s = summary(&run_with_secret(&[
+        "run",
+        p.to_str().unwrap(),
+        "--json",
+        "--exit-when-idle",
+        "5s",
+    ]));
+    assert_eq!(s["parked"], n, "the patients' first attempts: {s}");
+    assert_eq!(s["retries"][0]["delivered"], n, "{s}");
+    assert_eq!(s["dead_lettered"], 0, "{s}");
+    let seen = seen.lock().unwrap().clone();
+    for i in 0..n {
+        let mine: Vec<_> = seen
+            .iter()
+            .filter(|(_, path, ..)| path.contains("/Patient?") && path.contains(&format!("M{i}")))
+            .collect();
+        assert_eq!(mine.len(), 2, "{seen:?}");
+        assert_eq!((mine[0].2.as_str(), mine[0].3), ("1", 503));
+        assert_eq!((mine[1].2.as_str(), mine[1].3), ("2", 200));
+        // The retry went to the same conditional update, as a PUT.
+        assert_eq!(mine[0].1, mine[1].1);
+        assert!(mine.iter().all(|m| m.0 == "PUT"), "{mine:?}");
+    }
+    // Nothing was POSTed to the base (where a request without its path would go).
+    assert!(seen.iter().all(|(m, ..)| m == "PUT"), "{seen:?}");
+}

@@ -39,6 +39,7 @@ fn shipped_pipelines_validate() {
         "validate",
         "pipelines/adt_to_patient.yaml",
         "pipelines/facility_events.yaml",
+        "pipelines/adt_to_ehr.yaml",
     ]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert!(text(&o.stdout).contains("ok: pipelines/adt_to_patient.yaml: 6 stages, 4 sinks"));

@@ -48,15 +48,37 @@ fn patient(mrn: &str, family: &str) -> Resource {
 }
 
 async fn syncer(integration: &str, owner: &str, policy: ConflictPolicy) -> Syncer {
+    syncer_on(DB, integration, owner, policy).await
+}
+
+/// A worker on the sync state at `db` (a PostgreSQL URL or a SQLite file).
+async fn syncer_on(db: &str, integration: &str, owner: &str, policy: ConflictPolicy) -> Syncer {
     Syncer {
         integration: integration.into(),
         owner: owner.into(),
-        store: SyncStore::connect(DB).await.unwrap(),
+        store: SyncStore::connect(db).await.unwrap(),
         client: FhirClient::new(ClientConfig::new(FHIR)).unwrap(),
         policy,
         lease: Duration::from_secs(30),
         events: None,
     }
+}
+
+/// The corpus A01 as `event` for our MRN (and visit number), with a family name.
+fn adt_message(mrn: &str, event: &str, family: &str) -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/corpus/ADT01-23.hl7"),
+    )
+    .unwrap()
+    .trim_start_matches('\u{feff}')
+    .replace("ADT^A01|599102", &format!("ADT^{event}|{mrn}{event}"))
+    .replace(
+        "10006579^^^1^MR^1",
+        &format!("{mrn}^^^&{}&ISO^MR", &SYSTEM[8..]),
+    )
+    .replace("40007716^^^AccMgr^VN", &format!("V{mrn}^^^AccMgr^VN"))
+    .replace("DUCK^DONALD", &format!("{family}^DONALD"))
+        + "\n"
 }
 
 /// Someone edits the patient on the server: a new phone number.
@@ -247,14 +269,29 @@ fn a_configured_policy_settles_conflicts_itself() {
 
 #[test]
 fn leases_keep_two_workers_off_one_entity_and_expire_when_a_holder_dies() {
+    leases_on(DB);
+}
+
+/// The same on the embedded default: two workers (two connection pools) on one SQLite file.
+#[test]
+fn leases_work_the_same_on_the_embedded_sqlite_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("state/sync.db");
+    leases_on(db.to_str().unwrap());
+    // A real SQLite database, readable by anything that reads SQLite.
+    let header = std::fs::read(&db).unwrap();
+    assert!(header.starts_with(b"SQLite format 3\0"));
+}
+
+fn leases_on(db: &str) {
     let rt = rt();
     rt.block_on(async {
         let integration = support::unique("ehr-lease");
         let mrn = support::unique("L").replace(['-', '_'], "");
         let key_text = format!("{SYSTEM}|{mrn}");
         let key = (integration.as_str(), "Patient", key_text.as_str());
-        let a = syncer(&integration, "worker-a", ConflictPolicy::Manual).await;
-        let b = syncer(&integration, "worker-b", ConflictPolicy::Manual).await;
+        let a = syncer_on(db, &integration, "worker-a", ConflictPolicy::Manual).await;
+        let b = syncer_on(db, &integration, "worker-b", ConflictPolicy::Manual).await;
         let now = chrono::Utc::now();
         // Worker A holds the entity (mid-sync, then it crashes: it never releases).
         assert!(
@@ -326,21 +363,7 @@ fn a_pipeline_syncing_an_adt_feed_records_a_conflict_instead_of_overwriting() {
     let out = dir.path().join("out");
     let integration = support::unique("ehr-pipe");
     let mrn = support::unique("Q").replace(['-', '_'], "");
-    let message = |event: &str, family: &str| {
-        std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/corpus/ADT01-23.hl7"),
-        )
-        .unwrap()
-        .trim_start_matches('\u{feff}')
-        .replace("ADT^A01|599102", &format!("ADT^{event}|{mrn}{event}"))
-        .replace(
-            "10006579^^^1^MR^1",
-            &format!("{mrn}^^^&{}&ISO^MR", &SYSTEM[8..]),
-        )
-        .replace("40007716^^^AccMgr^VN", &format!("V{mrn}^^^AccMgr^VN"))
-        .replace("DUCK^DONALD", &format!("{family}^DONALD"))
-            + "\n"
-    };
+    let message = |event: &str, family: &str| adt_message(&mrn, event, family);
     std::fs::write(dir.path().join("a01.hl7"), message("A01", "DUCK")).unwrap();
     std::fs::write(dir.path().join("a08.hl7"), message("A08", "DRAKE")).unwrap();
     let p = support::pipeline(
@@ -355,7 +378,7 @@ stages:
   - {{name: fhir, type: fhir}}
 sinks:
   - {{name: ehr, type: fhir, url: "{FHIR}", concurrency: 1,
-     sync: {{state: postgres, conflicts: manual, events: sync_events.ndjson}}}}
+     sync: {{state: postgres, conflicts: manual, events: {{path: sync_events.ndjson}}}}}}
 "#
         ),
     );
@@ -430,4 +453,153 @@ sinks:
     );
     assert!(events.contains("integration.sync.completed"));
     assert!(!events.contains(&mrn), "{events}");
+}
+
+/// The embedded default: no `state:` → a SQLite file beside the pipeline; sync events to a
+/// Kafka topic as well as the file; `plexus sync list|resolve --pipeline` finding the state,
+/// the EHR and the events from the pipeline alone.
+#[test]
+fn the_default_sqlite_state_and_kafka_events_carry_a_conflict_through_to_its_resolution() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let integration = support::unique("ehr-lite");
+    let mrn = support::unique("E").replace(['-', '_'], "");
+    let topic = support::unique("sync-events");
+    support::create_topics(&[(&topic, 1)]);
+    std::fs::write(dir.path().join("a01.hl7"), adt_message(&mrn, "A01", "DUCK")).unwrap();
+    std::fs::write(
+        dir.path().join("a08.hl7"),
+        adt_message(&mrn, "A08", "DRAKE"),
+    )
+    .unwrap();
+    let p = support::pipeline(
+        dir.path(),
+        "adt_lite",
+        &format!(
+            r#"
+name: adt_lite
+integration: {{id: {integration}}}
+kafka: {{brokers: {brokers}}}
+source: {{type: file, path: a01.hl7, format: hl7}}
+stages:
+  - {{name: fhir, type: fhir}}
+sinks:
+  - {{name: ehr, type: fhir, url: "{FHIR}", concurrency: 1,
+     sync: {{conflicts: manual, events: {{topic: {topic}}}}}}}
+"#,
+            brokers = support::brokers()
+        ),
+    );
+    let run = |input: &str| {
+        support::summary(
+            &Command::new(support::BIN)
+                .args(["run", p.to_str().unwrap(), "--input"])
+                .arg(dir.path().join(input))
+                .args(["--output", out.to_str().unwrap(), "--json"])
+                .env_remove("DATABASE_URL")
+                .output()
+                .unwrap(),
+        )
+    };
+    let counts = |s: &Value| (s["delivered"].as_u64(), s["dead_lettered"].as_u64());
+    assert_eq!(counts(&run("a01.hl7")), (Some(1), Some(0)));
+    assert!(dir.path().join("adt_lite.sync.db").exists());
+    let rt = rt();
+    let c = FhirClient::new(ClientConfig::new(FHIR)).unwrap();
+    rt.block_on(edit_on_server(&c, &mrn, "555-0177"));
+    let s = run("a08.hl7");
+    assert_eq!(counts(&s), (Some(0), Some(1)), "{s}");
+
+    let sync = |args: &[&str]| {
+        let o = Command::new(support::BIN)
+            .arg("sync")
+            .args(args)
+            .args(["--pipeline", p.to_str().unwrap()])
+            .env_remove("DATABASE_URL")
+            .env_remove("PLEXUS_FHIR_BASE")
+            .output()
+            .unwrap();
+        support::assert_ok(&o);
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let entity = format!("Patient/{SYSTEM}|{mrn}");
+    assert_eq!(sync(&["list"]), format!("Patient\t{SYSTEM}|{mrn}\n"));
+    let resolved = sync(&[
+        "resolve",
+        "--entity",
+        &entity,
+        "--strategy",
+        "merge",
+        "--take",
+        "name=local",
+        "--actor",
+        "dr.lite",
+    ]);
+    assert!(resolved.contains("in sync"), "{resolved}");
+    assert_eq!(sync(&["list"]), "");
+    rt.block_on(async {
+        let server = on_server(&c, &mrn).await;
+        assert_eq!(server["name"][0]["family"], "DRAKE");
+        assert_eq!(server["telecom"][0]["value"], "555-0177");
+        // The audit row is in the SQLite file the pipeline used.
+        let store = SyncStore::connect(dir.path().join("adt_lite.sync.db").to_str().unwrap())
+            .await
+            .unwrap();
+        let log = store
+            .audit_log((&integration, "Patient", &format!("{SYSTEM}|{mrn}")))
+            .await
+            .unwrap();
+        assert_eq!(log.len(), 1);
+        assert_eq!(
+            (log[0].0.as_str(), log[0].1.as_str()),
+            ("resolved", "dr.lite")
+        );
+        assert_eq!(log[0].2["strategy"], json!({"merge": {"name": "local"}}));
+    });
+
+    // On the topic: the A01's patient and encounter completed, the A08's conflict, then the
+    // resolution — keyed by entity (hashed), in order; identifiers never in clear.
+    let events = support::read_topic(&topic, 4, Duration::from_secs(20));
+    let kinds: Vec<String> = events
+        .iter()
+        .map(|m| m.json()["type"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| *k == "integration.sync.conflict")
+            .count(),
+        1,
+        "{kinds:?}"
+    );
+    assert!(
+        kinds
+            .iter()
+            .filter(|k| *k == "integration.sync.completed")
+            .count()
+            >= 3,
+        "{kinds:?}"
+    );
+    for m in &events {
+        let key = String::from_utf8(m.key.clone().unwrap()).unwrap();
+        assert!(key.starts_with(&format!("{integration}/")), "{key}");
+        assert!(
+            !m.text().contains(&mrn) && !key.contains(&mrn),
+            "{}",
+            m.text()
+        );
+    }
+    let conflict = events
+        .iter()
+        .find(|m| m.json()["type"] == "integration.sync.conflict")
+        .unwrap();
+    let patient_key = conflict.key.clone();
+    let last_for_patient = events.iter().rfind(|m| m.key == patient_key).unwrap();
+    assert_eq!(
+        last_for_patient.json()["type"],
+        "integration.sync.completed"
+    );
+    // The file got the run's events too (the file is always written).
+    let file = std::fs::read_to_string(out.join("adt_lite.sync_events.ndjson")).unwrap();
+    assert_eq!(file.matches("integration.sync.conflict").count(), 1);
 }

@@ -127,7 +127,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
                 .http
                 .as_mut()
                 .and_then(|h| h.sync.as_mut())
-                .and_then(|sy| sy.events.as_mut())
+                .map(|sy| &mut sy.events_path)
             {
                 *events = dir.join(events.file_name().unwrap_or_default());
             }
@@ -501,15 +501,13 @@ fn fhir_sync_sink(
             .with_context(|| format!("sink {name}: environment variable {var} (url)"))?,
         None => h.url.clone(),
     };
-    let db = std::env::var(&sync.url_env).with_context(|| {
-        format!(
-            "sink {name}: sync state in PostgreSQL: set {} to its URL",
-            sync.url_env
-        )
-    })?;
+    let in_sink = |e: String| anyhow::anyhow!("sink {name}: {e}");
+    let state = sync.state.location().map_err(in_sink)?;
     let mut config = ClientConfig::new(base);
     config.timeout = h.timeout;
     config.retry = h.retry.clone();
+    config.auth = h.auth.resolve().map_err(in_sink)?;
+    config.tls = h.tls.resolve().map_err(in_sink)?;
     let mut client = FhirClient::new(config)?;
     if let Some(c) = h.breaker.clone() {
         let b = SharedBreaker::new(&format!("{}/{name}", plan.integration_id), c);
@@ -520,8 +518,14 @@ fn fhir_sync_sink(
         client = client.with_breaker(b);
     }
     let store = rt
-        .block_on(crate::sync::store::SyncStore::connect(&db))
+        .block_on(crate::sync::store::SyncStore::open(&state))
         .with_context(|| format!("sink {name}"))?;
+    let events = crate::sync::SyncEvents::open(
+        &sync.events_path,
+        sync.events_topic.as_deref(),
+        plan.kafka.as_ref(),
+    )
+    .map_err(|e| anyhow::anyhow!("sink {name}: sync events: {e}"))?;
     let syncer = crate::sync::Syncer {
         integration: plan.integration_id.clone(),
         owner: format!("{}-{}", plan.name, std::process::id()),
@@ -529,7 +533,7 @@ fn fhir_sync_sink(
         client,
         policy: sync.policy,
         lease: sync.lease,
-        events: sync.events.clone(),
+        events: Some(events),
     };
     Ok(crate::connectors::fhir_sync::FhirSyncSink::new(
         name,
@@ -566,8 +570,10 @@ fn http_sink(
         .as_ref()
         .map(|r| secret(r).map(String::into_bytes))
         .transpose()?;
+    let in_sink = |e: String| anyhow::anyhow!("sink {name}: {e}");
     let mut target = HttpTarget::new(&url, &h.method, headers, key, h.timeout)
-        .map_err(|e| anyhow::anyhow!("sink {name}: {e}"))?;
+        .and_then(|t| t.with_auth(h.auth.resolve()?, &h.tls.resolve()?))
+        .map_err(in_sink)?;
     if h.fhir {
         target = target.fhir();
     }

@@ -1,27 +1,117 @@
 //! `plexus sync list|resolve`: the open conflicts of an integration, and settling one.
 //!
-//! The sync state is in PostgreSQL (`--database-url` or `DATABASE_URL`); the EHR is the FHIR
-//! base given (`--fhir-base` or `PLEXUS_FHIR_BASE`). A resolution is applied to the server
+//! With `--pipeline`, everything comes from the pipeline's syncing `fhir` sink: the
+//! integration, where the sync state lives, the EHR's base, credentials and TLS, and where
+//! sync events go. Without it: `--integration`, `--database-url` (`postgres://…` or a SQLite
+//! file; or `DATABASE_URL`) and `--fhir-base` (or `PLEXUS_FHIR_BASE`). A resolution is applied to the server
 //! on the version seen now (a newer change there fails it rather than being overwritten),
 //! recorded as the agreed state, and written to the audit log with who did it.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Subcommand, ValueEnum};
 
 use crate::fhir::client::{ClientConfig, FhirClient};
-use crate::sync::store::SyncStore;
-use crate::sync::{ConflictPolicy, Resolution, Side, Status, SyncOutcome, Syncer};
+use crate::sync::store::{StateLocation, SyncStore};
+use crate::sync::{ConflictPolicy, Resolution, Side, Status, SyncEvents, SyncOutcome, Syncer};
 
 #[derive(Debug, clap::Args)]
 pub struct Target {
-    /// The integration id (the pipeline's `integration.id`).
+    /// The pipeline whose syncing fhir sink to act for (its state, EHR and credentials).
     #[arg(long)]
+    pipeline: Option<PathBuf>,
+    /// That sink's name, when the pipeline has several syncing fhir sinks.
+    #[arg(long, requires = "pipeline")]
+    sink: Option<String>,
+    /// Without --pipeline: the integration id (the pipeline's `integration.id`).
+    #[arg(long)]
+    integration: Option<String>,
+    /// Without --pipeline: the sync state, `postgres://…` or a SQLite file.
+    #[arg(long, alias = "state", env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+}
+
+/// What a command acts on, from the pipeline or the flags.
+struct Resolved {
     integration: String,
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    database_url: String,
+    state: StateLocation,
+    /// The EHR client settings (base, credentials, TLS) when the pipeline gives them.
+    client: Option<ClientConfig>,
+    events: Option<SyncEvents>,
+}
+
+impl Target {
+    async fn resolve(&self) -> Result<Resolved> {
+        let Some(path) = &self.pipeline else {
+            return Ok(Resolved {
+                integration: self
+                    .integration
+                    .clone()
+                    .context("--integration (or --pipeline) is needed")?,
+                state: StateLocation::parse(
+                    self.database_url
+                        .as_deref()
+                        .context("--database-url (or --pipeline) is needed")?,
+                ),
+                client: None,
+                events: None,
+            });
+        };
+        let spec = crate::spec::PipelineSpec::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let plan = crate::plan::build(&spec)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let syncing: Vec<_> = plan
+            .sinks
+            .iter()
+            .filter_map(|s| {
+                let h = s.http.as_ref()?;
+                Some((s.name.as_str(), h, h.sync.as_ref()?))
+            })
+            .filter(|(n, ..)| self.sink.as_deref().is_none_or(|want| want == *n))
+            .collect();
+        let (name, h, sync) = match syncing.as_slice() {
+            [one] => *one,
+            [] => anyhow::bail!(
+                "{}: no fhir sink with `sync:`{}",
+                path.display(),
+                self.sink
+                    .as_deref()
+                    .map(|s| format!(" named {s}"))
+                    .unwrap_or_default()
+            ),
+            _ => anyhow::bail!(
+                "{}: several syncing fhir sinks: name one with --sink",
+                path.display()
+            ),
+        };
+        let in_sink = |e: String| anyhow::anyhow!("sink {name}: {e}");
+        let base = match h.url.strip_prefix("env:") {
+            Some(var) => std::env::var(var)
+                .with_context(|| format!("sink {name}: environment variable {var} (url)"))?,
+            None => h.url.clone(),
+        };
+        let mut client = ClientConfig::new(base);
+        client.timeout = h.timeout;
+        client.retry = h.retry.clone();
+        client.auth = h.auth.resolve().map_err(in_sink)?;
+        client.tls = h.tls.resolve().map_err(in_sink)?;
+        let events = SyncEvents::open(
+            &sync.events_path,
+            sync.events_topic.as_deref(),
+            plan.kafka.as_ref(),
+        )
+        .map_err(|e| in_sink(e.to_string()))?;
+        Ok(Resolved {
+            integration: plan.integration_id.clone(),
+            state: sync.state.location().map_err(in_sink)?,
+            client: Some(client),
+            events: Some(events),
+        })
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -35,8 +125,9 @@ pub enum SyncCommand {
     Resolve {
         #[command(flatten)]
         target: Target,
+        /// Without --pipeline: the EHR's FHIR base.
         #[arg(long, env = "PLEXUS_FHIR_BASE")]
-        fhir_base: String,
+        fhir_base: Option<String>,
         /// `Patient/system|value`.
         #[arg(long)]
         entity: String,
@@ -67,8 +158,9 @@ pub fn run(cmd: SyncCommand) -> Result<ExitCode> {
     rt.block_on(async {
         match cmd {
             SyncCommand::List { target } => {
-                let store = SyncStore::connect(&target.database_url).await?;
-                for (kind, key) in store.list(&target.integration, Status::Conflict).await? {
+                let t = target.resolve().await?;
+                let store = SyncStore::open(&t.state).await?;
+                for (kind, key) in store.list(&t.integration, Status::Conflict).await? {
                     println!("{kind}\t{key}");
                 }
                 Ok(ExitCode::SUCCESS)
@@ -105,16 +197,31 @@ pub fn run(cmd: SyncCommand) -> Result<ExitCode> {
                         Resolution::Merge(choices)
                     }
                 };
+                let t = target.resolve().await?;
+                let client = match (t.client, fhir_base) {
+                    // The flag overrides the pipeline's base (a test server, say).
+                    (Some(mut c), Some(base)) => {
+                        c.base = base;
+                        c
+                    }
+                    (Some(c), None) => c,
+                    (None, Some(base)) => ClientConfig::new(base),
+                    (None, None) => anyhow::bail!("--fhir-base (or --pipeline) is needed"),
+                };
                 let syncer = Syncer {
-                    integration: target.integration,
+                    integration: t.integration,
                     owner: format!("resolve:{actor}"),
-                    store: SyncStore::connect(&target.database_url).await?,
-                    client: FhirClient::new(ClientConfig::new(fhir_base))?,
+                    store: SyncStore::open(&t.state).await?,
+                    client: FhirClient::new(client)?,
                     policy: ConflictPolicy::Manual,
                     lease: std::time::Duration::from_secs(30),
-                    events: None,
+                    events: t.events,
                 };
-                match syncer.resolve(kind, key, &how, &actor).await? {
+                let outcome = syncer.resolve(kind, key, &how, &actor).await;
+                if let Some(e) = &syncer.events {
+                    e.finish()?;
+                }
+                match outcome? {
                     SyncOutcome::Contended => {
                         eprintln!("{entity} is being synced by another worker: try again");
                         Ok(ExitCode::from(1))

@@ -229,7 +229,18 @@ impl BatchSink for FhirSyncSink {
         std::mem::take(&mut self.outcome)
     }
 
+    /// The sync state is written as each row syncs; what remains is the events.
+    fn barrier(&mut self) -> Result<Option<crate::connectors::Durable>, ConnectorError> {
+        match &self.syncer.events {
+            Some(e) => e.barrier(),
+            None => Ok(None),
+        }
+    }
+
     fn finish(&mut self) -> Result<(), ConnectorError> {
+        if let Some(e) = &self.syncer.events {
+            e.finish()?;
+        }
         tracing::info!(sink = %self.name, synced = self.delivered, "fhir sync sink done");
         Ok(())
     }

@@ -20,33 +20,10 @@ use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
-use tokio::sync::Mutex;
 
+pub use crate::connectors::http::auth::{Auth, AuthError, Credentials, Tls};
 use crate::resilience::breaker::SharedBreaker;
 use crate::resilience::retry::{RetryPolicy, jitter_random, parse_retry_after};
-
-/// How the client authenticates.
-#[derive(Debug, Clone, Default)]
-pub enum Auth {
-    #[default]
-    None,
-    Basic {
-        user: String,
-        password: String,
-    },
-    ApiKey {
-        header: String,
-        value: String,
-    },
-    Bearer(String),
-    /// OAuth2 client credentials (SMART backend services without JWT assertion).
-    ClientCredentials {
-        token_url: String,
-        client_id: String,
-        client_secret: String,
-        scope: Option<String>,
-    },
-}
 
 /// Client settings.
 #[derive(Debug, Clone)]
@@ -56,8 +33,8 @@ pub struct ClientConfig {
     pub auth: Auth,
     pub timeout: Duration,
     pub retry: RetryPolicy,
-    /// Client certificate and key (PEM, PKCS#8) for mutual TLS.
-    pub identity_pem: Option<Vec<u8>>,
+    /// An extra trusted CA, and the client certificate for mutual TLS.
+    pub tls: Tls,
     /// At most this many search pages are followed (a server looping its `next` link must
     /// not hang a sync).
     pub max_pages: usize,
@@ -70,7 +47,7 @@ impl ClientConfig {
             auth: Auth::None,
             timeout: Duration::from_secs(30),
             retry: RetryPolicy::default(),
-            identity_pem: None,
+            tls: Tls::default(),
             max_pages: 1000,
         }
     }
@@ -194,18 +171,12 @@ impl Versioned {
     }
 }
 
-struct Token {
-    value: String,
-    /// Refetch after this (the server's `expires_in` less a margin).
-    fresh_until: Instant,
-}
-
 /// A FHIR R4 client for one EHR.
 #[derive(Clone)]
 pub struct FhirClient {
     config: Arc<ClientConfig>,
     http: reqwest::Client,
-    token: Arc<Mutex<Option<Token>>>,
+    credentials: Credentials,
     breaker: Option<SharedBreaker>,
 }
 
@@ -218,20 +189,17 @@ enum Attempt {
 
 impl FhirClient {
     pub fn new(config: ClientConfig) -> Result<Self, FhirError> {
-        let mut b = reqwest::Client::builder().timeout(config.timeout);
-        if let Some(pem) = &config.identity_pem {
-            let (cert, key) = split_pem(pem);
-            let id = reqwest::Identity::from_pkcs8_pem(&cert, &key)
-                .map_err(|e| FhirError::Config(format!("client certificate: {e}")))?;
-            b = b.identity(id);
-        }
-        let http = b
+        let b = reqwest::Client::builder().timeout(config.timeout);
+        let http = config
+            .tls
+            .configure(b)
+            .map_err(FhirError::Config)?
             .build()
             .map_err(|e| FhirError::Config(format!("HTTP client: {e}")))?;
         Ok(FhirClient {
+            credentials: Credentials::new(config.auth.clone(), http.clone()),
             config: Arc::new(config),
             http,
-            token: Arc::new(Mutex::new(None)),
             breaker: None,
         })
     }
@@ -337,7 +305,7 @@ impl FhirClient {
         }
         Err(FhirError::Unavailable {
             method: Method::GET,
-            url,
+            url: redact(&url),
             attempts: 1,
             reason: format!("more than {} search pages", self.config.max_pages),
         })
@@ -368,7 +336,7 @@ impl FhirClient {
             {
                 return Err(FhirError::Unavailable {
                     method,
-                    url: url.to_string(),
+                    url: redact(url),
                     attempts: failed,
                     reason: format!("circuit breaker {:?}", r.state),
                 });
@@ -390,12 +358,12 @@ impl FhirClient {
                 Attempt::Unauthorized if !reauthenticated => {
                     // An expired or revoked token: fetch a new one once.
                     reauthenticated = true;
-                    *self.token.lock().await = None;
+                    self.credentials.forget_token().await;
                 }
                 Attempt::Unauthorized => {
                     return Err(FhirError::Rejected {
                         method,
-                        url: url.to_string(),
+                        url: redact(url),
                         status: 401,
                         outcome: Outcome::default(),
                     });
@@ -405,7 +373,7 @@ impl FhirClient {
                     if !policy.retries_after(failed) {
                         return Err(FhirError::Unavailable {
                             method,
-                            url: url.to_string(),
+                            url: redact(url),
                             attempts: failed,
                             reason,
                         });
@@ -437,14 +405,40 @@ impl FhirClient {
                 .header("Content-Type", "application/fhir+json")
                 .body(serde_json::to_vec(b).map_err(|e| FhirError::Config(e.to_string()))?);
         }
-        req = self.authenticate(req).await?;
+        req = match self.credentials.apply(req).await {
+            Ok(r) => r,
+            Err(AuthError::Unavailable { url, reason }) => {
+                return Ok(Attempt::Transient(
+                    format!("token request to {url}: {reason}"),
+                    None,
+                ));
+            }
+            Err(AuthError::Refused {
+                url,
+                status,
+                code,
+                description,
+            }) => {
+                return Err(FhirError::Rejected {
+                    method: Method::POST,
+                    url,
+                    status,
+                    outcome: Outcome(vec![Issue {
+                        severity: "error".into(),
+                        code,
+                        location: None,
+                        diagnostics: description,
+                    }]),
+                });
+            }
+        };
         let resp = match req.send().await {
             Ok(r) => r,
             // Timeouts and refused connections: the server may be back soon.
             Err(e) => return Ok(Attempt::Transient(transport_reason(&e), None)),
         };
         let status = resp.status();
-        if status == StatusCode::UNAUTHORIZED && !matches!(self.config.auth, Auth::None) {
+        if status == StatusCode::UNAUTHORIZED && self.credentials.refreshes() {
             return Ok(Attempt::Unauthorized);
         }
         let retry_after = resp
@@ -478,7 +472,7 @@ impl FhirClient {
         headers: &reqwest::header::HeaderMap,
         json: Value,
     ) -> Result<Versioned, FhirError> {
-        let url = url.to_string();
+        let url = redact(url);
         match status.as_u16() {
             200..=299 => {
                 let etag_version = headers
@@ -511,89 +505,20 @@ impl FhirClient {
             }),
         }
     }
+}
 
-    async fn authenticate(
-        &self,
-        req: reqwest::RequestBuilder,
-    ) -> Result<reqwest::RequestBuilder, FhirError> {
-        Ok(match &self.config.auth {
-            Auth::None => req,
-            Auth::Basic { user, password } => req.basic_auth(user, Some(password)),
-            Auth::ApiKey { header, value } => req.header(header.as_str(), value.as_str()),
-            Auth::Bearer(t) => req.bearer_auth(t),
-            Auth::ClientCredentials { .. } => {
-                let token = self.access_token().await?;
-                req.bearer_auth(token)
-            }
-        })
-    }
-
-    /// The cached access token, fetched when absent or about to expire.
-    async fn access_token(&self) -> Result<String, FhirError> {
-        let Auth::ClientCredentials {
-            token_url,
-            client_id,
-            client_secret,
-            scope,
-        } = &self.config.auth
-        else {
-            return Err(FhirError::Config("not an OAuth2 client".into()));
-        };
-        let mut cached = self.token.lock().await;
-        if let Some(t) = cached.as_ref()
-            && Instant::now() < t.fresh_until
-        {
-            return Ok(t.value.clone());
+/// A URL fit for errors and logs: a search or conditional update's query holds business
+/// identifiers (an MRN is patient data), so only its parameter names are kept.
+fn redact(url: &str) -> String {
+    match url.split_once('?') {
+        Some((path, query)) => {
+            let names: Vec<&str> = query
+                .split('&')
+                .map(|kv| kv.split_once('=').map_or(kv, |(k, _)| k))
+                .collect();
+            format!("{path}?{}", names.join("&"))
         }
-        let mut form = vec![("grant_type", "client_credentials")];
-        if let Some(s) = scope {
-            form.push(("scope", s.as_str()));
-        }
-        let unavailable = |reason: String| FhirError::Unavailable {
-            method: Method::POST,
-            url: token_url.clone(),
-            attempts: 1,
-            reason,
-        };
-        let resp = self
-            .http
-            .post(token_url)
-            .basic_auth(client_id, Some(client_secret))
-            .form(&form)
-            .send()
-            .await
-            .map_err(|e| unavailable(transport_reason(&e)))?;
-        let status = resp.status();
-        let body: Value = resp
-            .json()
-            .await
-            .map_err(|e| unavailable(format!("token response: {e}")))?;
-        if !status.is_success() {
-            // The error code is safe to report; the secret never is.
-            return Err(FhirError::Rejected {
-                method: Method::POST,
-                url: token_url.clone(),
-                status: status.as_u16(),
-                outcome: Outcome(vec![Issue {
-                    severity: "error".into(),
-                    code: body["error"].as_str().unwrap_or("token").to_string(),
-                    location: None,
-                    diagnostics: body["error_description"].as_str().map(str::to_string),
-                }]),
-            });
-        }
-        let value = body["access_token"]
-            .as_str()
-            .ok_or_else(|| unavailable("token response without access_token".into()))?
-            .to_string();
-        let lifetime = Duration::from_secs(body["expires_in"].as_u64().unwrap_or(300));
-        // Refresh a little early so a token never expires in flight.
-        let margin = Duration::from_secs(30).min(lifetime / 2);
-        *cached = Some(Token {
-            value: value.clone(),
-            fresh_until: Instant::now() + lifetime - margin,
-        });
-        Ok(value)
+        None => url.to_string(),
     }
 }
 
@@ -619,34 +544,22 @@ fn transport_reason(e: &reqwest::Error) -> String {
     }
 }
 
-/// A PEM bundle as (certificates, private key).
-fn split_pem(pem: &[u8]) -> (Vec<u8>, Vec<u8>) {
-    let text = String::from_utf8_lossy(pem);
-    let (mut certs, mut key) = (String::new(), String::new());
-    let mut current: Option<&mut String> = None;
-    for line in text.lines() {
-        if line.starts_with("-----BEGIN") {
-            current = Some(if line.contains("PRIVATE KEY") {
-                &mut key
-            } else {
-                &mut certs
-            });
-        }
-        if let Some(c) = current.as_deref_mut() {
-            c.push_str(line);
-            c.push('\n');
-        }
-        if line.starts_with("-----END") {
-            current = None;
-        }
-    }
-    (certs.into_bytes(), key.into_bytes())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn urls_in_errors_keep_parameter_names_only() {
+        assert_eq!(
+            redact("http://ehr/fhir/Patient?identifier=urn:oid:1|MRN123&_count=50"),
+            "http://ehr/fhir/Patient?identifier&_count"
+        );
+        assert_eq!(
+            redact("http://ehr/fhir/Patient/p1"),
+            "http://ehr/fhir/Patient/p1"
+        );
+    }
 
     #[test]
     fn operation_outcomes_read_as_located_issues() {
@@ -666,13 +579,5 @@ mod tests {
             Outcome::parse(&json!({"resourceType": "Patient"})),
             Outcome::default()
         );
-    }
-
-    #[test]
-    fn pem_bundles_split_into_certificates_and_key() {
-        let pem = b"-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\n-----BEGIN PRIVATE KEY-----\nBBB\n-----END PRIVATE KEY-----\n";
-        let (c, k) = split_pem(pem);
-        assert!(String::from_utf8(c).unwrap().contains("AAA"));
-        assert!(String::from_utf8(k).unwrap().contains("BBB"));
     }
 }

@@ -99,16 +99,128 @@ pub struct HttpSinkPlan {
     pub fhir: bool,
     /// `type: fhir` with `sync:`: through the sync state instead.
     pub sync: Option<SyncPlan>,
+    pub auth: AuthPlan,
+    pub tls: TlsPlan,
+}
+
+/// `auth:` of a sink, secrets still references (read at start).
+#[derive(Debug, Clone, Default)]
+pub enum AuthPlan {
+    #[default]
+    None,
+    Basic {
+        user: HeaderValue,
+        password: crate::connectors::kafka::SecretRef,
+    },
+    Bearer(crate::connectors::kafka::SecretRef),
+    ApiKey {
+        header: String,
+        key: crate::connectors::kafka::SecretRef,
+    },
+    OAuth2 {
+        token_url: String,
+        client_id: HeaderValue,
+        client_secret: crate::connectors::kafka::SecretRef,
+        scope: Option<String>,
+    },
+}
+
+impl HeaderValue {
+    pub fn read(&self) -> Result<String, String> {
+        match self {
+            HeaderValue::Literal(t) => Ok(t.clone()),
+            HeaderValue::Secret(r) => r.read(),
+        }
+    }
+}
+
+impl AuthPlan {
+    /// The credentials, secrets read now.
+    pub fn resolve(&self) -> Result<crate::connectors::http::auth::Auth, String> {
+        use crate::connectors::http::auth::Auth;
+        Ok(match self {
+            AuthPlan::None => Auth::None,
+            AuthPlan::Basic { user, password } => Auth::Basic {
+                user: user.read()?,
+                password: password.read()?,
+            },
+            AuthPlan::Bearer(t) => Auth::Bearer(t.read()?),
+            AuthPlan::ApiKey { header, key } => Auth::ApiKey {
+                header: header.clone(),
+                value: key.read()?,
+            },
+            AuthPlan::OAuth2 {
+                token_url,
+                client_id,
+                client_secret,
+                scope,
+            } => Auth::ClientCredentials {
+                token_url: token_url.clone(),
+                client_id: client_id.read()?,
+                client_secret: client_secret.read()?,
+                scope: scope.clone(),
+            },
+        })
+    }
+}
+
+/// `tls:` of a sink: PEM files, read at start.
+#[derive(Debug, Clone, Default)]
+pub struct TlsPlan {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl TlsPlan {
+    pub fn resolve(&self) -> Result<crate::connectors::http::auth::Tls, String> {
+        let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+        let identity_pem = match (&self.cert, &self.key) {
+            (Some(c), Some(k)) => {
+                let mut pem = read(c)?;
+                pem.push(b'\n');
+                pem.extend(read(k)?);
+                Some(pem)
+            }
+            _ => None,
+        };
+        Ok(crate::connectors::http::auth::Tls {
+            ca_pem: self.ca.as_ref().map(read).transpose()?,
+            identity_pem,
+        })
+    }
 }
 
 /// A fhir sink's sync settings.
 #[derive(Debug, Clone)]
 pub struct SyncPlan {
-    /// The environment variable holding the PostgreSQL URL.
-    pub url_env: String,
+    pub state: SyncStatePlan,
     pub policy: crate::sync::ConflictPolicy,
     pub lease: Duration,
-    pub events: Option<PathBuf>,
+    /// Sync events: always a file, a topic when set.
+    pub events_path: PathBuf,
+    pub events_topic: Option<String>,
+}
+
+/// Where a sink's sync state lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncStatePlan {
+    /// PostgreSQL at the URL in this environment variable.
+    Postgres { url_env: String },
+    /// A SQLite file (the embedded default).
+    Sqlite(PathBuf),
+}
+
+impl SyncStatePlan {
+    pub fn location(&self) -> Result<crate::sync::store::StateLocation, String> {
+        use crate::sync::store::StateLocation;
+        match self {
+            SyncStatePlan::Postgres { url_env } => std::env::var(url_env)
+                .map(StateLocation::Postgres)
+                .map_err(|_| format!("sync state in PostgreSQL: set {url_env} to its URL")),
+            SyncStatePlan::Sqlite(p) => Ok(StateLocation::Sqlite(p.clone())),
+        }
+    }
 }
 
 /// A header value: literal, or a secret read at start.
@@ -1182,21 +1294,18 @@ fn plan_sink(
                 ("secret", s.secret.is_some()),
             ] {
                 if set {
-                    cx.err(&s.kind, format!("`{key}` is not a fhir sink setting (FHIR decides the method; auth goes in `headers`)"));
+                    cx.err(&s.kind, format!("`{key}` is not a fhir sink setting (FHIR decides the method; credentials go in `auth`)"));
                 }
-            }
-            if let Some(t) = s.retry.as_ref().and_then(|r| r.topic.as_ref()) {
-                cx.err(
-                    t,
-                    "a fhir sink retries in place (retry topics carry no request path yet)",
-                );
             }
             http.fhir = true;
             if let Some(sy) = &s.sync {
-                http.sync = plan_sync(cx, s, sy);
+                if let Some(t) = s.retry.as_ref().and_then(|r| r.topic.as_ref()) {
+                    cx.err(t, "a syncing fhir sink retries in place (each entity under its lease), not on retry topics");
+                }
+                http.sync = plan_sync(cx, sy);
             }
-        } else if let Some(sy) = &s.sync {
-            cx.err(&sy.state, "`sync` is a fhir sink setting");
+        } else if s.sync.is_some() {
+            cx.err(&s.kind, "`sync` is a fhir sink setting");
         }
         return Some(PlannedSink {
             name: s.name.to_string(),
@@ -1406,6 +1515,7 @@ fn plan_http_sink(cx: &mut Ctx<'_>, s: &crate::spec::SinkSpec) -> Option<HttpSin
         }
     }
     let breaker = s.breaker.as_ref().map(|b| plan_breaker(cx, b));
+    let (auth, tls) = plan_auth(cx, s);
     let concurrency = s.concurrency.as_ref().map(|c| **c).unwrap_or(8);
     if let Some(c) = &s.concurrency
         && (**c == 0 || **c > 1024)
@@ -1424,24 +1534,29 @@ fn plan_http_sink(cx: &mut Ctx<'_>, s: &crate::spec::SinkSpec) -> Option<HttpSin
         breaker,
         fhir: false,
         sync: None,
+        auth,
+        tls,
     })
 }
 
-fn plan_sync(
-    cx: &mut Ctx<'_>,
-    s: &crate::spec::SinkSpec,
-    sy: &crate::spec::SyncSpec,
-) -> Option<SyncPlan> {
+fn plan_sync(cx: &mut Ctx<'_>, sy: &crate::spec::SyncSpec) -> Option<SyncPlan> {
     use crate::sync::{ConflictPolicy, Side};
-    if sy.state.as_str() != "postgres" {
-        cx.err(&sy.state, "sync state lives in `postgres` (DATABASE_URL)");
-    }
-    if !s.headers.is_empty() {
-        cx.err(
-            &s.name,
-            "a syncing fhir sink takes no `headers` yet (authentication is next)",
-        );
-    }
+    let name = cx.spec.name.to_string();
+    let state = match &sy.state {
+        Some(s) if s.as_str() == "postgres" => SyncStatePlan::Postgres {
+            url_env: "DATABASE_URL".into(),
+        },
+        Some(s) if s.starts_with("postgres://") || s.starts_with("postgresql://") => {
+            // A URL here would put the database password in the pipeline file.
+            cx.err(s, "write `state: postgres` and put the URL in DATABASE_URL");
+            return None;
+        }
+        Some(s) => {
+            let p = s.strip_prefix("sqlite:").unwrap_or(s);
+            SyncStatePlan::Sqlite(cx.spec.resolve(p))
+        }
+        None => SyncStatePlan::Sqlite(cx.spec.resolve(&format!("{name}.sync.db"))),
+    };
     let policy = match sy.conflicts.as_ref().map(|c| c.as_str()) {
         None | Some("manual") => ConflictPolicy::Manual,
         Some("timestamp_wins") => ConflictPolicy::TimestampWins,
@@ -1457,12 +1572,142 @@ fn plan_sync(
         }
     };
     let lease = duration_or(cx, &sy.lease, Duration::from_secs(30));
+    let events = sy.events.as_ref();
+    if let Some(e) = events {
+        for (key, v) in [("webhook", &e.webhook), ("secret", &e.secret)] {
+            if let Some(v) = v {
+                cx.err(v, format!("`{key}` is not a sync events setting"));
+            }
+        }
+        if let Some(t) = &e.topic
+            && cx.spec.kafka.is_none()
+        {
+            cx.err(t, "a sync events topic needs a `kafka:` connection block");
+        }
+    }
     Some(SyncPlan {
-        url_env: "DATABASE_URL".into(),
+        state,
         policy,
         lease,
-        events: sy.events.as_ref().map(|e| cx.spec.resolve(e)),
+        events_path: match events.and_then(|e| e.path.as_ref()) {
+            Some(p) => cx.spec.resolve(p),
+            None => cx.spec.resolve(&format!("{name}.sync_events.ndjson")),
+        },
+        events_topic: events.and_then(|e| e.topic.as_ref()).map(|t| t.to_string()),
     })
+}
+
+/// `auth:` and `tls:` of an http or fhir sink.
+fn plan_auth(cx: &mut Ctx<'_>, s: &crate::spec::SinkSpec) -> (AuthPlan, TlsPlan) {
+    let tls = match &s.tls {
+        Some(t) => {
+            if t.cert.is_some() != t.key.is_some() {
+                let at = t.cert.as_ref().or(t.key.as_ref()).expect("one is set");
+                cx.err(at, "mutual TLS needs both `cert` and `key`");
+            }
+            TlsPlan {
+                ca: t.ca.as_ref().map(|p| cx.spec.resolve(p)),
+                cert: t.cert.as_ref().map(|p| cx.spec.resolve(p)),
+                key: t.key.as_ref().map(|p| cx.spec.resolve(p)),
+            }
+        }
+        None => TlsPlan::default(),
+    };
+    let Some(a) = &s.auth else {
+        return (AuthPlan::None, tls);
+    };
+    let fields = [
+        ("user", &a.user),
+        ("password", &a.password),
+        ("token", &a.token),
+        ("header", &a.header),
+        ("key", &a.key),
+        ("token_url", &a.token_url),
+        ("client_id", &a.client_id),
+        ("client_secret", &a.client_secret),
+        ("scope", &a.scope),
+    ];
+    let (needed, allowed): (&[&str], &[&str]) = match a.kind.as_str() {
+        "basic" => (&["user", "password"], &[]),
+        "bearer" => (&["token"], &[]),
+        "api_key" => (&["key"], &["header"]),
+        "oauth2" => (&["token_url", "client_id", "client_secret"], &["scope"]),
+        other => {
+            cx.err(
+                &a.kind,
+                format!("auth type is basic, bearer, api_key or oauth2, not {other:?}"),
+            );
+            return (AuthPlan::None, tls);
+        }
+    };
+    let mut ok = true;
+    for (key, v) in fields {
+        match v {
+            Some(v) if !needed.contains(&key) && !allowed.contains(&key) => {
+                cx.err(
+                    v,
+                    format!("`{key}` is not a {} auth setting", a.kind.as_str()),
+                );
+                ok = false;
+            }
+            None if needed.contains(&key) => {
+                cx.err(&a.kind, format!("{} auth needs `{key}`", a.kind.as_str()));
+                ok = false;
+            }
+            _ => {}
+        }
+    }
+    if !ok {
+        return (AuthPlan::None, tls);
+    }
+    let text = |v: &Option<Spanned<String>>| v.as_ref().expect("checked").to_string();
+    // Secrets come from the environment or a file, never from the pipeline's text.
+    let mut secret = |v: &Option<Spanned<String>>| {
+        let v = v.as_ref().expect("checked");
+        SecretRef::parse(v).map_err(|e| cx.err(v, e)).ok()
+    };
+    let plain = |v: &Option<Spanned<String>>| {
+        let v = v.as_ref().expect("checked");
+        match SecretRef::parse(v) {
+            Ok(r) => HeaderValue::Secret(r),
+            Err(_) => HeaderValue::Literal(v.to_string()),
+        }
+    };
+    let auth = match a.kind.as_str() {
+        "basic" => secret(&a.password).map(|password| AuthPlan::Basic {
+            user: plain(&a.user),
+            password,
+        }),
+        "bearer" => secret(&a.token).map(AuthPlan::Bearer),
+        "api_key" => secret(&a.key).map(|key| AuthPlan::ApiKey {
+            header: a
+                .header
+                .as_ref()
+                .map_or("X-API-Key".to_string(), |h| h.to_string()),
+            key,
+        }),
+        _ => {
+            let token_url = text(&a.token_url);
+            if let Err(e) = reqwest::Url::parse(&token_url) {
+                cx.err(
+                    a.token_url.as_ref().expect("checked"),
+                    format!("not a URL ({e})"),
+                );
+            }
+            let client_id = plain(&a.client_id);
+            let mut secret = |v: &Option<Spanned<String>>| {
+                let v = v.as_ref().expect("checked");
+                SecretRef::parse(v).map_err(|e| cx.err(v, e)).ok()
+            };
+            secret(&a.client_secret).map(|client_secret| AuthPlan::OAuth2 {
+                token_url,
+                client_id,
+                client_secret,
+                scope: a.scope.as_ref().map(|s| s.to_string()),
+            })
+        }
+    };
+    (auth.unwrap_or_default(), tls)
 }
 
 /// A duration setting, or `default` when absent (a bad value is reported at its place).

@@ -200,7 +200,7 @@ pub struct ThresholdsSpec {
 }
 
 /// A monitoring output: a local path, a Kafka topic, and (alerts) a webhook.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutputSpec {
     pub path: Option<Spanned<String>>,
@@ -538,20 +538,60 @@ pub struct SinkSpec {
     pub breaker: Option<BreakerSpec>,
     /// fhir: sync through the sync state (conflict detection) instead of blind updates.
     pub sync: Option<SyncSpec>,
+    /// http/fhir: how to authenticate to the endpoint.
+    pub auth: Option<AuthSpec>,
+    /// http/fhir: an extra trusted CA and a client certificate (mutual TLS).
+    pub tls: Option<TlsSpec>,
+}
+
+/// `auth:` on an http or fhir sink. Secrets (`password`, `token`, `key`, `client_secret`)
+/// are `env:NAME` or `file:/path`, never written in the pipeline.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSpec {
+    /// `basic`, `bearer`, `api_key` or `oauth2` (client credentials).
+    #[serde(rename = "type")]
+    pub kind: Spanned<String>,
+    /// basic: the user (literal or `env:`).
+    pub user: Option<Spanned<String>>,
+    pub password: Option<Spanned<String>>,
+    /// bearer: a long-lived token.
+    pub token: Option<Spanned<String>>,
+    /// api_key: the header (default `X-API-Key`) and its value.
+    pub header: Option<Spanned<String>>,
+    pub key: Option<Spanned<String>>,
+    /// oauth2: the token endpoint, client id (literal or `env:`), secret and scope.
+    pub token_url: Option<Spanned<String>>,
+    pub client_id: Option<Spanned<String>>,
+    pub client_secret: Option<Spanned<String>>,
+    pub scope: Option<Spanned<String>>,
+}
+
+/// `tls:` on an http or fhir sink: PEM files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSpec {
+    /// CA certificates to trust besides the system's.
+    pub ca: Option<Spanned<String>>,
+    /// The client certificate (chain) and its PKCS#8 private key, for mutual TLS.
+    pub cert: Option<Spanned<String>>,
+    pub key: Option<Spanned<String>>,
 }
 
 /// `sync:` on a fhir sink.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SyncSpec {
-    /// Where the sync state lives: `postgres` (connection URL in `DATABASE_URL`).
-    pub state: Spanned<String>,
+    /// Where the sync state lives: `postgres` (connection URL in `DATABASE_URL`) or a SQLite
+    /// file (default: `<pipeline>.sync.db` beside the pipeline).
+    pub state: Option<Spanned<String>>,
     /// `manual` (default), `timestamp_wins`, `local_wins` or `external_wins`.
     pub conflicts: Option<Spanned<String>>,
     /// How long a worker holds an entity (default 30s).
     pub lease: Option<Spanned<String>>,
-    /// Sync events (`integration.sync.*`), one JSON object per line.
-    pub events: Option<Spanned<String>>,
+    /// Sync events (`integration.sync.*`): a file (default `<pipeline>.sync_events.ndjson`)
+    /// and optionally a topic.
+    pub events: Option<OutputSpec>,
 }
 
 /// `breaker:` on a sink. Rates are percentages.

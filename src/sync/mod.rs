@@ -18,14 +18,61 @@
 
 pub mod store;
 
+/// Sync events (`integration.sync.completed|failed|conflict`), one JSON object per line to a
+/// file and, when configured, to a topic. Shared by the clones of a [`Syncer`].
+#[derive(Clone)]
+pub struct SyncEvents(Arc<std::sync::Mutex<EventLog>>);
+
+impl SyncEvents {
+    pub fn open(
+        path: &Path,
+        topic: Option<&str>,
+        kafka: Option<&KafkaConnection>,
+    ) -> Result<Self, ConnectorError> {
+        let topic = match (topic, kafka) {
+            (Some(t), Some(k)) => Some((t, k)),
+            (Some(t), None) => {
+                return Err(ConnectorError::Other(format!(
+                    "topic {t} needs a `kafka:` connection"
+                )));
+            }
+            _ => None,
+        };
+        Ok(SyncEvents(Arc::new(std::sync::Mutex::new(EventLog::new(
+            path, topic,
+        )?))))
+    }
+
+    fn append(&self, key: &str, event: &Value) {
+        let mut log = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // An event that cannot be written must not fail the sync it reports on; the
+        // warning names the failure, never the event (it may describe patient data).
+        if let Err(e) = log.append(key, event) {
+            tracing::warn!(error = %e, "sync event not written");
+        }
+    }
+
+    /// Makes the events so far durable (file flushed; topic deliveries to wait for).
+    pub fn barrier(&self) -> Result<Option<Durable>, ConnectorError> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).flush()
+    }
+
+    pub fn finish(&self) -> Result<(), ConnectorError> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).finish()
+    }
+}
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
-use std::path::PathBuf;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use crate::connectors::kafka::KafkaConnection;
+use crate::connectors::monitoring::EventLog;
+use crate::connectors::{ConnectorError, Durable};
 use crate::fhir::client::{FhirClient, FhirError, Versioned};
 use crate::fhir::v2::Resource;
 use store::{SyncStore, Update};
@@ -146,8 +193,8 @@ pub struct Syncer {
     pub client: FhirClient,
     pub policy: ConflictPolicy,
     pub lease: Duration,
-    /// Sync events, one JSON object per line.
-    pub events: Option<PathBuf>,
+    /// Where sync events go (none: not published).
+    pub events: Option<SyncEvents>,
 }
 
 /// The resource as compared and hashed: without server-assigned `id` and `meta`, and the
@@ -203,31 +250,23 @@ impl Syncer {
     }
 
     fn event(&self, kind: &str, entity_type: &str, entity: &str, details: Value) {
-        let Some(path) = &self.events else { return };
+        let Some(events) = &self.events else { return };
+        // The business identifier is patient data: events carry its hash only.
+        let entity = hash(&Value::from(entity));
         let line = json!({
             "type": format!("integration.sync.{kind}"),
             "integration": self.integration,
             "entity_type": entity_type,
-            // The business identifier is patient data: events carry its hash only.
-            "entity": hash(&Value::from(entity)),
+            "entity": entity,
             "instance": self.owner,
             "at": chrono::Utc::now().to_rfc3339(),
             "details": details,
         });
-        let written = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|()| {
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-            })
-            .and_then(|mut f| writeln!(f, "{line}"));
-        if let Err(e) = written {
-            tracing::warn!(path = %path.display(), error = %e, "sync event not written");
-        }
+        // Keyed by entity: one entity's events stay in order on a topic's partition.
+        events.append(
+            &format!("{}/{entity_type}/{entity}", self.integration),
+            &line,
+        );
     }
 
     /// Pushes one mapped resource (its business identifier names the entity), detecting a

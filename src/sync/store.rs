@@ -1,12 +1,18 @@
-//! Sync state in PostgreSQL: one row per (integration, entity type, entity key) with the
+//! Sync state in a database: one row per (integration, entity type, entity key) with the
 //! versions last agreed on both sides, the status, retry bookkeeping, the open conflict and
 //! a lease; plus an append-only audit table of resolutions.
+//!
+//! Two backends behind one store: PostgreSQL (workers on several machines share it) and
+//! SQLite (the embedded default: a file beside the pipeline, for one machine's workers).
+//! The statements differ only in dialect (placeholders, clock, types), so each is written
+//! once per backend in a [`Dialect`] and run through sqlx's `Any` driver.
 //!
 //! The lease is the lock: `acquire` takes it when it is free, expired or already ours, in
 //! one statement (no read-then-write race), and every later write of the row checks that
 //! the lease is still ours — a worker whose lease expired mid-sync cannot overwrite the row
 //! another worker now holds (fencing).
 
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -14,34 +20,152 @@ use sqlx::Row;
 
 use super::{Status, SyncError};
 
-const CREATE: [&str; 2] = [
-    "CREATE TABLE IF NOT EXISTS plexus_sync_state (
-        integration text NOT NULL,
-        entity_type text NOT NULL,
-        entity_key text NOT NULL,
-        local_hash text,
-        local_resource text,
-        external_id text,
-        external_version text,
-        last_synced_at timestamptz,
-        status text NOT NULL DEFAULT 'out_of_sync',
-        retry_count integer NOT NULL DEFAULT 0,
-        next_retry_at timestamptz,
-        conflict text,
-        lease_owner text,
-        lease_until timestamptz,
-        updated_at timestamptz NOT NULL DEFAULT now(),
-        PRIMARY KEY (integration, entity_type, entity_key))",
-    "CREATE TABLE IF NOT EXISTS plexus_sync_audit (
-        id bigserial PRIMARY KEY,
-        integration text NOT NULL,
-        entity_type text NOT NULL,
-        entity_key text NOT NULL,
-        action text NOT NULL,
-        actor text NOT NULL,
-        at timestamptz NOT NULL DEFAULT now(),
-        details text NOT NULL)",
-];
+/// The statements of one backend. Parameters: `acquire` (integration, type, key, owner,
+/// lease seconds); `save` (integration, type, key, owner, status, local hash, local
+/// resource, external id, external version, conflict, synced, retry-in seconds).
+struct Dialect {
+    create: [&'static str; 2],
+    acquire: &'static str,
+    release: &'static str,
+    get: &'static str,
+    save: &'static str,
+    audit: &'static str,
+    audit_log: &'static str,
+    list: &'static str,
+}
+
+const POSTGRES: Dialect = Dialect {
+    create: [
+        "CREATE TABLE IF NOT EXISTS plexus_sync_state (
+            integration text NOT NULL,
+            entity_type text NOT NULL,
+            entity_key text NOT NULL,
+            local_hash text,
+            local_resource text,
+            external_id text,
+            external_version text,
+            last_synced_at timestamptz,
+            status text NOT NULL DEFAULT 'out_of_sync',
+            retry_count integer NOT NULL DEFAULT 0,
+            next_retry_at timestamptz,
+            conflict text,
+            lease_owner text,
+            lease_until timestamptz,
+            updated_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (integration, entity_type, entity_key))",
+        "CREATE TABLE IF NOT EXISTS plexus_sync_audit (
+            id bigserial PRIMARY KEY,
+            integration text NOT NULL,
+            entity_type text NOT NULL,
+            entity_key text NOT NULL,
+            action text NOT NULL,
+            actor text NOT NULL,
+            at timestamptz NOT NULL DEFAULT now(),
+            details text NOT NULL)",
+    ],
+    acquire: "INSERT INTO plexus_sync_state (integration, entity_type, entity_key, lease_owner, lease_until)
+        VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))
+        ON CONFLICT (integration, entity_type, entity_key) DO UPDATE
+          SET lease_owner = EXCLUDED.lease_owner, lease_until = EXCLUDED.lease_until
+          WHERE plexus_sync_state.lease_owner IS NULL
+             OR plexus_sync_state.lease_until < now()
+             OR plexus_sync_state.lease_owner = EXCLUDED.lease_owner
+        RETURNING lease_owner",
+    release: "UPDATE plexus_sync_state SET lease_owner = NULL, lease_until = NULL
+        WHERE integration = $1 AND entity_type = $2 AND entity_key = $3 AND lease_owner = $4",
+    get: "SELECT local_hash, local_resource, external_id, external_version, status,
+               retry_count, conflict
+        FROM plexus_sync_state
+        WHERE integration = $1 AND entity_type = $2 AND entity_key = $3",
+    save: "UPDATE plexus_sync_state SET
+            status = $5,
+            local_hash = COALESCE($6, local_hash),
+            local_resource = COALESCE($7, local_resource),
+            external_id = COALESCE($8, external_id),
+            external_version = COALESCE($9, external_version),
+            conflict = $10,
+            last_synced_at = CASE WHEN $11 THEN now() ELSE last_synced_at END,
+            retry_count = CASE WHEN $12::float8 IS NULL THEN 0 ELSE retry_count + 1 END,
+            next_retry_at = CASE WHEN $12::float8 IS NULL THEN NULL
+                                 ELSE now() + make_interval(secs => $12::float8) END,
+            updated_at = now()
+        WHERE integration = $1 AND entity_type = $2 AND entity_key = $3
+          AND lease_owner = $4 AND lease_until >= now()",
+    audit: "INSERT INTO plexus_sync_audit (integration, entity_type, entity_key, action, actor, details)
+        VALUES ($1, $2, $3, $4, $5, $6)",
+    audit_log: "SELECT action, actor, details FROM plexus_sync_audit
+        WHERE integration = $1 AND entity_type = $2 AND entity_key = $3 ORDER BY id",
+    list: "SELECT entity_type, entity_key FROM plexus_sync_state
+        WHERE integration = $1 AND status = $2 ORDER BY entity_type, entity_key",
+};
+
+// SQLite: `?N` placeholders (numbered, so a parameter may be used twice); the lease clock is
+// Unix seconds as REAL (julianday is SQLite's sub-second clock), other times ISO 8601 text.
+const SQLITE: Dialect = Dialect {
+    create: [
+        "CREATE TABLE IF NOT EXISTS plexus_sync_state (
+            integration TEXT NOT NULL,
+            entity_type TEXT NOT NULL,
+            entity_key TEXT NOT NULL,
+            local_hash TEXT,
+            local_resource TEXT,
+            external_id TEXT,
+            external_version TEXT,
+            last_synced_at TEXT,
+            status TEXT NOT NULL DEFAULT 'out_of_sync',
+            retry_count INTEGER NOT NULL DEFAULT 0,
+            next_retry_at TEXT,
+            conflict TEXT,
+            lease_owner TEXT,
+            lease_until REAL,
+            updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+            PRIMARY KEY (integration, entity_type, entity_key))",
+        "CREATE TABLE IF NOT EXISTS plexus_sync_audit (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            integration TEXT NOT NULL,
+            entity_type TEXT NOT NULL,
+            entity_key TEXT NOT NULL,
+            action TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+            details TEXT NOT NULL)",
+    ],
+    acquire: "INSERT INTO plexus_sync_state (integration, entity_type, entity_key, lease_owner, lease_until)
+        VALUES (?1, ?2, ?3, ?4, ((julianday('now') - 2440587.5) * 86400.0) + ?5)
+        ON CONFLICT (integration, entity_type, entity_key) DO UPDATE
+          SET lease_owner = excluded.lease_owner, lease_until = excluded.lease_until
+          WHERE plexus_sync_state.lease_owner IS NULL
+             OR plexus_sync_state.lease_until < ((julianday('now') - 2440587.5) * 86400.0)
+             OR plexus_sync_state.lease_owner = excluded.lease_owner
+        RETURNING lease_owner",
+    release: "UPDATE plexus_sync_state SET lease_owner = NULL, lease_until = NULL
+        WHERE integration = ?1 AND entity_type = ?2 AND entity_key = ?3 AND lease_owner = ?4",
+    get: "SELECT local_hash, local_resource, external_id, external_version, status,
+               retry_count, conflict
+        FROM plexus_sync_state
+        WHERE integration = ?1 AND entity_type = ?2 AND entity_key = ?3",
+    save: "UPDATE plexus_sync_state SET
+            status = ?5,
+            local_hash = COALESCE(?6, local_hash),
+            local_resource = COALESCE(?7, local_resource),
+            external_id = COALESCE(?8, external_id),
+            external_version = COALESCE(?9, external_version),
+            conflict = ?10,
+            last_synced_at = CASE WHEN ?11 THEN strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+                                  ELSE last_synced_at END,
+            retry_count = CASE WHEN ?12 IS NULL THEN 0 ELSE retry_count + 1 END,
+            next_retry_at = CASE WHEN ?12 IS NULL THEN NULL
+                                 ELSE strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+' || ?12 || ' seconds') END,
+            updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+        WHERE integration = ?1 AND entity_type = ?2 AND entity_key = ?3
+          AND lease_owner = ?4 AND lease_until >= ((julianday('now') - 2440587.5) * 86400.0)",
+    audit: "INSERT INTO plexus_sync_audit (integration, entity_type, entity_key, action, actor, details)
+        VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    audit_log: "SELECT action, actor, details FROM plexus_sync_audit
+        WHERE integration = ?1 AND entity_type = ?2 AND entity_key = ?3 ORDER BY id",
+    list: "SELECT entity_type, entity_key FROM plexus_sync_state
+        WHERE integration = ?1 AND status = ?2 ORDER BY entity_type, entity_key",
+};
 
 /// One entity's sync state.
 #[derive(Debug, Clone, Default)]
@@ -94,9 +218,48 @@ impl<'a> Update<'a> {
     }
 }
 
+/// Where the sync state lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateLocation {
+    /// A PostgreSQL URL (`postgres://…`).
+    Postgres(String),
+    /// A SQLite database file (created when missing).
+    Sqlite(std::path::PathBuf),
+}
+
+impl StateLocation {
+    /// `postgres://…`/`postgresql://…` is PostgreSQL; `sqlite:PATH` or a bare path is a
+    /// SQLite file.
+    pub fn parse(s: &str) -> StateLocation {
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            StateLocation::Postgres(s.to_string())
+        } else {
+            let path = s.strip_prefix("sqlite://").or(s.strip_prefix("sqlite:"));
+            StateLocation::Sqlite(path.unwrap_or(s).into())
+        }
+    }
+}
+
+impl std::fmt::Display for StateLocation {
+    // The PostgreSQL URL may hold a password: shown without its credentials.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StateLocation::Postgres(url) => {
+                let host = url.rsplit_once('@').map_or(url.as_str(), |(_, h)| h);
+                let host = host
+                    .trim_start_matches("postgresql://")
+                    .trim_start_matches("postgres://");
+                write!(f, "postgres://{host}")
+            }
+            StateLocation::Sqlite(p) => write!(f, "sqlite:{}", p.display()),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct SyncStore {
-    pool: sqlx::PgPool,
+    pool: sqlx::AnyPool,
+    sql: &'static Dialect,
 }
 
 fn db(e: sqlx::Error) -> SyncError {
@@ -104,24 +267,60 @@ fn db(e: sqlx::Error) -> SyncError {
 }
 
 impl SyncStore {
+    /// Opens (and creates the tables of) the sync state at a URL or path (see
+    /// [`StateLocation::parse`]).
     pub async fn connect(url: &str) -> Result<Self, SyncError> {
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(4)
-            .connect(url)
-            .await
-            .map_err(db)?;
-        // Concurrent `CREATE TABLE IF NOT EXISTS` can still collide in PostgreSQL's
-        // catalog: workers starting together take turns under an advisory lock.
-        let mut tx = pool.begin().await.map_err(db)?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('plexus_sync_schema'))")
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-        for stmt in CREATE {
-            sqlx::query(stmt).execute(&mut *tx).await.map_err(db)?;
+        Self::open(&StateLocation::parse(url)).await
+    }
+
+    pub async fn open(at: &StateLocation) -> Result<Self, SyncError> {
+        sqlx::any::install_default_drivers();
+        let in_ctx = |e: sqlx::Error| SyncError::Store(format!("{at}: {e}"));
+        match at {
+            StateLocation::Postgres(url) => {
+                let pool = sqlx::any::AnyPoolOptions::new()
+                    .max_connections(4)
+                    .connect(url)
+                    .await
+                    .map_err(in_ctx)?;
+                // Concurrent `CREATE TABLE IF NOT EXISTS` can still collide in PostgreSQL's
+                // catalog: workers starting together take turns under an advisory lock.
+                let mut tx = pool.begin().await.map_err(db)?;
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtext('plexus_sync_schema'))")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                for stmt in POSTGRES.create {
+                    sqlx::query(stmt).execute(&mut *tx).await.map_err(db)?;
+                }
+                tx.commit().await.map_err(db)?;
+                Ok(SyncStore {
+                    pool,
+                    sql: &POSTGRES,
+                })
+            }
+            StateLocation::Sqlite(path) => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        SyncError::Store(format!("{at}: creating {}: {e}", dir.display()))
+                    })?;
+                }
+                let pool = sqlx::any::AnyPoolOptions::new()
+                    .max_connections(4)
+                    .connect(&sqlite_url(path))
+                    .await
+                    .map_err(in_ctx)?;
+                // WAL: readers do not block the writer, and the setting stays with the file.
+                sqlx::query("PRAGMA journal_mode=WAL")
+                    .execute(&pool)
+                    .await
+                    .map_err(in_ctx)?;
+                for stmt in SQLITE.create {
+                    sqlx::query(stmt).execute(&pool).await.map_err(in_ctx)?;
+                }
+                Ok(SyncStore { pool, sql: &SQLITE })
+            }
         }
-        tx.commit().await.map_err(db)?;
-        Ok(SyncStore { pool })
     }
 
     /// Takes the entity's lease for `ttl` if it is free, expired or already `owner`'s.
@@ -131,56 +330,39 @@ impl SyncStore {
         owner: &str,
         ttl: Duration,
     ) -> Result<bool, SyncError> {
-        let row = sqlx::query(
-            "INSERT INTO plexus_sync_state (integration, entity_type, entity_key, lease_owner, lease_until)
-             VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))
-             ON CONFLICT (integration, entity_type, entity_key) DO UPDATE
-               SET lease_owner = EXCLUDED.lease_owner, lease_until = EXCLUDED.lease_until
-               WHERE plexus_sync_state.lease_owner IS NULL
-                  OR plexus_sync_state.lease_until < now()
-                  OR plexus_sync_state.lease_owner = EXCLUDED.lease_owner
-             RETURNING lease_owner",
-        )
-        .bind(key.0)
-        .bind(key.1)
-        .bind(key.2)
-        .bind(owner)
-        .bind(ttl.as_secs_f64())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db)?;
+        let row = sqlx::query(self.sql.acquire)
+            .bind(key.0)
+            .bind(key.1)
+            .bind(key.2)
+            .bind(owner)
+            .bind(ttl.as_secs_f64())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
         Ok(row.is_some())
     }
 
     /// Gives the lease back (only if still ours).
     pub async fn release(&self, key: (&str, &str, &str), owner: &str) -> Result<(), SyncError> {
-        sqlx::query(
-            "UPDATE plexus_sync_state SET lease_owner = NULL, lease_until = NULL
-             WHERE integration = $1 AND entity_type = $2 AND entity_key = $3 AND lease_owner = $4",
-        )
-        .bind(key.0)
-        .bind(key.1)
-        .bind(key.2)
-        .bind(owner)
-        .execute(&self.pool)
-        .await
-        .map_err(db)?;
+        sqlx::query(self.sql.release)
+            .bind(key.0)
+            .bind(key.1)
+            .bind(key.2)
+            .bind(owner)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
         Ok(())
     }
 
     pub async fn get(&self, key: (&str, &str, &str)) -> Result<Option<SyncRecord>, SyncError> {
-        let row = sqlx::query(
-            "SELECT local_hash, local_resource, external_id, external_version, status,
-                    retry_count, conflict
-             FROM plexus_sync_state
-             WHERE integration = $1 AND entity_type = $2 AND entity_key = $3",
-        )
-        .bind(key.0)
-        .bind(key.1)
-        .bind(key.2)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db)?;
+        let row = sqlx::query(self.sql.get)
+            .bind(key.0)
+            .bind(key.1)
+            .bind(key.2)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
         let Some(r) = row else { return Ok(None) };
         let json = |v: Option<String>| v.and_then(|t| serde_json::from_str(&t).ok());
         let status: String = r.try_get("status").map_err(db)?;
@@ -204,37 +386,22 @@ impl SyncStore {
         u: &Update<'_>,
     ) -> Result<(), SyncError> {
         let text = |v: Option<&Value>| v.map(|v| v.to_string());
-        let done = sqlx::query(
-            "UPDATE plexus_sync_state SET
-                status = $5,
-                local_hash = COALESCE($6, local_hash),
-                local_resource = COALESCE($7, local_resource),
-                external_id = COALESCE($8, external_id),
-                external_version = COALESCE($9, external_version),
-                conflict = $10,
-                last_synced_at = CASE WHEN $11 THEN now() ELSE last_synced_at END,
-                retry_count = CASE WHEN $12::float8 IS NULL THEN 0 ELSE retry_count + 1 END,
-                next_retry_at = CASE WHEN $12::float8 IS NULL THEN NULL
-                                     ELSE now() + make_interval(secs => $12::float8) END,
-                updated_at = now()
-             WHERE integration = $1 AND entity_type = $2 AND entity_key = $3
-               AND lease_owner = $4 AND lease_until >= now()",
-        )
-        .bind(key.0)
-        .bind(key.1)
-        .bind(key.2)
-        .bind(owner)
-        .bind(u.status.as_str())
-        .bind(u.local_hash)
-        .bind(text(u.local_resource))
-        .bind(u.external_id)
-        .bind(u.external_version)
-        .bind(text(u.conflict))
-        .bind(u.synced)
-        .bind(u.retry_in.map(|d| d.as_secs_f64()))
-        .execute(&self.pool)
-        .await
-        .map_err(db)?;
+        let done = sqlx::query(self.sql.save)
+            .bind(key.0)
+            .bind(key.1)
+            .bind(key.2)
+            .bind(owner)
+            .bind(u.status.as_str())
+            .bind(u.local_hash)
+            .bind(text(u.local_resource))
+            .bind(u.external_id)
+            .bind(u.external_version)
+            .bind(text(u.conflict))
+            .bind(u.synced)
+            .bind(u.retry_in.map(|d| d.as_secs_f64()))
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
         if done.rows_affected() == 0 {
             return Err(SyncError::LeaseLost);
         }
@@ -249,19 +416,16 @@ impl SyncStore {
         actor: &str,
         details: &Value,
     ) -> Result<(), SyncError> {
-        sqlx::query(
-            "INSERT INTO plexus_sync_audit (integration, entity_type, entity_key, action, actor, details)
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(key.0)
-        .bind(key.1)
-        .bind(key.2)
-        .bind(action)
-        .bind(actor)
-        .bind(details.to_string())
-        .execute(&self.pool)
-        .await
-        .map_err(db)?;
+        sqlx::query(self.sql.audit)
+            .bind(key.0)
+            .bind(key.1)
+            .bind(key.2)
+            .bind(action)
+            .bind(actor)
+            .bind(details.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
         Ok(())
     }
 
@@ -270,16 +434,13 @@ impl SyncStore {
         &self,
         key: (&str, &str, &str),
     ) -> Result<Vec<(String, String, Value)>, SyncError> {
-        let rows = sqlx::query(
-            "SELECT action, actor, details FROM plexus_sync_audit
-             WHERE integration = $1 AND entity_type = $2 AND entity_key = $3 ORDER BY id",
-        )
-        .bind(key.0)
-        .bind(key.1)
-        .bind(key.2)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db)?;
+        let rows = sqlx::query(self.sql.audit_log)
+            .bind(key.0)
+            .bind(key.1)
+            .bind(key.2)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
         rows.iter()
             .map(|r| {
                 let details: String = r.try_get("details").map_err(db)?;
@@ -298,17 +459,39 @@ impl SyncStore {
         integration: &str,
         status: Status,
     ) -> Result<Vec<(String, String)>, SyncError> {
-        let rows = sqlx::query(
-            "SELECT entity_type, entity_key FROM plexus_sync_state
-             WHERE integration = $1 AND status = $2 ORDER BY entity_type, entity_key",
-        )
-        .bind(integration)
-        .bind(status.as_str())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db)?;
+        let rows = sqlx::query(self.sql.list)
+            .bind(integration)
+            .bind(status.as_str())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
         rows.iter()
             .map(|r| Ok((r.try_get(0).map_err(db)?, r.try_get(1).map_err(db)?)))
             .collect()
+    }
+}
+
+/// The sqlx URL of a SQLite file, created when missing.
+fn sqlite_url(path: &Path) -> String {
+    format!("sqlite://{}?mode=rwc", path.display())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_locations_read_urls_and_paths_and_show_no_password() {
+        let pg = StateLocation::parse("postgres://plexus:pw-secret@db.internal:5432/sync");
+        assert!(matches!(pg, StateLocation::Postgres(_)));
+        assert_eq!(pg.to_string(), "postgres://db.internal:5432/sync");
+        assert_eq!(
+            StateLocation::parse("sqlite:state/sync.db"),
+            StateLocation::Sqlite("state/sync.db".into())
+        );
+        assert_eq!(
+            StateLocation::parse("/var/lib/plexus/sync.db"),
+            StateLocation::Sqlite("/var/lib/plexus/sync.db".into())
+        );
     }
 }

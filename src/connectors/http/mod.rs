@@ -12,6 +12,7 @@
 //! are transient (retried per the sink's policy, honouring `Retry-After`); everything else is
 //! permanent (the record goes to the dead-letter output at once: retrying a 400 only repeats it).
 
+pub mod auth;
 pub mod sink;
 
 use std::time::{Duration, Instant};
@@ -107,6 +108,8 @@ pub struct HttpTarget {
     secret: Option<Vec<u8>>,
     /// A FHIR server: `application/fhir+json`, method and path per request.
     fhir: bool,
+    timeout: Duration,
+    credentials: auth::Credentials,
 }
 
 impl HttpTarget {
@@ -125,23 +128,47 @@ impl HttpTarget {
     ) -> Result<Self, String> {
         let method = reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
             .map_err(|_| format!("unknown HTTP method {method:?}"))?;
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .build()
-            .map_err(|e| format!("building the HTTP client: {e}"))?;
+        let client = Self::client(timeout, &auth::Tls::default())?;
         Ok(HttpTarget {
+            credentials: auth::Credentials::new(auth::Auth::None, client.clone()),
             client,
             url: url.to_string(),
             method,
             headers,
             secret,
             fhir: false,
+            timeout,
         })
     }
 
-    /// One attempt. Never panics; every failure is an `Outcome`.
+    /// Authenticates every request with `auth`, over a client with `tls`.
+    pub fn with_auth(mut self, auth: auth::Auth, tls: &auth::Tls) -> Result<Self, String> {
+        self.client = Self::client(self.timeout, tls)?;
+        self.credentials = auth::Credentials::new(auth, self.client.clone());
+        Ok(self)
+    }
+
+    fn client(timeout: Duration, tls: &auth::Tls) -> Result<reqwest::Client, String> {
+        let b = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(10)));
+        tls.configure(b)?
+            .build()
+            .map_err(|e| format!("building the HTTP client: {e}"))
+    }
+
+    /// One attempt. Never panics; every failure is an `Outcome`. An OAuth2 token the
+    /// endpoint no longer accepts (`401`) is fetched again and the request sent once more.
     pub async fn deliver(&self, r: &Request<'_>) -> Outcome {
+        let first = self.deliver_once(r).await;
+        if first.status() == Some(401) && self.credentials.refreshes() {
+            self.credentials.forget_token().await;
+            return self.deliver_once(r).await;
+        }
+        first
+    }
+
+    async fn deliver_once(&self, r: &Request<'_>) -> Outcome {
         let (method, url, content_type) = match r.path.filter(|p| self.fhir && !p.is_empty()) {
             Some(path) => (
                 reqwest::Method::PUT,
@@ -171,13 +198,29 @@ impl HttpTarget {
             let t = chrono::Utc::now().timestamp();
             req = req.header(SIGNATURE_HEADER, sign(secret, t, r.body));
         }
-        let started = Instant::now();
         // A conditional update's query holds an identifier (an MRN): reasons name the
         // resource type only.
         let what = match url.split_once('?') {
             Some((path, _)) if self.fhir => format!("{method} {path}?…"),
             _ => format!("{method} {url}"),
         };
+        req = match self.credentials.apply(req).await {
+            Ok(req) => req,
+            Err(e @ auth::AuthError::Unavailable { .. }) => {
+                return Outcome::Transient {
+                    reason: format!("{what}: {e}"),
+                    retry_after: None,
+                    status: None,
+                };
+            }
+            Err(e @ auth::AuthError::Refused { .. }) => {
+                return Outcome::Permanent {
+                    reason: format!("{what}: {e}"),
+                    status: None,
+                };
+            }
+        };
+        let started = Instant::now();
         match req.body(r.body.to_vec()).send().await {
             Ok(resp) => {
                 let status = resp.status().as_u16();

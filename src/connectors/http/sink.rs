@@ -261,6 +261,7 @@ impl BatchSink for HttpSink {
                     first_failed_at: first_failed,
                     error,
                     body: &bodies[row],
+                    path: paths.map(|p| p.value(row)),
                     key: &ids[row].0,
                     correlation_id: ids[row].1.as_deref(),
                     original: raw

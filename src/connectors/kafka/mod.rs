@@ -49,6 +49,9 @@ pub mod headers {
     pub const RECORD_SOURCE: &str = "plexus.record-source";
     /// On a parked record: the original record's bytes (for its dead letter).
     pub const ORIGINAL: &str = "plexus.original";
+    /// On a parked FHIR request: its path under the base (`Patient?identifier=…`); absent
+    /// for a Bundle (POSTed to the base).
+    pub const REQUEST_PATH: &str = "plexus.request-path";
 }
 
 /// Creates topics that do not exist yet: (name, partitions, compacted).

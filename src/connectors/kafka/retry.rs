@@ -59,6 +59,8 @@ pub struct Parked<'a> {
     pub error: String,
     /// What the sink sends (the request body).
     pub body: &'a [u8],
+    /// FHIR: the request's path under the base (see `http::Request::path`).
+    pub path: Option<&'a str>,
     /// The record's stable identity (idempotency key); also the message key.
     pub key: &'a str,
     pub correlation_id: Option<&'a str>,
@@ -117,6 +119,7 @@ impl RetryTopics {
             (headers::RECORD_SOURCE, p.source.map(str::as_bytes)),
             (headers::SOURCE_OFFSET, offset.as_deref().map(str::as_bytes)),
             (headers::ORIGINAL, p.original),
+            (headers::REQUEST_PATH, p.path.map(str::as_bytes)),
         ] {
             if let Some(value) = value {
                 h = h.insert(Header {
@@ -169,6 +172,7 @@ pub struct RetryWorkerConfig {
 /// One record read from a retry topic.
 struct Due {
     body: Vec<u8>,
+    path: Option<String>,
     key: String,
     attempt: u32,
     due_ms: i64,
@@ -182,6 +186,7 @@ struct Due {
 fn read(m: &rdkafka::message::BorrowedMessage<'_>) -> Due {
     let mut d = Due {
         body: m.payload().unwrap_or_default().to_vec(),
+        path: None,
         key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
         attempt: 2,
         due_ms: 0,
@@ -203,6 +208,7 @@ fn read(m: &rdkafka::message::BorrowedMessage<'_>) -> Due {
                 headers::RECORD_SOURCE => d.source = Some(text()),
                 headers::SOURCE_OFFSET => d.offset = text().parse().ok(),
                 headers::ORIGINAL => d.original = v.to_vec(),
+                headers::REQUEST_PATH => d.path = Some(text()),
                 _ => {}
             }
         }
@@ -479,7 +485,7 @@ impl Worker {
     ) -> Result<(), ConnectorError> {
         let started = std::time::Instant::now();
         let outcome = self.handle.block_on(self.target.deliver(&Request {
-            path: None,
+            path: d.path.as_deref(),
             body: &d.body,
             idempotency_key: &d.key,
             correlation_id: d.correlation_id.as_deref(),
@@ -523,6 +529,7 @@ impl Worker {
                     first_failed_at: first,
                     error: reason,
                     body: &d.body,
+                    path: d.path.as_deref(),
                     key: &d.key,
                     correlation_id: d.correlation_id.as_deref(),
                     original: Some(&d.original),
