@@ -402,7 +402,8 @@ fn a_fhir_sink_parks_requests_with_their_path_and_the_retry_worker_puts_them_the
     create_topics(&[(&input, 1), (&dlq, 1)]);
     // (method, path?query, attempt, answered status): the first attempt of every Patient
     // update fails with 503.
-    let seen: Arc<Mutex<Vec<(String, String, String, u16)>>> = Arc::default();
+    type Seen = Vec<(String, String, String, u16)>;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
     let s2 = seen.clone();
     let app = axum::Router::new().fallback(
         move |method: axum::http::Method, uri: axum::http::Uri, headers: axum::http::HeaderMap| {

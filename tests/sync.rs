@@ -603,3 +603,66 @@ sinks:
     let file = std::fs::read_to_string(out.join("adt_lite.sync_events.ndjson")).unwrap();
     assert_eq!(file.matches("integration.sync.conflict").count(), 1);
 }
+
+/// Patients sync in parallel (`concurrency: 8`), each patient's messages in feed order: ten
+/// patients admitted then renamed end with the later name, version 2, and encounters that
+/// point at the server's patients.
+#[test]
+fn patients_sync_in_parallel_and_each_patients_messages_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let integration = support::unique("ehr-par");
+    let mrns: Vec<String> = (0..10)
+        .map(|i| support::unique(&format!("P{i}")).replace(['-', '_'], ""))
+        .collect();
+    let feed: String = mrns
+        .iter()
+        .map(|m| adt_message(m, "A01", "DUCK"))
+        .chain(mrns.iter().map(|m| adt_message(m, "A08", "DRAKE")))
+        .collect();
+    std::fs::write(dir.path().join("feed.hl7"), feed).unwrap();
+    let p = support::pipeline(
+        dir.path(),
+        "par",
+        &format!(
+            r#"
+name: par
+integration: {{id: {integration}}}
+source: {{type: file, path: feed.hl7, format: hl7}}
+stages:
+  - {{name: fhir, type: fhir}}
+sinks:
+  - {{name: ehr, type: fhir, url: "{FHIR}", concurrency: 8, sync: {{conflicts: manual}}}}
+"#
+        ),
+    );
+    let s = support::summary(
+        &Command::new(support::BIN)
+            .args(["run", p.to_str().unwrap(), "--json", "--output"])
+            .arg(dir.path().join("out"))
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(
+        (s["delivered"].as_u64(), s["dead_lettered"].as_u64()),
+        (Some(20), Some(0)),
+        "{s}"
+    );
+    let rt = rt();
+    let c = FhirClient::new(ClientConfig::new(FHIR)).unwrap();
+    rt.block_on(async {
+        for m in &mrns {
+            let p = on_server(&c, m).await;
+            assert_eq!(p["name"][0]["family"], "DRAKE", "A08 after A01 for {m}");
+            assert_eq!(p["meta"]["versionId"], "2");
+            let e = c
+                .search("Encounter", &format!("identifier=AccMgr|V{m}"))
+                .await
+                .unwrap();
+            assert_eq!(e.len(), 1);
+            assert_eq!(
+                e[0]["subject"]["reference"],
+                format!("Patient/{}", p["id"].as_str().unwrap())
+            );
+        }
+    });
+}

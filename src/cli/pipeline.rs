@@ -540,6 +540,7 @@ fn fhir_sync_sink(
         syncer,
         rt.handle().clone(),
         outcomes,
+        h.concurrency,
     ))
 }
 

@@ -10,13 +10,20 @@
 //! any other failure → dead-lettered (`sync`) with the reason. References between resources
 //! of the feed (`Encounter.subject` → `Patient/<plexus id>`) are rewritten to the server's
 //! ids as the sink learns them.
+//!
+//! Concurrency: the rows of a batch are grouped by patient (a message's resources go with
+//! its Patient's identifier), and up to `concurrency` patients sync at once. Within a group
+//! rows keep their order, so one patient's messages reach the EHR in feed order and an
+//! encounter follows the patient it refers to.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arrow::array::{Array, AsArray};
+use arrow::datatypes::Int64Type;
 use arrow::record_batch::RecordBatch;
+use futures::StreamExt;
 use serde_json::Value;
 
 use crate::connectors::http::Outcome;
@@ -24,7 +31,7 @@ use crate::connectors::http::sink::report_call;
 use crate::connectors::{BatchSink, ConnectorError, SinkOutcome};
 use crate::fhir::v2::Resource;
 use crate::metrics::outcome::OutcomeTap;
-use crate::operators::DeadLetters;
+use crate::operators::{DeadLetters, RECORD_INDEX};
 use crate::sync::{SyncOutcome, Syncer};
 
 /// How often a held entity is tried before the row is dead-lettered.
@@ -37,8 +44,29 @@ pub struct FhirSyncSink {
     outcomes: OutcomeTap,
     outcome: SinkOutcome,
     /// `Type/plexus-id` → `Type/server-id`, learnt from synced resources.
-    references: HashMap<String, String>,
+    references: Mutex<HashMap<String, String>>,
+    /// Patients synced at once.
+    concurrency: usize,
     delivered: u64,
+}
+
+/// One row to sync.
+struct Row<'a> {
+    kind: &'a str,
+    id: &'a str,
+    /// The business identifier: (system, value).
+    key: (String, String),
+    body: &'a str,
+}
+
+/// Why a row is dead-lettered: (rule, reason).
+type Failure = (&'static str, String);
+
+/// Rows synced one after the other: a patient's, or a message's without a patient.
+#[derive(Hash, PartialEq, Eq)]
+enum Group<'a> {
+    Patient(&'a (String, String)),
+    Message(i64),
 }
 
 impl FhirSyncSink {
@@ -47,6 +75,7 @@ impl FhirSyncSink {
         syncer: Syncer,
         handle: tokio::runtime::Handle,
         outcomes: OutcomeTap,
+        concurrency: usize,
     ) -> Self {
         FhirSyncSink {
             name: name.to_string(),
@@ -54,7 +83,8 @@ impl FhirSyncSink {
             handle,
             outcomes,
             outcome: SinkOutcome::default(),
-            references: HashMap::new(),
+            references: Mutex::new(HashMap::new()),
+            concurrency: concurrency.max(1),
             delivered: 0,
         }
     }
@@ -65,31 +95,28 @@ impl FhirSyncSink {
 
     /// Rewrites references to resources the server knows by another id.
     fn rewrite(&self, v: &mut Value) {
-        match v {
-            Value::Object(o) => {
-                for (k, child) in o.iter_mut() {
-                    if k == "reference" {
-                        if let Some(to) = child.as_str().and_then(|r| self.references.get(r)) {
-                            *child = Value::from(to.as_str());
-                        }
-                    } else {
-                        self.rewrite(child);
-                    }
-                }
-            }
-            Value::Array(a) => a.iter_mut().for_each(|c| self.rewrite(c)),
-            _ => {}
-        }
+        let known = self.references.lock().unwrap_or_else(|p| p.into_inner());
+        rewrite(&known, v);
+    }
+
+    fn learn(&self, resource_type: &str, id: &str, server_id: &str) {
+        self.references
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                format!("{resource_type}/{id}"),
+                format!("{resource_type}/{server_id}"),
+            );
     }
 
     /// Syncs one row; `Err(rule, reason)` dead-letters it.
-    fn sync_row(
-        &mut self,
-        kind: &str,
-        id: &str,
-        key: (String, String),
-        body: &str,
-    ) -> Result<(), (&'static str, String)> {
+    async fn sync_row(&self, row: &Row<'_>) -> Result<(), Failure> {
+        let Row {
+            kind,
+            id,
+            ref key,
+            body,
+        } = *row;
         let resource_type: &'static str = match kind {
             "Patient" => "Patient",
             "Encounter" => "Encounter",
@@ -108,13 +135,13 @@ impl FhirSyncSink {
         let resource = Resource {
             resource_type,
             id: id.to_string(),
-            identifier: Some(key),
+            identifier: Some(key.clone()),
             body: json,
         };
         let now = chrono::Utc::now();
         for _ in 0..CONTENDED_TRIES {
             let started = Instant::now();
-            let result = self.handle.block_on(self.syncer.sync(&resource, now));
+            let result = self.syncer.sync(&resource, now).await;
             let took = started.elapsed();
             let call = match &result {
                 Ok(SyncOutcome::Contended) => None,
@@ -139,20 +166,18 @@ impl FhirSyncSink {
             }
             match result {
                 Ok(SyncOutcome::Contended) => {
-                    std::thread::sleep(
+                    tokio::time::sleep(
                         (self.syncer.lease / 10)
                             .clamp(Duration::from_millis(50), Duration::from_secs(3)),
-                    );
+                    )
+                    .await;
                 }
                 Ok(SyncOutcome::Conflict {
                     id: server_id,
                     fields,
                 }) => {
                     // Later rows still refer to the resource by the server's id.
-                    self.references.insert(
-                        format!("{resource_type}/{id}"),
-                        format!("{resource_type}/{server_id}"),
-                    );
+                    self.learn(resource_type, id, &server_id);
                     return Err((
                         "sync:conflict",
                         format!(
@@ -163,10 +188,7 @@ impl FhirSyncSink {
                 }
                 Ok(o) => {
                     if let Some(server_id) = o.external_id() {
-                        self.references.insert(
-                            format!("{resource_type}/{id}"),
-                            format!("{resource_type}/{server_id}"),
-                        );
+                        self.learn(resource_type, id, server_id);
                     }
                     return Ok(());
                 }
@@ -177,6 +199,24 @@ impl FhirSyncSink {
             "sync:contended",
             format!("another worker held the entity through {CONTENDED_TRIES} tries"),
         ))
+    }
+}
+
+fn rewrite(known: &HashMap<String, String>, v: &mut Value) {
+    match v {
+        Value::Object(o) => {
+            for (k, child) in o.iter_mut() {
+                if k == "reference" {
+                    if let Some(to) = child.as_str().and_then(|r| known.get(r)) {
+                        *child = Value::from(to.as_str());
+                    }
+                } else {
+                    rewrite(known, child);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(|c| rewrite(known, c)),
+        _ => {}
     }
 }
 
@@ -195,7 +235,11 @@ impl BatchSink for FhirSyncSink {
             col("identifier_value")?,
             col("resource")?,
         );
+        let indexes = batch
+            .column_by_name(RECORD_INDEX)
+            .and_then(|c| c.as_primitive_opt::<Int64Type>());
         let mut dead: Vec<(u32, &'static str, String)> = Vec::new();
+        let mut rows: Vec<(usize, Row<'_>)> = Vec::new();
         for r in 0..batch.num_rows() {
             let key = match (systems.is_valid(r), values.is_valid(r)) {
                 (true, true) => (systems.value(r).to_string(), values.value(r).to_string()),
@@ -208,11 +252,57 @@ impl BatchSink for FhirSyncSink {
                     continue;
                 }
             };
-            match self.sync_row(kinds.value(r), ids.value(r), key, bodies.value(r)) {
+            let row = Row {
+                kind: kinds.value(r),
+                id: ids.value(r),
+                key,
+                body: bodies.value(r),
+            };
+            rows.push((r, row));
+        }
+        // A message's resources go with its Patient; a message without one is its own group.
+        let message = |r: usize| indexes.map_or(r as i64, |ix| ix.value(r));
+        let mut patient_of: HashMap<i64, &(String, String)> = HashMap::new();
+        for (r, row) in &rows {
+            if row.kind == "Patient" {
+                patient_of.entry(message(*r)).or_insert(&row.key);
+            }
+        }
+        let mut groups: Vec<Vec<&(usize, Row<'_>)>> = Vec::new();
+        let mut group_of: HashMap<Group<'_>, usize> = HashMap::new();
+        for item in &rows {
+            let m = message(item.0);
+            // Rows of one patient share a group whatever the message; others by message.
+            let g = match patient_of.get(&m) {
+                Some(p) => Group::Patient(p),
+                None => Group::Message(m),
+            };
+            let n = *group_of.entry(g).or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+            groups[n].push(item);
+        }
+        let this = &*self;
+        let results: Vec<(usize, Result<(), Failure>)> = self.handle.block_on(
+            futures::stream::iter(groups.into_iter().map(|group| async move {
+                let mut out = Vec::with_capacity(group.len());
+                for (r, row) in group {
+                    out.push((*r, this.sync_row(row).await));
+                }
+                out
+            }))
+            .buffer_unordered(self.concurrency)
+            .flat_map(futures::stream::iter)
+            .collect(),
+        );
+        for (r, result) in results {
+            match result {
                 Ok(()) => self.delivered += 1,
                 Err((rule, reason)) => dead.push((r as u32, rule, reason)),
             }
         }
+        dead.sort_by_key(|d| d.0);
         if !dead.is_empty() {
             let rows = arrow::array::UInt32Array::from_iter_values(dead.iter().map(|d| d.0));
             let rows = arrow::compute::take_record_batch(batch, &rows).map_err(|e| self.err(e))?;
