@@ -19,7 +19,7 @@ use plexus::fhir::client::{Auth, ClientConfig, FhirClient, Tls};
 use serde_json::{Value, json};
 
 const FHIR: &str = "http://127.0.0.1:8089/fhir";
-const SYSTEM: &str = "urn:oid:2.16.840.1.113883.19.5";
+const SYSTEM: &str = support::MRN_SYSTEM;
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -407,18 +407,8 @@ fn a_syncing_fhir_sink_reaches_an_ehr_over_mutual_tls_with_a_bearer_token() {
     );
 
     // The pipeline: sync state embedded (SQLite), credentials and certificates from YAML.
-    // The corpus A01 for our MRN and visit number (both are the entities' identifiers).
-    let msg = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/corpus/ADT01-23.hl7"),
-    )
-    .unwrap()
-    .trim_start_matches('\u{feff}')
-    .replace(
-        "10006579^^^1^MR^1",
-        &format!("{mrn}^^^&{}&ISO^MR", &SYSTEM[8..]),
-    )
-    .replace("40007716^^^AccMgr^VN", &format!("V{mrn}^^^AccMgr^VN"));
-    std::fs::write(dir.path().join("adt.hl7"), msg + "\n").unwrap();
+    let msg = support::corpus_adt(&mrn, "A01", "DUCK");
+    std::fs::write(dir.path().join("adt.hl7"), msg).unwrap();
     let yaml = |token_env: &str, with_cert: bool| {
         let cert = if with_cert {
             format!(

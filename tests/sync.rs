@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -18,7 +17,7 @@ use serde_json::{Value, json};
 
 const FHIR: &str = "http://127.0.0.1:8089/fhir";
 const DB: &str = "postgres://postgres@127.0.0.1:5432/test";
-const SYSTEM: &str = "urn:oid:2.16.840.1.113883.19.5";
+const SYSTEM: &str = support::MRN_SYSTEM;
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -29,16 +28,7 @@ fn rt() -> tokio::runtime::Runtime {
 
 /// The Patient of the corpus A01 with our MRN and a family name.
 fn patient(mrn: &str, family: &str) -> Resource {
-    let raw = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/corpus/ADT01-23.hl7"),
-    )
-    .unwrap()
-    .trim_start_matches('\u{feff}')
-    .replace(
-        "10006579^^^1^MR^1",
-        &format!("{mrn}^^^&{}&ISO^MR", &SYSTEM[8..]),
-    )
-    .replace("DUCK^DONALD", &format!("{family}^DONALD"));
+    let raw = support::corpus_adt(mrn, "A01", family);
     let m = Message::parse(raw.as_bytes()).unwrap();
     convert(&m, &Options::default())
         .unwrap()
@@ -62,23 +52,6 @@ async fn syncer_on(db: &str, integration: &str, owner: &str, policy: ConflictPol
         lease: Duration::from_secs(30),
         events: None,
     }
-}
-
-/// The corpus A01 as `event` for our MRN (and visit number), with a family name.
-fn adt_message(mrn: &str, event: &str, family: &str) -> String {
-    std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/corpus/ADT01-23.hl7"),
-    )
-    .unwrap()
-    .trim_start_matches('\u{feff}')
-    .replace("ADT^A01|599102", &format!("ADT^{event}|{mrn}{event}"))
-    .replace(
-        "10006579^^^1^MR^1",
-        &format!("{mrn}^^^&{}&ISO^MR", &SYSTEM[8..]),
-    )
-    .replace("40007716^^^AccMgr^VN", &format!("V{mrn}^^^AccMgr^VN"))
-    .replace("DUCK^DONALD", &format!("{family}^DONALD"))
-        + "\n"
 }
 
 /// Someone edits the patient on the server: a new phone number.
@@ -363,7 +336,7 @@ fn a_pipeline_syncing_an_adt_feed_records_a_conflict_instead_of_overwriting() {
     let out = dir.path().join("out");
     let integration = support::unique("ehr-pipe");
     let mrn = support::unique("Q").replace(['-', '_'], "");
-    let message = |event: &str, family: &str| adt_message(&mrn, event, family);
+    let message = |event: &str, family: &str| support::corpus_adt(&mrn, event, family);
     std::fs::write(dir.path().join("a01.hl7"), message("A01", "DUCK")).unwrap();
     std::fs::write(dir.path().join("a08.hl7"), message("A08", "DRAKE")).unwrap();
     let p = support::pipeline(
@@ -466,10 +439,14 @@ fn the_default_sqlite_state_and_kafka_events_carry_a_conflict_through_to_its_res
     let mrn = support::unique("E").replace(['-', '_'], "");
     let topic = support::unique("sync-events");
     support::create_topics(&[(&topic, 1)]);
-    std::fs::write(dir.path().join("a01.hl7"), adt_message(&mrn, "A01", "DUCK")).unwrap();
+    std::fs::write(
+        dir.path().join("a01.hl7"),
+        support::corpus_adt(&mrn, "A01", "DUCK"),
+    )
+    .unwrap();
     std::fs::write(
         dir.path().join("a08.hl7"),
-        adt_message(&mrn, "A08", "DRAKE"),
+        support::corpus_adt(&mrn, "A08", "DRAKE"),
     )
     .unwrap();
     let p = support::pipeline(
@@ -616,8 +593,8 @@ fn patients_sync_in_parallel_and_each_patients_messages_in_order() {
         .collect();
     let feed: String = mrns
         .iter()
-        .map(|m| adt_message(m, "A01", "DUCK"))
-        .chain(mrns.iter().map(|m| adt_message(m, "A08", "DRAKE")))
+        .map(|m| support::corpus_adt(m, "A01", "DUCK"))
+        .chain(mrns.iter().map(|m| support::corpus_adt(m, "A08", "DRAKE")))
         .collect();
     std::fs::write(dir.path().join("feed.hl7"), feed).unwrap();
     let p = support::pipeline(

@@ -334,3 +334,25 @@ pub fn adt(control_id: &str, mrn: &str) -> String {
          PV1|1|I|4E^1^A^GHH\r"
     )
 }
+
+/// The OID system the corpus-based FHIR tests give their MRNs.
+pub const MRN_SYSTEM: &str = "urn:oid:2.16.840.1.113883.19.5";
+
+/// The corpus ADT^A01 (FHIR-Converter's `ADT01-23.hl7`) as trigger `event`, for our MRN (under
+/// [`MRN_SYSTEM`]), visit number `V<mrn>` and patient family name: both identifiers are what
+/// the FHIR sync keys Patient and Encounter on.
+pub fn corpus_adt(mrn: &str, event: &str, family: &str) -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/corpus/ADT01-23.hl7"),
+    )
+    .unwrap()
+    .trim_start_matches('\u{feff}')
+    .replace("ADT^A01|599102", &format!("ADT^{event}|{mrn}{event}"))
+    .replace(
+        "10006579^^^1^MR^1",
+        &format!("{mrn}^^^&{}&ISO^MR", &MRN_SYSTEM[8..]),
+    )
+    .replace("40007716^^^AccMgr^VN", &format!("V{mrn}^^^AccMgr^VN"))
+    .replace("DUCK^DONALD", &format!("{family}^DONALD"))
+        + "\n"
+}
