@@ -219,6 +219,18 @@ sinks:
     url: "http://127.0.0.1:1/fhir"
     auth: {type: basic, user: plexus, password: hunter2}
     tls: {cert: client.pem}
+  - name: ehr2
+    type: fhir
+    url: "http://127.0.0.1:1/fhir"
+    auth: {type: oauth2, token_url: "http://127.0.0.1:1/token", client_id: plexus, user: x}
+  - name: ehr3
+    type: http
+    url: "http://127.0.0.1:1/hook"
+    auth: {type: kerberos}
+  - name: ehr4
+    type: fhir
+    url: "http://127.0.0.1:1/fhir"
+    sync: {state: "postgres://plexus:pw@db/sync"}
 "#,
     );
     let o = support::plexus(&["validate", p.to_str().unwrap()]);
@@ -234,6 +246,19 @@ sinks:
         "{err}"
     );
     assert!(!err.contains("hunter2"), "{err}");
+    assert!(err.contains("oauth2 auth needs `client_secret`"), "{err}");
+    assert!(
+        err.contains("`user` is not a setting of oauth2 auth"),
+        "{err}"
+    );
+    assert!(
+        err.contains("auth type is basic, bearer, api_key or oauth2, not \"kerberos\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("write `state: postgres` and put the URL in DATABASE_URL"),
+        "{err}"
+    );
 }
 
 /// A private CA, a server certificate for 127.0.0.1 and a client certificate, by openssl.

@@ -1646,7 +1646,7 @@ fn plan_auth(cx: &mut Ctx<'_>, s: &crate::spec::SinkSpec) -> (AuthPlan, TlsPlan)
             Some(v) if !needed.contains(&key) && !allowed.contains(&key) => {
                 cx.err(
                     v,
-                    format!("`{key}` is not a {} auth setting", a.kind.as_str()),
+                    format!("`{key}` is not a setting of {} auth", a.kind.as_str()),
                 );
                 ok = false;
             }
