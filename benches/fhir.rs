@@ -35,7 +35,7 @@ fn bench(c: &mut Criterion) {
             b.iter(|| {
                 let m = Message::parse(black_box(&raw)).unwrap();
                 let rs = convert(&m, &opts).unwrap();
-                black_box(serde_json::to_vec(&bundle(&rs, BundleType::Transaction)).unwrap())
+                black_box(serde_json::to_vec(&bundle(rs, BundleType::Transaction)).unwrap())
             })
         });
     }

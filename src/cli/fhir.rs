@@ -142,7 +142,7 @@ fn convert_file(
                 resources += rs.len();
                 match kind {
                     Some(k) => {
-                        serde_json::to_writer(&mut out, &bundle(&rs, k))?;
+                        serde_json::to_writer(&mut out, &bundle(rs, k))?;
                         out.write_all(b"\n")?;
                     }
                     None => {

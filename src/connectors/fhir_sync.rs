@@ -96,7 +96,7 @@ impl FhirSyncSink {
     /// Rewrites references to resources the server knows by another id.
     fn rewrite(&self, v: &mut Value) {
         let known = self.references.lock().unwrap_or_else(|p| p.into_inner());
-        rewrite(&known, v);
+        crate::fhir::bundle::rewrite_references(v, &known);
     }
 
     fn learn(&self, resource_type: &str, id: &str, server_id: &str) {
@@ -199,24 +199,6 @@ impl FhirSyncSink {
             "sync:contended",
             format!("another worker held the entity through {CONTENDED_TRIES} tries"),
         ))
-    }
-}
-
-fn rewrite(known: &HashMap<String, String>, v: &mut Value) {
-    match v {
-        Value::Object(o) => {
-            for (k, child) in o.iter_mut() {
-                if k == "reference" {
-                    if let Some(to) = child.as_str().and_then(|r| known.get(r)) {
-                        *child = Value::from(to.as_str());
-                    }
-                } else {
-                    rewrite(known, child);
-                }
-            }
-        }
-        Value::Array(a) => a.iter_mut().for_each(|c| rewrite(known, c)),
-        _ => {}
     }
 }
 

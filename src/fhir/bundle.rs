@@ -3,6 +3,8 @@
 //! resource the first time and updates the same one after, so a replayed message changes
 //! nothing and never duplicates a patient.
 
+use std::collections::HashMap;
+
 use serde_json::{Value, json};
 
 use super::v2::Resource;
@@ -39,12 +41,29 @@ pub fn request_url(r: &Resource) -> String {
     }
 }
 
-/// One Bundle of the resources of a message.
-pub fn bundle(resources: &[Resource], kind: BundleType) -> Value {
+/// One Bundle of the resources of a message (taken, not copied: a Bundle is built once per
+/// message on the hot path).
+pub fn bundle(resources: Vec<Resource>, kind: BundleType) -> Value {
+    // Transactions refer to entries by their `urn:uuid:` full URLs: one map, one pass over
+    // each resource.
+    let urns: HashMap<String, String> = match kind {
+        BundleType::Transaction => resources
+            .iter()
+            .map(|r| {
+                (
+                    format!("{}/{}", r.resource_type, r.id),
+                    format!("urn:uuid:{}", r.id),
+                )
+            })
+            .collect(),
+        BundleType::Batch => HashMap::new(),
+    };
     let entries: Vec<Value> = resources
-        .iter()
+        .into_iter()
         .map(|r| {
-            let mut body = r.body.clone();
+            let url = request_url(&r);
+            let full_url = format!("urn:uuid:{}", r.id);
+            let mut body = r.body;
             if kind == BundleType::Transaction {
                 if let Value::Object(o) = &mut body {
                     // A conditional update must not carry an id the match might contradict.
@@ -52,36 +71,34 @@ pub fn bundle(resources: &[Resource], kind: BundleType) -> Value {
                         o.remove("id");
                     }
                 }
-                for other in resources {
-                    rewrite_references(
-                        &mut body,
-                        &format!("{}/{}", other.resource_type, other.id),
-                        &format!("urn:uuid:{}", other.id),
-                    );
-                }
+                rewrite_references(&mut body, &urns);
             }
             json!({
-                "fullUrl": format!("urn:uuid:{}", r.id),
+                "fullUrl": full_url,
                 "resource": body,
-                "request": {"method": "PUT", "url": request_url(r)}
+                "request": {"method": "PUT", "url": url}
             })
         })
         .collect();
     json!({"resourceType": "Bundle", "type": kind.as_str(), "entry": entries})
 }
 
-fn rewrite_references(v: &mut Value, from: &str, to: &str) {
+/// Replaces every `reference` found in `to` (e.g. `Patient/<plexus id>` → the server's id
+/// or a `urn:uuid:`), anywhere in the resource.
+pub fn rewrite_references(v: &mut Value, to: &HashMap<String, String>) {
     match v {
         Value::Object(o) => {
             for (k, child) in o.iter_mut() {
-                if k == "reference" && child.as_str() == Some(from) {
-                    *child = Value::from(to);
+                if k == "reference" {
+                    if let Some(new) = child.as_str().and_then(|r| to.get(r)) {
+                        *child = Value::from(new.as_str());
+                    }
                 } else {
-                    rewrite_references(child, from, to);
+                    rewrite_references(child, to);
                 }
             }
         }
-        Value::Array(a) => a.iter_mut().for_each(|c| rewrite_references(c, from, to)),
+        Value::Array(a) => a.iter_mut().for_each(|c| rewrite_references(c, to)),
         _ => {}
     }
 }
@@ -138,7 +155,7 @@ mod tests {
             None,
             json!({"resourceType": "Encounter", "id": "e1", "subject": {"reference": "Patient/p1"}}),
         );
-        let b = bundle(&[p.clone(), e.clone()], BundleType::Transaction);
+        let b = bundle(vec![p.clone(), e.clone()], BundleType::Transaction);
         assert_eq!(
             b["entry"][0]["request"]["url"],
             "Patient?identifier=urn:oid:1.2|A%5C%7C1%202"
@@ -150,7 +167,7 @@ mod tests {
             b["entry"][1]["resource"]["subject"]["reference"],
             "urn:uuid:p1"
         );
-        let b = bundle(&[p, e], BundleType::Batch);
+        let b = bundle(vec![p, e], BundleType::Batch);
         assert_eq!(
             b["entry"][1]["resource"]["subject"]["reference"],
             "Patient/p1"

@@ -123,16 +123,10 @@ impl Operator for ToFhir {
                 };
             match self.bundle {
                 Some(kind) => {
-                    let b = bundle(&resources, kind);
                     // The message's first resource (the patient) names the Bundle row.
-                    let first = &resources[0];
-                    row(
-                        "Bundle",
-                        &first.id,
-                        first.identifier.as_ref(),
-                        "",
-                        json(&b)?,
-                    );
+                    let (id, key) = (resources[0].id.clone(), resources[0].identifier.clone());
+                    let b = bundle(resources, kind);
+                    row("Bundle", &id, key.as_ref(), "", json(&b)?);
                 }
                 None => {
                     for r in &resources {
