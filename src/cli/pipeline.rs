@@ -19,9 +19,7 @@ use crate::connectors::kafka::retry::{
 };
 use crate::connectors::kafka::sink::KafkaSinkConfig;
 use crate::connectors::kafka::source::KafkaSourceConfig;
-use crate::connectors::kafka::{
-    Attempts, KafkaDlq, KafkaSink, KafkaSource, SecretRef, ensure_topics,
-};
+use crate::connectors::kafka::{Attempts, KafkaDlq, KafkaSink, KafkaSource, ensure_topics};
 use crate::connectors::monitoring::MonitorOutputs;
 use crate::connectors::monitoring::follow::spawn as follow_breakers;
 use crate::connectors::monitoring::state::WindowStateStore;
@@ -29,7 +27,7 @@ use crate::connectors::registry::SchemaRegistry;
 use crate::connectors::{BatchSink, BatchSource, ConnectorError, DeadLetterSink};
 use crate::metrics::outcome::OutcomeTap;
 use crate::operators::parse::raw_batch;
-use crate::plan::graph::{HeaderValue, HttpSinkPlan, SourceFormat};
+use crate::plan::graph::{HttpSinkPlan, SourceFormat};
 use crate::plan::windows::{MetricsLocation, PlannedWindow, StateStore, WindowInput};
 use crate::plan::{Plan, build};
 use crate::resilience::breaker::SharedBreaker;
@@ -495,19 +493,10 @@ fn fhir_sync_sink(
     outcomes: OutcomeTap,
     breakers: &Breakers,
 ) -> Result<crate::connectors::fhir_sync::FhirSyncSink> {
-    use crate::fhir::client::{ClientConfig, FhirClient};
-    let base = match h.url.strip_prefix("env:") {
-        Some(var) => std::env::var(var)
-            .with_context(|| format!("sink {name}: environment variable {var} (url)"))?,
-        None => h.url.clone(),
-    };
+    use crate::fhir::client::FhirClient;
     let in_sink = |e: String| anyhow::anyhow!("sink {name}: {e}");
     let state = sync.state.location().map_err(in_sink)?;
-    let mut config = ClientConfig::new(base);
-    config.timeout = h.timeout;
-    config.retry = h.retry.clone();
-    config.auth = h.auth.resolve().map_err(in_sink)?;
-    config.tls = h.tls.resolve().map_err(in_sink)?;
+    let config = h.fhir_client_config().map_err(in_sink)?;
     let mut client = FhirClient::new(config)?;
     if let Some(c) = h.breaker.clone() {
         let b = SharedBreaker::new(&format!("{}/{name}", plan.integration_id), c);
@@ -520,12 +509,7 @@ fn fhir_sync_sink(
     let store = rt
         .block_on(crate::sync::store::SyncStore::open(&state))
         .with_context(|| format!("sink {name}"))?;
-    let events = crate::sync::SyncEvents::open(
-        &sync.events_path,
-        sync.events_topic.as_deref(),
-        plan.kafka.as_ref(),
-    )
-    .map_err(|e| anyhow::anyhow!("sink {name}: sync events: {e}"))?;
+    let events = sync.open_events(plan.kafka.as_ref()).map_err(in_sink)?;
     let syncer = crate::sync::Syncer {
         integration: plan.integration_id.clone(),
         owner: format!("{}-{}", plan.name, std::process::id()),
@@ -552,26 +536,20 @@ fn http_sink(
     h: HttpSinkPlan,
     run: RetryRun,
 ) -> Result<(HttpSink, Option<Worker>)> {
-    let secret = |r: &SecretRef| r.read().map_err(|e| anyhow::anyhow!("sink {name}: {e}"));
-    let url = match h.url.strip_prefix("env:") {
-        Some(var) => std::env::var(var)
-            .with_context(|| format!("sink {name}: environment variable {var} (url)"))?,
-        None => h.url.clone(),
-    };
-    let mut headers = Vec::new();
-    for (k, v) in &h.headers {
-        let value = match v {
-            HeaderValue::Literal(t) => t.clone(),
-            HeaderValue::Secret(r) => secret(r)?,
-        };
-        headers.push((k.clone(), value));
-    }
+    let in_sink = |e: String| anyhow::anyhow!("sink {name}: {e}");
+    let url = h.resolved_url().map_err(in_sink)?;
+    let headers = h
+        .headers
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), v.read()?)))
+        .collect::<Result<Vec<_>, String>>()
+        .map_err(in_sink)?;
     let key = h
         .secret
         .as_ref()
-        .map(|r| secret(r).map(String::into_bytes))
-        .transpose()?;
-    let in_sink = |e: String| anyhow::anyhow!("sink {name}: {e}");
+        .map(|r| r.read().map(String::into_bytes))
+        .transpose()
+        .map_err(in_sink)?;
     let mut target = HttpTarget::new(&url, &h.method, headers, key, h.timeout)
         .and_then(|t| t.with_auth(h.auth.resolve()?, &h.tls.resolve()?))
         .map_err(in_sink)?;

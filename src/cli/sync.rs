@@ -89,22 +89,8 @@ impl Target {
             ),
         };
         let in_sink = |e: String| anyhow::anyhow!("sink {name}: {e}");
-        let base = match h.url.strip_prefix("env:") {
-            Some(var) => std::env::var(var)
-                .with_context(|| format!("sink {name}: environment variable {var} (url)"))?,
-            None => h.url.clone(),
-        };
-        let mut client = ClientConfig::new(base);
-        client.timeout = h.timeout;
-        client.retry = h.retry.clone();
-        client.auth = h.auth.resolve().map_err(in_sink)?;
-        client.tls = h.tls.resolve().map_err(in_sink)?;
-        let events = SyncEvents::open(
-            &sync.events_path,
-            sync.events_topic.as_deref(),
-            plan.kafka.as_ref(),
-        )
-        .map_err(|e| in_sink(e.to_string()))?;
+        let client = h.fhir_client_config().map_err(in_sink)?;
+        let events = sync.open_events(plan.kafka.as_ref()).map_err(in_sink)?;
         Ok(Resolved {
             integration: plan.integration_id.clone(),
             state: sync.state.location().map_err(in_sink)?,

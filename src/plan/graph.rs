@@ -103,6 +103,39 @@ pub struct HttpSinkPlan {
     pub tls: TlsPlan,
 }
 
+impl HttpSinkPlan {
+    /// The endpoint (or FHIR base), read from the environment when given as `env:NAME`.
+    pub fn resolved_url(&self) -> Result<String, String> {
+        match self.url.strip_prefix("env:") {
+            Some(var) => std::env::var(var)
+                .map_err(|_| format!("environment variable {var} (url) is not set")),
+            None => Ok(self.url.clone()),
+        }
+    }
+
+    /// The FHIR client settings of a `fhir` sink: base, timeout, retry policy, credentials
+    /// and TLS (secrets read now).
+    pub fn fhir_client_config(&self) -> Result<crate::fhir::client::ClientConfig, String> {
+        let mut c = crate::fhir::client::ClientConfig::new(self.resolved_url()?);
+        c.timeout = self.timeout;
+        c.retry = self.retry.clone();
+        c.auth = self.auth.resolve()?;
+        c.tls = self.tls.resolve()?;
+        Ok(c)
+    }
+}
+
+impl SyncPlan {
+    /// Opens the sync event outputs (the file; the topic on `kafka` when set).
+    pub fn open_events(
+        &self,
+        kafka: Option<&KafkaConnection>,
+    ) -> Result<crate::sync::SyncEvents, String> {
+        crate::sync::SyncEvents::open(&self.events_path, self.events_topic.as_deref(), kafka)
+            .map_err(|e| format!("sync events: {e}"))
+    }
+}
+
 /// `auth:` of a sink, secrets still references (read at start).
 #[derive(Debug, Clone, Default)]
 pub enum AuthPlan {
@@ -126,6 +159,14 @@ pub enum AuthPlan {
 }
 
 impl HeaderValue {
+    /// `env:NAME` and `file:/path` are secrets read at start; anything else is literal.
+    pub fn parse(v: &str) -> HeaderValue {
+        match SecretRef::parse(v) {
+            Ok(r) => HeaderValue::Secret(r),
+            Err(_) => HeaderValue::Literal(v.to_string()),
+        }
+    }
+
     pub fn read(&self) -> Result<String, String> {
         match self {
             HeaderValue::Literal(t) => Ok(t.clone()),
@@ -1434,21 +1475,11 @@ fn plan_http_sink(cx: &mut Ctx<'_>, s: &crate::spec::SinkSpec) -> Option<HttpSin
             "method is POST, PUT or PATCH",
         );
     }
-    let mut headers = Vec::new();
-    for (k, v) in &s.headers {
-        let value = if v.starts_with("env:") || v.starts_with("file:") {
-            match SecretRef::parse(v) {
-                Ok(r) => HeaderValue::Secret(r),
-                Err(e) => {
-                    cx.err(v, e);
-                    continue;
-                }
-            }
-        } else {
-            HeaderValue::Literal(v.to_string())
-        };
-        headers.push((k.clone(), value));
-    }
+    let headers: Vec<(String, HeaderValue)> = s
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), HeaderValue::parse(v)))
+        .collect();
     let secret = match &s.secret {
         Some(v) => match SecretRef::parse(v) {
             Ok(r) => Some(r),
@@ -1660,26 +1691,21 @@ fn plan_auth(cx: &mut Ctx<'_>, s: &crate::spec::SinkSpec) -> (AuthPlan, TlsPlan)
     if !ok {
         return (AuthPlan::None, tls);
     }
-    let text = |v: &Option<Spanned<String>>| v.as_ref().expect("checked").to_string();
+    // Checked present above.
+    let set = |v: &Option<Spanned<String>>| v.as_ref().expect("checked").clone();
     // Secrets come from the environment or a file, never from the pipeline's text.
-    let mut secret = |v: &Option<Spanned<String>>| {
-        let v = v.as_ref().expect("checked");
-        SecretRef::parse(v).map_err(|e| cx.err(v, e)).ok()
+    let secret = |cx: &mut Ctx<'_>, v: &Option<Spanned<String>>| {
+        let v = set(v);
+        SecretRef::parse(&v).map_err(|e| cx.err(&v, e)).ok()
     };
-    let plain = |v: &Option<Spanned<String>>| {
-        let v = v.as_ref().expect("checked");
-        match SecretRef::parse(v) {
-            Ok(r) => HeaderValue::Secret(r),
-            Err(_) => HeaderValue::Literal(v.to_string()),
-        }
-    };
+    let plain = |v: &Option<Spanned<String>>| HeaderValue::parse(&set(v));
     let auth = match a.kind.as_str() {
-        "basic" => secret(&a.password).map(|password| AuthPlan::Basic {
+        "basic" => secret(cx, &a.password).map(|password| AuthPlan::Basic {
             user: plain(&a.user),
             password,
         }),
-        "bearer" => secret(&a.token).map(AuthPlan::Bearer),
-        "api_key" => secret(&a.key).map(|key| AuthPlan::ApiKey {
+        "bearer" => secret(cx, &a.token).map(AuthPlan::Bearer),
+        "api_key" => secret(cx, &a.key).map(|key| AuthPlan::ApiKey {
             header: a
                 .header
                 .as_ref()
@@ -1687,21 +1713,13 @@ fn plan_auth(cx: &mut Ctx<'_>, s: &crate::spec::SinkSpec) -> (AuthPlan, TlsPlan)
             key,
         }),
         _ => {
-            let token_url = text(&a.token_url);
+            let token_url = set(&a.token_url);
             if let Err(e) = reqwest::Url::parse(&token_url) {
-                cx.err(
-                    a.token_url.as_ref().expect("checked"),
-                    format!("not a URL ({e})"),
-                );
+                cx.err(&token_url, format!("not a URL ({e})"));
             }
-            let client_id = plain(&a.client_id);
-            let mut secret = |v: &Option<Spanned<String>>| {
-                let v = v.as_ref().expect("checked");
-                SecretRef::parse(v).map_err(|e| cx.err(v, e)).ok()
-            };
-            secret(&a.client_secret).map(|client_secret| AuthPlan::OAuth2 {
-                token_url,
-                client_id,
+            secret(cx, &a.client_secret).map(|client_secret| AuthPlan::OAuth2 {
+                token_url: token_url.to_string(),
+                client_id: plain(&a.client_id),
                 client_secret,
                 scope: a.scope.as_ref().map(|s| s.to_string()),
             })

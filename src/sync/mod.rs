@@ -18,6 +18,21 @@
 
 pub mod store;
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::connectors::kafka::KafkaConnection;
+use crate::connectors::monitoring::EventLog;
+use crate::connectors::{ConnectorError, Durable};
+use crate::fhir::client::{FhirClient, FhirError, Versioned};
+use crate::fhir::v2::Resource;
+use store::{SyncStore, Update};
+
 /// Sync events (`integration.sync.completed|failed|conflict`), one JSON object per line to a
 /// file and, when configured, to a topic. Shared by the clones of a [`Syncer`].
 #[derive(Clone)]
@@ -61,21 +76,6 @@ impl SyncEvents {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).finish()
     }
 }
-
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
-
-use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
-
-use crate::connectors::kafka::KafkaConnection;
-use crate::connectors::monitoring::EventLog;
-use crate::connectors::{ConnectorError, Durable};
-use crate::fhir::client::{FhirClient, FhirError, Versioned};
-use crate::fhir::v2::Resource;
-use store::{SyncStore, Update};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
