@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use plexus::connectors::kafka::sink::{KafkaSink, KafkaSinkConfig};
 use plexus::connectors::kafka::source::{KafkaSource, KafkaSourceConfig};
-use plexus::connectors::kafka::{Attempts, KafkaConnection, KafkaDlq};
+use plexus::connectors::kafka::{KafkaConnection, KafkaDlq, RecordMeta};
 use plexus::connectors::{BatchSink, BatchSource};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -196,7 +196,7 @@ dlq: {{topic: {dlq}}}
         },
         Arc::new(AtomicBool::new(false)),
         None,
-        Attempts::default(),
+        RecordMeta::default(),
     )
     .unwrap();
     let s = &mut plan.sinks[0];
@@ -219,7 +219,7 @@ dlq: {{topic: {dlq}}}
             None,
         ))
         .unwrap();
-    let dlq_sink = KafkaDlq::new(&conn, &dlq, "bench", "bench", Attempts::default()).unwrap();
+    let dlq_sink = KafkaDlq::new(&conn, &dlq, "bench", "bench", RecordMeta::default()).unwrap();
     let first_read = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let fr = first_read.clone();

@@ -424,7 +424,7 @@ monitoring:
             .unwrap()
     };
     // Run 1: 30 messages inside 10:00–11:00; the window stays open (state saved).
-    produce_unbatched(
+    produce(
         &input,
         (0..30)
             .map(|i| {
@@ -456,7 +456,7 @@ monitoring:
         })
         .collect();
     more.push(Rec::value(msg("Z", "20260105123000", "A01", "M")));
-    produce_unbatched(&input, more);
+    produce(&input, more);
     let port = 20000 + (std::process::id() % 20000) as u16;
     let addr = format!("127.0.0.1:{port}");
     let child = std::process::Command::new(BIN)

@@ -7,7 +7,7 @@
 //! replayed once. A record that fails again after its replay is a new dead letter (attempt
 //! n+1) and can be replayed again.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -21,7 +21,7 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::connectors::kafka::{KafkaConnection, headers};
+use crate::connectors::kafka::{KafkaConnection, Origin, headers, is_plexus_header};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum DlqCommand {
@@ -78,6 +78,9 @@ pub struct DeadLetter {
     pub correlation_id: Option<String>,
     #[serde(skip)]
     pub record: Vec<u8>,
+    /// The original record's Kafka key and headers, restored on replay.
+    #[serde(skip)]
+    pub origin: Origin,
 }
 
 struct Target {
@@ -130,7 +133,10 @@ fn target(pipeline: &std::path::Path) -> Result<Target> {
     })
 }
 
-/// Reads a whole topic from the beginning (to the end as of now) with `f` per message.
+/// Reads a whole topic from the beginning to its end as of now (each partition's high
+/// watermark, read first) with `f` per message. Ends by offsets, not by partition-EOF events
+/// or a quiet pause: librdkafka reports EOF as an error event (logged at ERROR), and a pause
+/// cannot tell a slow broker from the end.
 fn read_topic(
     conn: &KafkaConnection,
     topic: &str,
@@ -139,10 +145,11 @@ fn read_topic(
     let mut cc = conn.client_config().map_err(anyhow::Error::msg)?;
     cc.set("group.id", "plexus-dlq-reader")
         .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true");
+        .set("enable.partition.eof", "false");
     let consumer: BaseConsumer = cc.create().context("creating a consumer")?;
+    let timeout = Duration::from_secs(10);
     let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .fetch_metadata(Some(topic), timeout)
         .with_context(|| format!("reading metadata of {topic}"))?;
     let partitions: Vec<i32> = md
         .topics()
@@ -150,29 +157,54 @@ fn read_topic(
         .filter(|t| t.name() == topic && t.error().is_none())
         .flat_map(|t| t.partitions().iter().map(|p| p.id()))
         .collect();
-    if partitions.is_empty() {
-        // A topic that does not exist yet holds no dead letters.
-        return Ok(());
-    }
+    // Where each partition ends now; partitions already empty are not read at all.
+    let mut ends: HashMap<i32, i64> = HashMap::new();
     let mut tpl = TopicPartitionList::new();
     for p in &partitions {
-        tpl.add_partition_offset(topic, *p, Offset::Beginning)?;
+        let (low, high) = consumer
+            .fetch_watermarks(topic, *p, timeout)
+            .with_context(|| format!("reading the end offsets of {topic}/{p}"))?;
+        if high > low {
+            ends.insert(*p, high);
+            tpl.add_partition_offset(topic, *p, Offset::Beginning)?;
+        }
+    }
+    if ends.is_empty() {
+        // A topic that does not exist yet, or is empty, holds no dead letters.
+        return Ok(());
     }
     consumer.assign(&tpl)?;
-    let mut at_end: HashSet<i32> = HashSet::new();
     let mut last = Instant::now();
-    // End of partition events mark the end; a quiet broker ends it after a pause.
-    while at_end.len() < partitions.len() && last.elapsed() < Duration::from_secs(5) {
+    while !ends.is_empty() {
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
                 last = Instant::now();
-                f(&m);
-            }
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
-                at_end.insert(p);
+                let (p, o) = (m.partition(), m.offset());
+                if ends.get(&p).is_some_and(|&end| o < end) {
+                    f(&m);
+                }
+                // Transaction markers take offsets too: the end is reached at end - 1 or
+                // beyond, whichever record comes last.
+                if ends.get(&p).is_some_and(|&end| o + 1 >= end) {
+                    ends.remove(&p);
+                }
             }
             Some(Err(e)) => bail!("reading {topic}: {e}"),
-            None => {}
+            None => {
+                // The rest of a partition may be control records (transaction markers) that
+                // are never delivered: its position tells.
+                let positions = consumer.position()?;
+                for e in positions.elements() {
+                    if let Offset::Offset(o) = e.offset()
+                        && ends.get(&e.partition()).is_some_and(|&end| o >= end)
+                    {
+                        ends.remove(&e.partition());
+                    }
+                }
+                if last.elapsed() > Duration::from_secs(30) {
+                    bail!("reading {topic}: no progress for 30 s before its end");
+                }
+            }
         }
     }
     Ok(())
@@ -207,6 +239,22 @@ fn dead_letter(m: &rdkafka::message::BorrowedMessage<'_>) -> DeadLetter {
         source_offset: n(headers::SOURCE_OFFSET),
         correlation_id: header(m, headers::CORRELATION_ID).map(str::to_string),
         record: m.payload().unwrap_or_default().to_vec(),
+        origin: Origin {
+            key: m.headers().and_then(|h| {
+                h.iter()
+                    .find(|h| h.key == headers::SOURCE_KEY)
+                    .and_then(|h| h.value.map(<[u8]>::to_vec))
+            }),
+            headers: m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .filter(|h| !is_plexus_header(h.key))
+                        .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        },
     }
 }
 
@@ -414,7 +462,15 @@ pub fn replay(args: ReplayArgs) -> Result<ExitCode> {
             };
             let attempt = (d.attempt + 1).to_string();
             let of = format!("{}/{}/{}", t.topic, d.partition, d.offset);
-            let h = OwnedHeaders::new()
+            // The record's own headers first, as it was produced; then plexus's.
+            let mut h = OwnedHeaders::new_with_capacity(d.origin.headers.len() + 4);
+            for (name, value) in &d.origin.headers {
+                h = h.insert(Header {
+                    key: name.as_str(),
+                    value: value.as_deref(),
+                });
+            }
+            let h = h
                 .insert(Header {
                     key: headers::ATTEMPT,
                     value: Some(attempt.as_str()),
@@ -431,9 +487,20 @@ pub fn replay(args: ReplayArgs) -> Result<ExitCode> {
                     key: headers::PIPELINE,
                     value: Some(t.pipeline.as_str()),
                 });
-            let record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
+            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
                 .payload(d.record.as_slice())
                 .headers(h);
+            if let Some(k) = &d.origin.key {
+                record = record.key(k.as_slice());
+            }
+            // Back to its own partition when replayed to its own topic: the key's partition
+            // under the original producer's partitioner (Java clients hash with murmur2,
+            // librdkafka with CRC32), so per-key order holds whoever produced it.
+            if args.to_topic.is_none()
+                && let Some(p) = d.source_partition
+            {
+                record = record.partition(p as i32);
+            }
             deliveries.push(crate::connectors::kafka::send(&producer, record)?);
         }
     }
@@ -482,6 +549,7 @@ mod tests {
             source_offset: Some(5),
             correlation_id: None,
             record: b"MSH|".to_vec(),
+            origin: Origin::default(),
         };
         let batch = filter_batch(&[
             d.clone(),

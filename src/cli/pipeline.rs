@@ -19,7 +19,7 @@ use crate::connectors::kafka::retry::{
 };
 use crate::connectors::kafka::sink::KafkaSinkConfig;
 use crate::connectors::kafka::source::KafkaSourceConfig;
-use crate::connectors::kafka::{Attempts, KafkaDlq, KafkaSink, KafkaSource, ensure_topics};
+use crate::connectors::kafka::{KafkaDlq, KafkaSink, KafkaSource, RecordMeta, ensure_topics};
 use crate::connectors::monitoring::MonitorOutputs;
 use crate::connectors::monitoring::follow::spawn as follow_breakers;
 use crate::connectors::monitoring::state::WindowStateStore;
@@ -159,7 +159,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         .transpose()
         .map_err(|e| anyhow::anyhow!("--exit-when-idle: {e}"))?;
     let stop = Arc::new(AtomicBool::new(false));
-    let attempts = Attempts::default();
+    let meta = RecordMeta::default();
     let source: Box<dyn BatchSource> = match &plan.source.kafka {
         Some(k) => {
             let conn = plan.kafka.clone().unwrap_or_default();
@@ -182,7 +182,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
                 config,
                 stop.clone(),
                 idle,
-                attempts.clone(),
+                meta.clone(),
             )?)
         }
         None => Box::new(FileSource::new(
@@ -289,7 +289,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
             topic,
             &plan.name,
             &plan.integration_id,
-            attempts,
+            meta,
         )?),
         None => Box::new(DlqFile::new(&dlq_path, &plan.name, &plan.integration_id)),
     };

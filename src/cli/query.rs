@@ -63,8 +63,8 @@ pub fn run(args: QueryArgs) -> Result<ExitCode> {
     let loc = locations(&rt, &args.pipeline, args.output.as_deref())?;
     let batches = rt.block_on(async {
         let ctx = context(&loc).await?;
-        let df = ctx
-            .sql(&args.sql)
+        // The analyst's SQL is read-only: queries over the registered tables, nothing else.
+        let df = crate::plan::read_only::query(&ctx, &args.sql)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         df.collect().await.map_err(|e| anyhow::anyhow!("{e}"))
@@ -285,36 +285,45 @@ async fn dead_letters(ctx: &SessionContext, path: &Path) -> Result<()> {
         Field::new("reason", DataType::Utf8, true),
         Field::new("failed_at", DataType::Utf8, true),
     ]));
-    // Only these columns are read: the record itself never enters the query engine.
+    // Only these columns are read: the record itself never enters the query engine. The raw
+    // rows are summarised into a table held in memory and then dropped, so the analyst's SQL
+    // sees only the summary, never a reason as it was written.
+    const RAW_TABLE: &str = "plexus_dead_letters_raw";
     if path.is_file() {
         let opts = JsonReadOptions::default()
             .newline_delimited(true)
             .schema(schema.as_ref())
             .file_extension(path.extension().and_then(|e| e.to_str()).unwrap_or(""));
-        ctx.register_json(
-            "dead_letters_raw",
-            path.display().to_string().as_str(),
-            opts,
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        ctx.register_json(RAW_TABLE, path.display().to_string().as_str(), opts)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     } else {
-        empty(ctx, "dead_letters_raw", schema)?;
+        empty(ctx, RAW_TABLE, schema)?;
     }
-    ctx.sql(
-        // Reasons may quote the offending value (a birth date, an MRN): quoted text and the
-        // per-message location are cut, so the summary groups alike failures and shows no PHI.
-        r#"CREATE VIEW dead_letters AS
-         SELECT pipeline, integration, stage, rule, reason, count(*) AS records,
-                min(at) AS first_failed_at, max(at) AS last_failed_at
-         FROM (SELECT pipeline, integration, stage, rule, to_timestamp(failed_at) AS at,
-                      regexp_replace(regexp_replace(reason, '"[^"]*"', '"…"', 'g'),
-                                     ' \(at message [^)]*\)', '', 'g') AS reason
-               FROM dead_letters_raw)
-         GROUP BY pipeline, integration, stage, rule, reason"#,
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let summary = ctx
+        .sql(&format!(
+            // Reasons are redacted where they are made (values become their shape); quoted
+            // text and the per-message location are cut here too, so alike failures group.
+            r#"SELECT pipeline, integration, stage, rule, reason, count(*) AS records,
+                    min(at) AS first_failed_at, max(at) AS last_failed_at
+             FROM (SELECT pipeline, integration, stage, rule, to_timestamp(failed_at) AS at,
+                          regexp_replace(regexp_replace(reason, '"[^"]*"', '"…"', 'g'),
+                                         ' \(at message [^)]*\)', '', 'g') AS reason
+                   FROM {RAW_TABLE})
+             GROUP BY pipeline, integration, stage, rule, reason"#
+        ))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let schema = Arc::new(summary.schema().as_arrow().clone());
+    let rows = summary
+        .collect()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    ctx.deregister_table(RAW_TABLE)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let table = MemTable::try_new(schema, vec![rows]).map_err(|e| anyhow::anyhow!("{e}"))?;
+    ctx.register_table("dead_letters", Arc::new(table))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
 }
 

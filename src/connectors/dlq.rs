@@ -98,7 +98,7 @@ pub fn records(
 
 /// MSH-10 read straight from the bytes of an HL7 record that failed to parse, so that even
 /// those dead letters carry their correlation id.
-fn hl7_control_id(raw: &[u8]) -> Option<String> {
+pub(crate) fn hl7_control_id(raw: &[u8]) -> Option<String> {
     let raw = raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(raw);
     if !raw.starts_with(b"MSH") || raw.len() < 4 {
         return None;

@@ -118,7 +118,13 @@ impl SchemaRegistry {
         for id in missing {
             let mut delay = Duration::from_millis(200);
             let entry = loop {
-                match self.decoder.get_schema(id).await {
+                let got = self.decoder.get_schema(id).await;
+                tracing::debug!(
+                    id,
+                    ok = got.is_ok(),
+                    "writer schema fetched from the registry"
+                );
+                match got {
                     Ok(s) => break Entry::Schema(Arc::new(s.parsed.clone())),
                     Err(e) if e.retriable && delay < Duration::from_secs(10) => {
                         tracing::warn!(id, error = %e.error, "schema registry unavailable; retrying");

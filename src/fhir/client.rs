@@ -379,6 +379,8 @@ impl FhirClient {
                         });
                     }
                     let wait = policy.next_delay(failed, jitter_random(), retry_after);
+                    // Redacted: a conditional URL's query holds identifiers (PHI).
+                    let url = redact(url);
                     tracing::debug!(%method, url, attempt = failed, ?wait, %reason, "FHIR call retried");
                     tokio::time::sleep(wait).await;
                 }

@@ -39,7 +39,11 @@ impl Enrich {
             match fields.iter().position(|e| &e.name == f.name()) {
                 Some(k) => {
                     layout.push(Slot::Computed(k));
-                    out.push(Field::new(f.name(), fields[k].data_type.clone(), true));
+                    out.push(Field::new(
+                        f.name(),
+                        fields[k].data_type.clone(),
+                        fields[k].nullable,
+                    ));
                 }
                 None => {
                     layout.push(Slot::Input(i));
@@ -56,7 +60,7 @@ impl Enrich {
             }
             if !data.iter().any(|&i| input.field(i).name() == &e.name) {
                 layout.push(Slot::Computed(k));
-                out.push(Field::new(&e.name, e.data_type.clone(), true));
+                out.push(Field::new(&e.name, e.data_type.clone(), e.nullable));
             }
         }
         for &i in &provenance {

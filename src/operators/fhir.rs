@@ -13,7 +13,7 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, RecordBatch, StringBuilder, UInt32Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
-use super::parse::{Failures, int_column, raw_column, raw_record_schema};
+use super::parse::{Failures, hl7_reason, int_column, raw_column, raw_record_schema};
 use super::{
     CONTROL_ID, MESSAGE_TYPE, OFFSET, Operator, OperatorError, RAW, RECORD_INDEX, SOURCE,
     StageOutput,
@@ -27,6 +27,8 @@ pub struct ToFhir {
     bundle: Option<BundleType>,
     limits: ParseLimits,
     schema: SchemaRef,
+    /// Kafka records: errors name the record and count bytes inside it (see `hl7_reason`).
+    per_record: bool,
 }
 
 /// The schema of the stage's output.
@@ -57,7 +59,14 @@ impl ToFhir {
             bundle,
             limits: ParseLimits::default(),
             schema: fhir_row_schema(),
+            per_record: false,
         }
+    }
+
+    /// See `Parse::per_record`.
+    pub fn per_record(mut self, yes: bool) -> Self {
+        self.per_record = yes;
+        self
     }
 }
 
@@ -87,15 +96,15 @@ impl Operator for ToFhir {
         let mut failures = Failures::default();
         let mut c = Columns::default();
         for i in 0..batch.num_rows() {
-            let m = match Message::parse_with(
-                raw.value(i),
-                offsets.value(i) as usize,
-                indexes.value(i) as usize,
-                &self.limits,
-            ) {
+            let (base, index) = if self.per_record {
+                (0, 0)
+            } else {
+                (offsets.value(i) as usize, indexes.value(i) as usize)
+            };
+            let m = match Message::parse_with(raw.value(i), base, index, &self.limits) {
                 Ok(m) => m,
                 Err(e) => {
-                    failures.add(i, "fhir:parse", e.to_string());
+                    failures.add(i, "fhir:parse", hl7_reason(self.per_record, &batch, i, &e));
                     continue;
                 }
             };

@@ -27,7 +27,10 @@ impl Map {
             if fields.iter().any(|f| f.name() == &p.name) {
                 return Err(format!("column {:?} is produced twice", p.name));
             }
-            fields.push(Field::new(&p.name, p.data_type.clone(), true));
+            // Nullability as DataFusion derives it: a column that can never be null stays
+            // non-null downstream (an Avro sink's derived schema, Parquet) instead of becoming
+            // an optional field.
+            fields.push(Field::new(&p.name, p.data_type.clone(), p.nullable));
         }
         let mut passthrough = Vec::new();
         for (i, f) in input.fields().iter().enumerate() {
@@ -89,5 +92,54 @@ impl Operator for Map {
             dead: None,
             filtered,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::sql::SqlPlanner;
+    use arrow::datatypes::DataType;
+
+    /// A column that can never be null stays non-null (an Avro sink derives `"string"`, not
+    /// `["null", "string"]`); an expression that can be null is nullable.
+    #[tokio::test]
+    async fn nullability_follows_the_expressions() {
+        let input: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new("event_id", DataType::Utf8, false),
+            Field::new("severity", DataType::Utf8, true),
+            Field::new("census", DataType::Int64, false),
+        ]));
+        let planner = SqlPlanner::new();
+        let select = planner
+            .select(
+                "SELECT event_id, upper(event_id) AS up, severity, \
+                 coalesce(severity, 'info') AS sev, census + 1 AS next, \
+                 CASE WHEN census > 0 THEN census END AS positive FROM input",
+                &input,
+            )
+            .await
+            .unwrap();
+        let map = Map::new(select, &input).unwrap();
+        let schema = &map.outputs()[0].1;
+        let nullable = |n: &str| schema.field_with_name(n).unwrap().is_nullable();
+        assert!(!nullable("event_id"));
+        assert!(!nullable("sev"));
+        assert!(!nullable("next"));
+        assert!(nullable("severity"));
+        assert!(nullable("positive"));
+        let avro = crate::formats::avro::avro_schema_json(schema, "E", None).unwrap();
+        let avro: serde_json::Value = serde_json::from_str(&avro).unwrap();
+        let ty = |n: &str| {
+            avro["fields"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|f| f["name"] == n)
+                .unwrap()["type"]
+                .clone()
+        };
+        assert_eq!(ty("event_id"), serde_json::json!("string"));
+        assert_eq!(ty("severity"), serde_json::json!(["null", "string"]));
     }
 }

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, AsArray, RecordBatch, StringBuilder, UInt32Array};
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringBuilder, UInt32Array};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 
 use super::{
@@ -53,6 +53,9 @@ pub enum ParseFormat {
 pub struct Parse {
     format: ParseFormat,
     schema: SchemaRef,
+    /// Records are addressed as `source` + record offset (Kafka), not as byte offsets in a
+    /// file: HL7 errors then name the record and count bytes from its start.
+    per_record: bool,
 }
 
 impl Parse {
@@ -155,7 +158,15 @@ impl Parse {
         Parse {
             format,
             schema: Arc::new(Schema::new(fields)),
+            per_record: false,
         }
+    }
+
+    /// For sources whose `_offset` is a record's offset (Kafka), not a byte offset: HL7 errors
+    /// say `record at topic/partition offset N` and give byte offsets inside that record.
+    pub fn per_record(mut self, yes: bool) -> Self {
+        self.per_record = yes;
+        self
     }
 
     /// Appends the input's provenance columns (rows `take`n) to decoded columns.
@@ -187,17 +198,19 @@ impl Parse {
         let mut messages = Vec::with_capacity(batch.num_rows());
         let mut rows = Vec::with_capacity(batch.num_rows());
         for i in 0..batch.num_rows() {
-            match Message::parse_with(
-                raw.value(i),
-                offsets.value(i) as usize,
-                indexes.value(i) as usize,
-                limits,
-            ) {
+            // A Kafka record's offset counts records, not bytes: its errors are located
+            // inside the record (see `hl7_reason`).
+            let (base, index) = if self.per_record {
+                (0, 0)
+            } else {
+                (offsets.value(i) as usize, indexes.value(i) as usize)
+            };
+            match Message::parse_with(raw.value(i), base, index, limits) {
                 Ok(m) => {
                     messages.push(m);
                     rows.push(i as u32);
                 }
-                Err(e) => failures.add(i, "parse", e.to_string()),
+                Err(e) => failures.add(i, "parse", hl7_reason(self.per_record, batch, i, &e)),
             }
         }
         let x = extractor.extract(&messages, "")?;
@@ -205,10 +218,11 @@ impl Parse {
         let mut bad = vec![false; messages.len()];
         for e in &x.errors {
             bad[e.row] = true;
+            let row = rows[e.row] as usize;
             failures.add(
-                rows[e.row] as usize,
+                row,
                 &format!("parse:{}", e.column),
-                e.error.to_string(),
+                hl7_reason(self.per_record, batch, row, &e.error),
             );
         }
         let mut ids = StringBuilder::new();
@@ -267,6 +281,33 @@ impl Parse {
             ParseFormat::Hl7 { extractor, .. } => extractor.schema(),
         }
     }
+}
+
+/// An HL7 error as a dead-letter reason. File records: the error's own location (message
+/// number in the input, absolute byte offset). Per-record sources (Kafka, parsed with base
+/// offset 0): which record (`topic/partition` and offset), then where inside it.
+pub(super) fn hl7_reason(
+    per_record: bool,
+    batch: &RecordBatch,
+    row: usize,
+    e: &crate::formats::hl7::Hl7Error,
+) -> String {
+    if !per_record {
+        return e.to_string();
+    }
+    let source = batch
+        .column_by_name(SOURCE)
+        .and_then(|c| c.as_string_opt::<i32>())
+        .filter(|s| s.is_valid(row))
+        .map(|s| s.value(row))
+        .unwrap_or("-");
+    let offset = int_column(batch, OFFSET).map_or(-1, |o| o.value(row));
+    let mut location = e.location.clone();
+    location.message_index = None;
+    format!(
+        "record at {source} offset {offset}: {} (at {location})",
+        e.kind
+    )
 }
 
 /// Records that failed, by input row.
@@ -491,7 +532,11 @@ mod tests {
         assert_eq!(dead.rows.num_rows(), 2);
         assert_eq!(dead.rule, ["parse", "parse:dob"]);
         assert!(dead.reason[0].contains("MSH"), "{}", dead.reason[0]);
-        assert!(dead.reason[1].contains("month 13"), "{}", dead.reason[1]);
+        assert!(
+            dead.reason[1].contains("month is out of range"),
+            "{}",
+            dead.reason[1]
+        );
         assert!(
             dead.reason[1].contains("byte offset 2"),
             "absolute offset: {}",

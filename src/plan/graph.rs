@@ -826,7 +826,11 @@ async fn plan_stage(
                 ..Default::default()
             }
             .with_systems(systems);
-            Some(Box::new(crate::operators::fhir::ToFhir::new(opts, bundle)) as Box<dyn Operator>)
+            let per_record = cx.spec.source.kind.as_str() == "kafka";
+            Some(
+                Box::new(crate::operators::fhir::ToFhir::new(opts, bundle).per_record(per_record))
+                    as Box<dyn Operator>,
+            )
         }
         StageSpec::Parse(p) => {
             let format = match SourceFormat::parse(&p.format) {
@@ -907,8 +911,11 @@ async fn plan_stage(
                         },
                         None => chrono::FixedOffset::east_opt(0).expect("zero"),
                     };
-                    (columns.len() == p.columns.len())
-                        .then(|| Box::new(Parse::hl7(columns, offset)) as Box<dyn Operator>)
+                    (columns.len() == p.columns.len()).then(|| {
+                        let per_record = cx.spec.source.kind.as_str() == "kafka";
+                        Box::new(Parse::hl7(columns, offset).per_record(per_record))
+                            as Box<dyn Operator>
+                    })
                 }
                 SourceFormat::Avro => {
                     let Some(schema_path) = &p.schema else {

@@ -1,5 +1,5 @@
-//! Shared by the Kafka integration tests: the real broker (tansu on 127.0.0.1:9092, started by
-//! `scripts/dev-services`), a schema registry stand-in speaking Confluent's REST API, and
+//! Shared by the Kafka integration tests: the real broker (Apache Kafka on 127.0.0.1:9092,
+//! started by `scripts/dev-services`), a schema registry stand-in speaking Confluent's REST API, and
 //! helpers to produce, read topics back and run the `plexus` binary.
 #![allow(dead_code)]
 
@@ -97,21 +97,19 @@ impl Rec {
     }
 }
 
-/// Produces records and waits for every delivery report.
+/// Produces records as a real producer does — batched (linger, up to thousands of records per
+/// record batch, compressed) — and waits for every delivery report. Consumers that resume from
+/// a committed offset therefore start inside record batches, as they do in production.
 pub fn produce(topic: &str, records: Vec<Rec>) {
-    produce_with(topic, records, &[("linger.ms", "5")])
-}
-
-/// Produces each record in its own record batch. tansu 0.6 (memory engine) answers a fetch
-/// from an offset *inside* a batch with the next batch, skipping the rest of that batch
-/// (`fetch_from_an_offset_inside_a_batch_starts_there` shows it); Kafka returns the containing
-/// batch. Tests that resume from a committed offset mid-topic use this so that every offset
-/// starts a batch and the broker's bug does not hide plexus's behaviour.
-pub fn produce_unbatched(topic: &str, records: Vec<Rec>) {
     produce_with(
         topic,
         records,
-        &[("linger.ms", "0"), ("batch.num.messages", "1")],
+        &[
+            ("linger.ms", "20"),
+            ("batch.size", "1000000"),
+            ("batch.num.messages", "10000"),
+            ("compression.type", "lz4"),
+        ],
     )
 }
 

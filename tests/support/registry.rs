@@ -1,166 +1,85 @@
-//! A schema registry stand-in for tests, at the HTTP level: the parts of Confluent's REST API
-//! that producers and consumers use, with its status codes, error bodies and content type.
-//!
-//! - `POST /subjects/{subject}/versions` `{"schema": "...", "schemaType"?: "AVRO"}` → `{"id": n}`;
-//!   the same schema (by Avro canonical form) registered again returns the same id.
-//! - `GET /schemas/ids/{id}` → `{"schema": "..."}`, or 404 `{"error_code": 40403, ...}`.
-//! - `GET /subjects/{subject}/versions/latest` → `{"subject","version","id","schema"}`, or
-//!   404 `{"error_code": 40401, ...}`.
-//! - `GET /subjects` → the subject names.
+//! The real schema registry the Avro tests use: Apicurio Registry started by
+//! `scripts/dev-services` on 127.0.0.1:8081, through its Confluent-compatible API
+//! (`PLEXUS_TEST_REGISTRY` overrides the base URL). Tests register schemas as another
+//! producer would and read back what plexus registered.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-
-use axum::Json;
-use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 
-#[derive(Default)]
-struct Inner {
-    /// (id, canonical form, schema text).
-    schemas: Vec<(u32, String, String)>,
-    /// (subject, version, id).
-    versions: Vec<(String, u32, u32)>,
-}
-
-#[derive(Clone, Default)]
 pub struct Registry {
-    inner: Arc<Mutex<Inner>>,
-    pub gets_by_id: Arc<AtomicUsize>,
-}
-
-fn reply(status: StatusCode, body: Value) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, CONTENT_TYPE)],
-        body.to_string(),
-    )
-        .into_response()
-}
-
-async fn register(
-    State(r): State<Registry>,
-    Path(subject): Path<String>,
-    Json(body): Json<Value>,
-) -> Response {
-    let Some(text) = body.get("schema").and_then(Value::as_str) else {
-        return reply(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            json!({"error_code": 42201, "message": "Either the input schema or one of its references is invalid"}),
-        );
-    };
-    if body
-        .get("schemaType")
-        .and_then(Value::as_str)
-        .is_some_and(|t| t != "AVRO")
-    {
-        return reply(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            json!({"error_code": 42201, "message": "only AVRO in this stand-in"}),
-        );
-    }
-    let canonical = match apache_avro::Schema::parse_str(text) {
-        Ok(s) => s.canonical_form(),
-        Err(e) => {
-            return reply(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                json!({"error_code": 42201, "message": format!("Invalid schema: {e}")}),
-            );
-        }
-    };
-    let mut g = r.inner.lock().unwrap();
-    let id = match g.schemas.iter().find(|(_, c, _)| *c == canonical) {
-        Some((id, _, _)) => *id,
-        None => {
-            let id = g.schemas.len() as u32 + 1;
-            g.schemas.push((id, canonical, text.to_string()));
-            id
-        }
-    };
-    if !g.versions.iter().any(|(s, _, i)| *s == subject && *i == id) {
-        let version = g.versions.iter().filter(|(s, _, _)| *s == subject).count() as u32 + 1;
-        g.versions.push((subject, version, id));
-    }
-    reply(StatusCode::OK, json!({ "id": id }))
-}
-
-async fn by_id(State(r): State<Registry>, Path(id): Path<u32>) -> Response {
-    r.gets_by_id.fetch_add(1, Ordering::Relaxed);
-    let g = r.inner.lock().unwrap();
-    match g.schemas.iter().find(|(i, _, _)| *i == id) {
-        Some((_, _, text)) => reply(StatusCode::OK, json!({ "schema": text })),
-        None => reply(
-            StatusCode::NOT_FOUND,
-            json!({"error_code": 40403, "message": "Schema not found"}),
-        ),
-    }
-}
-
-async fn latest(State(r): State<Registry>, Path(subject): Path<String>) -> Response {
-    let g = r.inner.lock().unwrap();
-    match g.versions.iter().rev().find(|(s, _, _)| *s == subject) {
-        Some((s, v, id)) => {
-            let text = &g.schemas.iter().find(|(i, _, _)| i == id).unwrap().2;
-            reply(
-                StatusCode::OK,
-                json!({"subject": s, "version": v, "id": id, "schema": text}),
-            )
-        }
-        None => reply(
-            StatusCode::NOT_FOUND,
-            json!({"error_code": 40401, "message": format!("Subject '{subject}' not found.")}),
-        ),
-    }
-}
-
-async fn subjects(State(r): State<Registry>) -> Response {
-    let g = r.inner.lock().unwrap();
-    let mut names: Vec<&String> = g.versions.iter().map(|(s, _, _)| s).collect();
-    names.dedup();
-    reply(StatusCode::OK, json!(names))
+    url: String,
+    http: reqwest::Client,
+    rt: tokio::runtime::Runtime,
 }
 
 impl Registry {
-    /// Starts the stand-in on an ephemeral port; returns it and its base URL.
-    pub fn start() -> (Registry, String) {
-        let r = Registry::default();
-        let app = axum::Router::new()
-            .route("/subjects", get(subjects))
-            .route("/subjects/{subject}/versions", post(register))
-            .route("/subjects/{subject}/versions/latest", get(latest))
-            .route("/schemas/ids/{id}", get(by_id))
-            .with_state(r.clone());
-        let url = super::serve(app);
-        (r, url)
+    /// The registry, checked to answer (the test fails here, not in plexus, when it is down).
+    pub fn connect() -> Registry {
+        let url = std::env::var("PLEXUS_TEST_REGISTRY")
+            .unwrap_or_else(|_| "http://127.0.0.1:8081/apis/ccompat/v7".to_string());
+        let r = Registry {
+            url,
+            http: reqwest::Client::new(),
+            rt: tokio::runtime::Runtime::new().unwrap(),
+        };
+        r.get("/subjects")
+            .unwrap_or_else(|| panic!("no schema registry at {} (scripts/dev-services up)", r.url));
+        r
     }
 
-    /// Registers a schema directly (as another producer would) and returns its id.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn get(&self, path: &str) -> Option<Value> {
+        self.rt.block_on(async {
+            let resp = self
+                .http
+                .get(format!("{}{path}", self.url))
+                .send()
+                .await
+                .expect("registry reachable");
+            if resp.status() == reqwest::StatusCode::NOT_FOUND {
+                return None;
+            }
+            let status = resp.status();
+            let body: Value = resp.json().await.expect("registry JSON");
+            assert!(status.is_success(), "GET {path}: {status} {body}");
+            Some(body)
+        })
+    }
+
+    /// Registers a schema under `subject` (as another producer would) and returns its id.
     pub fn add(&self, subject: &str, schema: &str) -> u32 {
-        let canonical = apache_avro::Schema::parse_str(schema)
-            .unwrap()
-            .canonical_form();
-        let mut g = self.inner.lock().unwrap();
-        if let Some((id, _, _)) = g.schemas.iter().find(|(_, c, _)| *c == canonical) {
-            return *id;
-        }
-        let id = g.schemas.len() as u32 + 1;
-        g.schemas.push((id, canonical, schema.to_string()));
-        let version = g.versions.iter().filter(|(s, _, _)| s == subject).count() as u32 + 1;
-        g.versions.push((subject.to_string(), version, id));
-        id
+        self.rt.block_on(async {
+            let resp = self
+                .http
+                .post(format!("{}/subjects/{subject}/versions", self.url))
+                .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
+                .body(json!({ "schema": schema }).to_string())
+                .send()
+                .await
+                .expect("registry reachable");
+            let status = resp.status();
+            let body: Value = resp.json().await.expect("registry JSON");
+            assert!(
+                status.is_success(),
+                "registering {subject}: {status} {body}"
+            );
+            body["id"].as_u64().expect("id") as u32
+        })
     }
 
     /// The schema text registered under `id`.
     pub fn schema(&self, id: u32) -> Option<String> {
-        let g = self.inner.lock().unwrap();
-        g.schemas
-            .iter()
-            .find(|(i, _, _)| *i == id)
-            .map(|(_, _, t)| t.clone())
+        self.get(&format!("/schemas/ids/{id}"))
+            .and_then(|b| b["schema"].as_str().map(str::to_string))
+    }
+
+    /// The latest schema registered under `subject`, parsed as JSON.
+    pub fn latest(&self, subject: &str) -> Option<Value> {
+        let b = self.get(&format!("/subjects/{subject}/versions/latest"))?;
+        serde_json::from_str(b["schema"].as_str()?).ok()
     }
 }

@@ -8,7 +8,7 @@ use arrow::datatypes::Int64Type;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 
-use super::{Attempts, KafkaConnection, headers, parse_source_name};
+use super::{KafkaConnection, RecordMeta, headers, parse_source_name};
 use crate::connectors::{ConnectorError, DeadLetterSink, Durable};
 use crate::operators::{CONTROL_ID, DeadLetters, OFFSET, RAW, RECORD_INDEX, SOURCE};
 
@@ -17,7 +17,7 @@ pub struct KafkaDlq {
     out: super::Deliveries,
     pipeline: String,
     integration: String,
-    attempts: Attempts,
+    meta: RecordMeta,
 }
 
 impl KafkaDlq {
@@ -26,22 +26,23 @@ impl KafkaDlq {
         topic: &str,
         pipeline: &str,
         integration: &str,
-        attempts: Attempts,
+        meta: RecordMeta,
     ) -> Result<Self, ConnectorError> {
         Ok(KafkaDlq {
             topic: topic.to_string(),
             out: super::Deliveries::new(connection, format!("dead-letter topic {topic}"))?,
             pipeline: pipeline.to_string(),
             integration: integration.to_string(),
-            attempts,
+            meta,
         })
     }
 }
 
 impl KafkaDlq {
-    /// Attempt numbers and first-failure times by `_record_index` (the retry worker's).
-    pub fn set_attempts(&mut self, attempts: Attempts) {
-        self.attempts = attempts;
+    /// Attempt numbers, first-failure times and origins by `_record_index` (the retry
+    /// worker's, which dead-letters records it did not read from the source).
+    pub fn set_meta(&mut self, meta: RecordMeta) {
+        self.meta = meta;
     }
 }
 
@@ -84,10 +85,11 @@ impl DeadLetterSink for KafkaDlq {
                 .unwrap_or_default();
             let source = sources.filter(|s| s.is_valid(i)).map(|s| s.value(i));
             let offset = offsets.filter(|o| o.is_valid(i)).map(|o| o.value(i));
-            let (attempt, first) = indexes
-                .filter(|x| x.is_valid(i))
-                .and_then(|x| self.attempts.get(x.value(i)))
+            let index = indexes.filter(|x| x.is_valid(i)).map(|x| x.value(i));
+            let (attempt, first) = index
+                .and_then(|x| self.meta.get(x))
                 .unwrap_or((1, now.clone()));
+            let origin = index.and_then(|x| self.meta.origin(x));
             let error = header_text(&dead.reason[i]);
             let mut h = OwnedHeaders::new_with_capacity(12)
                 .insert(Header {
@@ -147,13 +149,34 @@ impl DeadLetterSink for KafkaDlq {
             }
             // Stable across runs (a reprocessed window dead-letters the same key again, and
             // replay skips keys it has replayed).
-            let control = controls.filter(|c| c.is_valid(i)).map(|c| c.value(i));
+            // A record that failed to parse has no `_control_id`: read MSH-10 from its bytes.
+            let parsed_control = controls.filter(|c| c.is_valid(i)).map(|c| c.value(i));
+            let raw_control = match parsed_control {
+                Some(_) => None,
+                None => crate::connectors::dlq::hl7_control_id(payload),
+            };
+            let control = parsed_control.or(raw_control.as_deref());
             let key = super::record_identity(source, offset, control);
             if let Some(c) = control {
                 h = h.insert(Header {
                     key: headers::CORRELATION_ID,
                     value: Some(c),
                 });
+            }
+            // The record's own key and headers, for replay to restore.
+            if let Some(o) = &origin {
+                if let Some(k) = &o.key {
+                    h = h.insert(Header {
+                        key: headers::SOURCE_KEY,
+                        value: Some(k.as_slice()),
+                    });
+                }
+                for (name, value) in &o.headers {
+                    h = h.insert(Header {
+                        key: name.as_str(),
+                        value: value.as_deref(),
+                    });
+                }
             }
             let record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic)
                 .payload(payload)

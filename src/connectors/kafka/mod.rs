@@ -52,6 +52,9 @@ pub mod headers {
     /// On a parked FHIR request: its path under the base (`Patient?identifier=…`); absent
     /// for a Bundle (POSTed to the base).
     pub const REQUEST_PATH: &str = "plexus.request-path";
+    /// On a dead letter: the original record's Kafka key (absent when it had none). The
+    /// record's own headers are copied beside plexus's, under their names.
+    pub const SOURCE_KEY: &str = "plexus.source.key";
 }
 
 /// Creates topics that do not exist yet: (name, partitions, compacted).
@@ -355,26 +358,92 @@ pub fn parse_source_name(s: &str) -> Option<(&str, i32)> {
     Some((t, p.parse().ok()?))
 }
 
-/// Replay metadata of records that arrived with plexus retry headers, by `_record_index`, so
-/// that a record failing again gets the right attempt number and first-failure time.
-#[derive(Debug, Default, Clone)]
-pub struct Attempts(Arc<Mutex<HashMap<i64, (u32, String)>>>);
+/// A record's Kafka key and headers (other than plexus's own) as it arrived: kept with its
+/// dead letter so that replay puts it back with the same key, partition and headers.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub key: Option<Vec<u8>>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
 
-impl Attempts {
+impl Origin {
+    /// The origin of a consumed message; None when it has neither key nor foreign headers
+    /// (nothing to keep, and nothing stored).
+    pub fn of(
+        key: Option<&[u8]>,
+        headers: Option<&rdkafka::message::BorrowedHeaders>,
+    ) -> Option<Self> {
+        use rdkafka::message::Headers;
+        let headers: Vec<(String, Option<Vec<u8>>)> = headers
+            .map(|h| {
+                h.iter()
+                    .filter(|h| !is_plexus_header(h.key))
+                    .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        (key.is_some() || !headers.is_empty()).then(|| Origin {
+            key: key.map(<[u8]>::to_vec),
+            headers,
+        })
+    }
+}
+
+/// Headers plexus writes and reads itself; every other header belongs to the producer.
+pub fn is_plexus_header(key: &str) -> bool {
+    key.starts_with("plexus.")
+}
+
+/// What the source knew of each in-flight record beyond its bytes, by `_record_index`: the
+/// plexus retry headers it arrived with (attempt, first failure, so a record failing again
+/// gets the right attempt number) and its original key and headers. Shared by the source and
+/// the dead-letter writer; forgotten once the record's batch is committed.
+#[derive(Debug, Default, Clone)]
+pub struct RecordMeta(Arc<Mutex<MetaMaps>>);
+
+#[derive(Debug, Default)]
+struct MetaMaps {
+    attempts: HashMap<i64, (u32, String)>,
+    origins: HashMap<i64, Arc<Origin>>,
+}
+
+impl RecordMeta {
     pub fn insert(&self, record_index: i64, attempt: u32, first_failed_at: String) {
         self.0
             .lock()
-            .expect("attempts")
+            .expect("record meta")
+            .attempts
             .insert(record_index, (attempt, first_failed_at));
     }
     pub fn get(&self, record_index: i64) -> Option<(u32, String)> {
-        self.0.lock().expect("attempts").get(&record_index).cloned()
+        self.0
+            .lock()
+            .expect("record meta")
+            .attempts
+            .get(&record_index)
+            .cloned()
+    }
+    /// Records origins in one go (the source calls this once per batch).
+    pub fn insert_origins(&self, origins: impl IntoIterator<Item = (i64, Arc<Origin>)>) {
+        let mut m = self.0.lock().expect("record meta");
+        m.origins.extend(origins);
+    }
+    pub fn origin(&self, record_index: i64) -> Option<Arc<Origin>> {
+        self.0
+            .lock()
+            .expect("record meta")
+            .origins
+            .get(&record_index)
+            .cloned()
     }
     /// Forgets records below `index` (their batches are committed).
     pub fn forget_below(&self, index: i64) {
-        let mut m = self.0.lock().expect("attempts");
-        if !m.is_empty() {
-            m.retain(|&k, _| k >= index);
+        let mut m = self.0.lock().expect("record meta");
+        if !m.attempts.is_empty() {
+            m.attempts.retain(|&k, _| k >= index);
+        }
+        if !m.origins.is_empty() {
+            m.origins.retain(|&k, _| k >= index);
         }
     }
 }

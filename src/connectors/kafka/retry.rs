@@ -284,7 +284,7 @@ pub fn run_worker(
             &config.dlq_topic,
             &config.pipeline,
             &config.integration,
-            super::Attempts::default(),
+            super::RecordMeta::default(),
         )?,
         stats: RetryStats {
             sink: config.sink.clone(),
@@ -377,8 +377,7 @@ const MAX_HELD: usize = 50_000;
 /// The retry worker's state. Each partition of a retry topic is in due order, so only its
 /// head can be waiting; what is fetched behind it queues in memory, and fetching continues
 /// (up to `MAX_HELD` records). Partitions are not paused per head: a pause discards the
-/// prefetched records and re-fetches from the middle of a record batch, which tansu 0.6
-/// answers with the *next* batch — records would be skipped.
+/// prefetched records and re-fetches them, and holding them costs less than fetching twice.
 struct Worker {
     consumer: BaseConsumer,
     config: RetryWorkerConfig,
@@ -547,9 +546,9 @@ impl Worker {
                     _ => other.reason().unwrap_or_default().to_string(),
                 };
                 let dead = dead_letter(d, reason);
-                let attempts = super::Attempts::default();
-                attempts.insert(0, d.attempt, d.first_failed_at.clone());
-                self.dlq.set_attempts(attempts);
+                let meta = super::RecordMeta::default();
+                meta.insert(0, d.attempt, d.first_failed_at.clone());
+                self.dlq.set_meta(meta);
                 self.dlq.write(&self.config.sink, &dead)?;
                 self.stats.dead_lettered += 1;
                 self.dlq.barrier()?

@@ -19,7 +19,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use super::{Attempts, KafkaConnection, headers, source_name};
+use super::{KafkaConnection, Origin, RecordMeta, headers, source_name};
 use crate::connectors::{BatchSource, Checkpoints, ConnectorError, Position};
 use crate::operators::parse::raw_record_schema;
 use crate::plan::graph::SourceFormat;
@@ -109,6 +109,10 @@ struct Pending {
     topic_partition: usize,
     offset: i64,
     end: usize,
+    /// Its message's key and headers, and plexus retry headers (attempt, first failure):
+    /// handed to `RecordMeta` when the batch is taken and the record's index is final.
+    origin: Option<Arc<Origin>>,
+    retried: Option<Arc<(u32, String)>>,
 }
 
 pub struct KafkaSource {
@@ -130,7 +134,9 @@ pub struct KafkaSource {
     last_positions: Vec<Position>,
     next_index: i64,
     bytes_read: u64,
-    attempts: Attempts,
+    meta: RecordMeta,
+    /// Key/headers and retry headers of the message being added (see `Pending`).
+    current: (Option<Arc<Origin>>, Option<Arc<(u32, String)>>),
     stopped: bool,
     warnings: Vec<String>,
 }
@@ -143,7 +149,7 @@ impl KafkaSource {
         config: KafkaSourceConfig,
         stop: Arc<AtomicBool>,
         idle_exit: Option<Duration>,
-        attempts: Attempts,
+        meta: RecordMeta,
     ) -> Result<Self, ConnectorError> {
         let mut cc = connection.client_config().map_err(ConnectorError::Other)?;
         cc.set("group.id", &config.group)
@@ -204,7 +210,8 @@ impl KafkaSource {
             last_positions: Vec::new(),
             next_index: 0,
             bytes_read: 0,
-            attempts,
+            meta,
+            current: (None, None),
             stopped: false,
             warnings: Vec::new(),
         })
@@ -217,8 +224,9 @@ impl KafkaSource {
         // Where each partition resumed: the first thing to check after a restart.
         tracing::info!(topic, partition, offset, "first record of partition");
         // A resume past the committed offset means offsets were never read here: retention or
-        // compaction removed them, transaction markers sit there, or the broker skipped them
-        // (tansu 0.6 does, for a fetch from inside a record batch). Say so, never silently.
+        // compaction removed them, transaction markers sit there, or a broker skipped them (a
+        // fault: Kafka returns the containing batch for a fetch from inside one). Say so,
+        // never silently.
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(topic, partition);
         if let Ok(c) = self.consumer.committed_offsets(tpl, Duration::from_secs(5))
@@ -251,6 +259,8 @@ impl KafkaSource {
             topic_partition: tp,
             offset,
             end: self.data.len(),
+            origin: self.current.0.clone(),
+            retried: self.current.1.clone(),
         });
     }
 
@@ -327,6 +337,19 @@ impl KafkaSource {
             let next = positions.entry(p.topic_partition).or_insert(p.offset + 1);
             *next = (*next).max(p.offset + 1);
         }
+        let mut origins = Vec::new();
+        for (i, p) in self.pending.iter().enumerate() {
+            let index = self.next_index + i as i64;
+            if let Some(o) = &p.origin {
+                origins.push((index, o.clone()));
+            }
+            if let Some(r) = &p.retried {
+                self.meta.insert(index, r.0, r.1.clone());
+            }
+        }
+        if !origins.is_empty() {
+            self.meta.insert_origins(origins);
+        }
         let data = std::mem::take(&mut self.data);
         let raw = BinaryArray::new(
             OffsetBuffer::new(ScalarBuffer::from(offsets)),
@@ -394,10 +417,10 @@ impl BatchSource for KafkaSource {
             };
             match self.consumer.poll(wait) {
                 Some(Ok(m)) => {
-                    let index = self.next_index + self.pending.len() as i64;
+                    let mut retried = None;
                     if let Some(h) = m.headers() {
                         let mut attempt = None;
-                        let mut first = None;
+                        let mut failed = None;
                         for hd in h.iter() {
                             match (hd.key, hd.value) {
                                 (headers::ATTEMPT, Some(v)) => {
@@ -405,19 +428,21 @@ impl BatchSource for KafkaSource {
                                         std::str::from_utf8(v).ok().and_then(|s| s.parse().ok())
                                 }
                                 (headers::FIRST_FAILED_AT, Some(v)) => {
-                                    first = std::str::from_utf8(v).ok().map(str::to_string)
+                                    failed = std::str::from_utf8(v).ok().map(str::to_string)
                                 }
                                 _ => {}
                             }
                         }
-                        if let (Some(a), Some(f)) = (attempt, first) {
-                            self.attempts.insert(index, a, f);
-                        }
+                        retried = attempt.zip(failed).map(Arc::new);
                     }
+                    let origin = Origin::of(m.key(), m.headers()).map(Arc::new);
                     let (topic, partition, offset) =
                         (m.topic().to_string(), m.partition(), m.offset());
                     let payload = m.payload().unwrap_or_default().to_vec();
                     drop(m);
+                    // One message may hold several records (an HL7 batch file): each of them
+                    // carries the message's origin and attempt.
+                    self.current = (origin, retried);
                     self.add(&topic, partition, offset, &payload);
                     self.last_record = Instant::now();
                     self.first_at.get_or_insert_with(Instant::now);
@@ -481,7 +506,7 @@ impl BatchSource for KafkaSource {
             .as_ref()
             .map(|c| c.progress())
             .unwrap_or_default();
-        self.attempts.forget_below(final_below);
+        self.meta.forget_below(final_below);
         Ok(())
     }
 

@@ -107,7 +107,7 @@ impl Ts {
             Some((at, z)) => Some(parse_offset(z, at)?),
         };
         let time = NaiveTime::from_hms_micro_opt(hour, minute, second, micros)
-            .ok_or_else(|| format!("invalid time {hour:02}:{minute:02}:{second:02}"))?;
+            .ok_or_else(|| "invalid time of day".to_string())?;
         Ok(Ts {
             datetime: date.and_time(time),
             offset,
@@ -226,11 +226,9 @@ pub fn parse_nm(input: &str) -> Result<f64, String> {
 /// Parses an NM value that must be whole: `42`, `-7` and `42.0` are accepted, `42.5` is not.
 pub fn parse_nm_i64(input: &str) -> Result<i64, String> {
     let nm = Nm::split(input)?;
-    if let Some(i) = nm.fraction.find(|c| c != '0') {
-        return Err(format!(
-            "not a whole number (fractional part .{})",
-            &nm.fraction[..=i]
-        ));
+    if nm.fraction.contains(|c| c != '0') {
+        // The digits stay out of the message: values can be PHI.
+        return Err("not a whole number (it has a fractional part)".into());
     }
     let digits = nm.integer.trim_start_matches('0');
     let out_of_range = || "number is out of range for a 64-bit integer".to_string();
@@ -584,8 +582,9 @@ fn conversion(el: &Element<'_>, text: &str, target: &'static str, reason: String
 /// reported position points into what the user sees.
 fn check_digits(s: &str, base: usize) -> Result<(), String> {
     match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
-        Some((i, c)) => Err(format!(
-            "unexpected character {c:?} at position {}",
+        // Position, not the character: values can be PHI.
+        Some((i, _)) => Err(format!(
+            "unexpected non-digit character at position {}",
             base + i
         )),
         None => Ok(()),
@@ -604,7 +603,8 @@ fn part(digits: &str, at: usize, name: &str, min: u32, max: u32) -> Result<u32, 
     };
     let v = number(s);
     if v < min || v > max {
-        return Err(format!("{name} {s} is out of range {min:02}-{max:02}"));
+        // Which part and its range, not its digits: a birth date is PHI.
+        return Err(format!("{name} is out of range {min:02}-{max:02}"));
     }
     Ok(v)
 }
@@ -619,15 +619,13 @@ fn civil_date(digits: &str) -> Result<NaiveDate, String> {
     let last = days_in_month(year, month);
     let day = part(digits, 6, "day", 1, 31).and_then(|d| {
         if d > last {
-            Err(format!(
-                "day {d:02} is out of range 01-{last} for {year:04}-{month:02}"
-            ))
+            Err(format!("day is out of range 01-{last} for its month"))
         } else {
             Ok(d)
         }
     })?;
     NaiveDate::from_ymd_opt(year as i32, month, day)
-        .ok_or_else(|| format!("invalid date {year:04}-{month:02}-{day:02}"))
+        .ok_or_else(|| "invalid calendar date".to_string())
 }
 
 fn days_in_month(year: u32, month: u32) -> u32 {
@@ -654,16 +652,14 @@ fn parse_offset(z: &str, at: usize) -> Result<FixedOffset, String> {
     let hours = number(&digits[..2]);
     let minutes = number(&digits[2..]);
     if hours > 14 {
-        return Err(format!("offset hours {hours:02} are out of range 00-14"));
+        return Err("offset hours are out of range 00-14".into());
     }
     if minutes > 59 {
-        return Err(format!(
-            "offset minutes {minutes:02} are out of range 00-59"
-        ));
+        return Err("offset minutes are out of range 00-59".into());
     }
     let secs = (hours * 3600 + minutes * 60) as i32;
     let secs = if z.starts_with('-') { -secs } else { secs };
-    FixedOffset::east_opt(secs).ok_or_else(|| format!("invalid time zone offset {z}"))
+    FixedOffset::east_opt(secs).ok_or_else(|| "invalid time zone offset".to_string())
 }
 
 #[cfg(test)]
@@ -968,32 +964,45 @@ OBX|1|CE|8867-4^Heart rate^LN^HR^^L|||||N^^HL70078\r",
         let cases = [
             ("", "empty value"),
             ("   ", "empty value"),
-            ("20261305", "month 13 is out of range 01-12"),
-            ("20260005", "month 00 is out of range 01-12"),
-            ("20230229", "day 29 is out of range 01-28 for 2023-02"),
-            ("19000229", "day 29 is out of range 01-28 for 1900-02"),
-            ("20260431", "day 31 is out of range 01-30 for 2026-04"),
-            ("20260100", "day 00 is out of range 01-31"),
-            ("2026010524", "hour 24 is out of range 00-23"),
-            ("202601052360", "minute 60 is out of range 00-59"),
-            ("20260105235960", "second 60 is out of range 00-59"),
+            ("20261305", "month is out of range 01-12"),
+            ("20260005", "month is out of range 01-12"),
+            ("20230229", "day is out of range 01-28 for its month"),
+            ("19000229", "day is out of range 01-28 for its month"),
+            ("20260431", "day is out of range 01-30 for its month"),
+            ("20260100", "day is out of range 01-31"),
+            ("2026010524", "hour is out of range 00-23"),
+            ("202601052360", "minute is out of range 00-59"),
+            ("20260105235960", "second is out of range 00-59"),
             ("0000", "year 0000"),
-            ("20260105+1500", "offset hours 15 are out of range 00-14"),
-            ("20260105-0160", "offset minutes 60 are out of range 00-59"),
+            ("20260105+1500", "offset hours are out of range 00-14"),
+            ("20260105-0160", "offset minutes are out of range 00-59"),
             ("20260105+05", "time zone offset has 2 digits"),
             ("20260105143000.12345", "at most 4"),
             ("20260105143000.", "no digits after the decimal point"),
             ("2026010", "date/time has 7 digits"),
             ("202601051430001", "at most 14"),
-            ("2026-01-05", "unexpected character '-' at position 7"),
-            ("20260105T1430", "unexpected character 'T' at position 8"),
-            ("20260105143000Z", "unexpected character 'Z' at position 14"),
-            ("2026+01+00", "unexpected character '+' at position 7"),
-            ("２０２６", "unexpected character '２' at position 0"),
+            ("2026-01-05", "unexpected non-digit character at position 7"),
+            (
+                "20260105T1430",
+                "unexpected non-digit character at position 8",
+            ),
+            (
+                "20260105143000Z",
+                "unexpected non-digit character at position 14",
+            ),
+            ("2026+01+00", "unexpected non-digit character at position 7"),
+            ("２０２６", "unexpected non-digit character at position 0"),
         ];
         for (input, reason) in cases {
             let e = Ts::parse(input).unwrap_err();
             assert!(e.contains(reason), "{input:?}: {e:?} lacks {reason:?}");
+            // Reasons reach logs and query tables: never the value's digits (a birth date).
+            if input.len() >= 8 && input.is_ascii() {
+                assert!(
+                    !e.contains(&input[..4]),
+                    "{input:?}: {e:?} quotes the value"
+                );
+            }
         }
     }
 
@@ -1013,7 +1022,11 @@ OBX|1|CE|8867-4^Heart rate^LN^HR^^L|||||N^^HL70078\r",
             } => {
                 assert_eq!(value, "19801301");
                 assert_eq!(target.to_string(), "TS/DTM");
-                assert!(reason.contains("month 13"), "{reason}");
+                assert!(reason.contains("month is out of range"), "{reason}");
+                // The message shows the value's shape, not the value.
+                let shown = e.to_string();
+                assert!(shown.contains("a value of 8 digits"), "{shown}");
+                assert!(!shown.contains("1980"), "{shown}");
             }
             other => panic!("unexpected {other:?}"),
         }
@@ -1025,9 +1038,17 @@ OBX|1|CE|8867-4^Heart rate^LN^HR^^L|||||N^^HL70078\r",
         assert_eq!(parse_dt("20240229"), Ok((d(2024, 2, 29), Precision::Day)));
         assert_eq!(parse_dt(" 198808 "), Ok((d(1988, 8, 1), Precision::Month)));
         assert_eq!(parse_dt("1988"), Ok((d(1988, 1, 1), Precision::Year)));
-        assert!(parse_dt("20230229").unwrap_err().contains("day 29"));
+        assert!(
+            parse_dt("20230229")
+                .unwrap_err()
+                .contains("day is out of range")
+        );
         assert!(parse_dt("2023022910").unwrap_err().contains("10 digits"));
-        assert!(parse_dt("20230229-0500").unwrap_err().contains("'-'"));
+        assert!(
+            parse_dt("20230229-0500")
+                .unwrap_err()
+                .contains("position 8")
+        );
         assert!(parse_dt("").unwrap_err().contains("empty"));
     }
 
@@ -1044,7 +1065,7 @@ OBX|1|CE|8867-4^Heart rate^LN^HR^^L|||||N^^HL70078\r",
         ] {
             assert!(parse_nm(bad).is_err(), "{bad:?} accepted");
         }
-        assert!(parse_nm("1e5").unwrap_err().contains("'e' at position 1"));
+        assert!(parse_nm("1e5").unwrap_err().contains("position 1"));
         assert!(
             parse_nm(&"9".repeat(400))
                 .unwrap_err()
@@ -1070,7 +1091,7 @@ OBX|1|CE|8867-4^Heart rate^LN^HR^^L|||||N^^HL70078\r",
         );
         assert_eq!(
             parse_nm_i64("42.50"),
-            Err("not a whole number (fractional part .5)".into())
+            Err("not a whole number (it has a fractional part)".into())
         );
         assert!(parse_nm_i64("1e3").is_err());
     }

@@ -70,12 +70,28 @@ pub enum ErrorKind {
     },
     #[error("invalid path {path:?}: {reason}")]
     InvalidPath { path: String, reason: String },
-    #[error("cannot convert {value:?} to {target}: {reason}")]
+    /// The value is kept for callers (it is the record's own data), but the message shows only
+    /// its shape — its kind of characters and length — because errors reach logs, DLQ headers
+    /// and query tables, where patient data must not.
+    #[error("cannot convert {} to {target}: {reason}", shape(value))]
     Conversion {
         value: String,
         target: &'static str,
         reason: String,
     },
+}
+
+/// A value described without its content: `8 digits`, `12 characters`, `1 letter`.
+pub fn shape(value: &str) -> String {
+    let n = value.chars().count();
+    let kind = if value.chars().all(|c| c.is_ascii_digit()) {
+        "digit"
+    } else if value.chars().all(char::is_alphabetic) {
+        "letter"
+    } else {
+        "character"
+    };
+    format!("a value of {n} {kind}{}", if n == 1 { "" } else { "s" })
 }
 
 impl ErrorKind {
