@@ -8,6 +8,8 @@
 //! 3. End to end: the plexus runtime reads the same topic in a consumer group, parses HL7
 //!    (10 columns), maps, validates and produces JSON to an output topic, committing offsets
 //!    after the output is acknowledged.
+//! 4. The same pipeline through the `plexus` binary, as a whole process under
+//!    `/usr/bin/time` (start-up and group join included), with its peak RSS.
 //!
 //! Both rates are measured from the first record received to the last one handled (for the
 //! pipeline: until its final commit), so group-join time counts for neither. Not a criterion
@@ -251,5 +253,44 @@ dlq: {{topic: {dlq}}}
         "ratio end-to-end / raw consume: {:.0} %",
         100.0 * e2e_rate / raw_rate
     );
+
+    // 4. What a user runs: the `plexus` binary on the same pipeline and topic (a fresh group),
+    //    as a whole process — start-up and group join included — with its peak RSS.
+    let cli_yaml = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(&format!("bench-e2e-{tag}"), &format!("bench-cli-{tag}"));
+    let cli_path = dir.join("bench_cli.yaml");
+    std::fs::write(&cli_path, cli_yaml).unwrap();
+    let t = Instant::now();
+    let out = std::process::Command::new("/usr/bin/time")
+        .args(["-f", "peak_rss_kb=%M"])
+        .arg(env!("CARGO_BIN_EXE_plexus"))
+        .args(["run", cli_path.to_str().unwrap(), "--json"])
+        .args(["--max-records", &n.to_string()])
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {
+            let wall = t.elapsed().as_secs_f64();
+            let stderr = String::from_utf8_lossy(&o.stderr);
+            let rss_mb = stderr
+                .lines()
+                .rev()
+                .find_map(|l| l.strip_prefix("peak_rss_kb="))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .map_or(f64::NAN, |kb| kb / 1024.0);
+            let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+            println!(
+                "plexus run (whole process, start-up and group join included): {} records in {wall:.2} s = {:.0} msg/s; peak RSS {rss_mb:.0} MB",
+                s["records_in"],
+                n as f64 / wall
+            );
+        }
+        Ok(o) => println!(
+            "plexus run failed ({}): {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => println!("plexus run not measured (/usr/bin/time: {e})"),
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

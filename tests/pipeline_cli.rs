@@ -365,3 +365,135 @@ fn run_over_a_glob_of_the_third_party_corpus() {
     assert_eq!(mrns, ["PATID1234", "10006579"]);
     assert_eq!(admissions[1]["family_name"], "DUCK");
 }
+
+/// The sample feed's patient data: MRNs, family and given names, birth dates (values of at
+/// least 5 characters, so that a short one cannot match by chance).
+fn sample_phi() -> Vec<String> {
+    let input = std::fs::read(root().join("data/samples/adt_feed.hl7")).unwrap();
+    let mut phi = Vec::new();
+    for r in Splitter::new(&input).filter_map(Result::ok) {
+        for path in [
+            "PID-3.1", "PID-5.1", "PID-5.2", "PID-7", "PID-11.1", "PID-13.1",
+        ] {
+            if let Ok(Some(v)) = r.message.query(path) {
+                let v = v.trim().to_string();
+                if v.chars().count() >= 5 && !phi.contains(&v) {
+                    phi.push(v);
+                }
+            }
+        }
+    }
+    assert!(
+        phi.len() > 50,
+        "the sample feed has patient data to look for"
+    );
+    phi
+}
+
+/// `plexus query` is read-only (no DDL, DML, COPY, SET, file or URL tables), and none of the
+/// tables it serves hold patient data, after a run over the sample feed.
+#[test]
+fn query_is_read_only_and_serves_no_patient_data() {
+    let out = tempfile::tempdir().unwrap();
+    let o = plexus(&[
+        "run",
+        "pipelines/adt_to_patient.yaml",
+        "--output",
+        out.path().to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let query = |sql: &str| {
+        plexus(&[
+            "query",
+            "--pipeline",
+            "pipelines/adt_to_patient.yaml",
+            "--output",
+            out.path().to_str().unwrap(),
+            "--format",
+            "csv",
+            sql,
+        ])
+    };
+    let victim = out.path().join("victim.csv");
+    std::fs::write(&victim, "untouched\n").unwrap();
+    for sql in [
+        format!("COPY (SELECT 'x') TO '{}' STORED AS CSV", victim.display()),
+        "CREATE EXTERNAL TABLE p STORED AS CSV LOCATION '/etc/passwd'".to_string(),
+        "DROP VIEW metrics".to_string(),
+        "DROP TABLE dead_letters".to_string(),
+        "SET datafusion.execution.batch_size = 1".to_string(),
+        "SELECT * FROM '/etc/passwd'".to_string(),
+        format!("SELECT * FROM '{}'", victim.display()),
+        "SELECT 1; DROP VIEW metrics".to_string(),
+    ] {
+        let o = query(&sql);
+        assert!(!o.status.success(), "{sql} was run: {}", text(&o.stdout));
+        assert!(!text(&o.stdout).contains("root:"), "{sql}");
+    }
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched\n");
+    // The tables are all still there, and queries work.
+    let mut served = String::new();
+    for table in [
+        "metrics",
+        "feed_health",
+        "alerts",
+        "breaker_events",
+        "dead_letters",
+    ] {
+        let o = query(&format!("SELECT * FROM {table}"));
+        assert!(o.status.success(), "{table}: {}", text(&o.stderr));
+        served.push_str(&text(&o.stdout));
+        served.push_str(&text(&o.stderr));
+    }
+    let dead = text(&query("SELECT sum(records) AS n FROM dead_letters").stdout);
+    assert!(
+        dead.lines().nth(1).is_some_and(|n| n.trim() == "15"),
+        "{dead}"
+    );
+    for v in sample_phi() {
+        assert!(
+            !served.contains(&v),
+            "query tables show patient data ({} chars)",
+            v.len()
+        );
+    }
+}
+
+/// A pipeline name decides default output paths: `../` in it is refused at its place, and
+/// nothing is written outside the working directory.
+#[test]
+fn a_pipeline_name_cannot_escape_the_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    std::fs::copy(
+        root().join("data/samples/adt_feed.hl7"),
+        work.join("in.hl7"),
+    )
+    .unwrap();
+    let yaml = "name: ../escape\nintegration: {id: x}\n\
+                source: {type: file, path: in.hl7, format: hl7}\n\
+                stages:\n  - {name: parse, type: parse, format: hl7, columns: [{name: mrn, path: PID-3.1}]}\n\
+                sinks:\n  - {name: out, type: file, format: ndjson, path: out.ndjson}\n";
+    std::fs::write(work.join("p.yaml"), yaml).unwrap();
+    for cmd in ["validate", "run"] {
+        let o = Command::new(BIN)
+            .args([cmd, "p.yaml"])
+            .current_dir(&work)
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{cmd} accepted the name");
+        let err = text(&o.stderr);
+        assert!(err.contains("p.yaml:1:7"), "{cmd}: located: {err}");
+        assert!(err.contains("pipeline name"), "{cmd}: {err}");
+    }
+    let outside: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        outside,
+        vec![std::ffi::OsString::from("work")],
+        "nothing written beside"
+    );
+}

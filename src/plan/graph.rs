@@ -347,12 +347,36 @@ impl Ctx<'_> {
 }
 
 /// Plans a spec; every problem found is returned (not only the first).
+/// A pipeline's name names files (`<name>.dlq.ndjson`), topics and consumer groups, so it is
+/// one plain path component: letters, digits, `_`, `-` and `.` (not first), at most 128.
+pub fn check_pipeline_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        && !name.starts_with('.')
+        && !name.contains("..");
+    if ok {
+        Ok(())
+    } else {
+        Err(
+            "a pipeline name is 1 to 128 letters, digits, '_', '-' or '.' (not first, not \
+             '..'): it names files, topics and consumer groups"
+                .into(),
+        )
+    }
+}
+
 pub async fn build(spec: &PipelineSpec) -> Result<Plan, SpecErrors> {
     let mut cx = Ctx {
         spec,
         errors: Vec::new(),
         registry: None,
     };
+    if let Err(e) = check_pipeline_name(&spec.name) {
+        cx.err(&spec.name, e);
+    }
     let kafka = plan_kafka(&mut cx);
     let sql = SqlPlanner::new();
 
@@ -1908,6 +1932,32 @@ fn check_reachability(cx: &mut Ctx<'_>, stages: &[PlannedStage], sinks: &[Planne
                     format!("{what} goes nowhere: no stage or sink reads it"),
                 );
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pipeline_names_are_one_path_component() {
+        for ok in ["adt_to_patient", "adt-kafka.v2", "A1"] {
+            assert_eq!(check_pipeline_name(ok), Ok(()), "{ok}");
+        }
+        let long = "n".repeat(129);
+        for bad in [
+            "",
+            "../escape",
+            "a/b",
+            "..",
+            ".hidden",
+            "a..b",
+            "a b",
+            "x\\y",
+            &long,
+        ] {
+            assert!(check_pipeline_name(bad).is_err(), "{bad:?}");
         }
     }
 }
