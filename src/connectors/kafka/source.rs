@@ -136,7 +136,8 @@ pub struct KafkaSource {
     bytes_read: u64,
     meta: RecordMeta,
     /// Key/headers and retry headers of the message being added (see `Pending`).
-    current: (Option<Arc<Origin>>, Option<Arc<(u32, String)>>),
+    current_origin: Option<Arc<Origin>>,
+    current_retried: Option<Arc<(u32, String)>>,
     stopped: bool,
     warnings: Vec<String>,
 }
@@ -211,7 +212,8 @@ impl KafkaSource {
             next_index: 0,
             bytes_read: 0,
             meta,
-            current: (None, None),
+            current_origin: None,
+            current_retried: None,
             stopped: false,
             warnings: Vec::new(),
         })
@@ -259,8 +261,8 @@ impl KafkaSource {
             topic_partition: tp,
             offset,
             end: self.data.len(),
-            origin: self.current.0.clone(),
-            retried: self.current.1.clone(),
+            origin: self.current_origin.clone(),
+            retried: self.current_retried.clone(),
         });
     }
 
@@ -442,7 +444,8 @@ impl BatchSource for KafkaSource {
                     drop(m);
                     // One message may hold several records (an HL7 batch file): each of them
                     // carries the message's origin and attempt.
-                    self.current = (origin, retried);
+                    self.current_origin = origin;
+                    self.current_retried = retried;
                     self.add(&topic, partition, offset, &payload);
                     self.last_record = Instant::now();
                     self.first_at.get_or_insert_with(Instant::now);
