@@ -360,17 +360,16 @@ dlq: {{topic: {dlq}}}
         group = unique("g")
     );
     let p = pipeline(dir.path(), "avro", &yaml);
-    let run = Command::new(BIN)
-        .args([
+    let run = plexus_logging(
+        &[
             "run",
             p.to_str().unwrap(),
             "--json",
             "--exit-when-idle",
             "3s",
-        ])
-        .env("PLEXUS_LOG", "plexus=debug")
-        .output()
-        .unwrap();
+        ],
+        "plexus=debug",
+    );
     let s = summary(&run);
     assert_eq!(
         (s["delivered"].as_u64(), s["dead_lettered"].as_u64()),
@@ -690,35 +689,55 @@ fn kill_dash_9_mid_batch_loses_nothing() {
     crash_and_restart(KillPoint::MidBatch);
 }
 
+/// Topics (input and output with `partitions` each, a DLQ), a group and the HL7 pipeline
+/// over them, for tests that run several `plexus run` processes in one group.
+struct GroupSetup {
+    input: String,
+    output: String,
+    _dir: tempfile::TempDir,
+    pipeline: std::path::PathBuf,
+}
+
+impl GroupSetup {
+    fn new(tag: &str, partitions: i32, max_rows: usize) -> GroupSetup {
+        let (input, output, dlq) = (
+            unique(&format!("{tag}-in")),
+            unique(&format!("{tag}-out")),
+            unique(&format!("{tag}-dlq")),
+        );
+        create_topics(&[(&input, partitions), (&output, partitions), (&dlq, 1)]);
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = hl7_pipeline(&input, &output, &dlq, &unique("g"), max_rows);
+        let pipeline = pipeline(dir.path(), tag, &yaml);
+        GroupSetup {
+            input,
+            output,
+            _dir: dir,
+            pipeline,
+        }
+    }
+
+    /// One member: `plexus run --json --exit-when-idle IDLE`.
+    fn spawn(&self, idle: &str) -> std::process::Child {
+        Command::new(BIN)
+            .args(["run", self.pipeline.to_str().unwrap(), "--json"])
+            .args(["--exit-when-idle", idle])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+}
+
 /// A second instance joins while the first has batches in flight, then the first leaves
 /// (SIGTERM): partitions move twice mid-stream, and every record comes out exactly once —
 /// a revoked partition's in-flight batches are finished and committed before it moves.
 #[test]
 fn rebalance_with_batches_in_flight_loses_and_repeats_nothing() {
-    let (input, output, dlq) = (unique("reb-in"), unique("reb-out"), unique("reb-dlq"));
-    let group = unique("g");
-    create_topics(&[(&input, 6), (&output, 6), (&dlq, 1)]);
     let n = 60_000;
-    let dir = tempfile::tempdir().unwrap();
-    let p = pipeline(
-        dir.path(),
-        "reb",
-        &hl7_pipeline(&input, &output, &dlq, &group, 200),
-    );
-    let spawn = |idle: &str| {
-        Command::new(BIN)
-            .args([
-                "run",
-                p.to_str().unwrap(),
-                "--json",
-                "--exit-when-idle",
-                idle,
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
+    let g = GroupSetup::new("reb", 6, 200);
+    let (input, output) = (g.input.clone(), g.output.clone());
+    let spawn = |idle: &str| g.spawn(idle);
     // The stream: 60 chunks of 1,000 records over ~12 s, keyed by MRN.
     let producer = {
         let input = input.clone();
@@ -778,30 +797,10 @@ fn rebalance_with_batches_in_flight_loses_and_repeats_nothing() {
 
 #[test]
 fn two_processes_in_one_group_split_the_partitions() {
-    let (input, output, dlq) = (unique("grp-in"), unique("grp-out"), unique("grp-dlq"));
-    let group = unique("g");
-    create_topics(&[(&input, 4), (&output, 4), (&dlq, 1)]);
     let n = 8_000;
-    let dir = tempfile::tempdir().unwrap();
-    let p = pipeline(
-        dir.path(),
-        "grp",
-        &hl7_pipeline(&input, &output, &dlq, &group, 100),
-    );
-    let spawn = || {
-        Command::new(BIN)
-            .args([
-                "run",
-                p.to_str().unwrap(),
-                "--json",
-                "--exit-when-idle",
-                "15s",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
+    let g = GroupSetup::new("grp", 4, 100);
+    let (input, output) = (g.input.clone(), g.output.clone());
+    let spawn = || g.spawn("15s");
     let a = spawn();
     let b = spawn();
     // Both members join (and the group settles) before the records arrive.

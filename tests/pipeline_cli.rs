@@ -33,6 +33,20 @@ fn ndjson(path: &Path) -> Vec<serde_json::Value> {
     }
 }
 
+/// Runs the shipped ADT pipeline over its sample feed with outputs in `out`; checks it ran.
+fn run_sample(out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "run",
+        "pipelines/adt_to_patient.yaml",
+        "--output",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let o = plexus(&args);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    o
+}
+
 #[test]
 fn shipped_pipelines_validate() {
     let o = plexus(&[
@@ -48,14 +62,7 @@ fn shipped_pipelines_validate() {
 #[test]
 fn adt_pipeline_accounts_for_every_record() {
     let out = tempfile::tempdir().unwrap();
-    let o = plexus(&[
-        "run",
-        "pipelines/adt_to_patient.yaml",
-        "--output",
-        out.path().to_str().unwrap(),
-        "--json",
-    ]);
-    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = run_sample(out.path(), &["--json"]);
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let n = |k: &str| summary[k].as_u64().unwrap();
 
@@ -331,6 +338,39 @@ sinks:
         "unreachable output of v: {err}"
     );
     assert!(err.contains(&format!("{p}:15:")), "{err}");
+
+    // Two sinks of one name: the second is an error at its place.
+    let spec4 = format!("{spec3}  - {{name: out, input: v, type: file, path: {r}/out/y.ndjson}}\n");
+    std::fs::write(&path, &spec4).unwrap();
+    let err = text(&plexus(&["validate", path.to_str().unwrap()]).stderr);
+    assert!(
+        err.contains(&format!("{p}:21:")) && err.contains("sink name \"out\" is used twice"),
+        "{err}"
+    );
+}
+
+/// `plexus validate pipelines/*.yaml`, as a user types it, meets the test-case files too:
+/// they are skipped (with a word), the pipelines validated.
+#[test]
+fn validate_over_the_shipped_glob_skips_test_case_files() {
+    let mut files: Vec<String> = std::fs::read_dir(root().join("pipelines"))
+        .unwrap()
+        .map(|e| format!("pipelines/{}", e.unwrap().file_name().to_string_lossy()))
+        .filter(|f| f.ends_with(".yaml"))
+        .collect();
+    files.sort();
+    assert!(files.iter().any(|f| f.ends_with(".test.yaml")));
+    let args: Vec<&str> = std::iter::once("validate")
+        .chain(files.iter().map(String::as_str))
+        .collect();
+    let o = plexus(&args);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(
+        out.contains("skipped: pipelines/adt_to_patient.test.yaml"),
+        "{out}"
+    );
+    assert!(out.contains("ok: pipelines/adt_to_patient.yaml"), "{out}");
 }
 
 #[test]
@@ -395,13 +435,7 @@ fn sample_phi() -> Vec<String> {
 #[test]
 fn query_is_read_only_and_serves_no_patient_data() {
     let out = tempfile::tempdir().unwrap();
-    let o = plexus(&[
-        "run",
-        "pipelines/adt_to_patient.yaml",
-        "--output",
-        out.path().to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", text(&o.stderr));
+    run_sample(out.path(), &[]);
     let query = |sql: &str| {
         plexus(&[
             "query",
@@ -496,4 +530,42 @@ fn a_pipeline_name_cannot_escape_the_directory() {
         vec![std::ffi::OsString::from("work")],
         "nothing written beside"
     );
+}
+
+/// At trace level (through `RUST_LOG`, the conventional variable), the shipped file pipelines
+/// log plenty, in plain text when stderr is not a terminal, and none of the sample feed's
+/// patient data.
+#[test]
+fn trace_logs_hold_no_patient_data() {
+    let phi = sample_phi();
+    for (pipeline, feed_values) in [("pipelines/adt_to_patient.yaml", &phi)] {
+        let out = tempfile::tempdir().unwrap();
+        let o = Command::new(BIN)
+            .args(["run", pipeline, "--output", out.path().to_str().unwrap()])
+            .current_dir(root())
+            .env_remove("PLEXUS_LOG")
+            .env("RUST_LOG", "trace")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{pipeline}: {}", text(&o.stderr));
+        let log = text(&o.stderr);
+        assert!(
+            log.lines()
+                .filter(|l| l.contains("TRACE") || l.contains("DEBUG"))
+                .count()
+                > 20,
+            "{pipeline}: RUST_LOG=trace is honoured"
+        );
+        assert!(
+            !log.contains('\u{1b}'),
+            "{pipeline}: no ANSI colours in a pipe"
+        );
+        for v in feed_values {
+            assert!(
+                !log.contains(v.as_str()),
+                "{pipeline}: the log shows patient data ({} chars)",
+                v.len()
+            );
+        }
+    }
 }

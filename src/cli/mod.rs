@@ -114,12 +114,17 @@ pub fn main() -> ExitCode {
 }
 
 fn init_tracing() -> Option<otel::OtelGuard> {
+    use std::io::IsTerminal;
     use tracing_subscriber::prelude::*;
     // Logs go to stderr so that stdout stays clean for data. Default: warnings only.
+    // PLEXUS_LOG wins over the conventional RUST_LOG; both take EnvFilter directives.
     let filter = tracing_subscriber::EnvFilter::try_from_env("PLEXUS_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_env("RUST_LOG"))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // Colours only for a person at a terminal: a log file or a pipe gets plain text.
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_filter(filter);
     let (otel, guard) = match otel::layer() {
         Ok(Some((layer, guard))) => (Some(layer), Some(guard)),

@@ -54,6 +54,19 @@ pub fn validate(paths: &[PathBuf]) -> Result<ExitCode> {
     let rt = runtime()?;
     let mut failed = false;
     for path in paths {
+        // `plexus validate pipelines/*.yaml` also meets the test-case files beside the
+        // pipelines: they are not pipelines (`plexus test` checks them).
+        if path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.ends_with(".test.yaml") || n.ends_with(".test.yml"))
+        {
+            println!(
+                "skipped: {}: test cases, checked by `plexus test` on their pipeline",
+                path.display()
+            );
+            continue;
+        }
         match rt.block_on(load(path)) {
             Ok((_, plan)) => println!(
                 "ok: {}: {} stages, {} sinks, source {} file(s)",

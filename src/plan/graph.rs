@@ -441,7 +441,17 @@ pub async fn build(spec: &PipelineSpec) -> Result<Plan, SpecErrors> {
 
     let mut sinks = Vec::new();
     if planned_all_stages {
-        for s in &spec.sinks {
+        for (i, s) in spec.sinks.iter().enumerate() {
+            // Sink names key the summary, metrics, outcomes and retry topics: one each.
+            if spec.sinks[..i]
+                .iter()
+                .any(|o| o.name.as_str() == s.name.as_str())
+            {
+                cx.err(
+                    &s.name,
+                    format!("sink name {:?} is used twice", s.name.as_str()),
+                );
+            }
             if let Some(sink) = plan_sink(&mut cx, &stages, s, &sql) {
                 sinks.push(sink);
             }

@@ -290,14 +290,19 @@ pub fn pipeline(dir: &Path, name: &str, yaml: &str) -> std::path::PathBuf {
     p
 }
 
-/// Runs `plexus` to completion.
+/// Runs `plexus` to completion (log level from `PLEXUS_TEST_LOG`, default warn).
 pub fn plexus(args: &[&str]) -> Output {
+    plexus_logging(
+        args,
+        &std::env::var("PLEXUS_TEST_LOG").unwrap_or("warn".into()),
+    )
+}
+
+/// Runs `plexus` to completion with `PLEXUS_LOG=filter` (for tests that read its log).
+pub fn plexus_logging(args: &[&str], filter: &str) -> Output {
     Command::new(BIN)
         .args(args)
-        .env(
-            "PLEXUS_LOG",
-            std::env::var("PLEXUS_TEST_LOG").unwrap_or("warn".into()),
-        )
+        .env("PLEXUS_LOG", filter)
         .output()
         .expect("run plexus")
 }
