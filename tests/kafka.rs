@@ -534,8 +534,8 @@ enum KillPoint {
     BeforeFirstCommit,
     /// The moment the group's first commit is seen.
     RightAfterACommit,
-    /// Halfway through the stream: pipeline batches (137 records) in flight, the committed
-    /// offsets in the middle of the producer's record batches.
+    /// Mid-stream: pipeline batches (137 records) in flight, the committed offsets in the
+    /// middle of the producer's record batches.
     MidBatch,
 }
 
@@ -592,15 +592,14 @@ fn crash_and_restart(point: KillPoint) {
             std::thread::sleep(Duration::from_secs(4));
         }
         KillPoint::RightAfterACommit => {
-            while committed(&group, &input, 2).is_empty() {
+            let reader = CommittedReader::new(&group);
+            while reader.read(&input, 2).is_empty() {
                 assert!(started.elapsed() < WAIT, "no commit seen");
             }
         }
         KillPoint::MidBatch => {
-            assert!(
-                wait_for(&output, n / 2, WAIT) >= n / 2,
-                "output reached half"
-            );
+            // A quarter of the way: the kill lands mid-stream even on a fast machine.
+            assert!(wait_for(&output, n / 4, WAIT) >= n / 4, "output under way");
         }
     }
     child.kill().unwrap(); // SIGKILL

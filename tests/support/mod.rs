@@ -266,21 +266,35 @@ pub fn wait_for(topic: &str, min: usize, timeout: Duration) -> usize {
 
 /// Committed offsets of a group (partition → next offset), for `topic`.
 pub fn committed(group: &str, topic: &str, partitions: i32) -> HashMap<i32, i64> {
-    let c: BaseConsumer = config().set("group.id", group).create().unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition(topic, p);
+    CommittedReader::new(group).read(topic, partitions)
+}
+
+/// Reads a group's committed offsets again and again over one connection (a new client per
+/// read takes long enough for a fast pipeline to commit many times in between).
+pub struct CommittedReader(BaseConsumer);
+
+impl CommittedReader {
+    pub fn new(group: &str) -> CommittedReader {
+        CommittedReader(config().set("group.id", group).create().unwrap())
     }
-    let got = c
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .expect("committed offsets");
-    got.elements()
-        .iter()
-        .filter_map(|e| match e.offset() {
-            Offset::Offset(o) => Some((e.partition(), o)),
-            _ => None,
-        })
-        .collect()
+
+    pub fn read(&self, topic: &str, partitions: i32) -> HashMap<i32, i64> {
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition(topic, p);
+        }
+        let got = self
+            .0
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .expect("committed offsets");
+        got.elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => Some((e.partition(), o)),
+                _ => None,
+            })
+            .collect()
+    }
 }
 
 /// Writes a pipeline file into `dir`.
