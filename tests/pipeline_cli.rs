@@ -569,3 +569,22 @@ fn trace_logs_hold_no_patient_data() {
         }
     }
 }
+
+/// The quick start's log is not buried in alerts: one warning per alert rule, while every
+/// alert is in the alert output.
+#[test]
+fn alerts_are_announced_once_per_rule() {
+    let out = tempfile::tempdir().unwrap();
+    let o = run_sample(out.path(), &[]);
+    let log = text(&o.stderr);
+    let raised: Vec<&str> = log.lines().filter(|l| l.contains("alert raised")).collect();
+    let alerts = ndjson(&out.path().join("alerts.ndjson"));
+    let mut rules: Vec<&str> = alerts.iter().filter_map(|a| a["alert"].as_str()).collect();
+    rules.sort_unstable();
+    rules.dedup();
+    assert!(
+        alerts.len() > rules.len(),
+        "the sample raises a rule more than once"
+    );
+    assert_eq!(raised.len(), rules.len(), "{log}");
+}

@@ -149,6 +149,9 @@ pub struct MonitorOutputs {
     webhook: Option<(HttpTarget, tokio::runtime::Handle)>,
     pub webhook_failures: u64,
     pub window_rows: u64,
+    /// Alert rules already announced in the log: one warning per rule, the rest at debug
+    /// (every alert is in the alert outputs and counted in the summary).
+    announced: std::collections::HashSet<String>,
 }
 
 impl MonitorOutputs {
@@ -175,6 +178,7 @@ impl MonitorOutputs {
             webhook: webhook.map(|w| (w, handle)),
             webhook_failures: 0,
             window_rows: 0,
+            announced: std::collections::HashSet::new(),
         })
     }
 
@@ -208,8 +212,13 @@ impl MonitorOutputs {
     }
 
     pub fn alert(&mut self, a: &Alert) -> Result<(), ConnectorError> {
-        // Names and numbers only (no record content): safe to log.
-        tracing::warn!(alert = %a.alert, severity = ?a.severity, integration = %a.integration, window = %a.window, key = %a.key, "alert raised");
+        // Names only (no record content): safe to log. A rule that fires for every window of
+        // a multi-day batch would bury the summary: it is announced once.
+        if self.announced.insert(a.alert.clone()) {
+            tracing::warn!(alert = %a.alert, severity = ?a.severity, integration = %a.integration, window = %a.window, "alert raised (later alerts of this rule: in the alert outputs and the summary)");
+        } else {
+            tracing::debug!(alert = %a.alert, severity = ?a.severity, integration = %a.integration, window = %a.window, key = %a.key, "alert raised");
+        }
         let key = format!("{}/{}/{}", a.integration, a.window, a.key);
         self.alerts.append(&key, a)?;
         if let Some((target, handle)) = &self.webhook {
