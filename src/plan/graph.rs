@@ -344,6 +344,22 @@ impl Ctx<'_> {
         self.errors
             .push(SpecError::at(&self.spec.file, at.span(), message.into()));
     }
+
+    /// Reports `name` at its place when one of the `earlier` names (of the same `kind`:
+    /// stage, sink, window) is the same: names key summaries, metrics and topics.
+    pub(super) fn unique_name<'n>(
+        &mut self,
+        kind: &str,
+        name: &Spanned<String>,
+        mut earlier: impl Iterator<Item = &'n str>,
+    ) {
+        if earlier.any(|e| e == name.as_str()) {
+            self.err(
+                name,
+                format!("{kind} name {:?} is used twice", name.as_str()),
+            );
+        }
+    }
 }
 
 /// Plans a spec; every problem found is returned (not only the first).
@@ -395,15 +411,11 @@ pub async fn build(spec: &PipelineSpec) -> Result<Plan, SpecErrors> {
     let mut stages: Vec<PlannedStage> = Vec::new();
     for (i, stage) in spec.stages.iter().enumerate() {
         let name = stage.name();
-        if spec.stages[..i]
-            .iter()
-            .any(|s| s.name().as_str() == name.as_str())
-        {
-            cx.err(
-                name,
-                format!("stage name {:?} is used twice", name.as_str()),
-            );
-        }
+        cx.unique_name(
+            "stage",
+            name,
+            spec.stages[..i].iter().map(|s| s.name().as_str()),
+        );
         let input = match resolve_upstream(&mut cx, &stages, stage.input(), i, stage.kind()) {
             Some(u) => u,
             None => break,
@@ -442,16 +454,11 @@ pub async fn build(spec: &PipelineSpec) -> Result<Plan, SpecErrors> {
     let mut sinks = Vec::new();
     if planned_all_stages {
         for (i, s) in spec.sinks.iter().enumerate() {
-            // Sink names key the summary, metrics, outcomes and retry topics: one each.
-            if spec.sinks[..i]
-                .iter()
-                .any(|o| o.name.as_str() == s.name.as_str())
-            {
-                cx.err(
-                    &s.name,
-                    format!("sink name {:?} is used twice", s.name.as_str()),
-                );
-            }
+            cx.unique_name(
+                "sink",
+                &s.name,
+                spec.sinks[..i].iter().map(|o| o.name.as_str()),
+            );
             if let Some(sink) = plan_sink(&mut cx, &stages, s, &sql) {
                 sinks.push(sink);
             }

@@ -205,15 +205,11 @@ pub(super) fn plan_windows(
     let mut out = Vec::new();
     let thresholds = threshold_rules(cx);
     for (i, w) in spec.windows.iter().enumerate() {
-        if spec.windows[..i]
-            .iter()
-            .any(|o| o.name.as_str() == w.name.as_str())
-        {
-            cx.err(
-                &w.name,
-                format!("window name {:?} is used twice", w.name.as_str()),
-            );
-        }
+        cx.unique_name(
+            "window",
+            &w.name,
+            spec.windows[..i].iter().map(|o| o.name.as_str()),
+        );
         if let Some(p) = plan_window(cx, stages, sinks, sql, w, &thresholds) {
             out.push(p);
         }
