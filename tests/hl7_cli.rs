@@ -101,6 +101,8 @@ fn extract_ndjson_with_arrays_types_and_provenance() {
             "sent=MSH-7:timestamp",
             "--field",
             "first_id=PID-3(1).1",
+            "--field",
+            "ids=PID-3(*).1",
         ],
         None,
     );
@@ -110,7 +112,10 @@ fn extract_ndjson_with_arrays_types_and_provenance() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(rows.len(), 3);
-    assert_eq!(rows[0]["mrn"], serde_json::json!(["M1", "SM1"]));
+    // #15 item 15: PID-3 repeats, yet `mrn` stays the first repetition (not an array that
+    // pulls in the SSN); every value only when asked.
+    assert_eq!(rows[0]["mrn"], "M1");
+    assert_eq!(rows[0]["ids"], serde_json::json!(["M1", "SM1"]));
     assert_eq!(rows[0]["first_id"], "M1");
     assert_eq!(rows[1]["family"], "O|NEIL");
     assert_eq!(rows[0]["dob"], "1980-01-02");
@@ -137,7 +142,7 @@ fn extract_csv_and_parquet() {
             "extract",
             &file,
             "-f",
-            "ids=PID-3.1",
+            "ids=PID-3(*).1",
             "-f",
             "family=PID-5.1",
             "--format",

@@ -15,7 +15,7 @@ use clap::{Subcommand, ValueEnum};
 
 use crate::formats::hl7::extract::{ColumnSpec, ExtractOptions, Extractor};
 use crate::formats::hl7::{
-    AckCode, AckError, AckOptions, Message, Splitter, build_ack, build_nack_for_unparsed,
+    AckCode, AckError, AckOptions, Splitter, build_ack, build_nack_for_unparsed,
 };
 
 #[derive(Debug, Subcommand)]
@@ -30,8 +30,9 @@ pub enum Hl7Command {
         /// HL7 file; `-` for stdin.
         file: String,
         /// NAME=PATH[:TYPE], e.g. `mrn=PID-3.1`, `dob=PID-7:date`, `ids=PID-3(*).1`.
-        /// Types: utf8, int64, float64, date, timestamp, list (default: list when the field
-        /// repeats in the input, else utf8).
+        /// Types: utf8, int64, float64, date, timestamp, list. Default: list when the path
+        /// asks for every value (`(*)`), else utf8 (a path without a repetition index reads
+        /// the first repetition).
         #[arg(long = "field", short = 'f', required = true)]
         fields: Vec<String>,
         #[arg(long, value_enum, default_value_t = OutputFormat::Ndjson)]
@@ -157,21 +158,11 @@ fn extract(
     provenance: bool,
     batch_size: usize,
 ) -> Result<ExitCode> {
-    let mut columns = fields
+    let columns = fields
         .iter()
         .map(|f| ColumnSpec::parse_cli(f).map_err(anyhow::Error::msg))
         .collect::<Result<Vec<_>>>()?;
     let input = crate::cli::read_input(file)?;
-    if columns
-        .iter()
-        .any(|c| c.data_type == crate::formats::hl7::extract::ColumnType::Auto)
-    {
-        // The schema is fixed before the first row is written, so look at all messages first.
-        let all: Vec<Message<'_>> = Splitter::new(&input)
-            .filter_map(|r| r.ok().map(|m| m.message))
-            .collect();
-        Extractor::resolve_auto(&mut columns, &all);
-    }
     let extractor = Extractor::new(
         columns,
         ExtractOptions {

@@ -553,6 +553,13 @@ fn plan_kafka(cx: &mut Ctx<'_>) -> Option<KafkaConnection> {
         brokers: k.brokers.as_ref().map(|b| b.to_string()),
         ..KafkaConnection::default()
     };
+    if let Some(m) = &k.max_outage {
+        match crate::spec::parse_duration(m) {
+            Ok(d) if !d.is_zero() => conn.max_outage = Some(d),
+            Ok(_) => cx.err(m, "max_outage is a positive duration (e.g. 5m)"),
+            Err(e) => cx.err(m, e),
+        }
+    }
     for (key, value) in &k.properties {
         if is_secret_property(key) {
             cx.err(
@@ -904,13 +911,6 @@ async fn plan_stage(
                     for c in &p.columns {
                         let ty = match &c.data_type {
                             Some(t) => match t.parse::<ColumnType>() {
-                                Ok(ColumnType::Auto) => {
-                                    cx.err(
-                                        t,
-                                        "pipelines declare column types (auto is for the CLI)",
-                                    );
-                                    continue;
-                                }
                                 Ok(t) => t,
                                 Err(e) => {
                                     cx.err(t, e);
@@ -1548,6 +1548,7 @@ fn plan_http_sink(cx: &mut Ctx<'_>, s: &crate::spec::SinkSpec) -> Option<HttpSin
     if let Some(r) = &s.retry {
         retry.base = dur(&r.base, retry.base);
         retry.max_delay = dur(&r.max_delay, retry.max_delay);
+        retry.max_outage = dur(&r.max_outage, retry.max_outage);
         if let Some(n) = &r.max_attempts {
             if **n == 0 || **n > 20 {
                 cx.err(n, "max_attempts is between 1 and 20");

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::builder::MessageBuilder;
 use super::encoding::Delimiters;
 use super::error::Hl7Error;
-use super::message::Message;
+use super::message::{Message, skip_line_padding};
 
 /// MSA-1 acknowledgement code (HL7 table 0008).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,8 +133,9 @@ pub struct AckOptions {
 static ACK_SEQUENCE: AtomicU64 = AtomicU64::new(0);
 
 impl AckOptions {
-    /// A fresh control id (time + process-wide sequence, unique within a process) and the
-    /// current UTC time.
+    /// A fresh control id and the current UTC time. The id is 20 digits — epoch milliseconds
+    /// and a process-wide sequence — because MSH-10 is ST(20) in v2.1–v2.6 and receivers
+    /// truncate or reject longer ids; digits only, as some receivers expect numbers.
     pub fn new(code: AckCode) -> Self {
         let now = chrono::Utc::now();
         let n = ACK_SEQUENCE.fetch_add(1, Ordering::Relaxed);
@@ -142,7 +143,11 @@ impl AckOptions {
             code,
             text: None,
             errors: Vec::new(),
-            control_id: format!("ACK{}{:06}", now.format("%Y%m%d%H%M%S%3f"), n % 1_000_000),
+            control_id: format!(
+                "{:013}{:07}",
+                now.timestamp_millis().rem_euclid(10_i64.pow(13)),
+                n % 10_000_000
+            ),
             timestamp: now.format("%Y%m%d%H%M%S%.3f+0000").to_string(),
         }
     }
@@ -180,23 +185,44 @@ impl<'a> Header<'a> {
         }
     }
 
-    /// Reads what it can from bytes that failed to parse, so even garbage gets a proper AR.
+    /// Reads what it can from bytes that failed to parse, so even garbage gets a proper AR:
+    /// the original's header fields when its delimiters are valid, else at least its control
+    /// id (MSA-2) when that is plain text.
     fn best_effort(raw: &'a [u8]) -> Self {
         let mut fields: [&'a [u8]; 19] = [&[]; 19];
+        // Leading blank lines, a BOM and MLLP frame bytes are not the message.
+        let mut start = 0;
+        loop {
+            let skip = skip_line_padding(&raw[start..]);
+            start += skip;
+            match raw.get(start) {
+                Some(b'\r' | b'\n') => start += 1,
+                _ if skip > 0 => {}
+                _ => break,
+            }
+        }
+        let raw = &raw[start..];
         let line_end = memchr::memchr2(b'\r', b'\n', raw).unwrap_or(raw.len());
         let line = &raw[..line_end];
         let mut delimiters = Delimiters::default();
         if line.starts_with(b"MSH") && line.len() > 4 {
             let sep = line[3];
             let enc_end = memchr::memchr(sep, &line[4..]).map_or(line.len(), |p| 4 + p);
-            if let Ok(d) = Delimiters::from_msh(sep, &line[4..enc_end], 0) {
+            let valid = Delimiters::from_msh(sep, &line[4..enc_end], 0);
+            if let Ok(d) = valid {
                 delimiters = d;
-                // Piece i of the line is field i + 1 (MSH-1 is the separator itself).
-                for (i, f) in line.split(|&b| b == sep).enumerate().skip(2) {
-                    match fields.get_mut(i + 1) {
-                        Some(slot) => *slot = f,
-                        None => break,
-                    }
+            }
+            // Piece i of the line is field i + 1 (MSH-1 is the separator itself).
+            for (i, f) in line.split(|&b| b == sep).enumerate().skip(2) {
+                let Some(slot) = fields.get_mut(i + 1) else {
+                    break;
+                };
+                if valid.is_ok() {
+                    *slot = f;
+                } else if matches!(i + 1, 10 | 12) && is_plain(f) {
+                    // Control id and version, written into an ACK in the default delimiters:
+                    // only when their bytes cannot break its structure.
+                    *slot = f;
                 }
             }
         }
@@ -235,10 +261,27 @@ fn version_at_least(version: &[u8], major: u32, minor: u32, patch: u32) -> bool 
     (get(0), get(1), get(2)) >= (major, minor, patch)
 }
 
+/// Printable ASCII without the default delimiters.
+fn is_plain(v: &[u8]) -> bool {
+    v.len() <= 199
+        && v.iter()
+            .all(|&b| b.is_ascii_graphic() && !matches!(b, b'|' | b'^' | b'~' | b'\\' | b'&'))
+}
+
+/// The version a NACK answers in when the original's MSH-12 cannot be read.
+pub const DEFAULT_ACK_VERSION: &str = "2.5.1";
+
 fn write_ack(h: &Header<'_>, o: &AckOptions) -> Vec<u8> {
     let d = h.delimiters;
     let version = h.component(12, 1);
     let known_version = !version.is_empty();
+    // MSH-12 is required: answer in the original's version, else in the one the ERR layout
+    // below follows for an unknown version.
+    let msh12: &[u8] = if known_version {
+        h.fields[12]
+    } else {
+        DEFAULT_ACK_VERSION.as_bytes()
+    };
     let mut b = MessageBuilder::new(d);
     let msh = b.segment("MSH");
     msh.set_raw(3, h.fields[5])
@@ -267,7 +310,7 @@ fn write_ack(h: &Header<'_>, o: &AckOptions) -> Vec<u8> {
                 h.fields[11]
             },
         )
-        .set_raw(12, h.fields[12]);
+        .set_raw(12, msh12);
     if !h.fields[18].is_empty() {
         msh.set_raw(18, h.fields[18]);
     }
@@ -422,6 +465,42 @@ mod tests {
         let a = Message::parse(&ack).unwrap();
         assert_eq!(a.query("MSA-2").unwrap().as_deref(), Some("X1"));
         assert_eq!(a.query("MSH-18").unwrap().as_deref(), Some("18"));
+    }
+
+    /// #15 item 14: a generated control id fits MSH-10 (ST 20 in v2.1–2.6); a NACK for
+    /// unparseable bytes names a version and echoes the control id it could read; a missing
+    /// MSH-9 is located at field 9.
+    #[test]
+    fn nack_fields_are_complete() {
+        let a = AckOptions::new(AckCode::AR);
+        let b = AckOptions::new(AckCode::AR);
+        assert_eq!(a.control_id.len(), 20, "{}", a.control_id);
+        assert!(a.control_id.bytes().all(|c| c.is_ascii_digit()));
+        assert_ne!(a.control_id, b.control_id);
+
+        // Garbage: no header to read, but MSH-12 still names the version answered in.
+        let e = Hl7Error::new(ErrorKind::NotMsh { found: "xx".into() }, 0);
+        let ack = build_nack_for_unparsed(b"garbage", &e, &opts(AckCode::AR));
+        let m = Message::parse(&ack).unwrap();
+        assert_eq!(m.query("MSH-12").unwrap().as_deref(), Some("2.5.1"));
+
+        // Bad encoding characters: the delimiters are unusable, the control id is not.
+        let raw = b"\x0b\r\nMSH|^|A|B|C|D|20260101||ADT^A01|CTL77|P|2.3\rPID|1\r";
+        let parse = Message::parse(raw).unwrap_err();
+        let ack = build_nack_for_unparsed(raw, &parse, &opts(AckCode::AR));
+        let m = Message::parse(&ack).unwrap();
+        assert_eq!(m.query("MSA-2").unwrap().as_deref(), Some("CTL77"));
+        assert_eq!(m.query("MSH-12").unwrap().as_deref(), Some("2.3"));
+
+        // MSH-9 missing: ERR-2 names the field.
+        let raw = b"MSH|^~\\&|A|B|C|D|20260101|||CTL78|P|2.5\rPID|1\r";
+        let parse = Message::parse(raw).unwrap_err();
+        let ack = build_nack_for_unparsed(raw, &parse, &opts(AckCode::AR));
+        let m = Message::parse(&ack).unwrap();
+        assert_eq!(m.query("MSA-2").unwrap().as_deref(), Some("CTL78"));
+        assert_eq!(m.query("MSH-12").unwrap().as_deref(), Some("2.5"));
+        assert_eq!(m.query("ERR-2.1").unwrap().as_deref(), Some("MSH"));
+        assert_eq!(m.query("ERR-2.3").unwrap().as_deref(), Some("9"));
     }
 
     #[test]

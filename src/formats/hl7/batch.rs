@@ -9,7 +9,8 @@
 
 use super::error::{ErrorKind, Hl7Error};
 use super::message::{
-    Message, ParseLimits, SegmentSpan, is_padding, skip_line_padding, trim_line_end,
+    Message, ParseLimits, SegmentSpan, ends_in_bare_cr, is_padding, line_end, skip_line_padding,
+    trim_line_end,
 };
 
 /// Whether a batch header opened a file (FHS) or a batch (BHS).
@@ -105,6 +106,8 @@ struct Pending {
     orphan: bool,
     /// Over a limit: keep finding the end, stop recording segments.
     overflow: Option<ErrorKind>,
+    /// The message's MSH ends in a bare CR, so LF inside its segments is data.
+    cr_only: bool,
 }
 
 /// Iterator over the records of an HL7 stream. See the module docs.
@@ -284,11 +287,17 @@ impl<'a> Iterator for Splitter<'a> {
     fn next(&mut self) -> Option<SplitItem<'a>> {
         let input = self.input;
         while self.pos < input.len() {
-            let line_end = memchr::memchr2(b'\r', b'\n', &input[self.pos..])
-                .map_or(input.len(), |p| self.pos + p);
-            let line = &input[self.pos..line_end];
+            let mut line_end = line_end(input, self.pos, false);
+            let mut line = &input[self.pos..line_end];
             let skip = skip_line_padding(line);
-            let seg = trim_line_end(&line[skip..]);
+            let mut seg = trim_line_end(&line[skip..]);
+            if self.current.as_ref().is_some_and(|p| p.cr_only) && classify(seg) == LineKind::Other
+            {
+                // Inside a CR-terminated message an LF is data: find the segment's real end.
+                line_end = super::message::line_end(input, self.pos, true);
+                line = &input[self.pos..line_end];
+                seg = trim_line_end(&line[skip..]);
+            }
             if seg.iter().all(|&b| is_padding(b)) {
                 self.pos = line_end + 1;
                 continue;
@@ -313,6 +322,7 @@ impl<'a> Iterator for Splitter<'a> {
                             }],
                             orphan: false,
                             overflow: None,
+                            cr_only: ends_in_bare_cr(input, line_end),
                         });
                     }
                     LineKind::Fhs => self.open_header(BatchKind::File, start, seg),
@@ -329,6 +339,7 @@ impl<'a> Iterator for Splitter<'a> {
                     segments: Vec::new(),
                     orphan: true,
                     overflow: None,
+                    cr_only: false,
                 });
                 p.end = end;
                 if !p.orphan && p.overflow.is_none() {
@@ -403,6 +414,33 @@ mod tests {
         assert_eq!(second.message.offset(), msg("1").len() + 1);
         assert_eq!(second.message.segment_count(), 2);
         assert!(s.diagnostics().is_empty());
+    }
+
+    /// #15 item 13: in a CR-terminated message a raw LF is data (text results), while LF
+    /// still separates the messages of a file and CRLF/LF-terminated messages still split.
+    #[test]
+    fn lf_inside_a_cr_terminated_message_is_data() {
+        let one = "MSH|^~\\&|A|B|C|D|20260101||ORU^R01|1|P|2.5\rPID|1||1\r\
+                   OBX|1|TX|N||first\nsecond\n\nthird\rOBX|2|TX|N||x\r";
+        let two = msg("2");
+        let lf = "MSH|^~\\&|A|B|C|D|20260101||ADT^A01|3|P|2.5\nPID|1||3\nOBX|1|TX|N||y\n";
+        let input = format!("{one}\n{two}\r\n{lf}");
+        let items: Vec<_> = Splitter::new(input.as_bytes()).collect();
+        assert_eq!(items.len(), 3);
+        let m = &items[0].as_ref().unwrap().message;
+        assert_eq!(m.segment_count(), 4);
+        let obx = m.segments().nth(2).unwrap();
+        assert_eq!(obx.field(5).raw(), b"first\nsecond\n\nthird");
+        assert_eq!(items[1].as_ref().unwrap().message.segment_count(), 2);
+        // LF-terminated: each LF ends a segment.
+        assert_eq!(items[2].as_ref().unwrap().message.segment_count(), 3);
+        // The single-message parser agrees.
+        let alone = Message::parse(one.as_bytes()).unwrap();
+        assert_eq!(alone.segment_count(), 4);
+        assert_eq!(
+            alone.segments().nth(2).unwrap().field(5).raw(),
+            b"first\nsecond\n\nthird"
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ use chrono::FixedOffset;
 use super::datatypes::{Ts, parse_nm, parse_nm_i64};
 use super::error::{ErrorKind, Hl7Error};
 use super::message::{Element, Message};
-use super::path::{Path, Select};
+use super::path::Path;
 
 /// Arrow type of an extracted column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,15 +34,12 @@ pub enum ColumnType {
     Timestamp,
     /// Every repetition (and, with `SEG(*)`, every segment occurrence).
     ListUtf8,
-    /// Decided from the data: a list when any message repeats the field, else text. Only for
-    /// ad-hoc use (the CLI); pipelines declare types.
-    Auto,
 }
 
 impl ColumnType {
     pub fn arrow_type(self) -> DataType {
         match self {
-            ColumnType::Utf8 | ColumnType::Auto => DataType::Utf8,
+            ColumnType::Utf8 => DataType::Utf8,
             ColumnType::Int64 => DataType::Int64,
             ColumnType::Float64 => DataType::Float64,
             ColumnType::Date32 => DataType::Date32,
@@ -64,7 +61,6 @@ impl FromStr for ColumnType {
             "date32" | "date" => ColumnType::Date32,
             "timestamp" | "datetime" => ColumnType::Timestamp,
             "list" | "list<utf8>" | "array" => ColumnType::ListUtf8,
-            "auto" => ColumnType::Auto,
             _ => {
                 return Err(format!(
                     "unknown column type {s:?} (utf8, int64, float64, date, timestamp, list)"
@@ -94,9 +90,7 @@ impl ColumnSpec {
             path,
             data_type,
         };
-        if spec.path.selects_many()
-            && !matches!(spec.data_type, ColumnType::ListUtf8 | ColumnType::Auto)
-        {
+        if spec.path.selects_many() && spec.data_type != ColumnType::ListUtf8 {
             return Err(Hl7Error::new(
                 ErrorKind::InvalidPath {
                     path: spec.path.to_string(),
@@ -111,7 +105,9 @@ impl ColumnSpec {
         Ok(spec)
     }
 
-    /// Parses `NAME=PATH[:TYPE]`, e.g. `dob=PID-7:date` (type defaults to auto).
+    /// Parses `NAME=PATH[:TYPE]`, e.g. `dob=PID-7:date`. Without a type the path decides, never
+    /// the data: a list when it asks for every value (`PID-3(*)`), else text — a path without
+    /// a repetition index reads the first repetition.
     pub fn parse_cli(text: &str) -> Result<Self, String> {
         let (name, rest) = text
             .split_once('=')
@@ -122,7 +118,15 @@ impl ColumnSpec {
         }
         let (path, ty) = match rest.split_once(':') {
             Some((p, t)) => (p, t.parse()?),
-            None => (rest, ColumnType::Auto),
+            None => {
+                let many = Path::parse(rest).is_ok_and(|p| p.selects_many());
+                let ty = if many {
+                    ColumnType::ListUtf8
+                } else {
+                    ColumnType::Utf8
+                };
+                (rest, ty)
+            }
         };
         ColumnSpec::new(name, path, ty).map_err(|e| e.kind.to_string())
     }
@@ -179,7 +183,6 @@ pub struct Extractor {
 }
 
 impl Extractor {
-    /// `Auto` columns must be resolved first (`resolve_auto`); here they are read as text.
     pub fn new(columns: Vec<ColumnSpec>, options: ExtractOptions) -> Self {
         let mut fields: Vec<Field> = columns
             .iter()
@@ -207,27 +210,6 @@ impl Extractor {
         &self.columns
     }
 
-    /// Decides `Auto` columns from the data: list when the path selects many, or when any
-    /// message has more than one repetition at an unqualified path; otherwise text.
-    pub fn resolve_auto(columns: &mut [ColumnSpec], messages: &[Message<'_>]) {
-        for c in columns
-            .iter_mut()
-            .filter(|c| c.data_type == ColumnType::Auto)
-        {
-            let repeats = c.path.selects_many()
-                || (c.path.repetition == Select::Default
-                    && messages.iter().any(|m| {
-                        m.segments_named(c.path.segment)
-                            .any(|s| s.field(c.path.field).repetitions().nth(1).is_some())
-                    }));
-            c.data_type = if repeats {
-                ColumnType::ListUtf8
-            } else {
-                ColumnType::Utf8
-            };
-        }
-    }
-
     /// Extracts one batch. `source` fills `_source` (a file name or topic/partition).
     pub fn extract(
         &self,
@@ -247,7 +229,7 @@ impl Extractor {
                 });
             };
             let array: ArrayRef = match col.data_type {
-                ColumnType::Utf8 | ColumnType::Auto => {
+                ColumnType::Utf8 => {
                     let mut b = StringBuilder::with_capacity(n, n * 16);
                     for (row, m) in messages.iter().enumerate() {
                         let el = m.get(&col.path);
@@ -477,18 +459,24 @@ MSH|^~\\&|A|B|C|D|20260101||ADT^A04|C2|P|2.5\rPID|1||333^^^H^MR||ROE^JANE||19901
         assert_eq!(&MSGS[e.error.location.byte_offset..][..7], b"1990130");
     }
 
+    /// #15 item 15: the type of a CLI column follows from its path, never from the data (PID-3
+    /// repeats in MSGS, and `PID-3.1` still reads the first repetition as text).
     #[test]
-    fn cli_specs_and_auto_types() {
+    fn cli_specs_types_follow_the_path() {
         let msgs = parse_all(MSGS);
-        let mut cols = vec![
-            ColumnSpec::parse_cli("ids=PID-3.1").unwrap(),
-            ColumnSpec::parse_cli("name=PID-5.1").unwrap(),
+        let cols = vec![
+            ColumnSpec::parse_cli("mrn=PID-3.1").unwrap(),
+            ColumnSpec::parse_cli("ids=PID-3(*).1").unwrap(),
             ColumnSpec::parse_cli("dob=PID-7:date").unwrap(),
         ];
-        Extractor::resolve_auto(&mut cols, &msgs);
-        assert_eq!(cols[0].data_type, ColumnType::ListUtf8);
-        assert_eq!(cols[1].data_type, ColumnType::Utf8);
+        assert_eq!(cols[0].data_type, ColumnType::Utf8);
+        assert_eq!(cols[1].data_type, ColumnType::ListUtf8);
         assert_eq!(cols[2].data_type, ColumnType::Date32);
+        let x = Extractor::new(cols, ExtractOptions::default())
+            .extract(&msgs, "t")
+            .unwrap();
+        let mrn = arrow::array::AsArray::as_string::<i32>(x.batch.column(0));
+        assert_eq!((mrn.value(0), mrn.value(1)), ("111", "333"));
         assert!(ColumnSpec::parse_cli("x").is_err());
         assert!(ColumnSpec::parse_cli("x=PID-3:bogus").is_err());
         assert!(ColumnSpec::new("x", "OBX(*)-5", ColumnType::Utf8).is_err());

@@ -94,6 +94,47 @@ pub(crate) fn skip_line_padding(line: &[u8]) -> usize {
     }
 }
 
+/// Where the line that starts at `pos` ends. Segments end in CR, LF or CRLF; but once a
+/// message is known to end its segments in a bare CR (`cr_only`, the standard terminator), an
+/// LF is data — text results carry raw line breaks (`OBX|1|TX|N||first<LF>second<CR>`), and
+/// python-hl7 and HAPI read them as such. An LF still ends the line where it cannot be data:
+/// at the start of a line (CRLF), before a message or batch header, or before only blank bytes.
+#[inline]
+pub(crate) fn line_end(bytes: &[u8], pos: usize, cr_only: bool) -> usize {
+    let rest = &bytes[pos..];
+    if !cr_only {
+        return memchr::memchr2(b'\r', b'\n', rest).map_or(bytes.len(), |p| pos + p);
+    }
+    for p in memchr::memchr2_iter(b'\r', b'\n', rest) {
+        let after = &rest[p + 1..];
+        if rest[p] == b'\r'
+            || p == 0
+            || starts_header(after)
+            || after
+                .iter()
+                .all(|&b| is_padding(b) || b == b'\r' || b == b'\n')
+        {
+            return pos + p;
+        }
+    }
+    bytes.len()
+}
+
+/// Whether the line that ends at `end` ends in a bare CR: decided on a message's MSH line, it
+/// puts the rest of the message in CR-only mode (see [`line_end`]).
+#[inline]
+pub(crate) fn ends_in_bare_cr(bytes: &[u8], end: usize) -> bool {
+    bytes.get(end) == Some(&b'\r') && bytes.get(end + 1) != Some(&b'\n')
+}
+
+/// Whether `rest` starts (after padding) with a message or batch header segment.
+fn starts_header(rest: &[u8]) -> bool {
+    let seg = &rest[skip_line_padding(rest)..];
+    seg.len() >= 4
+        && !seg[3].is_ascii_alphanumeric()
+        && matches!(&seg[..3], b"MSH" | b"FHS" | b"BHS" | b"BTS" | b"FTS")
+}
+
 /// Trims MLLP frame bytes and padding-only tails from the end of a line.
 #[inline]
 pub(crate) fn trim_line_end(line: &[u8]) -> &[u8] {
@@ -131,9 +172,9 @@ impl<'a> Message<'a> {
         }
         let mut segments = Vec::with_capacity(16);
         let mut pos = 0usize;
+        let mut cr_only = false;
         while pos < bytes.len() {
-            let line_end =
-                memchr::memchr2(b'\r', b'\n', &bytes[pos..]).map_or(bytes.len(), |p| pos + p);
+            let line_end = line_end(bytes, pos, cr_only);
             let line = &bytes[pos..line_end];
             let skip = skip_line_padding(line);
             let seg = trim_line_end(&line[skip..]);
@@ -152,6 +193,9 @@ impl<'a> Message<'a> {
                     start: start as u32,
                     end: (start + seg.len()) as u32,
                 });
+                if segments.len() == 1 {
+                    cr_only = ends_in_bare_cr(bytes, line_end);
+                }
             }
             pos = line_end + 1;
         }
@@ -193,14 +237,16 @@ impl<'a> Message<'a> {
                 .with_segment(&msh[..msh.len().min(3)], 1),
             ));
         }
-        let truncated = |missing: &'static str, at: usize| {
+        // The field is named in the error's location too, so a NACK's ERR-2 points at it.
+        let truncated = |missing: &'static str, field: usize, at: usize| {
             fail(
                 Hl7Error::new(ErrorKind::TruncatedMsh { missing }, msh_at + at)
-                    .with_segment(b"MSH", 1),
+                    .with_segment(b"MSH", 1)
+                    .with_field(field),
             )
         };
         if msh.len() < 4 {
-            return Err(truncated("MSH-1 (field separator)", msh.len()));
+            return Err(truncated("MSH-1 (field separator)", 1, msh.len()));
         }
         let field_sep = msh[3];
         let enc_end = memchr::memchr(field_sep, &msh[4..]).map_or(msh.len(), |p| 4 + p);
@@ -219,7 +265,7 @@ impl<'a> Message<'a> {
         {
             let msh = m.segment_at(0);
             if msh.field(9).raw().is_empty() {
-                return Err(truncated("MSH-9 (message type)", msh.raw().len()));
+                return Err(truncated("MSH-9 (message type)", 9, msh.raw().len()));
             }
             let eighteen = msh.field(18).repetition(1);
             if eighteen.is_present() {
