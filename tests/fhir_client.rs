@@ -32,6 +32,7 @@ fn quick_retry(attempts: u32) -> RetryPolicy {
         base: Duration::from_millis(50),
         max_delay: Duration::from_secs(5),
         jitter: 0.0,
+        max_outage: Duration::from_secs(600),
     }
 }
 
@@ -315,6 +316,8 @@ fn an_open_breaker_stops_calls_to_a_failing_ehr() {
         .extend(std::iter::repeat_n((503, None), 50));
     let mut config = ClientConfig::new(format!("{url}/fhir"));
     config.retry = quick_retry(1);
+    // Refused calls wait for the breaker (using no attempt) up to max_outage, then give up.
+    config.retry.max_outage = Duration::from_millis(100);
     let breaker = SharedBreaker::new(
         "ehr",
         BreakerConfig {
@@ -330,7 +333,9 @@ fn an_open_breaker_stops_calls_to_a_failing_ehr() {
         for _ in 0..10 {
             let _ = c.read("Patient", "p1").await;
         }
+        let e = c.read("Patient", "p1").await.unwrap_err().to_string();
+        assert!(e.contains("retry.max_outage"), "{e}");
     });
-    // Four calls reached it; the breaker refused the other six.
+    // Four calls reached it; the breaker refused the other seven.
     assert_eq!(ehr.calls.load(Ordering::SeqCst), 4);
 }

@@ -928,3 +928,142 @@ fn fetch_from_an_offset_inside_a_batch_starts_there() {
         assert_eq!(first, start, "fetch from {start}");
     }
 }
+
+/// A TCP forwarder to the broker on a fixed local port, started late: the brokers are
+/// unreachable at first (the bootstrap address refuses connections), then reachable.
+fn late_bootstrap(port: u16, after: Duration) {
+    std::thread::spawn(move || {
+        std::thread::sleep(after);
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        for client in listener.incoming().flatten() {
+            let Ok(server) = std::net::TcpStream::connect("127.0.0.1:9092") else {
+                continue;
+            };
+            let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let (mut c, mut s) = (client, server);
+            std::thread::spawn(move || std::io::copy(&mut c, &mut s2));
+            std::thread::spawn(move || std::io::copy(&mut s, &mut c2));
+        }
+    });
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// #15 item 12: brokers down is one clear line, not a flood; `--exit-when-idle` (or
+/// `kafka.max_outage`) ends a run whose brokers never answer with a non-zero exit; brokers
+/// that come back are announced once and the run completes.
+#[test]
+fn unreachable_brokers_are_reported_once_and_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = |brokers: &str, topic: &str, group: &str, extra: &str| {
+        format!(
+            r#"
+name: outage
+integration: {{id: ghh-outage}}
+kafka:
+  brokers: {brokers}
+{extra}
+source: {{type: kafka, topics: [{topic}], group: {group}, format: hl7}}
+batch: {{max_rows: 50, max_delay: 100ms}}
+stages:
+  - name: parse
+    type: parse
+    format: hl7
+    columns:
+      - {{name: mrn, path: PID-3.1}}
+sinks:
+  - {{name: out, type: file, format: ndjson, path: out.ndjson}}
+dlq: {{path: dlq.ndjson}}
+"#
+        )
+    };
+    let run = |p: &std::path::Path, idle: &str| {
+        let started = Instant::now();
+        let o = Command::new(BIN)
+            .args([
+                "run",
+                p.to_str().unwrap(),
+                "--json",
+                "--exit-when-idle",
+                idle,
+            ])
+            .env_remove("PLEXUS_KAFKA_BROKERS")
+            .env("PLEXUS_LOG", "warn")
+            .output()
+            .unwrap();
+        (o, started.elapsed())
+    };
+
+    // Nothing ever answers: one warning, then a clear failure when the idle limit passes.
+    let dead = free_port();
+    let p = pipeline(
+        dir.path(),
+        "dead",
+        &spec(&format!("127.0.0.1:{dead}"), "t-none", "g-none", ""),
+    );
+    let (o, took) = run(&p, "4s");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(took < Duration::from_secs(30), "{took:?}");
+    assert_eq!(
+        err.matches("kafka brokers unreachable;").count(),
+        1,
+        "{err}"
+    );
+    assert!(err.contains("kafka brokers unreachable for"), "{err}");
+    assert!(err.lines().count() <= 6, "a flood of lines:\n{err}");
+
+    // kafka.max_outage bounds it too, without --exit-when-idle being the limit.
+    let p = pipeline(
+        dir.path(),
+        "bounded",
+        &spec(
+            &format!("127.0.0.1:{dead}"),
+            "t-none",
+            "g-none",
+            "  max_outage: 2s",
+        ),
+    );
+    let (o, took) = run(&p, "60s");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(took < Duration::from_secs(30), "{took:?}");
+    assert!(err.contains("kafka.max_outage"), "{err}");
+
+    // The brokers come back after 3 s: announced once, and every record arrives.
+    let topic = unique("late");
+    create_topics(&[(&topic, 1)]);
+    produce(
+        &topic,
+        (0..20)
+            .map(|i| Rec::value(adt(&format!("L{i}"), &format!("M{i}"))))
+            .collect(),
+    );
+    let port = free_port();
+    late_bootstrap(port, Duration::from_secs(3));
+    let p = pipeline(
+        dir.path(),
+        "late",
+        &spec(&format!("127.0.0.1:{port}"), &topic, &unique("g"), ""),
+    );
+    let (o, _) = run(&p, "8s");
+    let s = summary(&o);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(s["delivered"], 20, "{err}");
+    assert_eq!(
+        err.matches("kafka brokers unreachable;").count(),
+        1,
+        "{err}"
+    );
+    assert_eq!(
+        err.matches("kafka brokers reachable again").count(),
+        1,
+        "{err}"
+    );
+}

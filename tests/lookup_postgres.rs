@@ -77,7 +77,13 @@ dlq: {{path: dlq.ndjson}}
         .output()
         .unwrap();
     psql(&format!("DROP TABLE {table};"));
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // One record is dead-lettered on purpose (a missed lookup): exit 3 (README, "Exit codes").
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let out = std::fs::read_to_string(dir.path().join("out.ndjson")).unwrap();
     let rows: Vec<serde_json::Value> = out
         .lines()

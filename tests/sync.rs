@@ -173,6 +173,12 @@ fn concurrent_changes_become_conflicts_and_are_resolved_each_way_with_an_audit_t
         let server = on_server(&s.client, &mrn).await;
         assert_eq!(server["name"][0]["family"], "MALLARD");
         assert_eq!(server["telecom"][0]["value"], "555-0102");
+        // #15 item 6: the resolved message replayed changes nothing: the decision stands.
+        let r = s.sync(&patient(&mrn, "TEAL"), now).await.unwrap();
+        assert!(matches!(r, SyncOutcome::Unchanged { .. }), "{r:?}");
+        let again = on_server(&s.client, &mrn).await;
+        assert_eq!(again["name"][0]["family"], "MALLARD");
+        assert_eq!(again["meta"]["versionId"], server["meta"]["versionId"]);
         edit_on_server(&s.client, &mrn, "555-0103").await;
         let c = s.sync(&patient(&mrn, "WIGEON"), now).await.unwrap();
         assert!(matches!(c, SyncOutcome::Conflict { .. }), "{c:?}");
@@ -187,6 +193,12 @@ fn concurrent_changes_become_conflicts_and_are_resolved_each_way_with_an_audit_t
         let server = on_server(&s.client, &mrn).await;
         assert_eq!(server["name"][0]["family"], "WIGEON");
         assert_eq!(server["telecom"][0]["value"], "555-0103");
+        // Replayed after the merge: nothing changes, the server's phone stays.
+        let r = s.sync(&patient(&mrn, "WIGEON"), now).await.unwrap();
+        assert!(matches!(r, SyncOutcome::Unchanged { .. }), "{r:?}");
+        let again = on_server(&s.client, &mrn).await;
+        assert_eq!(again["telecom"][0]["value"], "555-0103");
+        assert_eq!(again["meta"]["versionId"], server["meta"]["versionId"]);
         let log = s
             .store
             .audit_log((&integration, "Patient", &format!("{SYSTEM}|{mrn}")))
@@ -338,7 +350,12 @@ fn a_pipeline_syncing_an_adt_feed_records_a_conflict_instead_of_overwriting() {
     let mrn = support::unique("Q").replace(['-', '_'], "");
     let message = |event: &str, family: &str| support::corpus_adt(&mrn, event, family);
     std::fs::write(dir.path().join("a01.hl7"), message("A01", "DUCK")).unwrap();
-    std::fs::write(dir.path().join("a08.hl7"), message("A08", "DRAKE")).unwrap();
+    // The A08 also moves the patient (PV1-3): its Encounter changes with its Patient.
+    std::fs::write(
+        dir.path().join("a08.hl7"),
+        message("A08", "DRAKE").replace("PREOP^101", "ICU^7"),
+    )
+    .unwrap();
     let p = support::pipeline(
         dir.path(),
         "adt_sync",
@@ -385,6 +402,15 @@ sinks:
         edit_on_server(&c, &mrn, "555-0142").await;
         p["id"].as_str().unwrap().to_string()
     });
+    let encounter_version = || {
+        rt.block_on(async {
+            c.search("Encounter", &format!("identifier=AccMgr|V{mrn}"))
+                .await
+                .unwrap()[0]["meta"]["versionId"]
+                .clone()
+        })
+    };
+    let before = encounter_version();
     // The A08 changes the name locally while the server changed the phone: a conflict.
     let s = run("a08.hl7");
     assert_eq!(counts(&s), (Some(0), Some(1)), "{s}");
@@ -393,8 +419,15 @@ sinks:
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(dlq.len(), 1);
+    // #15 item 7: one dead letter for the message, and its Encounter was held with its
+    // Patient, not written on its own.
+    assert_eq!(dlq.len(), 1, "{dlq:?}");
     assert_eq!(dlq[0]["rule"], "sync:conflict");
+    assert_eq!(
+        encounter_version(),
+        before,
+        "the Encounter was written without its Patient"
+    );
     assert!(
         dlq[0]["reason"].as_str().unwrap().contains("name"),
         "{}",
@@ -417,6 +450,11 @@ sinks:
         assert_eq!(p["id"], patient_id.as_str());
     });
     assert_eq!(counts(&run("a08.hl7")), (Some(1), Some(0)));
+    assert_ne!(
+        encounter_version(),
+        before,
+        "replayed, the message's Encounter is written"
+    );
     // Sync events: one conflict; identifiers hashed, never in clear.
     let events = std::fs::read_to_string(out.join("sync_events.ndjson")).unwrap();
     assert_eq!(
@@ -642,4 +680,152 @@ sinks:
             );
         }
     });
+}
+
+/// A gateway in front of the FHIR server that answers 503 until `up` is set, then forwards
+/// every call (method, path, query, headers that matter, body) and relays the answer: an
+/// EHR behind a load balancer during a maintenance window.
+fn outage_gateway(up: std::sync::Arc<std::sync::atomic::AtomicBool>) -> String {
+    use axum::body::Bytes;
+    use axum::http::{HeaderMap, Method, StatusCode, Uri};
+    let client = reqwest::Client::new();
+    let app = axum::Router::new().fallback(
+        move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+            let (client, up) = (client.clone(), up.clone());
+            async move {
+                if !up.load(std::sync::atomic::Ordering::Relaxed) {
+                    return (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        HeaderMap::new(),
+                        Vec::new(),
+                    );
+                }
+                let path = uri.path_and_query().map_or("/", |p| p.as_str());
+                let url = format!("http://127.0.0.1:8089{path}");
+                let mut req = client.request(
+                    reqwest::Method::from_bytes(method.as_str().as_bytes()).unwrap(),
+                    url,
+                );
+                for (k, v) in &headers {
+                    if !matches!(k.as_str(), "host" | "content-length") {
+                        req = req.header(k.as_str(), v.as_bytes());
+                    }
+                }
+                let r = req.body(body.to_vec()).send().await.unwrap();
+                let status = StatusCode::from_u16(r.status().as_u16()).unwrap();
+                let mut out = HeaderMap::new();
+                for (k, v) in r.headers() {
+                    if matches!(
+                        k.as_str(),
+                        "etag" | "location" | "content-type" | "last-modified"
+                    ) {
+                        out.insert(
+                            axum::http::HeaderName::from_bytes(k.as_str().as_bytes()).unwrap(),
+                            axum::http::HeaderValue::from_bytes(v.as_bytes()).unwrap(),
+                        );
+                    }
+                }
+                (status, out, r.bytes().await.unwrap().to_vec())
+            }
+        },
+    );
+    format!("{}/fhir", support::serve(app))
+}
+
+/// #15 item 8: in file mode an EHR outage is waited out. Records refused by the open breaker
+/// and failed half-open probes use no attempt; the log says once that records wait; when the
+/// server is back every record is delivered. An outage longer than `retry.max_outage`
+/// dead-letters the records as unavailable (exit code 4), with that reason.
+#[test]
+fn a_file_run_waits_out_an_ehr_outage_and_gives_up_after_max_outage() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gateway = outage_gateway(up.clone());
+    let tag = support::unique("OUT").replace(['-', '_'], "");
+    let feed: String = (0..12)
+        .map(|i| support::corpus_adt(&format!("{tag}{i}"), "A01", "OUTAGE"))
+        .collect();
+    std::fs::write(dir.path().join("in.hl7"), feed).unwrap();
+    let spec = |max_outage: &str| {
+        format!(
+            r#"
+name: outage
+integration: {{id: {tag}}}
+source: {{type: file, path: in.hl7, format: hl7}}
+stages:
+  - {{name: fhir, type: fhir}}
+sinks:
+  - name: ehr
+    type: fhir
+    url: "{gateway}"
+    concurrency: 2
+    retry: {{max_attempts: 3, backoff: linear, base: 50ms, jitter: 0, max_outage: {max_outage}}}
+    breaker: {{window: 10, minimum_calls: 2, failure_rate: 50, wait: 300ms, half_open_calls: 1}}
+    sync: {{}}
+dlq: {{path: outage.dlq.ndjson}}
+"#
+        )
+    };
+    let run = |p: &std::path::Path| {
+        Command::new(support::BIN)
+            .args(["run", p.to_str().unwrap(), "--json"])
+            .env("PLEXUS_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+
+    // An outage longer than max_outage: given up, as unavailable.
+    let p = support::pipeline(dir.path(), "short", &spec("1500ms"));
+    let started = std::time::Instant::now();
+    let o = run(&p);
+    let s = support::summary(&o);
+    assert_eq!(o.status.code(), Some(4));
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    assert_eq!(s["delivered"], 0, "{s}");
+    assert_eq!(s["dead_lettered"], 12);
+    assert_eq!(s["unavailable"], 12);
+    let dlq = std::fs::read_to_string(dir.path().join("outage.dlq.ndjson")).unwrap();
+    assert!(dlq.contains("retry.max_outage"), "{dlq}");
+    assert!(dlq.contains("sync:unavailable"), "{dlq}");
+
+    // The server comes back within max_outage: every record delivered, none dead.
+    let p = support::pipeline(dir.path(), "long", &spec("60s"));
+    let flip = {
+        let up = up.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(3));
+            up.store(true, std::sync::atomic::Ordering::Relaxed);
+        })
+    };
+    let started = std::time::Instant::now();
+    let o = run(&p);
+    flip.join().unwrap();
+    let s = support::summary(&o);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(started.elapsed() >= Duration::from_secs(3));
+    assert_eq!(
+        (s["delivered"].as_u64(), s["dead_lettered"].as_u64()),
+        (Some(12), Some(0)),
+        "{s}"
+    );
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        log.matches("records wait for it without using attempts")
+            .count(),
+        1,
+        "{log}"
+    );
+    let transitions: Vec<&str> = s["breaker_transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["to"].as_str().unwrap())
+        .collect();
+    assert!(
+        transitions.contains(&"OPEN") && transitions.last() == Some(&"CLOSED"),
+        "{transitions:?}"
+    );
+    // More failed probes happened than a record has attempts: none of them used one up.
+    let probes = transitions.iter().filter(|t| **t == "HALF_OPEN").count();
+    assert!(probes > 3, "{transitions:?}");
 }

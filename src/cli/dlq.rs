@@ -34,12 +34,19 @@ pub enum DlqCommand {
         /// One JSON object per line instead of a table.
         #[arg(long)]
         json: bool,
+        /// A file DLQ: the directory given to `plexus run --output`, if one was.
+        #[arg(long)]
+        output: Option<PathBuf>,
     },
-    /// A dead letter's headers and original record (`--at PARTITION:OFFSET` of the DLQ topic).
+    /// A dead letter's headers and original record: `--at PARTITION:OFFSET` of a DLQ topic,
+    /// or `--at LINE` of a DLQ file.
     Show {
         pipeline: PathBuf,
-        #[arg(long, value_name = "PARTITION:OFFSET")]
+        #[arg(long, value_name = "PARTITION:OFFSET|LINE")]
         at: String,
+        /// A file DLQ: the directory given to `plexus run --output`, if one was.
+        #[arg(long)]
+        output: Option<PathBuf>,
     },
 }
 
@@ -58,6 +65,13 @@ pub struct ReplayArgs {
     /// Show what would be replayed without doing it.
     #[arg(long)]
     dry_run: bool,
+    /// A file DLQ: the directory given to `plexus run --output`, if one was.
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// A file DLQ: where to write the original records for a re-run (default: beside the
+    /// DLQ file, `<dlq>.replay.<hl7|ndjson>`).
+    #[arg(long)]
+    to_file: Option<PathBuf>,
 }
 
 /// A dead letter read back from the topic.
@@ -89,7 +103,17 @@ struct Target {
     pipeline: String,
 }
 
-fn target(pipeline: &std::path::Path) -> Result<Target> {
+/// Where a pipeline's dead letters are.
+enum Located {
+    Topic(Target),
+    /// An NDJSON file (file-mode pipelines), and the source's format (for a replay file).
+    File {
+        path: PathBuf,
+        format: Option<String>,
+    },
+}
+
+fn locate(pipeline: &std::path::Path, output: Option<&std::path::Path>) -> Result<Located> {
     let spec = crate::spec::PipelineSpec::load(pipeline).map_err(|e| {
         anyhow::anyhow!(
             "{}",
@@ -99,12 +123,27 @@ fn target(pipeline: &std::path::Path) -> Result<Target> {
                 .join("\n")
         )
     })?;
-    let topic = spec
+    let Some(topic) = spec
         .dlq
         .as_ref()
         .and_then(|d| d.topic.as_ref())
         .map(|t| t.to_string())
-        .with_context(|| format!("{}: the dlq is not a Kafka topic", pipeline.display()))?;
+    else {
+        // As `plexus run` places it: the `dlq.path`, else `<name>.dlq.ndjson`, moved into
+        // the `--output` directory when one is given.
+        let path = spec
+            .dlq
+            .as_ref()
+            .and_then(|d| d.path.as_ref())
+            .map(|p| spec.resolve(p))
+            .unwrap_or_else(|| PathBuf::from(format!("{}.dlq.ndjson", spec.name.as_str())));
+        let path = match output {
+            Some(d) => d.join(path.file_name().unwrap_or_default()),
+            None => path,
+        };
+        let format = Some(spec.source.format.to_string());
+        return Ok(Located::File { path, format });
+    };
     let k = spec
         .kafka
         .as_ref()
@@ -125,12 +164,117 @@ fn target(pipeline: &std::path::Path) -> Result<Target> {
                     .map_err(anyhow::Error::msg)
             })
             .collect::<Result<_>>()?,
+        max_outage: None,
     };
-    Ok(Target {
+    Ok(Located::Topic(Target {
         conn,
         topic,
         pipeline: spec.name.to_string(),
-    })
+    }))
+}
+
+/// The dead letters of a DLQ file, as `DeadLetter`s: `offset` is the line number (1-based),
+/// `source_topic`/`source_offset` the input file and byte offset the record came from. A line
+/// that does not read is an error naming it (the file is ours; it must not be skipped).
+fn read_dlq_file(path: &std::path::Path) -> Result<Vec<DeadLetter>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        // A clean run leaves no DLQ file behind.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let mut out = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let r: crate::connectors::dlq::DeadLetterRecord = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not a dead letter", path.display(), i + 1))?;
+        let record = match (&r.record, &r.record_hex) {
+            (Some(t), _) => t.as_bytes().to_vec(),
+            (None, Some(h)) => (0..h.len() / 2)
+                .map(|j| u8::from_str_radix(&h[2 * j..2 * j + 2], 16))
+                .collect::<Result<Vec<u8>, _>>()
+                .with_context(|| format!("{}:{}: bad record_hex", path.display(), i + 1))?,
+            (None, None) => Vec::new(),
+        };
+        out.push(DeadLetter {
+            partition: 0,
+            offset: i as i64 + 1,
+            key: r
+                .record_index
+                .map(|x| format!("{}#{x}", r.source.as_deref().unwrap_or_default()))
+                .unwrap_or_else(|| format!("line {}", i + 1)),
+            stage: r.stage,
+            rule: r.rule,
+            error: r.reason,
+            attempt: 1,
+            first_failed_at: r.failed_at.clone(),
+            failed_at: r.failed_at,
+            source_topic: r.source,
+            source_partition: None,
+            source_offset: r.offset,
+            correlation_id: r.control_id,
+            record,
+            origin: Origin::default(),
+        });
+    }
+    Ok(out)
+}
+
+/// Prints the dead letters as a table (or JSON lines); `at` names each one's address.
+fn print_list(
+    all: &[DeadLetter],
+    limit: usize,
+    json: bool,
+    at: impl Fn(&DeadLetter) -> String,
+) -> Result<()> {
+    if !json {
+        println!(
+            "{:<14} {:<32} {:<10} {:<24} {:>7}  error",
+            "at", "from", "stage", "rule", "attempt"
+        );
+    }
+    for d in all.iter().take(limit) {
+        if json {
+            println!("{}", serde_json::to_string(d)?);
+        } else {
+            let from = match (&d.source_topic, d.source_partition, d.source_offset) {
+                (Some(t), Some(p), Some(o)) => format!("{t}/{p}@{o}"),
+                (Some(t), None, Some(o)) => format!("{t}@{o}"),
+                _ => "-".into(),
+            };
+            let error: String = d.error.chars().take(80).collect();
+            println!(
+                "{:<14} {:<32} {:<10} {:<24} {:>7}  {}",
+                at(d),
+                from,
+                d.stage,
+                d.rule,
+                d.attempt,
+                error
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Prints one dead letter and its original record.
+fn print_one(d: &DeadLetter) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(d)?);
+    println!("--- original record ({} bytes) ---", d.record.len());
+    match std::str::from_utf8(&d.record) {
+        Ok(text) => println!("{}", text.replace('\r', "\n")),
+        Err(_) => println!(
+            "{}",
+            d.record
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        ),
+    }
+    Ok(())
 }
 
 /// Reads a whole topic from the beginning to its end as of now (each partition's high
@@ -146,7 +290,9 @@ fn read_topic(
     cc.set("group.id", "plexus-dlq-reader")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false");
-    let consumer: BaseConsumer = cc.create().context("creating a consumer")?;
+    let consumer: BaseConsumer<crate::connectors::kafka::Quiet> = cc
+        .create_with_context(crate::connectors::kafka::Quiet)
+        .context("creating a consumer")?;
     let timeout = Duration::from_secs(10);
     let md = consumer
         .fetch_metadata(Some(topic), timeout)
@@ -272,66 +418,59 @@ pub fn run(cmd: DlqCommand) -> Result<ExitCode> {
             pipeline,
             limit,
             json,
-        } => {
-            let t = target(&pipeline)?;
-            let all = read_dead_letters(&t.conn, &t.topic)?;
-            if !json {
-                println!(
-                    "{:<14} {:<32} {:<10} {:<24} {:>7}  error",
-                    "dlq p:offset", "from", "stage", "rule", "attempt"
-                );
-            }
-            for d in all.iter().take(limit) {
-                if json {
-                    println!("{}", serde_json::to_string(d)?);
-                } else {
-                    let from = match (&d.source_topic, d.source_partition, d.source_offset) {
-                        (Some(t), Some(p), Some(o)) => format!("{t}/{p}@{o}"),
-                        (Some(t), None, Some(o)) => format!("{t}@{o}"),
-                        _ => "-".into(),
-                    };
-                    let error: String = d.error.chars().take(80).collect();
-                    println!(
-                        "{:<14} {:<32} {:<10} {:<24} {:>7}  {}",
-                        format!("{}:{}", d.partition, d.offset),
-                        from,
-                        d.stage,
-                        d.rule,
-                        d.attempt,
-                        error
-                    );
+            output,
+        } => match locate(&pipeline, output.as_deref())? {
+            Located::Topic(t) => {
+                let all = read_dead_letters(&t.conn, &t.topic)?;
+                print_list(&all, limit, json, |d| {
+                    format!("{}:{}", d.partition, d.offset)
+                })?;
+                if !json {
+                    eprintln!("{} dead letters on {}", all.len(), t.topic);
                 }
+                Ok(ExitCode::SUCCESS)
             }
-            if !json {
-                eprintln!("{} dead letters on {}", all.len(), t.topic);
+            Located::File { path, .. } => {
+                let all = read_dlq_file(&path)?;
+                print_list(&all, limit, json, |d| format!("line {}", d.offset))?;
+                if !json {
+                    eprintln!("{} dead letters in {}", all.len(), path.display());
+                }
+                Ok(ExitCode::SUCCESS)
             }
-            Ok(ExitCode::SUCCESS)
-        }
-        DlqCommand::Show { pipeline, at } => {
-            let (p, o) = at
-                .split_once(':')
-                .and_then(|(p, o)| Some((p.parse::<i32>().ok()?, o.parse::<i64>().ok()?)))
-                .context("--at is PARTITION:OFFSET, e.g. 0:42")?;
-            let t = target(&pipeline)?;
-            let all = read_dead_letters(&t.conn, &t.topic)?;
-            let d = all
-                .iter()
-                .find(|d| d.partition == p && d.offset == o)
-                .with_context(|| format!("no dead letter at {at} on {}", t.topic))?;
-            println!("{}", serde_json::to_string_pretty(d)?);
-            println!("--- original record ({} bytes) ---", d.record.len());
-            match std::str::from_utf8(&d.record) {
-                Ok(text) => println!("{}", text.replace('\r', "\n")),
-                Err(_) => println!(
-                    "{}",
-                    d.record
-                        .iter()
-                        .map(|b| format!("{b:02x}"))
-                        .collect::<String>()
-                ),
+        },
+        DlqCommand::Show {
+            pipeline,
+            at,
+            output,
+        } => match locate(&pipeline, output.as_deref())? {
+            Located::Topic(t) => {
+                let (p, o) = at
+                    .split_once(':')
+                    .and_then(|(p, o)| Some((p.parse::<i32>().ok()?, o.parse::<i64>().ok()?)))
+                    .context("--at is PARTITION:OFFSET for a DLQ topic, e.g. 0:42")?;
+                let all = read_dead_letters(&t.conn, &t.topic)?;
+                let d = all
+                    .iter()
+                    .find(|d| d.partition == p && d.offset == o)
+                    .with_context(|| format!("no dead letter at {at} on {}", t.topic))?;
+                print_one(d)?;
+                Ok(ExitCode::SUCCESS)
             }
-            Ok(ExitCode::SUCCESS)
-        }
+            Located::File { path, .. } => {
+                let line: i64 = at
+                    .trim_start_matches("line")
+                    .trim()
+                    .parse()
+                    .context("--at is the LINE number for a DLQ file, e.g. 3")?;
+                let all = read_dlq_file(&path)?;
+                let d = all.iter().find(|d| d.offset == line).with_context(|| {
+                    format!("no dead letter on line {line} of {}", path.display())
+                })?;
+                print_one(d)?;
+                Ok(ExitCode::SUCCESS)
+            }
+        },
     }
 }
 
@@ -379,8 +518,91 @@ fn filter_batch(dead: &[DeadLetter]) -> Result<RecordBatch> {
     )?)
 }
 
+/// Which dead letters `--filter` keeps (all without one).
+fn filtered(all: &[DeadLetter], filter: Option<&str>) -> Result<Vec<bool>> {
+    match filter {
+        Some(sql) => {
+            let batch = filter_batch(all)?;
+            let planner = crate::plan::sql::SqlPlanner::new();
+            let pred = planner
+                .predicate("--filter", sql, &batch.schema())
+                .map_err(|e| anyhow::anyhow!("--filter: {e}"))?;
+            let mask = pred.evaluate(&batch)?;
+            let mask = crate::operators::true_mask(mask.as_boolean());
+            Ok((0..all.len()).map(|i| mask.value(i)).collect())
+        }
+        None => Ok(vec![true; all.len()]),
+    }
+}
+
+/// A file DLQ's replay: the original records (each once, in DLQ order) written to a file that
+/// a re-run takes as its input. The re-run is the user's: it replaces its outputs, so it
+/// belongs in a directory of its own (`--output`).
+fn replay_file(
+    args: &ReplayArgs,
+    path: &std::path::Path,
+    format: Option<&str>,
+) -> Result<ExitCode> {
+    let ext = match format.unwrap_or("hl7") {
+        "hl7" => "hl7",
+        "ndjson" | "json" => "ndjson",
+        other => bail!(
+            "replaying {other} dead letters is not supported (a {other} record needs its file's header): fix the input and re-run"
+        ),
+    };
+    let all = read_dlq_file(path)?;
+    let keep = filtered(&all, args.filter.as_deref())?;
+    let mut seen = HashSet::new();
+    let mut picked = Vec::new();
+    for (d, keep) in all.iter().zip(keep) {
+        // A record dead-lettered at two stages (or twice) is replayed once.
+        if keep && !d.record.is_empty() && seen.insert(d.key.clone()) {
+            picked.push(d);
+        }
+    }
+    let to = args.to_file.clone().unwrap_or_else(|| {
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        path.with_file_name(format!("{name}.replay.{ext}"))
+    });
+    eprintln!(
+        "{} dead letters in {}: {} records to replay",
+        all.len(),
+        path.display(),
+        picked.len()
+    );
+    if args.dry_run {
+        for d in &picked {
+            println!("line {} -> {}", d.offset, to.display());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut out = Vec::new();
+    for d in &picked {
+        out.extend_from_slice(&d.record);
+        if !matches!(d.record.last(), Some(b'\r' | b'\n')) {
+            out.push(if ext == "hl7" { b'\r' } else { b'\n' });
+        }
+        if ext == "hl7" {
+            // Messages apart on their own lines, as in a batch file.
+            out.push(b'\n');
+        }
+    }
+    std::fs::write(&to, &out).with_context(|| format!("writing {}", to.display()))?;
+    println!(
+        "wrote {} records to {}; re-run them with:\n  plexus run {} --input {} --output <new directory>",
+        picked.len(),
+        to.display(),
+        args.pipeline.display(),
+        to.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn replay(args: ReplayArgs) -> Result<ExitCode> {
-    let t = target(&args.pipeline)?;
+    let t = match locate(&args.pipeline, args.output.as_deref())? {
+        Located::Topic(t) => t,
+        Located::File { path, format } => return replay_file(&args, &path, format.as_deref()),
+    };
     let ledger_topic = format!("{}.replayed", t.topic);
     let all = read_dead_letters(&t.conn, &t.topic)?;
     let mut replayed: HashSet<(i32, i64)> = HashSet::new();
@@ -392,19 +614,7 @@ pub fn replay(args: ReplayArgs) -> Result<ExitCode> {
             replayed.insert((p, o));
         }
     })?;
-    let keep = match &args.filter {
-        Some(sql) => {
-            let batch = filter_batch(&all)?;
-            let planner = crate::plan::sql::SqlPlanner::new();
-            let pred = planner
-                .predicate("--filter", sql, &batch.schema())
-                .map_err(|e| anyhow::anyhow!("--filter: {e}"))?;
-            let mask = pred.evaluate(&batch)?;
-            let mask = crate::operators::true_mask(mask.as_boolean());
-            (0..all.len()).map(|i| mask.value(i)).collect::<Vec<_>>()
-        }
-        None => vec![true; all.len()],
-    };
+    let keep = filtered(&all, args.filter.as_deref())?;
     let mut seen_failures: HashSet<(String, i64)> = HashSet::new();
     let mut todo = Vec::new();
     let (mut skipped_done, mut skipped_dup) = (0, 0);

@@ -40,7 +40,8 @@ enum Command {
         /// e.g. `5s`. Without it a stream runs until SIGTERM/SIGINT.
         #[arg(long, value_name = "DURATION")]
         exit_when_idle: Option<String>,
-        /// Streaming sources: stop (drain, commit, exit) after reading this many records.
+        /// Read at most this many records: a file run processes the first N (a sample of a
+        /// big feed); a stream drains, commits and exits after N.
         #[arg(long, value_name = "N")]
         max_records: Option<u64>,
         /// Serve Prometheus metrics on http://ADDR/metrics while running (e.g. 127.0.0.1:9898).

@@ -32,6 +32,7 @@ use crate::plan::windows::{MetricsLocation, PlannedWindow, StateStore, WindowInp
 use crate::plan::{Plan, build};
 use crate::resilience::breaker::SharedBreaker;
 use crate::runtime::RunOptions;
+use crate::runtime::summary::{EXIT_FAILED, EXIT_USAGE};
 use crate::runtime::telemetry::{Telemetry, serve as serve_metrics};
 use crate::runtime::windows::{Monitor, WindowIo};
 use crate::spec::{PipelineSpec, SpecErrors};
@@ -111,7 +112,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
             for e in &errors.0 {
                 eprintln!("error: {e}");
             }
-            return Ok(ExitCode::from(1));
+            return Ok(ExitCode::from(EXIT_USAGE));
         }
     };
     if let Some(input) = &args.input {
@@ -198,12 +199,19 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
                 meta.clone(),
             )?)
         }
-        None => Box::new(FileSource::new(
-            plan.source.paths.clone(),
-            plan.source.format,
-            plan.max_rows,
-        )),
+        None => {
+            // A signal stops the reading; what was read is finished and accounted for.
+            let _guard = rt.enter();
+            watch_signals(&rt, stop.clone());
+            Box::new(
+                FileSource::new(plan.source.paths.clone(), plan.source.format, plan.max_rows)
+                    .with_stop(stop.clone())
+                    .with_limit(args.max_records),
+            )
+        }
     };
+    // A batch run's files appear whole when it ends; a stream's grow in place.
+    let staged = plan.source.kafka.is_none();
     let registry = match &plan.registry {
         Some(r) => Some(SchemaRegistry::new(r).map_err(anyhow::Error::msg)?),
         None => None,
@@ -289,6 +297,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
                 s.format,
                 &s.schema,
                 s.provenance,
+                staged,
             )?)),
         }
     }
@@ -304,7 +313,10 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
             &plan.integration_id,
             meta,
         )?),
-        None => Box::new(DlqFile::new(&dlq_path, &plan.name, &plan.integration_id)),
+        None => {
+            let file = DlqFile::new(&dlq_path, &plan.name, &plan.integration_id);
+            Box::new(if staged { file.staged() } else { file })
+        }
     };
     let dlq_topic = plan.dlq_topic.clone();
     let progress = progress_bar(&args);
@@ -356,16 +368,26 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     }
     // The retry workers finish what is due, then stop (or stop now on a signal).
     main_done.store(true, Ordering::Relaxed);
+    // From here on the run had started: a failure is exit code 1, not a usage error.
+    let failed = |e: anyhow::Error| {
+        eprintln!("error: the run failed: {e:#}");
+        Ok(ExitCode::from(EXIT_FAILED))
+    };
     let mut retries = Vec::new();
     for w in workers {
         match w.join() {
             Ok(Ok(stats)) => retries.push(stats),
-            Ok(Err(e)) => anyhow::bail!("retry worker: {e}"),
-            Err(_) => anyhow::bail!("retry worker panicked"),
+            Ok(Err(e)) => return failed(anyhow::anyhow!("retry worker: {e}")),
+            Err(_) => return failed(anyhow::anyhow!("retry worker panicked")),
         }
     }
-    let mut summary = result?;
+    let mut summary = match result {
+        Ok(s) => s,
+        Err(e) => return failed(e),
+    };
     summary.retries = retries;
+    // A stream runs until it is told to stop; a file run stopped early did not finish.
+    summary.interrupted = staged && stop.load(Ordering::Relaxed);
     if let Some(m) = monitor {
         summary.windows.extend(rt.block_on(m.stop())?);
     }
@@ -387,11 +409,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
             }
         }
     }
-    Ok(if summary.pending() == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(3)
-    })
+    Ok(ExitCode::from(summary.exit_code()))
 }
 
 /// The breaker-event follower: its stop flag and thread.

@@ -170,12 +170,34 @@ pub async fn context(loc: &Locations) -> Result<SessionContext> {
             .map_err(|e| anyhow::anyhow!("metrics of window {w}: {e}"))?;
         let config = ListingTableConfig::new(url)
             .with_listing_options(options)
-            .with_schema(schema);
+            .with_schema(schema.clone());
         let table = ListingTable::try_new(config).map_err(|e| anyhow::anyhow!("{e}"))?;
-        ctx.register_table(w.as_str(), Arc::new(table))
+        // The files hold every emission of a window row: the first firing, late updates and
+        // re-runs over the same input. An event-time window row is identified by (window,
+        // key, window start) — the latest emission wins, so re-running a pipeline over its
+        // input does not double its metrics; a processing-time window row also by the run
+        // that emitted it (each run's calls are its own).
+        let files = format!("_{w}_emissions");
+        ctx.register_table(files.as_str(), Arc::new(table))
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let columns: Vec<String> = schema
+            .fields()
+            .iter()
+            .map(|f| format!("\"{}\"", f.name().replace('"', "\"\"")))
+            .chain(["date".to_string(), "hour".to_string()])
+            .collect();
+        ctx.sql(&format!(
+            "CREATE VIEW \"{w}\" AS SELECT {cols} FROM (SELECT {cols}, row_number() OVER \
+             (PARTITION BY \"window\", \"key\", window_start, \
+             CASE WHEN event_time THEN '' ELSE coalesce(run_id, '') END \
+             ORDER BY emitted_at DESC) AS _emission \
+             FROM \"{files}\") WHERE _emission = 1",
+            cols = columns.join(", ")
+        ))
+        .await
+        .map_err(|e| anyhow::anyhow!("metrics of window {w}: {e}"))?;
         union.push(format!(
-            "SELECT {}, date, hour FROM \"{w}\"",
+            "SELECT {}, run_id, date, hour FROM \"{w}\"",
             common_columns().join(", ")
         ));
     }
@@ -185,6 +207,7 @@ pub async fn context(loc: &Locations) -> Result<SessionContext> {
             .iter()
             .map(|f| f.as_ref().clone())
             .collect();
+        fields.push(Field::new("run_id", DataType::Utf8, true));
         fields.push(Field::new("date", DataType::Utf8, true));
         fields.push(Field::new("hour", DataType::Utf8, true));
         empty(&ctx, "metrics", Arc::new(Schema::new(fields)))?;
@@ -242,6 +265,7 @@ fn alert_schema() -> SchemaRef {
         Field::new("latency_p95_ms", DataType::Float64, true),
         Field::new("data_quality_rate", DataType::Float64, true),
         Field::new("at_ms", DataType::Int64, true),
+        Field::new("run_id", DataType::Utf8, true),
     ]))
 }
 

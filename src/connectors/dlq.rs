@@ -114,6 +114,8 @@ pub struct DlqFile {
     pipeline: String,
     integration: String,
     out: Option<BufWriter<File>>,
+    /// Written under a temporary name, renamed when complete (batch runs; see `FileSink`).
+    staged: bool,
 }
 
 impl DlqFile {
@@ -124,6 +126,21 @@ impl DlqFile {
             pipeline: pipeline.to_string(),
             integration: integration.to_string(),
             out: None,
+            staged: false,
+        }
+    }
+
+    /// Writes under a temporary name and renames it into place at `finish`.
+    pub fn staged(mut self) -> Self {
+        self.staged = true;
+        self
+    }
+
+    fn written_path(&self) -> PathBuf {
+        if self.staged {
+            crate::connectors::file::sink::staging_path(&self.path)
+        } else {
+            self.path.clone()
         }
     }
 
@@ -141,7 +158,7 @@ impl DeadLetterSink for DlqFile {
             if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir).map_err(|e| self.io(e))?;
             }
-            let f = File::create(&self.path).map_err(|e| self.io(e))?;
+            let f = File::create(self.written_path()).map_err(|e| self.io(e))?;
             self.out = Some(BufWriter::new(f));
         }
         let lines = records(&self.pipeline, &self.integration, stage, dead);
@@ -169,7 +186,11 @@ impl DeadLetterSink for DlqFile {
         match self.out.as_mut() {
             Some(out) => {
                 let r = out.flush();
-                r.map_err(|e| self.io(e))
+                r.map_err(|e| self.io(e))?;
+                if self.staged {
+                    std::fs::rename(self.written_path(), &self.path).map_err(|e| self.io(e))?;
+                }
+                Ok(())
             }
             None => {
                 // A previous run's dead letters must not be mistaken for this run's.

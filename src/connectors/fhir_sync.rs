@@ -29,10 +29,11 @@ use serde_json::Value;
 use crate::connectors::http::Outcome;
 use crate::connectors::http::sink::report_call;
 use crate::connectors::{BatchSink, ConnectorError, SinkOutcome};
+use crate::fhir::client::FhirError;
 use crate::fhir::v2::Resource;
 use crate::metrics::outcome::OutcomeTap;
 use crate::operators::{DeadLetters, RECORD_INDEX};
-use crate::sync::{SyncOutcome, Syncer};
+use crate::sync::{SyncError, SyncOutcome, Syncer};
 
 /// How often a held entity is tried before the row is dead-lettered.
 const CONTENDED_TRIES: u32 = 10;
@@ -192,6 +193,9 @@ impl FhirSyncSink {
                     }
                     return Ok(());
                 }
+                Err(e @ SyncError::Fhir(FhirError::Unavailable { .. })) => {
+                    return Err(("sync:unavailable", e.to_string()));
+                }
                 Err(e) => return Err(("sync", e.to_string())),
             }
         }
@@ -265,14 +269,37 @@ impl BatchSink for FhirSyncSink {
             });
             groups[n].push(item);
         }
+        // A message's resources are written or held together: once one of them fails (its
+        // Patient in conflict, say), the rest of that message is not written on its own —
+        // the message goes to the dead-letter output whole and a replay syncs it again.
+        let failed_early: std::collections::HashSet<i64> =
+            dead.iter().map(|d| message(d.0 as usize)).collect();
         let this = &*self;
         let results: Vec<(usize, Result<(), Failure>)> = self.handle.block_on(
-            futures::stream::iter(groups.into_iter().map(|group| async move {
-                let mut out = Vec::with_capacity(group.len());
-                for (r, row) in group {
-                    out.push((*r, this.sync_row(row).await));
+            futures::stream::iter(groups.into_iter().map(|group| {
+                let mut failed = failed_early.clone();
+                async move {
+                    let mut out = Vec::with_capacity(group.len());
+                    for (r, row) in group {
+                        let m = message(*r);
+                        if failed.contains(&m) {
+                            out.push((
+                                *r,
+                                Err((
+                                    "sync:held",
+                                    "not written: another resource of the same message was not synced".to_string(),
+                                )),
+                            ));
+                            continue;
+                        }
+                        let result = this.sync_row(row).await;
+                        if result.is_err() {
+                            failed.insert(m);
+                        }
+                        out.push((*r, result));
+                    }
+                    out
                 }
-                out
             }))
             .buffer_unordered(self.concurrency)
             .flat_map(futures::stream::iter)
@@ -281,7 +308,14 @@ impl BatchSink for FhirSyncSink {
         for (r, result) in results {
             match result {
                 Ok(()) => self.delivered += 1,
-                Err((rule, reason)) => dead.push((r as u32, rule, reason)),
+                // Held with its message, which is dead-lettered once (by the failed row).
+                Err(("sync:held", _)) => {}
+                Err((rule, reason)) => {
+                    if rule == "sync:unavailable" {
+                        self.outcome.unavailable += 1;
+                    }
+                    dead.push((r as u32, rule, reason))
+                }
             }
         }
         dead.sort_by_key(|d| d.0);

@@ -102,6 +102,9 @@ pub trait BatchSource: Send {
 pub struct SinkOutcome {
     pub dead: Vec<DeadLetters>,
     pub parked: Vec<i64>,
+    /// How many of `dead` could not be delivered because the target was unreachable (retries
+    /// spent, or the outage outlasted the wait) rather than because it refused the record.
+    pub unavailable: u64,
 }
 
 /// Where rows of one pipeline output go.

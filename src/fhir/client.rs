@@ -178,6 +178,8 @@ pub struct FhirClient {
     http: reqwest::Client,
     credentials: Credentials,
     breaker: Option<SharedBreaker>,
+    /// Calls are waiting out an open breaker (shared by the clones, for one log line).
+    waiting: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What one attempt produced.
@@ -201,6 +203,7 @@ impl FhirClient {
             config: Arc::new(config),
             http,
             breaker: None,
+            waiting: Arc::default(),
         })
     }
 
@@ -208,6 +211,29 @@ impl FhirClient {
     pub fn with_breaker(mut self, breaker: SharedBreaker) -> Self {
         self.breaker = Some(breaker);
         self
+    }
+
+    /// Says once per outage that calls wait for the server (not once per record).
+    fn outage_started(&self, breaker: &str) {
+        if !self
+            .waiting
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::warn!(
+                breaker,
+                max_outage = ?self.config.retry.max_outage,
+                "FHIR server unavailable (circuit breaker open): records wait for it without using attempts"
+            );
+        }
+    }
+
+    fn outage_ended(&self) {
+        if self
+            .waiting
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::warn!("FHIR server answering again: waiting records resume");
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -330,16 +356,38 @@ impl FhirClient {
         let policy = &self.config.retry;
         let mut failed = 0u32;
         let mut reauthenticated = false;
+        // When this call first met the breaker open or a failed probe: an outage is waited
+        // out (using no attempt) for up to `max_outage`, then the call is given up.
+        let mut outage: Option<Instant> = None;
         loop {
-            if let Some(b) = &self.breaker
-                && let Err(r) = b.try_acquire()
-            {
-                return Err(FhirError::Unavailable {
-                    method,
-                    url: redact(url),
-                    attempts: failed,
-                    reason: format!("circuit breaker {:?}", r.state),
-                });
+            let mut probe = false;
+            if let Some(b) = &self.breaker {
+                match b.try_acquire_probe() {
+                    Ok(p) => probe = p,
+                    Err(r) => {
+                        let since = *outage.get_or_insert_with(Instant::now);
+                        let left = policy.max_outage.saturating_sub(since.elapsed());
+                        if left.is_zero() {
+                            return Err(FhirError::Unavailable {
+                                method,
+                                url: redact(url),
+                                attempts: failed,
+                                reason: format!(
+                                    "circuit breaker {:?}: the server stayed unavailable for {:?} (retry.max_outage)",
+                                    r.state, policy.max_outage
+                                ),
+                            });
+                        }
+                        self.outage_started(b.name());
+                        let wait = r
+                            .retry_in
+                            .unwrap_or(Duration::from_millis(200))
+                            .clamp(Duration::from_millis(10), Duration::from_secs(5))
+                            .min(left);
+                        tokio::time::sleep(wait).await;
+                        continue;
+                    }
+                }
             }
             let started = Instant::now();
             let attempt = self.attempt(&method, url, body, headers).await;
@@ -350,6 +398,9 @@ impl FhirClient {
             };
             if let Some(b) = &self.breaker {
                 b.record(failure, started.elapsed());
+            }
+            if !failure {
+                self.outage_ended();
             }
             match attempt? {
                 Attempt::Done(status, headers, json) => {
@@ -367,6 +418,14 @@ impl FhirClient {
                         status: 401,
                         outcome: Outcome::default(),
                     });
+                }
+                Attempt::Transient(_, _)
+                    if probe
+                        && outage.get_or_insert_with(Instant::now).elapsed()
+                            < policy.max_outage =>
+                {
+                    // The server is still down: the breaker opens again and the loop waits.
+                    tracing::debug!(%method, "FHIR probe failed; waiting for the server");
                 }
                 Attempt::Transient(reason, retry_after) => {
                     failed += 1;

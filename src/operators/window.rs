@@ -149,6 +149,9 @@ pub fn window_row_schema(key_names: &[String]) -> SchemaRef {
         Field::new("data_quality_rate", DataType::Float64, false),
         Field::new("update", DataType::Boolean, false),
         Field::new("emitted_at", ts, false),
+        // Event-time windows describe the input (a re-run over it replaces their rows);
+        // processing-time windows describe a run (each run's rows stand on their own).
+        Field::new("event_time", DataType::Boolean, false),
     ]);
     Arc::new(Schema::new(fields))
 }
@@ -495,6 +498,10 @@ impl WindowAggregate {
         // error_rate sits before the latencies; the builder order above matches the schema.
         columns.push(Arc::new(update.finish()));
         columns.push(Arc::new(emitted.finish()));
+        columns.push(Arc::new(arrow::array::BooleanArray::from(vec![
+            !self.processing_time;
+            n
+        ])));
         Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
     }
 }

@@ -446,6 +446,16 @@ impl SharedBreaker {
         self.with(|b, now| b.try_acquire(now))
     }
 
+    /// As `try_acquire`; `Ok(true)` when the call is a half-open probe. A failed probe says
+    /// the system is still down, not that the record is bad: callers do not charge it to the
+    /// record's attempts, so a long outage cannot use them up before the system is back.
+    pub fn try_acquire_probe(&self) -> Result<bool, Rejected> {
+        self.with(|b, now| {
+            b.try_acquire(now)
+                .map(|()| b.state() == BreakerState::HalfOpen)
+        })
+    }
+
     pub fn record(&self, failed: bool, latency: Duration) {
         self.with(|b, now| b.record(now, failed, latency))
     }

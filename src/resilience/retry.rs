@@ -26,6 +26,9 @@ pub struct RetryPolicy {
     pub max_delay: Duration,
     /// Fraction of the delay added at random (0 = none).
     pub jitter: f64,
+    /// Retrying in place: the longest a record waits for an open breaker before it is given
+    /// up as unavailable. The wait uses no attempt.
+    pub max_outage: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -37,6 +40,7 @@ impl Default for RetryPolicy {
             base: Duration::from_secs(1),
             max_delay: Duration::from_secs(300),
             jitter: 0.0,
+            max_outage: Duration::from_secs(600),
         }
     }
 }
@@ -104,6 +108,7 @@ mod tests {
             base: Duration::from_millis(500),
             max_delay: Duration::from_secs(3),
             jitter: 0.0,
+            max_outage: Duration::from_secs(600),
         }
     }
 

@@ -273,7 +273,9 @@ pub async fn run(
     // Sinks.
     let mut sink_tasks = Vec::new();
     let mut sink_rows = Vec::new();
+    let unavailable = Arc::new(AtomicU64::new(0));
     for (spec, mut sink) in sink_specs.into_iter().zip(sinks) {
+        let unavailable = unavailable.clone();
         let (tx, mut rx) = mpsc::channel::<Msg>(CHANNEL_CAPACITY);
         readers.entry(spec.input).or_default().push(tx);
         let rows = Arc::new(AtomicU64::new(0));
@@ -299,6 +301,7 @@ pub async fn run(
                             let _entered = span.enter();
                             sink.write(&batch)?;
                             let outcome = sink.take_outcome();
+                            unavailable.fetch_add(outcome.unavailable, Ordering::Relaxed);
                             span.record("parked", outcome.parked.len() as i64);
                             span.record(
                                 "dead",
@@ -610,6 +613,8 @@ pub async fn run(
         bytes_in: bytes,
         delivered: seen.delivered(),
         dead_lettered: seen.dead(),
+        unavailable: unavailable.load(Ordering::Relaxed),
+        interrupted: false,
         parked: seen.parked(),
         retries: Vec::new(),
         breaker_transitions: Vec::new(),

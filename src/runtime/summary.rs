@@ -3,6 +3,13 @@
 
 use serde::Serialize;
 
+/// Exit codes of `plexus run` (also documented in the README).
+pub const EXIT_FAILED: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_DEAD_LETTERS: u8 = 3;
+pub const EXIT_SINK_UNAVAILABLE: u8 = 4;
+pub const EXIT_INTERRUPTED: u8 = 5;
+
 #[derive(Debug, Clone, Serialize)]
 pub struct StageSummary {
     pub name: String,
@@ -28,6 +35,11 @@ pub struct RunSummary {
     /// Dead-letter lines written (equal to `dead_lettered` unless a record failed twice).
     pub dead_letter_rows: u64,
     pub filtered: u64,
+    /// Of the dead-lettered, those a sink could not deliver because its target was
+    /// unreachable (not refused): the run's exit code tells schedulers so.
+    pub unavailable: u64,
+    /// The run was stopped by a signal before its input ended (file sources).
+    pub interrupted: bool,
     /// Distinct records parked on a delayed retry topic (their retry worker decides).
     pub parked: u64,
     /// What the retry workers did in this run, per sink.
@@ -51,6 +63,22 @@ impl RunSummary {
     pub fn pending(&self) -> i64 {
         self.records_in as i64
             - (self.delivered + self.dead_lettered + self.filtered + self.parked) as i64
+    }
+
+    /// The process exit code of `plexus run` (README, "Exit codes"): 5 interrupted or
+    /// incomplete, 4 a sink unavailable, 3 records dead-lettered, 0 everything delivered or
+    /// filtered (1 and 2 are for runs that failed or never started).
+    pub fn exit_code(&self) -> u8 {
+        let retried_unavailable: u64 = self.retries.iter().map(|r| r.unavailable).sum();
+        if self.interrupted || self.pending() != 0 {
+            EXIT_INTERRUPTED
+        } else if self.unavailable > 0 || retried_unavailable > 0 {
+            EXIT_SINK_UNAVAILABLE
+        } else if self.dead_lettered > 0 {
+            EXIT_DEAD_LETTERS
+        } else {
+            0
+        }
     }
 
     pub fn records_per_sec(&self) -> f64 {
@@ -92,6 +120,15 @@ impl RunSummary {
             self.parked,
             self.pending()
         ));
+        if self.unavailable > 0 {
+            s.push_str(&format!(
+                "{} of the dead-lettered: a sink's target was unreachable (retry with `plexus replay` once it is back)\n",
+                self.unavailable
+            ));
+        }
+        if self.interrupted {
+            s.push_str("interrupted: stopped by a signal before the input ended; every output was finished\n");
+        }
         for t in &self.breaker_transitions {
             s.push_str(&format!(
                 "circuit {:?} -> {:?}: {}\n",
@@ -100,11 +137,16 @@ impl RunSummary {
         }
         for w in &self.windows {
             s.push_str(&format!(
-                "window {}: {} rows in, {} window rows, {} alerts, {} breaker trips, {} late (dropped), {} without event time{}\n",
+                "window {}: {} rows in, {} window rows, {} alerts{}, {} breaker trips, {} late (dropped), {} without event time{}\n",
                 w.name,
                 w.rows_in,
                 w.window_rows,
                 w.alerts,
+                if w.alerts_repeated > 0 {
+                    format!(" (+{} raised before, not sent again)", w.alerts_repeated)
+                } else {
+                    String::new()
+                },
                 w.breaker_trips,
                 w.late_dropped,
                 w.invalid_time,

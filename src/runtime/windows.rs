@@ -43,7 +43,11 @@ pub struct WindowSummary {
     pub name: String,
     pub rows_in: u64,
     pub window_rows: u64,
+    /// Alerts raised (written to the alert outputs).
     pub alerts: u64,
+    /// Alerts already raised for the same rule, window, key and window start (by a late
+    /// update, or an earlier run over the same input): not sent again.
+    pub alerts_repeated: u64,
     pub breaker_trips: u64,
     /// Rows later than the allowed lateness (counted, not aggregated).
     pub late_dropped: u64,
@@ -110,7 +114,11 @@ impl Driver {
             }
         }
         for a in &out.alerts {
-            o.alert(a)?;
+            if !o.alert(a)? {
+                self.summary.alerts_repeated += 1;
+                continue;
+            }
+            self.summary.alerts += 1;
             if let Some(t) = &io.telemetry {
                 t.alert(
                     &a.alert,
@@ -122,7 +130,6 @@ impl Driver {
                 );
             }
         }
-        self.summary.alerts += out.alerts.len() as u64;
         Ok(())
     }
 

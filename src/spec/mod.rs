@@ -57,6 +57,9 @@ pub struct KafkaSpec {
     /// Property → where its value comes from: `env:NAME` or `file:/run/secrets/x`.
     #[serde(default)]
     pub secrets: IndexMap<String, Spanned<String>>,
+    /// How long the brokers may stay unreachable before the run fails (exit 1). Default:
+    /// no limit — a stream rides out a broker restart, saying so once.
+    pub max_outage: Option<Spanned<String>>,
 }
 
 /// A schema registry: its URL, and credentials from the environment.
@@ -627,6 +630,9 @@ pub struct RetrySpec {
     pub max_delay: Option<Spanned<String>>,
     /// Up to this fraction of each wait added at random (default 0.2).
     pub jitter: Option<Spanned<f64>>,
+    /// Retrying in place: how long records wait for an open circuit breaker (an outage)
+    /// before they are dead-lettered as unavailable (default 10m). Waiting uses no attempt.
+    pub max_outage: Option<Spanned<String>>,
     /// Kafka: park failed records on `<topic>.<attempt>` and go on (non-blocking); without
     /// it the sink waits and retries in place.
     pub topic: Option<Spanned<String>>,

@@ -614,12 +614,15 @@ impl Syncer {
             }
             None => (content(&current.resource), current.version_id.clone()),
         };
-        let agreed_hash = hash(&agreed);
+        // The state remembers the hash of the *message's* content, not of what was agreed:
+        // that is what a replay of the same message is compared with, so a replayed message
+        // that was settled by this decision changes nothing (it is not a new local change).
+        let message_hash = hash(&local);
         self.store
             .save(
                 key,
                 &self.owner,
-                &Update::in_sync(&agreed_hash, &agreed, Some(&ext_id), version.as_deref()),
+                &Update::in_sync(&message_hash, &agreed, Some(&ext_id), version.as_deref()),
             )
             .await?;
         let strategy = match how {

@@ -331,16 +331,47 @@ pub fn assert_ok(out: &Output) {
     );
 }
 
-/// The JSON run summary of `plexus run --json`.
+/// The JSON run summary of `plexus run --json`, after checking that the run finished and
+/// that its exit code is the one its summary calls for (README, "Exit codes").
 pub fn summary(out: &Output) -> serde_json::Value {
-    assert_ok(out);
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
-            "summary: {e}\n{}\n{}",
+            "summary: {e} ({})\n{}\n{}",
+            out.status,
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         )
-    })
+    });
+    assert_eq!(
+        out.status.code(),
+        Some(expected_exit_code(&s)),
+        "exit code vs summary {s}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s
+}
+
+/// The exit code a run summary calls for: 5 interrupted or incomplete, 4 a sink unreachable,
+/// 3 records dead-lettered, 0 all delivered or filtered.
+pub fn expected_exit_code(s: &serde_json::Value) -> i32 {
+    let n = |k: &str| s[k].as_i64().unwrap_or(0);
+    let pending =
+        n("records_in") - n("delivered") - n("dead_lettered") - n("filtered") - n("parked");
+    let retried_unavailable: i64 = s["retries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| r["unavailable"].as_i64().unwrap_or(0))
+        .sum();
+    if s["interrupted"] == true || pending != 0 {
+        5
+    } else if n("unavailable") > 0 || retried_unavailable > 0 {
+        4
+    } else if n("dead_lettered") > 0 {
+        3
+    } else {
+        0
+    }
 }
 
 /// An ADT^A01 with the given control id and MRN (MRN empty → fails the `mrn` rule).

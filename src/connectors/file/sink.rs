@@ -5,7 +5,7 @@
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::datatypes::{Schema, SchemaRef};
@@ -27,17 +27,34 @@ pub struct FileSink {
     /// Input column indices written, in order.
     keep: Vec<usize>,
     schema: SchemaRef,
+    /// (temporary, final) path of a staged file: renamed into place by `finish`.
+    staged: Option<(PathBuf, PathBuf)>,
+}
+
+/// Where a staged output is written until it is complete: beside the final file (so the
+/// rename stays on one file system), hidden, and named after it.
+pub fn staging_path(path: &Path) -> PathBuf {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    path.with_file_name(format!(".{name}.partial"))
 }
 
 impl FileSink {
-    /// `path` None writes NDJSON to stdout.
+    /// `path` None writes NDJSON to stdout. `staged` (batch runs): the file is written under
+    /// a temporary name and renamed when complete, so a reader never sees a partial file (a
+    /// Parquet file without its footer is unreadable) and a failed run leaves the previous
+    /// output in place. A stream's file output is written in place, for readers to follow.
     pub fn create(
         name: &str,
         path: Option<&Path>,
         format: SinkFormat,
         input: &SchemaRef,
         provenance: bool,
+        staged: bool,
     ) -> Result<Self, ConnectorError> {
+        let staged = path
+            .filter(|_| staged)
+            .map(|p| (staging_path(p), p.to_path_buf()));
+        let written = staged.as_ref().map(|(tmp, _)| tmp.as_path()).or(path);
         let keep: Vec<usize> = (0..input.fields().len())
             .filter(|&i| {
                 let n = input.field(i).name();
@@ -62,7 +79,7 @@ impl FileSink {
                 source,
             })
         };
-        let writer = match (format, path) {
+        let writer = match (format, written) {
             (SinkFormat::Ndjson, None) => {
                 Writer::Ndjson(ndjson(Box::new(BufWriter::new(std::io::stdout()))))
             }
@@ -91,6 +108,7 @@ impl FileSink {
             writer,
             keep,
             schema,
+            staged,
         })
     }
 
@@ -150,6 +168,20 @@ impl BatchSink for FileSink {
     }
 
     fn finish(&mut self) -> Result<(), ConnectorError> {
+        self.close()?;
+        if let Some((tmp, path)) = self.staged.take() {
+            std::fs::rename(&tmp, &path).map_err(|source| ConnectorError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+impl FileSink {
+    /// Ends the file (Parquet footer, Arrow IPC footer) and flushes it.
+    fn close(&mut self) -> Result<(), ConnectorError> {
         let name = self.name.clone();
         let arrow = |source| ConnectorError::Arrow {
             context: format!("sink {name}"),

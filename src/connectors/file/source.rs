@@ -33,9 +33,26 @@ pub struct FileSource {
     bytes_done: u64,
     bytes_total: Option<u64>,
     warnings: Vec<String>,
+    /// Set by a signal: stop reading; what was read is finished and accounted for.
+    stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    interrupted: bool,
+    /// `--max-records`: read no more records than this (a sample of a big file).
+    limit: Option<usize>,
 }
 
 impl FileSource {
+    /// Reads at most `limit` records (in file order), then ends as if the input did.
+    pub fn with_limit(mut self, limit: Option<u64>) -> Self {
+        self.limit = limit.map(|n| n as usize);
+        self
+    }
+
+    /// Stops reading when `stop` is set (SIGTERM/Ctrl-C): the run drains and ends.
+    pub fn with_stop(mut self, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Self {
+        self.stop = Some(stop);
+        self
+    }
+
     pub fn new(paths: Vec<PathBuf>, format: SourceFormat, max_rows: usize) -> Self {
         let bytes_total = paths
             .iter()
@@ -51,6 +68,9 @@ impl FileSource {
             bytes_done: 0,
             bytes_total,
             warnings: Vec::new(),
+            stop: None,
+            interrupted: false,
+            limit: None,
         }
     }
 
@@ -185,6 +205,18 @@ fn csv_records(data: &[u8]) -> Vec<(usize, usize)> {
 
 impl BatchSource for FileSource {
     fn next_batch(&mut self) -> Result<Option<RecordBatch>, ConnectorError> {
+        if self
+            .stop
+            .as_ref()
+            .is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed))
+        {
+            self.interrupted = true;
+            return Ok(None);
+        }
+        let room = self.limit.map(|l| l.saturating_sub(self.next_index));
+        if room == Some(0) {
+            return Ok(None);
+        }
         loop {
             if let Some(OpenFile {
                 name,
@@ -194,7 +226,8 @@ impl BatchSource for FileSource {
             }) = &mut self.current
             {
                 if *cursor < records.len() {
-                    let end = (*cursor + self.max_rows).min(records.len());
+                    let take = room.map_or(self.max_rows, |r| r.min(self.max_rows));
+                    let end = (*cursor + take).min(records.len());
                     let slice: Vec<(usize, &[u8])> = records[*cursor..end]
                         .iter()
                         .map(|&(s, e)| (s, &data[s..e]))
@@ -227,7 +260,17 @@ impl BatchSource for FileSource {
     }
 
     fn warnings(&self) -> Vec<String> {
-        self.warnings.clone()
+        let mut w = self.warnings.clone();
+        if self.interrupted {
+            let total = self
+                .bytes_total
+                .map_or(String::new(), |t| format!(" of {t}"));
+            w.push(format!(
+                "interrupted: input read up to byte {}{total} ({} records); the rest was not read",
+                self.bytes_done, self.next_index
+            ));
+        }
+        w
     }
 }
 

@@ -175,19 +175,53 @@ impl BatchSink for HttpSink {
         let mut todo: Vec<(usize, u32)> = (0..batch.num_rows()).map(|r| (r, 1)).collect();
         let mut dead: Vec<(usize, String)> = Vec::new();
         let first_failed = chrono::Utc::now();
+        // In place: when each row first met an outage (breaker open, failed probe); it waits
+        // up to `max_outage`, then is dead-lettered as unavailable.
+        let mut outage_since: std::collections::HashMap<usize, std::time::Instant> =
+            std::collections::HashMap::new();
+        let max_outage = self.config.policy.max_outage;
+        let in_place = self.retry.is_none();
         while !todo.is_empty() {
             // The breaker decides which calls are made now; refused ones wait (parked, or
             // in place) without using up an attempt.
             let mut refused: Vec<(usize, u32, Duration)> = Vec::new();
+            let mut probes = std::collections::HashSet::new();
+            let mut gave_up = Vec::new();
             if let Some(b) = &self.config.breaker {
-                todo.retain(|&(row, attempt)| match b.try_acquire() {
-                    Ok(()) => true,
+                todo.retain(|&(row, attempt)| match b.try_acquire_probe() {
+                    Ok(probe) => {
+                        if probe {
+                            probes.insert(row);
+                        }
+                        true
+                    }
                     Err(r) => {
+                        let since = *outage_since
+                            .entry(row)
+                            .or_insert_with(std::time::Instant::now);
+                        if in_place && since.elapsed() >= max_outage {
+                            gave_up.push(row);
+                            return false;
+                        }
                         let wait = r.retry_in.unwrap_or(Duration::from_millis(200));
-                        refused.push((row, attempt, wait.max(Duration::from_millis(1))));
+                        refused.push((
+                            row,
+                            attempt,
+                            wait.clamp(Duration::from_millis(1), Duration::from_secs(5)),
+                        ));
                         false
                     }
                 });
+            }
+            for row in gave_up {
+                self.outcome.unavailable += 1;
+                dead.push((
+                    row,
+                    format!(
+                        "circuit breaker of sink {} stayed open for {max_outage:?} (retry.max_outage)",
+                        self.config.name
+                    ),
+                ));
             }
             let requests: Vec<Request<'_>> = todo
                 .iter()
@@ -227,10 +261,28 @@ impl BatchSink for HttpSink {
                     // A 4xx is the record's fault, not the system's: it counts as an answer.
                     b.record(matches!(outcome, Outcome::Transient { .. }), took);
                 }
+                let outage_left = outage_since
+                    .get(&row)
+                    .is_none_or(|t| !in_place || t.elapsed() < max_outage);
                 match outcome {
                     Outcome::Delivered { .. } => self.delivered += 1,
                     Outcome::Permanent { reason, .. } => dead.push((row, reason)),
+                    Outcome::Transient { reason, .. } if probes.contains(&row) && outage_left => {
+                        // A failed half-open probe: the system is still down. It costs the
+                        // record no attempt; the reopened breaker makes it wait.
+                        outage_since
+                            .entry(row)
+                            .or_insert_with(std::time::Instant::now);
+                        waits.push((
+                            row,
+                            attempt.saturating_sub(1).max(1),
+                            attempt,
+                            Duration::from_millis(50),
+                            reason,
+                        ));
+                    }
                     Outcome::Transient { reason, .. } if attempt >= max => {
+                        self.outcome.unavailable += 1;
                         dead.push((row, format!("{reason} (attempt {attempt} of {max})")));
                     }
                     Outcome::Transient {

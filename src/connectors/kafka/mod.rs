@@ -64,10 +64,10 @@ pub async fn ensure_topics(
 ) -> Result<(), crate::connectors::ConnectorError> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::types::RDKafkaErrorCode;
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> = connection
+    let admin: AdminClient<Quiet> = connection
         .client_config()
         .map_err(crate::connectors::ConnectorError::Other)?
-        .create()
+        .create_with_context(Quiet)
         .map_err(|source| crate::connectors::ConnectorError::Kafka {
             context: "creating an admin client".into(),
             source,
@@ -148,6 +148,107 @@ pub struct KafkaConnection {
     pub brokers: Option<String>,
     pub properties: Vec<(String, String)>,
     pub secrets: Vec<(String, SecretRef)>,
+    /// `kafka.max_outage`: brokers unreachable longer than this fail the run.
+    pub max_outage: Option<std::time::Duration>,
+}
+
+/// Whether the brokers answer, for the whole process: every client reports connection errors
+/// here, so an outage is one log line when it starts and one when it ends (with how long it
+/// lasted and how many errors it caused), not dozens of lines a second.
+pub struct Reachability {
+    /// Since when the brokers are unreachable, and the errors seen since.
+    state: std::sync::Mutex<Option<(std::time::Instant, u64)>>,
+}
+
+/// The process's view of its brokers.
+pub static BROKERS: Reachability = Reachability {
+    state: std::sync::Mutex::new(None),
+};
+
+impl Reachability {
+    /// A connection error (`reason` from librdkafka names brokers, never record data).
+    pub fn down(&self, reason: &str) {
+        let mut s = self.state.lock().expect("reachability");
+        match &mut *s {
+            Some((_, n)) => {
+                *n += 1;
+                tracing::debug!(%reason, "kafka brokers still unreachable");
+            }
+            None => {
+                *s = Some((std::time::Instant::now(), 1));
+                tracing::warn!(%reason, "kafka brokers unreachable; retrying (one line until they are back)");
+            }
+        }
+    }
+
+    /// The brokers answered.
+    pub fn up(&self) {
+        if let Some((since, n)) = self.state.lock().expect("reachability").take() {
+            tracing::warn!(
+                after = ?since.elapsed(),
+                errors = n,
+                "kafka brokers reachable again"
+            );
+        }
+    }
+
+    /// How long the brokers have been unreachable (None: they answer).
+    pub fn down_for(&self) -> Option<std::time::Duration> {
+        self.state
+            .lock()
+            .expect("reachability")
+            .map(|(since, _)| since.elapsed())
+    }
+}
+
+/// Errors that mean "cannot reach the brokers" (as opposed to a refused request).
+pub fn is_unreachable(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::AllBrokersDown
+                | C::BrokerTransportFailure
+                | C::Resolve
+                | C::NetworkException
+                | C::BrokerNotAvailable
+                | C::OperationTimedOut
+        )
+    )
+}
+
+/// librdkafka's callbacks for every plexus client: connection errors go to [`BROKERS`], its
+/// own log lines stay at debug (they repeat per broker and per retry).
+pub fn client_error(error: rdkafka::error::KafkaError, reason: &str) {
+    if is_unreachable(&error) {
+        BROKERS.down(reason);
+    } else {
+        tracing::warn!(error = %error, %reason, "kafka client error");
+    }
+}
+
+/// See [`client_error`].
+pub fn client_log(level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+    use rdkafka::config::RDKafkaLogLevel as L;
+    match level {
+        L::Emerg | L::Alert | L::Critical => tracing::warn!(target: "librdkafka", fac, "{message}"),
+        _ => tracing::debug!(target: "librdkafka", fac, "{message}"),
+    }
+}
+
+/// The client context of plexus's producers and admin clients.
+#[derive(Clone, Default)]
+pub struct Quiet;
+
+impl rdkafka::consumer::ConsumerContext for Quiet {}
+
+impl rdkafka::client::ClientContext for Quiet {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        client_log(level, fac, message);
+    }
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        client_error(error, reason);
+    }
 }
 
 impl KafkaConnection {
@@ -175,7 +276,7 @@ impl KafkaConnection {
 /// An idempotent producer (no duplicates from producer retries; order kept per partition).
 pub fn producer(
     connection: &KafkaConnection,
-) -> Result<rdkafka::producer::FutureProducer, crate::connectors::ConnectorError> {
+) -> Result<rdkafka::producer::FutureProducer<Quiet>, crate::connectors::ConnectorError> {
     let mut cc = connection
         .client_config()
         .map_err(crate::connectors::ConnectorError::Other)?;
@@ -190,7 +291,7 @@ pub fn producer(
             cc.set(k, v);
         }
     }
-    cc.create()
+    cc.create_with_context(Quiet)
         .map_err(|source| crate::connectors::ConnectorError::Kafka {
             context: "creating the producer".into(),
             source,
@@ -199,7 +300,7 @@ pub fn producer(
 
 /// Sends one record, waiting while librdkafka's queue is full (backpressure, not an error).
 pub fn send(
-    producer: &rdkafka::producer::FutureProducer,
+    producer: &rdkafka::producer::FutureProducer<Quiet>,
     mut record: rdkafka::producer::FutureRecord<'_, [u8], [u8]>,
 ) -> Result<rdkafka::producer::DeliveryFuture, crate::connectors::ConnectorError> {
     loop {
@@ -255,7 +356,7 @@ pub fn all_delivered(
 /// A producer plus the delivery reports not yet handed to a barrier: what the sink and the
 /// dead-letter topic share.
 pub struct Deliveries {
-    producer: rdkafka::producer::FutureProducer,
+    producer: rdkafka::producer::FutureProducer<Quiet>,
     pending: Vec<rdkafka::producer::DeliveryFuture>,
     /// Names the destination in errors (`sink patients (topic patients.out)`).
     what: String,

@@ -154,6 +154,8 @@ pub struct RetryStats {
     pub parked_again: u64,
     /// Sent to the dead-letter topic (attempts exhausted or a permanent failure).
     pub dead_lettered: u64,
+    /// Of those, attempts exhausted: the target stayed unreachable.
+    pub unavailable: u64,
 }
 
 pub struct RetryWorkerConfig {
@@ -256,14 +258,14 @@ pub fn run_worker(
     idle: Duration,
     breaker: Option<SharedBreaker>,
 ) -> Result<RetryStats, ConnectorError> {
-    let consumer: BaseConsumer = connection
+    let consumer: BaseConsumer<super::Quiet> = connection
         .client_config()
         .map_err(ConnectorError::Other)?
         .set("group.id", &config.group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .create()
+        .create_with_context(super::Quiet)
         .map_err(kafka("creating the retry consumer"))?;
     let topics = retry_topics(&config.base, &config.policy);
     let names: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -379,7 +381,7 @@ const MAX_HELD: usize = 50_000;
 /// (up to `MAX_HELD` records). Partitions are not paused per head: a pause discards the
 /// prefetched records and re-fetches them, and holding them costs less than fetching twice.
 struct Worker {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<super::Quiet>,
     config: RetryWorkerConfig,
     target: HttpTarget,
     handle: tokio::runtime::Handle,
@@ -541,6 +543,7 @@ impl Worker {
             other => {
                 let reason = match &other {
                     Outcome::Transient { reason, .. } => {
+                        self.stats.unavailable += 1;
                         format!("{reason} (attempt {} of {max})", d.attempt)
                     }
                     _ => other.reason().unwrap_or_default().to_string(),

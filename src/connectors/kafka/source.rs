@@ -59,7 +59,14 @@ pub struct Context {
     shared: Arc<Shared>,
 }
 
-impl ClientContext for Context {}
+impl ClientContext for Context {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        super::client_log(level, fac, message);
+    }
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        super::client_error(error, reason);
+    }
+}
 
 impl ConsumerContext for Context {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -140,6 +147,10 @@ pub struct KafkaSource {
     current_retried: Option<Arc<(u32, String)>>,
     stopped: bool,
     warnings: Vec<String>,
+    /// `kafka.max_outage`.
+    max_outage: Option<Duration>,
+    /// When the unreachable brokers were last probed.
+    last_probe: Instant,
 }
 
 impl KafkaSource {
@@ -216,7 +227,38 @@ impl KafkaSource {
             current_retried: None,
             stopped: false,
             warnings: Vec::new(),
+            max_outage: connection.max_outage,
+            last_probe: Instant::now(),
         })
+    }
+
+    /// While the brokers are unreachable: probes them every 2 s (an answer ends the outage),
+    /// and fails the run once the outage outlasts `kafka.max_outage`, or `--exit-when-idle`
+    /// with nothing in hand — a script waiting for the run to end hears why.
+    fn check_brokers(&mut self) -> Result<(), ConnectorError> {
+        let Some(down) = super::BROKERS.down_for() else {
+            return Ok(());
+        };
+        if self.last_probe.elapsed() >= Duration::from_secs(2) {
+            self.last_probe = Instant::now();
+            if self
+                .consumer
+                .fetch_metadata(None, Duration::from_millis(500))
+                .is_ok()
+            {
+                super::BROKERS.up();
+                return Ok(());
+            }
+        }
+        let idle = self.idle_exit.filter(|_| self.pending.is_empty());
+        let limit = [self.max_outage, idle].into_iter().flatten().min();
+        match limit {
+            Some(limit) if down >= limit => Err(ConnectorError::Other(format!(
+                "kafka brokers unreachable for {:.1} s (limit {limit:?}: kafka.max_outage or --exit-when-idle)",
+                down.as_secs_f64()
+            ))),
+            _ => Ok(()),
+        }
     }
 
     fn intern(&mut self, topic: &str, partition: i32, offset: i64) -> usize {
@@ -442,6 +484,7 @@ impl BatchSource for KafkaSource {
                         (m.topic().to_string(), m.partition(), m.offset());
                     let payload = m.payload().unwrap_or_default().to_vec();
                     drop(m);
+                    super::BROKERS.up();
                     // One message may hold several records (an HL7 batch file): each of them
                     // carries the message's origin and attempt.
                     self.current_origin = origin;
@@ -458,10 +501,15 @@ impl BatchSource for KafkaSource {
                             source: e,
                         });
                     }
-                    tracing::warn!(error = %e, "kafka consumer error");
+                    if super::is_unreachable(&e) {
+                        super::BROKERS.down(&e.to_string());
+                    } else {
+                        tracing::warn!(error = %e, "kafka consumer error");
+                    }
                 }
                 None => {}
             }
+            self.check_brokers()?;
             self.drop_revoked();
             let due = self
                 .first_at

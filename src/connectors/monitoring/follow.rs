@@ -38,13 +38,13 @@ pub fn spawn(
         let context = context.to_string();
         move |source| ConnectorError::Kafka { context, source }
     };
-    let consumer: BaseConsumer = connection
+    let consumer: BaseConsumer<crate::connectors::kafka::Quiet> = connection
         .client_config()
         .map_err(ConnectorError::Other)?
         // Assigned, never subscribed or committed: every instance reads the whole topic.
         .set("group.id", format!("plexus-breakers-{instance}"))
         .set("enable.auto.commit", "false")
-        .create()
+        .create_with_context(crate::connectors::kafka::Quiet)
         .map_err(kafka("creating the breaker-event consumer"))?;
     let md = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))

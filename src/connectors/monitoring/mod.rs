@@ -152,6 +152,42 @@ pub struct MonitorOutputs {
     /// Alert rules already announced in the log: one warning per rule, the rest at debug
     /// (every alert is in the alert outputs and counted in the summary).
     announced: std::collections::HashSet<String>,
+    /// Alerts already raised (see `alert_identity`), from the alert file of earlier runs and
+    /// this one: an alert is raised once, not again on a re-run or a late update.
+    raised: std::collections::HashSet<String>,
+}
+
+/// What makes an alert the same alert: its rule and the window row it is about.
+fn alert_identity(alert: &str, integration: &str, window: &str, key: &str, start: i64) -> String {
+    format!("{alert}\u{1f}{integration}\u{1f}{window}\u{1f}{key}\u{1f}{start}")
+}
+
+/// The identities of the alerts in an alert file (missing file: none). Lines that do not
+/// read as alerts are skipped: the file is ours, and a torn last line must not stop a run.
+fn raised_alerts(path: &Path) -> std::collections::HashSet<String> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Default::default();
+    };
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Alert>(l).ok())
+        .map(|a| {
+            alert_identity(
+                &a.alert,
+                &a.integration,
+                &a.window,
+                &a.key,
+                a.window_start_ms,
+            )
+        })
+        .collect()
+}
+
+/// An alert as published: the event and the run that raised it.
+#[derive(Serialize)]
+struct RaisedAlert<'a> {
+    #[serde(flatten)]
+    alert: &'a Alert,
+    run_id: &'a str,
 }
 
 impl MonitorOutputs {
@@ -179,6 +215,7 @@ impl MonitorOutputs {
             webhook_failures: 0,
             window_rows: 0,
             announced: std::collections::HashSet::new(),
+            raised: raised_alerts(&plan.alerts_path),
         })
     }
 
@@ -211,7 +248,22 @@ impl MonitorOutputs {
         Ok(())
     }
 
-    pub fn alert(&mut self, a: &Alert) -> Result<(), ConnectorError> {
+    /// Publishes an alert; false (and nothing published) when it was raised before.
+    pub fn alert(&mut self, a: &Alert) -> Result<bool, ConnectorError> {
+        if !self.raised.insert(alert_identity(
+            &a.alert,
+            &a.integration,
+            &a.window,
+            &a.key,
+            a.window_start_ms,
+        )) {
+            tracing::debug!(alert = %a.alert, window = %a.window, "alert already raised");
+            return Ok(false);
+        }
+        let raised = RaisedAlert {
+            alert: a,
+            run_id: self.metrics.run_id(),
+        };
         // Names only (no record content): safe to log. A rule that fires for every window of
         // a multi-day batch would bury the summary: it is announced once.
         if self.announced.insert(a.alert.clone()) {
@@ -220,9 +272,10 @@ impl MonitorOutputs {
             tracing::debug!(alert = %a.alert, severity = ?a.severity, integration = %a.integration, window = %a.window, key = %a.key, "alert raised");
         }
         let key = format!("{}/{}/{}", a.integration, a.window, a.key);
-        self.alerts.append(&key, a)?;
+        self.alerts.append(&key, &raised)?;
         if let Some((target, handle)) = &self.webhook {
-            let body = serde_json::to_vec(a).map_err(|e| ConnectorError::Other(e.to_string()))?;
+            let body =
+                serde_json::to_vec(&raised).map_err(|e| ConnectorError::Other(e.to_string()))?;
             let idem = format!("{key}/{}/{}", a.alert, a.window_start_ms);
             let outcome = tokio::task::block_in_place(|| {
                 handle.block_on(target.deliver(&Request {
@@ -239,7 +292,7 @@ impl MonitorOutputs {
                 tracing::warn!(%reason, "alert webhook failed");
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     pub fn breaker_event(&mut self, e: &BreakerEvent) -> Result<(), ConnectorError> {

@@ -96,6 +96,11 @@ impl PartitionedParquet {
         })
     }
 
+    /// This run's id (in file names and on alerts).
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
     /// Buffers window rows (a batch of `window_row_schema`) by partition.
     pub fn write(&mut self, window: &str, batch: &RecordBatch) -> Result<(), ConnectorError> {
         let starts = batch
@@ -118,13 +123,28 @@ impl PartitionedParquet {
             );
             parts.entry(part).or_default().push(i as u32);
         }
+        let arrow_err = |source| ConnectorError::Arrow {
+            context: "partitioning window rows".into(),
+            source,
+        };
+        // The run that emitted the rows: `plexus query` keeps each run's processing-time
+        // windows apart, and it is there for audits.
+        let mut fields: Vec<_> = batch.schema().fields().iter().cloned().collect();
+        fields.push(std::sync::Arc::new(arrow::datatypes::Field::new(
+            "run_id",
+            arrow::datatypes::DataType::Utf8,
+            false,
+        )));
+        let schema = std::sync::Arc::new(arrow::datatypes::Schema::new(fields));
         for (part, rows) in parts {
-            let rows = arrow::compute::take_record_batch(batch, &UInt32Array::from(rows)).map_err(
-                |source| ConnectorError::Arrow {
-                    context: "partitioning window rows".into(),
-                    source,
-                },
-            )?;
+            let rows = arrow::compute::take_record_batch(batch, &UInt32Array::from(rows))
+                .map_err(arrow_err)?;
+            let mut columns = rows.columns().to_vec();
+            columns.push(std::sync::Arc::new(arrow::array::StringArray::from(vec![
+                self.run_id.as_str();
+                rows.num_rows()
+            ])));
+            let rows = RecordBatch::try_new(schema.clone(), columns).map_err(arrow_err)?;
             self.buffered.entry(part).or_default().push(rows);
         }
         Ok(())
