@@ -14,6 +14,10 @@ use support::BIN;
 
 const FHIR: &str = "http://127.0.0.1:8089/fhir";
 
+/// ADT-A01-01's visit number authority `AccMng`, sent by name: scoped to its sender
+/// (MSH-4 `GHHSFacility`) as an absolute URI.
+const ACCMNG: &str = "urn:plexus:v2:GHHSFacility:authority:AccMng";
+
 fn corpus(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/data/corpus")
@@ -55,12 +59,13 @@ fn adt_a01_maps_patient_and_encounter_field_by_field() {
     let rs = one("ADT-A01-01.hl7");
     assert_eq!(rs.len(), 2);
     let p = of_type(&rs, "Patient");
-    // PID-3 (r5): CX-4 `test1&2.16.1&HCD` (not ISO: the namespace is the system), CX-5 MR.
+    // PID-3 (r5): CX-4 `test1&2.16.1&HCD`: the universal id is an OID (whatever HD-3
+    // says), so the system is `urn:oid:` (an absolute URI, as FHIR requires), CX-5 MR.
     assert_eq!(
         p["identifier"][1],
         json!({
             "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}]},
-            "system": "test1", "value": "PATID1234", "assigner": {"display": "test1"}
+            "system": "urn:oid:2.16.1", "value": "PATID1234", "assigner": {"display": "test1"}
         })
     );
     // PID-19 SSN (r30–34), PID-20 driver's licence (r35).
@@ -102,10 +107,12 @@ fn adt_a01_maps_patient_and_encounter_field_by_field() {
         p["maritalStatus"]["coding"][0],
         json!({"system": "http://terminology.hl7.org/CodeSystem/v3-MaritalStatus", "code": "M", "display": "Married"})
     );
-    // PID-15 (r25): both codings, HL70296 → v2-0296.
+    // PID-15 (r25) per the IG's PrimaryLanguage map: BCP-47 for both codings, the HL70296
+    // alternate `eng` → `en`.
     assert_eq!(
-        p["communication"][0]["language"]["coding"][1],
-        json!({"system": "http://terminology.hl7.org/CodeSystem/v2-0296", "code": "eng", "display": "English-us"})
+        p["communication"][0]["language"]["coding"],
+        json!([{"system": "urn:ietf:bcp:47", "code": "ar"},
+               {"system": "urn:ietf:bcp:47", "code": "en", "display": "English-us"}])
     );
     // PID-25 birth order 2 (r41) wins over PID-24; PID-29 → deceasedDateTime (r49).
     assert_eq!(p["multipleBirthInteger"], 2);
@@ -139,7 +146,7 @@ fn adt_a01_maps_patient_and_encounter_field_by_field() {
     assert_eq!(e["status"], "in-progress");
     // PV1-19 (r41–44): the visit number with its authority's namespace.
     assert_eq!(e["identifier"][0]["value"], "40007716");
-    assert_eq!(e["identifier"][0]["system"], "AccMng");
+    assert_eq!(e["identifier"][0]["system"], ACCMNG);
     // PV1-44 (r70).
     assert_eq!(e["period"], json!({"start": "2015-02-08T11:34:19+01:10"}));
     // PV1-7/8/9/17 participants (ATND, REF, CON, ADM).
@@ -305,6 +312,113 @@ const MAPPED: [&str; 5] = [
     "SIU-S12-01.hl7",
 ];
 
+/// #15 item 17: times without an offset take the integration's IANA zone, per date (CDT in
+/// July, CST in November), and the resource says a zone was assumed; times with an offset
+/// keep theirs, and a resource without such times is not tagged.
+#[test]
+fn times_without_an_offset_take_the_zone_of_the_integration() {
+    let mut pv1 = vec![""; 46];
+    pv1[0] = "PV1";
+    pv1[1] = "1";
+    pv1[2] = "I";
+    pv1[19] = "V77^^^GHH^VN";
+    pv1[44] = "20260715083000";
+    pv1[45] = "20261116093000";
+    let msg = format!(
+        "MSH|^~\\&|A|GHH|B|C|20260715083000-0400||ADT^A03|Z1|P|2.5\rPID|1||Z77^^^GHH^MR||DOE^JANE||19800102|F\r{}\r",
+        pv1.join("|")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("z.hl7");
+    std::fs::write(&f, msg).unwrap();
+    let (code, rs, err) = convert(&[f.to_str().unwrap(), "--default-zone", "America/Chicago"]);
+    assert_eq!(code, 0, "{err}");
+    let e = of_type(&rs, "Encounter");
+    assert_eq!(e["period"]["start"], "2026-07-15T08:30:00-05:00");
+    assert_eq!(e["period"]["end"], "2026-11-16T09:30:00-06:00");
+    assert_eq!(e["meta"]["tag"][0]["code"], "assumed-timezone");
+    assert!(
+        e["meta"]["tag"][0]["display"]
+            .as_str()
+            .unwrap()
+            .contains("America/Chicago")
+    );
+    assert!(of_type(&rs, "Patient").get("meta").is_none(), "{rs:?}");
+    // Without a zone: UTC, said as much.
+    let (_, rs, _) = convert(&[f.to_str().unwrap()]);
+    let e = of_type(&rs, "Encounter");
+    assert_eq!(e["period"]["start"], "2026-07-15T08:30:00+00:00");
+    assert_eq!(e["meta"]["tag"][0]["code"], "assumed-timezone");
+    let (code, _, err) = convert(&[f.to_str().unwrap(), "--default-zone", "Mars/Olympus"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("IANA zone"), "{err}");
+}
+
+/// Every `Identifier` (an object with `system` and `value`) anywhere in `v`.
+fn identifiers<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
+    match v {
+        Value::Object(o) => {
+            // ContactPoints have `system` and `value` too: their systems are a code list.
+            let contact = matches!(
+                o.get("system").and_then(Value::as_str),
+                Some("phone" | "fax" | "email" | "pager" | "url" | "sms" | "other")
+            );
+            if o.contains_key("system") && o.contains_key("value") && !contact {
+                out.push(v);
+            }
+            for x in o.values() {
+                identifiers(x, out);
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| identifiers(x, out)),
+        _ => {}
+    }
+}
+
+/// #15 item 16: every identifier system is an absolute URI, over the whole corpus — local
+/// authority names scoped to the sender, OIDs as `urn:oid:`; the same authority of the same
+/// sender always gives the same system; PID-15 is BCP-47.
+#[test]
+fn identifier_systems_are_absolute_uris_and_languages_bcp47() {
+    let (mut seen, mut languages) = (0, 0);
+    for f in MAPPED {
+        let rs = one(f);
+        let mut ids = Vec::new();
+        for r in &rs {
+            identifiers(r, &mut ids);
+        }
+        for id in ids {
+            let system = id["system"].as_str().unwrap_or_default();
+            assert!(
+                system.starts_with("urn:")
+                    || system.starts_with("http://")
+                    || system.starts_with("https://"),
+                "{f}: {id}"
+            );
+            seen += 1;
+        }
+        for r in &rs {
+            for c in r["communication"].as_array().into_iter().flatten() {
+                // BCP-47 when the code is a language code; never claimed for others (ADT01-23
+                // sends `1`).
+                let coding = &c["language"]["coding"][0];
+                let code = coding["code"].as_str().unwrap();
+                if code.chars().all(|c| c.is_ascii_alphabetic()) {
+                    assert_eq!(coding["system"], "urn:ietf:bcp:47", "{f}");
+                    languages += 1;
+                } else {
+                    assert!(coding.get("system").is_none(), "{f}: {c}");
+                }
+            }
+        }
+    }
+    assert!(seen > 20, "{seen} identifiers");
+    assert!(languages >= 3, "{languages}");
+    let p = of_type(&one("ADT-A01-01.hl7"), "Patient").clone();
+    let again = of_type(&one("ADT-A01-01.hl7"), "Patient").clone();
+    assert_eq!(p["identifier"], again["identifier"], "stable across runs");
+}
+
 #[test]
 fn every_resource_and_bundle_validates_against_the_fhir_r4_models() {
     let mut all = Vec::new();
@@ -416,7 +530,7 @@ fn transaction_bundles_are_accepted_by_a_fhir_server_and_a_replay_changes_nothin
     assert_eq!(entries.len(), 1, "{found}");
     let server_id = entries[0]["resource"]["id"].as_str().unwrap().to_string();
     assert_eq!(entries[0]["resource"]["name"][0]["family"], "EVERYMAN");
-    let enc = search(&format!("Encounter?identifier=AccMng|V{mrn}"));
+    let enc = search(&format!("Encounter?identifier={ACCMNG}|V{mrn}"));
     let enc_entries = enc["entry"].as_array().cloned().unwrap_or_default();
     assert_eq!(enc_entries.len(), 1, "{enc}");
     assert_eq!(
@@ -675,7 +789,10 @@ fn search_results_read_back_as_rows_that_match_the_hl7_source() {
     assert_eq!((&p["city"], &p["state"]), (&json!("FOWL"), &json!("CA")));
     assert_eq!(p["phone"], "8885551212");
     assert_eq!(p["version_id"], "1");
-    let e = search("Encounter", &format!("identifier=AccMgr|V{mrn}"));
+    let e = search(
+        "Encounter",
+        &format!("identifier={}|V{mrn}", support::VISIT_SYSTEM),
+    );
     assert_eq!(e.len(), 1);
     assert_eq!(e[0]["visit_number"], format!("V{mrn}"));
     assert_eq!(

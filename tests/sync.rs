@@ -392,7 +392,10 @@ sinks:
         assert_eq!(p["name"][0]["family"], "DUCK");
         // The encounter refers to the server's patient, not to plexus's own id.
         let e = c
-            .search("Encounter", &format!("identifier=AccMgr|V{mrn}"))
+            .search(
+                "Encounter",
+                &format!("identifier={}|V{mrn}", support::VISIT_SYSTEM),
+            )
             .await
             .unwrap();
         assert_eq!(
@@ -404,9 +407,12 @@ sinks:
     });
     let encounter_version = || {
         rt.block_on(async {
-            c.search("Encounter", &format!("identifier=AccMgr|V{mrn}"))
-                .await
-                .unwrap()[0]["meta"]["versionId"]
+            c.search(
+                "Encounter",
+                &format!("identifier={}|V{mrn}", support::VISIT_SYSTEM),
+            )
+            .await
+            .unwrap()[0]["meta"]["versionId"]
                 .clone()
         })
     };
@@ -670,7 +676,10 @@ sinks:
             assert_eq!(p["name"][0]["family"], "DRAKE", "A08 after A01 for {m}");
             assert_eq!(p["meta"]["versionId"], "2");
             let e = c
-                .search("Encounter", &format!("identifier=AccMgr|V{m}"))
+                .search(
+                    "Encounter",
+                    &format!("identifier={}|V{m}", support::VISIT_SYSTEM),
+                )
                 .await
                 .unwrap();
             assert_eq!(e.len(), 1);
@@ -828,4 +837,89 @@ dlq: {{path: outage.dlq.ndjson}}
     // More failed probes happened than a record has attempts: none of them used one up.
     let probes = transitions.iter().filter(|t| **t == "HALF_OPEN").count();
     assert!(probes > 3, "{transitions:?}");
+}
+
+/// #15 item 5: HL7 v2 update semantics against the FHIR server, through both FHIR sinks (with
+/// sync state, and the plain conditional-update sink): A01 (full) → A08 that carries only the
+/// name → A08 that nulls the address (`""`). What a message does not carry is kept; `""`
+/// deletes; identifiers and contacts the server holds stay.
+#[test]
+fn partial_updates_keep_what_the_message_does_not_carry_and_nulls_delete() {
+    let rt = rt();
+    let c = FhirClient::new(ClientConfig::new(FHIR)).unwrap();
+    for sync in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let mrn = support::unique("U").replace(['-', '_'], "");
+        let oid = &SYSTEM[8..];
+        let a08 = |id: &str, pid_tail: &str| {
+            format!(
+                "MSH|^~\\&|AccMgr|1|||20050111045504+0700||ADT^A08|{mrn}{id}|P|2.3\r\
+                 EVN|A08|20050111045502+0700\r\
+                 PID|1||{mrn}^^^&{oid}&ISO^MR||DRAKE^DONALD^D||19241010|M{pid_tail}\r\
+                 PV1|1|I|PREOP^101^1^1^^^S|3|||||||||||||||V{mrn}^^^AccMgr^VN\r"
+            )
+        };
+        let steps = [
+            ("a01.hl7", support::corpus_adt(&mrn, "A01", "DUCK")),
+            ("a08.hl7", a08("P", "")),
+            ("a08null.hl7", a08("N", "|||\"\"")),
+        ];
+        let sink = if sync {
+            "{name: ehr, type: fhir, url: \"http://127.0.0.1:8089/fhir\", sync: {}}"
+        } else {
+            "{name: ehr, type: fhir, url: \"http://127.0.0.1:8089/fhir\"}"
+        };
+        let p = support::pipeline(
+            dir.path(),
+            "partial",
+            &format!(
+                "name: partial\nintegration: {{id: {mrn}}}\nsource: {{type: file, path: a01.hl7, format: hl7}}\nstages:\n  - {{name: fhir, type: fhir}}\nsinks:\n  - {sink}\ndlq: {{path: dlq.ndjson}}\n"
+            ),
+        );
+        let mut seen = Vec::new();
+        for (file, text) in &steps {
+            std::fs::write(dir.path().join(file), text).unwrap();
+            let o = Command::new(support::BIN)
+                .args(["run", p.to_str().unwrap(), "--json", "--input"])
+                .arg(dir.path().join(file))
+                .output()
+                .unwrap();
+            let s = support::summary(&o);
+            assert_eq!(s["delivered"], 1, "sync {sync}, {file}: {s}");
+            seen.push(rt.block_on(on_server(&c, &mrn)));
+        }
+        let [full, partial, nulled] = &seen[..] else {
+            unreachable!()
+        };
+        let what = format!("sync {sync}");
+        assert_eq!(full["name"][0]["family"], "DUCK", "{what}");
+        assert!(
+            full["address"].is_array() && full["telecom"].is_array(),
+            "{what}"
+        );
+        assert!(full["contact"].is_array(), "{what}: {full}");
+        let ssn = |p: &Value| {
+            p["identifier"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|i| i["system"] == "http://hl7.org/fhir/sid/us-ssn")
+        };
+        assert!(ssn(full), "{what}");
+        // The partial A08 changed the name and nothing else.
+        assert_eq!(partial["name"][0]["family"], "DRAKE", "{what}");
+        for kept in ["address", "telecom", "contact"] {
+            assert_eq!(partial[kept], full[kept], "{what}: {kept} lost");
+        }
+        assert!(
+            ssn(partial),
+            "{what}: an identifier the message did not repeat was lost"
+        );
+        // `""` in PID-11 deleted the address; the rest stayed.
+        assert!(nulled.get("address").is_none(), "{what}: {nulled}");
+        assert_eq!(nulled["telecom"], full["telecom"], "{what}");
+        assert_eq!(nulled["contact"], full["contact"], "{what}");
+        assert_eq!(nulled["name"][0]["family"], "DRAKE", "{what}");
+        assert_eq!(nulled["id"], full["id"], "{what}: the same patient");
+    }
 }

@@ -32,9 +32,11 @@ pub enum FhirCommand {
         /// `--system GHH=urn:oid:2.16.840.1.113883.3.72` (repeatable).
         #[arg(long = "system", value_name = "NAMESPACE=URI")]
         systems: Vec<String>,
-        /// Offset of times sent without one, e.g. `+01:00` (FHIR times need an offset).
-        #[arg(long, default_value = "+00:00")]
-        default_offset: String,
+        /// Where times sent without an offset are: an IANA zone (`America/Chicago`, daylight
+        /// saving time applied per date) or an offset (`+01:00`). FHIR times need an offset;
+        /// resources that needed this one are tagged (`meta.tag` assumed-timezone).
+        #[arg(long, visible_alias = "default-offset", default_value = "UTC")]
+        default_zone: String,
     },
     /// Searches a FHIR server and prints the matches as flat rows (FHIR → local columns:
     /// MRN, names, birth date, visit number, times, statuses), every page.
@@ -64,7 +66,7 @@ pub fn run(cmd: FhirCommand) -> Result<ExitCode> {
             bundle,
             output,
             systems,
-            default_offset,
+            default_zone,
         } => {
             let mut map = HashMap::new();
             for s in &systems {
@@ -73,11 +75,10 @@ pub fn run(cmd: FhirCommand) -> Result<ExitCode> {
                     .with_context(|| format!("--system {s}: expected NAMESPACE=URI"))?;
                 map.insert(ns.to_string(), uri.to_string());
             }
-            let offset: chrono::FixedOffset = default_offset
-                .parse()
-                .map_err(|e| anyhow::anyhow!("--default-offset {default_offset}: {e}"))?;
+            let zone = crate::formats::hl7::Zone::parse(&default_zone)
+                .map_err(|e| anyhow::anyhow!("--default-zone: {e}"))?;
             let opts = Options {
-                default_offset: offset,
+                default_zone: zone,
                 ..Options::default()
             }
             .with_systems(map);

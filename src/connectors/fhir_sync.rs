@@ -58,6 +58,8 @@ struct Row<'a> {
     /// The business identifier: (system, value).
     key: (String, String),
     body: &'a str,
+    /// Elements the message deletes (`delete_elements`).
+    deleted: Vec<String>,
 }
 
 /// Why a row is dead-lettered: (rule, reason).
@@ -117,6 +119,7 @@ impl FhirSyncSink {
             id,
             ref key,
             body,
+            ref deleted,
         } = *row;
         let resource_type: &'static str = match kind {
             "Patient" => "Patient",
@@ -138,6 +141,7 @@ impl FhirSyncSink {
             id: id.to_string(),
             identifier: Some(key.clone()),
             body: json,
+            deleted: deleted.clone(),
         };
         let now = chrono::Utc::now();
         for _ in 0..CONTENDED_TRIES {
@@ -221,6 +225,10 @@ impl BatchSink for FhirSyncSink {
             col("identifier_value")?,
             col("resource")?,
         );
+        // Optional: rows written by an older stage, or by hand, delete nothing.
+        let deletes = batch
+            .column_by_name("delete_elements")
+            .and_then(|c| c.as_string_opt::<i32>().cloned());
         let indexes = batch
             .column_by_name(RECORD_INDEX)
             .and_then(|c| c.as_primitive_opt::<Int64Type>());
@@ -243,6 +251,11 @@ impl BatchSink for FhirSyncSink {
                 id: ids.value(r),
                 key,
                 body: bodies.value(r),
+                deleted: deletes
+                    .as_ref()
+                    .filter(|d| d.is_valid(r))
+                    .map(|d| d.value(r).split(',').map(str::to_string).collect())
+                    .unwrap_or_default(),
             };
             rows.push((r, row));
         }

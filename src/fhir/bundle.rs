@@ -138,6 +138,7 @@ mod tests {
             id: id.into(),
             identifier: key.map(|(s, v)| (s.into(), v.into())),
             body,
+            deleted: Vec::new(),
         }
     }
 

@@ -5,8 +5,9 @@
 //!
 //! Columns: `resource_type`, `resource_id` (deterministic), `identifier_system`,
 //! `identifier_value` (what a conditional update matches on), `request_url` (the update's
-//! URL; empty for a Bundle, which is posted to the base), `resource` (the JSON), the
-//! message's `_control_id` and `_message_type`, and the record's provenance columns.
+//! URL; empty for a Bundle, which is posted to the base), `resource` (the JSON),
+//! `delete_elements` (what the message nulls with `""`), the message's `_control_id` and
+//! `_message_type`, and the record's provenance columns.
 
 use std::sync::Arc;
 
@@ -40,6 +41,9 @@ pub fn fhir_row_schema() -> SchemaRef {
         Field::new("identifier_value", DataType::Utf8, true),
         Field::new("request_url", DataType::Utf8, false),
         Field::new("resource", DataType::Utf8, false),
+        // Elements the message deletes (`""` in v2), comma-separated: a FHIR sink removes
+        // them from the server's resource; null when none.
+        Field::new("delete_elements", DataType::Utf8, true),
         Field::new(CONTROL_ID, DataType::Utf8, true),
         Field::new(MESSAGE_TYPE, DataType::Utf8, true),
     ];
@@ -78,6 +82,7 @@ struct Columns {
     value: StringBuilder,
     url: StringBuilder,
     json: StringBuilder,
+    deleted: StringBuilder,
     control: StringBuilder,
     message_type: StringBuilder,
     /// Input row of each output row (for the provenance columns).
@@ -118,24 +123,30 @@ impl Operator for ToFhir {
             let json = |v: &serde_json::Value| {
                 serde_json::to_string(v).map_err(|e| OperatorError::Other(e.to_string()))
             };
-            let mut row =
-                |kind: &str, id: &str, key: Option<&(String, String)>, url: &str, body: String| {
-                    c.kind.append_value(kind);
-                    c.id.append_value(id);
-                    c.system.append_option(key.map(|k| k.0.as_str()));
-                    c.value.append_option(key.map(|k| k.1.as_str()));
-                    c.url.append_value(url);
-                    c.json.append_value(body);
-                    c.control.append_value(m.control_id());
-                    c.message_type.append_value(m.message_type());
-                    c.rows.push(i as u32);
-                };
+            let mut row = |kind: &str,
+                           id: &str,
+                           key: Option<&(String, String)>,
+                           url: &str,
+                           body: String,
+                           deleted: &[String]| {
+                c.kind.append_value(kind);
+                c.id.append_value(id);
+                c.system.append_option(key.map(|k| k.0.as_str()));
+                c.value.append_option(key.map(|k| k.1.as_str()));
+                c.url.append_value(url);
+                c.json.append_value(body);
+                c.deleted
+                    .append_option((!deleted.is_empty()).then(|| deleted.join(",")));
+                c.control.append_value(m.control_id());
+                c.message_type.append_value(m.message_type());
+                c.rows.push(i as u32);
+            };
             match self.bundle {
                 Some(kind) => {
                     // The message's first resource (the patient) names the Bundle row.
                     let (id, key) = (resources[0].id.clone(), resources[0].identifier.clone());
                     let b = bundle(resources, kind);
-                    row("Bundle", &id, key.as_ref(), "", json(&b)?);
+                    row("Bundle", &id, key.as_ref(), "", json(&b)?, &[]);
                 }
                 None => {
                     for r in &resources {
@@ -146,6 +157,7 @@ impl Operator for ToFhir {
                             r.identifier.as_ref(),
                             &url,
                             json(&r.body)?,
+                            &r.deleted,
                         );
                     }
                 }
@@ -159,6 +171,7 @@ impl Operator for ToFhir {
             Arc::new(c.value.finish()),
             Arc::new(c.url.finish()),
             Arc::new(c.json.finish()),
+            Arc::new(c.deleted.finish()),
             Arc::new(c.control.finish()),
             Arc::new(c.message_type.finish()),
         ];

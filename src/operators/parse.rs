@@ -59,12 +59,12 @@ pub struct Parse {
 }
 
 impl Parse {
-    pub fn hl7(columns: Vec<ColumnSpec>, default_offset: chrono::FixedOffset) -> Self {
+    pub fn hl7(columns: Vec<ColumnSpec>, default_zone: crate::formats::hl7::Zone) -> Self {
         let extractor = Extractor::new(
             columns,
             ExtractOptions {
                 provenance: false,
-                default_offset,
+                default_zone,
             },
         );
         let mut fields: Vec<Field> = extractor
@@ -509,7 +509,7 @@ mod tests {
                 ColumnSpec::new("mrn", "PID-3.1", ColumnType::Utf8).unwrap(),
                 ColumnSpec::new("dob", "PID-7", ColumnType::Date32).unwrap(),
             ],
-            chrono::FixedOffset::east_opt(0).unwrap(),
+            crate::formats::hl7::Zone::default(),
         );
         let out = p.process(batch).unwrap();
         let rows = out.outputs[0].as_ref().unwrap();

@@ -12,6 +12,7 @@ use marked_yaml::Spanned;
 use super::sql::{PlannedExpr, SqlPlanner};
 use crate::connectors::kafka::{KafkaConnection, SecretRef, is_secret_property};
 use crate::connectors::registry::{RegistryConfig, SchemaRegistry};
+use crate::formats::hl7::Zone;
 use crate::formats::hl7::extract::{ColumnSpec, ColumnType};
 use crate::operators::Operator;
 use crate::operators::enrich::Enrich;
@@ -855,14 +856,14 @@ async fn plan_stage(
                 }
             };
             let offset = match &f.default_timezone {
-                Some(tz) => match parse_offset(tz) {
-                    Some(o) => o,
-                    None => {
-                        cx.err(tz, "default_timezone must be an offset like -0500 or +0100");
+                Some(tz) => match Zone::parse(tz) {
+                    Ok(z) => z,
+                    Err(e) => {
+                        cx.err(tz, format!("default_timezone: {e}"));
                         return None;
                     }
                 },
-                None => chrono::FixedOffset::east_opt(0).expect("zero"),
+                None => Zone::default(),
             };
             let systems = f
                 .systems
@@ -870,7 +871,7 @@ async fn plan_stage(
                 .map(|(k, v)| (k.clone(), v.to_string()))
                 .collect();
             let opts = crate::fhir::v2::Options {
-                default_offset: offset,
+                default_zone: offset,
                 ..Default::default()
             }
             .with_systems(systems);
@@ -940,17 +941,14 @@ async fn plan_stage(
                         }
                     }
                     let offset = match &p.default_timezone {
-                        Some(tz) => match parse_offset(tz) {
-                            Some(o) => o,
-                            None => {
-                                cx.err(
-                                    tz,
-                                    "default_timezone must be an offset like -0500 or +0100",
-                                );
+                        Some(tz) => match Zone::parse(tz) {
+                            Ok(z) => z,
+                            Err(e) => {
+                                cx.err(tz, format!("default_timezone: {e}"));
                                 return None;
                             }
                         },
-                        None => chrono::FixedOffset::east_opt(0).expect("zero"),
+                        None => Zone::default(),
                     };
                     (columns.len() == p.columns.len()).then(|| {
                         let per_record = cx.spec.source.kind.as_str() == "kafka";
@@ -1268,21 +1266,6 @@ fn literal(sql: &SqlPlanner, text: &str) -> Result<ScalarValue, String> {
     .map_err(|e| e.to_string())?;
     let v = e.evaluate(&batch).map_err(|e| e.to_string())?;
     ScalarValue::try_from_array(&v, 0).map_err(|e| e.to_string())
-}
-
-fn parse_offset(text: &str) -> Option<chrono::FixedOffset> {
-    let t = text.trim();
-    let (sign, digits) = match t.as_bytes().first()? {
-        b'+' => (1, &t[1..]),
-        b'-' => (-1, &t[1..]),
-        _ => return None,
-    };
-    if digits.len() != 4 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let h: i32 = digits[..2].parse().ok()?;
-    let m: i32 = digits[2..].parse().ok()?;
-    chrono::FixedOffset::east_opt(sign * (h * 3600 + m * 60))
 }
 
 /// The pipeline's schema registry client (one per plan, shared by its stages).

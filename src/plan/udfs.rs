@@ -24,7 +24,7 @@ use datafusion::logical_expr::{
 };
 use datafusion::prelude::SessionContext;
 
-use crate::formats::hl7::datatypes::Ts;
+use crate::formats::hl7::datatypes::{Ts, Zone};
 
 /// Registers plexus' scalar functions on `ctx`.
 pub fn register(ctx: &SessionContext) {
@@ -52,8 +52,9 @@ struct PlexusUdf {
     signature: Signature,
 }
 
-/// Values sent without an offset are taken as UTC (the engine has no per-sender zone setting).
-const UTC: FixedOffset = FixedOffset::east_opt(0).unwrap();
+/// Values sent without an offset are taken as UTC here: SQL sees instants; the parse stage's
+/// `default_timezone` is where a sender's zone is set for its timestamp columns.
+const UTC: Zone = Zone::Fixed(FixedOffset::east_opt(0).unwrap());
 /// Days from 0001-01-01 (CE day 1) to 1970-01-01: converts chrono dates to Arrow `Date32`.
 const UNIX_EPOCH_FROM_CE: i32 = 719_163;
 

@@ -354,7 +354,8 @@ pub struct ParseStage {
     pub columns: Vec<ColumnDecl>,
     /// NDJSON/CSV: an Arrow schema file (JSON), relative to the pipeline file.
     pub schema: Option<Spanned<String>>,
-    /// HL7: offset for timestamps without one, e.g. `-0500` (default UTC).
+    /// HL7: where timestamps sent without an offset are: an IANA zone (`America/Chicago`,
+    /// DST-aware) or a fixed offset (`-0500`); default UTC.
     pub default_timezone: Option<Spanned<String>>,
 }
 
@@ -371,7 +372,8 @@ pub struct FhirStage {
     /// Assigning-authority namespace → identifier system URI.
     #[serde(default)]
     pub systems: IndexMap<String, Spanned<String>>,
-    /// Offset for times sent without one, e.g. `-0500` (default UTC).
+    /// Where times sent without an offset are: an IANA zone (`America/Chicago`, DST-aware) or
+    /// a fixed offset (`-0500`); default UTC. Resources that needed it are tagged.
     pub default_timezone: Option<Spanned<String>>,
 }
 

@@ -18,7 +18,7 @@
 
 pub mod store;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -229,19 +229,15 @@ fn hash(resource: &Value) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Top-level fields whose values differ between two resources.
-fn differing_fields(a: &Value, b: &Value) -> Vec<String> {
-    let (a, b) = (content(a), content(b));
-    let keys: BTreeSet<&String> = a
-        .as_object()
-        .into_iter()
-        .chain(b.as_object())
-        .flat_map(|o| o.keys())
-        .collect();
-    keys.into_iter()
-        .filter(|k| a.get(k.as_str()) != b.get(k.as_str()))
-        .cloned()
-        .collect()
+/// The hash of what a message says: its content and the elements it deletes. This is what a
+/// replay of the same message is compared with.
+fn message_hash(local: &Value, deleted: &[String]) -> String {
+    if deleted.is_empty() {
+        return hash(local);
+    }
+    let mut v = local.clone();
+    v["_plexus_delete"] = json!(deleted);
+    hash(&v)
 }
 
 impl Syncer {
@@ -347,7 +343,7 @@ impl Syncer {
         let key = self.key(kind, entity);
         let state = self.store.get(key).await?.unwrap_or_default();
         let local = content(&resource.body);
-        let local_hash = hash(&local);
+        let local_hash = message_hash(&local, &resource.deleted);
         let query = format!(
             "identifier={}",
             crate::fhir::bundle::request_url(resource)
@@ -372,6 +368,11 @@ impl Syncer {
         };
         let ext_id = external["id"].as_str().unwrap_or_default().to_string();
         let ext_version = external["meta"]["versionId"].as_str().map(str::to_string);
+        // v2 update semantics: the message applied to the server's version — what it does
+        // not carry stays, what it nulls goes (`crate::fhir::merge`) — and the elements that
+        // would change on the server.
+        let merged = crate::fhir::merge::merge(&external, &local, &resource.deleted);
+        let would_change = crate::fhir::merge::changed_elements(&merged, &external);
         let local_changed = state.local_hash.as_deref() != Some(local_hash.as_str());
         let external_changed = match (&state.external_version, &ext_version) {
             (Some(base), Some(now)) => base != now,
@@ -385,9 +386,16 @@ impl Syncer {
                 self.store.save(key, &self.owner, &update).await?;
                 Ok(SyncOutcome::Unchanged { id: ext_id })
             }
+            (true, false) if would_change.is_empty() => {
+                // A new message that the server already agrees with: nothing to write.
+                let update =
+                    Update::in_sync(&local_hash, &local, Some(&ext_id), ext_version.as_deref());
+                self.store.save(key, &self.owner, &update).await?;
+                Ok(SyncOutcome::Unchanged { id: ext_id })
+            }
             (true, false) => {
                 let base = state.external_version.clone().or(ext_version.clone());
-                self.push(key, &local, &local_hash, &ext_id, base.as_deref())
+                self.push(key, &merged, &local, &local_hash, &ext_id, base.as_deref())
                     .await
             }
             (false, true) => {
@@ -413,6 +421,13 @@ impl Syncer {
                     version: ext_version,
                 })
             }
+            (true, true) if would_change.is_empty() => {
+                // Both moved, but the server already holds what the message says: no conflict.
+                let update =
+                    Update::in_sync(&local_hash, &local, Some(&ext_id), ext_version.as_deref());
+                self.store.save(key, &self.owner, &update).await?;
+                Ok(SyncOutcome::Unchanged { id: ext_id })
+            }
             (true, true) => {
                 let winner = match self.policy {
                     ConflictPolicy::Manual => None,
@@ -427,7 +442,9 @@ impl Syncer {
                         })
                     }
                 };
-                let fields = differing_fields(&local, &external);
+                // The conflict is over what this message would change, not over elements it
+                // does not carry.
+                let fields = would_change.clone();
                 if let Some(side) = winner {
                     let side = if side == Side::Local {
                         "local"
@@ -441,8 +458,15 @@ impl Syncer {
                 }
                 match winner {
                     Some(Side::Local) => {
-                        self.push(key, &local, &local_hash, &ext_id, ext_version.as_deref())
-                            .await
+                        self.push(
+                            key,
+                            &merged,
+                            &local,
+                            &local_hash,
+                            &ext_id,
+                            ext_version.as_deref(),
+                        )
+                        .await
                     }
                     Some(Side::External) => {
                         self.store
@@ -472,9 +496,10 @@ impl Syncer {
                         };
                         let conflict = json!({
                             "fields": fields,
-                            "local": pick(&local),
+                            "local": pick(&merged),
                             "external": pick(&external),
                             "local_resource": local,
+                            "deleted": resource.deleted,
                             "external_id": ext_id,
                             "external_version": ext_version,
                             "base_version": state.external_version,
@@ -503,17 +528,19 @@ impl Syncer {
         }
     }
 
-    /// Updates the server's resource on version `base`; a write racing ours makes it a
-    /// conflict on the next sync (the state keeps the old agreed version).
+    /// Writes `write` (the message merged into the server's version) on version `base`; a
+    /// write racing ours makes it a conflict on the next sync (the state keeps the old agreed
+    /// version). The state records the message's own content and hash.
     async fn push(
         &self,
         key: (&str, &str, &str),
+        write: &Value,
         local: &Value,
         local_hash: &str,
         ext_id: &str,
         base: Option<&str>,
     ) -> Result<SyncOutcome, SyncError> {
-        let mut body = local.clone();
+        let mut body = write.clone();
         body["id"] = Value::from(ext_id);
         let v = self.client.update(&body, base).await?;
         self.saved(key, local, local_hash, &v).await?;
@@ -582,8 +609,19 @@ impl Syncer {
             .to_string();
         let current = self.client.read(kind, &ext_id).await?;
         let local = conflict["local_resource"].clone();
+        let deleted: Vec<String> = conflict["deleted"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|d| d.as_str().map(str::to_string))
+            .collect();
         let chosen = match how {
-            Resolution::UseLocal => Some(local.clone()),
+            // The message applied to the server's current version (v2 update semantics).
+            Resolution::UseLocal => Some(content(&crate::fhir::merge::merge(
+                &current.resource,
+                &local,
+                &deleted,
+            ))),
             Resolution::UseExternal => None,
             Resolution::Merge(choices) => {
                 let mut merged = content(&current.resource);
@@ -617,7 +655,7 @@ impl Syncer {
         // The state remembers the hash of the *message's* content, not of what was agreed:
         // that is what a replay of the same message is compared with, so a replayed message
         // that was settled by this decision changes nothing (it is not a new local change).
-        let message_hash = hash(&local);
+        let message_hash = message_hash(&local, &deleted);
         self.store
             .save(
                 key,
@@ -666,7 +704,7 @@ mod tests {
             hash(&json!({"resourceType": "Patient", "gender": "female"}))
         );
         assert_eq!(
-            differing_fields(
+            crate::fhir::merge::changed_elements(
                 &a,
                 &json!({"resourceType": "Patient", "gender": "female", "name": [{"family": "X"}]})
             ),

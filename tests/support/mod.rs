@@ -383,6 +383,10 @@ pub fn adt(control_id: &str, mrn: &str) -> String {
     )
 }
 
+/// The system of the corpus message's visit numbers (PV1-19 `^^^AccMgr^VN`): a local
+/// authority name, scoped to the sender (MSH-4 `1`) as an absolute URI.
+pub const VISIT_SYSTEM: &str = "urn:plexus:v2:1:authority:AccMgr";
+
 /// The OID system the corpus-based FHIR tests give their MRNs.
 pub const MRN_SYSTEM: &str = "urn:oid:2.16.840.1.113883.19.5";
 

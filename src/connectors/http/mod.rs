@@ -18,6 +18,7 @@ pub mod sink;
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, KeyInit, Mac};
+use serde_json::Value;
 use sha2::Sha256;
 
 pub use sink::{HttpSink, HttpSinkConfig};
@@ -96,6 +97,9 @@ pub struct Request<'a> {
     pub idempotency_key: &'a str,
     pub correlation_id: Option<&'a str>,
     pub attempt: u32,
+    /// FHIR conditional updates: elements the message deletes, comma-separated (the `fhir`
+    /// stage's `delete_elements`).
+    pub delete: Option<&'a str>,
 }
 
 /// An endpoint and how to call it. Cheap to clone (the client is shared).
@@ -169,18 +173,179 @@ impl HttpTarget {
     }
 
     async fn deliver_once(&self, r: &Request<'_>) -> Outcome {
-        let (method, url, content_type) = match r.path.filter(|p| self.fhir && !p.is_empty()) {
-            Some(path) => (
+        if self.fhir
+            && let Some(path) = r.path.filter(|p| p.contains('?'))
+        {
+            return self.upsert(r, path).await;
+        }
+        self.send(r, None, None).await
+    }
+
+    /// A FHIR conditional update with HL7 v2 semantics: the resource matching the identifier
+    /// is read, the message merged into it (`crate::fhir::merge`: what the message does not
+    /// carry stays, `""` deletes, identifiers and contacts are kept) and written back on the
+    /// version read (`If-Match`, so a concurrent change is not overwritten: 412 → retried).
+    /// No match: the conditional PUT creates it. Nothing to change: no write.
+    async fn upsert(&self, r: &Request<'_>, path: &str) -> Outcome {
+        let started = Instant::now();
+        let base = self.url.trim_end_matches('/');
+        let kind = path.split_once('?').map_or(path, |(k, _)| k);
+        let what = format!("GET {base}/{kind}?…");
+        let mut req = self
+            .client
+            .get(format!("{base}/{path}"))
+            .header(reqwest::header::ACCEPT, "application/fhir+json");
+        if let Some(c) = r.correlation_id {
+            req = req.header(CORRELATION_HEADER, c);
+        }
+        for (k, v) in &self.headers {
+            req = req.header(k, v);
+        }
+        req = match self.credentials.apply(req).await {
+            Ok(req) => req,
+            Err(e @ auth::AuthError::Unavailable { .. }) => {
+                return Outcome::Transient {
+                    reason: format!("{what}: {e}"),
+                    retry_after: None,
+                    status: None,
+                };
+            }
+            Err(e @ auth::AuthError::Refused { .. }) => {
+                return Outcome::Permanent {
+                    reason: format!("{what}: {e}"),
+                    status: None,
+                };
+            }
+        };
+        let found: Value = match req.send().await {
+            Ok(resp) if resp.status().is_success() => match resp.json().await {
+                Ok(v) => v,
+                Err(e) => {
+                    return Outcome::Transient {
+                        reason: format!("{what}: unreadable search result: {e}"),
+                        retry_after: None,
+                        status: None,
+                    };
+                }
+            },
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let reason = format!("{what}: HTTP {status}");
+                return if is_transient_status(status) {
+                    Outcome::Transient {
+                        reason,
+                        retry_after: None,
+                        status: Some(status),
+                    }
+                } else {
+                    Outcome::Permanent {
+                        reason,
+                        status: Some(status),
+                    }
+                };
+            }
+            Err(e) => {
+                return Outcome::Transient {
+                    reason: format!("{what}: {}", error_chain(&e)),
+                    retry_after: None,
+                    status: None,
+                };
+            }
+        };
+        let matches: Vec<&Value> = found["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["search"]["mode"] != "include")
+            .map(|e| &e["resource"])
+            .collect();
+        let current = match matches.as_slice() {
+            [] => return self.send(r, None, None).await,
+            [one] => *one,
+            more => {
+                return Outcome::Permanent {
+                    reason: format!("{what}: {} resources match the identifier", more.len()),
+                    status: None,
+                };
+            }
+        };
+        let message: Value = match serde_json::from_slice(r.body) {
+            Ok(v) => v,
+            Err(e) => {
+                return Outcome::Permanent {
+                    reason: format!("{kind}: the resource is not JSON: {e}"),
+                    status: None,
+                };
+            }
+        };
+        let deleted: Vec<String> = r
+            .delete
+            .into_iter()
+            .flat_map(|d| d.split(','))
+            .filter(|d| !d.is_empty())
+            .map(str::to_string)
+            .collect();
+        let merged = crate::fhir::merge::merge(current, &message, &deleted);
+        if crate::fhir::merge::changed_elements(&merged, current).is_empty() {
+            return Outcome::Delivered {
+                status: 200,
+                latency: started.elapsed(),
+            };
+        }
+        let Some(id) = current["id"].as_str() else {
+            return Outcome::Permanent {
+                reason: format!("{what}: the match has no id"),
+                status: None,
+            };
+        };
+        let body = match serde_json::to_vec(&merged) {
+            Ok(b) => b,
+            Err(e) => {
+                return Outcome::Permanent {
+                    reason: format!("{kind}: {e}"),
+                    status: None,
+                };
+            }
+        };
+        let if_match = current["meta"]["versionId"]
+            .as_str()
+            .map(|v| format!("W/\"{v}\""));
+        let url = format!("{base}/{kind}/{id}");
+        let write = Request { body: &body, ..*r };
+        match self.send(&write, Some(&url), if_match.as_deref()).await {
+            Outcome::Permanent {
+                status: Some(412),
+                reason,
+            } => Outcome::Transient {
+                reason: format!("{reason} (changed by another writer meanwhile: read again)"),
+                retry_after: None,
+                status: Some(412),
+            },
+            other => other,
+        }
+    }
+
+    /// One request: to `url` (a PUT of a FHIR resource by id) when given, else where the
+    /// request's path says.
+    async fn send(&self, r: &Request<'_>, url: Option<&str>, if_match: Option<&str>) -> Outcome {
+        let (method, url, content_type) = match (url, r.path.filter(|p| self.fhir && !p.is_empty()))
+        {
+            (Some(url), _) => (
+                reqwest::Method::PUT,
+                url.to_string(),
+                "application/fhir+json",
+            ),
+            (None, Some(path)) => (
                 reqwest::Method::PUT,
                 format!("{}/{path}", self.url.trim_end_matches('/')),
                 "application/fhir+json",
             ),
-            None if self.fhir => (
+            (None, None) if self.fhir => (
                 reqwest::Method::POST,
                 self.url.clone(),
                 "application/fhir+json",
             ),
-            None => (self.method.clone(), self.url.clone(), "application/json"),
+            (None, None) => (self.method.clone(), self.url.clone(), "application/json"),
         };
         let mut req = self
             .client
@@ -188,6 +353,9 @@ impl HttpTarget {
             .header(reqwest::header::CONTENT_TYPE, content_type)
             .header(IDEMPOTENCY_HEADER, r.idempotency_key)
             .header(ATTEMPT_HEADER, r.attempt.to_string());
+        if let Some(v) = if_match {
+            req = req.header(reqwest::header::IF_MATCH, v);
+        }
         if let Some(c) = r.correlation_id {
             req = req.header(CORRELATION_HEADER, c);
         }

@@ -149,6 +149,12 @@ impl BatchSink for HttpSink {
             true => Some(fhir_column(batch, "request_url").map_err(|e| self.err(e))?),
             false => None,
         };
+        // FHIR: what each message deletes (optional: rows of an older stage delete nothing).
+        let deletes = batch
+            .column_by_name("delete_elements")
+            .and_then(|c| c.as_string_opt::<i32>())
+            .filter(|_| self.config.fhir);
+        let delete = |row: usize| deletes.filter(|d| d.is_valid(row)).map(|d| d.value(row));
         let (sources, offsets, controls) = crate::connectors::kafka::provenance_columns(batch);
         // (idempotency key = the record's identity, correlation id) per row.
         let ids: Vec<(String, Option<String>)> = (0..batch.num_rows())
@@ -231,6 +237,7 @@ impl BatchSink for HttpSink {
                     idempotency_key: &ids[row].0,
                     correlation_id: ids[row].1.as_deref(),
                     attempt,
+                    delete: delete(row),
                 })
                 .collect();
             let outcomes = self.handle.block_on(deliver_all(
@@ -314,6 +321,7 @@ impl BatchSink for HttpSink {
                     error,
                     body: &bodies[row],
                     path: paths.map(|p| p.value(row)),
+                    delete: delete(row),
                     key: &ids[row].0,
                     correlation_id: ids[row].1.as_deref(),
                     original: raw

@@ -52,6 +52,8 @@ pub mod headers {
     /// On a parked FHIR request: its path under the base (`Patient?identifier=…`); absent
     /// for a Bundle (POSTed to the base).
     pub const REQUEST_PATH: &str = "plexus.request-path";
+    /// FHIR: elements the message deletes (see `http::Request::delete`).
+    pub const DELETE_ELEMENTS: &str = "plexus.delete-elements";
     /// On a dead letter: the original record's Kafka key (absent when it had none). The
     /// record's own headers are copied beside plexus's, under their names.
     pub const SOURCE_KEY: &str = "plexus.source.key";

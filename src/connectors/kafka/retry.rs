@@ -61,6 +61,8 @@ pub struct Parked<'a> {
     pub body: &'a [u8],
     /// FHIR: the request's path under the base (see `http::Request::path`).
     pub path: Option<&'a str>,
+    /// FHIR: elements the message deletes (see `http::Request::delete`).
+    pub delete: Option<&'a str>,
     /// The record's stable identity (idempotency key); also the message key.
     pub key: &'a str,
     pub correlation_id: Option<&'a str>,
@@ -120,6 +122,7 @@ impl RetryTopics {
             (headers::SOURCE_OFFSET, offset.as_deref().map(str::as_bytes)),
             (headers::ORIGINAL, p.original),
             (headers::REQUEST_PATH, p.path.map(str::as_bytes)),
+            (headers::DELETE_ELEMENTS, p.delete.map(str::as_bytes)),
         ] {
             if let Some(value) = value {
                 h = h.insert(Header {
@@ -175,6 +178,7 @@ pub struct RetryWorkerConfig {
 struct Due {
     body: Vec<u8>,
     path: Option<String>,
+    delete: Option<String>,
     key: String,
     attempt: u32,
     due_ms: i64,
@@ -189,6 +193,7 @@ fn read(m: &rdkafka::message::BorrowedMessage<'_>) -> Due {
     let mut d = Due {
         body: m.payload().unwrap_or_default().to_vec(),
         path: None,
+        delete: None,
         key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
         attempt: 2,
         due_ms: 0,
@@ -211,6 +216,7 @@ fn read(m: &rdkafka::message::BorrowedMessage<'_>) -> Due {
                 headers::SOURCE_OFFSET => d.offset = text().parse().ok(),
                 headers::ORIGINAL => d.original = v.to_vec(),
                 headers::REQUEST_PATH => d.path = Some(text()),
+                headers::DELETE_ELEMENTS => d.delete = Some(text()),
                 _ => {}
             }
         }
@@ -491,6 +497,7 @@ impl Worker {
             idempotency_key: &d.key,
             correlation_id: d.correlation_id.as_deref(),
             attempt: d.attempt,
+            delete: d.delete.as_deref(),
         }));
         let took = started.elapsed();
         crate::connectors::http::sink::report_call(
@@ -531,6 +538,7 @@ impl Worker {
                     error: reason,
                     body: &d.body,
                     path: d.path.as_deref(),
+                    delete: d.delete.as_deref(),
                     key: &d.key,
                     correlation_id: d.correlation_id.as_deref(),
                     original: Some(&d.original),

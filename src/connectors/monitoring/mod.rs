@@ -284,6 +284,7 @@ impl MonitorOutputs {
                     idempotency_key: &idem,
                     correlation_id: None,
                     attempt: 1,
+                    delete: None,
                 }))
             });
             if let Some(reason) = outcome.reason() {

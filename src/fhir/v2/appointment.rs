@@ -15,8 +15,8 @@ pub(super) fn map(cx: &Ctx<'_, '_>, patient: &Resource) -> Result<Resource, Mapp
         .segment("SCH")
         .ok_or_else(|| cx.error("no SCH segment: nothing describes the appointment"))?;
     let at = |n: usize| cx.at(format!("SCH-{n}"));
-    let systems = &cx.opts.systems;
-    let offset = cx.opts.default_offset;
+    let systems = &cx.systems;
+    let offset = cx.opts.default_zone;
     let mut a = Obj::new();
 
     // Identifiers: SCH-1 placer, SCH-2 filler (r3–4). The filler's id names the appointment
@@ -123,7 +123,7 @@ pub(super) fn map(cx: &Ctx<'_, '_>, patient: &Resource) -> Result<Resource, Mapp
         (Some(e), _, _) => Some(instant(&e, offset)),
         (None, Some(s), Some(m)) => {
             let shifted = s.datetime() + Duration::minutes(m);
-            let off = s.offset().unwrap_or(offset);
+            let off = s.offset_in(offset);
             Some(
                 shifted
                     .and_local_timezone(off)

@@ -5,11 +5,11 @@
 //! FHIR forbids empty values (`""`, `[]`, `{}`): every builder here leaves out what was not
 //! sent, and returns `None` when nothing was.
 
-use chrono::{Datelike, FixedOffset, Timelike};
+use chrono::{Datelike, Timelike};
 use serde_json::{Map, Value, json};
 
 use super::concepts;
-use crate::formats::hl7::{Cwe, Cx, Element, Hd, Hl7Error, Precision, Ts, Xad, Xpn, Xtn};
+use crate::formats::hl7::{Cwe, Cx, Element, Hd, Hl7Error, Precision, Ts, Xad, Xpn, Xtn, Zone};
 
 /// A JSON object that skips empty values.
 #[derive(Debug, Default, Clone)]
@@ -73,13 +73,18 @@ fn s(v: &Option<String>) -> Option<Value> {
 #[derive(Debug, Clone, Default)]
 pub struct Systems {
     /// Assigning-authority namespace (HD-1) → system URI, for authorities sent by local name.
-    pub by_namespace: std::collections::HashMap<String, String>,
+    pub by_namespace: std::sync::Arc<std::collections::HashMap<String, String>>,
+    /// The sending facility (MSH-4, else MSH-3), made safe for a URN: local authority names
+    /// are scoped to it. Set per message by the converter.
+    pub sender: String,
 }
 
 impl Systems {
-    /// HD[uri] (rows 3–6), with a configured namespace map first: the namespace's URI; else a
-    /// universal id that is a URI by its type (`urn:oid:` for ISO, `urn:uuid:` for UUID, a
-    /// URI as is); else the namespace as sent (the IG's row 3); else the universal id.
+    /// HD[uri] (rows 3–6), always an absolute URI (FHIR requires one; validators reject
+    /// `GHH` or `1`): a configured namespace's URI; else a universal id that is a URI by its
+    /// type (`urn:oid:` for ISO or an OID-shaped id, `urn:uuid:` for UUID, a URI as is); else
+    /// the local name, scoped to the sender: `urn:plexus:v2:<sender>:authority:<name>` — stable
+    /// across messages, and two senders' local "MR" authorities never collide.
     pub fn system(&self, hd: &Hd) -> Option<String> {
         if let Some(ns) = &hd.namespace_id
             && let Some(uri) = self.by_namespace.get(ns)
@@ -90,11 +95,53 @@ impl Systems {
             match hd.universal_id_type.as_deref() {
                 Some("ISO") => return Some(format!("urn:oid:{uid}")),
                 Some("UUID") => return Some(format!("urn:uuid:{uid}")),
-                Some("URI") => return Some(uid.clone()),
+                Some("URI") if is_absolute_uri(uid) => return Some(uid.clone()),
+                _ if is_oid(uid) => return Some(format!("urn:oid:{uid}")),
+                _ if is_absolute_uri(uid) => return Some(uid.clone()),
                 _ => {}
             }
         }
-        hd.namespace_id.clone().or_else(|| hd.universal_id.clone())
+        let local = hd.namespace_id.as_ref().or(hd.universal_id.as_ref())?;
+        if is_absolute_uri(local) {
+            return Some(local.clone());
+        }
+        Some(format!(
+            "urn:plexus:v2:{}:authority:{}",
+            urn_safe(&self.sender),
+            urn_safe(local)
+        ))
+    }
+}
+
+/// `1.2.840.113619` and the like: digits in dot-separated arcs.
+fn is_oid(s: &str) -> bool {
+    s.contains('.')
+        && s.split('.')
+            .all(|arc| !arc.is_empty() && arc.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// A URI with a scheme FHIR systems use (`http(s)://…`, `urn:…`).
+pub fn is_absolute_uri(s: &str) -> bool {
+    (s.starts_with("http://") || s.starts_with("https://") || s.starts_with("urn:"))
+        && !s.contains(char::is_whitespace)
+}
+
+/// Text as a URN segment: letters, digits, `.` and `-` kept, the rest `_`.
+pub fn urn_safe(s: &str) -> String {
+    let out: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if out.is_empty() {
+        "unknown".into()
+    } else {
+        out
     }
 }
 
@@ -270,6 +317,136 @@ pub fn codeable_concept(c: &Cwe) -> Option<Value> {
         .build()
 }
 
+/// PID-15 → `communication.language` per the IG's PrimaryLanguage map: a BCP-47 code
+/// (`urn:ietf:bcp:47`); ISO 639-2 codes that have a two-letter form are converted (`ENG` →
+/// `en`), as BCP-47 requires; anything not shaped like a language tag is kept as sent (the
+/// sender's CWE-3 system), never claimed as BCP-47.
+pub fn language(c: &Cwe) -> Option<Value> {
+    let one = |code: &Option<String>, text: &Option<String>, system: &Option<String>| match code
+        .as_deref()
+        .map(str::trim)
+        .and_then(bcp47)
+    {
+        Some(tag) => Obj::new()
+            .set("system", Value::from("urn:ietf:bcp:47"))
+            .set("code", Value::from(tag))
+            .set("display", s(text))
+            .build(),
+        None => coding(code, text, system),
+    };
+    let codings: Vec<Value> = [
+        one(&c.identifier, &c.text, &c.coding_system),
+        one(
+            &c.alternate_identifier,
+            &c.alternate_text,
+            &c.alternate_coding_system,
+        ),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if codings.is_empty() {
+        return codeable_concept(c);
+    }
+    Obj::new().set("coding", Value::Array(codings)).build()
+}
+
+/// A language code as a BCP-47 tag, when it is one or an ISO 639-2 code with a 2-letter form.
+fn bcp47(code: &str) -> Option<String> {
+    let mut parts = code.split(['-', '_']);
+    let lang = parts.next()?.to_ascii_lowercase();
+    if !(2..=3).contains(&lang.len()) || !lang.bytes().all(|b| b.is_ascii_alphabetic()) {
+        return None;
+    }
+    // ISO 639-2 (B and T forms) → ISO 639-1, for the languages US and EU feeds carry.
+    const TWO: &[(&str, &str)] = &[
+        ("ara", "ar"),
+        ("ben", "bn"),
+        ("bos", "bs"),
+        ("bul", "bg"),
+        ("chi", "zh"),
+        ("zho", "zh"),
+        ("cze", "cs"),
+        ("ces", "cs"),
+        ("dan", "da"),
+        ("dut", "nl"),
+        ("nld", "nl"),
+        ("eng", "en"),
+        ("fin", "fi"),
+        ("fre", "fr"),
+        ("fra", "fr"),
+        ("fry", "fy"),
+        ("ger", "de"),
+        ("deu", "de"),
+        ("gre", "el"),
+        ("ell", "el"),
+        ("guj", "gu"),
+        ("hat", "ht"),
+        ("heb", "he"),
+        ("hin", "hi"),
+        ("hrv", "hr"),
+        ("hun", "hu"),
+        ("ind", "id"),
+        ("ita", "it"),
+        ("jpn", "ja"),
+        ("khm", "km"),
+        ("kor", "ko"),
+        ("lao", "lo"),
+        ("may", "ms"),
+        ("msa", "ms"),
+        ("nep", "ne"),
+        ("nor", "no"),
+        ("pan", "pa"),
+        ("per", "fa"),
+        ("fas", "fa"),
+        ("pol", "pl"),
+        ("por", "pt"),
+        ("rum", "ro"),
+        ("ron", "ro"),
+        ("rus", "ru"),
+        ("slo", "sk"),
+        ("slk", "sk"),
+        ("som", "so"),
+        ("spa", "es"),
+        ("srp", "sr"),
+        ("swa", "sw"),
+        ("swe", "sv"),
+        ("tam", "ta"),
+        ("tel", "te"),
+        ("tgl", "tl"),
+        ("tha", "th"),
+        ("tur", "tr"),
+        ("ukr", "uk"),
+        ("urd", "ur"),
+        ("vie", "vi"),
+        ("yid", "yi"),
+        ("amh", "am"),
+        ("alb", "sq"),
+        ("sqi", "sq"),
+        ("arm", "hy"),
+        ("hye", "hy"),
+        ("mar", "mr"),
+    ];
+    let lang = TWO
+        .iter()
+        .find(|(three, _)| *three == lang)
+        .map_or(lang.clone(), |(_, two)| two.to_string());
+    let mut tag = lang;
+    for p in parts {
+        if !(2..=8).contains(&p.len()) || !p.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return None;
+        }
+        tag.push('-');
+        // Regions upper-case (`en-US`), other subtags as sent in lower case.
+        if p.len() == 2 && p.bytes().all(|b| b.is_ascii_alphabetic()) {
+            tag.push_str(&p.to_ascii_uppercase());
+        } else {
+            tag.push_str(&p.to_ascii_lowercase());
+        }
+    }
+    Some(tag)
+}
+
 /// A CodeableConcept through a concept map: the mapped coding first (with the sender's
 /// display), then the v2 coding as sent (`v2_table` like `0002`), so a reader sees both.
 pub fn mapped_concept(
@@ -288,9 +465,15 @@ pub fn mapped_concept(
                 .into_value(),
         );
     }
-    let v2 = format!("http://terminology.hl7.org/CodeSystem/v2-{v2_table}");
-    if codings.first().and_then(|c| c["system"].as_str()) != Some(v2.as_str()) {
-        codings.push(json!({"system": v2, "code": code}));
+    if codings.is_empty() {
+        // Not a code of the table: do not claim the table's system for it; the sender's
+        // coding system (CWE-3) says what it is, per the IG's CWE[Coding] rows.
+        codings.extend(coding(&c.identifier, &c.text, &c.coding_system));
+    } else {
+        let v2 = format!("http://terminology.hl7.org/CodeSystem/v2-{v2_table}");
+        if codings.first().and_then(|c| c["system"].as_str()) != Some(v2.as_str()) {
+            codings.push(json!({"system": v2, "code": code}));
+        }
     }
     Obj::new()
         .set("coding", Value::Array(codings))
@@ -398,18 +581,32 @@ pub fn date(ts: &Ts) -> String {
 }
 
 /// FHIR `dateTime`: a date at day precision or coarser; with a time, seconds and an offset
-/// are required by FHIR — the value's own offset, else the configured one.
-pub fn date_time(ts: &Ts, default_offset: FixedOffset) -> String {
+/// are required by FHIR — the value's own offset, else the configured zone's on that date.
+pub fn date_time(ts: &Ts, zone: Zone) -> String {
     if ts.precision() <= Precision::Day {
         return date(ts);
     }
-    instant(ts, default_offset)
+    instant(ts, zone)
+}
+
+thread_local! {
+    /// Set when a time of the resource being mapped had no offset and the zone was assumed
+    /// (read and cleared per resource by the converter, which tags the resource).
+    static ASSUMED_ZONE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether a zone was assumed since the last call (and clears it).
+pub(crate) fn take_assumed_zone() -> bool {
+    ASSUMED_ZONE.with(|c| c.replace(false))
 }
 
 /// FHIR `instant`: always to the second with an offset.
-pub fn instant(ts: &Ts, default_offset: FixedOffset) -> String {
+pub fn instant(ts: &Ts, zone: Zone) -> String {
     let d = ts.datetime();
-    let offset = ts.offset().unwrap_or(default_offset);
+    if ts.offset().is_none() {
+        ASSUMED_ZONE.with(|c| c.set(true));
+    }
+    let offset = ts.offset_in(zone);
     let mut out = format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
         d.year(),
@@ -434,10 +631,11 @@ pub fn instant(ts: &Ts, default_offset: FixedOffset) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::FixedOffset;
 
     #[test]
     fn dates_keep_precision_and_times_get_an_offset() {
-        let utc = FixedOffset::east_opt(0).unwrap();
+        let utc = Zone::default();
         let t = Ts::parse("1988").unwrap();
         assert_eq!(date_time(&t, utc), "1988");
         let t = Ts::parse("198808181126+0215").unwrap();
@@ -445,7 +643,7 @@ mod tests {
         assert_eq!(date_time(&t, utc), "1988-08-18T11:26:00+02:15");
         let t = Ts::parse("20210817151943.4").unwrap();
         assert_eq!(
-            instant(&t, FixedOffset::west_opt(5 * 3600).unwrap()),
+            instant(&t, Zone::Fixed(FixedOffset::west_opt(5 * 3600).unwrap())),
             "2021-08-17T15:19:43.4-05:00"
         );
     }

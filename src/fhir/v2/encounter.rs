@@ -27,8 +27,8 @@ pub(super) fn map(cx: &Ctx<'_, '_>, patient: &Resource) -> Result<Option<Resourc
     if no_visit {
         return Ok(None);
     }
-    let systems = &cx.opts.systems;
-    let offset = cx.opts.default_offset;
+    let systems = &cx.systems;
+    let offset = cx.opts.default_zone;
     let mut e = Obj::new();
 
     // Identifier: PV1-19 visit number (r41–44), typed VN; without an assigning authority it is

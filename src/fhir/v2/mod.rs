@@ -19,34 +19,38 @@ mod patient;
 
 use std::collections::HashMap;
 
-use chrono::FixedOffset;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::formats::hl7::{Cwe, Hl7Error, Message, Segment};
+use crate::formats::hl7::{Cwe, Hl7Error, Message, Segment, Zone};
 pub use datatypes::Systems;
 
 /// How messages are mapped.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// The offset of times sent without one (FHIR requires an offset on every time).
-    pub default_offset: FixedOffset,
+    /// Where times sent without an offset are (FHIR requires an offset on every time).
+    pub default_zone: Zone,
     pub systems: Systems,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
-            default_offset: FixedOffset::east_opt(0).expect("UTC"),
+            default_zone: Zone::default(),
             systems: Systems::default(),
         }
     }
 }
 
+/// The tag a resource carries when one of its times was sent without an offset and the
+/// integration's zone was assumed (`meta.tag`, display = the zone): a reader can tell an
+/// instant the sender stated from one plexus inferred.
+pub const ASSUMED_ZONE_TAG: &str = "urn:plexus:tag";
+
 impl Options {
     /// Namespace → system URI overrides, e.g. `GHH=urn:oid:2.16.840.1.113883.3.72`.
     pub fn with_systems(mut self, map: HashMap<String, String>) -> Self {
-        self.systems.by_namespace = map;
+        self.systems.by_namespace = std::sync::Arc::new(map);
         self
     }
 }
@@ -62,6 +66,9 @@ pub struct Resource {
     /// The resource JSON, with `resourceType` and `id`; references to other resources of the
     /// same message are `Type/id`.
     pub body: Value,
+    /// Elements the message deletes (fields sent as the explicit null `""`): an update
+    /// removes them from the server's resource (`crate::fhir::merge`).
+    pub deleted: Vec<String>,
 }
 
 impl Resource {
@@ -81,6 +88,7 @@ impl Resource {
             id,
             identifier,
             body: Value::Object(body),
+            deleted: Vec::new(),
         }
     }
 }
@@ -100,6 +108,8 @@ pub(crate) struct Ctx<'m, 'a> {
     pub opts: &'m Options,
     /// The trigger event (MSH-9.2, else EVN-1).
     pub event: String,
+    /// The options' systems, scoped to this message's sender.
+    pub systems: datatypes::Systems,
 }
 
 impl Ctx<'_, '_> {
@@ -120,26 +130,10 @@ impl Ctx<'_, '_> {
     /// A system for identifiers the sender sent without an assigning authority: scoped to the
     /// sending facility (MSH-4, else MSH-3) so that two senders' visit numbers never collide.
     pub fn local_system(&self, kind: &str) -> String {
-        let msh = self.msg.segment("MSH", 1);
-        let facility = msh
-            .as_ref()
-            .and_then(|m| datatypes::text(&m.field(4).component(1)).ok().flatten())
-            .or_else(|| {
-                msh.as_ref()
-                    .and_then(|m| datatypes::text(&m.field(3).component(1)).ok().flatten())
-            })
-            .unwrap_or_else(|| "unknown".into());
-        let safe: String = facility
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        format!("urn:plexus:v2:{safe}:{kind}")
+        format!(
+            "urn:plexus:v2:{}:{kind}",
+            datatypes::urn_safe(&self.systems.sender)
+        )
     }
 
     /// The first repetition of field `n` of `seg` as a CWE; `None` when not sent.
@@ -194,29 +188,56 @@ pub fn convert(msg: &Message<'_>, opts: &Options) -> Result<Vec<Resource>, Mappi
             .and_then(|e| datatypes::text(&e.field(1)).ok().flatten())
             .unwrap_or_default(),
     };
+    let msh = msg.segment("MSH", 1);
+    let sender = msh
+        .as_ref()
+        .and_then(|m| datatypes::text(&m.field(4).component(1)).ok().flatten())
+        .or_else(|| {
+            msh.as_ref()
+                .and_then(|m| datatypes::text(&m.field(3).component(1)).ok().flatten())
+        })
+        .unwrap_or_else(|| "unknown".into());
     let cx = Ctx {
         msg,
         opts,
         event: event.clone(),
+        systems: datatypes::Systems {
+            by_namespace: opts.systems.by_namespace.clone(),
+            sender,
+        },
     };
+    let zone = opts.default_zone;
+    datatypes::take_assumed_zone();
     match (code.as_str(), event.as_str()) {
         ("ADT", "A01" | "A02" | "A03" | "A04" | "A05" | "A08" | "A11" | "A13" | "A28" | "A31") => {
-            let patient = patient::map(&cx)?;
+            let patient = tagged(patient::map(&cx)?, zone);
             let mut out = Vec::with_capacity(2);
-            let encounter = encounter::map(&cx, &patient)?;
+            let encounter = encounter::map(&cx, &patient)?.map(|e| tagged(e, zone));
             out.push(patient);
             out.extend(encounter);
             Ok(out)
         }
         ("SIU", e) if is_siu_event(e) => {
-            let patient = patient::map(&cx)?;
-            let appointment = appointment::map(&cx, &patient)?;
+            let patient = tagged(patient::map(&cx)?, zone);
+            let appointment = tagged(appointment::map(&cx, &patient)?, zone);
             Ok(vec![patient, appointment])
         }
         _ => Err(cx.error(format!(
             "no FHIR mapping for {code}^{event} (mapped: ADT A01–A05, A08, A11, A13, A28, A31; SIU S12–S26)"
         ))),
     }
+}
+
+/// Tags a resource whose mapping assumed `zone` for a time sent without an offset.
+fn tagged(mut r: Resource, zone: Zone) -> Resource {
+    if datatypes::take_assumed_zone() {
+        r.body["meta"] = serde_json::json!({"tag": [{
+            "system": ASSUMED_ZONE_TAG,
+            "code": "assumed-timezone",
+            "display": format!("times sent without an offset are in {zone}"),
+        }]});
+    }
+    r
 }
 
 fn is_siu_event(e: &str) -> bool {

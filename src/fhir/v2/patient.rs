@@ -4,7 +4,7 @@ use serde_json::{Value, json};
 
 use super::datatypes::{
     Obj, address, codeable_concept, contact_point, date, date_time, human_name, identifier,
-    identifier_type, mapped_concept, practitioner_ref, text,
+    identifier_type, language, mapped_concept, practitioner_ref, text,
 };
 use super::{Ctx, MappingError, Resource, concepts, stable_id};
 use crate::formats::hl7::{Cwe, Cx, Segment, Ts, Xad, Xpn, Xtn};
@@ -13,8 +13,8 @@ pub(super) fn map(cx: &Ctx<'_, '_>) -> Result<Resource, MappingError> {
     let pid = cx
         .segment("PID")
         .ok_or_else(|| cx.error("no PID segment: nothing identifies the patient"))?;
-    let systems = &cx.opts.systems;
-    let offset = cx.opts.default_offset;
+    let systems = &cx.systems;
+    let offset = cx.opts.default_zone;
     let mut p = Obj::new();
 
     // Identifiers: PID-2, PID-3 (repeats), PID-4 (r4–6), PID-19 SSN (r30–34), PID-20 (r35).
@@ -130,7 +130,7 @@ pub(super) fn map(cx: &Ctx<'_, '_>) -> Result<Resource, MappingError> {
         }
     }
     // PID-15 language (r25), PID-16 marital status (r26), PID-17 religion (r27–28).
-    if let Some(lang) = cx.cwe(&pid, 15)?.as_ref().and_then(codeable_concept) {
+    if let Some(lang) = cx.cwe(&pid, 15)?.as_ref().and_then(language) {
         p.push("communication", json!({"language": lang}));
     }
     if let Some(ms) = cx.cwe(&pid, 16)? {
@@ -164,7 +164,7 @@ pub(super) fn map(cx: &Ctx<'_, '_>) -> Result<Resource, MappingError> {
     // PD1-4 primary care provider (PD1(Patient) r6), PD1-3 their organization (r5).
     if let Some(pd1) = cx.segment("PD1") {
         for rep in pd1.field(4).repetitions() {
-            let r = practitioner_ref(&rep, &cx.opts.systems).map_err(cx.at("PD1-4"))?;
+            let r = practitioner_ref(&rep, &cx.systems).map_err(cx.at("PD1-4"))?;
             p.push("generalPractitioner", r);
         }
         if let Some(org) = text(&pd1.field(3).component(1)).map_err(cx.at("PD1-3"))? {
@@ -180,7 +180,39 @@ pub(super) fn map(cx: &Ctx<'_, '_>) -> Result<Resource, MappingError> {
         p.push("contact", contact(cx, &nk1)?);
     }
 
-    Ok(Resource::new("Patient", id, Some(key), p))
+    let mut r = Resource::new("Patient", id, Some(key), p);
+    r.deleted = explicit_nulls(&pid);
+    Ok(r)
+}
+
+/// The Patient elements a message deletes: PID fields sent as the explicit null `""` (in v2
+/// an empty field means "no change", `""` means "delete").
+fn explicit_nulls(pid: &Segment<'_>) -> Vec<String> {
+    const ELEMENTS: &[(usize, &[&str])] = &[
+        (5, &["name"]),
+        (7, &["birthDate", "_birthDate"]),
+        (8, &["gender"]),
+        (11, &["address"]),
+        (13, &["telecom"]),
+        (14, &["telecom"]),
+        (15, &["communication"]),
+        (16, &["maritalStatus"]),
+        (24, &["multipleBirthBoolean", "multipleBirthInteger"]),
+        (25, &["multipleBirthInteger"]),
+        (29, &["deceasedDateTime"]),
+        (30, &["deceasedBoolean"]),
+    ];
+    let mut out: Vec<String> = Vec::new();
+    for (n, elements) in ELEMENTS {
+        if pid.field(*n).is_null() {
+            for e in *elements {
+                if !out.iter().any(|o| o == e) {
+                    out.push((*e).to_string());
+                }
+            }
+        }
+    }
+    out
 }
 
 /// One NK1 as a Patient.contact: name r4, relationship r5 (Relationship) and r10
@@ -225,7 +257,7 @@ fn contact(cx: &Ctx<'_, '_>, nk1: &Segment<'_>) -> Result<Option<Value>, Mapping
     if let Some(sex) = text(&nk1.field(15).component(1)).map_err(at(15))? {
         c.put("gender", concepts::gender(&sex).map(Value::from));
     }
-    let offset = cx.opts.default_offset;
+    let offset = cx.opts.default_zone;
     let start = Ts::from_element(&nk1.field(8)).map_err(at(8))?;
     let end = Ts::from_element(&nk1.field(9)).map_err(at(9))?;
     c.put(

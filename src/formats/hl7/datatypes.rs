@@ -150,11 +150,94 @@ impl Ts {
         self.datetime.date()
     }
 
-    /// Microseconds since the Unix epoch, UTC. The value's own offset wins; `default_offset`
-    /// applies to values sent without one.
-    pub fn to_utc_micros(&self, default_offset: FixedOffset) -> i64 {
-        let offset = self.offset.unwrap_or(default_offset);
+    /// Microseconds since the Unix epoch, UTC. The value's own offset wins; `zone` applies to
+    /// values sent without one (at the offset in force on that date: DST-aware).
+    pub fn to_utc_micros(&self, zone: Zone) -> i64 {
+        let offset = self.offset_in(zone);
         self.datetime.and_utc().timestamp_micros() - i64::from(offset.local_minus_utc()) * 1_000_000
+    }
+
+    /// The value's own offset, else the one `zone` has at the value's wall-clock time.
+    pub fn offset_in(&self, zone: Zone) -> FixedOffset {
+        self.offset.unwrap_or_else(|| zone.offset_at(self.datetime))
+    }
+}
+
+/// Where times sent without an offset are: a fixed offset (`-0500`) or an IANA zone
+/// (`America/Chicago`), whose offset depends on the date (daylight saving time). HL7 lets a
+/// sender leave the offset out; the integration knows where its sender is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Zone {
+    Fixed(FixedOffset),
+    Iana(chrono_tz::Tz),
+}
+
+impl Default for Zone {
+    /// UTC.
+    fn default() -> Self {
+        Zone::Fixed(FixedOffset::east_opt(0).expect("zero offset"))
+    }
+}
+
+impl Zone {
+    /// `-0500`, `+05:30`, `UTC`/`Z`, or an IANA name (`America/Chicago`).
+    pub fn parse(s: &str) -> Result<Zone, String> {
+        let t = s.trim();
+        if t.eq_ignore_ascii_case("utc") || t == "Z" {
+            return Ok(Zone::default());
+        }
+        if t.starts_with(['+', '-']) {
+            let digits: String = t[1..].chars().filter(|c| *c != ':').collect();
+            let ok = digits.len() == 4 && digits.bytes().all(|b| b.is_ascii_digit());
+            let (h, m) = if ok {
+                (
+                    digits[..2].parse::<i32>().unwrap_or(99),
+                    digits[2..].parse::<i32>().unwrap_or(99),
+                )
+            } else {
+                (99, 99)
+            };
+            let secs = (h * 3600 + m * 60) * if t.starts_with('-') { -1 } else { 1 };
+            return (h <= 14 && m < 60)
+                .then(|| FixedOffset::east_opt(secs))
+                .flatten()
+                .map(Zone::Fixed)
+                .ok_or_else(|| format!("{t:?} is not an offset like -0500 or +05:30"));
+        }
+        t.parse::<chrono_tz::Tz>().map(Zone::Iana).map_err(|_| {
+            format!("{t:?} is neither an offset like -0500 nor an IANA zone like America/Chicago")
+        })
+    }
+
+    /// The offset in force at local wall-clock time `local`. In the hour a DST change repeats
+    /// (autumn) the earlier offset is taken; in the hour it skips (spring), the offset before
+    /// the change — what a clock that was not yet moved would have meant.
+    pub fn offset_at(&self, local: NaiveDateTime) -> FixedOffset {
+        use chrono::{Offset, TimeZone};
+        match self {
+            Zone::Fixed(o) => *o,
+            Zone::Iana(tz) => match tz.offset_from_local_datetime(&local) {
+                chrono::LocalResult::Single(o) => o.fix(),
+                chrono::LocalResult::Ambiguous(a, _) => a.fix(),
+                chrono::LocalResult::None => tz
+                    .offset_from_utc_datetime(&(local - chrono::Duration::hours(3)))
+                    .fix(),
+            },
+        }
+    }
+
+    /// Whether this is UTC (the default, when nothing is said).
+    pub fn is_utc(&self) -> bool {
+        *self == Zone::default()
+    }
+}
+
+impl fmt::Display for Zone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Zone::Fixed(o) => write!(f, "{o}"),
+            Zone::Iana(tz) => write!(f, "{}", tz.name()),
+        }
     }
 }
 
@@ -703,8 +786,32 @@ mod tests {
         }
     }
 
-    fn utc() -> FixedOffset {
-        FixedOffset::east_opt(0).unwrap()
+    fn utc() -> Zone {
+        Zone::default()
+    }
+
+    /// #15 item 17: an IANA zone gives each date its own offset (CST in winter, CDT in
+    /// summer); the DST hours resolve to the offset before the change; offsets parse too.
+    #[test]
+    fn iana_zones_follow_daylight_saving_time() {
+        let chicago = Zone::parse("America/Chicago").unwrap();
+        let micros = |t: &str| Ts::parse(t).unwrap().to_utc_micros(chicago);
+        let utc_of = |t: &str| Ts::parse(t).unwrap().to_utc_micros(utc());
+        assert_eq!(micros("20260115120000"), utc_of("20260115180000"));
+        assert_eq!(micros("20260715120000"), utc_of("20260715170000"));
+        // An offset sent with the value wins over the zone.
+        assert_eq!(micros("20260715120000+0000"), utc_of("20260715120000"));
+        // 2026-03-08 02:30 does not exist in Chicago; 2026-11-01 01:30 happens twice.
+        assert_eq!(micros("20260308023000"), utc_of("20260308083000"));
+        assert_eq!(micros("20261101013000"), utc_of("20261101063000"));
+        assert_eq!(
+            Zone::parse("-05:00").unwrap(),
+            Zone::Fixed(FixedOffset::west_opt(5 * 3600).unwrap())
+        );
+        assert_eq!(Zone::parse("+0530").unwrap().to_string(), "+05:30");
+        assert!(Zone::parse("UTC").unwrap().is_utc());
+        assert!(Zone::parse("Mars/Olympus").is_err());
+        assert!(Zone::parse("+2500").is_err());
     }
 
     #[test]
@@ -789,7 +896,7 @@ mod tests {
         assert_eq!(dob.date(), NaiveDate::from_ymd_opt(1988, 8, 18).unwrap());
         assert_eq!((dob.datetime().hour(), dob.datetime().minute()), (11, 26));
         // 11:26 at +02:15 is 09:11 UTC; the default offset is ignored when one was sent.
-        let west = FixedOffset::west_opt(5 * 3600).unwrap();
+        let west = Zone::Fixed(FixedOffset::west_opt(5 * 3600).unwrap());
         assert_eq!(dob.to_utc_micros(west), 587_898_660_000_000);
         assert_eq!(dob.to_string(), "198808181126+0215");
 
@@ -932,10 +1039,11 @@ OBX|1|CE|8867-4^Heart rate^LN^HR^^L|||||N^^HL70078\r",
         assert_eq!(ts.date(), NaiveDate::from_ymd_opt(2026, 1, 1).unwrap());
         assert_eq!(ts.offset(), None);
         // No offset in the value: the default applies.
-        let plus1 = FixedOffset::east_opt(3600).unwrap();
+        let one_hour = FixedOffset::east_opt(3600).unwrap();
+        let plus1 = Zone::Fixed(one_hour);
         assert_eq!(
             ts.to_utc_micros(plus1),
-            plus1
+            one_hour
                 .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
                 .unwrap()
                 .timestamp_micros()
@@ -1195,7 +1303,7 @@ OBX|1|CE|8867-4^Heart rate^LN^HR^^L|||||N^^HL70078\r",
             prop_assert_eq!(ts.offset().map(|o| o.local_minus_utc()), p.offset);
             prop_assert_eq!(ts.to_string(), text);
             // UTC conversion agrees with chrono's own.
-            let off = ts.offset().unwrap_or(utc());
+            let off = ts.offset_in(utc());
             let expected = off.from_local_datetime(&dt).single().unwrap().timestamp_micros();
             prop_assert_eq!(ts.to_utc_micros(utc()), expected);
         }

@@ -15,9 +15,8 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
-use chrono::FixedOffset;
 
-use super::datatypes::{Ts, parse_nm, parse_nm_i64};
+use super::datatypes::{Ts, Zone, parse_nm, parse_nm_i64};
 use super::error::{ErrorKind, Hl7Error};
 use super::message::{Element, Message};
 use super::path::Path;
@@ -30,7 +29,7 @@ pub enum ColumnType {
     Float64,
     /// From DT or TS/DTM (the date part, as written).
     Date32,
-    /// From TS/DTM, converted to UTC (values without an offset use `default_offset`).
+    /// From TS/DTM, converted to UTC (values without an offset are in `default_zone`).
     Timestamp,
     /// Every repetition (and, with `SEG(*)`, every segment occurrence).
     ListUtf8,
@@ -147,14 +146,14 @@ pub struct ExtractOptions {
     /// Append `_control_id`, `_message_type`, `_source`, `_offset`, `_message_index`.
     pub provenance: bool,
     /// Offset assumed for TS values written without one (HL7 says: the sender's local time).
-    pub default_offset: FixedOffset,
+    pub default_zone: Zone,
 }
 
 impl Default for ExtractOptions {
     fn default() -> Self {
         ExtractOptions {
             provenance: true,
-            default_offset: FixedOffset::east_opt(0).expect("zero offset"),
+            default_zone: Zone::default(),
         }
     }
 }
@@ -292,7 +291,7 @@ impl Extractor {
                 }
                 ColumnType::Timestamp => {
                     let mut b = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
-                    let tz = self.options.default_offset;
+                    let tz = self.options.default_zone;
                     for (row, m) in messages.iter().enumerate() {
                         let el = m.get(&col.path).component_if_field(1);
                         match convert(&el, "timestamp", |t| {

@@ -37,7 +37,9 @@ pub use batch::{
     BadMessage, BatchHeader, BatchKind, Diagnostic, SplitItem, SplitMessage, Splitter,
 };
 pub use builder::MessageBuilder;
-pub use datatypes::{Cwe, Cx, Hd, Precision, Ts, Xad, Xpn, Xtn, parse_dt, parse_nm, parse_nm_i64};
+pub use datatypes::{
+    Cwe, Cx, Hd, Precision, Ts, Xad, Xpn, Xtn, Zone, parse_dt, parse_nm, parse_nm_i64,
+};
 pub use encoding::{Charset, Delimiters};
 pub use error::{ErrorKind, Hl7Error, Location};
 pub use message::{Element, Message, ParseLimits, Segment};
