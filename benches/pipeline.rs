@@ -37,7 +37,7 @@ fn parse_stage() -> Parse {
         cols.iter()
             .map(|(n, p, t)| ColumnSpec::new(*n, p, *t).unwrap())
             .collect(),
-        chrono::FixedOffset::east_opt(0).unwrap(),
+        plexus::formats::hl7::Zone::default(),
     )
 }
 

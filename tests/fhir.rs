@@ -14,9 +14,9 @@ use support::BIN;
 
 const FHIR: &str = "http://127.0.0.1:8089/fhir";
 
-/// ADT-A01-01's visit number authority `AccMng`, sent by name: scoped to its sender
-/// (MSH-4 `GHHSFacility`) as an absolute URI.
-const ACCMNG: &str = "urn:plexus:v2:GHHSFacility:authority:AccMng";
+/// ADT-A01-01's visit number authority `AccMng&1.2&HCD`: its universal id is an OID (HD-3
+/// says HCD, the id says OID), so the system is `urn:oid:` — an absolute URI, as FHIR wants.
+const ACCMNG: &str = "urn:oid:1.2";
 
 fn corpus(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -144,7 +144,7 @@ fn adt_a01_maps_patient_and_encounter_field_by_field() {
         json!({"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "PRENC"})
     );
     assert_eq!(e["status"], "in-progress");
-    // PV1-19 (r41–44): the visit number with its authority's namespace.
+    // PV1-19 (r41–44): the visit number with its authority's OID.
     assert_eq!(e["identifier"][0]["value"], "40007716");
     assert_eq!(e["identifier"][0]["system"], ACCMNG);
     // PV1-44 (r70).

@@ -769,3 +769,105 @@ fn file_dlq_list_show_and_replay_into_a_rerun() {
     };
     assert_eq!(ids(&again.iter().collect::<Vec<_>>()), ids(&missing));
 }
+
+/// #15 item 18: batch sizes out of range say the range (not "invalid digit"); output paths
+/// that cannot be files are refused by `validate`, at their line.
+#[test]
+fn validate_checks_batch_bounds_and_output_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = root().display().to_string();
+    let blocker = dir.path().join("a_file");
+    std::fs::write(&blocker, "x").unwrap();
+    let spec = |batch: &str, path: &str| {
+        format!(
+            "name: bounds
+integration: {{id: x}}
+source: {{type: file, path: {r}/data/samples/adt_feed.hl7, format: hl7}}
+batch: {batch}
+stages:
+  - name: parse
+    type: parse
+    format: hl7
+    columns:
+      - {{name: mrn, path: PID-3.1}}
+sinks:
+  - {{name: out, type: file, format: ndjson, path: {path}}}
+"
+        )
+    };
+    let check = |name: &str, yaml: String| {
+        let p = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&p, yaml).unwrap();
+        let o = plexus(&["validate", p.to_str().unwrap()]);
+        (o.status.code(), text(&o.stderr), p.display().to_string())
+    };
+    let (code, err, p) = check("neg", spec("{max_rows: -1}", "out.ndjson"));
+    assert_eq!(code, Some(1));
+    assert!(err.contains(&format!("{p}:4:")), "{err}");
+    assert!(
+        err.contains("max_rows is between 1 and 1048576, not -1"),
+        "{err}"
+    );
+    let (_, err, _) = check("huge", spec("{max_rows: 1000000000000}", "out.ndjson"));
+    assert!(err.contains("not 1000000000000"), "{err}");
+    let (code, err, p) = check("proc", spec("{max_rows: 10}", "/proc/x"));
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains(&format!("{p}:12:")) && err.contains("pseudo file system"),
+        "{err}"
+    );
+    let under_file = format!("{}/sub/out.ndjson", blocker.display());
+    let (code, err, _) = check("blocked", spec("{max_rows: 10}", &under_file));
+    assert_eq!(code, Some(1));
+    assert!(err.contains("is a file, not a directory"), "{err}");
+    let (code, err, _) = check(
+        "dir",
+        spec("{max_rows: 10}", &dir.path().display().to_string()),
+    );
+    assert_eq!(code, Some(1));
+    assert!(err.contains("is a directory"), "{err}");
+    let (code, err, _) = check("good", spec("{max_rows: 10}", "new_dir/out.ndjson"));
+    assert_eq!(code, Some(0), "{err}");
+}
+
+/// #15 item 19: on a terminal the progress line is ended before any other line: log lines
+/// and the summary start at column 0 of their own line. (`script` gives the run a terminal.)
+#[test]
+fn the_progress_line_never_swallows_a_log_line() {
+    let out = tempfile::tempdir().unwrap();
+    // Long enough (a second or so) for the progress line to be drawn.
+    let feed = std::fs::read(root().join("data/samples/adt_feed.hl7")).unwrap();
+    let big = out.path().join("big.hl7");
+    std::fs::write(&big, feed.repeat(1500)).unwrap();
+    let cmd = format!(
+        "{} run pipelines/adt_to_patient.yaml --input {} --output {}",
+        env!("CARGO_BIN_EXE_plexus"),
+        big.display(),
+        out.path().display()
+    );
+    let o = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .current_dir(root())
+        .env("PLEXUS_LOG", "warn")
+        .output()
+        .unwrap();
+    let screen = text(&o.stdout);
+    assert!(screen.contains("alert raised"), "{screen}");
+    assert!(
+        screen.contains(" MB, "),
+        "no progress line was drawn: {screen}"
+    );
+    // Whatever was drawn, each log or summary line begins after an erase or a newline.
+    for marker in ["WARN", "pipeline adt_to_patient", "records: "] {
+        for (i, _) in screen.match_indices(marker) {
+            let before = &screen[..i];
+            let line_start = before.rfind('\n').map_or(0, |n| n + 1);
+            let on_line = &before[line_start..];
+            let visible = on_line.rsplit("\r\x1b[2K").next().unwrap();
+            assert!(
+                !visible.contains(" MB, "),
+                "{marker} drawn on the progress line: {on_line:?}"
+            );
+        }
+    }
+}

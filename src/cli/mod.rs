@@ -124,7 +124,7 @@ fn init_tracing() -> Option<otel::OtelGuard> {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     // Colours only for a person at a terminal: a log file or a pipe gets plain text.
     let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(|| LogWriter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_filter(filter);
     let (otel, guard) = match otel::layer() {
@@ -140,6 +140,32 @@ fn init_tracing() -> Option<otel::OtelGuard> {
         .with(otel)
         .try_init();
     guard
+}
+
+/// Whether a progress line is on the terminal (drawn with `\r`, no newline yet).
+pub(crate) static PROGRESS_SHOWN: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Ends a progress line on the terminal, if one is shown, so the next line starts clean.
+pub(crate) fn end_progress_line() {
+    if PROGRESS_SHOWN.swap(false, std::sync::atomic::Ordering::Relaxed) {
+        use std::io::Write;
+        // Carriage return and erase-line: the next text starts at column 0 of an empty line.
+        let _ = std::io::stderr().write_all(b"\r\x1b[2K");
+    }
+}
+
+/// stderr for log lines: a progress line is erased first, so a log line never continues it.
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        end_progress_line();
+        std::io::stderr().write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
 }
 
 /// Reads a whole input: a path, or `-` for stdin.

@@ -370,6 +370,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     main_done.store(true, Ordering::Relaxed);
     // From here on the run had started: a failure is exit code 1, not a usage error.
     let failed = |e: anyhow::Error| {
+        crate::cli::end_progress_line();
         eprintln!("error: the run failed: {e:#}");
         Ok(ExitCode::from(EXIT_FAILED))
     };
@@ -398,6 +399,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     for (_, b) in breakers.lock().expect("breakers").iter() {
         summary.breaker_transitions.extend(b.transitions());
     }
+    crate::cli::end_progress_line();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
@@ -673,6 +675,7 @@ fn watch_signals(rt: &tokio::runtime::Runtime, stop: Arc<AtomicBool>) {
                 _ = term.recv() => {}
                 _ = int.recv() => {}
             }
+            crate::cli::end_progress_line();
             if n > 0 {
                 eprintln!("second signal: exiting without draining");
                 std::process::exit(130);
@@ -708,6 +711,7 @@ fn progress_bar(args: &RunArgs) -> Option<crate::runtime::Progress> {
             done as f64 / 1e6,
             records as f64 / secs
         );
+        crate::cli::PROGRESS_SHOWN.store(true, std::sync::atomic::Ordering::Relaxed);
     }))
 }
 

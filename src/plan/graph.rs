@@ -405,8 +405,25 @@ pub async fn build(spec: &PipelineSpec) -> Result<Plan, SpecErrors> {
         }),
         None => Duration::from_millis(200),
     };
-    if *spec.batch.max_rows == 0 {
-        cx.err(&spec.batch.max_rows, "max_rows must be at least 1");
+    // Bounded: a batch is held in memory whole, and a typo (10^12) must not be a plan.
+    const MAX_ROWS: i64 = 1 << 20;
+    const MAX_BYTES: i64 = 1 << 30;
+    if !(1..=MAX_ROWS).contains(&*spec.batch.max_rows) {
+        cx.err(
+            &spec.batch.max_rows,
+            format!(
+                "max_rows is between 1 and {MAX_ROWS}, not {}",
+                *spec.batch.max_rows
+            ),
+        );
+    }
+    if let Some(b) = &spec.batch.max_bytes
+        && !(1024..=MAX_BYTES).contains(&**b)
+    {
+        cx.err(
+            b,
+            format!("max_bytes is between 1024 and {MAX_BYTES}, not {}", **b),
+        );
     }
 
     let mut stages: Vec<PlannedStage> = Vec::new();
@@ -533,8 +550,12 @@ pub async fn build(spec: &PipelineSpec) -> Result<Plan, SpecErrors> {
         name: spec.name.to_string(),
         integration_id: spec.integration.id.to_string(),
         source: source.expect("no errors"),
-        max_rows: *spec.batch.max_rows,
-        max_bytes: spec.batch.max_bytes.as_ref().map_or(8 << 20, |b| **b),
+        max_rows: (*spec.batch.max_rows).clamp(1, MAX_ROWS) as usize,
+        max_bytes: spec
+            .batch
+            .max_bytes
+            .as_ref()
+            .map_or(8 << 20, |b| (**b).clamp(1024, MAX_BYTES) as usize),
         max_delay,
         stages,
         sinks,
@@ -1268,6 +1289,51 @@ fn literal(sql: &SqlPlanner, text: &str) -> Result<ScalarValue, String> {
     ScalarValue::try_from_array(&v, 0).map_err(|e| e.to_string())
 }
 
+/// Whether a file output can be written at `path`: not a directory, not under the kernel's
+/// pseudo file systems, and its nearest existing ancestor a directory. (Missing directories
+/// are created by the run.)
+fn check_output_path(path: &std::path::Path) -> Result<(), String> {
+    if ["/proc", "/sys", "/dev"]
+        .iter()
+        .any(|root| path.starts_with(root))
+    {
+        return Err(format!(
+            "{} is not a place for an output file (a kernel pseudo file system)",
+            path.display()
+        ));
+    }
+    if path.is_dir() {
+        return Err(format!("{} is a directory, not a file", path.display()));
+    }
+    let mut ancestor = path.parent();
+    while let Some(a) = ancestor {
+        if a.as_os_str().is_empty() || a.exists() {
+            let a = if a.as_os_str().is_empty() {
+                std::path::Path::new(".")
+            } else {
+                a
+            };
+            if !a.is_dir() {
+                return Err(format!(
+                    "{} cannot be created: {} is a file, not a directory",
+                    path.display(),
+                    a.display()
+                ));
+            }
+            if a.metadata().is_ok_and(|m| m.permissions().readonly()) {
+                return Err(format!(
+                    "{} cannot be written: {} is read-only",
+                    path.display(),
+                    a.display()
+                ));
+            }
+            return Ok(());
+        }
+        ancestor = a.parent();
+    }
+    Ok(())
+}
+
 /// The pipeline's schema registry client (one per plan, shared by its stages).
 fn registry(cx: &mut Ctx<'_>, at: &Spanned<String>) -> Option<std::sync::Arc<SchemaRegistry>> {
     if let Some(r) = &cx.registry {
@@ -1428,7 +1494,14 @@ fn plan_sink(
     };
     let path = match s.kind.as_str() {
         "file" => match &s.path {
-            Some(p) => Some(cx.spec.resolve(p)),
+            Some(p) => {
+                let path = cx.spec.resolve(p);
+                if let Err(e) = check_output_path(&path) {
+                    cx.err(p, e);
+                    return None;
+                }
+                Some(path)
+            }
             None => {
                 cx.err(&s.kind, "a file sink needs a `path`");
                 return None;

@@ -244,16 +244,17 @@ pub struct SourceSpec {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchSpec {
+    /// Signed so that `-1` reads, and is refused with the allowed range (not a parse error).
     #[serde(default = "default_max_rows")]
-    pub max_rows: Spanned<usize>,
+    pub max_rows: Spanned<i64>,
     /// Streaming sources: close a batch at this many payload bytes (default 8 MiB).
-    pub max_bytes: Option<Spanned<usize>>,
+    pub max_bytes: Option<Spanned<i64>>,
     /// e.g. `200ms`, `1s`.
     #[serde(default)]
     pub max_delay: Option<Spanned<String>>,
 }
 
-fn default_max_rows() -> Spanned<usize> {
+fn default_max_rows() -> Spanned<i64> {
     Spanned::new(marked_yaml::Span::new_blank(), 8192)
 }
 

@@ -25,21 +25,12 @@ use sha2::{Digest, Sha256};
 use crate::formats::hl7::{Cwe, Hl7Error, Message, Segment, Zone};
 pub use datatypes::Systems;
 
-/// How messages are mapped.
-#[derive(Debug, Clone)]
+/// How messages are mapped (default: UTC, no namespace map).
+#[derive(Debug, Clone, Default)]
 pub struct Options {
     /// Where times sent without an offset are (FHIR requires an offset on every time).
     pub default_zone: Zone,
     pub systems: Systems,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            default_zone: Zone::default(),
-            systems: Systems::default(),
-        }
-    }
 }
 
 /// The tag a resource carries when one of its times was sent without an offset and the

@@ -608,12 +608,12 @@ impl Cwe {
     pub fn from_element(element: &Element<'_>) -> Result<Self, Hl7Error> {
         let get = embedded_reader(element);
         Ok(Cwe {
-            identifier: opt(get(1))?,
+            identifier: opt_code(get(1))?,
             text: opt(get(2))?,
-            coding_system: opt(get(3))?,
-            alternate_identifier: opt(get(4))?,
+            coding_system: opt_code(get(3))?,
+            alternate_identifier: opt_code(get(4))?,
             alternate_text: opt(get(5))?,
-            alternate_coding_system: opt(get(6))?,
+            alternate_coding_system: opt_code(get(6))?,
         })
     }
 }
@@ -647,6 +647,24 @@ fn opt(el: Element<'_>) -> Result<Option<String>, Hl7Error> {
         let t = t.trim_end_matches(' ');
         (!t.is_empty()).then(|| t.to_owned())
     }))
+}
+
+/// A code or coding-system name: as `opt`, but a control character (only reachable through
+/// an escape such as `\X0D\`) is an error located at the element — a code with a carriage
+/// return in it would match nothing and break whatever line-based system receives it.
+fn opt_code(el: Element<'_>) -> Result<Option<String>, Hl7Error> {
+    let v = opt(el)?;
+    if let Some(t) = &v
+        && t.chars().any(char::is_control)
+    {
+        return Err(conversion(
+            &el,
+            t,
+            "code",
+            "a code cannot contain control characters (decoded from an escape sequence)".into(),
+        ));
+    }
+    Ok(v)
 }
 
 fn conversion(el: &Element<'_>, text: &str, target: &'static str, reason: String) -> Hl7Error {
@@ -788,6 +806,19 @@ mod tests {
 
     fn utc() -> Zone {
         Zone::default()
+    }
+
+    /// #15 item 16: a code decoded from an escape to a control character is rejected, at its
+    /// place; text may carry one.
+    #[test]
+    fn codes_with_control_characters_are_rejected() {
+        let raw: &[u8] = b"MSH|^~\\&|A|B|C|D|20260101||ADT^A01|1|P|2.5\rPID|1||1^^^A^MR||X||19800101|\\X0D\\M|||||||E\\X0A\\NG^Eng\\X0A\\lish\r";
+        let m = Message::parse(raw).unwrap();
+        let e = Cwe::from_element(&el(&m, "PID-15")).unwrap_err();
+        assert!(e.to_string().contains("control characters"), "{e}");
+        assert!(raw[e.location.byte_offset..].starts_with(b"E\\X0A"));
+        let ok = Cwe::from_element(&el(&m, "PID-2")).unwrap();
+        assert_eq!(ok.identifier, None);
     }
 
     /// #15 item 17: an IANA zone gives each date its own offset (CST in winter, CDT in
