@@ -33,9 +33,9 @@ struct Ehr {
     token_requests: AtomicU32,
     /// The token the EHR accepts now.
     valid: Mutex<String>,
-    /// Requests per answer: (status, path).
+    /// Requests per answer: (status, method and path).
     seen: Mutex<Vec<(u16, String)>>,
-    /// Revoke the token after this many more accepted calls (0: never).
+    /// Revoke the token after this many more accepted writes (0: never).
     revoke_after: AtomicU32,
 }
 
@@ -71,29 +71,40 @@ fn oauth_ehr() -> (Arc<Ehr>, String) {
                 }
             }),
         )
-        .fallback(move |uri: axum::http::Uri, headers: HeaderMap| {
-            let e = e2.clone();
-            async move {
-                let want = format!("Bearer {}", e.valid.lock().unwrap());
-                let ok = headers.get("authorization").and_then(|v| v.to_str().ok())
-                    == Some(want.as_str());
-                let status = if ok { 200 } else { 401 };
-                e.seen
-                    .lock()
-                    .unwrap()
-                    .push((status, uri.path().to_string()));
-                if ok
-                    && e.revoke_after.load(Ordering::SeqCst) > 0
-                    && e.revoke_after.fetch_sub(1, Ordering::SeqCst) == 1
-                {
-                    *e.valid.lock().unwrap() = "revoked".into();
+        .fallback(
+            move |method: axum::http::Method, uri: axum::http::Uri, headers: HeaderMap| {
+                let e = e2.clone();
+                async move {
+                    let want = format!("Bearer {}", e.valid.lock().unwrap());
+                    let ok = headers.get("authorization").and_then(|v| v.to_str().ok())
+                        == Some(want.as_str());
+                    let status = if ok { 200 } else { 401 };
+                    e.seen
+                        .lock()
+                        .unwrap()
+                        .push((status, format!("{method} {}", uri.path())));
+                    // A search (the sink reads before it writes) finds nothing: an empty Bundle.
+                    if method == axum::http::Method::GET {
+                        return (
+                            StatusCode::from_u16(status).unwrap(),
+                            axum::Json(
+                                json!({"resourceType": "Bundle", "type": "searchset", "entry": []}),
+                            ),
+                        );
+                    }
+                    if ok
+                        && e.revoke_after.load(Ordering::SeqCst) > 0
+                        && e.revoke_after.fetch_sub(1, Ordering::SeqCst) == 1
+                    {
+                        *e.valid.lock().unwrap() = "revoked".into();
+                    }
+                    (
+                        StatusCode::from_u16(status).unwrap(),
+                        axum::Json(json!({"resourceType": "OperationOutcome", "issue": []})),
+                    )
                 }
-                (
-                    StatusCode::from_u16(status).unwrap(),
-                    axum::Json(json!({"resourceType": "OperationOutcome", "issue": []})),
-                )
-            }
-        });
+            },
+        );
     let url = support::serve(app);
     (ehr, url)
 }
@@ -149,6 +160,10 @@ sinks:
     assert_eq!(s["sinks"][0], json!(["ehr", 12]), "{s}");
     assert_eq!(ehr.token_requests.load(Ordering::SeqCst), 1);
     assert!(ehr.seen.lock().unwrap().iter().all(|(st, _)| *st == 200));
+    // Each Patient: a search (nothing found), then the conditional PUT; each Encounter (no
+    // visit number: addressed by its id) a PUT.
+    let first_run = ehr.seen.lock().unwrap().len();
+    assert_eq!(first_run, 18);
 
     // Midway through the next run the EHR revokes the token: that call gets 401, a new
     // token is fetched, the call is sent again; nothing is dead-lettered.
@@ -171,10 +186,17 @@ sinks:
         1,
         "{seen:?}"
     );
-    assert_eq!(seen.iter().filter(|(st, _)| *st == 200).count(), 24);
-    // The refused call was the sixth; it went through on the new token.
-    assert_eq!(seen[12 + 5].0, 401);
-    assert_eq!(seen[12 + 6], (200, seen[12 + 5].1.clone()));
+    let writes = |st: u16| {
+        seen.iter()
+            .filter(|(s, what)| *s == st && what.starts_with("PUT"))
+            .count()
+    };
+    assert_eq!(writes(200), 24, "{seen:?}");
+    // The refused call came after the fifth write of the run; it went through, the same
+    // request, on the new token.
+    let refused = seen.iter().position(|(st, _)| *st == 401).unwrap();
+    assert!(refused > first_run, "{seen:?}");
+    assert_eq!(seen[refused + 1], (200, seen[refused].1.clone()));
 
     // A wrong secret: the token endpoint refuses; every record is dead-lettered with the
     // OAuth2 error — and the secret itself is nowhere in the output.

@@ -415,6 +415,16 @@ fn a_fhir_sink_parks_requests_with_their_path_and_the_retry_worker_puts_them_the
                     .unwrap_or("")
                     .to_string();
                 let path = uri.path_and_query().unwrap().to_string();
+                if method == axum::http::Method::GET {
+                    // The sink reads before it writes (v2 update semantics): nothing yet.
+                    seen.lock()
+                        .unwrap()
+                        .push((method.to_string(), path, attempt, 200));
+                    return (
+                        axum::http::StatusCode::OK,
+                        r#"{"resourceType":"Bundle","type":"searchset","entry":[]}"#,
+                    );
+                }
                 let status = if path.contains("/Patient?") && attempt == "1" {
                     503
                 } else {
@@ -423,7 +433,7 @@ fn a_fhir_sink_parks_requests_with_their_path_and_the_retry_worker_puts_them_the
                 seen.lock()
                     .unwrap()
                     .push((method.to_string(), path, attempt, status));
-                axum::http::StatusCode::from_u16(status).unwrap()
+                (axum::http::StatusCode::from_u16(status).unwrap(), "")
             }
         },
     );
@@ -472,7 +482,9 @@ dlq: {{topic: {dlq}}}
     for i in 0..n {
         let mine: Vec<_> = seen
             .iter()
-            .filter(|(_, path, ..)| path.contains("/Patient?") && path.contains(&format!("M{i}")))
+            .filter(|(m, path, ..)| {
+                m == "PUT" && path.contains("/Patient?") && path.contains(&format!("M{i}"))
+            })
             .collect();
         assert_eq!(mine.len(), 2, "{seen:?}");
         assert_eq!((mine[0].2.as_str(), mine[0].3), ("1", 503));
@@ -481,6 +493,10 @@ dlq: {{topic: {dlq}}}
         assert_eq!(mine[0].1, mine[1].1);
         assert!(mine.iter().all(|m| m.0 == "PUT"), "{mine:?}");
     }
-    // Nothing was POSTed to the base (where a request without its path would go).
-    assert!(seen.iter().all(|(m, ..)| m == "PUT"), "{seen:?}");
+    // Nothing was POSTed to the base (where a request without its path would go): searches
+    // and conditional updates only.
+    assert!(
+        seen.iter().all(|(m, ..)| m == "PUT" || m == "GET"),
+        "{seen:?}"
+    );
 }

@@ -871,3 +871,73 @@ fn the_progress_line_never_swallows_a_log_line() {
         }
     }
 }
+
+/// #15 item 18: a SQL syntax error is reported at its own line and column in the pipeline
+/// file (or in the `.sql` file), in words — not as a debug dump at the start of the value.
+#[test]
+fn sql_syntax_errors_point_at_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = root().display().to_string();
+    std::fs::write(
+        dir.path().join("bad.sql"),
+        "SELECT mrn,\n  upper(mrn) AS m2 m3\nFROM input\n",
+    )
+    .unwrap();
+    let p = dir.path().join("sql.yaml");
+    std::fs::write(
+        &p,
+        format!(
+            "name: sqlerr
+integration: {{id: x}}
+source: {{type: file, path: {r}/data/samples/adt_feed.hl7, format: hl7}}
+stages:
+  - name: parse
+    type: parse
+    format: hl7
+    columns:
+      - {{name: mrn, path: PID-3.1}}
+  - name: checks
+    type: validate
+    rules:
+      - name: eq
+        check: \"mrn IS NOT NULL AND mrn = = 1\"
+      - name: open
+        check: mrn IS NOT NULL AND (mrn <>
+sinks:
+  - {{name: out, type: stdout}}
+"
+        ),
+    )
+    .unwrap();
+    let o = plexus(&["validate", p.to_str().unwrap()]);
+    let err = text(&o.stderr);
+    let f = p.display().to_string();
+    // `= =`: the second `=` is column 27 of the SQL, which starts at column 17 (after the quote).
+    assert!(
+        err.contains(&format!(
+            "{f}:14:43: eq: SQL syntax error: Expected: an expression, found: ="
+        )),
+        "{err}"
+    );
+    // At the end of an unquoted value: column 16 + its 27 characters.
+    assert!(
+        err.contains(&format!("{f}:16:43: open: SQL syntax error")),
+        "{err}"
+    );
+    assert!(!err.contains("ParserError"), "{err}");
+    // In a `.sql` file: the place in that file.
+    let text_of = std::fs::read_to_string(&p).unwrap();
+    let cut = text_of.find("  - name: checks").unwrap();
+    std::fs::write(
+        &p,
+        format!(
+            "{}  - {{name: m, type: map, sql: bad.sql}}\nsinks:\n  - {{name: out, type: stdout}}\n",
+            &text_of[..cut]
+        ),
+    )
+    .unwrap();
+    let err = text(&plexus(&["validate", p.to_str().unwrap()]).stderr);
+    let sql = dir.path().join("bad.sql").display().to_string();
+    assert!(err.contains(&format!("{sql}:2:")), "{err}");
+    assert!(err.contains("SQL syntax error"), "{err}");
+}

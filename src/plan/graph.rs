@@ -346,6 +346,47 @@ impl Ctx<'_> {
             .push(SpecError::at(&self.spec.file, at.span(), message.into()));
     }
 
+    /// An error in the SQL written at `at` (inline), or in `file` (a `.sql` file it names):
+    /// a syntax error is placed at its own line and column, not at the start of the value.
+    pub(super) fn sql_err(
+        &mut self,
+        at: &Spanned<String>,
+        sql: &str,
+        file: Option<&std::path::Path>,
+        message: String,
+    ) {
+        let Some((line, column, message)) = super::sql::error_position(&message, sql) else {
+            return self.err(at, message);
+        };
+        if let Some(file) = file {
+            self.errors
+                .push(SpecError::at_line(file, line, column, message));
+            return;
+        }
+        let Some(start) = at.span().start() else {
+            return self.err(at, message);
+        };
+        if line == 1 && !sql.contains('\n') {
+            // A one-line value: its SQL starts at the value, after a quote if it has one.
+            let quoted = std::fs::read_to_string(&self.spec.file)
+                .ok()
+                .and_then(|t| t.lines().nth(start.line() - 1).map(str::to_string))
+                .and_then(|l| l.chars().nth(start.column() - 1))
+                .is_some_and(|c| c == '"' || c == '\'');
+            let column = start.column() + usize::from(quoted) + column - 1;
+            self.errors.push(SpecError::at_line(
+                &self.spec.file,
+                start.line(),
+                column,
+                message,
+            ));
+        } else {
+            // A block scalar: its lines do not map one to one onto the file's; say where in
+            // the SQL.
+            self.err(at, format!("{message} (SQL line {line}, column {column})"));
+        }
+    }
+
     /// Reports `name` at its place when one of the `earlier` names (of the same `kind`:
     /// stage, sink, window) is the same: names key summaries, metrics and topics.
     pub(super) fn unique_name<'n>(
@@ -848,7 +889,8 @@ fn expr(
     } else {
         sql.expr(name, at, schema)
     };
-    r.map_err(|e| cx.err(at, format!("{name}: {e}"))).ok()
+    r.map_err(|e| cx.sql_err(at, at, None, format!("{name}: {e}")))
+        .ok()
 }
 
 async fn plan_stage(
@@ -1039,22 +1081,26 @@ async fn plan_stage(
         StageSpec::Map(m) => {
             let planned = match (&m.sql, &m.select) {
                 (Some(text), None) => {
-                    let (query, origin) = if text.trim_end().ends_with(".sql") {
+                    let (query, file) = if text.trim_end().ends_with(".sql") {
                         let path = cx.spec.resolve(text.trim());
                         match std::fs::read_to_string(&path) {
-                            Ok(q) => (q, format!(" (in {})", path.display())),
+                            Ok(q) => (q, Some(path)),
                             Err(e) => {
                                 cx.err(text, format!("cannot read {}: {e}", path.display()));
                                 return None;
                             }
                         }
                     } else {
-                        (text.to_string(), String::new())
+                        (text.to_string(), None)
                     };
                     match sql.select(&query, input).await {
                         Ok(s) => s,
                         Err(e) => {
-                            cx.err(text, format!("{e}{origin}"));
+                            let origin = file
+                                .as_ref()
+                                .map(|p| format!(" (in {})", p.display()))
+                                .unwrap_or_default();
+                            cx.sql_err(text, &query, file.as_deref(), format!("{e}{origin}"));
                             return None;
                         }
                     }

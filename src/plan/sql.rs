@@ -190,8 +190,40 @@ fn clean_error(e: datafusion::error::DataFusionError) -> String {
         .trim_start_matches("Error during planning: ")
         .trim_start_matches("Schema error: ")
         .trim_start_matches("SQL error: ");
+    // sqlparser's errors arrive as a debug dump (`ParserError("…")`): say what they are.
+    for (kind, prefix) in [
+        ("ParserError(\"", "SQL syntax error: "),
+        ("TokenizerError(\"", "SQL syntax error: "),
+    ] {
+        if let Some(inner) = text.strip_prefix(kind).and_then(|t| t.strip_suffix("\")")) {
+            return format!("{prefix}{}", inner.replace("\\\"", "\"").replace('\n', " "));
+        }
+    }
     // The list of valid fields can be long; it helps, so it stays, but on one line.
     text.replace('\n', " ")
+}
+
+/// Where in its SQL text a syntax error is, 1-based (line, column): sqlparser's `at Line: L,
+/// Column: C`, or the end of the text for an error at EOF. Also returns the message without
+/// the location (the caller names the place in the file instead).
+pub fn error_position(message: &str, sql: &str) -> Option<(usize, usize, String)> {
+    if let Some(i) = message.find(" at Line: ") {
+        let rest = &message[i + " at Line: ".len()..];
+        let (line, rest) = rest.split_once(", Column: ")?;
+        let column: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        let tail = &rest[column.len()..];
+        return Some((
+            line.trim().parse().ok()?,
+            column.parse().ok()?,
+            format!("{}{tail}", &message[..i]),
+        ));
+    }
+    if message.contains("found: EOF") {
+        let lines: Vec<&str> = sql.split('\n').collect();
+        let last = lines.last().map_or(0, |l| l.chars().count());
+        return Some((lines.len().max(1), last + 1, message.to_string()));
+    }
+    None
 }
 
 #[cfg(test)]
@@ -205,6 +237,24 @@ mod tests {
             Field::new("mrn", DataType::Utf8, true),
             Field::new("n", DataType::Int64, true),
         ]))
+    }
+
+    #[test]
+    fn syntax_errors_are_words_with_a_position() {
+        let p = SqlPlanner::new();
+        let e = p.expr("x", "mrn = = 1", &schema()).err().unwrap();
+        assert!(
+            e.starts_with("SQL syntax error: Expected: an expression"),
+            "{e}"
+        );
+        let (line, column, message) = error_position(&e, "mrn = = 1").unwrap();
+        assert_eq!((line, column), (1, 7));
+        assert!(!message.contains("Line:"), "{message}");
+        let e = p.expr("x", "(mrn <>", &schema()).err().unwrap();
+        assert_eq!(
+            error_position(&e, "(mrn <>").map(|p| (p.0, p.1)),
+            Some((1, 8))
+        );
     }
 
     #[tokio::test]

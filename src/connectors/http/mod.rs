@@ -181,6 +181,26 @@ impl HttpTarget {
         self.send(r, None, None).await
     }
 
+    /// The request with its credentials; a token endpoint that cannot be reached is a
+    /// transient failure, one that refuses a permanent one.
+    async fn authorized(
+        &self,
+        req: reqwest::RequestBuilder,
+        what: &str,
+    ) -> Result<reqwest::RequestBuilder, Outcome> {
+        self.credentials.apply(req).await.map_err(|e| match e {
+            e @ auth::AuthError::Unavailable { .. } => Outcome::Transient {
+                reason: format!("{what}: {e}"),
+                retry_after: None,
+                status: None,
+            },
+            e @ auth::AuthError::Refused { .. } => Outcome::Permanent {
+                reason: format!("{what}: {e}"),
+                status: None,
+            },
+        })
+    }
+
     /// A FHIR conditional update with HL7 v2 semantics: the resource matching the identifier
     /// is read, the message merged into it (`crate::fhir::merge`: what the message does not
     /// carry stays, `""` deletes, identifiers and contacts are kept) and written back on the
@@ -201,21 +221,9 @@ impl HttpTarget {
         for (k, v) in &self.headers {
             req = req.header(k, v);
         }
-        req = match self.credentials.apply(req).await {
+        req = match self.authorized(req, &what).await {
             Ok(req) => req,
-            Err(e @ auth::AuthError::Unavailable { .. }) => {
-                return Outcome::Transient {
-                    reason: format!("{what}: {e}"),
-                    retry_after: None,
-                    status: None,
-                };
-            }
-            Err(e @ auth::AuthError::Refused { .. }) => {
-                return Outcome::Permanent {
-                    reason: format!("{what}: {e}"),
-                    status: None,
-                };
-            }
+            Err(outcome) => return outcome,
         };
         let found: Value = match req.send().await {
             Ok(resp) if resp.status().is_success() => match resp.json().await {
@@ -372,21 +380,9 @@ impl HttpTarget {
             Some((path, _)) if self.fhir => format!("{method} {path}?…"),
             _ => format!("{method} {url}"),
         };
-        req = match self.credentials.apply(req).await {
+        req = match self.authorized(req, &what).await {
             Ok(req) => req,
-            Err(e @ auth::AuthError::Unavailable { .. }) => {
-                return Outcome::Transient {
-                    reason: format!("{what}: {e}"),
-                    retry_after: None,
-                    status: None,
-                };
-            }
-            Err(e @ auth::AuthError::Refused { .. }) => {
-                return Outcome::Permanent {
-                    reason: format!("{what}: {e}"),
-                    status: None,
-                };
-            }
+            Err(outcome) => return outcome,
         };
         let started = Instant::now();
         match req.body(r.body.to_vec()).send().await {

@@ -295,6 +295,14 @@ fn coding(
 /// CWE[CodeableConcept]: the primary (r3–5) and alternate (r6–8) codings; `text` when only
 /// text was sent.
 pub fn codeable_concept(c: &Cwe) -> Option<Value> {
+    concept_with(c, coding)
+}
+
+/// A CodeableConcept of the CWE's two codings, each made by `coding` (code, display, system).
+fn concept_with(
+    c: &Cwe,
+    coding: impl Fn(&Option<String>, &Option<String>, &Option<String>) -> Option<Value>,
+) -> Option<Value> {
     let codings: Vec<Value> = [
         coding(&c.identifier, &c.text, &c.coding_system),
         coding(
@@ -322,33 +330,16 @@ pub fn codeable_concept(c: &Cwe) -> Option<Value> {
 /// `en`), as BCP-47 requires; anything not shaped like a language tag is kept as sent (the
 /// sender's CWE-3 system), never claimed as BCP-47.
 pub fn language(c: &Cwe) -> Option<Value> {
-    let one = |code: &Option<String>, text: &Option<String>, system: &Option<String>| match code
-        .as_deref()
-        .map(str::trim)
-        .and_then(bcp47)
-    {
-        Some(tag) => Obj::new()
-            .set("system", Value::from("urn:ietf:bcp:47"))
-            .set("code", Value::from(tag))
-            .set("display", s(text))
-            .build(),
-        None => coding(code, text, system),
-    };
-    let codings: Vec<Value> = [
-        one(&c.identifier, &c.text, &c.coding_system),
-        one(
-            &c.alternate_identifier,
-            &c.alternate_text,
-            &c.alternate_coding_system,
-        ),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    if codings.is_empty() {
-        return codeable_concept(c);
-    }
-    Obj::new().set("coding", Value::Array(codings)).build()
+    concept_with(c, |code, text, system| {
+        match code.as_deref().map(str::trim).and_then(bcp47) {
+            Some(tag) => Obj::new()
+                .set("system", Value::from("urn:ietf:bcp:47"))
+                .set("code", Value::from(tag))
+                .set("display", s(text))
+                .build(),
+            None => coding(code, text, system),
+        }
+    })
 }
 
 /// A language code as a BCP-47 tag, when it is one or an ISO 639-2 code with a 2-letter form.
