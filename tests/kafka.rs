@@ -1067,3 +1067,68 @@ dlq: {{path: dlq.ndjson}}
         "{err}"
     );
 }
+
+/// #15 item 3: the shipped Kafka pipeline, run at trace level over the sample feed, logs no
+/// patient identifier, name or birth date (a copy with this test's own topics and group).
+#[test]
+fn the_shipped_kafka_pipeline_logs_no_patient_data_at_trace_level() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let feed = std::fs::read(root.join("data/samples/adt_feed.hl7")).unwrap();
+    let mut phi = Vec::new();
+    let mut records = Vec::new();
+    for r in plexus::formats::hl7::Splitter::new(&feed).filter_map(Result::ok) {
+        records.push(Rec::value(r.message.raw().to_vec()));
+        for path in [
+            "PID-3.1", "PID-5.1", "PID-5.2", "PID-7", "PID-11.1", "PID-13.1",
+        ] {
+            if let Ok(Some(v)) = r.message.query(path) {
+                let v = v.trim().to_string();
+                if v.chars().count() >= 5 && !phi.contains(&v) {
+                    phi.push(v);
+                }
+            }
+        }
+    }
+    assert!(phi.len() > 50 && records.len() > 100);
+    let (input, output, dlq, group) = (
+        unique("trace-in"),
+        unique("trace-out"),
+        unique("trace-dlq"),
+        unique("g"),
+    );
+    create_topics(&[(&input, 1), (&output, 1), (&dlq, 1)]);
+    let n = records.len();
+    produce(&input, records);
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = std::fs::read_to_string(root.join("pipelines/adt_kafka.yaml"))
+        .unwrap()
+        .replace("hl7.adt.in", &input)
+        .replace("patients.out", &output)
+        .replace("hl7.adt.dlq", &dlq)
+        .replace("plexus-adt-registry", &group)
+        .replace("../sql/", &format!("{}/sql/", root.display()));
+    let p = pipeline(dir.path(), "adt_kafka", &yaml);
+    let o = Command::new(BIN)
+        .args([
+            "run",
+            p.to_str().unwrap(),
+            "--json",
+            "--exit-when-idle",
+            "3s",
+        ])
+        .env_remove("PLEXUS_LOG")
+        .env("RUST_LOG", "trace")
+        .output()
+        .unwrap();
+    let s = summary(&o);
+    assert_eq!(s["records_in"].as_u64(), Some(n as u64), "{s}");
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert!(log.lines().filter(|l| l.contains("TRACE")).count() > 20);
+    for v in &phi {
+        assert!(
+            !log.contains(v.as_str()),
+            "the log shows patient data ({} chars)",
+            v.len()
+        );
+    }
+}

@@ -104,5 +104,11 @@ dlq: {{path: dlq.ndjson}}
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0]["control_id"], "M3");
     assert_eq!(dead[0]["stage"], "facility");
-    assert!(dead[0]["reason"].as_str().unwrap().contains("NOPE"));
+    // The key's shape, not its value (a lookup key can be an MRN); the record holds it.
+    let reason = dead[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("a value of 4 letters") && !reason.contains("NOPE"),
+        "{reason}"
+    );
+    assert!(dead[0]["record"].as_str().unwrap().contains("NOPE"));
 }

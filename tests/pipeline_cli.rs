@@ -225,6 +225,22 @@ fn facility_events_dead_letters_bad_json_and_unknown_facilities() {
     let unknown = lines.lines().filter(|l| l.contains("\"XYZ\"")).count();
     let lookup_failures = dlq.iter().filter(|d| d["stage"] == "facility").count();
     assert_eq!(lookup_failures, unknown);
+    // #15 item 2: reasons name fields and the shape of values, never the values (the record
+    // itself is beside them): decoder errors and lookup misses alike.
+    for d in &dlq {
+        let reason = d["reason"].as_str().unwrap();
+        assert!(
+            !reason.contains("not a time") && !reason.contains("XYZ"),
+            "{reason}"
+        );
+    }
+    assert!(
+        dlq.iter().any(|d| d["reason"]
+            .as_str()
+            .unwrap()
+            .contains("field 'occurred_at'")),
+        "{dlq:?}"
+    );
     let s = |k: &str| summary[k].as_u64().unwrap();
     assert_eq!(
         s("records_in"),
@@ -559,13 +575,46 @@ fn a_pipeline_name_cannot_escape_the_directory() {
 #[test]
 fn trace_logs_hold_no_patient_data() {
     let phi = sample_phi();
-    for (pipeline, feed_values) in [("pipelines/adt_to_patient.yaml", &phi)] {
+    // The EHR pipeline runs against the FHIR server (scripts/dev-services), from a copy so its
+    // sync state stays out of the repository.
+    let ehr_dir = tempfile::tempdir().unwrap();
+    let ehr = ehr_dir.path().join("adt_to_ehr.yaml");
+    std::fs::write(
+        &ehr,
+        std::fs::read_to_string(root().join("pipelines/adt_to_ehr.yaml"))
+            .unwrap()
+            .replace(
+                "../data/samples/adt_feed.hl7",
+                &root()
+                    .join("data/samples/adt_feed.hl7")
+                    .display()
+                    .to_string(),
+            ),
+    )
+    .unwrap();
+    let ehr = ehr.display().to_string();
+    // The facility feed's free text (`message`) stands in for patient data there.
+    let free_text: Vec<String> =
+        std::fs::read_to_string(root().join("data/samples/facility_events.ndjson"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|e| e["message"].as_str().map(str::to_string))
+            .filter(|m| m.chars().count() >= 5)
+            .collect();
+    assert!(!free_text.is_empty());
+    for (pipeline, feed_values) in [
+        ("pipelines/adt_to_patient.yaml", &phi),
+        (ehr.as_str(), &phi),
+        ("pipelines/facility_events.yaml", &free_text),
+    ] {
         let out = tempfile::tempdir().unwrap();
         let o = Command::new(BIN)
             .args(["run", pipeline, "--output", out.path().to_str().unwrap()])
             .current_dir(root())
             .env_remove("PLEXUS_LOG")
             .env("RUST_LOG", "trace")
+            .env("EHR_TOKEN", "trace-test-token")
             .output()
             .unwrap();
         assert_finished(&o);
@@ -581,13 +630,27 @@ fn trace_logs_hold_no_patient_data() {
             !log.contains('\u{1b}'),
             "{pipeline}: no ANSI colours in a pipe"
         );
+        // A value counts where it stands as a whole token: an MRN like `100067` is not
+        // "shown" by the microseconds of a timestamp (`07.100067Z`).
+        let shows = |v: &str| {
+            log.match_indices(v).any(|(i, _)| {
+                let before = log[..i].chars().next_back();
+                let after = log[i + v.len()..].chars().next();
+                !before.is_some_and(char::is_alphanumeric)
+                    && !after.is_some_and(char::is_alphanumeric)
+            })
+        };
         for v in feed_values {
             assert!(
-                !log.contains(v.as_str()),
+                !shows(v.as_str()),
                 "{pipeline}: the log shows patient data ({} chars)",
                 v.len()
             );
         }
+        assert!(
+            !log.contains("trace-test-token"),
+            "{pipeline}: a secret in the log"
+        );
     }
 }
 

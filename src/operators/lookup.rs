@@ -464,14 +464,13 @@ impl Lookup {
     }
 
     /// Text of a missed key for messages (long values cut: a message is not a data copy).
+    /// The key as reasons and warnings name it: its shape, never its value — a lookup key
+    /// can be an MRN, and reasons reach the query tables (#15 item 2). The record itself is
+    /// in the dead-letter output.
     fn shown_key(value: Option<&str>) -> String {
         match value {
             None => "NULL".to_string(),
-            Some(v) if v.chars().count() > 80 => {
-                let cut: String = v.chars().take(80).collect();
-                format!("{cut}…")
-            }
-            Some(v) => v.to_string(),
+            Some(v) => format!("({})", crate::formats::hl7::error::shape(v)),
         }
     }
 
@@ -847,7 +846,7 @@ mod tests {
             assert_eq!(
                 dead.reason,
                 [
-                    "no match for code = zz in codes.csv",
+                    "no match for code = (a value of 2 letters) in codes.csv",
                     "no match for code = NULL in codes.csv"
                 ]
             );

@@ -112,6 +112,38 @@ pub fn split_by_mask(
 }
 
 /// A filter mask where NULL counts as false (SQL `WHERE` semantics).
+/// A decoder's error with the values it quotes replaced by their shape (`"19871340"` → `a
+/// value of 8 digits`): reasons reach the run summary and the query tables, which hold no
+/// patient data. Field and column names (quoted after `field`, `column` or `{`) are kept.
+pub fn redact_values(reason: &str) -> String {
+    let mut out = String::with_capacity(reason.len());
+    let mut rest = reason;
+    while let Some(i) = rest.find(['"', '\'']) {
+        let quote = rest[i..].chars().next().unwrap_or('"');
+        let Some(len) = rest[i + 1..].find(quote) else {
+            break;
+        };
+        let (before, inner) = (&rest[..i], &rest[i + 1..i + 1 + len]);
+        out.push_str(before);
+        let word = before
+            .trim_end()
+            .rsplit(char::is_whitespace)
+            .next()
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        if word.ends_with("field") || word.ends_with("column") || word.ends_with('{') {
+            out.push(quote);
+            out.push_str(inner);
+            out.push(quote);
+        } else {
+            out.push_str(&crate::formats::hl7::error::shape(inner));
+        }
+        rest = &rest[i + 1 + len + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
 pub fn true_mask(values: &arrow::array::BooleanArray) -> arrow::array::BooleanArray {
     use arrow::array::Array;
     if values.null_count() == 0 {
@@ -144,4 +176,19 @@ pub(crate) fn extend_warnings(
         b.append(true);
     }
     std::sync::Arc::new(b.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn decoder_reasons_name_fields_but_not_values() {
+        let r = super::redact_values(
+            "Json error: whilst decoding field 'occurred_at': failed to parse \"not a time\" as Timestamp(µs, \"UTC\"): Error parsing timestamp from 'not a time'",
+        );
+        assert!(r.contains("field 'occurred_at'"), "{r}");
+        assert!(!r.contains("not a time"), "{r}");
+        assert!(r.contains("a value of 10 characters"), "{r}");
+        assert_eq!(super::redact_values("no quotes"), "no quotes");
+        assert_eq!(super::redact_values("odd \" quote"), "odd \" quote");
+    }
 }

@@ -143,7 +143,7 @@ impl Parse {
             });
             match decoded {
                 Ok(()) => rows.push(i as u32),
-                Err(e) => failures.add(i, "parse", e),
+                Err(e) => failures.add(i, "parse", super::redact_values(&e)),
             }
         }
         let decoded = builder.finish()?;
@@ -262,7 +262,7 @@ impl Parse {
                             rows.push(i as u32);
                         }
                         Ok(_) => failures.add(i, "parse", "empty record".into()),
-                        Err(e) => failures.add(i, "parse", e),
+                        Err(e) => failures.add(i, "parse", super::redact_values(&e)),
                     }
                 }
                 let schema = self.decoded_schema();
