@@ -889,8 +889,16 @@ sinks:
     );
     assert_eq!(code, Some(1));
     assert!(err.contains("is a directory"), "{err}");
-    let (code, err, _) = check("good", spec("{max_rows: 10}", "new_dir/out.ndjson"));
-    assert_eq!(code, Some(0), "{err}");
+    let p = dir.path().join("good.yaml");
+    std::fs::write(&p, spec("{max_rows: 10}", "new_dir/out.ndjson")).unwrap();
+    let o = plexus(&["validate", p.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    // Not silently: validate says which output directories the run will create.
+    assert!(
+        text(&o.stdout).contains("the run creates") && text(&o.stdout).contains("new_dir"),
+        "{}",
+        text(&o.stdout)
+    );
 }
 
 /// #15 item 19: on a terminal the progress line is ended before any other line: log lines

@@ -69,13 +69,32 @@ pub fn validate(paths: &[PathBuf]) -> Result<ExitCode> {
             continue;
         }
         match rt.block_on(load(path)) {
-            Ok((_, plan)) => println!(
-                "ok: {}: {} stages, {} sinks, source {} file(s)",
-                path.display(),
-                plan.stages.len(),
-                plan.sinks.len(),
-                plan.source.paths.len()
-            ),
+            Ok((_, plan)) => {
+                // Output directories that do not exist yet are created by the run: say so.
+                let mut missing: Vec<String> = plan
+                    .sinks
+                    .iter()
+                    .filter_map(|s| s.path.as_deref())
+                    .chain(plan.dlq.as_deref())
+                    .filter_map(|p| p.parent())
+                    .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+                    .map(|d| d.display().to_string())
+                    .collect();
+                missing.sort();
+                missing.dedup();
+                let creates = if missing.is_empty() {
+                    String::new()
+                } else {
+                    format!("; the run creates {}", missing.join(", "))
+                };
+                println!(
+                    "ok: {}: {} stages, {} sinks, source {} file(s){creates}",
+                    path.display(),
+                    plan.stages.len(),
+                    plan.sinks.len(),
+                    plan.source.paths.len()
+                )
+            }
             Err(errors) => {
                 failed = true;
                 for e in &errors.0 {

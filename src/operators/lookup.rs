@@ -754,7 +754,10 @@ mod tests {
         assert_eq!(strings(&b, "display"), [s("Alpha"), None, None, s("Bond")]);
         let w = warnings_of(&b);
         assert!(w[0].is_empty() && w[3].is_empty());
-        assert_eq!(w[1], ["lookup codes: no codes.csv row for code = zz"]);
+        assert_eq!(
+            w[1],
+            ["lookup codes: no codes.csv row for code = (a value of 2 letters)"]
+        );
         assert_eq!(w[2], ["lookup codes: no codes.csv row for code = NULL"]);
     }
 
@@ -797,7 +800,7 @@ mod tests {
             ["code", "_record_index", "display", WARNINGS]
         );
         let b = l.process(batch).unwrap().outputs[0].clone().unwrap();
-        let miss = "lookup codes: no codes.csv row for code = nope";
+        let miss = "lookup codes: no codes.csv row for code = (a value of 4 letters)";
         assert_eq!(
             warnings_of(&b),
             [vec!["earlier", miss], vec![miss], vec!["earlier 2"]]

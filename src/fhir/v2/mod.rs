@@ -241,6 +241,23 @@ fn is_siu_event(e: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// #15 item 16: a PID-3 without an assigning authority is converted, with a system scoped
+    /// to the sender (MSH-4), instead of the message being rejected.
+    #[test]
+    fn a_patient_id_without_authority_is_scoped_to_the_sender() {
+        let raw = b"MSH|^~\\&|APP|GHH|B|C|20260101||ADT^A04|X1|P|2.5\rPID|1||12345^^^^MR||DOE^JANE||19800102|F\r";
+        let m = Message::parse(raw).unwrap();
+        let rs = convert(&m, &Options::default()).unwrap();
+        assert_eq!(
+            rs[0].identifier,
+            Some(("urn:plexus:v2:GHH:patient".to_string(), "12345".to_string()))
+        );
+        assert_eq!(
+            rs[0].body["identifier"][0]["system"],
+            "urn:plexus:v2:GHH:patient"
+        );
+    }
+
     #[test]
     fn stable_ids_are_uuid_shaped_and_stable() {
         let a = stable_id(&["Patient", "urn:oid:1.2", "123"]);

@@ -22,7 +22,12 @@ pub(super) fn map(cx: &Ctx<'_, '_>) -> Result<Resource, MappingError> {
     for n in [2, 3, 4] {
         for rep in pid.field(n).repetitions() {
             let c = Cx::from_element(&rep).map_err(cx.at(format!("PID-{n}")))?;
-            if let Some(v) = identifier(&c, systems) {
+            if let Some(mut v) = identifier(&c, systems) {
+                // PID-3 sent without an assigning authority: the sender's own patient
+                // identifiers, scoped to it (as visit numbers are), not a reason to reject.
+                if n == 3 && v.get("system").is_none() {
+                    v["system"] = Value::from(cx.local_system("patient"));
+                }
                 ids.push((n, c, v));
             }
         }
@@ -56,9 +61,7 @@ pub(super) fn map(cx: &Ctx<'_, '_>) -> Result<Resource, MappingError> {
                 v["value"].as_str().unwrap_or_default().to_string(),
             )
         })
-        .ok_or_else(|| {
-            cx.error("PID-3: no patient identifier with an assigning authority (CX-4) to match the patient on")
-        })?;
+        .ok_or_else(|| cx.error("PID-3: no patient identifier to match the patient on"))?;
     let id = stable_id(&["Patient", &key.0, &key.1]);
 
     // Names: PID-5 (r7), then aliases PID-9 (r14).
