@@ -408,3 +408,13 @@ pub fn corpus_adt(mrn: &str, event: &str, family: &str) -> String {
     .replace("DUCK^DONALD", &format!("{family}^DONALD"))
         + "\n"
 }
+
+/// Whether `text` shows `value` as a whole token: an MRN like `100067` is not "shown" by the
+/// microseconds of a log timestamp (`07.100067Z`).
+pub fn shows_token(text: &str, value: &str) -> bool {
+    text.match_indices(value).any(|(i, _)| {
+        let before = text[..i].chars().next_back();
+        let after = text[i + value.len()..].chars().next();
+        !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric)
+    })
+}
