@@ -23,7 +23,7 @@ use crate::connectors::kafka::{KafkaDlq, KafkaSink, KafkaSource, RecordMeta, ens
 use crate::connectors::monitoring::MonitorOutputs;
 use crate::connectors::monitoring::follow::spawn as follow_breakers;
 use crate::connectors::monitoring::state::WindowStateStore;
-use crate::connectors::registry::SchemaRegistry;
+use crate::connectors::schema_registry::SchemaRegistry;
 use crate::connectors::{BatchSink, BatchSource, ConnectorError, DeadLetterSink};
 use crate::metrics::outcome::OutcomeTap;
 use crate::operators::parse::raw_batch;

@@ -7,7 +7,7 @@
 //! | `dlq.rs`          | the dead-letter output: original record + stage, rule, reason     |
 //! | `memory.rs`       | in-memory sinks for `plexus test` and tests                        |
 //! | `kafka/`          | Kafka source, sink and dead-letter topic (at-least-once)           |
-//! | `registry.rs`     | the schema registry client (Confluent wire format, schema cache)   |
+//! | `schema_registry.rs` | the schema registry client (Confluent wire format, schema cache) |
 //! | `http/`           | HTTP sink (webhooks, REST): signed requests, retries, retry topics |
 //! | `monitoring/`     | window rows (Parquet, topic), alerts, breaker events, window state |
 
@@ -18,7 +18,7 @@ pub mod http;
 pub mod kafka;
 pub mod memory;
 pub mod monitoring;
-pub mod registry;
+pub mod schema_registry;
 
 use arrow::record_batch::RecordBatch;
 

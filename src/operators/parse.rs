@@ -14,7 +14,7 @@ use super::{
     CONTROL_ID, DeadLetters, MESSAGE_TYPE, OFFSET, Operator, OperatorError, RAW, RECORD_INDEX,
     SOURCE, StageOutput,
 };
-use crate::connectors::registry::{SchemaRegistry, split_wire};
+use crate::connectors::schema_registry::{SchemaRegistry, split_wire};
 use crate::formats::avro::AvroBatchBuilder;
 use crate::formats::hl7::extract::{ColumnSpec, ExtractOptions, Extractor};
 use crate::formats::hl7::{Message, ParseLimits};

@@ -11,7 +11,7 @@ use marked_yaml::Spanned;
 
 use super::sql::{PlannedExpr, SqlPlanner};
 use crate::connectors::kafka::{KafkaConnection, SecretRef, is_secret_property};
-use crate::connectors::registry::{RegistryConfig, SchemaRegistry};
+use crate::connectors::schema_registry::{RegistryConfig, SchemaRegistry};
 use crate::formats::hl7::Zone;
 use crate::formats::hl7::extract::{ColumnSpec, ColumnType};
 use crate::operators::Operator;

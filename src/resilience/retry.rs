@@ -73,17 +73,10 @@ impl RetryPolicy {
     }
 }
 
-/// A cheap random number in [0, 1) for jitter (not for anything secret).
+/// A random number in [0, 1) for jitter (not for anything secret): `fastrand`'s per-thread
+/// generator, so concurrent retries spread out rather than share a clock-derived value.
 pub fn jitter_random() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos(),
-    );
-    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+    fastrand::f64()
 }
 
 /// Parses an HTTP `Retry-After` value: seconds, or an HTTP date.

@@ -13,7 +13,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 
 use super::{KafkaConnection, headers, parse_source_name};
-use crate::connectors::registry::{SchemaRegistry, frame_wire};
+use crate::connectors::schema_registry::{SchemaRegistry, frame_wire};
 use crate::connectors::{BatchSink, ConnectorError, Durable};
 use crate::operators::is_provenance;
 use crate::plan::sql::PlannedExpr;
