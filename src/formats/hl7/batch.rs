@@ -287,15 +287,17 @@ impl<'a> Iterator for Splitter<'a> {
     fn next(&mut self) -> Option<SplitItem<'a>> {
         let input = self.input;
         while self.pos < input.len() {
-            let mut line_end = line_end(input, self.pos, false);
+            // Inside a CR-terminated message an LF is data: one scan finds the segment's end.
+            // A header line ends at its first CR or LF whatever the message before it used.
+            let cr_only = self.current.as_ref().is_some_and(|p| p.cr_only);
+            let mut line_end = line_end(input, self.pos, cr_only);
             let mut line = &input[self.pos..line_end];
-            let skip = skip_line_padding(line);
+            let mut skip = skip_line_padding(line);
             let mut seg = trim_line_end(&line[skip..]);
-            if self.current.as_ref().is_some_and(|p| p.cr_only) && classify(seg) == LineKind::Other
-            {
-                // Inside a CR-terminated message an LF is data: find the segment's real end.
-                line_end = super::message::line_end(input, self.pos, true);
+            if cr_only && classify(seg) != LineKind::Other {
+                line_end = super::message::line_end(input, self.pos, false);
                 line = &input[self.pos..line_end];
+                skip = skip_line_padding(line);
                 seg = trim_line_end(&line[skip..]);
             }
             if seg.iter().all(|&b| is_padding(b)) {

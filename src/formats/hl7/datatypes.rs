@@ -187,22 +187,11 @@ impl Zone {
             return Ok(Zone::default());
         }
         if t.starts_with(['+', '-']) {
-            let digits: String = t[1..].chars().filter(|c| *c != ':').collect();
-            let ok = digits.len() == 4 && digits.bytes().all(|b| b.is_ascii_digit());
-            let (h, m) = if ok {
-                (
-                    digits[..2].parse::<i32>().unwrap_or(99),
-                    digits[2..].parse::<i32>().unwrap_or(99),
-                )
-            } else {
-                (99, 99)
-            };
-            let secs = (h * 3600 + m * 60) * if t.starts_with('-') { -1 } else { 1 };
-            return (h <= 14 && m < 60)
-                .then(|| FixedOffset::east_opt(secs))
-                .flatten()
+            // The same rules as an offset inside an HL7 time (`+HHMM`), a colon allowed.
+            let compact: String = t.chars().filter(|c| *c != ':').collect();
+            return parse_offset(&compact, 0)
                 .map(Zone::Fixed)
-                .ok_or_else(|| format!("{t:?} is not an offset like -0500 or +05:30"));
+                .map_err(|e| format!("{t:?} is not an offset like -0500 or +05:30 ({e})"));
         }
         t.parse::<chrono_tz::Tz>().map(Zone::Iana).map_err(|_| {
             format!("{t:?} is neither an offset like -0500 nor an IANA zone like America/Chicago")
