@@ -16,13 +16,10 @@
 //! bench: one long run is the measurement.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use plexus::connectors::kafka::sink::{KafkaSink, KafkaSinkConfig};
-use plexus::connectors::kafka::source::{KafkaSource, KafkaSourceConfig};
-use plexus::connectors::kafka::{KafkaConnection, KafkaDlq, RecordMeta};
-use plexus::connectors::{BatchSink, BatchSource};
+use plexus::runtime::topology::{StartOptions, Topology};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -179,49 +176,7 @@ dlq: {{topic: {dlq}}}
     let path = dir.join("bench.yaml");
     std::fs::write(&path, yaml).unwrap();
     let spec = plexus::spec::PipelineSpec::load(&path).unwrap();
-    let mut plan = rt.block_on(plexus::plan::build(&spec)).unwrap();
-    let conn: KafkaConnection = plan.kafka.clone().unwrap();
-    let k = plan.source.kafka.clone().unwrap();
-    let source = KafkaSource::new(
-        &conn,
-        KafkaSourceConfig {
-            topics: k.topics,
-            pattern: None,
-            group: k.group,
-            start: k.start,
-            instance: k.instance,
-            format: plan.source.format,
-            max_rows: plan.max_rows,
-            max_bytes: plan.max_bytes,
-            max_delay: plan.max_delay,
-            limit: Some(n as u64),
-        },
-        Arc::new(AtomicBool::new(false)),
-        None,
-        RecordMeta::default(),
-    )
-    .unwrap();
-    let s = &mut plan.sinks[0];
-    let kp = s.kafka.take().unwrap();
-    let sink = rt
-        .block_on(KafkaSink::create(
-            &conn,
-            KafkaSinkConfig {
-                name: s.name.clone(),
-                topic: kp.topic,
-                key: kp.key,
-                avro: false,
-                subject: None,
-                avro_schema: None,
-                provenance: false,
-                pipeline: "bench".into(),
-                integration: "bench".into(),
-            },
-            &s.schema,
-            None,
-        ))
-        .unwrap();
-    let dlq_sink = KafkaDlq::new(&conn, &dlq, "bench", "bench", RecordMeta::default()).unwrap();
+    let plan = rt.block_on(plexus::plan::build(&spec)).unwrap();
     let first_read = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let fr = first_read.clone();
@@ -230,18 +185,18 @@ dlq: {{topic: {dlq}}}
             fr.store(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         }
     });
-    let summary = rt
-        .block_on(plexus::runtime::run(
-            plan,
-            Box::new(source) as Box<dyn BatchSource>,
-            vec![Box::new(sink) as Box<dyn BatchSink>],
-            Box::new(dlq_sink),
-            plexus::runtime::RunOptions {
-                progress: Some(progress),
-                ..Default::default()
-            },
-        ))
-        .unwrap();
+    // The same topology `plexus run` builds.
+    let topology = Topology::start(
+        &rt,
+        plan,
+        StartOptions {
+            max_records: Some(n as u64),
+            progress: Some(progress),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let summary = topology.run(&rt).unwrap();
     let e2e_secs = started.elapsed().as_secs_f64()
         - Duration::from_nanos(first_read.load(Ordering::Relaxed)).as_secs_f64();
     let e2e_rate = summary.records_in as f64 / e2e_secs;

@@ -16,7 +16,7 @@ use plexus::operators::map::Map;
 use plexus::operators::parse::{Parse, raw_batch};
 use plexus::operators::route::{Route, RouteMode};
 use plexus::operators::validate::{Rule, Severity, Validate};
-use plexus::plan::sql::SqlPlanner;
+use plexus::sql::SqlPlanner;
 
 const MAP_SQL: &str = "SELECT mrn, upper(family) AS family_name, initcap(given) AS given_name, \
     birth_date, CASE sex WHEN 'M' THEN 'male' WHEN 'F' THEN 'female' ELSE 'unknown' END AS gender, \

@@ -15,7 +15,7 @@ use arrow::record_batch::RecordBatch;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use plexus::metrics::window::WindowConfig;
 use plexus::operators::window::{WindowAggregate, WindowExprs, window_row_schema};
-use plexus::plan::sql::SqlPlanner;
+use plexus::sql::SqlPlanner;
 
 const KEYS: usize = 10_000;
 const BATCH: usize = 8192;

@@ -8,6 +8,8 @@
 #[cfg(feature = "pipeline")]
 pub mod cli;
 #[cfg(feature = "pipeline")]
+pub mod config;
+#[cfg(feature = "pipeline")]
 pub mod connectors;
 #[cfg(feature = "pipeline")]
 pub mod fhir;
@@ -24,5 +26,7 @@ pub mod resilience;
 pub mod runtime;
 #[cfg(feature = "pipeline")]
 pub mod spec;
+#[cfg(feature = "pipeline")]
+pub mod sql;
 #[cfg(feature = "pipeline")]
 pub mod sync;

@@ -141,7 +141,7 @@ fn locate(pipeline: &std::path::Path, output: Option<&std::path::Path>) -> Resul
             Some(d) => d.join(path.file_name().unwrap_or_default()),
             None => path,
         };
-        let format = Some(spec.source.format.to_string());
+        let format = Some(spec.source.format().to_string());
         return Ok(Located::File { path, format });
     };
     let k = spec
@@ -523,7 +523,7 @@ fn filtered(all: &[DeadLetter], filter: Option<&str>) -> Result<Vec<bool>> {
     match filter {
         Some(sql) => {
             let batch = filter_batch(all)?;
-            let planner = crate::plan::sql::SqlPlanner::new();
+            let planner = crate::sql::SqlPlanner::new();
             let pred = planner
                 .predicate("--filter", sql, &batch.schema())
                 .map_err(|e| anyhow::anyhow!("--filter: {e}"))?;
@@ -769,7 +769,7 @@ mod tests {
             },
         ])
         .unwrap();
-        let p = crate::plan::sql::SqlPlanner::new()
+        let p = crate::sql::SqlPlanner::new()
             .predicate("f", "rule = 'mrn_present' AND attempt < 3", &batch.schema())
             .unwrap();
         let m = p.evaluate(&batch).unwrap();

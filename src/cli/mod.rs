@@ -71,6 +71,13 @@ enum Command {
     /// EHR sync state: list open conflicts, resolve one.
     #[command(subcommand)]
     Sync(sync::SyncCommand),
+    /// Prints the JSON Schema of pipeline files (for editors; kept as
+    /// schemas/pipeline.schema.json), or lists the source and sink types.
+    Schema {
+        /// List the connector types (sources and sinks) instead.
+        #[arg(long)]
+        connectors: bool,
+    },
 }
 
 /// Entry point used by `src/main.rs`.
@@ -104,6 +111,7 @@ pub fn main() -> ExitCode {
         Command::Validate { pipelines } => pipeline::validate(&pipelines),
         Command::Test { pipeline } => pipeline::test(&pipeline),
         Command::Query(args) => query::run(args),
+        Command::Schema { connectors } => schema(connectors),
     };
     match result {
         Ok(code) => code,
@@ -112,6 +120,31 @@ pub fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `plexus schema`.
+fn schema(connectors: bool) -> anyhow::Result<ExitCode> {
+    use crate::connectors::registry::{SINKS, SOURCES};
+    if connectors {
+        for (what, list) in [
+            (
+                "source",
+                SOURCES
+                    .iter()
+                    .map(|c| (c.kind, c.about))
+                    .collect::<Vec<_>>(),
+            ),
+            ("sink", SINKS.iter().map(|c| (c.kind, c.about)).collect()),
+        ] {
+            for (kind, about) in list {
+                println!("{what:<6} {kind:<8} {about}");
+            }
+        }
+    } else {
+        let schema = crate::spec::schema::pipeline_schema();
+        println!("{}", serde_json::to_string_pretty(&schema)?);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn init_tracing() -> Option<otel::OtelGuard> {

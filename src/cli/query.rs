@@ -64,7 +64,7 @@ pub fn run(args: QueryArgs) -> Result<ExitCode> {
     let batches = rt.block_on(async {
         let ctx = context(&loc).await?;
         // The analyst's SQL is read-only: queries over the registered tables, nothing else.
-        let df = crate::plan::read_only::query(&ctx, &args.sql)
+        let df = crate::sql::read_only::query(&ctx, &args.sql)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         df.collect().await.map_err(|e| anyhow::anyhow!("{e}"))

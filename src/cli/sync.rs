@@ -68,8 +68,10 @@ impl Target {
             .sinks
             .iter()
             .filter_map(|s| {
-                let h = s.http.as_ref()?;
-                Some((s.name.as_str(), h, h.sync.as_ref()?))
+                let crate::connectors::registry::SinkPlan::Fhir(f) = &s.connector else {
+                    return None;
+                };
+                Some((s.name.as_str(), &f.http, f.sync.as_ref()?))
             })
             .filter(|(n, ..)| self.sink.as_deref().is_none_or(|want| want == *n))
             .collect();

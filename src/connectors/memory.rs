@@ -1,12 +1,15 @@
-//! In-memory sinks: `plexus test` runs a pipeline's graph with these in place of its files.
+//! In-memory sources and sinks: `plexus test` runs a pipeline's graph with these in place
+//! of its files.
 
 use std::sync::{Arc, Mutex};
 
 use arrow::record_batch::RecordBatch;
 
 use super::dlq::{DeadLetterRecord, records};
-use super::{BatchSink, ConnectorError, DeadLetterSink};
+use super::{BatchSink, BatchSource, ConnectorError, DeadLetterSink};
+use crate::formats::framing::{SourceFormat, frame};
 use crate::operators::DeadLetters;
+use crate::operators::parse::raw_batch;
 
 /// Collects batches.
 #[derive(Clone, Default)]
@@ -42,5 +45,37 @@ impl DeadLetterSink for MemoryDlq {
 
     fn finish(&mut self) -> Result<(), ConnectorError> {
         Ok(())
+    }
+}
+
+/// A source over bytes held in memory (test inputs).
+pub struct MemorySource {
+    batches: std::vec::IntoIter<RecordBatch>,
+    len: u64,
+}
+
+impl MemorySource {
+    pub fn new(data: &[u8], format: SourceFormat, max_rows: usize) -> Self {
+        let mut warnings = Vec::new();
+        let spans = frame(data, format, "test", &mut warnings);
+        let records: Vec<(usize, &[u8])> = spans.iter().map(|&(s, e)| (s, &data[s..e])).collect();
+        let batches = records
+            .chunks(max_rows.max(1))
+            .enumerate()
+            .map(|(i, chunk)| raw_batch("test", chunk, i * max_rows.max(1)))
+            .collect::<Vec<_>>();
+        MemorySource {
+            batches: batches.into_iter(),
+            len: data.len() as u64,
+        }
+    }
+}
+
+impl BatchSource for MemorySource {
+    fn next_batch(&mut self) -> Result<Option<RecordBatch>, ConnectorError> {
+        Ok(self.batches.next())
+    }
+    fn progress(&self) -> (u64, Option<u64>) {
+        (self.len, Some(self.len))
     }
 }

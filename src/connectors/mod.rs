@@ -11,16 +11,25 @@
 //! | `http/`           | HTTP sink (webhooks, REST): signed requests, retries, retry topics |
 //! | `monitoring/`     | window rows (Parquet, topic), alerts, breaker events, window state |
 
+pub mod checkpoint;
 pub mod dlq;
-pub mod fhir_sync;
+pub mod fhir;
 pub mod file;
 pub mod http;
 pub mod kafka;
 pub mod memory;
 pub mod monitoring;
+pub mod registry;
 pub mod schema_registry;
 
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
 use arrow::record_batch::RecordBatch;
+
+use crate::metrics::outcome::OutcomeTap;
+use crate::resilience::breaker::SharedBreaker;
 
 use crate::operators::DeadLetters;
 
@@ -72,7 +81,7 @@ pub fn json_rows(batch: &RecordBatch) -> Result<Vec<Vec<u8>>, arrow::error::Arro
 /// Resolves once everything written before it is durable (Kafka acks received).
 pub type Durable = futures::future::BoxFuture<'static, Result<(), ConnectorError>>;
 
-pub use crate::runtime::checkpoint::{Checkpoints, Position};
+pub use checkpoint::{Checkpoints, Position};
 
 /// A source of raw-record batches (see `operators::parse::raw_record_schema`).
 pub trait BatchSource: Send {
@@ -130,4 +139,78 @@ pub trait DeadLetterSink: Send {
         Ok(None)
     }
     fn finish(&mut self) -> Result<(), ConnectorError>;
+}
+
+/// How a source groups records into batches.
+#[derive(Debug, Clone, Copy)]
+pub struct Batching {
+    pub format: crate::formats::framing::SourceFormat,
+    pub max_rows: usize,
+    /// Streams: close a batch at this many payload bytes.
+    pub max_bytes: usize,
+    /// Streams: close a batch this long after its first record.
+    pub max_delay: Duration,
+    /// Stop after this many records (sampling, benchmarks).
+    pub limit: Option<u64>,
+}
+
+/// The run's circuit breakers, by sink name (windows trip them, telemetry shows them).
+pub type Breakers = Arc<Mutex<Vec<(String, SharedBreaker)>>>;
+
+/// A sink's retry worker (Kafka retry topics), joined when the run ends.
+pub type RetryWorker = std::thread::JoinHandle<Result<kafka::retry::RetryStats, ConnectorError>>;
+
+/// Who a sink writes for (headers, dead letters, breaker names).
+#[derive(Debug, Clone)]
+pub struct SinkId {
+    pub name: String,
+    pub pipeline: String,
+    pub integration: String,
+}
+
+/// What a connector is started with: the run around it. The topology fills it in.
+pub struct BuildCx<'a> {
+    pub rt: &'a tokio::runtime::Handle,
+    pub pipeline: &'a str,
+    pub integration: &'a str,
+    pub kafka: Option<&'a kafka::KafkaConnection>,
+    pub registry: Option<&'a schema_registry::SchemaRegistry>,
+    pub dlq_topic: Option<&'a str>,
+    /// The consumer group retry workers' groups are named after.
+    pub group: String,
+    /// A batch run: files are written under a temporary name and renamed when complete.
+    pub staged: bool,
+    /// Set by a signal.
+    pub stop: Arc<AtomicBool>,
+    /// Set when the main flow has ended (retry workers then finish what is due).
+    pub main_done: Arc<AtomicBool>,
+    /// How long a retry worker waits for more before it ends a batch run.
+    pub idle: Duration,
+    pub breakers: Breakers,
+    pub outcomes: OutcomeTap,
+    pub workers: Vec<RetryWorker>,
+}
+
+impl BuildCx<'_> {
+    pub fn sink_id(&self, name: &str) -> SinkId {
+        SinkId {
+            name: name.to_string(),
+            pipeline: self.pipeline.to_string(),
+            integration: self.integration.to_string(),
+        }
+    }
+
+    /// A breaker named `<integration>/<sink>`, registered with the run.
+    pub fn breaker(
+        &self,
+        name: &str,
+        config: crate::resilience::breaker::BreakerConfig,
+    ) -> SharedBreaker {
+        let b = SharedBreaker::new(&format!("{}/{name}", self.integration), config);
+        self.breakers
+            .lock()
+            .expect("breakers")
+            .push((name.to_string(), b.clone()));
+        b
+    }
 }

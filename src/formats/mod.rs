@@ -2,5 +2,6 @@
 
 #[cfg(feature = "pipeline")]
 pub mod avro;
+pub mod framing;
 pub mod hl7;
 pub mod schema;

@@ -9,7 +9,7 @@ use arrow::datatypes::{Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 
 use super::{Operator, OperatorError, StageOutput, is_provenance};
-use crate::plan::sql::PlannedExpr;
+use crate::sql::PlannedExpr;
 
 /// Where each output column comes from.
 #[derive(Debug, Clone)]

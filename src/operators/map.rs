@@ -11,7 +11,7 @@ use arrow::datatypes::{Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 
 use super::{Operator, OperatorError, StageOutput, is_provenance};
-use crate::plan::sql::{PlannedExpr, PlannedSelect};
+use crate::sql::{PlannedExpr, PlannedSelect};
 
 pub struct Map {
     select: PlannedSelect,
@@ -98,7 +98,7 @@ impl Operator for Map {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::sql::SqlPlanner;
+    use crate::sql::SqlPlanner;
     use arrow::datatypes::DataType;
 
     /// A column that can never be null stays non-null (an Avro sink derives `"string"`, not

@@ -10,7 +10,7 @@ use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
 
 use super::{Operator, OperatorError, StageOutput};
-use crate::plan::sql::PlannedExpr;
+use crate::sql::PlannedExpr;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouteMode {

@@ -12,7 +12,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 
 use super::{DeadLetters, Operator, OperatorError, StageOutput, WARNINGS};
-use crate::plan::sql::PlannedExpr;
+use crate::sql::PlannedExpr;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use super::OperatorError;
 use crate::metrics::window::{Observation, WindowConfig, WindowRow, Windows};
-use crate::plan::sql::PlannedExpr;
+use crate::sql::PlannedExpr;
 
 /// Separates key parts in `WindowRow::key` (a control character: never in real key values).
 const KEY_SEP: char = '\u{1f}';
@@ -563,7 +563,7 @@ fn as_f64(a: &ArrayRef) -> Result<arrow::array::Float64Array, OperatorError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::sql::SqlPlanner;
+    use crate::sql::SqlPlanner;
     use arrow::array::{Int64Array, StringArray};
     use std::time::Duration;
 

@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use arrow::datatypes::SchemaRef;
 use datafusion::scalar::ScalarValue;
-use marked_yaml::Spanned;
 
-use super::sql::{PlannedExpr, SqlPlanner};
+use crate::config::{PlanCx, Spanned};
+use crate::connectors::kafka::config::KafkaSourcePlan;
 use crate::connectors::kafka::{KafkaConnection, SecretRef, is_secret_property};
+use crate::connectors::registry::{SinkPlan, SourcePlan};
 use crate::connectors::schema_registry::{RegistryConfig, SchemaRegistry};
 use crate::formats::hl7::Zone;
 use crate::formats::hl7::extract::{ColumnSpec, ColumnType};
@@ -22,28 +23,9 @@ use crate::operators::parse::{Parse, raw_record_schema};
 use crate::operators::route::{Route, RouteMode};
 use crate::operators::validate::{Rule, Severity, Validate};
 use crate::spec::{PipelineSpec, SpecError, SpecErrors, StageSpec};
+use crate::sql::{PlannedExpr, SqlPlanner};
 
-/// Record framing of a source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SourceFormat {
-    Hl7,
-    Ndjson,
-    Csv,
-    /// Confluent-framed Avro (Kafka messages only).
-    Avro,
-}
-
-impl SourceFormat {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        match s {
-            "hl7" => Ok(SourceFormat::Hl7),
-            "ndjson" | "json" => Ok(SourceFormat::Ndjson),
-            "csv" => Ok(SourceFormat::Csv),
-            "avro" => Ok(SourceFormat::Avro),
-            other => Err(format!("unknown format {other:?} (hl7, ndjson, csv, avro)")),
-        }
-    }
-}
+pub use crate::formats::framing::SourceFormat;
 
 /// Where a stage or sink reads from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -52,224 +34,33 @@ pub enum Upstream {
     Stage { stage: usize, port: usize },
 }
 
+/// The planned source: its records' framing and its connector's plan.
 #[derive(Debug, Clone)]
 pub struct PlannedSource {
-    /// Files matched by the spec's path/glob, in order; `-` is stdin. Empty for Kafka.
-    pub paths: Vec<PathBuf>,
     pub format: SourceFormat,
-    pub kafka: Option<KafkaSourcePlan>,
+    pub connector: SourcePlan,
 }
 
-/// A Kafka source's subscription.
-#[derive(Debug, Clone)]
-pub struct KafkaSourcePlan {
-    pub topics: Vec<String>,
-    pub pattern: Option<String>,
-    pub group: String,
-    pub start: String,
-    pub instance: Option<String>,
-}
-
-/// A Kafka sink's settings.
-#[derive(Debug, Clone)]
-pub struct KafkaSinkPlan {
-    pub topic: String,
-    pub key: Option<super::sql::PlannedExpr>,
-    pub avro: bool,
-    pub subject: Option<String>,
-    /// The writer schema's JSON text, when declared.
-    pub avro_schema: Option<String>,
-}
-
-/// A `type: http` sink.
-#[derive(Clone, Debug)]
-pub struct HttpSinkPlan {
-    pub url: String,
-    pub method: String,
-    /// Header values resolved at start (secrets read then, never stored in the plan's text).
-    pub headers: Vec<(String, HeaderValue)>,
-    pub secret: Option<crate::connectors::kafka::SecretRef>,
-    pub timeout: Duration,
-    pub concurrency: usize,
-    pub retry: crate::resilience::retry::RetryPolicy,
-    /// Kafka retry topics' base name (non-blocking retries).
-    pub retry_topic: Option<String>,
-    pub breaker: Option<crate::resilience::breaker::BreakerConfig>,
-    /// `type: fhir`: `url` is the FHIR base; rows of a `fhir` stage are PUT to their
-    /// `request_url` (conditional updates) or, as Bundles, POSTed to the base.
-    pub fhir: bool,
-    /// `type: fhir` with `sync:`: through the sync state instead.
-    pub sync: Option<SyncPlan>,
-    pub auth: AuthPlan,
-    pub tls: TlsPlan,
-}
-
-impl HttpSinkPlan {
-    /// The endpoint (or FHIR base), read from the environment when given as `env:NAME`.
-    pub fn resolved_url(&self) -> Result<String, String> {
-        match self.url.strip_prefix("env:") {
-            Some(var) => std::env::var(var)
-                .map_err(|_| format!("environment variable {var} (url) is not set")),
-            None => Ok(self.url.clone()),
+impl PlannedSource {
+    /// The files read (empty for a stream).
+    pub fn paths(&self) -> &[PathBuf] {
+        match &self.connector {
+            SourcePlan::File { paths } => paths,
+            SourcePlan::Kafka(_) => &[],
         }
     }
 
-    /// The FHIR client settings of a `fhir` sink: base, timeout, retry policy, credentials
-    /// and TLS (secrets read now).
-    pub fn fhir_client_config(&self) -> Result<crate::fhir::client::ClientConfig, String> {
-        let mut c = crate::fhir::client::ClientConfig::new(self.resolved_url()?);
-        c.timeout = self.timeout;
-        c.retry = self.retry.clone();
-        c.auth = self.auth.resolve()?;
-        c.tls = self.tls.resolve()?;
-        Ok(c)
-    }
-}
-
-impl SyncPlan {
-    /// Opens the sync event outputs (the file; the topic on `kafka` when set).
-    pub fn open_events(
-        &self,
-        kafka: Option<&KafkaConnection>,
-    ) -> Result<crate::sync::SyncEvents, String> {
-        crate::sync::SyncEvents::open(&self.events_path, self.events_topic.as_deref(), kafka)
-            .map_err(|e| format!("sync events: {e}"))
-    }
-}
-
-/// `auth:` of a sink, secrets still references (read at start).
-#[derive(Debug, Clone, Default)]
-pub enum AuthPlan {
-    #[default]
-    None,
-    Basic {
-        user: HeaderValue,
-        password: crate::connectors::kafka::SecretRef,
-    },
-    Bearer(crate::connectors::kafka::SecretRef),
-    ApiKey {
-        header: String,
-        key: crate::connectors::kafka::SecretRef,
-    },
-    OAuth2 {
-        token_url: String,
-        client_id: HeaderValue,
-        client_secret: crate::connectors::kafka::SecretRef,
-        scope: Option<String>,
-    },
-}
-
-impl HeaderValue {
-    /// `env:NAME` and `file:/path` are secrets read at start; anything else is literal.
-    pub fn parse(v: &str) -> HeaderValue {
-        match SecretRef::parse(v) {
-            Ok(r) => HeaderValue::Secret(r),
-            Err(_) => HeaderValue::Literal(v.to_string()),
+    pub fn kafka(&self) -> Option<&KafkaSourcePlan> {
+        match &self.connector {
+            SourcePlan::Kafka(k) => Some(k),
+            SourcePlan::File { .. } => None,
         }
     }
 
-    pub fn read(&self) -> Result<String, String> {
-        match self {
-            HeaderValue::Literal(t) => Ok(t.clone()),
-            HeaderValue::Secret(r) => r.read(),
-        }
+    /// A bounded input (files): the run ends when it is read.
+    pub fn is_bounded(&self) -> bool {
+        matches!(self.connector, SourcePlan::File { .. })
     }
-}
-
-impl AuthPlan {
-    /// The credentials, secrets read now.
-    pub fn resolve(&self) -> Result<crate::connectors::http::auth::Auth, String> {
-        use crate::connectors::http::auth::Auth;
-        Ok(match self {
-            AuthPlan::None => Auth::None,
-            AuthPlan::Basic { user, password } => Auth::Basic {
-                user: user.read()?,
-                password: password.read()?,
-            },
-            AuthPlan::Bearer(t) => Auth::Bearer(t.read()?),
-            AuthPlan::ApiKey { header, key } => Auth::ApiKey {
-                header: header.clone(),
-                value: key.read()?,
-            },
-            AuthPlan::OAuth2 {
-                token_url,
-                client_id,
-                client_secret,
-                scope,
-            } => Auth::ClientCredentials {
-                token_url: token_url.clone(),
-                client_id: client_id.read()?,
-                client_secret: client_secret.read()?,
-                scope: scope.clone(),
-            },
-        })
-    }
-}
-
-/// `tls:` of a sink: PEM files, read at start.
-#[derive(Debug, Clone, Default)]
-pub struct TlsPlan {
-    pub ca: Option<PathBuf>,
-    pub cert: Option<PathBuf>,
-    pub key: Option<PathBuf>,
-}
-
-impl TlsPlan {
-    pub fn resolve(&self) -> Result<crate::connectors::http::auth::Tls, String> {
-        let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
-        let identity_pem = match (&self.cert, &self.key) {
-            (Some(c), Some(k)) => {
-                let mut pem = read(c)?;
-                pem.push(b'\n');
-                pem.extend(read(k)?);
-                Some(pem)
-            }
-            _ => None,
-        };
-        Ok(crate::connectors::http::auth::Tls {
-            ca_pem: self.ca.as_ref().map(read).transpose()?,
-            identity_pem,
-        })
-    }
-}
-
-/// A fhir sink's sync settings.
-#[derive(Debug, Clone)]
-pub struct SyncPlan {
-    pub state: SyncStatePlan,
-    pub policy: crate::sync::ConflictPolicy,
-    pub lease: Duration,
-    /// Sync events: always a file, a topic when set.
-    pub events_path: PathBuf,
-    pub events_topic: Option<String>,
-}
-
-/// Where a sink's sync state lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SyncStatePlan {
-    /// PostgreSQL at the URL in this environment variable.
-    Postgres { url_env: String },
-    /// A SQLite file (the embedded default).
-    Sqlite(PathBuf),
-}
-
-impl SyncStatePlan {
-    pub fn location(&self) -> Result<crate::sync::store::StateLocation, String> {
-        use crate::sync::store::StateLocation;
-        match self {
-            SyncStatePlan::Postgres { url_env } => std::env::var(url_env)
-                .map(StateLocation::Postgres)
-                .map_err(|_| format!("sync state in PostgreSQL: set {url_env} to its URL")),
-            SyncStatePlan::Sqlite(p) => Ok(StateLocation::Sqlite(p.clone())),
-        }
-    }
-}
-
-/// A header value: literal, or a secret read at start.
-#[derive(Clone, Debug)]
-pub enum HeaderValue {
-    Literal(String),
-    Secret(crate::connectors::kafka::SecretRef),
 }
 
 pub struct PlannedStage {
@@ -280,27 +71,13 @@ pub struct PlannedStage {
     pub outputs: Vec<(String, SchemaRef)>,
 }
 
-/// Output file formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SinkFormat {
-    Ndjson,
-    Parquet,
-    Arrow,
-}
-
+/// A planned sink: where it reads, the rows it gets, and its connector's plan.
 #[derive(Debug, Clone)]
 pub struct PlannedSink {
     pub name: String,
     pub input: Upstream,
-    /// None = stdout.
-    pub path: Option<PathBuf>,
-    pub format: SinkFormat,
     pub schema: SchemaRef,
-    pub provenance: bool,
-    /// Set for `type: kafka` sinks (then `path`/`format` are unused).
-    pub kafka: Option<KafkaSinkPlan>,
-    /// Set for `type: http` sinks.
-    pub http: Option<HttpSinkPlan>,
+    pub connector: SinkPlan,
 }
 
 /// A pipeline ready to run.
@@ -325,6 +102,36 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Moves every output file (sinks, dead letters, local metrics with their state, breaker
+    /// events, alerts, sync events) into `dir`, keeping the names (`--output DIR`).
+    pub fn relocate_outputs(&mut self, dir: &std::path::Path) {
+        use super::windows::{MetricsLocation, StateStore};
+        let moved = |p: &std::path::Path| dir.join(p.file_name().unwrap_or_default());
+        for s in &mut self.sinks {
+            s.connector.relocate(dir);
+        }
+        if let Some(d) = &self.dlq {
+            self.dlq = Some(moved(d));
+        } else if self.dlq_topic.is_none() {
+            // The default dead-letter file goes with the other outputs (where `plexus query
+            // --output` looks for it), not into the working directory.
+            self.dlq = Some(dir.join(format!("{}.dlq.ndjson", self.name)));
+        }
+        if let Some(m) = &mut self.monitoring {
+            // Local metrics and the state beside them move; object-store metrics stay where
+            // the pipeline says (and so does their state).
+            if let MetricsLocation::Dir(old) = m.metrics.clone() {
+                let new = moved(&old);
+                if m.state == StateStore::Dir(old.join("_state")) {
+                    m.state = StateStore::Dir(new.join("_state"));
+                }
+                m.metrics = MetricsLocation::Dir(new);
+            }
+            m.events_path = moved(&m.events_path);
+            m.alerts_path = moved(&m.alerts_path);
+        }
+    }
+
     pub fn schema_of(&self, up: Upstream) -> SchemaRef {
         match up {
             Upstream::Source => raw_record_schema(),
@@ -340,7 +147,34 @@ pub(super) struct Ctx<'s> {
     registry: Option<std::sync::Arc<SchemaRegistry>>,
 }
 
+impl<'s> Ctx<'s> {
+    /// The context a connector's config is planned in.
+    pub(super) fn connector_cx<'a>(&self, sql: &'a SqlPlanner) -> PlanCx<'a>
+    where
+        's: 'a,
+    {
+        let spec: &'s PipelineSpec = self.spec;
+        PlanCx {
+            base_dir: &spec.base_dir,
+            pipeline: &spec.name,
+            has_kafka: spec.kafka.is_some(),
+            has_registry: spec.schema_registry.is_some(),
+            has_dlq_topic: spec.dlq.as_ref().is_some_and(|d| d.topic.is_some()),
+            sql,
+            errors: Vec::new(),
+        }
+    }
+}
+
 impl Ctx<'_> {
+    /// A connector's findings, at their places in the pipeline file.
+    pub(super) fn take_errors(&mut self, pcx: PlanCx<'_>) {
+        for (span, message) in pcx.errors {
+            self.errors
+                .push(SpecError::at(&self.spec.file, &span, message));
+        }
+    }
+
     pub(super) fn err<T>(&mut self, at: &Spanned<T>, message: impl Into<String>) {
         self.errors
             .push(SpecError::at(&self.spec.file, at.span(), message.into()));
@@ -355,7 +189,7 @@ impl Ctx<'_> {
         file: Option<&std::path::Path>,
         message: String,
     ) {
-        let Some((line, column, message)) = super::sql::error_position(&message, sql) else {
+        let Some((line, column, message)) = crate::sql::error_position(&message, sql) else {
             return self.err(at, message);
         };
         if let Some(file) = file {
@@ -530,9 +364,7 @@ pub async fn build(spec: &PipelineSpec) -> Result<Plan, SpecErrors> {
         Vec::new()
     };
     // Breakers publish their events even without windows.
-    let has_breaker = sinks
-        .iter()
-        .any(|s| s.http.as_ref().is_some_and(|h| h.breaker.is_some()));
+    let has_breaker = sinks.iter().any(|s| s.connector.has_breaker());
     let monitoring = (!spec.windows.is_empty() || spec.monitoring.is_some() || has_breaker)
         .then(|| super::windows::plan_monitoring(&mut cx));
     if spec.sinks.is_empty() {
@@ -568,15 +400,6 @@ pub async fn build(spec: &PipelineSpec) -> Result<Plan, SpecErrors> {
             }
         },
     };
-    if let Some(s) = &source
-        && s.kafka.is_some()
-        && kafka.is_none()
-    {
-        cx.err(
-            &spec.source.kind,
-            "a kafka source needs a `kafka:` connection block",
-        );
-    }
     let registry = spec.schema_registry.as_ref().map(|r| RegistryConfig {
         url: r.url.to_string(),
         username_env: r.username_env.as_ref().map(|s| s.to_string()),
@@ -644,148 +467,21 @@ fn plan_kafka(cx: &mut Ctx<'_>) -> Option<KafkaConnection> {
 
 fn plan_source(cx: &mut Ctx<'_>) -> Option<PlannedSource> {
     let s = &cx.spec.source;
-    let format = match SourceFormat::parse(&s.format) {
+    let format = match SourceFormat::parse(s.format()) {
         Ok(f) => f,
         Err(e) => {
-            cx.err(&s.format, e);
+            cx.err(s.format(), e);
             return None;
         }
     };
-    match s.kind.as_str() {
-        "file" => {}
-        "kafka" => return plan_kafka_source(cx, format),
-        other => {
-            cx.err(
-                &s.kind,
-                format!("unknown source type {other:?} (file, kafka)"),
-            );
-            return None;
-        }
-    }
-    for (key, set) in [
-        ("topics", !s.topics.is_empty()),
-        ("pattern", s.pattern.is_some()),
-        ("group", s.group.is_some()),
-        ("start", s.start.is_some()),
-        ("instance", s.instance.is_some()),
-    ] {
-        if set {
-            cx.err(&s.kind, format!("`{key}` is a kafka source setting"));
-        }
-    }
-    if format == SourceFormat::Avro {
-        cx.err(
-            &s.format,
-            "avro records come from Kafka (Confluent wire format)",
-        );
-        return None;
-    }
-    let Some(path) = &s.path else {
-        cx.err(&s.kind, "a file source needs a `path`");
-        return None;
-    };
-    if path.as_str() == "-" {
-        return Some(PlannedSource {
-            paths: vec![PathBuf::from("-")],
-            format,
-            kafka: None,
-        });
-    }
-    let pattern = cx.spec.resolve(path);
-    let paths: Vec<PathBuf> = match glob::glob(&pattern.to_string_lossy()) {
-        Ok(paths) => paths
-            .filter_map(Result::ok)
-            .filter(|p| p.is_file())
-            .collect(),
-        Err(e) => {
-            cx.err(path, format!("bad glob pattern: {e}"));
-            return None;
-        }
-    };
-    if paths.is_empty() {
-        cx.err(path, format!("no input file matches {}", pattern.display()));
-        return None;
-    }
+    let sql = SqlPlanner::new();
+    let mut pcx = cx.connector_cx(&sql);
+    let connector = s.config.plan(&mut pcx, &s.kind, format);
+    cx.take_errors(pcx);
     Some(PlannedSource {
-        paths,
         format,
-        kafka: None,
+        connector: connector?,
     })
-}
-
-fn plan_kafka_source(cx: &mut Ctx<'_>, format: SourceFormat) -> Option<PlannedSource> {
-    let s = &cx.spec.source;
-    if let Some(p) = &s.path {
-        cx.err(
-            p,
-            "a kafka source reads `topics` or a `pattern`, not a `path`",
-        );
-    }
-    if format == SourceFormat::Csv {
-        cx.err(&s.format, "kafka messages are hl7, json or avro");
-        return None;
-    }
-    if s.topics.is_empty() == s.pattern.is_none() {
-        cx.err(
-            &s.kind,
-            "a kafka source needs `topics` or a `pattern` (one of them)",
-        );
-        return None;
-    }
-    if let Some(p) = &s.pattern
-        && let Err(e) = regex_check(p)
-    {
-        cx.err(p, e);
-    }
-    let start = match s.start.as_ref().map(|s| s.as_str()) {
-        None | Some("earliest") => "earliest",
-        Some("latest") => "latest",
-        Some(other) => {
-            cx.err(
-                s.start.as_ref().expect("some"),
-                format!("start is `earliest` or `latest`, not {other:?}"),
-            );
-            return None;
-        }
-    };
-    Some(PlannedSource {
-        paths: Vec::new(),
-        format,
-        kafka: Some(KafkaSourcePlan {
-            topics: s.topics.iter().map(|t| t.to_string()).collect(),
-            pattern: s.pattern.as_ref().map(|p| p.to_string()),
-            group: s
-                .group
-                .as_ref()
-                .map(|g| g.to_string())
-                .unwrap_or_else(|| cx.spec.name.to_string()),
-            start: start.to_string(),
-            instance: s.instance.as_ref().map(|i| i.to_string()),
-        }),
-    })
-}
-
-/// A light check of a topic regex (librdkafka compiles it; unbalanced groups are the usual
-/// mistake).
-fn regex_check(p: &str) -> Result<(), String> {
-    let mut depth = 0i32;
-    let mut escaped = false;
-    for c in p.chars() {
-        match (escaped, c) {
-            (true, _) => escaped = false,
-            (false, '\\') => escaped = true,
-            (false, '(') => depth += 1,
-            (false, ')') => depth -= 1,
-            _ => {}
-        }
-        if depth < 0 {
-            return Err("unbalanced `)` in topic pattern".into());
-        }
-    }
-    if depth != 0 {
-        return Err("unbalanced `(` in topic pattern".into());
-    }
-    Ok(())
 }
 
 /// Resolves `stage` / `stage.output` (or the previous stage) to an upstream port.
@@ -901,7 +597,7 @@ async fn plan_stage(
 ) -> Option<Box<dyn Operator>> {
     match stage {
         StageSpec::Fhir(f) => {
-            if SourceFormat::parse(&cx.spec.source.format).ok() != Some(SourceFormat::Hl7) {
+            if SourceFormat::parse(&cx.spec.source.format()).ok() != Some(SourceFormat::Hl7) {
                 cx.err(
                     &f.name,
                     "a `fhir` stage maps HL7v2: the source format must be hl7",
@@ -952,13 +648,13 @@ async fn plan_stage(
                     return None;
                 }
             };
-            if format != SourceFormat::parse(&cx.spec.source.format).unwrap_or(format) {
+            if format != SourceFormat::parse(&cx.spec.source.format()).unwrap_or(format) {
                 cx.err(
                     &p.format,
                     format!(
                         "parse format {:?} differs from the source format {:?}",
                         p.format.as_str(),
-                        cx.spec.source.format.as_str()
+                        cx.spec.source.format().as_str()
                     ),
                 );
             }
@@ -1115,7 +811,7 @@ async fn plan_stage(
                     if projection.len() != select.len() {
                         return None;
                     }
-                    super::sql::PlannedSelect {
+                    crate::sql::PlannedSelect {
                         projection,
                         filter: None,
                     }
@@ -1335,51 +1031,6 @@ fn literal(sql: &SqlPlanner, text: &str) -> Result<ScalarValue, String> {
     ScalarValue::try_from_array(&v, 0).map_err(|e| e.to_string())
 }
 
-/// Whether a file output can be written at `path`: not a directory, not under the kernel's
-/// pseudo file systems, and its nearest existing ancestor a directory. (Missing directories
-/// are created by the run.)
-fn check_output_path(path: &std::path::Path) -> Result<(), String> {
-    if ["/proc", "/sys", "/dev"]
-        .iter()
-        .any(|root| path.starts_with(root))
-    {
-        return Err(format!(
-            "{} is not a place for an output file (a kernel pseudo file system)",
-            path.display()
-        ));
-    }
-    if path.is_dir() {
-        return Err(format!("{} is a directory, not a file", path.display()));
-    }
-    let mut ancestor = path.parent();
-    while let Some(a) = ancestor {
-        if a.as_os_str().is_empty() || a.exists() {
-            let a = if a.as_os_str().is_empty() {
-                std::path::Path::new(".")
-            } else {
-                a
-            };
-            if !a.is_dir() {
-                return Err(format!(
-                    "{} cannot be created: {} is a file, not a directory",
-                    path.display(),
-                    a.display()
-                ));
-            }
-            if a.metadata().is_ok_and(|m| m.permissions().readonly()) {
-                return Err(format!(
-                    "{} cannot be written: {} is read-only",
-                    path.display(),
-                    a.display()
-                ));
-            }
-            return Ok(());
-        }
-        ancestor = a.parent();
-    }
-    Ok(())
-}
-
 /// The pipeline's schema registry client (one per plan, shared by its stages).
 fn registry(cx: &mut Ctx<'_>, at: &Spanned<String>) -> Option<std::sync::Arc<SchemaRegistry>> {
     if let Some(r) = &cx.registry {
@@ -1447,436 +1098,15 @@ fn plan_sink(
         }
         Upstream::Stage { stage, port } => stages[stage].outputs[port].1.clone(),
     };
-    if s.kind.as_str() == "kafka" {
-        let kafka = plan_kafka_sink(cx, s, &schema, sql)?;
-        return Some(PlannedSink {
-            name: s.name.to_string(),
-            input,
-            path: None,
-            format: SinkFormat::Ndjson,
-            schema,
-            provenance: s.provenance,
-            kafka: Some(kafka),
-            http: None,
-        });
-    }
-    if matches!(s.kind.as_str(), "http" | "fhir") {
-        let mut http = plan_http_sink(cx, s)?;
-        if s.kind.as_str() == "fhir" {
-            for col in ["resource", "request_url"] {
-                if schema.column_with_name(col).is_none() {
-                    cx.err(
-                        &s.name,
-                        format!(
-                            "a fhir sink reads the `{col}` column: its input must be a `fhir` stage"
-                        ),
-                    );
-                }
-            }
-            for (key, set) in [
-                ("method", s.method.is_some()),
-                ("secret", s.secret.is_some()),
-            ] {
-                if set {
-                    cx.err(&s.kind, format!("`{key}` is not a fhir sink setting (FHIR decides the method; credentials go in `auth`)"));
-                }
-            }
-            http.fhir = true;
-            if let Some(sy) = &s.sync {
-                if let Some(t) = s.retry.as_ref().and_then(|r| r.topic.as_ref()) {
-                    cx.err(t, "a syncing fhir sink retries in place (each entity under its lease), not on retry topics");
-                }
-                http.sync = plan_sync(cx, sy);
-            }
-        } else if s.sync.is_some() {
-            cx.err(&s.kind, "`sync` is a fhir sink setting");
-        }
-        return Some(PlannedSink {
-            name: s.name.to_string(),
-            input,
-            path: None,
-            format: SinkFormat::Ndjson,
-            schema,
-            provenance: s.provenance,
-            kafka: None,
-            http: Some(http),
-        });
-    }
-    for (key, set) in [
-        ("url", s.url.is_some()),
-        ("method", s.method.is_some()),
-        ("headers", !s.headers.is_empty()),
-        ("secret", s.secret.is_some()),
-        ("timeout", s.timeout.is_some()),
-        ("concurrency", s.concurrency.is_some()),
-        ("retry", s.retry.is_some()),
-        ("breaker", s.breaker.is_some()),
-    ] {
-        if set {
-            cx.err(&s.kind, format!("`{key}` is an http sink setting"));
-        }
-    }
-    for (key, set) in [
-        ("topic", s.topic.is_some()),
-        ("key", s.key.is_some()),
-        ("subject", s.subject.is_some()),
-        ("schema", s.schema.is_some()),
-    ] {
-        if set {
-            cx.err(&s.kind, format!("`{key}` is a kafka sink setting"));
-        }
-    }
-    let format = match s.format.as_ref().map(|f| f.as_str()) {
-        None | Some("ndjson") | Some("json") => SinkFormat::Ndjson,
-        Some("parquet") => SinkFormat::Parquet,
-        Some("arrow") | Some("ipc") => SinkFormat::Arrow,
-        Some(other) => {
-            cx.err(
-                s.format.as_ref().expect("some"),
-                format!("unknown sink format {other:?} (ndjson, parquet, arrow)"),
-            );
-            return None;
-        }
-    };
-    let path = match s.kind.as_str() {
-        "file" => match &s.path {
-            Some(p) => {
-                let path = cx.spec.resolve(p);
-                if let Err(e) = check_output_path(&path) {
-                    cx.err(p, e);
-                    return None;
-                }
-                Some(path)
-            }
-            None => {
-                cx.err(&s.kind, "a file sink needs a `path`");
-                return None;
-            }
-        },
-        "stdout" => None,
-        other => {
-            cx.err(
-                &s.kind,
-                format!("unknown sink type {other:?} (file, stdout, kafka, http, fhir)"),
-            );
-            return None;
-        }
-    };
+    let mut pcx = cx.connector_cx(sql);
+    let connector = s.config.plan(&mut pcx, &s.kind, &s.name, &schema);
+    cx.take_errors(pcx);
     Some(PlannedSink {
         name: s.name.to_string(),
         input,
-        path,
-        format,
         schema,
-        provenance: s.provenance,
-        kafka: None,
-        http: None,
+        connector: connector?,
     })
-}
-
-fn plan_http_sink(cx: &mut Ctx<'_>, s: &crate::spec::SinkSpec) -> Option<HttpSinkPlan> {
-    use crate::connectors::kafka::SecretRef;
-    use crate::resilience::retry::{Backoff, RetryPolicy};
-    for (key, set) in [
-        ("path", s.path.is_some()),
-        ("topic", s.topic.is_some()),
-        ("key", s.key.is_some()),
-        ("subject", s.subject.is_some()),
-        ("schema", s.schema.is_some()),
-    ] {
-        if set {
-            cx.err(&s.kind, format!("`{key}` is not an http sink setting"));
-        }
-    }
-    if let Some(f) = &s.format
-        && !matches!(f.as_str(), "json" | "ndjson")
-    {
-        cx.err(f, "http sinks send json");
-    }
-    let Some(url) = &s.url else {
-        cx.err(
-            &s.kind,
-            format!(
-                "a{} sink needs a `url`",
-                if s.kind.as_str() == "fhir" {
-                    " fhir"
-                } else {
-                    "n http"
-                }
-            ),
-        );
-        return None;
-    };
-    let url_text = match url.strip_prefix("env:") {
-        Some(name) => std::env::var(name).unwrap_or_default(),
-        None => url.to_string(),
-    };
-    if let Err(e) = reqwest::Url::parse(&url_text) {
-        cx.err(url, format!("not a URL ({e})"));
-    }
-    let method = s
-        .method
-        .as_ref()
-        .map(|m| m.to_ascii_uppercase())
-        .unwrap_or_else(|| "POST".into());
-    if !matches!(method.as_str(), "POST" | "PUT" | "PATCH") {
-        cx.err(
-            s.method.as_ref().expect("set"),
-            "method is POST, PUT or PATCH",
-        );
-    }
-    let headers: Vec<(String, HeaderValue)> = s
-        .headers
-        .iter()
-        .map(|(k, v)| (k.clone(), HeaderValue::parse(v)))
-        .collect();
-    let secret = match &s.secret {
-        Some(v) => match SecretRef::parse(v) {
-            Ok(r) => Some(r),
-            Err(e) => {
-                cx.err(v, e);
-                None
-            }
-        },
-        None => None,
-    };
-    let mut dur = |v: &Option<Spanned<String>>, default: Duration| duration_or(cx, v, default);
-    let timeout = dur(&s.timeout, Duration::from_secs(30));
-    let mut retry = RetryPolicy {
-        jitter: 0.2,
-        ..RetryPolicy::default()
-    };
-    let mut retry_topic = None;
-    if let Some(r) = &s.retry {
-        retry.base = dur(&r.base, retry.base);
-        retry.max_delay = dur(&r.max_delay, retry.max_delay);
-        retry.max_outage = dur(&r.max_outage, retry.max_outage);
-        if let Some(n) = &r.max_attempts {
-            if **n == 0 || **n > 20 {
-                cx.err(n, "max_attempts is between 1 and 20");
-            }
-            retry.max_attempts = (**n).clamp(1, 20);
-        }
-        if let Some(b) = &r.backoff {
-            retry.backoff = match b.as_str() {
-                "linear" => Backoff::Linear,
-                "exponential" => Backoff::Exponential,
-                other => {
-                    cx.err(
-                        b,
-                        format!("backoff is linear or exponential, not {other:?}"),
-                    );
-                    Backoff::Exponential
-                }
-            };
-        }
-        if let Some(j) = &r.jitter {
-            if !(0.0..=1.0).contains(&**j) {
-                cx.err(j, "jitter is a fraction between 0 and 1");
-            }
-            retry.jitter = j.clamp(0.0, 1.0);
-        }
-        if let Some(t) = &r.topic {
-            if cx.spec.kafka.is_none() {
-                cx.err(t, "retry topics need a `kafka:` connection block");
-            }
-            // The worker dead-letters exhausted records itself: it needs the DLQ topic.
-            if cx
-                .spec
-                .dlq
-                .as_ref()
-                .and_then(|d| d.topic.as_ref())
-                .is_none()
-            {
-                cx.err(
-                    t,
-                    "retry topics need a dead-letter topic (`dlq: {topic: ...}`)",
-                );
-            }
-            retry_topic = Some(t.to_string());
-        }
-    }
-    let breaker = s.breaker.as_ref().map(|b| plan_breaker(cx, b));
-    let (auth, tls) = plan_auth(cx, s);
-    let concurrency = s.concurrency.as_ref().map(|c| **c).unwrap_or(8);
-    if let Some(c) = &s.concurrency
-        && (**c == 0 || **c > 1024)
-    {
-        cx.err(c, "concurrency is between 1 and 1024");
-    }
-    Some(HttpSinkPlan {
-        url: url.to_string(),
-        method,
-        headers,
-        secret,
-        timeout,
-        concurrency: concurrency.clamp(1, 1024),
-        retry,
-        retry_topic,
-        breaker,
-        fhir: false,
-        sync: None,
-        auth,
-        tls,
-    })
-}
-
-fn plan_sync(cx: &mut Ctx<'_>, sy: &crate::spec::SyncSpec) -> Option<SyncPlan> {
-    use crate::sync::{ConflictPolicy, Side};
-    let name = cx.spec.name.to_string();
-    let state = match &sy.state {
-        Some(s) if s.as_str() == "postgres" => SyncStatePlan::Postgres {
-            url_env: "DATABASE_URL".into(),
-        },
-        Some(s) if s.starts_with("postgres://") || s.starts_with("postgresql://") => {
-            // A URL here would put the database password in the pipeline file.
-            cx.err(s, "write `state: postgres` and put the URL in DATABASE_URL");
-            return None;
-        }
-        Some(s) => {
-            let p = s.strip_prefix("sqlite:").unwrap_or(s);
-            SyncStatePlan::Sqlite(cx.spec.resolve(p))
-        }
-        None => SyncStatePlan::Sqlite(cx.spec.resolve(&format!("{name}.sync.db"))),
-    };
-    let policy = match sy.conflicts.as_ref().map(|c| c.as_str()) {
-        None | Some("manual") => ConflictPolicy::Manual,
-        Some("timestamp_wins") => ConflictPolicy::TimestampWins,
-        Some("local_wins") => ConflictPolicy::SourcePriority(Side::Local),
-        Some("external_wins") => ConflictPolicy::SourcePriority(Side::External),
-        Some(_) => {
-            let c = sy.conflicts.as_ref().expect("some");
-            cx.err(
-                c,
-                "conflicts: manual, timestamp_wins, local_wins or external_wins",
-            );
-            return None;
-        }
-    };
-    let lease = duration_or(cx, &sy.lease, Duration::from_secs(30));
-    let events = sy.events.as_ref();
-    if let Some(e) = events {
-        for (key, v) in [("webhook", &e.webhook), ("secret", &e.secret)] {
-            if let Some(v) = v {
-                cx.err(v, format!("`{key}` is not a sync events setting"));
-            }
-        }
-        if let Some(t) = &e.topic
-            && cx.spec.kafka.is_none()
-        {
-            cx.err(t, "a sync events topic needs a `kafka:` connection block");
-        }
-    }
-    Some(SyncPlan {
-        state,
-        policy,
-        lease,
-        events_path: match events.and_then(|e| e.path.as_ref()) {
-            Some(p) => cx.spec.resolve(p),
-            None => cx.spec.resolve(&format!("{name}.sync_events.ndjson")),
-        },
-        events_topic: events.and_then(|e| e.topic.as_ref()).map(|t| t.to_string()),
-    })
-}
-
-/// `auth:` and `tls:` of an http or fhir sink.
-fn plan_auth(cx: &mut Ctx<'_>, s: &crate::spec::SinkSpec) -> (AuthPlan, TlsPlan) {
-    let tls = match &s.tls {
-        Some(t) => {
-            if t.cert.is_some() != t.key.is_some() {
-                let at = t.cert.as_ref().or(t.key.as_ref()).expect("one is set");
-                cx.err(at, "mutual TLS needs both `cert` and `key`");
-            }
-            TlsPlan {
-                ca: t.ca.as_ref().map(|p| cx.spec.resolve(p)),
-                cert: t.cert.as_ref().map(|p| cx.spec.resolve(p)),
-                key: t.key.as_ref().map(|p| cx.spec.resolve(p)),
-            }
-        }
-        None => TlsPlan::default(),
-    };
-    let Some(a) = &s.auth else {
-        return (AuthPlan::None, tls);
-    };
-    let fields = [
-        ("user", &a.user),
-        ("password", &a.password),
-        ("token", &a.token),
-        ("header", &a.header),
-        ("key", &a.key),
-        ("token_url", &a.token_url),
-        ("client_id", &a.client_id),
-        ("client_secret", &a.client_secret),
-        ("scope", &a.scope),
-    ];
-    let (needed, allowed): (&[&str], &[&str]) = match a.kind.as_str() {
-        "basic" => (&["user", "password"], &[]),
-        "bearer" => (&["token"], &[]),
-        "api_key" => (&["key"], &["header"]),
-        "oauth2" => (&["token_url", "client_id", "client_secret"], &["scope"]),
-        other => {
-            cx.err(
-                &a.kind,
-                format!("auth type is basic, bearer, api_key or oauth2, not {other:?}"),
-            );
-            return (AuthPlan::None, tls);
-        }
-    };
-    let mut ok = true;
-    for (key, v) in fields {
-        match v {
-            Some(v) if !needed.contains(&key) && !allowed.contains(&key) => {
-                cx.err(
-                    v,
-                    format!("`{key}` is not a setting of {} auth", a.kind.as_str()),
-                );
-                ok = false;
-            }
-            None if needed.contains(&key) => {
-                cx.err(&a.kind, format!("{} auth needs `{key}`", a.kind.as_str()));
-                ok = false;
-            }
-            _ => {}
-        }
-    }
-    if !ok {
-        return (AuthPlan::None, tls);
-    }
-    // Checked present above.
-    let set = |v: &Option<Spanned<String>>| v.as_ref().expect("checked").clone();
-    // Secrets come from the environment or a file, never from the pipeline's text.
-    let secret = |cx: &mut Ctx<'_>, v: &Option<Spanned<String>>| {
-        let v = set(v);
-        SecretRef::parse(&v).map_err(|e| cx.err(&v, e)).ok()
-    };
-    let plain = |v: &Option<Spanned<String>>| HeaderValue::parse(&set(v));
-    let auth = match a.kind.as_str() {
-        "basic" => secret(cx, &a.password).map(|password| AuthPlan::Basic {
-            user: plain(&a.user),
-            password,
-        }),
-        "bearer" => secret(cx, &a.token).map(AuthPlan::Bearer),
-        "api_key" => secret(cx, &a.key).map(|key| AuthPlan::ApiKey {
-            header: a
-                .header
-                .as_ref()
-                .map_or("X-API-Key".to_string(), |h| h.to_string()),
-            key,
-        }),
-        _ => {
-            let token_url = set(&a.token_url);
-            if let Err(e) = reqwest::Url::parse(&token_url) {
-                cx.err(&token_url, format!("not a URL ({e})"));
-            }
-            secret(cx, &a.client_secret).map(|client_secret| AuthPlan::OAuth2 {
-                token_url: token_url.to_string(),
-                client_id: plain(&a.client_id),
-                client_secret,
-                scope: a.scope.as_ref().map(|s| s.to_string()),
-            })
-        }
-    };
-    (auth.unwrap_or_default(), tls)
 }
 
 /// A duration setting, or `default` when absent (a bad value is reported at its place).
@@ -1895,143 +1125,6 @@ pub(super) fn duration_or(
         },
         None => default,
     }
-}
-
-fn plan_breaker(
-    cx: &mut Ctx<'_>,
-    b: &crate::spec::BreakerSpec,
-) -> crate::resilience::breaker::BreakerConfig {
-    use crate::resilience::breaker::{BreakerConfig, SlidingWindow};
-    let mut c = BreakerConfig::default();
-    let mut dur = |v: &Option<Spanned<String>>, default: Duration| duration_or(cx, v, default);
-    c.slow_call_duration = dur(&b.slow_call, c.slow_call_duration);
-    c.wait_in_open = dur(&b.wait, c.wait_in_open);
-    c.max_wait_in_open = dur(&b.max_wait, c.max_wait_in_open.max(c.wait_in_open));
-    c.max_wait_in_half_open = dur(&b.half_open_max_wait, c.max_wait_in_half_open);
-    if let Some(w) = &b.window {
-        match w.parse::<usize>() {
-            Ok(n) if n > 0 => c.window = SlidingWindow::Count(n),
-            _ => match crate::spec::parse_duration(w) {
-                Ok(d) if d >= Duration::from_secs(1) => c.window = SlidingWindow::Time(d),
-                _ => cx.err(
-                    w,
-                    "window is a number of calls (100) or a span of at least 1s (60s)",
-                ),
-            },
-        }
-    }
-    // A count window smaller than the minimum could never trip.
-    let window_calls = match c.window {
-        SlidingWindow::Count(n) => n,
-        SlidingWindow::Time(_) => usize::MAX,
-    };
-    c.minimum_calls = b
-        .minimum_calls
-        .as_ref()
-        .map(|m| **m)
-        .unwrap_or(c.minimum_calls.min(window_calls));
-    if let Some(m) = &b.minimum_calls
-        && (**m == 0 || **m > window_calls)
-    {
-        cx.err(m, "minimum_calls is between 1 and the window's size");
-    }
-    for (v, slot) in [
-        (&b.failure_rate, &mut c.failure_rate_threshold),
-        (&b.slow_call_rate, &mut c.slow_call_rate_threshold),
-    ] {
-        if let Some(r) = v {
-            if !(**r > 0.0 && **r <= 100.0) {
-                cx.err(r, "a rate threshold is a percentage in (0, 100]");
-            }
-            *slot = **r;
-        }
-    }
-    if let Some(m) = &b.wait_multiplier {
-        if **m < 1.0 {
-            cx.err(m, "wait_multiplier is at least 1");
-        }
-        c.wait_multiplier = m.max(1.0);
-    }
-    if let Some(n) = &b.half_open_calls {
-        if **n == 0 {
-            cx.err(n, "half_open_calls is at least 1");
-        }
-        c.permitted_in_half_open = (**n).max(1);
-    }
-    c.max_failures = b.max_failures.as_ref().map(|m| **m);
-    c
-}
-
-fn plan_kafka_sink(
-    cx: &mut Ctx<'_>,
-    s: &crate::spec::SinkSpec,
-    schema: &SchemaRef,
-    sql: &SqlPlanner,
-) -> Option<KafkaSinkPlan> {
-    if cx.spec.kafka.is_none() {
-        cx.err(&s.kind, "a kafka sink needs a `kafka:` connection block");
-    }
-    if let Some(p) = &s.path {
-        cx.err(p, "a kafka sink writes a `topic`, not a `path`");
-    }
-    let Some(topic) = &s.topic else {
-        cx.err(&s.kind, "a kafka sink needs a `topic`");
-        return None;
-    };
-    let avro = match s.format.as_ref().map(|f| f.as_str()) {
-        None | Some("json") | Some("ndjson") => false,
-        Some("avro") => true,
-        Some(other) => {
-            cx.err(
-                s.format.as_ref().expect("some"),
-                format!("kafka sinks write json or avro, not {other:?}"),
-            );
-            return None;
-        }
-    };
-    let key = match &s.key {
-        Some(k) => match sql.expr(&format!("{}.key", s.name.as_str()), k, schema) {
-            Ok(e) => Some(e),
-            Err(e) => {
-                cx.err(k, e);
-                return None;
-            }
-        },
-        None => None,
-    };
-    let avro_schema = match &s.schema {
-        Some(p) if avro => {
-            let path = cx.spec.resolve(p);
-            match std::fs::read_to_string(&path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))
-                .and_then(|t| {
-                    apache_avro::Schema::parse_str(&t)
-                        .map(|_| t)
-                        .map_err(|e| format!("{}: {e}", path.display()))
-                }) {
-                Ok(t) => Some(t),
-                Err(e) => {
-                    cx.err(p, e);
-                    return None;
-                }
-            }
-        }
-        Some(p) => {
-            cx.err(p, "`schema` is for avro sinks");
-            None
-        }
-        None => None,
-    };
-    if avro && cx.spec.schema_registry.is_none() {
-        cx.err(&s.kind, "an avro sink needs a `schema_registry:` block");
-    }
-    Some(KafkaSinkPlan {
-        topic: topic.to_string(),
-        key,
-        avro,
-        subject: s.subject.as_ref().map(|x| x.to_string()),
-        avro_schema,
-    })
 }
 
 /// Every stage output must be read by a later stage or a sink: rows sent nowhere would be lost.

@@ -2,9 +2,6 @@
 //! DataFusion, every reference (column, file, output) checked before anything runs.
 
 pub mod graph;
-pub mod read_only;
-pub mod sql;
-pub mod udfs;
 pub mod windows;
 
 pub use graph::{Plan, PlannedSink, PlannedStage, build};

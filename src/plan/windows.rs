@@ -4,10 +4,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use marked_yaml::Spanned;
+use crate::config::Spanned;
 
 use super::graph::{Ctx, PlannedSink, PlannedStage, Upstream, duration_or, resolve_upstream};
-use super::sql::SqlPlanner;
 use crate::connectors::kafka::SecretRef;
 use crate::metrics::outcome::outcome_schema;
 use crate::metrics::window::WindowConfig;
@@ -17,6 +16,7 @@ use crate::operators::window::{
 };
 use crate::resilience::breaker::BreakerConfig;
 use crate::spec::WindowSpec;
+use crate::sql::SqlPlanner;
 
 /// What a window reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -406,10 +406,10 @@ fn plan_window(
             }
         }
         match sinks.iter_mut().find(|s| s.name == b.sink.as_str()) {
-            Some(s) => match &mut s.http {
-                Some(h) => {
+            Some(s) => match s.connector.breaker_mut() {
+                Some(breaker) => {
                     // Only the window opens it; probes still decide half-open → closed.
-                    h.breaker.get_or_insert_with(|| BreakerConfig {
+                    breaker.get_or_insert_with(|| BreakerConfig {
                         minimum_calls: usize::MAX,
                         ..BreakerConfig::default()
                     });

@@ -8,9 +8,9 @@
 //! filtered (dropped on purpose by a route or inner join); the summary shows the numbers and
 //! that they add up to the records read.
 
-pub mod checkpoint;
 pub mod summary;
 pub mod telemetry;
+pub mod topology;
 pub mod windows;
 
 use std::collections::HashMap;
@@ -23,11 +23,11 @@ use arrow::datatypes::Int64Type;
 use arrow::record_batch::RecordBatch;
 use tokio::sync::mpsc;
 
+pub use crate::connectors::checkpoint::Checkpoints;
 use crate::connectors::{BatchSink, BatchSource, DeadLetterSink, Durable};
 use crate::operators::{DeadLetters, RECORD_INDEX};
 use crate::plan::Plan;
 use crate::plan::graph::Upstream;
-pub use checkpoint::Checkpoints;
 pub use summary::{RunSummary, StageSummary};
 
 /// Batches in flight per channel: enough to keep both cores busy, small enough to bound memory.

@@ -7,16 +7,43 @@
 //! a key is an error, not a silently ignored setting).
 
 pub mod error;
+pub mod schema;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use indexmap::IndexMap;
-use marked_yaml::{LoadError, LoaderOptions, Node, Spanned};
+use marked_yaml::{LoadError, LoaderOptions, Node};
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
+pub use crate::config::{Spanned, parse_duration};
+pub use crate::connectors::registry::{SinkConfig, SourceConfig};
 pub use error::{SpecError, SpecErrors, SpecLocation};
+
+/// `source:`: its `type` and the typed config of the connector it names.
+#[derive(Debug)]
+pub struct SourceSpec {
+    pub kind: Spanned<String>,
+    pub config: SourceConfig,
+}
+
+impl SourceSpec {
+    /// How bytes are framed into records (every source has a `format`).
+    pub fn format(&self) -> &Spanned<String> {
+        self.config.format()
+    }
+}
+
+/// One of `sinks:`: the keys every sink has, and the typed config of its connector.
+#[derive(Debug)]
+pub struct SinkSpec {
+    pub name: Spanned<String>,
+    /// `stage` or `stage.output` (default: the last stage).
+    pub input: Option<Spanned<String>>,
+    pub kind: Spanned<String>,
+    pub config: SinkConfig,
+}
 
 /// A loaded pipeline file.
 #[derive(Debug)]
@@ -46,7 +73,7 @@ pub struct PipelineSpec {
 
 /// How to reach the Kafka cluster. Secrets never live here: `secrets` names environment
 /// variables or files that hold them, and `PLEXUS_KAFKA_BROKERS` overrides `brokers`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSpec {
     /// `host:port[,host:port]`.
@@ -63,7 +90,7 @@ pub struct KafkaSpec {
 }
 
 /// A schema registry: its URL, and credentials from the environment.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegistrySpec {
     pub url: Spanned<String>,
@@ -73,7 +100,7 @@ pub struct RegistrySpec {
 }
 
 /// The seed's IntegrationConfiguration, as far as a pipeline needs it.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IntegrationSpec {
     pub id: Spanned<String>,
@@ -83,7 +110,7 @@ pub struct IntegrationSpec {
 }
 
 /// The external system: type (ehr, lis, ris, ...), name and vendor.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SystemSpec {
     #[serde(rename = "type")]
@@ -92,7 +119,7 @@ pub struct SystemSpec {
     pub vendor: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Header {
     name: Spanned<String>,
@@ -102,10 +129,13 @@ struct Header {
     batch: Option<BatchSpec>,
     // Read per component type afterwards; named here so that `deny_unknown_fields` knows them.
     #[allow(dead_code)]
+    #[schemars(skip)]
     source: IgnoredAny,
     #[allow(dead_code)]
+    #[schemars(skip)]
     stages: IgnoredAny,
     #[allow(dead_code)]
+    #[schemars(skip)]
     sinks: IgnoredAny,
     #[serde(default)]
     dlq: Option<DlqSpec>,
@@ -124,7 +154,7 @@ struct Header {
 /// A windowed aggregation: `input` is a stage output (any stream) or `outcomes` (one row
 /// per sink call: `integration, sink, record, attempt, status, http_status, latency_ms,
 /// at`). Every expression is SQL over the input's columns.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WindowSpec {
     pub name: Spanned<String>,
@@ -156,7 +186,7 @@ pub struct WindowSpec {
 }
 
 /// `breaker: {sink: ehr, trip: "error_rate > 0.5 AND total >= 20"}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WindowBreakerSpec {
     pub sink: Spanned<String>,
@@ -164,7 +194,7 @@ pub struct WindowBreakerSpec {
 }
 
 /// `{name: slow, when: "latency_p95_ms > 2000", severity: warning}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AlertRuleSpec {
     pub name: Spanned<String>,
@@ -174,7 +204,7 @@ pub struct AlertRuleSpec {
 }
 
 /// The pipeline's monitoring outputs.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MonitoringSpec {
     /// The seed's `monitoring.alertThresholds`, turned into alert rules on every window.
@@ -191,7 +221,7 @@ pub struct MonitoringSpec {
 }
 
 /// The seed's `alertThresholds`: response time, error rate, data quality.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ThresholdsSpec {
     /// Average latency above this raises a warning (`integration_performance`).
@@ -203,7 +233,7 @@ pub struct ThresholdsSpec {
 }
 
 /// A monitoring output: a local path, a Kafka topic, and (alerts) a webhook.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OutputSpec {
     pub path: Option<Spanned<String>>,
@@ -213,35 +243,8 @@ pub struct OutputSpec {
     pub secret: Option<Spanned<String>>,
 }
 
-/// Where records come from.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SourceSpec {
-    /// `file` (the embedded default) or `kafka`.
-    #[serde(rename = "type")]
-    pub kind: Spanned<String>,
-    /// file: a path or glob, relative to the pipeline file. `-` reads stdin.
-    pub path: Option<Spanned<String>>,
-    /// How bytes are framed into records: `hl7`, `ndjson` or `csv` (files); for Kafka each
-    /// message is a record (`hl7` also splits batch files), `json`, `avro` or `raw`.
-    pub format: Spanned<String>,
-    /// kafka: the topics to read.
-    #[serde(default)]
-    pub topics: Vec<Spanned<String>>,
-    /// kafka: or a regex of topic names (`^facility\..*`).
-    pub pattern: Option<Spanned<String>>,
-    /// kafka: the consumer group (default: the pipeline name).
-    pub group: Option<Spanned<String>>,
-    /// kafka: where a group without committed offsets starts: `earliest` (default) or `latest`.
-    pub start: Option<Spanned<String>>,
-    /// kafka: static group membership (`group.instance.id`): a restarted process with the
-    /// same id takes its partitions back at once instead of waiting for the broker to expire
-    /// the old member. `PLEXUS_KAFKA_INSTANCE_ID` overrides (one id per process).
-    pub instance: Option<Spanned<String>>,
-}
-
 /// How rows are grouped into Arrow batches.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchSpec {
     /// Signed so that `-1` reads, and is refused with the allowed range (not a parse error).
@@ -265,25 +268,6 @@ impl Default for BatchSpec {
             max_bytes: None,
             max_delay: None,
         }
-    }
-}
-
-/// Parses `250ms`, `2s`, `1m`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("duration {t:?} needs a unit (ms, s, m, h)"))?;
-    let (n, unit) = t.split_at(split);
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("duration {t:?} must start with a number"))?;
-    match unit.trim() {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        u => Err(format!("unknown duration unit {u:?} (ms, s, m, h)")),
     }
 }
 
@@ -341,7 +325,7 @@ impl StageSpec {
 }
 
 /// Decodes records into columns.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ParseStage {
     pub name: Spanned<String>,
@@ -361,7 +345,7 @@ pub struct ParseStage {
 }
 
 /// HL7v2 → FHIR R4 per the v2-to-FHIR IG: reads the source's raw HL7 records.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FhirStage {
     pub name: Spanned<String>,
@@ -379,7 +363,7 @@ pub struct FhirStage {
 }
 
 /// An HL7 column: `{name: mrn, path: PID-3.1, type: utf8}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ColumnDecl {
     pub name: Spanned<String>,
@@ -390,7 +374,7 @@ pub struct ColumnDecl {
 
 /// A SQL projection: `sql:` (inline `SELECT ... FROM input` or a `.sql` file) or `select:`
 /// (`name: expression` pairs, in order).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MapStage {
     pub name: Spanned<String>,
@@ -402,7 +386,7 @@ pub struct MapStage {
 }
 
 /// A join with a reference table.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LookupStage {
     pub name: Spanned<String>,
@@ -429,7 +413,7 @@ pub struct LookupStage {
 }
 
 /// A reference table read from PostgreSQL.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresTable {
     /// Environment variable holding the connection URL (default `DATABASE_URL`): credentials
@@ -439,7 +423,7 @@ pub struct PostgresTable {
     pub query: Spanned<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LookupKey {
     pub input: Spanned<String>,
@@ -447,7 +431,7 @@ pub struct LookupKey {
 }
 
 /// Named SQL predicates.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ValidateStage {
     pub name: Spanned<String>,
@@ -458,7 +442,7 @@ pub struct ValidateStage {
 }
 
 /// A rule: the row is valid when `check` is true (NULL counts as a failure).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuleSpec {
     pub name: Spanned<String>,
@@ -469,7 +453,7 @@ pub struct RuleSpec {
 }
 
 /// Computed columns added to the row (the seed's `calculate`/`enrich` rules).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnrichStage {
     pub name: Spanned<String>,
@@ -480,7 +464,7 @@ pub struct EnrichStage {
 }
 
 /// Rows to named outputs by ordered predicates.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteStage {
     pub name: Spanned<String>,
@@ -494,156 +478,16 @@ pub struct RouteStage {
     pub default: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteSpec {
     pub name: Spanned<String>,
     pub when: Spanned<String>,
 }
 
-/// Where rows end up.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SinkSpec {
-    pub name: Spanned<String>,
-    /// `stage` or `stage.output` (default: the last stage).
-    pub input: Option<Spanned<String>>,
-    /// `file`, `stdout` or `kafka`.
-    #[serde(rename = "type")]
-    pub kind: Spanned<String>,
-    /// Files: `ndjson`, `parquet` or `arrow` (IPC file). Kafka: `json` or `avro`.
-    pub format: Option<Spanned<String>>,
-    pub path: Option<Spanned<String>>,
-    /// kafka: the topic written.
-    pub topic: Option<Spanned<String>>,
-    /// kafka: SQL expression for the message key (records with one key keep their order).
-    pub key: Option<Spanned<String>>,
-    /// kafka avro: the registry subject (default `<topic>-value`).
-    pub subject: Option<Spanned<String>>,
-    /// kafka avro: the writer schema (`.avsc`); default: derived from the rows.
-    pub schema: Option<Spanned<String>>,
-    /// Keep the provenance columns (`_raw` is always left out).
-    #[serde(default)]
-    pub provenance: bool,
-    /// http: the endpoint (or `env:NAME` holding it).
-    pub url: Option<Spanned<String>>,
-    /// http: `POST` (default), `PUT` or `PATCH`.
-    pub method: Option<Spanned<String>>,
-    /// http: extra request headers; a value may be `env:NAME` or `file:/path` (API keys).
-    #[serde(default)]
-    pub headers: IndexMap<String, Spanned<String>>,
-    /// http: HMAC-SHA256 signing secret, `env:NAME` or `file:/path` only.
-    pub secret: Option<Spanned<String>>,
-    /// http: per-request timeout (default 30s).
-    pub timeout: Option<Spanned<String>>,
-    /// http: requests in flight at once (default 8).
-    pub concurrency: Option<Spanned<usize>>,
-    /// Retries of transient delivery failures (the seed's `connection.retryPolicy`).
-    pub retry: Option<RetrySpec>,
-    /// http: a circuit breaker gating the calls (see `resilience::breaker`).
-    pub breaker: Option<BreakerSpec>,
-    /// fhir: sync through the sync state (conflict detection) instead of blind updates.
-    pub sync: Option<SyncSpec>,
-    /// http/fhir: how to authenticate to the endpoint.
-    pub auth: Option<AuthSpec>,
-    /// http/fhir: an extra trusted CA and a client certificate (mutual TLS).
-    pub tls: Option<TlsSpec>,
-}
-
-/// `auth:` on an http or fhir sink. Secrets (`password`, `token`, `key`, `client_secret`)
-/// are `env:NAME` or `file:/path`, never written in the pipeline.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuthSpec {
-    /// `basic`, `bearer`, `api_key` or `oauth2` (client credentials).
-    #[serde(rename = "type")]
-    pub kind: Spanned<String>,
-    /// basic: the user (literal or `env:`).
-    pub user: Option<Spanned<String>>,
-    pub password: Option<Spanned<String>>,
-    /// bearer: a long-lived token.
-    pub token: Option<Spanned<String>>,
-    /// api_key: the header (default `X-API-Key`) and its value.
-    pub header: Option<Spanned<String>>,
-    pub key: Option<Spanned<String>>,
-    /// oauth2: the token endpoint, client id (literal or `env:`), secret and scope.
-    pub token_url: Option<Spanned<String>>,
-    pub client_id: Option<Spanned<String>>,
-    pub client_secret: Option<Spanned<String>>,
-    pub scope: Option<Spanned<String>>,
-}
-
-/// `tls:` on an http or fhir sink: PEM files.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsSpec {
-    /// CA certificates to trust besides the system's.
-    pub ca: Option<Spanned<String>>,
-    /// The client certificate (chain) and its PKCS#8 private key, for mutual TLS.
-    pub cert: Option<Spanned<String>>,
-    pub key: Option<Spanned<String>>,
-}
-
-/// `sync:` on a fhir sink.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SyncSpec {
-    /// Where the sync state lives: `postgres` (connection URL in `DATABASE_URL`) or a SQLite
-    /// file (default: `<pipeline>.sync.db` beside the pipeline).
-    pub state: Option<Spanned<String>>,
-    /// `manual` (default), `timestamp_wins`, `local_wins` or `external_wins`.
-    pub conflicts: Option<Spanned<String>>,
-    /// How long a worker holds an entity (default 30s).
-    pub lease: Option<Spanned<String>>,
-    /// Sync events (`integration.sync.*`): a file (default `<pipeline>.sync_events.ndjson`)
-    /// and optionally a topic.
-    pub events: Option<OutputSpec>,
-}
-
-/// `breaker:` on a sink. Rates are percentages.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BreakerSpec {
-    /// The last N calls (`100`) or the calls of a span (`60s`).
-    pub window: Option<Spanned<String>>,
-    pub minimum_calls: Option<Spanned<usize>>,
-    pub failure_rate: Option<Spanned<f64>>,
-    pub slow_call_rate: Option<Spanned<f64>>,
-    pub slow_call: Option<Spanned<String>>,
-    /// Opens on this many failures in the window, whatever the rate.
-    pub max_failures: Option<Spanned<usize>>,
-    pub wait: Option<Spanned<String>>,
-    pub wait_multiplier: Option<Spanned<f64>>,
-    pub max_wait: Option<Spanned<String>>,
-    pub half_open_calls: Option<Spanned<usize>>,
-    pub half_open_max_wait: Option<Spanned<String>>,
-}
-
-/// `retry:` on a sink.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RetrySpec {
-    /// Attempts in all, the first included (default 3).
-    pub max_attempts: Option<Spanned<u32>>,
-    /// `linear` or `exponential` (default).
-    pub backoff: Option<Spanned<String>>,
-    /// The first wait (default 1s).
-    pub base: Option<Spanned<String>>,
-    /// The longest wait (default 5m).
-    pub max_delay: Option<Spanned<String>>,
-    /// Up to this fraction of each wait added at random (default 0.2).
-    pub jitter: Option<Spanned<f64>>,
-    /// Retrying in place: how long records wait for an open circuit breaker (an outage)
-    /// before they are dead-lettered as unavailable (default 10m). Waiting uses no attempt.
-    pub max_outage: Option<Spanned<String>>,
-    /// Kafka: park failed records on `<topic>.<attempt>` and go on (non-blocking); without
-    /// it the sink waits and retries in place.
-    pub topic: Option<Spanned<String>>,
-}
-
 /// The dead-letter output: an NDJSON file (original record, stage, rule, reason, provenance)
 /// or a Kafka topic (original bytes unchanged, the rest in headers).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DlqSpec {
     pub path: Option<Spanned<String>>,
@@ -651,7 +495,7 @@ pub struct DlqSpec {
 }
 
 /// A test case: input records and what each sink (and the DLQ) must receive.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TestCaseSpec {
     pub name: Spanned<String>,
@@ -687,7 +531,7 @@ impl PipelineSpec {
         let mut errors = Vec::new();
 
         let source_node = map.get_node("source").expect("header has source");
-        let source = from_node::<SourceSpec>(path, source_node)
+        let source = source_from_node(path, source_node)
             .map_err(|e| errors.extend(e.0))
             .ok();
 
@@ -712,7 +556,7 @@ impl PipelineSpec {
         match map.get_node("sinks").and_then(Node::as_sequence) {
             Some(seq) => {
                 for node in seq.iter() {
-                    match from_node::<SinkSpec>(path, node) {
+                    match sink_from_node(path, node) {
                         Ok(s) => sinks.push(s),
                         Err(e) => errors.extend(e.0),
                     }
@@ -751,16 +595,11 @@ impl PipelineSpec {
 
     /// Resolves a path written in the spec (relative to the pipeline file; `-` stays stdin).
     pub fn resolve(&self, p: &str) -> PathBuf {
-        let path = Path::new(p);
-        if p == "-" || path.is_absolute() {
-            path.to_path_buf()
-        } else {
-            self.base_dir.join(path)
-        }
+        crate::config::resolve(&self.base_dir, p)
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct TestFile {
     tests: Vec<TestCaseSpec>,
@@ -804,19 +643,112 @@ fn stage_from_node(path: &Path, node: &Node) -> Result<StageSpec, SpecErrors> {
     })
 }
 
-fn from_node<T: serde::de::DeserializeOwned>(path: &Path, node: &Node) -> Result<T, SpecErrors> {
-    marked_yaml::from_node(node).map_err(|e| {
-        let (line, column) = e
-            .start_mark()
-            .map(|m| (m.line(), m.column()))
-            .or_else(|| node.span().start().map(|m| (m.line(), m.column())))
-            .unwrap_or((1, 1));
-        let message = match e.path() {
-            Some(p) if !p.is_empty() && p != "." => format!("{p}: {}", *e),
-            _ => e.to_string(),
-        };
-        SpecError::at_line(path, line, column, message).into()
+/// The keys every sink has; the rest is its connector's.
+#[derive(Deserialize)]
+struct SinkCommon {
+    name: Spanned<String>,
+    input: Option<Spanned<String>>,
+    #[serde(rename = "type")]
+    kind: Spanned<String>,
+}
+
+/// `node` without the `keys` (which were read already): what a connector's config reads.
+fn without(node: &Node, keys: &[&str]) -> Node {
+    let mut node = node.clone();
+    if let Some(m) = node.as_mapping_mut() {
+        m.retain(|k, _| !keys.contains(&k.as_str()));
+    }
+    node
+}
+
+fn source_from_node(path: &Path, node: &Node) -> Result<SourceSpec, SpecErrors> {
+    let Some(kind) = node.as_mapping().and_then(|m| m.get_scalar("type")) else {
+        return Err(SpecError::at(path, node.span(), "the source needs a `type`").into());
+    };
+    let kind = Spanned::new(*kind.span(), kind.as_str().to_string());
+    let Some(connector) = crate::connectors::registry::source(&kind) else {
+        return Err(SpecError::at(
+            path,
+            kind.span(),
+            format!(
+                "unknown source type {:?} ({})",
+                kind.as_str(),
+                crate::connectors::registry::kinds(crate::connectors::registry::SOURCES)
+            ),
+        )
+        .into());
+    };
+    let config = read_config(path, node, &["type"], |n| connector.read(n))?;
+    Ok(SourceSpec { kind, config })
+}
+
+fn sink_from_node(path: &Path, node: &Node) -> Result<SinkSpec, SpecErrors> {
+    if node
+        .as_mapping()
+        .is_some_and(|m| m.get_node("type").is_none())
+    {
+        return Err(SpecError::at(path, node.span(), "a sink needs a `type`").into());
+    }
+    let common: SinkCommon = from_node(path, &only(node, &["name", "input", "type"]))?;
+    let Some(connector) = crate::connectors::registry::sink(&common.kind) else {
+        return Err(SpecError::at(
+            path,
+            common.kind.span(),
+            format!(
+                "unknown sink type {:?} ({})",
+                common.kind.as_str(),
+                crate::connectors::registry::kinds(crate::connectors::registry::SINKS)
+            ),
+        )
+        .into());
+    };
+    let config = read_config(path, node, &["name", "input", "type"], |n| {
+        connector.read(n)
+    })?;
+    Ok(SinkSpec {
+        name: common.name,
+        input: common.input,
+        kind: common.kind,
+        config,
     })
+}
+
+/// `node` with only the `keys`.
+fn only(node: &Node, keys: &[&str]) -> Node {
+    let mut node = node.clone();
+    if let Some(m) = node.as_mapping_mut() {
+        m.retain(|k, _| keys.contains(&k.as_str()));
+    }
+    node
+}
+
+/// A connector's typed config from `node` less the common `keys`.
+fn read_config<T>(
+    path: &Path,
+    node: &Node,
+    keys: &[&str],
+    read: impl Fn(&Node) -> Result<T, marked_yaml::FromNodeError>,
+) -> Result<T, SpecErrors> {
+    let rest = without(node, keys);
+    read(&rest).map_err(|e| located(path, &rest, e))
+}
+
+fn from_node<T: serde::de::DeserializeOwned>(path: &Path, node: &Node) -> Result<T, SpecErrors> {
+    marked_yaml::from_node(node).map_err(|e| located(path, node, e))
+}
+
+/// A deserialization error at its place (or the node's, when it has none).
+fn located(path: &Path, node: &Node, e: marked_yaml::FromNodeError) -> SpecErrors {
+    let (line, column) = e
+        .start_mark()
+        .map(|m| (m.line(), m.column()))
+        .or_else(|| node.span().start().map(|m| (m.line(), m.column())))
+        .unwrap_or((1, 1));
+    let message = match e.path() {
+        Some(p) if !p.is_empty() && p != "." => format!("{p}: {}", *e),
+        _ => e.to_string(),
+    };
+    SpecError::at_line(path, line, column, message).into()
 }
 
 fn load_error(path: &Path, e: LoadError) -> SpecErrors {
@@ -884,14 +816,5 @@ sinks:
         let e = PipelineSpec::parse(Path::new("t.yaml"), &bad).unwrap_err();
         assert_eq!(e.0[0].location.line, 11, "{e}");
         assert!(e.0[0].message.contains("unknown stage type"), "{e}");
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
-        assert!(parse_duration("2").is_err());
-        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
-        assert!(parse_duration("2d").is_err());
     }
 }

@@ -418,3 +418,31 @@ pub fn shows_token(text: &str, value: &str) -> bool {
         !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric)
     })
 }
+
+/// Where `scripts/dev-services` keeps its state and virtualenvs.
+pub fn services_dir() -> std::path::PathBuf {
+    let state = std::env::var("PLEXUS_SERVICES_DIR").unwrap_or_else(|_| {
+        format!(
+            "{}/plexus-services",
+            std::env::var("TMPDIR").unwrap_or_else(|_| "/tmp".into())
+        )
+    });
+    std::path::PathBuf::from(state)
+}
+
+/// The Python of a virtualenv `scripts/dev-services up` installs (`fhir-validator-venv`,
+/// `schema-validator-venv`); panics saying how to get it when it is absent.
+pub fn venv_python(venv: &str) -> std::path::PathBuf {
+    let p = services_dir().join(venv).join("bin/python");
+    assert!(
+        p.exists(),
+        "{} is missing: run `scripts/dev-services up` (it installs {venv})",
+        p.display()
+    );
+    p
+}
+
+/// The repository's root (pipelines/, schemas/, sql/).
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}

@@ -12,8 +12,8 @@ use arrow::datatypes::{Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 
 use super::super::{BatchSink, ConnectorError};
+use super::config::SinkFormat;
 use crate::operators::{RAW, is_provenance};
-use crate::plan::graph::SinkFormat;
 
 enum Writer {
     Ndjson(arrow::json::LineDelimitedWriter<Box<dyn Write + Send>>),

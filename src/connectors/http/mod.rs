@@ -13,6 +13,7 @@
 //! permanent (the record goes to the dead-letter output at once: retrying a 400 only repeats it).
 
 pub mod auth;
+pub mod config;
 pub mod sink;
 
 use std::time::{Duration, Instant};
@@ -21,7 +22,8 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde_json::Value;
 use sha2::Sha256;
 
-pub use sink::{HttpSink, HttpSinkConfig};
+pub use config::{HttpSinkConfig, HttpSinkPlan};
+pub use sink::{HttpSink, HttpSinkParts};
 
 pub const SIGNATURE_HEADER: &str = "x-plexus-signature";
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";

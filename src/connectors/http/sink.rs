@@ -19,16 +19,20 @@ use futures::StreamExt;
 
 use std::sync::Arc;
 
+use super::config::HttpSinkPlan;
 use super::{HttpTarget, Outcome, Request};
+use crate::connectors::kafka::ensure_topics;
 use crate::connectors::kafka::record_identity;
-use crate::connectors::kafka::retry::{Parked, RetryTopics};
-use crate::connectors::{BatchSink, ConnectorError, Durable, SinkOutcome};
+use crate::connectors::kafka::retry::{
+    Parked, RetryTopics, RetryWorkerConfig, retry_topics, run_worker,
+};
+use crate::connectors::{BatchSink, BuildCx, ConnectorError, Durable, SinkOutcome};
 use crate::metrics::outcome::{OutcomeRow, OutcomeTap};
 use crate::operators::{DeadLetters, RAW, RECORD_INDEX, is_provenance};
 use crate::resilience::breaker::SharedBreaker;
 use crate::resilience::retry::{RetryPolicy, jitter_random};
 
-pub struct HttpSinkConfig {
+pub struct HttpSinkParts {
     pub name: String,
     pub target: HttpTarget,
     pub policy: RetryPolicy,
@@ -45,8 +49,95 @@ pub struct HttpSinkConfig {
     pub fhir: bool,
 }
 
+/// Starts a planned HTTP (or plain FHIR) sink, and the retry worker of its retry topics when
+/// it has them (into `cx.workers`).
+pub fn build(
+    h: HttpSinkPlan,
+    name: &str,
+    cx: &mut BuildCx<'_>,
+) -> Result<HttpSink, ConnectorError> {
+    let in_sink = |e: String| ConnectorError::Other(format!("sink {name}: {e}"));
+    let url = h.resolved_url().map_err(in_sink)?;
+    let headers = h
+        .headers
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), v.read()?)))
+        .collect::<Result<Vec<_>, String>>()
+        .map_err(in_sink)?;
+    let key = h
+        .secret
+        .as_ref()
+        .map(|r| r.read().map(String::into_bytes))
+        .transpose()
+        .map_err(in_sink)?;
+    let mut target = HttpTarget::new(&url, &h.method, headers, key, h.timeout)
+        .and_then(|t| t.with_auth(h.auth.resolve()?, &h.tls.resolve()?))
+        .map_err(in_sink)?;
+    if h.fhir {
+        target = target.fhir();
+    }
+    let breaker = h.breaker.clone().map(|c| cx.breaker(name, c));
+    let parts = HttpSinkParts {
+        name: name.to_string(),
+        target: target.clone(),
+        policy: h.retry.clone(),
+        concurrency: h.concurrency,
+        provenance: h.provenance,
+        breaker: breaker.clone(),
+        outcomes: cx.outcomes.clone(),
+        fhir: h.fhir,
+    };
+    let Some(base) = &h.retry_topic else {
+        return Ok(HttpSink::new(parts, cx.rt.clone(), None));
+    };
+    let conn = cx.kafka.cloned().unwrap_or_default();
+    let topics: Vec<(String, i32, bool)> = retry_topics(base, &h.retry)
+        .into_iter()
+        .map(|t| (t, 3, false))
+        .collect();
+    cx.rt.block_on(ensure_topics(&conn, &topics))?;
+    let parking = RetryTopics::new(&conn, base, cx.pipeline, cx.integration, name)?;
+    let worker_config = RetryWorkerConfig {
+        base: base.clone(),
+        group: format!("{}.retry.{name}", cx.group),
+        sink: name.to_string(),
+        pipeline: cx.pipeline.to_string(),
+        integration: cx.integration.to_string(),
+        dlq_topic: cx
+            .dlq_topic
+            .ok_or_else(|| in_sink("retry topics need a dead-letter topic".into()))?
+            .to_string(),
+        policy: h.retry.clone(),
+        concurrency: h.concurrency,
+        outcomes: cx.outcomes.clone(),
+    };
+    let (handle, stop, main_done, idle) = (
+        cx.rt.clone(),
+        cx.stop.clone(),
+        cx.main_done.clone(),
+        cx.idle,
+    );
+    let worker = std::thread::Builder::new()
+        .name(format!("retry-{name}"))
+        .spawn(move || {
+            run_worker(
+                &conn,
+                worker_config,
+                target,
+                handle,
+                stop,
+                main_done,
+                idle,
+                breaker,
+            )
+        })
+        .map_err(|e| in_sink(format!("starting the retry worker: {e}")))?;
+    cx.workers.push(worker);
+    Ok(HttpSink::new(parts, cx.rt.clone(), Some(parking)))
+}
+
 pub struct HttpSink {
-    config: HttpSinkConfig,
+    config: HttpSinkParts,
     handle: tokio::runtime::Handle,
     retry: Option<RetryTopics>,
     outcome: SinkOutcome,
@@ -56,7 +147,7 @@ pub struct HttpSink {
 impl HttpSink {
     /// `retry`: the Kafka retry topics to park transient failures on (None: retry in place).
     pub fn new(
-        config: HttpSinkConfig,
+        config: HttpSinkParts,
         handle: tokio::runtime::Handle,
         retry: Option<RetryTopics>,
     ) -> Self {

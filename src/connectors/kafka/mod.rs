@@ -11,6 +11,7 @@
 //! environment variable (`env:NAME`) or file (`file:/path`) holding a property's value —
 //! passwords never live in pipeline files or logs.
 
+pub mod config;
 pub mod dlq;
 pub mod retry;
 pub mod sink;

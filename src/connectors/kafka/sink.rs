@@ -12,11 +12,12 @@ use arrow::datatypes::SchemaRef;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 
+use super::config::KafkaSinkPlan;
 use super::{KafkaConnection, headers, parse_source_name};
 use crate::connectors::schema_registry::{SchemaRegistry, frame_wire};
-use crate::connectors::{BatchSink, ConnectorError, Durable};
+use crate::connectors::{BatchSink, BuildCx, ConnectorError, Durable, SinkId};
 use crate::operators::is_provenance;
-use crate::plan::sql::PlannedExpr;
+use crate::sql::PlannedExpr;
 
 /// How rows are encoded.
 pub enum KafkaEncoding {
@@ -42,26 +43,29 @@ pub struct KafkaSink {
     integration: String,
 }
 
-/// What a Kafka sink needs besides the connection.
-pub struct KafkaSinkConfig {
-    pub name: String,
-    pub topic: String,
-    pub key: Option<PlannedExpr>,
-    /// `json` or `avro`.
-    pub avro: bool,
-    /// Avro: registry subject and writer schema JSON (None: derived from the rows).
-    pub subject: Option<String>,
-    pub avro_schema: Option<String>,
-    pub provenance: bool,
-    pub pipeline: String,
-    pub integration: String,
+/// Starts a planned Kafka sink (registering its Avro schema first).
+pub fn build(
+    plan: KafkaSinkPlan,
+    name: &str,
+    schema: &SchemaRef,
+    cx: &BuildCx<'_>,
+) -> Result<KafkaSink, ConnectorError> {
+    let conn = cx.kafka.cloned().unwrap_or_default();
+    cx.rt.block_on(KafkaSink::create(
+        &conn,
+        plan,
+        cx.sink_id(name),
+        schema,
+        cx.registry,
+    ))
 }
 
 impl KafkaSink {
     /// Connects; for Avro, registers the writer schema under its subject first.
     pub async fn create(
         connection: &KafkaConnection,
-        config: KafkaSinkConfig,
+        config: KafkaSinkPlan,
+        id: SinkId,
         input_schema: &SchemaRef,
         registry: Option<&SchemaRegistry>,
     ) -> Result<Self, ConnectorError> {
@@ -77,14 +81,11 @@ impl KafkaSink {
         let payload_schema = Arc::new(
             input_schema
                 .project(&keep)
-                .map_err(|e| ConnectorError::Other(format!("sink {}: {e}", config.name)))?,
+                .map_err(|e| ConnectorError::Other(format!("sink {}: {e}", id.name)))?,
         );
         let encoding = if config.avro {
             let registry = registry.ok_or_else(|| {
-                ConnectorError::Other(format!(
-                    "sink {}: avro needs a `schema_registry:`",
-                    config.name
-                ))
+                ConnectorError::Other(format!("sink {}: avro needs a `schema_registry:`", id.name))
             })?;
             let text = match &config.avro_schema {
                 Some(t) => t.clone(),
@@ -93,10 +94,10 @@ impl KafkaSink {
                     &avro_name(&config.topic),
                     Some("plexus"),
                 )
-                .map_err(|e| ConnectorError::Other(format!("sink {}: {e}", config.name)))?,
+                .map_err(|e| ConnectorError::Other(format!("sink {}: {e}", id.name)))?,
             };
             let schema = apache_avro::Schema::parse_str(&text).map_err(|e| {
-                ConnectorError::Other(format!("sink {}: Avro schema: {e}", config.name))
+                ConnectorError::Other(format!("sink {}: Avro schema: {e}", id.name))
             })?;
             let subject = config
                 .subject
@@ -116,16 +117,16 @@ impl KafkaSink {
         Ok(KafkaSink {
             out: super::Deliveries::new(
                 connection,
-                format!("sink {} (topic {})", config.name, config.topic),
+                format!("sink {} (topic {})", id.name, config.topic),
             )?,
-            name: config.name,
+            name: id.name,
             topic: config.topic,
             encoding,
             key: config.key,
             keep,
             payload_schema,
-            pipeline: config.pipeline,
-            integration: config.integration,
+            pipeline: id.pipeline,
+            integration: id.integration,
         })
     }
 

@@ -19,32 +19,15 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+use super::config::KafkaSourcePlan;
 use super::{KafkaConnection, Origin, RecordMeta, headers, source_name};
+use crate::connectors::Batching;
 use crate::connectors::{BatchSource, Checkpoints, ConnectorError, Position};
+use crate::formats::framing::SourceFormat;
 use crate::operators::parse::raw_record_schema;
-use crate::plan::graph::SourceFormat;
 
 /// How long a rebalance waits for in-flight batches before handing partitions over.
 const REBALANCE_DRAIN: Duration = Duration::from_secs(30);
-
-/// Settings of a Kafka source (from the pipeline's `source:` and `batch:`).
-#[derive(Debug, Clone)]
-pub struct KafkaSourceConfig {
-    pub topics: Vec<String>,
-    /// A regex over topic names (librdkafka subscribes to `^...`).
-    pub pattern: Option<String>,
-    pub group: String,
-    /// `earliest` or `latest`, for partitions without a committed offset.
-    pub start: String,
-    /// Static membership id (`group.instance.id`).
-    pub instance: Option<String>,
-    pub format: SourceFormat,
-    pub max_rows: usize,
-    pub max_bytes: usize,
-    pub max_delay: Duration,
-    /// Stop after this many records (sampling, benchmarks).
-    pub limit: Option<u64>,
-}
 
 /// State shared with the consumer's rebalance callback.
 #[derive(Default)]
@@ -124,7 +107,7 @@ struct Pending {
 
 pub struct KafkaSource {
     consumer: BaseConsumer<Context>,
-    config: KafkaSourceConfig,
+    config: Batching,
     shared: Arc<Shared>,
     stop: Arc<AtomicBool>,
     idle_exit: Option<Duration>,
@@ -158,21 +141,22 @@ impl KafkaSource {
     /// that long without a record (batch-style runs and tests).
     pub fn new(
         connection: &KafkaConnection,
-        config: KafkaSourceConfig,
+        plan: &KafkaSourcePlan,
+        config: Batching,
         stop: Arc<AtomicBool>,
         idle_exit: Option<Duration>,
         meta: RecordMeta,
     ) -> Result<Self, ConnectorError> {
         let mut cc = connection.client_config().map_err(ConnectorError::Other)?;
-        cc.set("group.id", &config.group)
+        cc.set("group.id", &plan.group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", &config.start)
+            .set("auto.offset.reset", &plan.start)
             .set("enable.partition.eof", "false");
         let instance = std::env::var("PLEXUS_KAFKA_INSTANCE_ID")
             .ok()
             .filter(|i| !i.is_empty())
-            .or_else(|| config.instance.clone());
+            .or_else(|| plan.instance.clone());
         if let Some(id) = &instance {
             cc.set("group.instance.id", id);
         }
@@ -193,10 +177,10 @@ impl KafkaSource {
                 context: "creating the consumer".into(),
                 source,
             })?;
-        let subscription: Vec<String> = match &config.pattern {
+        let subscription: Vec<String> = match &plan.pattern {
             Some(p) if p.starts_with('^') => vec![p.clone()],
             Some(p) => vec![format!("^{p}")],
-            None => config.topics.clone(),
+            None => plan.topics.clone(),
         };
         let refs: Vec<&str> = subscription.iter().map(String::as_str).collect();
         consumer
@@ -205,7 +189,7 @@ impl KafkaSource {
                 context: format!("subscribing to {}", subscription.join(", ")),
                 source,
             })?;
-        tracing::info!(group = %config.group, topics = %subscription.join(","), "kafka source subscribed");
+        tracing::info!(group = %plan.group, topics = %subscription.join(","), "kafka source subscribed");
         Ok(KafkaSource {
             consumer,
             config,
@@ -315,7 +299,7 @@ impl KafkaSource {
         match self.config.format {
             SourceFormat::Hl7 => {
                 let name = self.names[tp].2.clone();
-                let spans = crate::connectors::file::source::frame(
+                let spans = crate::formats::framing::frame(
                     payload,
                     SourceFormat::Hl7,
                     &name,

@@ -3,6 +3,9 @@
 //! Stages never plan SQL per batch: the planner calls `SqlPlanner` at startup, and operators keep
 //! the resulting `PhysicalExpr`s. Type coercion and constant folding happen here, once.
 
+pub mod read_only;
+pub mod udfs;
+
 use std::sync::Arc;
 
 use arrow::array::ArrayRef;
@@ -53,7 +56,7 @@ impl Default for SqlPlanner {
 impl SqlPlanner {
     pub fn new() -> Self {
         let ctx = SessionContext::new();
-        super::udfs::register(&ctx);
+        udfs::register(&ctx);
         SqlPlanner { ctx }
     }
 

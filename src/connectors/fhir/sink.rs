@@ -26,9 +26,11 @@ use arrow::record_batch::RecordBatch;
 use futures::StreamExt;
 use serde_json::Value;
 
+use super::config::SyncPlan;
+use crate::connectors::http::HttpSinkPlan;
 use crate::connectors::http::Outcome;
 use crate::connectors::http::sink::report_call;
-use crate::connectors::{BatchSink, ConnectorError, SinkOutcome};
+use crate::connectors::{BatchSink, BuildCx, ConnectorError, SinkOutcome};
 use crate::fhir::client::FhirError;
 use crate::fhir::v2::Resource;
 use crate::metrics::outcome::OutcomeTap;
@@ -37,6 +39,44 @@ use crate::sync::{SyncError, SyncOutcome, Syncer};
 
 /// How often a held entity is tried before the row is dead-lettered.
 const CONTENDED_TRIES: u32 = 10;
+
+/// Starts a `fhir` sink with `sync:`: every resource through the sync state.
+pub fn build(
+    h: &HttpSinkPlan,
+    sync: &SyncPlan,
+    name: &str,
+    cx: &BuildCx<'_>,
+) -> Result<FhirSyncSink, ConnectorError> {
+    use crate::fhir::client::FhirClient;
+    let in_sink = |e: String| ConnectorError::Other(format!("sink {name}: {e}"));
+    let state = sync.state.location().map_err(in_sink)?;
+    let config = h.fhir_client_config().map_err(in_sink)?;
+    let mut client = FhirClient::new(config).map_err(|e| in_sink(e.to_string()))?;
+    if let Some(c) = h.breaker.clone() {
+        client = client.with_breaker(cx.breaker(name, c));
+    }
+    let store = cx
+        .rt
+        .block_on(crate::sync::store::SyncStore::open(&state))
+        .map_err(|e| in_sink(e.to_string()))?;
+    let events = sync.open_events(cx.kafka).map_err(in_sink)?;
+    let syncer = Syncer {
+        integration: cx.integration.to_string(),
+        owner: format!("{}-{}", cx.pipeline, std::process::id()),
+        store,
+        client,
+        policy: sync.policy,
+        lease: sync.lease,
+        events: Some(events),
+    };
+    Ok(FhirSyncSink::new(
+        name,
+        syncer,
+        cx.rt.clone(),
+        cx.outcomes.clone(),
+        h.concurrency,
+    ))
+}
 
 pub struct FhirSyncSink {
     name: String,

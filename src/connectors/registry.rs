@@ -1,0 +1,258 @@
+//! The connector registry: which `type:` names which connector.
+//!
+//! A source or sink entry in a pipeline is read in two parts: the keys every entry has
+//! (`type`, and for sinks `name` and `input`), then the rest as the typed config of the
+//! connector its `type` names (unknown keys rejected, errors at `file:line:column`). Adding a
+//! connector is one folder (`config.rs`, `source.rs`/`sink.rs`) and one row here.
+
+use std::path::{Path, PathBuf};
+
+use arrow::datatypes::SchemaRef;
+use marked_yaml::{FromNodeError, Node};
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+
+use super::fhir::{FhirSinkConfig, FhirSinkPlan};
+use super::file::{FileSinkConfig, FileSinkPlan, FileSourceConfig, StdoutSinkConfig};
+use super::http::{HttpSinkConfig, HttpSinkPlan};
+use super::kafka::config::{KafkaSinkConfig, KafkaSinkPlan, KafkaSourceConfig, KafkaSourcePlan};
+use super::{BatchSink, BuildCx, ConnectorError};
+use crate::config::{PlanCx, Spanned};
+use crate::formats::framing::SourceFormat;
+use crate::resilience::breaker::BreakerConfig;
+
+/// One connector of a kind (sources or sinks): its `type` name, a line of help, how its
+/// config is read, and its JSON Schema.
+pub struct Connector<C> {
+    pub kind: &'static str,
+    pub about: &'static str,
+    read: fn(&Node) -> Result<C, FromNodeError>,
+    schema: fn(&mut SchemaGenerator) -> Schema,
+}
+
+impl<C> Connector<C> {
+    /// Reads the connector's own keys (the common ones already taken out of `node`).
+    pub fn read(&self, node: &Node) -> Result<C, FromNodeError> {
+        (self.read)(node)
+    }
+
+    /// The JSON Schema of the connector's own keys (an object).
+    pub fn schema(&self, generator: &mut SchemaGenerator) -> Schema {
+        (self.schema)(generator)
+    }
+}
+
+/// A source's typed config.
+#[derive(Debug)]
+pub enum SourceConfig {
+    File(FileSourceConfig),
+    Kafka(KafkaSourceConfig),
+}
+
+/// A sink's typed config.
+#[derive(Debug)]
+pub enum SinkConfig {
+    File(FileSinkConfig),
+    Stdout(StdoutSinkConfig),
+    Kafka(KafkaSinkConfig),
+    Http(HttpSinkConfig),
+    Fhir(FhirSinkConfig),
+}
+
+fn schema_of<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
+    T::json_schema(generator)
+}
+
+pub static SOURCES: &[Connector<SourceConfig>] = &[
+    Connector {
+        kind: "file",
+        about: "files (a path or glob) or stdin, framed into records: the embedded default",
+        read: |n| marked_yaml::from_node(n).map(SourceConfig::File),
+        schema: schema_of::<FileSourceConfig>,
+    },
+    Connector {
+        kind: "kafka",
+        about: "Kafka topics (a list or a pattern), one record per message, at least once",
+        read: |n| marked_yaml::from_node(n).map(SourceConfig::Kafka),
+        schema: schema_of::<KafkaSourceConfig>,
+    },
+];
+
+pub static SINKS: &[Connector<SinkConfig>] = &[
+    Connector {
+        kind: "file",
+        about: "an NDJSON, Parquet or Arrow IPC file",
+        read: |n| marked_yaml::from_node(n).map(SinkConfig::File),
+        schema: schema_of::<FileSinkConfig>,
+    },
+    Connector {
+        kind: "stdout",
+        about: "NDJSON on standard output",
+        read: |n| marked_yaml::from_node(n).map(SinkConfig::Stdout),
+        schema: schema_of::<StdoutSinkConfig>,
+    },
+    Connector {
+        kind: "kafka",
+        about: "a Kafka topic, JSON or Confluent-framed Avro, keyed by a SQL expression",
+        read: |n| marked_yaml::from_node(n).map(SinkConfig::Kafka),
+        schema: schema_of::<KafkaSinkConfig>,
+    },
+    Connector {
+        kind: "http",
+        about: "one signed JSON request per row (webhooks, REST), with retries and a breaker",
+        read: |n| marked_yaml::from_node(n).map(SinkConfig::Http),
+        schema: schema_of::<HttpSinkConfig>,
+    },
+    Connector {
+        kind: "fhir",
+        about: "a FHIR R4 server: merged updates, or sync with conflict detection",
+        read: |n| marked_yaml::from_node(n).map(SinkConfig::Fhir),
+        schema: schema_of::<FhirSinkConfig>,
+    },
+];
+
+/// The source connector named `kind`.
+pub fn source(kind: &str) -> Option<&'static Connector<SourceConfig>> {
+    SOURCES.iter().find(|c| c.kind == kind)
+}
+
+/// The sink connector named `kind`.
+pub fn sink(kind: &str) -> Option<&'static Connector<SinkConfig>> {
+    SINKS.iter().find(|c| c.kind == kind)
+}
+
+/// `file, kafka` (for error messages).
+pub fn kinds<C>(connectors: &[Connector<C>]) -> String {
+    connectors
+        .iter()
+        .map(|c| c.kind)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A planned source.
+#[derive(Debug, Clone)]
+pub enum SourcePlan {
+    /// Files matched by the glob, in order; `-` is stdin.
+    File {
+        paths: Vec<PathBuf>,
+    },
+    Kafka(KafkaSourcePlan),
+}
+
+impl SourceConfig {
+    /// The `format` key (every source has one).
+    pub fn format(&self) -> &Spanned<String> {
+        match self {
+            SourceConfig::File(c) => &c.format,
+            SourceConfig::Kafka(c) => &c.format,
+        }
+    }
+
+    pub fn plan(
+        &self,
+        cx: &mut PlanCx<'_>,
+        kind: &Spanned<String>,
+        format: SourceFormat,
+    ) -> Option<SourcePlan> {
+        match self {
+            SourceConfig::File(c) => c.plan(cx, format).map(|paths| SourcePlan::File { paths }),
+            SourceConfig::Kafka(c) => c.plan(cx, kind, format).map(SourcePlan::Kafka),
+        }
+    }
+}
+
+/// A planned sink: what its connector needs to start.
+#[derive(Debug, Clone)]
+pub enum SinkPlan {
+    /// A file, or stdout.
+    File(FileSinkPlan),
+    Kafka(KafkaSinkPlan),
+    Http(HttpSinkPlan),
+    Fhir(FhirSinkPlan),
+}
+
+impl SinkConfig {
+    /// Checks the config against the rows it will receive (`schema`).
+    pub fn plan(
+        &self,
+        cx: &mut PlanCx<'_>,
+        kind: &Spanned<String>,
+        name: &Spanned<String>,
+        schema: &SchemaRef,
+    ) -> Option<SinkPlan> {
+        Some(match self {
+            SinkConfig::File(c) => SinkPlan::File(c.plan(cx)?),
+            SinkConfig::Stdout(c) => SinkPlan::File(c.plan(cx)?),
+            SinkConfig::Kafka(c) => SinkPlan::Kafka(c.plan(cx, kind, name, schema)?),
+            SinkConfig::Http(c) => SinkPlan::Http(c.plan(cx)),
+            SinkConfig::Fhir(c) => SinkPlan::Fhir(c.plan(cx, name, schema)?),
+        })
+    }
+}
+
+impl SinkPlan {
+    /// The file it writes, if any.
+    pub fn output_path(&self) -> Option<&Path> {
+        match self {
+            SinkPlan::File(f) => f.path.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Moves the files it writes into `dir`, keeping their names (`--output DIR`).
+    pub fn relocate(&mut self, dir: &Path) {
+        let moved = |p: &Path| dir.join(p.file_name().unwrap_or_default());
+        match self {
+            SinkPlan::File(FileSinkPlan { path: Some(p), .. }) => *p = moved(p),
+            SinkPlan::Fhir(FhirSinkPlan {
+                sync: Some(sync), ..
+            }) => sync.events_path = moved(&sync.events_path),
+            _ => {}
+        }
+    }
+
+    /// The circuit breaker gating its calls: a slot for sinks that call a service.
+    pub fn breaker_mut(&mut self) -> Option<&mut Option<BreakerConfig>> {
+        match self {
+            SinkPlan::Http(h) => Some(&mut h.breaker),
+            SinkPlan::Fhir(f) => Some(&mut f.http.breaker),
+            _ => None,
+        }
+    }
+
+    pub fn has_breaker(&self) -> bool {
+        match self {
+            SinkPlan::Http(h) => h.breaker.is_some(),
+            SinkPlan::Fhir(f) => f.http.breaker.is_some(),
+            _ => false,
+        }
+    }
+
+    /// Starts the sink (its retry worker too, when it has one: into `cx.workers`).
+    pub fn build(
+        self,
+        name: &str,
+        schema: &SchemaRef,
+        cx: &mut BuildCx<'_>,
+    ) -> Result<Box<dyn BatchSink>, ConnectorError> {
+        Ok(match self {
+            SinkPlan::File(f) => Box::new(super::file::FileSink::create(
+                name,
+                f.path.as_deref(),
+                f.format,
+                schema,
+                f.provenance,
+                cx.staged,
+            )?),
+            SinkPlan::Kafka(k) => Box::new(super::kafka::sink::build(k, name, schema, cx)?),
+            SinkPlan::Http(h) => Box::new(super::http::sink::build(h, name, cx)?),
+            SinkPlan::Fhir(FhirSinkPlan { http, sync: None }) => {
+                Box::new(super::http::sink::build(http, name, cx)?)
+            }
+            SinkPlan::Fhir(FhirSinkPlan {
+                http,
+                sync: Some(sync),
+            }) => Box::new(super::fhir::sink::build(&http, &sync, name, cx)?),
+        })
+    }
+}
