@@ -17,9 +17,13 @@ pub mod formats;
 #[cfg(feature = "pipeline")]
 pub mod metrics;
 #[cfg(feature = "pipeline")]
+pub mod net;
+#[cfg(feature = "pipeline")]
 pub mod operators;
 #[cfg(feature = "pipeline")]
 pub mod plan;
+#[cfg(feature = "pipeline")]
+pub mod record;
 #[cfg(feature = "pipeline")]
 pub mod resilience;
 #[cfg(feature = "pipeline")]
@@ -28,5 +32,3 @@ pub mod runtime;
 pub mod spec;
 #[cfg(feature = "pipeline")]
 pub mod sql;
-#[cfg(feature = "pipeline")]
-pub mod sync;

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
-use plexus::fhir::client::{Auth, ClientConfig, FhirClient, Tls};
+use plexus::net::fhir_client::{Auth, ClientConfig, FhirClient, Tls};
 use serde_json::{Value, json};
 
 const FHIR: &str = "http://127.0.0.1:8089/fhir";
@@ -441,7 +441,7 @@ fn a_syncing_fhir_sink_reaches_an_ehr_over_mutual_tls_with_a_bearer_token() {
         .block_on(FhirClient::new(no_cert).unwrap().read("Patient", "x"))
         .unwrap_err();
     assert!(
-        matches!(err, plexus::fhir::client::FhirError::Unavailable { .. }),
+        matches!(err, plexus::net::fhir_client::FhirError::Unavailable { .. }),
         "{err}"
     );
     // Without our CA the server is not trusted.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
-use plexus::fhir::client::{Auth, ClientConfig, FhirClient, FhirError};
+use plexus::net::fhir_client::{Auth, ClientConfig, FhirClient, FhirError};
 use plexus::resilience::retry::{Backoff, RetryPolicy};
 use serde_json::{Value, json};
 

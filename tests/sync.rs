@@ -8,11 +8,13 @@ mod support;
 use std::process::Command;
 use std::time::Duration;
 
-use plexus::fhir::client::{ClientConfig, FhirClient};
+use plexus::connectors::fhir::sync::store::SyncStore;
+use plexus::connectors::fhir::sync::{
+    ConflictPolicy, Side, Status, SyncError, SyncOutcome, Syncer,
+};
 use plexus::fhir::v2::{Options, Resource, convert};
 use plexus::formats::hl7::Message;
-use plexus::sync::store::SyncStore;
-use plexus::sync::{ConflictPolicy, Side, Status, SyncError, SyncOutcome, Syncer};
+use plexus::net::fhir_client::{ClientConfig, FhirClient};
 use serde_json::{Value, json};
 
 const FHIR: &str = "http://127.0.0.1:8089/fhir";
@@ -299,7 +301,7 @@ fn leases_on(db: &str) {
             .save(
                 key,
                 "worker-a",
-                &plexus::sync::store::Update {
+                &plexus::connectors::fhir::sync::store::Update {
                     status: Status::InSync,
                     local_hash: Some("stale"),
                     local_resource: None,

@@ -159,7 +159,7 @@ fn locate(pipeline: &std::path::Path, output: Option<&std::path::Path>) -> Resul
             .secrets
             .iter()
             .map(|(k, v)| {
-                crate::connectors::kafka::SecretRef::parse(v)
+                crate::net::secret::SecretRef::parse(v)
                     .map(|r| (k.clone(), r))
                     .map_err(anyhow::Error::msg)
             })

@@ -99,8 +99,9 @@ pub fn run(cmd: FhirCommand) -> Result<ExitCode> {
                 "rows are defined for Patient, Encounter and Appointment, not {resource_type}"
             );
             let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
-            let client =
-                crate::fhir::client::FhirClient::new(crate::fhir::client::ClientConfig::new(base))?;
+            let client = crate::net::fhir_client::FhirClient::new(
+                crate::net::fhir_client::ClientConfig::new(base),
+            )?;
             let found = rt.block_on(client.search(&resource_type, &query))?;
             let batch =
                 crate::fhir::rows::batch(&resource_type, &found).context("building the rows")?;

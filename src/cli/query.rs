@@ -21,9 +21,9 @@ use datafusion::datasource::listing::{
 };
 use datafusion::prelude::{JsonReadOptions, SessionContext};
 
+use crate::connectors::monitoring::config::MetricsLocation;
 use crate::connectors::monitoring::parquet::open_store;
 use crate::operators::window::window_row_schema;
-use crate::plan::windows::MetricsLocation;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {

@@ -14,9 +14,11 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Subcommand, ValueEnum};
 
-use crate::fhir::client::{ClientConfig, FhirClient};
-use crate::sync::store::{StateLocation, SyncStore};
-use crate::sync::{ConflictPolicy, Resolution, Side, Status, SyncEvents, SyncOutcome, Syncer};
+use crate::connectors::fhir::sync::store::{StateLocation, SyncStore};
+use crate::connectors::fhir::sync::{
+    ConflictPolicy, Resolution, Side, Status, SyncEvents, SyncOutcome, Syncer,
+};
+use crate::net::fhir_client::{ClientConfig, FhirClient};
 
 #[derive(Debug, clap::Args)]
 pub struct Target {

@@ -14,7 +14,7 @@ use arrow::datatypes::Int64Type;
 use serde::Serialize;
 
 use super::{ConnectorError, DeadLetterSink};
-use crate::operators::{CONTROL_ID, DeadLetters, OFFSET, RAW, RECORD_INDEX, SOURCE};
+use crate::record::{CONTROL_ID, DeadLetters, OFFSET, RAW, RECORD_INDEX, SOURCE};
 
 /// One dead letter as written.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]

@@ -8,8 +8,8 @@ use arrow::record_batch::RecordBatch;
 use super::dlq::{DeadLetterRecord, records};
 use super::{BatchSink, BatchSource, ConnectorError, DeadLetterSink};
 use crate::formats::framing::{SourceFormat, frame};
-use crate::operators::DeadLetters;
-use crate::operators::parse::raw_batch;
+use crate::record::DeadLetters;
+use crate::record::raw_batch;
 
 /// Collects batches.
 #[derive(Clone, Default)]

@@ -20,18 +20,18 @@ pub mod kafka;
 pub mod memory;
 pub mod monitoring;
 pub mod registry;
-pub mod schema_registry;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arrow::record_batch::RecordBatch;
+use chrono::{DateTime, Utc};
 
 use crate::metrics::outcome::OutcomeTap;
 use crate::resilience::breaker::SharedBreaker;
 
-use crate::operators::DeadLetters;
+use crate::record::DeadLetters;
 
 /// Errors of sources and sinks (I/O and encoding), with the path or name involved.
 #[derive(Debug, thiserror::Error)]
@@ -141,6 +141,40 @@ pub trait DeadLetterSink: Send {
     fn finish(&mut self) -> Result<(), ConnectorError>;
 }
 
+/// A record to park.
+pub struct Parked<'a> {
+    /// Which retry topic (`<base>.<n>`): the attempt that failed.
+    pub failed_attempt: u32,
+    /// The attempt number of the next try (the same one when a breaker refused the call).
+    pub next_attempt: u32,
+    pub due: DateTime<Utc>,
+    pub first_failed_at: DateTime<Utc>,
+    pub error: String,
+    /// What the sink sends (the request body).
+    pub body: &'a [u8],
+    /// FHIR: the request's path under the base (see `net::http::Request::path`).
+    pub path: Option<&'a str>,
+    /// FHIR: elements the message deletes (see `net::http::Request::delete`).
+    pub delete: Option<&'a str>,
+    /// The record's stable identity (idempotency key); also the message key.
+    pub key: &'a str,
+    pub correlation_id: Option<&'a str>,
+    /// The original record, for the dead-letter topic if every attempt fails.
+    pub original: Option<&'a [u8]>,
+    /// `_source` and `_offset` of the original record.
+    pub source: Option<&'a str>,
+    pub offset: Option<i64>,
+}
+
+/// Where a sink that calls a service parks records for a later attempt instead of waiting
+/// (Kafka retry topics, `kafka::retry`): the HTTP sink sees only this.
+pub trait Parking: Send {
+    fn park(&mut self, p: Parked<'_>) -> Result<(), ConnectorError>;
+    /// As `BatchSink::barrier`: resolves when everything parked so far is durable.
+    fn barrier(&mut self) -> Option<Durable>;
+    fn finish(&mut self) -> Result<(), ConnectorError>;
+}
+
 /// How a source groups records into batches.
 #[derive(Debug, Clone, Copy)]
 pub struct Batching {
@@ -174,7 +208,7 @@ pub struct BuildCx<'a> {
     pub pipeline: &'a str,
     pub integration: &'a str,
     pub kafka: Option<&'a kafka::KafkaConnection>,
-    pub registry: Option<&'a schema_registry::SchemaRegistry>,
+    pub registry: Option<&'a crate::net::schema_registry::SchemaRegistry>,
     pub dlq_topic: Option<&'a str>,
     /// The consumer group retry workers' groups are named after.
     pub group: String,

@@ -21,34 +21,10 @@ pub mod route;
 pub mod validate;
 pub mod window;
 
-/// The original record bytes (HL7 message, JSON line, CSV row).
-pub const RAW: &str = "_raw";
-/// Where the record came from (file path, `stdin`, topic/partition).
-pub const SOURCE: &str = "_source";
-/// Byte offset of the record in its source.
-pub const OFFSET: &str = "_offset";
-/// 0-based position of the record in its source: the key of the run's accounting.
-pub const RECORD_INDEX: &str = "_record_index";
-/// HL7 MSH-10 (or an event id): the correlation id of everything derived from the record.
-pub const CONTROL_ID: &str = "_control_id";
-/// HL7 MSH-9.
-pub const MESSAGE_TYPE: &str = "_message_type";
-/// `list<utf8>` of warnings added by validate/lookup stages.
-pub const WARNINGS: &str = "_warnings";
-
-/// Whether a column is provenance (carried through every stage).
-pub fn is_provenance(name: &str) -> bool {
-    name.starts_with('_')
-}
-
-/// Rows an operator rejected, with the rule and reason for each.
-#[derive(Debug, Clone)]
-pub struct DeadLetters {
-    /// The rejected input rows (with their provenance columns).
-    pub rows: RecordBatch,
-    pub rule: Vec<String>,
-    pub reason: Vec<String>,
-}
+pub use crate::record::{
+    CONTROL_ID, DeadLetters, MESSAGE_TYPE, OFFSET, RAW, RECORD_INDEX, SOURCE, WARNINGS,
+    is_provenance,
+};
 
 /// What one call of `Operator::process` produced.
 #[derive(Debug, Default)]

@@ -14,20 +14,12 @@ use super::{
     CONTROL_ID, DeadLetters, MESSAGE_TYPE, OFFSET, Operator, OperatorError, RAW, RECORD_INDEX,
     SOURCE, StageOutput,
 };
-use crate::connectors::schema_registry::{SchemaRegistry, split_wire};
 use crate::formats::avro::AvroBatchBuilder;
 use crate::formats::hl7::extract::{ColumnSpec, ExtractOptions, Extractor};
 use crate::formats::hl7::{Message, ParseLimits};
+use crate::net::schema_registry::{SchemaRegistry, split_wire};
 
-/// The schema sources produce: one row per record, before parsing.
-pub fn raw_record_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new(RAW, DataType::Binary, false),
-        Field::new(SOURCE, DataType::Utf8, false),
-        Field::new(OFFSET, DataType::Int64, false),
-        Field::new(RECORD_INDEX, DataType::Int64, false),
-    ]))
-}
+pub use crate::record::{raw_batch, raw_record_schema};
 
 /// How records are decoded.
 pub enum ParseFormat {
@@ -470,27 +462,6 @@ impl Operator for Parse {
             filtered: 0,
         })
     }
-}
-
-/// Builds a raw-record batch (what sources emit), e.g. for tests.
-pub fn raw_batch(source: &str, records: &[(usize, &[u8])], first_index: usize) -> RecordBatch {
-    let raw = arrow::array::BinaryArray::from_iter_values(records.iter().map(|(_, r)| *r));
-    let sources = arrow::array::StringArray::from(vec![source; records.len()]);
-    let offsets =
-        arrow::array::Int64Array::from_iter_values(records.iter().map(|(o, _)| *o as i64));
-    let indexes = arrow::array::Int64Array::from_iter_values(
-        (0..records.len()).map(|i| (first_index + i) as i64),
-    );
-    RecordBatch::try_new(
-        raw_record_schema(),
-        vec![
-            Arc::new(raw),
-            Arc::new(sources),
-            Arc::new(offsets),
-            Arc::new(indexes),
-        ],
-    )
-    .expect("raw schema matches")
 }
 
 #[cfg(test)]

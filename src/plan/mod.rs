@@ -2,6 +2,7 @@
 //! DataFusion, every reference (column, file, output) checked before anything runs.
 
 pub mod graph;
+mod stages;
 pub mod windows;
 
 pub use graph::{Plan, PlannedSink, PlannedStage, build};

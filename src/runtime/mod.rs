@@ -25,9 +25,9 @@ use tokio::sync::mpsc;
 
 pub use crate::connectors::checkpoint::Checkpoints;
 use crate::connectors::{BatchSink, BatchSource, DeadLetterSink, Durable};
-use crate::operators::{DeadLetters, RECORD_INDEX};
 use crate::plan::Plan;
 use crate::plan::graph::Upstream;
+use crate::record::{DeadLetters, RECORD_INDEX};
 pub use summary::{RunSummary, StageSummary};
 
 /// Batches in flight per channel: enough to keep both cores busy, small enough to bound memory.

@@ -19,17 +19,17 @@ use super::windows::{Monitor, WindowIo};
 use super::{Progress, RunOptions};
 use crate::connectors::dlq::DlqFile;
 use crate::connectors::file::FileSource;
-use crate::connectors::http::HttpTarget;
 use crate::connectors::kafka::{KafkaDlq, KafkaSource, RecordMeta, ensure_topics};
 use crate::connectors::monitoring::MonitorOutputs;
 use crate::connectors::monitoring::follow::spawn as follow_breakers;
 use crate::connectors::monitoring::state::WindowStateStore;
 use crate::connectors::registry::SourcePlan;
-use crate::connectors::schema_registry::SchemaRegistry;
 use crate::connectors::{
     BatchSink, BatchSource, Batching, Breakers, BuildCx, DeadLetterSink, RetryWorker,
 };
 use crate::metrics::outcome::OutcomeTap;
+use crate::net::http::HttpTarget;
+use crate::net::schema_registry::SchemaRegistry;
 use crate::plan::Plan;
 use crate::plan::windows::{PlannedWindow, WindowInput};
 

@@ -85,7 +85,7 @@ async fn hook(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> Sta
             .to_string()
     };
     let now = chrono::Utc::now().timestamp();
-    let signature_ok = plexus::connectors::http::verify(
+    let signature_ok = plexus::net::http::verify(
         &r.secret,
         &h("x-plexus-signature"),
         &body,

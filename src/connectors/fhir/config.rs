@@ -132,9 +132,13 @@ impl SyncPlan {
     pub fn open_events(
         &self,
         kafka: Option<&KafkaConnection>,
-    ) -> Result<crate::sync::SyncEvents, String> {
-        crate::sync::SyncEvents::open(&self.events_path, self.events_topic.as_deref(), kafka)
-            .map_err(|e| format!("sync events: {e}"))
+    ) -> Result<crate::connectors::fhir::sync::SyncEvents, String> {
+        crate::connectors::fhir::sync::SyncEvents::open(
+            &self.events_path,
+            self.events_topic.as_deref(),
+            kafka,
+        )
+        .map_err(|e| format!("sync events: {e}"))
     }
 }
 
@@ -142,7 +146,7 @@ impl SyncPlan {
 #[derive(Debug, Clone)]
 pub struct SyncPlan {
     pub state: SyncStatePlan,
-    pub policy: crate::sync::ConflictPolicy,
+    pub policy: crate::connectors::fhir::sync::ConflictPolicy,
     pub lease: Duration,
     /// Sync events: always a file, a topic when set.
     pub events_path: PathBuf,
@@ -159,8 +163,8 @@ pub enum SyncStatePlan {
 }
 
 impl SyncStatePlan {
-    pub fn location(&self) -> Result<crate::sync::store::StateLocation, String> {
-        use crate::sync::store::StateLocation;
+    pub fn location(&self) -> Result<crate::connectors::fhir::sync::store::StateLocation, String> {
+        use crate::connectors::fhir::sync::store::StateLocation;
         match self {
             SyncStatePlan::Postgres { url_env } => std::env::var(url_env)
                 .map(StateLocation::Postgres)
@@ -171,7 +175,7 @@ impl SyncStatePlan {
 }
 
 fn plan_sync(cx: &mut PlanCx<'_>, sy: &SyncSpec) -> Option<SyncPlan> {
-    use crate::sync::{ConflictPolicy, Side};
+    use crate::connectors::fhir::sync::{ConflictPolicy, Side};
     let name = cx.pipeline.to_string();
     let state = match &sy.state {
         Some(s) if s.as_str() == "postgres" => SyncStatePlan::Postgres {
@@ -204,12 +208,10 @@ fn plan_sync(cx: &mut PlanCx<'_>, sy: &SyncSpec) -> Option<SyncPlan> {
     };
     let lease = cx.duration_or(&sy.lease, Duration::from_secs(30));
     let events = sy.events.as_ref();
-    if let Some(e) = events {
-        if let Some(t) = &e.topic
-            && !cx.has_kafka
-        {
-            cx.err(t, "a sync events topic needs a `kafka:` connection block");
-        }
+    if let Some(t) = events.and_then(|e| e.topic.as_ref())
+        && !cx.has_kafka
+    {
+        cx.err(t, "a sync events topic needs a `kafka:` connection block");
     }
     Some(SyncPlan {
         state,

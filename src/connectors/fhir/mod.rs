@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod sink;
+pub mod sync;
 
 pub use config::{FhirSinkConfig, FhirSinkPlan, SyncPlan, SyncStatePlan};
 pub use sink::FhirSyncSink;

@@ -1,5 +1,5 @@
 //! The `fhir` sink with `sync:`: each resource row of a `fhir` stage goes through the sync
-//! state (`crate::sync`) instead of a blind conditional update — under a lease, with the
+//! state (`connectors::fhir::sync`) instead of a blind conditional update — under a lease, with the
 //! versions both sides agreed on remembered, so that a change made on the server since the
 //! last sync is detected and never overwritten.
 //!
@@ -27,15 +27,15 @@ use futures::StreamExt;
 use serde_json::Value;
 
 use super::config::SyncPlan;
+use crate::connectors::fhir::sync::{SyncError, SyncOutcome, Syncer};
 use crate::connectors::http::HttpSinkPlan;
 use crate::connectors::http::Outcome;
 use crate::connectors::http::sink::report_call;
 use crate::connectors::{BatchSink, BuildCx, ConnectorError, SinkOutcome};
-use crate::fhir::client::FhirError;
 use crate::fhir::v2::Resource;
 use crate::metrics::outcome::OutcomeTap;
-use crate::operators::{DeadLetters, RECORD_INDEX};
-use crate::sync::{SyncError, SyncOutcome, Syncer};
+use crate::net::fhir_client::FhirError;
+use crate::record::{DeadLetters, RECORD_INDEX};
 
 /// How often a held entity is tried before the row is dead-lettered.
 const CONTENDED_TRIES: u32 = 10;
@@ -47,7 +47,7 @@ pub fn build(
     name: &str,
     cx: &BuildCx<'_>,
 ) -> Result<FhirSyncSink, ConnectorError> {
-    use crate::fhir::client::FhirClient;
+    use crate::net::fhir_client::FhirClient;
     let in_sink = |e: String| ConnectorError::Other(format!("sink {name}: {e}"));
     let state = sync.state.location().map_err(in_sink)?;
     let config = h.fhir_client_config().map_err(in_sink)?;
@@ -57,7 +57,9 @@ pub fn build(
     }
     let store = cx
         .rt
-        .block_on(crate::sync::store::SyncStore::open(&state))
+        .block_on(crate::connectors::fhir::sync::store::SyncStore::open(
+            &state,
+        ))
         .map_err(|e| in_sink(e.to_string()))?;
     let events = sync.open_events(cx.kafka).map_err(in_sink)?;
     let syncer = Syncer {

@@ -13,7 +13,7 @@ use arrow::record_batch::RecordBatch;
 
 use super::super::{BatchSink, ConnectorError};
 use super::config::SinkFormat;
-use crate::operators::{RAW, is_provenance};
+use crate::record::{RAW, is_provenance};
 
 enum Writer {
     Ndjson(arrow::json::LineDelimitedWriter<Box<dyn Write + Send>>),

@@ -13,7 +13,7 @@ use arrow::record_batch::RecordBatch;
 use super::super::{BatchSource, ConnectorError};
 use crate::formats::framing::SourceFormat;
 use crate::formats::framing::frame;
-use crate::operators::parse::raw_batch;
+use crate::record::raw_batch;
 
 /// The file being emitted: its name, bytes, record spans and the next record to emit.
 struct OpenFile {

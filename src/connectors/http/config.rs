@@ -10,7 +10,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::config::{PlanCx, Spanned};
-use crate::connectors::kafka::SecretRef;
+use crate::net::secret::SecretRef;
 
 /// `{name: hook, type: http, url: env:HOOK_URL, secret: env:HOOK_SECRET}`: one signed JSON
 /// request per row.
@@ -185,8 +185,8 @@ impl HttpSinkPlan {
 
     /// The FHIR client settings of a `fhir` sink: base, timeout, retry policy, credentials
     /// and TLS (secrets read now).
-    pub fn fhir_client_config(&self) -> Result<crate::fhir::client::ClientConfig, String> {
-        let mut c = crate::fhir::client::ClientConfig::new(self.resolved_url()?);
+    pub fn fhir_client_config(&self) -> Result<crate::net::fhir_client::ClientConfig, String> {
+        let mut c = crate::net::fhir_client::ClientConfig::new(self.resolved_url()?);
         c.timeout = self.timeout;
         c.retry = self.retry.clone();
         c.auth = self.auth.resolve()?;
@@ -236,8 +236,8 @@ impl HeaderValue {
 
 impl AuthPlan {
     /// The credentials, secrets read now.
-    pub fn resolve(&self) -> Result<crate::connectors::http::auth::Auth, String> {
-        use crate::connectors::http::auth::Auth;
+    pub fn resolve(&self) -> Result<crate::net::auth::Auth, String> {
+        use crate::net::auth::Auth;
         Ok(match self {
             AuthPlan::None => Auth::None,
             AuthPlan::Basic { user, password } => Auth::Basic {
@@ -273,7 +273,7 @@ pub struct TlsPlan {
 }
 
 impl TlsPlan {
-    pub fn resolve(&self) -> Result<crate::connectors::http::auth::Tls, String> {
+    pub fn resolve(&self) -> Result<crate::net::auth::Tls, String> {
         let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
         let identity_pem = match (&self.cert, &self.key) {
             (Some(c), Some(k)) => {
@@ -284,7 +284,7 @@ impl TlsPlan {
             }
             _ => None,
         };
-        Ok(crate::connectors::http::auth::Tls {
+        Ok(crate::net::auth::Tls {
             ca_pem: self.ca.as_ref().map(read).transpose()?,
             identity_pem,
         })

@@ -21,14 +21,12 @@ use std::sync::Arc;
 
 use super::config::HttpSinkPlan;
 use super::{HttpTarget, Outcome, Request};
-use crate::connectors::kafka::ensure_topics;
-use crate::connectors::kafka::record_identity;
-use crate::connectors::kafka::retry::{
-    Parked, RetryTopics, RetryWorkerConfig, retry_topics, run_worker,
+use crate::connectors::{
+    BatchSink, BuildCx, ConnectorError, Durable, Parked, Parking, SinkOutcome,
 };
-use crate::connectors::{BatchSink, BuildCx, ConnectorError, Durable, SinkOutcome};
 use crate::metrics::outcome::{OutcomeRow, OutcomeTap};
-use crate::operators::{DeadLetters, RAW, RECORD_INDEX, is_provenance};
+use crate::record::record_identity;
+use crate::record::{DeadLetters, RAW, RECORD_INDEX, is_provenance};
 use crate::resilience::breaker::SharedBreaker;
 use crate::resilience::retry::{RetryPolicy, jitter_random};
 
@@ -49,13 +47,13 @@ pub struct HttpSinkParts {
     pub fhir: bool,
 }
 
-/// Starts a planned HTTP (or plain FHIR) sink, and the retry worker of its retry topics when
-/// it has them (into `cx.workers`).
-pub fn build(
-    h: HttpSinkPlan,
+/// The running parts of a planned HTTP (or plain FHIR) sink: its client (secrets read now)
+/// and breaker (registered with the run).
+pub fn parts(
+    h: &HttpSinkPlan,
     name: &str,
-    cx: &mut BuildCx<'_>,
-) -> Result<HttpSink, ConnectorError> {
+    cx: &BuildCx<'_>,
+) -> Result<HttpSinkParts, ConnectorError> {
     let in_sink = |e: String| ConnectorError::Other(format!("sink {name}: {e}"));
     let url = h.resolved_url().map_err(in_sink)?;
     let headers = h
@@ -76,70 +74,22 @@ pub fn build(
     if h.fhir {
         target = target.fhir();
     }
-    let breaker = h.breaker.clone().map(|c| cx.breaker(name, c));
-    let parts = HttpSinkParts {
+    Ok(HttpSinkParts {
         name: name.to_string(),
-        target: target.clone(),
+        target,
         policy: h.retry.clone(),
         concurrency: h.concurrency,
         provenance: h.provenance,
-        breaker: breaker.clone(),
+        breaker: h.breaker.clone().map(|c| cx.breaker(name, c)),
         outcomes: cx.outcomes.clone(),
         fhir: h.fhir,
-    };
-    let Some(base) = &h.retry_topic else {
-        return Ok(HttpSink::new(parts, cx.rt.clone(), None));
-    };
-    let conn = cx.kafka.cloned().unwrap_or_default();
-    let topics: Vec<(String, i32, bool)> = retry_topics(base, &h.retry)
-        .into_iter()
-        .map(|t| (t, 3, false))
-        .collect();
-    cx.rt.block_on(ensure_topics(&conn, &topics))?;
-    let parking = RetryTopics::new(&conn, base, cx.pipeline, cx.integration, name)?;
-    let worker_config = RetryWorkerConfig {
-        base: base.clone(),
-        group: format!("{}.retry.{name}", cx.group),
-        sink: name.to_string(),
-        pipeline: cx.pipeline.to_string(),
-        integration: cx.integration.to_string(),
-        dlq_topic: cx
-            .dlq_topic
-            .ok_or_else(|| in_sink("retry topics need a dead-letter topic".into()))?
-            .to_string(),
-        policy: h.retry.clone(),
-        concurrency: h.concurrency,
-        outcomes: cx.outcomes.clone(),
-    };
-    let (handle, stop, main_done, idle) = (
-        cx.rt.clone(),
-        cx.stop.clone(),
-        cx.main_done.clone(),
-        cx.idle,
-    );
-    let worker = std::thread::Builder::new()
-        .name(format!("retry-{name}"))
-        .spawn(move || {
-            run_worker(
-                &conn,
-                worker_config,
-                target,
-                handle,
-                stop,
-                main_done,
-                idle,
-                breaker,
-            )
-        })
-        .map_err(|e| in_sink(format!("starting the retry worker: {e}")))?;
-    cx.workers.push(worker);
-    Ok(HttpSink::new(parts, cx.rt.clone(), Some(parking)))
+    })
 }
 
 pub struct HttpSink {
     config: HttpSinkParts,
     handle: tokio::runtime::Handle,
-    retry: Option<RetryTopics>,
+    retry: Option<Box<dyn Parking>>,
     outcome: SinkOutcome,
     delivered: u64,
 }
@@ -149,7 +99,7 @@ impl HttpSink {
     pub fn new(
         config: HttpSinkParts,
         handle: tokio::runtime::Handle,
-        retry: Option<RetryTopics>,
+        retry: Option<Box<dyn Parking>>,
     ) -> Self {
         HttpSink {
             config,
@@ -452,7 +402,7 @@ impl BatchSink for HttpSink {
     }
 
     fn barrier(&mut self) -> Result<Option<Durable>, ConnectorError> {
-        Ok(self.retry.as_mut().and_then(RetryTopics::barrier))
+        Ok(self.retry.as_mut().and_then(|p| p.barrier()))
     }
 
     fn finish(&mut self) -> Result<(), ConnectorError> {

@@ -10,7 +10,7 @@ use rdkafka::producer::FutureRecord;
 
 use super::{KafkaConnection, RecordMeta, headers, parse_source_name};
 use crate::connectors::{ConnectorError, DeadLetterSink, Durable};
-use crate::operators::{CONTROL_ID, DeadLetters, OFFSET, RAW, RECORD_INDEX, SOURCE};
+use crate::record::{CONTROL_ID, DeadLetters, OFFSET, RAW, RECORD_INDEX, SOURCE};
 
 pub struct KafkaDlq {
     topic: String,

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use rdkafka::ClientConfig;
 
+pub use crate::net::secret::SecretRef;
 pub use dlq::KafkaDlq;
 pub use sink::KafkaSink;
 pub use source::KafkaSource;
@@ -104,39 +105,6 @@ pub async fn ensure_topics(
         }
     }
     Ok(())
-}
-
-/// A secret property's origin.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SecretRef {
-    Env(String),
-    File(std::path::PathBuf),
-}
-
-impl SecretRef {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        if let Some(name) = s.strip_prefix("env:") {
-            Ok(SecretRef::Env(name.to_string()))
-        } else if let Some(path) = s.strip_prefix("file:") {
-            Ok(SecretRef::File(path.into()))
-        } else {
-            Err(format!(
-                "a secret is `env:NAME` or `file:/path`, not {:?}",
-                s.chars().take(4).collect::<String>() + "…"
-            ))
-        }
-    }
-
-    pub fn read(&self) -> Result<String, String> {
-        match self {
-            SecretRef::Env(n) => {
-                std::env::var(n).map_err(|_| format!("environment variable {n} is not set"))
-            }
-            SecretRef::File(p) => std::fs::read_to_string(p)
-                .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
-                .map_err(|e| format!("secret file {}: {e}", p.display())),
-        }
-    }
 }
 
 /// Properties that must come from `secrets:` (never inline in a pipeline file).
@@ -419,42 +387,7 @@ pub fn source_name(topic: &str, partition: i32) -> String {
     format!("{topic}/{partition}")
 }
 
-/// A record's stable identity, `source/offset#control id`: the dead-letter key (what replay
-/// deduplicates on) and the HTTP sink's idempotency key. One Kafka message may hold several
-/// HL7 messages (a batch file): their control ids keep the keys apart.
-pub fn record_identity(source: Option<&str>, offset: Option<i64>, control: Option<&str>) -> String {
-    format!(
-        "{}/{}{}{}",
-        source.unwrap_or("-"),
-        offset.unwrap_or(-1),
-        if control.is_some() { "#" } else { "" },
-        control.unwrap_or("")
-    )
-}
-
-/// A batch's provenance columns (`_source`, `_offset`, and the correlation id: HL7 MSH-10,
-/// else the event's own `event_id`), each when present: what sinks stamp on what they send.
-pub fn provenance_columns(
-    batch: &arrow::record_batch::RecordBatch,
-) -> (
-    Option<&arrow::array::StringArray>,
-    Option<&arrow::array::Int64Array>,
-    Option<&arrow::array::StringArray>,
-) {
-    use crate::operators::{CONTROL_ID, OFFSET, SOURCE};
-    use arrow::array::AsArray;
-    let sources = batch
-        .column_by_name(SOURCE)
-        .and_then(|c| c.as_string_opt::<i32>());
-    let offsets = batch
-        .column_by_name(OFFSET)
-        .and_then(|c| c.as_primitive_opt::<arrow::datatypes::Int64Type>());
-    let controls = batch
-        .column_by_name(CONTROL_ID)
-        .or_else(|| batch.column_by_name("event_id"))
-        .and_then(|c| c.as_string_opt::<i32>());
-    (sources, offsets, controls)
-}
+pub use crate::record::{provenance_columns, record_identity};
 
 /// Splits a `_source` written by `source_name`.
 pub fn parse_source_name(s: &str) -> Option<(&str, i32)> {

@@ -30,9 +30,9 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
 use super::{Deliveries, KafkaConnection, KafkaDlq, headers};
-use crate::connectors::http::{HttpTarget, Outcome, Request};
-use crate::connectors::{ConnectorError, DeadLetterSink, Durable};
-use crate::operators::{CONTROL_ID, DeadLetters, OFFSET, RAW, RECORD_INDEX, SOURCE};
+use crate::connectors::{ConnectorError, DeadLetterSink, Durable, Parked, Parking};
+use crate::net::http::{HttpTarget, Outcome, Request};
+use crate::record::{CONTROL_ID, DeadLetters, OFFSET, RAW, RECORD_INDEX, SOURCE};
 use crate::resilience::breaker::SharedBreaker;
 use crate::resilience::retry::{RetryPolicy, jitter_random};
 
@@ -46,31 +46,6 @@ pub fn retry_topics(base: &str, policy: &RetryPolicy) -> Vec<String> {
     (1..policy.max_attempts.max(1))
         .map(|n| retry_topic(base, n))
         .collect()
-}
-
-/// A record to park.
-pub struct Parked<'a> {
-    /// Which retry topic (`<base>.<n>`): the attempt that failed.
-    pub failed_attempt: u32,
-    /// The attempt number of the next try (the same one when a breaker refused the call).
-    pub next_attempt: u32,
-    pub due: DateTime<Utc>,
-    pub first_failed_at: DateTime<Utc>,
-    pub error: String,
-    /// What the sink sends (the request body).
-    pub body: &'a [u8],
-    /// FHIR: the request's path under the base (see `http::Request::path`).
-    pub path: Option<&'a str>,
-    /// FHIR: elements the message deletes (see `http::Request::delete`).
-    pub delete: Option<&'a str>,
-    /// The record's stable identity (idempotency key); also the message key.
-    pub key: &'a str,
-    pub correlation_id: Option<&'a str>,
-    /// The original record, for the dead-letter topic if every attempt fails.
-    pub original: Option<&'a [u8]>,
-    /// `_source` and `_offset` of the original record.
-    pub source: Option<&'a str>,
-    pub offset: Option<i64>,
 }
 
 /// The producer side: parks records and reports when the parks are durable.
@@ -99,7 +74,7 @@ impl RetryTopics {
         })
     }
 
-    pub fn park(&mut self, p: Parked<'_>) -> Result<(), ConnectorError> {
+    fn park_record(&mut self, p: Parked<'_>) -> Result<(), ConnectorError> {
         let topic = retry_topic(&self.base, p.failed_attempt);
         let next = p.next_attempt.to_string();
         let due = p.due.timestamp_millis().to_string();
@@ -137,14 +112,77 @@ impl RetryTopics {
             .headers(h);
         self.out.send(record)
     }
+}
 
-    pub fn barrier(&mut self) -> Option<Durable> {
+impl Parking for RetryTopics {
+    fn park(&mut self, p: Parked<'_>) -> Result<(), ConnectorError> {
+        self.park_record(p)
+    }
+
+    fn barrier(&mut self) -> Option<Durable> {
         self.out.barrier()
     }
 
-    pub fn finish(&mut self) -> Result<(), ConnectorError> {
+    fn finish(&mut self) -> Result<(), ConnectorError> {
         self.out.finish()
     }
+}
+
+/// Parks an HTTP sink's transient failures on its retry topics `<base>.<attempt>` and starts
+/// the worker that delivers them when due (into `cx.workers`).
+pub fn start(
+    h: &crate::connectors::http::HttpSinkPlan,
+    base: &str,
+    name: &str,
+    target: HttpTarget,
+    breaker: Option<SharedBreaker>,
+    cx: &mut crate::connectors::BuildCx<'_>,
+) -> Result<Box<dyn Parking>, ConnectorError> {
+    let in_sink = |e: String| ConnectorError::Other(format!("sink {name}: {e}"));
+    let conn = cx.kafka.cloned().unwrap_or_default();
+    let topics: Vec<(String, i32, bool)> = retry_topics(base, &h.retry)
+        .into_iter()
+        .map(|t| (t, 3, false))
+        .collect();
+    cx.rt.block_on(super::ensure_topics(&conn, &topics))?;
+    let parking = RetryTopics::new(&conn, base, cx.pipeline, cx.integration, name)?;
+    let worker_config = RetryWorkerConfig {
+        base: base.to_string(),
+        group: format!("{}.retry.{name}", cx.group),
+        sink: name.to_string(),
+        pipeline: cx.pipeline.to_string(),
+        integration: cx.integration.to_string(),
+        dlq_topic: cx
+            .dlq_topic
+            .ok_or_else(|| in_sink("retry topics need a dead-letter topic".into()))?
+            .to_string(),
+        policy: h.retry.clone(),
+        concurrency: h.concurrency,
+        outcomes: cx.outcomes.clone(),
+    };
+    let (handle, stop, main_done, idle) = (
+        cx.rt.clone(),
+        cx.stop.clone(),
+        cx.main_done.clone(),
+        cx.idle,
+    );
+    let worker = std::thread::Builder::new()
+        .name(format!("retry-{name}"))
+        .spawn(move || {
+            run_worker(
+                &conn,
+                worker_config,
+                target,
+                handle,
+                stop,
+                main_done,
+                idle,
+                breaker,
+            )
+        })
+        .map_err(|e| in_sink(format!("starting the retry worker: {e}")))?;
+    cx.workers.push(worker);
+    Ok(Box::new(parking))
 }
 
 /// What the retry worker did.

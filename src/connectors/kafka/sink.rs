@@ -14,9 +14,9 @@ use rdkafka::producer::FutureRecord;
 
 use super::config::KafkaSinkPlan;
 use super::{KafkaConnection, headers, parse_source_name};
-use crate::connectors::schema_registry::{SchemaRegistry, frame_wire};
 use crate::connectors::{BatchSink, BuildCx, ConnectorError, Durable, SinkId};
-use crate::operators::is_provenance;
+use crate::net::schema_registry::{SchemaRegistry, frame_wire};
+use crate::record::is_provenance;
 use crate::sql::PlannedExpr;
 
 /// How rows are encoded.
@@ -74,7 +74,7 @@ impl KafkaSink {
             .iter()
             .enumerate()
             .filter(|(_, f)| {
-                config.provenance && f.name() != crate::operators::RAW || !is_provenance(f.name())
+                config.provenance && f.name() != crate::record::RAW || !is_provenance(f.name())
             })
             .map(|(i, _)| i)
             .collect();

@@ -24,7 +24,7 @@ use super::{KafkaConnection, Origin, RecordMeta, headers, source_name};
 use crate::connectors::Batching;
 use crate::connectors::{BatchSource, Checkpoints, ConnectorError, Position};
 use crate::formats::framing::SourceFormat;
-use crate::operators::parse::raw_record_schema;
+use crate::record::raw_record_schema;
 
 /// How long a rebalance waits for in-flight batches before handing partitions over.
 const REBALANCE_DRAIN: Duration = Duration::from_secs(30);

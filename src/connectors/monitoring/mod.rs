@@ -6,6 +6,7 @@
 //! `plexus query` reads) and, with Kafka, produced to a topic. Breaker events are keyed by
 //! `integration/sink`, so a compacted topic keeps each breaker's latest state.
 
+pub mod config;
 pub mod follow;
 pub mod parquet;
 pub mod state;
@@ -192,7 +193,7 @@ struct RaisedAlert<'a> {
 
 impl MonitorOutputs {
     pub fn new(
-        plan: &crate::plan::windows::MonitoringPlan,
+        plan: &config::MonitoringPlan,
         kafka: Option<&KafkaConnection>,
         webhook: Option<HttpTarget>,
         handle: tokio::runtime::Handle,

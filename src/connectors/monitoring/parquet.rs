@@ -23,7 +23,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
 use crate::connectors::ConnectorError;
-use crate::plan::windows::MetricsLocation;
+use crate::connectors::monitoring::config::MetricsLocation;
 
 /// Where the files go.
 enum Target {

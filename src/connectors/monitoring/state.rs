@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use crate::connectors::ConnectorError;
-use crate::plan::windows::StateStore;
+use crate::connectors::monitoring::config::StateStore;
 
 pub enum WindowStateStore {
     Dir(PathBuf),

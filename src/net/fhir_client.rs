@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-pub use crate::connectors::http::auth::{Auth, AuthError, Credentials, Tls};
+pub use crate::net::auth::{Auth, AuthError, Credentials, Tls};
 use crate::resilience::breaker::SharedBreaker;
 use crate::resilience::retry::{RetryPolicy, jitter_random, parse_retry_after};
 

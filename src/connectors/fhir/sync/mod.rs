@@ -29,8 +29,8 @@ use sha2::{Digest, Sha256};
 use crate::connectors::kafka::KafkaConnection;
 use crate::connectors::monitoring::EventLog;
 use crate::connectors::{ConnectorError, Durable};
-use crate::fhir::client::{FhirClient, FhirError, Versioned};
 use crate::fhir::v2::Resource;
+use crate::net::fhir_client::{FhirClient, FhirError, Versioned};
 use store::{SyncStore, Update};
 
 /// Sync events (`integration.sync.completed|failed|conflict`), one JSON object per line to a

@@ -1,0 +1,53 @@
+//! `type: fhir`: HL7v2 → FHIR R4 resources (or Bundles) per the v2-to-FHIR IG.
+
+use super::*;
+
+pub(crate) fn plan(
+    cx: &mut Ctx<'_>,
+    _sql: &SqlPlanner,
+    f: &crate::spec::FhirStage,
+    _input: &SchemaRef,
+) -> Option<Box<dyn Operator>> {
+    if SourceFormat::parse(cx.spec.source.format()).ok() != Some(SourceFormat::Hl7) {
+        cx.err(
+            &f.name,
+            "a `fhir` stage maps HL7v2: the source format must be hl7",
+        );
+        return None;
+    }
+    let bundle = match f.bundle.as_ref().map(|b| b.as_str()) {
+        None => None,
+        Some("transaction") => Some(crate::fhir::bundle::BundleType::Transaction),
+        Some("batch") => Some(crate::fhir::bundle::BundleType::Batch),
+        Some(_) => {
+            let b = f.bundle.as_ref().expect("some");
+            cx.err(b, "bundle is `transaction` or `batch`");
+            return None;
+        }
+    };
+    let offset = match &f.default_timezone {
+        Some(tz) => match Zone::parse(tz) {
+            Ok(z) => z,
+            Err(e) => {
+                cx.err(tz, format!("default_timezone: {e}"));
+                return None;
+            }
+        },
+        None => Zone::default(),
+    };
+    let systems = f
+        .systems
+        .iter()
+        .map(|(k, v)| (k.clone(), v.to_string()))
+        .collect();
+    let opts = crate::fhir::v2::Options {
+        default_zone: offset,
+        ..Default::default()
+    }
+    .with_systems(systems);
+    let per_record = cx.spec.source.kind.as_str() == "kafka";
+    Some(
+        Box::new(crate::operators::fhir::ToFhir::new(opts, bundle).per_record(per_record))
+            as Box<dyn Operator>,
+    )
+}
