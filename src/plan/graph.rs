@@ -266,33 +266,7 @@ pub async fn build(spec: &PipelineSpec) -> Result<Plan, SpecErrors> {
     let sql = SqlPlanner::new();
 
     let source = plan_source(&mut cx);
-    let max_delay = match &spec.batch.max_delay {
-        Some(d) => crate::spec::parse_duration(d).unwrap_or_else(|e| {
-            cx.err(d, e);
-            Duration::from_millis(200)
-        }),
-        None => Duration::from_millis(200),
-    };
-    // Bounded: a batch is held in memory whole, and a typo (10^12) must not be a plan.
-    const MAX_ROWS: i64 = 1 << 20;
-    const MAX_BYTES: i64 = 1 << 30;
-    if !(1..=MAX_ROWS).contains(&*spec.batch.max_rows) {
-        cx.err(
-            &spec.batch.max_rows,
-            format!(
-                "max_rows is between 1 and {MAX_ROWS}, not {}",
-                *spec.batch.max_rows
-            ),
-        );
-    }
-    if let Some(b) = &spec.batch.max_bytes
-        && !(1024..=MAX_BYTES).contains(&**b)
-    {
-        cx.err(
-            b,
-            format!("max_bytes is between 1024 and {MAX_BYTES}, not {}", **b),
-        );
-    }
+    let (max_rows, max_bytes, max_delay) = plan_batch(&mut cx);
 
     let mut stages: Vec<PlannedStage> = Vec::new();
     for (i, stage) in spec.stages.iter().enumerate() {
@@ -368,12 +342,84 @@ pub async fn build(spec: &PipelineSpec) -> Result<Plan, SpecErrors> {
             "a pipeline needs at least one sink",
         ));
     }
-    let (dlq, dlq_topic) = match &spec.dlq {
+    let (dlq, dlq_topic) = plan_dlq(&mut cx, kafka.is_some());
+    let registry = spec.schema_registry.as_ref().map(|r| RegistryConfig {
+        url: r.url.to_string(),
+        username_env: r.username_env.as_ref().map(|s| s.to_string()),
+        password_env: r.password_env.as_ref().map(|s| s.to_string()),
+    });
+    if !cx.errors.is_empty() {
+        cx.errors
+            .sort_by_key(|e| (e.location.line, e.location.column));
+        return Err(SpecErrors(cx.errors));
+    }
+    Ok(Plan {
+        name: spec.name.to_string(),
+        integration_id: spec.integration.id.to_string(),
+        source: source.expect("no errors"),
+        max_rows,
+        max_bytes,
+        max_delay,
+        stages,
+        sinks,
+        dlq,
+        dlq_topic,
+        kafka,
+        registry,
+        windows,
+        monitoring,
+    })
+}
+
+/// `batch:`: rows and bytes per batch (bounded: a batch is held in memory whole, and a typo
+/// such as 10^12 must not be a plan), and how long a stream's batch may wait.
+fn plan_batch(cx: &mut Ctx<'_>) -> (usize, usize, Duration) {
+    let spec = cx.spec;
+    let max_delay = match &spec.batch.max_delay {
+        Some(d) => crate::spec::parse_duration(d).unwrap_or_else(|e| {
+            cx.err(d, e);
+            Duration::from_millis(200)
+        }),
+        None => Duration::from_millis(200),
+    };
+    const MAX_ROWS: i64 = 1 << 20;
+    const MAX_BYTES: i64 = 1 << 30;
+    if !(1..=MAX_ROWS).contains(&*spec.batch.max_rows) {
+        cx.err(
+            &spec.batch.max_rows,
+            format!(
+                "max_rows is between 1 and {MAX_ROWS}, not {}",
+                *spec.batch.max_rows
+            ),
+        );
+    }
+    if let Some(b) = &spec.batch.max_bytes
+        && !(1024..=MAX_BYTES).contains(&**b)
+    {
+        cx.err(
+            b,
+            format!("max_bytes is between 1024 and {MAX_BYTES}, not {}", **b),
+        );
+    }
+
+    let max_rows = (*spec.batch.max_rows).clamp(1, MAX_ROWS) as usize;
+    let max_bytes = spec
+        .batch
+        .max_bytes
+        .as_ref()
+        .map_or(8 << 20, |b| (**b).clamp(1024, MAX_BYTES) as usize);
+    (max_rows, max_bytes, max_delay)
+}
+
+/// `dlq:`: a file (default `<name>.dlq.ndjson`, placed by the run) or a topic.
+fn plan_dlq(cx: &mut Ctx<'_>, has_kafka: bool) -> (Option<PathBuf>, Option<String>) {
+    let spec = cx.spec;
+    match &spec.dlq {
         None => (None, None),
         Some(d) => match (&d.path, &d.topic) {
             (Some(p), None) => (Some(spec.resolve(p)), None),
             (None, Some(t)) => {
-                if kafka.is_none() {
+                if !has_kafka {
                     cx.err(t, "a dead-letter topic needs a `kafka:` connection block");
                 }
                 (None, Some(t.to_string()))
@@ -392,37 +438,7 @@ pub async fn build(spec: &PipelineSpec) -> Result<Plan, SpecErrors> {
                 (None, None)
             }
         },
-    };
-    let registry = spec.schema_registry.as_ref().map(|r| RegistryConfig {
-        url: r.url.to_string(),
-        username_env: r.username_env.as_ref().map(|s| s.to_string()),
-        password_env: r.password_env.as_ref().map(|s| s.to_string()),
-    });
-    if !cx.errors.is_empty() {
-        cx.errors
-            .sort_by_key(|e| (e.location.line, e.location.column));
-        return Err(SpecErrors(cx.errors));
     }
-    Ok(Plan {
-        name: spec.name.to_string(),
-        integration_id: spec.integration.id.to_string(),
-        source: source.expect("no errors"),
-        max_rows: (*spec.batch.max_rows).clamp(1, MAX_ROWS) as usize,
-        max_bytes: spec
-            .batch
-            .max_bytes
-            .as_ref()
-            .map_or(8 << 20, |b| (**b).clamp(1024, MAX_BYTES) as usize),
-        max_delay,
-        stages,
-        sinks,
-        dlq,
-        dlq_topic,
-        kafka,
-        registry,
-        windows,
-        monitoring,
-    })
 }
 
 /// The `kafka:` block: brokers, properties, and secrets by reference only.

@@ -187,9 +187,9 @@ pub struct RunOptions {
 /// (files) or is stopped (streams; see `KafkaSource`).
 pub async fn run(
     plan: Plan,
-    mut source: Box<dyn BatchSource>,
+    source: Box<dyn BatchSource>,
     sinks: Vec<Box<dyn BatchSink>>,
-    mut dlq: Box<dyn DeadLetterSink>,
+    dlq: Box<dyn DeadLetterSink>,
     options: RunOptions,
 ) -> anyhow::Result<RunSummary> {
     let RunOptions {
@@ -198,7 +198,6 @@ pub async fn run(
         telemetry,
     } = options;
     let started = Instant::now();
-    let handle = tokio::runtime::Handle::current();
     let Plan {
         name,
         integration_id,
@@ -219,38 +218,144 @@ pub async fn run(
             .collect(),
         None => Vec::new(),
     };
-    let seen = Arc::new(std::sync::Mutex::new(Seen::default()));
-    // Parties: every sink, the dead-letter writer, every window (its state at the barrier).
-    let checkpoints = Arc::new(Checkpoints::new(
-        sink_specs.len() + 1 + stream_windows.len(),
-    ));
-    source.attach(checkpoints.clone());
-    let stage_count = stages.len();
+    let sh = Shared {
+        seen: Arc::default(),
+        // Parties: every sink, the dead-letter writer, every window (its state at the barrier).
+        checkpoints: Arc::new(Checkpoints::new(
+            sink_specs.len() + 1 + stream_windows.len(),
+        )),
+        handle: tokio::runtime::Handle::current(),
+        telemetry,
+    };
+    let mut source = source;
+    source.attach(sh.checkpoints.clone());
     // Every stage and every sink sends each barrier to the dead-letter writer (sinks send
     // their undeliverable rows there too).
-    let barrier_senders = stage_count + sink_specs.len();
-
+    let (dead_tx, dlq_task) = spawn_dead_letters(dlq, stages.len() + sink_specs.len(), &sh);
     // Who reads each upstream port.
-    let mut readers: HashMap<Upstream, Vec<mpsc::Sender<Msg>>> = HashMap::new();
+    let mut readers: Readers = HashMap::new();
+    let unavailable = Arc::new(AtomicU64::new(0));
+    let mut sink_tasks = Vec::new();
+    let mut sink_rows = Vec::new();
+    for (spec, sink) in sink_specs.into_iter().zip(sinks) {
+        let (task, rows) = spawn_sink(spec, sink, &mut readers, &dead_tx, unavailable.clone(), &sh);
+        sink_tasks.push(task);
+        sink_rows.push(rows);
+    }
+    let mut window_tasks = Vec::new();
+    for (up, w) in stream_windows {
+        let io = window_io.clone().expect("stream windows need window io");
+        window_tasks.push(spawn_window(up, w, io, &mut readers, &sh)?);
+    }
+    // Stages, last first, so that each stage's readers exist when it is spawned.
     let mut tasks = Vec::new();
+    let mut counters = Vec::new();
+    let mut stage_meta = Vec::new();
+    for (i, stage) in stages.into_iter().enumerate().rev() {
+        let c = Arc::new(StageCounters::default());
+        counters.push(c.clone());
+        stage_meta.push((stage.name.clone(), stage.kind));
+        tasks.push(spawn_stage(i, stage, &mut readers, &dead_tx, c));
+    }
+    drop(dead_tx);
+    counters.reverse();
+    stage_meta.reverse();
+    let records_read = Arc::new(AtomicU64::new(0));
+    let source_readers = readers.remove(&Upstream::Source).unwrap_or_default();
+    let source_task = spawn_source(source, source_readers, progress, records_read.clone(), &sh);
 
-    // Dead letters from every stage go through one writer task. It acks an epoch once every
-    // stage has passed that epoch's barrier (each stage sends it after its dead letters).
+    let (bytes, warnings) = source_task.await??;
+    for t in tasks {
+        t.await??;
+    }
+    for t in sink_tasks {
+        t.await??;
+    }
+    let mut window_summaries = Vec::new();
+    for t in window_tasks {
+        window_summaries.push(t.await??);
+    }
+    let dead_rows = dlq_task.await??;
+    let seen = sh.seen.lock().expect("seen");
+    let stages = stage_meta
+        .into_iter()
+        .zip(counters)
+        .map(|((name, kind), c)| c.summary(name, kind))
+        .collect::<Vec<_>>();
+    let filtered = stages.iter().map(|s| s.filtered).sum();
+    Ok(RunSummary {
+        pipeline: name,
+        integration: integration_id,
+        records_in: records_read.load(Ordering::Relaxed),
+        bytes_in: bytes,
+        delivered: seen.delivered(),
+        dead_lettered: seen.dead(),
+        unavailable: unavailable.load(Ordering::Relaxed),
+        interrupted: false,
+        parked: seen.parked(),
+        retries: Vec::new(),
+        breaker_transitions: Vec::new(),
+        windows: window_summaries,
+        dead_letter_rows: dead_rows,
+        filtered,
+        elapsed_ms: started.elapsed().as_secs_f64() * 1e3,
+        stages,
+        sinks: sink_rows
+            .into_iter()
+            .map(|(n, r)| (n, r.load(Ordering::Relaxed)))
+            .collect(),
+        warnings,
+    })
+}
+
+/// What every task of a run shares.
+#[derive(Clone)]
+struct Shared {
+    seen: Arc<std::sync::Mutex<Seen>>,
+    checkpoints: Arc<Checkpoints>,
+    handle: tokio::runtime::Handle,
+    telemetry: Option<Arc<telemetry::Telemetry>>,
+}
+
+/// Who reads each upstream port.
+type Readers = HashMap<Upstream, Vec<mpsc::Sender<Msg>>>;
+
+type Task<T> = tokio::task::JoinHandle<anyhow::Result<T>>;
+
+impl StageCounters {
+    fn summary(&self, name: String, kind: &str) -> StageSummary {
+        StageSummary {
+            name,
+            kind: kind.to_string(),
+            rows_in: self.rows_in.load(Ordering::Relaxed),
+            rows_out: self.rows_out.load(Ordering::Relaxed),
+            dead_lettered: self.dead.load(Ordering::Relaxed),
+            filtered: self.filtered.load(Ordering::Relaxed),
+            busy_ms: self.busy_nanos.load(Ordering::Relaxed) as f64 / 1e6,
+        }
+    }
+}
+
+/// Dead letters from every stage and sink go through one writer task. It acks an epoch once
+/// every one of the `barrier_senders` has passed that epoch's barrier (each sends it after
+/// its dead letters).
+fn spawn_dead_letters(
+    mut dlq: Box<dyn DeadLetterSink>,
+    barrier_senders: usize,
+    sh: &Shared,
+) -> (mpsc::Sender<DeadMsg>, Task<u64>) {
     let (dead_tx, mut dead_rx) = mpsc::channel::<DeadMsg>(CHANNEL_CAPACITY * 4);
-    let dlq_seen = seen.clone();
-    let dlq_cp = checkpoints.clone();
-    let dlq_handle = handle.clone();
-    let dlq_tel = telemetry.clone();
-    let dlq_task = tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
+    let sh = sh.clone();
+    let task = tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
         let mut n = 0;
         let mut barriers: HashMap<u64, usize> = HashMap::new();
         while let Some(msg) = dead_rx.blocking_recv() {
             match msg {
                 DeadMsg::Rows(stage, dead) => {
                     dlq.write(&stage, &dead)?;
-                    dlq_seen.lock().expect("seen").mark(Which::Dead, &dead.rows);
+                    sh.seen.lock().expect("seen").mark(Which::Dead, &dead.rows);
                     n += dead.rows.num_rows() as u64;
-                    if let Some(t) = &dlq_tel {
+                    if let Some(t) = &sh.telemetry {
                         t.dead_letters
                             .fetch_add(dead.rows.num_rows() as u64, Ordering::Relaxed);
                     }
@@ -261,7 +366,13 @@ pub async fn run(
                     if *c == barrier_senders {
                         barriers.remove(&epoch);
                         let durable = dlq.barrier()?;
-                        ack_when(&dlq_handle, &dlq_cp, epoch, durable, "dead letters".into());
+                        ack_when(
+                            &sh.handle,
+                            &sh.checkpoints,
+                            epoch,
+                            durable,
+                            "dead letters".into(),
+                        );
                     }
                 }
             }
@@ -269,250 +380,268 @@ pub async fn run(
         dlq.finish()?;
         Ok(n)
     });
+    (dead_tx, task)
+}
 
-    // Sinks.
-    let mut sink_tasks = Vec::new();
-    let mut sink_rows = Vec::new();
-    let unavailable = Arc::new(AtomicU64::new(0));
-    for (spec, mut sink) in sink_specs.into_iter().zip(sinks) {
-        let unavailable = unavailable.clone();
-        let (tx, mut rx) = mpsc::channel::<Msg>(CHANNEL_CAPACITY);
-        readers.entry(spec.input).or_default().push(tx);
-        let rows = Arc::new(AtomicU64::new(0));
-        sink_rows.push((spec.name.clone(), rows.clone()));
-        let sink_seen = seen.clone();
-        let cp = checkpoints.clone();
-        let h = handle.clone();
-        let dead_tx = dead_tx.clone();
-        let sink_tel = telemetry.clone();
-        sink_tasks.push(tokio::task::spawn_blocking(
-            move || -> anyhow::Result<()> {
-                let dlq_gone = |_| anyhow::anyhow!("dead-letter writer stopped");
-                while let Some(msg) = rx.blocking_recv() {
-                    match msg {
-                        Msg::Batch(batch) => {
-                            let span = tracing::info_span!(
-                                "sink_batch",
-                                sink = %spec.name,
-                                rows = batch.num_rows() as i64,
-                                parked = tracing::field::Empty,
-                                dead = tracing::field::Empty,
-                            );
-                            let _entered = span.enter();
-                            sink.write(&batch)?;
-                            let outcome = sink.take_outcome();
-                            unavailable.fetch_add(outcome.unavailable, Ordering::Relaxed);
-                            span.record("parked", outcome.parked.len() as i64);
-                            span.record(
-                                "dead",
-                                outcome
-                                    .dead
-                                    .iter()
-                                    .map(|d| d.rows.num_rows() as i64)
-                                    .sum::<i64>(),
-                            );
-                            let mut undelivered: std::collections::HashSet<i64> =
-                                outcome.parked.iter().copied().collect();
-                            for dead in &outcome.dead {
-                                undelivered.extend(record_indexes(&dead.rows));
-                            }
-                            let delivered = record_indexes(&batch)
-                                .iter()
-                                .copied()
-                                .filter(|i| !undelivered.contains(i));
-                            {
-                                let mut seen = sink_seen.lock().expect("seen");
-                                seen.mark_indexes(Which::Delivered, delivered);
-                                seen.mark_indexes(Which::Parked, outcome.parked.into_iter());
-                            }
-                            let written =
-                                (batch.num_rows() - undelivered.len().min(batch.num_rows())) as u64;
-                            rows.fetch_add(written, Ordering::Relaxed);
-                            if let Some(t) = &sink_tel {
-                                t.sink_rows(&spec.name, written);
-                            }
-                            for dead in outcome.dead {
-                                dead_tx
-                                    .blocking_send(DeadMsg::Rows(spec.name.clone(), dead))
-                                    .map_err(dlq_gone)?;
-                            }
-                        }
-                        Msg::Barrier(epoch) => {
-                            let durable = sink.barrier()?;
-                            ack_when(&h, &cp, epoch, durable, format!("sink {}", spec.name));
-                            // After this sink's dead letters of the epoch.
-                            dead_tx
-                                .blocking_send(DeadMsg::Barrier(epoch))
-                                .map_err(dlq_gone)?;
-                        }
+/// A sink's task: writes batches, sends what it could not deliver to the dead letters, and
+/// makes its writes durable at each barrier before acknowledging it.
+fn spawn_sink(
+    spec: crate::plan::PlannedSink,
+    mut sink: Box<dyn BatchSink>,
+    readers: &mut Readers,
+    dead_tx: &mpsc::Sender<DeadMsg>,
+    unavailable: Arc<AtomicU64>,
+    sh: &Shared,
+) -> (Task<()>, (String, Arc<AtomicU64>)) {
+    let (tx, mut rx) = mpsc::channel::<Msg>(CHANNEL_CAPACITY);
+    readers.entry(spec.input).or_default().push(tx);
+    let rows = Arc::new(AtomicU64::new(0));
+    let counted = (spec.name.clone(), rows.clone());
+    let dead_tx = dead_tx.clone();
+    let sh = sh.clone();
+    let task = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let dlq_gone = |_| anyhow::anyhow!("dead-letter writer stopped");
+        while let Some(msg) = rx.blocking_recv() {
+            match msg {
+                Msg::Batch(batch) => {
+                    let span = tracing::info_span!(
+                        "sink_batch",
+                        sink = %spec.name,
+                        rows = batch.num_rows() as i64,
+                        parked = tracing::field::Empty,
+                        dead = tracing::field::Empty,
+                    );
+                    let _entered = span.enter();
+                    sink.write(&batch)?;
+                    let outcome = sink.take_outcome();
+                    unavailable.fetch_add(outcome.unavailable, Ordering::Relaxed);
+                    span.record("parked", outcome.parked.len() as i64);
+                    span.record(
+                        "dead",
+                        outcome
+                            .dead
+                            .iter()
+                            .map(|d| d.rows.num_rows() as i64)
+                            .sum::<i64>(),
+                    );
+                    let mut undelivered: std::collections::HashSet<i64> =
+                        outcome.parked.iter().copied().collect();
+                    for dead in &outcome.dead {
+                        undelivered.extend(record_indexes(&dead.rows));
+                    }
+                    let delivered = record_indexes(&batch)
+                        .iter()
+                        .copied()
+                        .filter(|i| !undelivered.contains(i));
+                    {
+                        let mut seen = sh.seen.lock().expect("seen");
+                        seen.mark_indexes(Which::Delivered, delivered);
+                        seen.mark_indexes(Which::Parked, outcome.parked.into_iter());
+                    }
+                    let written =
+                        (batch.num_rows() - undelivered.len().min(batch.num_rows())) as u64;
+                    rows.fetch_add(written, Ordering::Relaxed);
+                    if let Some(t) = &sh.telemetry {
+                        t.sink_rows(&spec.name, written);
+                    }
+                    for dead in outcome.dead {
+                        dead_tx
+                            .blocking_send(DeadMsg::Rows(spec.name.clone(), dead))
+                            .map_err(dlq_gone)?;
                     }
                 }
-                sink.finish()?;
-                Ok(())
-            },
-        ));
-    }
+                Msg::Barrier(epoch) => {
+                    let durable = sink.barrier()?;
+                    ack_when(
+                        &sh.handle,
+                        &sh.checkpoints,
+                        epoch,
+                        durable,
+                        format!("sink {}", spec.name),
+                    );
+                    // After this sink's dead letters of the epoch.
+                    dead_tx
+                        .blocking_send(DeadMsg::Barrier(epoch))
+                        .map_err(dlq_gone)?;
+                }
+            }
+        }
+        sink.finish()?;
+        Ok(())
+    });
+    (task, counted)
+}
 
-    // Windows over stage outputs: they observe the rows (never consume them) and save their
-    // state at each barrier before acknowledging it.
-    let mut window_tasks = Vec::new();
-    for (up, w) in stream_windows {
-        let io = window_io.clone().expect("stream windows need window io");
-        let (tx, mut rx) = mpsc::channel::<Msg>(CHANNEL_CAPACITY);
-        readers.entry(up).or_default().push(tx);
-        let cp = checkpoints.clone();
-        let h = handle.clone();
-        let name = w.name.clone();
-        let mut driver = windows::Driver::start(w, &io)?;
-        window_tasks.push(tokio::spawn(async move {
-            loop {
-                let msg = match tokio::time::timeout(std::time::Duration::from_secs(1), rx.recv())
-                    .await
-                {
-                    Ok(Some(m)) => m,
-                    Ok(None) => break,
-                    // Processing-time windows fire while the input is idle.
-                    Err(_) => {
-                        tokio::task::block_in_place(|| driver.tick(&io))?;
+/// A window over a stage's output: it observes the rows (never consumes them) and saves its
+/// state at each barrier before acknowledging it.
+fn spawn_window(
+    up: Upstream,
+    w: crate::plan::windows::PlannedWindow,
+    io: windows::WindowIo,
+    readers: &mut Readers,
+    sh: &Shared,
+) -> anyhow::Result<Task<windows::WindowSummary>> {
+    let (tx, mut rx) = mpsc::channel::<Msg>(CHANNEL_CAPACITY);
+    readers.entry(up).or_default().push(tx);
+    let sh = sh.clone();
+    let name = w.name.clone();
+    let mut driver = windows::Driver::start(w, &io)?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let msg = match tokio::time::timeout(std::time::Duration::from_secs(1), rx.recv()).await
+            {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                // Processing-time windows fire while the input is idle.
+                Err(_) => {
+                    tokio::task::block_in_place(|| driver.tick(&io))?;
+                    continue;
+                }
+            };
+            tokio::task::block_in_place(|| -> anyhow::Result<()> {
+                match msg {
+                    Msg::Batch(b) => driver.process(&b, &io),
+                    Msg::Barrier(epoch) => {
+                        driver.checkpoint(&io)?;
+                        let durable = io.outputs.lock().expect("monitor outputs").flush()?;
+                        ack_when(
+                            &sh.handle,
+                            &sh.checkpoints,
+                            epoch,
+                            durable,
+                            format!("window {name}"),
+                        );
+                        Ok(())
+                    }
+                }
+            })?;
+        }
+        tokio::task::block_in_place(|| driver.end(&io))
+    }))
+}
+
+/// A stage's task: runs its operator on each batch, inline (short CPU bursts; the
+/// multi-threaded runtime spreads stages over the cores), and passes barriers on.
+fn spawn_stage(
+    i: usize,
+    stage: crate::plan::PlannedStage,
+    readers: &mut Readers,
+    dead_tx: &mpsc::Sender<DeadMsg>,
+    c: Arc<StageCounters>,
+) -> Task<()> {
+    let (tx, mut rx) = mpsc::channel::<Msg>(CHANNEL_CAPACITY);
+    // This stage reads `stage.input`: upstream stages are spawned after it (reverse order)
+    // and find this sender there.
+    readers.entry(stage.input).or_default().push(tx);
+    let ports: Vec<Vec<mpsc::Sender<Msg>>> = (0..stage.outputs.len())
+        .map(|port| {
+            readers
+                .remove(&Upstream::Stage { stage: i, port })
+                .unwrap_or_default()
+        })
+        .collect();
+    let dead_tx = dead_tx.clone();
+    let stage_name = stage.name.clone();
+    let mut operator = stage.operator;
+    // One span per stage: traces (and an OpenTelemetry layer, when installed) show where a
+    // batch spent its time; fields are names, never row content.
+    let span = tracing::info_span!("stage", name = %stage.name, kind = stage.kind);
+    tokio::spawn(tracing::Instrument::instrument(
+        async move {
+            let stopped = |_| anyhow::anyhow!("a reader of stage {stage_name} stopped");
+            while let Some(msg) = rx.recv().await {
+                let batch = match msg {
+                    Msg::Batch(b) => b,
+                    Msg::Barrier(epoch) => {
+                        dead_tx
+                            .send(DeadMsg::Barrier(epoch))
+                            .await
+                            .map_err(|_| anyhow::anyhow!("dead-letter writer stopped"))?;
+                        for readers in &ports {
+                            for r in readers {
+                                r.send(Msg::Barrier(epoch)).await.map_err(stopped)?;
+                            }
+                        }
                         continue;
                     }
                 };
-                tokio::task::block_in_place(|| -> anyhow::Result<()> {
-                    match msg {
-                        Msg::Batch(b) => driver.process(&b, &io),
-                        Msg::Barrier(epoch) => {
-                            driver.checkpoint(&io)?;
-                            let durable = io.outputs.lock().expect("monitor outputs").flush()?;
-                            ack_when(&h, &cp, epoch, durable, format!("window {name}"));
-                            Ok(())
-                        }
+                if let Some(prepare) = operator.prepare(&batch) {
+                    prepare
+                        .await
+                        .map_err(|e| anyhow::anyhow!("stage {stage_name}: {e}"))?;
+                }
+                let t = Instant::now();
+                c.rows_in
+                    .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+                c.batches.fetch_add(1, Ordering::Relaxed);
+                // Operators run inline: they are short CPU bursts per batch, and the
+                // multi-threaded runtime spreads stages over the cores.
+                let batch_span = tracing::info_span!(
+                    "batch",
+                    rows_in = batch.num_rows() as i64,
+                    rows_out = tracing::field::Empty,
+                    dead = tracing::field::Empty,
+                    filtered = tracing::field::Empty,
+                );
+                let out = batch_span.in_scope(|| operator.process(batch));
+                let out = out.map_err(|e| anyhow::anyhow!("stage {stage_name}: {e}"))?;
+                batch_span.record(
+                    "rows_out",
+                    out.outputs
+                        .iter()
+                        .flatten()
+                        .map(|b| b.num_rows() as i64)
+                        .sum::<i64>(),
+                );
+                batch_span.record(
+                    "dead",
+                    out.dead.as_ref().map_or(0, |d| d.rows.num_rows() as i64),
+                );
+                batch_span.record("filtered", out.filtered as i64);
+                drop(batch_span);
+                c.busy_nanos
+                    .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                c.filtered.fetch_add(out.filtered as u64, Ordering::Relaxed);
+                if let Some(dead) = out.dead {
+                    c.dead
+                        .fetch_add(dead.rows.num_rows() as u64, Ordering::Relaxed);
+                    dead_tx
+                        .send(DeadMsg::Rows(stage_name.clone(), dead))
+                        .await
+                        .map_err(|_| anyhow::anyhow!("dead-letter writer stopped"))?;
+                }
+                for (port, batch) in out.outputs.into_iter().enumerate() {
+                    let Some(batch) = batch else { continue };
+                    if batch.num_rows() == 0 {
+                        continue;
                     }
-                })?;
-            }
-            tokio::task::block_in_place(|| driver.end(&io))
-        }));
-    }
-
-    // Stages, last first, so that each stage's readers exist when it is spawned.
-    let mut counters = Vec::new();
-    let mut stage_meta = Vec::new();
-    for (i, stage) in stages.into_iter().enumerate().rev() {
-        let (tx, mut rx) = mpsc::channel::<Msg>(CHANNEL_CAPACITY);
-        // This stage reads `stage.input`: upstream stages are spawned after it (reverse
-        // order) and find this sender there.
-        readers.entry(stage.input).or_default().push(tx);
-        let ports: Vec<Vec<mpsc::Sender<Msg>>> = (0..stage.outputs.len())
-            .map(|port| {
-                readers
-                    .remove(&Upstream::Stage { stage: i, port })
-                    .unwrap_or_default()
-            })
-            .collect();
-        let c = Arc::new(StageCounters::default());
-        counters.push(c.clone());
-        stage_meta.push((stage.name.clone(), stage.kind));
-        let dead_tx = dead_tx.clone();
-        let stage_name = stage.name.clone();
-        let mut operator = stage.operator;
-        // One span per stage: traces (and an OpenTelemetry layer, when installed) show where
-        // a batch spent its time; fields are names, never row content.
-        let span = tracing::info_span!("stage", name = %stage.name, kind = stage.kind);
-        tasks.push(tokio::spawn(tracing::Instrument::instrument(
-            async move {
-                let stopped = |_| anyhow::anyhow!("a reader of stage {stage_name} stopped");
-                while let Some(msg) = rx.recv().await {
-                    let batch = match msg {
-                        Msg::Batch(b) => b,
-                        Msg::Barrier(epoch) => {
-                            dead_tx
-                                .send(DeadMsg::Barrier(epoch))
-                                .await
-                                .map_err(|_| anyhow::anyhow!("dead-letter writer stopped"))?;
-                            for readers in &ports {
-                                for r in readers {
-                                    r.send(Msg::Barrier(epoch)).await.map_err(stopped)?;
-                                }
-                            }
-                            continue;
-                        }
-                    };
-                    if let Some(prepare) = operator.prepare(&batch) {
-                        prepare
-                            .await
-                            .map_err(|e| anyhow::anyhow!("stage {stage_name}: {e}"))?;
-                    }
-                    let t = Instant::now();
-                    c.rows_in
+                    c.rows_out
                         .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
-                    c.batches.fetch_add(1, Ordering::Relaxed);
-                    // Operators run inline: they are short CPU bursts per batch, and the
-                    // multi-threaded runtime spreads stages over the cores.
-                    let batch_span = tracing::info_span!(
-                        "batch",
-                        rows_in = batch.num_rows() as i64,
-                        rows_out = tracing::field::Empty,
-                        dead = tracing::field::Empty,
-                        filtered = tracing::field::Empty,
-                    );
-                    let out = batch_span.in_scope(|| operator.process(batch));
-                    let out = out.map_err(|e| anyhow::anyhow!("stage {stage_name}: {e}"))?;
-                    batch_span.record(
-                        "rows_out",
-                        out.outputs
-                            .iter()
-                            .flatten()
-                            .map(|b| b.num_rows() as i64)
-                            .sum::<i64>(),
-                    );
-                    batch_span.record(
-                        "dead",
-                        out.dead.as_ref().map_or(0, |d| d.rows.num_rows() as i64),
-                    );
-                    batch_span.record("filtered", out.filtered as i64);
-                    drop(batch_span);
-                    c.busy_nanos
-                        .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                    c.filtered.fetch_add(out.filtered as u64, Ordering::Relaxed);
-                    if let Some(dead) = out.dead {
-                        c.dead
-                            .fetch_add(dead.rows.num_rows() as u64, Ordering::Relaxed);
-                        dead_tx
-                            .send(DeadMsg::Rows(stage_name.clone(), dead))
-                            .await
-                            .map_err(|_| anyhow::anyhow!("dead-letter writer stopped"))?;
-                    }
-                    for (port, batch) in out.outputs.into_iter().enumerate() {
-                        let Some(batch) = batch else { continue };
-                        if batch.num_rows() == 0 {
-                            continue;
-                        }
-                        c.rows_out
-                            .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
-                        for r in &ports[port] {
-                            r.send(Msg::Batch(batch.clone())).await.map_err(stopped)?;
-                        }
+                    for r in &ports[port] {
+                        r.send(Msg::Batch(batch.clone())).await.map_err(stopped)?;
                     }
                 }
-                Ok::<(), anyhow::Error>(())
-            },
-            span,
-        )));
-    }
-    drop(dead_tx);
-    counters.reverse();
-    stage_meta.reverse();
-    debug_assert_eq!(counters.len(), stage_count);
+            }
+            Ok::<(), anyhow::Error>(())
+        },
+        span,
+    ))
+}
 
-    // The source, on a blocking thread: files are read synchronously, and librdkafka's poll
-    // blocks. A checkpointed source follows each batch with a barrier and commits what
-    // completed; at its end it waits for the last epochs and commits once more.
-    let source_readers = readers.remove(&Upstream::Source).unwrap_or_default();
-    let records_read = Arc::new(AtomicU64::new(0));
-    let read_counter = records_read.clone();
-    let source_cp = checkpoints.clone();
-    let source_seen = seen.clone();
-    let source_tel = telemetry.clone();
-    let source_task = tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, Vec<String>)> {
+/// The source, on a blocking thread: files are read synchronously, and librdkafka's poll
+/// blocks. A checkpointed source follows each batch with a barrier and commits what
+/// completed; at its end it waits for the last epochs and commits once more.
+fn spawn_source(
+    mut source: Box<dyn BatchSource>,
+    source_readers: Vec<mpsc::Sender<Msg>>,
+    progress: Option<Progress>,
+    read_counter: Arc<AtomicU64>,
+    sh: &Shared,
+) -> Task<(u64, Vec<String>)> {
+    let source_cp = sh.checkpoints.clone();
+    let source_seen = sh.seen.clone();
+    let source_tel = sh.telemetry.clone();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, Vec<String>)> {
         let mut bytes = 0;
         let mut epoch = 0u64;
         let send = |msg: Msg| -> anyhow::Result<()> {
@@ -575,58 +704,5 @@ pub async fn run(
             commit(&mut source, true)?;
         }
         Ok((bytes, source.warnings()))
-    });
-
-    let (bytes, warnings) = source_task.await??;
-    for t in tasks {
-        t.await??;
-    }
-    for t in sink_tasks {
-        t.await??;
-    }
-    let mut window_summaries = Vec::new();
-    for t in window_tasks {
-        window_summaries.push(t.await??);
-    }
-    let dead_rows = dlq_task.await??;
-    let elapsed = started.elapsed();
-
-    let seen = seen.lock().expect("seen");
-    let stages = stage_meta
-        .into_iter()
-        .zip(counters)
-        .map(|((name, kind), c)| StageSummary {
-            name,
-            kind: kind.to_string(),
-            rows_in: c.rows_in.load(Ordering::Relaxed),
-            rows_out: c.rows_out.load(Ordering::Relaxed),
-            dead_lettered: c.dead.load(Ordering::Relaxed),
-            filtered: c.filtered.load(Ordering::Relaxed),
-            busy_ms: c.busy_nanos.load(Ordering::Relaxed) as f64 / 1e6,
-        })
-        .collect::<Vec<_>>();
-    let filtered = stages.iter().map(|s| s.filtered).sum();
-    Ok(RunSummary {
-        pipeline: name,
-        integration: integration_id,
-        records_in: records_read.load(Ordering::Relaxed),
-        bytes_in: bytes,
-        delivered: seen.delivered(),
-        dead_lettered: seen.dead(),
-        unavailable: unavailable.load(Ordering::Relaxed),
-        interrupted: false,
-        parked: seen.parked(),
-        retries: Vec::new(),
-        breaker_transitions: Vec::new(),
-        windows: window_summaries,
-        dead_letter_rows: dead_rows,
-        filtered,
-        elapsed_ms: elapsed.as_secs_f64() * 1e3,
-        stages,
-        sinks: sink_rows
-            .into_iter()
-            .map(|(n, r)| (n, r.load(Ordering::Relaxed)))
-            .collect(),
-        warnings,
     })
 }
