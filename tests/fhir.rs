@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use serde_json::{Value, json};
 use support::BIN;
 
-const FHIR: &str = "http://127.0.0.1:8089/fhir";
+use support::FHIR;
 
 /// ADT-A01-01's visit number authority `AccMng&1.2&HCD`: its universal id is an OID (HD-3
 /// says HCD, the id says OID), so the system is `urn:oid:` — an absolute URI, as FHIR wants.
@@ -56,6 +56,7 @@ fn of_type<'a>(rs: &'a [Value], t: &str) -> &'a Value {
 
 #[test]
 fn adt_a01_maps_patient_and_encounter_field_by_field() {
+    support::need_fhir();
     let rs = one("ADT-A01-01.hl7");
     assert_eq!(rs.len(), 2);
     let p = of_type(&rs, "Patient");
@@ -244,6 +245,7 @@ fn siu_s12_maps_to_an_appointment() {
 
 #[test]
 fn unmappable_and_broken_messages_are_reported_with_where_and_the_rest_converted() {
+    support::need_fhir();
     let dir = tempfile::tempdir().unwrap();
     let good = std::fs::read_to_string(corpus("ADT01-23.hl7")).unwrap();
     let good = good.trim_start_matches('\u{feff}').to_string();
@@ -274,13 +276,7 @@ fn unmappable_and_broken_messages_are_reported_with_where_and_the_rest_converted
 
 /// The validator's interpreter (installed by `scripts/dev-services up`).
 fn validator() -> PathBuf {
-    let state = std::env::var("PLEXUS_SERVICES_DIR").unwrap_or_else(|_| {
-        format!(
-            "{}/plexus-services",
-            std::env::var("TMPDIR").unwrap_or_else(|_| "/tmp".into())
-        )
-    });
-    PathBuf::from(state).join("fhir-validator-venv/bin/python")
+    support::venv_python("fhir-validator-venv")
 }
 
 fn validate(ndjson: &[Value]) -> (bool, String) {
@@ -421,6 +417,7 @@ fn identifier_systems_are_absolute_uris_and_languages_bcp47() {
 
 #[test]
 fn every_resource_and_bundle_validates_against_the_fhir_r4_models() {
+    support::need_fhir();
     let mut all = Vec::new();
     let mut bundles = Vec::new();
     for f in MAPPED {
@@ -456,6 +453,7 @@ fn rt() -> tokio::runtime::Runtime {
 
 #[test]
 fn transaction_bundles_are_accepted_by_a_fhir_server_and_a_replay_changes_nothing() {
+    support::need_fhir();
     // A patient of our own (fresh identifier), so that repeated test runs start clean.
     let mrn = support::unique("MRN");
     let msg = std::fs::read_to_string(corpus("ADT-A01-01.hl7"))
@@ -551,6 +549,7 @@ fn ndjson(path: &Path) -> Vec<Value> {
 
 #[test]
 fn a_fhir_stage_maps_a_feed_in_a_pipeline_and_dead_letters_what_it_cannot_map() {
+    support::need_fhir();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let mut feed = String::new();
@@ -624,6 +623,7 @@ sinks:
 
 #[test]
 fn an_adt_feed_flows_through_a_pipeline_into_the_fhir_server_idempotently() {
+    support::need_fhir();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     // Ten patients of our own (fresh MRNs), each admitted (A01) then updated (A08 with a
@@ -730,6 +730,7 @@ windows:
 
 #[test]
 fn search_results_read_back_as_rows_that_match_the_hl7_source() {
+    support::need_fhir();
     let mrn = support::unique("RB").replace(['-', '_'], "");
     let msg = std::fs::read_to_string(corpus("ADT01-23.hl7"))
         .unwrap()

@@ -18,7 +18,7 @@ use axum::response::IntoResponse;
 use plexus::net::fhir_client::{Auth, ClientConfig, FhirClient, Tls};
 use serde_json::{Value, json};
 
-const FHIR: &str = "http://127.0.0.1:8089/fhir";
+use support::FHIR;
 const SYSTEM: &str = support::MRN_SYSTEM;
 
 fn rt() -> tokio::runtime::Runtime {
@@ -225,6 +225,7 @@ sinks:
 
 #[test]
 fn a_plain_secret_in_the_pipeline_is_refused_at_validation() {
+    support::need_fhir();
     let dir = tempfile::tempdir().unwrap();
     let p = support::pipeline(
         dir.path(),
@@ -406,6 +407,7 @@ impl Drop for FrontDoor {
 
 #[test]
 fn a_syncing_fhir_sink_reaches_an_ehr_over_mutual_tls_with_a_bearer_token() {
+    support::need_fhir();
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path());
     let door = FrontDoor::start(&pki, "door-token");

@@ -1,28 +1,13 @@
 //! `plexus hl7 split|extract|ack` run as a user would, on real files and stdin.
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+mod support;
 
-const BIN: &str = env!("CARGO_BIN_EXE_plexus");
+use std::process::Output;
 
-fn corpus(name: &str) -> String {
-    format!("{}/tests/data/corpus/{name}", env!("CARGO_MANIFEST_DIR"))
-}
+use support::corpus;
 
 fn run(args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    if let Some(bytes) = stdin {
-        input.write_all(bytes).unwrap();
-    }
-    drop(input);
-    child.wait_with_output().unwrap()
+    support::plexus_stdin(args, stdin)
 }
 
 fn stdout(o: &Output) -> String {

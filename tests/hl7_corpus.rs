@@ -1,10 +1,12 @@
 //! The third-party corpus (tests/data/corpus, from microsoft/FHIR-Converter; see SOURCES.txt)
 //! parses, and every value in it reads back the same as a naive, independent split gives.
 
+mod support;
+
 use plexus::formats::hl7::{Message, Path, Splitter};
 
 fn corpus_files() -> Vec<(String, Vec<u8>)> {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/corpus");
+    let dir = support::repo().join("tests/data/corpus");
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -1,5 +1,7 @@
 //! Malformed input gives located errors, and never a panic, a hang or unbounded memory.
 
+mod support;
+
 use plexus::formats::hl7::{ErrorKind, Message, ParseLimits, Splitter};
 
 const GOOD: &str = "MSH|^~\\&|A|B|C|D|20260101||ADT^A01|OK1|P|2.5\rPID|1||123\r";

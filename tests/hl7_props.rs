@@ -1,6 +1,8 @@
 //! Property tests: build → serialize → parse round-trips under arbitrary delimiters and text,
 //! escaping round-trips, and arbitrary bytes never panic.
 
+mod support;
+
 use plexus::formats::hl7::escape::{escape, unescape};
 use plexus::formats::hl7::{Delimiters, Message, MessageBuilder, Path, Splitter};
 use proptest::prelude::*;

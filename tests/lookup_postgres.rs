@@ -1,26 +1,11 @@
 //! Lookup stage with a reference table in a real PostgreSQL (127.0.0.1:5432, database `test`,
-//! started by the machine; `PLEXUS_TEST_DATABASE_URL` overrides the URL).
+//! started by `scripts/dev-services up`; `PLEXUS_TEST_DATABASE_URL` overrides the URL).
+
+mod support;
 
 use std::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_plexus");
-
-fn database_url() -> String {
-    std::env::var("PLEXUS_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
-}
-
-fn psql(sql: &str) {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        use sqlx::Connection;
-        let mut c = sqlx::PgConnection::connect(&database_url()).await.unwrap();
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
-            .execute(&mut c)
-            .await
-            .unwrap();
-    });
-}
+use support::{BIN, database_url, psql};
 
 #[test]
 fn lookup_reads_a_postgres_table_and_misses_go_to_the_dlq() {

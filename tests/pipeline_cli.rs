@@ -7,18 +7,15 @@ use std::process::{Command, Output};
 
 use plexus::formats::hl7::Splitter;
 
-const BIN: &str = env!("CARGO_BIN_EXE_plexus");
+use support::BIN;
 
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    support::repo().to_path_buf()
 }
 
+/// `plexus` run from the repository's root, as the README's commands are.
 fn plexus(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .current_dir(root())
-        .output()
-        .unwrap()
+    support::plexus_in(support::repo(), args)
 }
 
 fn text(b: &[u8]) -> String {

@@ -17,8 +17,12 @@ use plexus::formats::hl7::Message;
 use plexus::net::fhir_client::{ClientConfig, FhirClient};
 use serde_json::{Value, json};
 
-const FHIR: &str = "http://127.0.0.1:8089/fhir";
-const DB: &str = "postgres://postgres@127.0.0.1:5432/test";
+use support::FHIR;
+
+/// The tests' PostgreSQL (checked to be there).
+fn db() -> String {
+    support::database_url()
+}
 const SYSTEM: &str = support::MRN_SYSTEM;
 
 fn rt() -> tokio::runtime::Runtime {
@@ -40,7 +44,7 @@ fn patient(mrn: &str, family: &str) -> Resource {
 }
 
 async fn syncer(integration: &str, owner: &str, policy: ConflictPolicy) -> Syncer {
-    syncer_on(DB, integration, owner, policy).await
+    syncer_on(&db(), integration, owner, policy).await
 }
 
 /// A worker on the sync state at `db` (a PostgreSQL URL or a SQLite file).
@@ -86,7 +90,7 @@ fn resolve(integration: &str, entity: &str, args: &[&str]) -> String {
         ])
         .args(["--fhir-base", FHIR, "--actor", "dr.ops"])
         .args(args)
-        .env("DATABASE_URL", DB)
+        .env("DATABASE_URL", db())
         .output()
         .unwrap();
     support::assert_ok(&o);
@@ -153,7 +157,7 @@ fn concurrent_changes_become_conflicts_and_are_resolved_each_way_with_an_audit_t
     // The conflict is listed, then resolved with the local side.
     let listed = Command::new(support::BIN)
         .args(["sync", "list", "--integration", &integration])
-        .env("DATABASE_URL", DB)
+        .env("DATABASE_URL", db())
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&listed.stdout).contains(&format!("Patient\t{SYSTEM}|{mrn}")));
@@ -256,7 +260,7 @@ fn a_configured_policy_settles_conflicts_itself() {
 
 #[test]
 fn leases_keep_two_workers_off_one_entity_and_expire_when_a_holder_dies() {
-    leases_on(DB);
+    leases_on(&db());
 }
 
 /// The same on the embedded default: two workers (two connection pools) on one SQLite file.
@@ -346,6 +350,7 @@ fn leases_on(db: &str) {
 
 #[test]
 fn a_pipeline_syncing_an_adt_feed_records_a_conflict_instead_of_overwriting() {
+    support::need_fhir();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let integration = support::unique("ehr-pipe");
@@ -380,7 +385,7 @@ sinks:
                 .args(["run", p.to_str().unwrap(), "--input"])
                 .arg(dir.path().join(input))
                 .args(["--output", out.to_str().unwrap(), "--json"])
-                .env("DATABASE_URL", DB)
+                .env("DATABASE_URL", db())
                 .output()
                 .unwrap(),
         )
@@ -479,6 +484,7 @@ sinks:
 /// the EHR and the events from the pipeline alone.
 #[test]
 fn the_default_sqlite_state_and_kafka_events_carry_a_conflict_through_to_its_resolution() {
+    support::need_fhir();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let integration = support::unique("ehr-lite");
@@ -632,6 +638,7 @@ sinks:
 /// point at the server's patients.
 #[test]
 fn patients_sync_in_parallel_and_each_patients_messages_in_order() {
+    support::need_fhir();
     let dir = tempfile::tempdir().unwrap();
     let integration = support::unique("ehr-par");
     let mrns: Vec<String> = (0..10)
@@ -749,6 +756,7 @@ fn outage_gateway(up: std::sync::Arc<std::sync::atomic::AtomicBool>) -> String {
 /// dead-letters the records as unavailable (exit code 4), with that reason.
 #[test]
 fn a_file_run_waits_out_an_ehr_outage_and_gives_up_after_max_outage() {
+    support::need_fhir();
     let dir = tempfile::tempdir().unwrap();
     let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let gateway = outage_gateway(up.clone());
@@ -847,6 +855,7 @@ dlq: {{path: outage.dlq.ndjson}}
 /// deletes; identifiers and contacts the server holds stay.
 #[test]
 fn partial_updates_keep_what_the_message_does_not_carry_and_nulls_delete() {
+    support::need_fhir();
     let rt = rt();
     let c = FhirClient::new(ClientConfig::new(FHIR)).unwrap();
     for sync in [true, false] {

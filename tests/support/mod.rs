@@ -1,6 +1,8 @@
-//! Shared by the Kafka integration tests: the real broker (Apache Kafka on 127.0.0.1:9092,
-//! started by `scripts/dev-services`), a schema registry stand-in speaking Confluent's REST API, and
-//! helpers to produce, read topics back and run the `plexus` binary.
+//! Shared by every integration test: the `plexus` binary and how to run it, the repository's
+//! files, the services `scripts/dev-services up` starts (Apache Kafka on 127.0.0.1:9092, the
+//! FHIR server on 8089, PostgreSQL on 5432, the schema registry on 8081, an S3-compatible store
+//! on 9010; a test that needs one and does not find it says which and how to start it), and
+//! helpers to produce, read topics back, and build HL7 messages.
 #![allow(dead_code)]
 
 pub mod registry;
@@ -39,7 +41,96 @@ pub fn serve(app: axum::Router) -> String {
 pub const BIN: &str = env!("CARGO_BIN_EXE_plexus");
 
 pub fn brokers() -> String {
-    std::env::var("PLEXUS_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".to_string())
+    let brokers =
+        std::env::var("PLEXUS_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".to_string());
+    need(
+        "Apache Kafka",
+        brokers.split(',').next().unwrap_or_default(),
+    );
+    brokers
+}
+
+/// Fails the test, saying what to start, when nothing listens at `addr` (`host:port`).
+/// Checked once per address and test binary.
+pub fn need(service: &str, addr: &str) {
+    use std::sync::{Mutex, OnceLock};
+    static UP: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
+    let up = UP.get_or_init(Mutex::default);
+    if up.lock().unwrap().iter().any(|a| a == addr) {
+        return;
+    }
+    let listening = std::net::ToSocketAddrs::to_socket_addrs(addr)
+        .ok()
+        .and_then(|mut a| a.next())
+        .is_some_and(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(3)).is_ok());
+    assert!(
+        listening,
+        "this test needs {service} on {addr}, and nothing answers there: start the services \
+         with `scripts/dev-services up` (the test command `scripts/test` does it first)"
+    );
+    up.lock().unwrap().push(addr.to_string());
+}
+
+/// The FHIR R4 server (sekmet) `scripts/dev-services up` starts.
+pub const FHIR: &str = "http://127.0.0.1:8089/fhir";
+
+/// Checks the FHIR server is there (see `need`).
+pub fn need_fhir() {
+    need("the FHIR R4 server (sekmet-fhir)", "127.0.0.1:8089");
+}
+
+/// The PostgreSQL database of the tests (`PLEXUS_TEST_DATABASE_URL` overrides), checked to
+/// be there (see `need`).
+pub fn database_url() -> String {
+    need("PostgreSQL", "127.0.0.1:5432");
+    std::env::var("PLEXUS_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
+}
+
+/// Runs SQL on the tests' database.
+pub fn psql(sql: &str) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use sqlx::Connection;
+        let mut c = sqlx::PgConnection::connect(&database_url()).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+            .execute(&mut c)
+            .await
+            .unwrap();
+    });
+}
+
+/// A file of the third-party HL7 corpus (`tests/data/corpus/`).
+pub fn corpus(name: &str) -> String {
+    format!("{}/tests/data/corpus/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs `plexus` in `dir` (relative paths in its arguments resolve there).
+pub fn plexus_in(dir: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run plexus")
+}
+
+/// Runs `plexus` with `stdin` on its standard input (closed at once when None).
+pub fn plexus_stdin(args: &[&str], stdin: Option<&[u8]>) -> Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run plexus");
+    let mut input = child.stdin.take().unwrap();
+    if let Some(bytes) = stdin {
+        input.write_all(bytes).unwrap();
+    }
+    drop(input);
+    child.wait_with_output().unwrap()
 }
 
 /// A topic name no other test (or earlier run on the same broker) uses.
