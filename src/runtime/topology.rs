@@ -204,42 +204,24 @@ impl Topology {
     /// the monitor and the follower, in that order. An error means the run failed after it
     /// started (exit 1).
     pub fn run(self, rt: &tokio::runtime::Runtime) -> Result<RunSummary> {
-        let Topology {
-            plan,
-            source,
-            sinks,
-            dlq,
-            stop,
-            main_done,
-            workers,
-            breakers,
-            telemetry,
-            server,
-            window_io,
-            monitor,
-            follower,
-            staged,
-            progress,
-            ..
-        } = self;
         let result = rt.block_on(super::run(
-            plan,
-            source,
-            sinks,
-            dlq,
+            self.plan,
+            self.source,
+            self.sinks,
+            self.dlq,
             RunOptions {
-                progress,
-                windows: window_io,
-                telemetry: Some(telemetry),
+                progress: self.progress,
+                windows: self.window_io,
+                telemetry: Some(self.telemetry),
             },
         ));
-        if let Some(s) = server {
+        if let Some(s) = self.server {
             s.abort();
         }
         // The retry workers finish what is due, then stop (or stop now on a signal).
-        main_done.store(true, Ordering::Relaxed);
+        self.main_done.store(true, Ordering::Relaxed);
         let mut retries = Vec::new();
-        for w in workers {
+        for w in self.workers {
             match w.join() {
                 Ok(Ok(stats)) => retries.push(stats),
                 Ok(Err(e)) => anyhow::bail!("retry worker: {e}"),
@@ -249,15 +231,15 @@ impl Topology {
         let mut summary = result?;
         summary.retries = retries;
         // A stream runs until it is told to stop; a file run stopped early did not finish.
-        summary.interrupted = staged && stop.load(Ordering::Relaxed);
-        if let Some(m) = monitor {
+        summary.interrupted = self.staged && self.stop.load(Ordering::Relaxed);
+        if let Some(m) = self.monitor {
             summary.windows.extend(rt.block_on(m.stop())?);
         }
-        if let Some((stop, h)) = follower {
+        if let Some((stop, h)) = self.follower {
             stop.store(true, Ordering::Relaxed);
             let _ = h.join();
         }
-        for (_, b) in breakers.lock().expect("breakers").iter() {
+        for (_, b) in self.breakers.lock().expect("breakers").iter() {
             summary.breaker_transitions.extend(b.transitions());
         }
         Ok(summary)

@@ -25,16 +25,7 @@ pub(crate) fn plan(
             return None;
         }
     };
-    let offset = match &f.default_timezone {
-        Some(tz) => match Zone::parse(tz) {
-            Ok(z) => z,
-            Err(e) => {
-                cx.err(tz, format!("default_timezone: {e}"));
-                return None;
-            }
-        },
-        None => Zone::default(),
-    };
+    let offset = default_zone(cx, &f.default_timezone)?;
     let systems = f
         .systems
         .iter()

@@ -110,3 +110,13 @@ pub(super) fn registry(
         }
     }
 }
+
+/// `default_timezone:` of a parse or fhir stage (UTC when absent).
+pub(super) fn default_zone(cx: &mut Ctx<'_>, tz: &Option<Spanned<String>>) -> Option<Zone> {
+    match tz {
+        Some(tz) => Zone::parse(tz)
+            .map_err(|e| cx.err(tz, format!("default_timezone: {e}")))
+            .ok(),
+        None => Some(Zone::default()),
+    }
+}

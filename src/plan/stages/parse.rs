@@ -66,16 +66,7 @@ pub(crate) fn plan(
                     Err(e) => cx.err(&c.path, e.kind.to_string()),
                 }
             }
-            let offset = match &p.default_timezone {
-                Some(tz) => match Zone::parse(tz) {
-                    Ok(z) => z,
-                    Err(e) => {
-                        cx.err(tz, format!("default_timezone: {e}"));
-                        return None;
-                    }
-                },
-                None => Zone::default(),
-            };
+            let offset = default_zone(cx, &p.default_timezone)?;
             (columns.len() == p.columns.len()).then(|| {
                 let per_record = cx.spec.source.kind.as_str() == "kafka";
                 Box::new(Parse::hl7(columns, offset).per_record(per_record)) as Box<dyn Operator>
