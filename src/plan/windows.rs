@@ -209,6 +209,114 @@ fn threshold_rules(cx: &mut Ctx<'_>) -> Vec<(String, Severity, String)> {
     rules
 }
 
+/// Size, slide, out-of-orderness and lateness of a window.
+fn window_config(cx: &mut Ctx<'_>, w: &WindowSpec) -> WindowConfig {
+    let size = duration_or(cx, &Some(w.size.clone()), Duration::from_secs(60));
+    let slide = duration_or(cx, &w.slide, size);
+    if size.is_zero() {
+        cx.err(&w.size, "a window's size is positive");
+    }
+    if let Some(s) = &w.slide
+        && (slide.is_zero()
+            || slide > size
+            || !size.as_millis().is_multiple_of(slide.as_millis().max(1)))
+    {
+        cx.err(s, "slide is positive, at most the size, and divides it");
+    }
+    let ooo = duration_or(cx, &w.out_of_orderness, Duration::ZERO);
+    let lateness = duration_or(cx, &w.allowed_lateness, Duration::ZERO);
+    WindowConfig::hopping(size, slide).with_watermark(ooo, lateness)
+}
+
+/// The pipeline's threshold rules and the window's own alerts, over its rows.
+fn alert_rules(
+    cx: &mut Ctx<'_>,
+    sql: &SqlPlanner,
+    w: &WindowSpec,
+    thresholds: &[(String, Severity, String)],
+    row_schema: &arrow::datatypes::SchemaRef,
+) -> Vec<AlertRule> {
+    let mut alerts = Vec::new();
+    for (name, severity, text) in thresholds {
+        match sql.predicate(name, text, row_schema) {
+            Ok(when) => alerts.push(AlertRule {
+                name: name.clone(),
+                severity: *severity,
+                when,
+                text: text.clone(),
+            }),
+            Err(e) => cx.err(&w.name, format!("threshold {name}: {e}")),
+        }
+    }
+    for a in &w.alerts {
+        let severity = match &a.severity {
+            None => Severity::Warning,
+            Some(s) => Severity::parse(s).unwrap_or_else(|| {
+                cx.err(s, "severity is `warning` or `critical`");
+                Severity::Warning
+            }),
+        };
+        match sql.predicate(&a.name, &a.when, row_schema) {
+            Ok(when) => alerts.push(AlertRule {
+                name: a.name.to_string(),
+                severity,
+                when,
+                text: a.when.to_string(),
+            }),
+            Err(e) => {
+                cx.err(&a.when, format!("alert {}: {e}", a.name.as_str()));
+            }
+        }
+    }
+    alerts
+}
+
+/// `breaker:` of a window: its trip predicate, and the sink whose breaker it opens (given a
+/// breaker that only the window opens, when the sink has none).
+fn window_breaker(
+    cx: &mut Ctx<'_>,
+    sql: &SqlPlanner,
+    w: &WindowSpec,
+    sinks: &mut [PlannedSink],
+    row_schema: &arrow::datatypes::SchemaRef,
+) -> (Option<crate::sql::PlannedExpr>, Option<String>) {
+    let mut trip = None;
+    let mut breaker_sink = None;
+    if let Some(b) = &w.breaker {
+        match sql.predicate("trip", &b.trip, row_schema) {
+            Ok(p) => trip = Some(p),
+            Err(e) => {
+                cx.err(&b.trip, format!("breaker trip: {e}"));
+            }
+        }
+        match sinks.iter_mut().find(|s| s.name == b.sink.as_str()) {
+            Some(s) => match s.connector.breaker_mut() {
+                Some(breaker) => {
+                    // Only the window opens it; probes still decide half-open → closed.
+                    breaker.get_or_insert_with(|| BreakerConfig {
+                        minimum_calls: usize::MAX,
+                        ..BreakerConfig::default()
+                    });
+                    breaker_sink = Some(s.name.clone());
+                }
+                None => cx.err(&b.sink, "breakers gate http sinks; this sink is not one"),
+            },
+            None => {
+                let known: Vec<&str> = sinks.iter().map(|s| s.name.as_str()).collect();
+                cx.err(
+                    &b.sink,
+                    format!(
+                        "no sink named {:?} (sinks: {})",
+                        b.sink.as_str(),
+                        known.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+    (trip, breaker_sink)
+}
+
 fn plan_window(
     cx: &mut Ctx<'_>,
     stages: &[PlannedStage],
@@ -295,90 +403,12 @@ fn plan_window(
         );
     }
 
-    let size = duration_or(cx, &Some(w.size.clone()), Duration::from_secs(60));
-    let slide = duration_or(cx, &w.slide, size);
-    if size.is_zero() {
-        cx.err(&w.size, "a window's size is positive");
-    }
-    if let Some(s) = &w.slide
-        && (slide.is_zero()
-            || slide > size
-            || !size.as_millis().is_multiple_of(slide.as_millis().max(1)))
-    {
-        cx.err(s, "slide is positive, at most the size, and divides it");
-    }
-    let ooo = duration_or(cx, &w.out_of_orderness, Duration::ZERO);
-    let lateness = duration_or(cx, &w.allowed_lateness, Duration::ZERO);
-    let config = WindowConfig::hopping(size, slide).with_watermark(ooo, lateness);
+    let config = window_config(cx, w);
 
     let key_names: Vec<String> = key.iter().map(|k| k.name.clone()).collect();
     let row_schema = window_row_schema(&key_names);
-    let mut alerts = Vec::new();
-    for (name, severity, text) in thresholds {
-        match sql.predicate(name, text, &row_schema) {
-            Ok(when) => alerts.push(AlertRule {
-                name: name.clone(),
-                severity: *severity,
-                when,
-                text: text.clone(),
-            }),
-            Err(e) => cx.err(&w.name, format!("threshold {name}: {e}")),
-        }
-    }
-    for a in &w.alerts {
-        let severity = match &a.severity {
-            None => Severity::Warning,
-            Some(s) => Severity::parse(s).unwrap_or_else(|| {
-                cx.err(s, "severity is `warning` or `critical`");
-                Severity::Warning
-            }),
-        };
-        match sql.predicate(&a.name, &a.when, &row_schema) {
-            Ok(when) => alerts.push(AlertRule {
-                name: a.name.to_string(),
-                severity,
-                when,
-                text: a.when.to_string(),
-            }),
-            Err(e) => {
-                cx.err(&a.when, format!("alert {}: {e}", a.name.as_str()));
-            }
-        }
-    }
-    let mut trip = None;
-    let mut breaker_sink = None;
-    if let Some(b) = &w.breaker {
-        match sql.predicate("trip", &b.trip, &row_schema) {
-            Ok(p) => trip = Some(p),
-            Err(e) => {
-                cx.err(&b.trip, format!("breaker trip: {e}"));
-            }
-        }
-        match sinks.iter_mut().find(|s| s.name == b.sink.as_str()) {
-            Some(s) => match s.connector.breaker_mut() {
-                Some(breaker) => {
-                    // Only the window opens it; probes still decide half-open → closed.
-                    breaker.get_or_insert_with(|| BreakerConfig {
-                        minimum_calls: usize::MAX,
-                        ..BreakerConfig::default()
-                    });
-                    breaker_sink = Some(s.name.clone());
-                }
-                None => cx.err(&b.sink, "breakers gate http sinks; this sink is not one"),
-            },
-            None => {
-                let known: Vec<&str> = sinks.iter().map(|s| s.name.as_str()).collect();
-                cx.err(
-                    &b.sink,
-                    format!(
-                        "no sink named {:?} (sinks: {})",
-                        b.sink.as_str(),
-                        known.join(", ")
-                    ),
-                );
-            }
-        }
-    }
+    let alerts = alert_rules(cx, sql, w, thresholds, &row_schema);
+    let (trip, breaker_sink) = window_breaker(cx, sql, w, sinks, &row_schema);
     if cx.errors.len() > errors_before {
         return None;
     }

@@ -114,6 +114,132 @@ impl HttpSink {
         ConnectorError::Other(format!("sink {}: {e}", self.config.name))
     }
 
+    /// What `write` needs of each row besides the batch: bodies, FHIR paths and deletions,
+    /// identities, and the provenance columns (for parked records).
+    fn rows<'b>(&self, batch: &'b RecordBatch) -> Result<Rows<'b>, ConnectorError> {
+        let bodies = self.bodies(batch)?;
+        let paths = match self.config.fhir {
+            true => Some(fhir_column(batch, "request_url").map_err(|e| self.err(e))?),
+            false => None,
+        };
+        // FHIR: what each message deletes (optional: rows of an older stage delete nothing).
+        let deletes = batch
+            .column_by_name("delete_elements")
+            .and_then(|c| c.as_string_opt::<i32>())
+            .filter(|_| self.config.fhir);
+        let (sources, offsets, controls) = crate::connectors::kafka::provenance_columns(batch);
+        // (idempotency key = the record's identity, correlation id) per row.
+        let ids: Vec<(String, Option<String>)> = (0..batch.num_rows())
+            .map(|r| {
+                let control = controls.filter(|c| c.is_valid(r)).map(|c| c.value(r));
+                let key = record_identity(
+                    sources.filter(|s| s.is_valid(r)).map(|s| s.value(r)),
+                    offsets.filter(|o| o.is_valid(r)).map(|o| o.value(r)),
+                    control,
+                );
+                (key, control.map(str::to_string))
+            })
+            .collect();
+        Ok(Rows {
+            bodies,
+            paths,
+            deletes,
+            ids,
+            indexes: batch
+                .column_by_name(RECORD_INDEX)
+                .and_then(|c| c.as_primitive_opt::<Int64Type>())
+                .cloned(),
+            raw: batch
+                .column_by_name(RAW)
+                .and_then(|c| c.as_binary_opt::<i32>())
+                .cloned(),
+            sources,
+            offsets,
+        })
+    }
+
+    /// The breaker decides which calls are made now: refused ones wait (parked, or in place)
+    /// without using up an attempt; in place, a row that met the outage `max_outage` ago
+    /// gives up. Returns (refused: row, attempt, wait), the half-open probes, and gave-ups.
+    #[allow(clippy::type_complexity)]
+    fn gate(
+        &self,
+        todo: &mut Vec<(usize, u32)>,
+        outage_since: &mut std::collections::HashMap<usize, std::time::Instant>,
+        in_place: bool,
+        max_outage: Duration,
+    ) -> (
+        Vec<(usize, u32, Duration)>,
+        std::collections::HashSet<usize>,
+        Vec<usize>,
+    ) {
+        let mut refused = Vec::new();
+        let mut probes = std::collections::HashSet::new();
+        let mut gave_up = Vec::new();
+        let Some(b) = &self.config.breaker else {
+            return (refused, probes, gave_up);
+        };
+        todo.retain(|&(row, attempt)| match b.try_acquire_probe() {
+            Ok(probe) => {
+                if probe {
+                    probes.insert(row);
+                }
+                true
+            }
+            Err(r) => {
+                let since = *outage_since
+                    .entry(row)
+                    .or_insert_with(std::time::Instant::now);
+                if in_place && since.elapsed() >= max_outage {
+                    gave_up.push(row);
+                    return false;
+                }
+                let wait = r.retry_in.unwrap_or(Duration::from_millis(200));
+                refused.push((
+                    row,
+                    attempt,
+                    wait.clamp(Duration::from_millis(1), Duration::from_secs(5)),
+                ));
+                false
+            }
+        });
+        (refused, probes, gave_up)
+    }
+
+    /// Rows whose outage outlasted `max_outage`: dead letters, counted as unavailable.
+    fn give_up(&mut self, rows: Vec<usize>, dead: &mut Vec<(usize, String)>, max_outage: Duration) {
+        for row in rows {
+            self.outcome.unavailable += 1;
+            dead.push((
+                row,
+                format!(
+                    "circuit breaker of sink {} stayed open for {max_outage:?} (retry.max_outage)",
+                    self.config.name
+                ),
+            ));
+        }
+    }
+
+    /// The rows that could not be delivered, with their reasons, as dead letters.
+    fn dead_letters(
+        &self,
+        batch: &RecordBatch,
+        mut dead: Vec<(usize, String)>,
+    ) -> Result<Option<DeadLetters>, ConnectorError> {
+        if dead.is_empty() {
+            return Ok(None);
+        }
+        dead.sort_by_key(|d| d.0);
+        let rows = arrow::array::UInt32Array::from_iter_values(dead.iter().map(|d| d.0 as u32));
+        let rows = arrow::compute::take_record_batch(batch, &rows).map_err(|e| self.err(e))?;
+        let n = dead.len();
+        Ok(Some(DeadLetters {
+            rows,
+            rule: vec!["delivery".to_string(); n],
+            reason: dead.into_iter().map(|d| d.1).collect(),
+        }))
+    }
+
     /// One JSON object per row (FHIR: the row's `resource`, as the `fhir` stage wrote it).
     fn bodies(&self, batch: &RecordBatch) -> Result<Vec<Vec<u8>>, ConnectorError> {
         if self.config.fhir {
@@ -131,6 +257,19 @@ impl HttpSink {
         let rows = batch.project(&keep).map_err(|e| self.err(e))?;
         crate::connectors::json_rows(&rows).map_err(|e| self.err(e))
     }
+}
+
+/// Per-row parts of a batch, for `write`.
+struct Rows<'b> {
+    bodies: Vec<Vec<u8>>,
+    paths: Option<&'b arrow::array::StringArray>,
+    deletes: Option<&'b arrow::array::StringArray>,
+    /// (idempotency key = the record's identity, correlation id).
+    ids: Vec<(String, Option<String>)>,
+    indexes: Option<arrow::array::Int64Array>,
+    raw: Option<arrow::array::BinaryArray>,
+    sources: Option<&'b arrow::array::StringArray>,
+    offsets: Option<&'b arrow::array::Int64Array>,
 }
 
 /// A string column the `fhir` stage writes.
@@ -185,38 +324,17 @@ pub fn report_call(
 
 impl BatchSink for HttpSink {
     fn write(&mut self, batch: &RecordBatch) -> Result<(), ConnectorError> {
-        let bodies = self.bodies(batch)?;
-        let paths = match self.config.fhir {
-            true => Some(fhir_column(batch, "request_url").map_err(|e| self.err(e))?),
-            false => None,
-        };
-        // FHIR: what each message deletes (optional: rows of an older stage delete nothing).
-        let deletes = batch
-            .column_by_name("delete_elements")
-            .and_then(|c| c.as_string_opt::<i32>())
-            .filter(|_| self.config.fhir);
+        let Rows {
+            bodies,
+            paths,
+            deletes,
+            ids,
+            indexes,
+            raw,
+            sources,
+            offsets,
+        } = self.rows(batch)?;
         let delete = |row: usize| deletes.filter(|d| d.is_valid(row)).map(|d| d.value(row));
-        let (sources, offsets, controls) = crate::connectors::kafka::provenance_columns(batch);
-        // (idempotency key = the record's identity, correlation id) per row.
-        let ids: Vec<(String, Option<String>)> = (0..batch.num_rows())
-            .map(|r| {
-                let control = controls.filter(|c| c.is_valid(r)).map(|c| c.value(r));
-                let key = record_identity(
-                    sources.filter(|s| s.is_valid(r)).map(|s| s.value(r)),
-                    offsets.filter(|o| o.is_valid(r)).map(|o| o.value(r)),
-                    control,
-                );
-                (key, control.map(str::to_string))
-            })
-            .collect();
-        let indexes = batch
-            .column_by_name(RECORD_INDEX)
-            .and_then(|c| c.as_primitive_opt::<Int64Type>())
-            .cloned();
-        let raw = batch
-            .column_by_name(RAW)
-            .and_then(|c| c.as_binary_opt::<i32>())
-            .cloned();
         let max = self.config.policy.max_attempts.max(1);
         // (row, attempt) still to try.
         let mut todo: Vec<(usize, u32)> = (0..batch.num_rows()).map(|r| (r, 1)).collect();
@@ -231,45 +349,9 @@ impl BatchSink for HttpSink {
         while !todo.is_empty() {
             // The breaker decides which calls are made now; refused ones wait (parked, or
             // in place) without using up an attempt.
-            let mut refused: Vec<(usize, u32, Duration)> = Vec::new();
-            let mut probes = std::collections::HashSet::new();
-            let mut gave_up = Vec::new();
-            if let Some(b) = &self.config.breaker {
-                todo.retain(|&(row, attempt)| match b.try_acquire_probe() {
-                    Ok(probe) => {
-                        if probe {
-                            probes.insert(row);
-                        }
-                        true
-                    }
-                    Err(r) => {
-                        let since = *outage_since
-                            .entry(row)
-                            .or_insert_with(std::time::Instant::now);
-                        if in_place && since.elapsed() >= max_outage {
-                            gave_up.push(row);
-                            return false;
-                        }
-                        let wait = r.retry_in.unwrap_or(Duration::from_millis(200));
-                        refused.push((
-                            row,
-                            attempt,
-                            wait.clamp(Duration::from_millis(1), Duration::from_secs(5)),
-                        ));
-                        false
-                    }
-                });
-            }
-            for row in gave_up {
-                self.outcome.unavailable += 1;
-                dead.push((
-                    row,
-                    format!(
-                        "circuit breaker of sink {} stayed open for {max_outage:?} (retry.max_outage)",
-                        self.config.name
-                    ),
-                ));
-            }
+            let (refused, probes, gave_up) =
+                self.gate(&mut todo, &mut outage_since, in_place, max_outage);
+            self.give_up(gave_up, &mut dead, max_outage);
             let requests: Vec<Request<'_>> = todo
                 .iter()
                 .map(|&(row, attempt)| Request {
@@ -382,16 +464,7 @@ impl BatchSink for HttpSink {
             }
             todo = again;
         }
-        if !dead.is_empty() {
-            dead.sort_by_key(|d| d.0);
-            let rows = arrow::array::UInt32Array::from_iter_values(dead.iter().map(|d| d.0 as u32));
-            let rows = arrow::compute::take_record_batch(batch, &rows).map_err(|e| self.err(e))?;
-            let n = dead.len();
-            let failed = DeadLetters {
-                rows,
-                rule: vec!["delivery".to_string(); n],
-                reason: dead.into_iter().map(|d| d.1).collect(),
-            };
+        if let Some(failed) = self.dead_letters(batch, dead)? {
             self.outcome.dead.push(failed);
         }
         Ok(())

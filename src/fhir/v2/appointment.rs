@@ -87,31 +87,10 @@ pub(super) fn map(cx: &Ctx<'_, '_>, patient: &Resource) -> Result<Resource, Mapp
     {
         start = Ts::from_element(&ais.field(4)).map_err(cx.at("AIS-4"))?;
     }
-    let minutes =
-        |seg: &Segment<'_>, value: usize, unit: usize| -> Result<Option<i64>, MappingError> {
-            let label = format!("{}-{value}", seg.id());
-            let Some(v) = text(&seg.field(value)).map_err(cx.at(label.clone()))? else {
-                return Ok(None);
-            };
-            let unit = text(&seg.field(unit).component(1))
-                .map_err(cx.at(label.clone()))?
-                .unwrap_or_else(|| "min".into())
-                .to_ascii_lowercase();
-            let n: f64 = v
-                .parse()
-                .map_err(|_| cx.error(format!("{label}: duration `{v}` is not a number")))?;
-            // SCH r12: a duration in minutes (hours converted); other units are not mapped.
-            let per_minute = match unit.as_str() {
-                "min" | "minute" | "minutes" => 1.0,
-                "h" | "hr" | "hour" | "hours" => 60.0,
-                _ => return Ok(None),
-            };
-            Ok(Some((n * per_minute).round() as i64))
-        };
-    let duration = match minutes(&sch, 9, 10)? {
+    let duration = match minutes(cx, &sch, 9, 10)? {
         Some(m) => Some(m),
         None => match &ais {
-            Some(ais) => minutes(ais, 7, 8)?,
+            Some(ais) => minutes(cx, ais, 7, 8)?,
             None => None,
         },
     };
@@ -175,7 +154,44 @@ pub(super) fn map(cx: &Ctx<'_, '_>, patient: &Resource) -> Result<Resource, Mapp
     {
         a.push("serviceType", codeable_concept(&service));
     }
-    // NTE right after SCH → comment (SIU_S12 r10).
+    a.put("comment", comment(cx)?);
+
+    participants(cx, &mut a, patient)?;
+
+    let id = stable_id(&["Appointment", &key.0, &key.1]);
+    Ok(Resource::new("Appointment", id, Some(key), a))
+}
+
+/// A duration in minutes from field `value` with its unit in field `unit` (SCH r12: hours
+/// converted; other units are not mapped).
+fn minutes(
+    cx: &Ctx<'_, '_>,
+    seg: &Segment<'_>,
+    value: usize,
+    unit: usize,
+) -> Result<Option<i64>, MappingError> {
+    let label = format!("{}-{value}", seg.id());
+    let Some(v) = text(&seg.field(value)).map_err(cx.at(label.clone()))? else {
+        return Ok(None);
+    };
+    let unit = text(&seg.field(unit).component(1))
+        .map_err(cx.at(label.clone()))?
+        .unwrap_or_else(|| "min".into())
+        .to_ascii_lowercase();
+    let n: f64 = v
+        .parse()
+        .map_err(|_| cx.error(format!("{label}: duration `{v}` is not a number")))?;
+    // SCH r12: a duration in minutes (hours converted); other units are not mapped.
+    let per_minute = match unit.as_str() {
+        "min" | "minute" | "minutes" => 1.0,
+        "h" | "hr" | "hour" | "hours" => 60.0,
+        _ => return Ok(None),
+    };
+    Ok(Some((n * per_minute).round() as i64))
+}
+
+/// NTE right after SCH → comment (SIU_S12 r10).
+fn comment(cx: &Ctx<'_, '_>) -> Result<Option<Value>, MappingError> {
     let mut notes = Vec::new();
     let mut after_sch = false;
     for seg in cx.msg.segments() {
@@ -191,19 +207,19 @@ pub(super) fn map(cx: &Ctx<'_, '_>, patient: &Resource) -> Result<Resource, Mapp
             _ => after_sch = false,
         }
     }
-    if !notes.is_empty() {
-        a.put("comment", Some(Value::from(notes.join("\n"))));
-    }
+    Ok((!notes.is_empty()).then(|| Value::from(notes.join("\n"))))
+}
 
-    // Participants: the patient (PID(Appointment)), AIP-3 people with their role AIP-4 and
-    // status AIP-12 (AIP r5–14), AIL-3 locations (AIL r5) with status AIL-12.
+/// Participants: the patient (PID(Appointment)), AIP-3 people with their role AIP-4 and
+/// status AIP-12 (AIP r5–14), AIL-3 locations (AIL r5) with status AIL-12.
+fn participants(cx: &Ctx<'_, '_>, a: &mut Obj, patient: &Resource) -> Result<(), MappingError> {
     a.push(
         "participant",
         json!({"actor": {"reference": format!("Patient/{}", patient.id)}, "status": "accepted"}),
     );
     for aip in cx.msg.segments_named(*b"AIP") {
         for rep in aip.field(3).repetitions() {
-            let Some(who) = practitioner_ref(&rep, systems).map_err(cx.at("AIP-3"))? else {
+            let Some(who) = practitioner_ref(&rep, &cx.systems).map_err(cx.at("AIP-3"))? else {
                 continue;
             };
             let role = cx.cwe(&aip, 4)?.as_ref().and_then(codeable_concept);
@@ -235,7 +251,5 @@ pub(super) fn map(cx: &Ctx<'_, '_>, patient: &Resource) -> Result<Resource, Mapp
             );
         }
     }
-
-    let id = stable_id(&["Appointment", &key.0, &key.1]);
-    Ok(Resource::new("Appointment", id, Some(key), a))
+    Ok(())
 }

@@ -104,26 +104,7 @@ pub(super) fn map(cx: &Ctx<'_, '_>, patient: &Resource) -> Result<Option<Resourc
         "subject",
         Some(json!({"reference": format!("Patient/{}", patient.id)})),
     );
-    // Participants: PV1-7 attending (r13–16), PV1-8 referring (r17–20), PV1-9 consulting
-    // (r21–24), PV1-17 admitting (r36–39).
-    for (n, code, display) in [
-        (7, "ATND", "attender"),
-        (8, "REF", "referrer"),
-        (9, "CON", "consultant"),
-        (17, "ADM", "admitter"),
-    ] {
-        for rep in pv1.field(n).repetitions() {
-            if let Some(who) = practitioner_ref(&rep, systems).map_err(at(n))? {
-                e.push(
-                    "participant",
-                    json!({
-                        "type": [{"coding": [{"system": PARTICIPATION, "code": code, "display": display}]}],
-                        "individual": who
-                    }),
-                );
-            }
-        }
-    }
+    participants(cx, &pv1, &mut e)?;
     // Period: PV1-44 admit (r70), PV1-45 discharge (r71).
     e.put(
         "period",
@@ -132,57 +113,8 @@ pub(super) fn map(cx: &Ctx<'_, '_>, patient: &Resource) -> Result<Option<Resourc
             .set("end", discharge.map(|t| Value::from(date_time(&t, offset))))
             .build(),
     );
-    // PV2-3 admit reason (PV2(Encounter) r7), PV2-25 priority (r34).
-    if let Some(pv2) = cx.segment("PV2") {
-        if let Some(c) = cx.cwe(&pv2, 3)? {
-            e.push("reasonCode", codeable_concept(&c));
-        }
-        if let Some(p) = text(&pv2.field(25).component(1)).map_err(cx.at("PV2-25"))? {
-            let prio = Cwe {
-                identifier: Some(p),
-                text: text(&pv2.field(25).component(2)).map_err(cx.at("PV2-25"))?,
-                ..Default::default()
-            };
-            e.put(
-                "priority",
-                mapped_concept(
-                    &prio,
-                    |c| {
-                        Some((
-                            "http://terminology.hl7.org/CodeSystem/v3-ActPriority",
-                            match c {
-                                "1" => "EM",
-                                "2" => "UR",
-                                "3" => "EL",
-                                _ => return None,
-                            },
-                        ))
-                    },
-                    "0217",
-                ),
-            );
-        }
-    }
-    // Hospitalization: PV1-5 pre-admit number (r10), PV1-14 admit source (r33), PV1-36
-    // discharge disposition (r61).
-    let mut h = Obj::new();
-    let pre = Cx::from_element(&pv1.field(5).repetition(1)).map_err(at(5))?;
-    h.put("preAdmissionIdentifier", identifier(&pre, systems));
-    for (n, key, table) in [
-        (14, "admitSource", "0023"),
-        (36, "dischargeDisposition", "0112"),
-    ] {
-        if let Some(code) = text(&pv1.field(n).component(1)).map_err(at(n))? {
-            h.put(
-                key,
-                Some(json!({"coding": [{
-                    "system": format!("http://terminology.hl7.org/CodeSystem/v2-{table}"),
-                    "code": code
-                }]})),
-            );
-        }
-    }
-    e.put("hospitalization", h.build());
+    visit_details(cx, &mut e)?;
+    e.put("hospitalization", hospitalization(cx, &pv1)?);
     // Locations: PV1-3 assigned (r6–8: active, or planned for pre-admits), PV1-6 prior
     // (r11–12: completed), PV1-11 temporary (r26–27: active), PV1-42 pending (r67: reserved).
     // Each as a display of its components (the IG's Location-per-component hierarchy needs a
@@ -214,4 +146,95 @@ pub(super) fn map(cx: &Ctx<'_, '_>, patient: &Resource) -> Result<Option<Resourc
         ]),
     };
     Ok(Some(Resource::new("Encounter", id, key, e)))
+}
+
+/// PV2-3 admit reason (PV2(Encounter) r7), PV2-25 priority (r34).
+fn visit_details(cx: &Ctx<'_, '_>, e: &mut Obj) -> Result<(), MappingError> {
+    if let Some(pv2) = cx.segment("PV2") {
+        if let Some(c) = cx.cwe(&pv2, 3)? {
+            e.push("reasonCode", codeable_concept(&c));
+        }
+        if let Some(p) = text(&pv2.field(25).component(1)).map_err(cx.at("PV2-25"))? {
+            let prio = Cwe {
+                identifier: Some(p),
+                text: text(&pv2.field(25).component(2)).map_err(cx.at("PV2-25"))?,
+                ..Default::default()
+            };
+            e.put(
+                "priority",
+                mapped_concept(
+                    &prio,
+                    |c| {
+                        Some((
+                            "http://terminology.hl7.org/CodeSystem/v3-ActPriority",
+                            match c {
+                                "1" => "EM",
+                                "2" => "UR",
+                                "3" => "EL",
+                                _ => return None,
+                            },
+                        ))
+                    },
+                    "0217",
+                ),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Hospitalization: PV1-5 pre-admit number (r10), PV1-14 admit source (r33), PV1-36
+/// discharge disposition (r61).
+fn hospitalization(
+    cx: &Ctx<'_, '_>,
+    pv1: &crate::formats::hl7::Segment<'_>,
+) -> Result<Option<Value>, MappingError> {
+    let at = |n: usize| cx.at(format!("PV1-{n}"));
+    let mut h = Obj::new();
+    let pre = Cx::from_element(&pv1.field(5).repetition(1)).map_err(at(5))?;
+    h.put("preAdmissionIdentifier", identifier(&pre, &cx.systems));
+    for (n, key, table) in [
+        (14, "admitSource", "0023"),
+        (36, "dischargeDisposition", "0112"),
+    ] {
+        if let Some(code) = text(&pv1.field(n).component(1)).map_err(at(n))? {
+            h.put(
+                key,
+                Some(json!({"coding": [{
+                    "system": format!("http://terminology.hl7.org/CodeSystem/v2-{table}"),
+                    "code": code
+                }]})),
+            );
+        }
+    }
+    Ok(h.build())
+}
+
+/// Participants: PV1-7 attending (r13–16), PV1-8 referring (r17–20), PV1-9 consulting
+/// (r21–24), PV1-17 admitting (r36–39).
+fn participants(
+    cx: &Ctx<'_, '_>,
+    pv1: &crate::formats::hl7::Segment<'_>,
+    e: &mut Obj,
+) -> Result<(), MappingError> {
+    let at = |n: usize| cx.at(format!("PV1-{n}"));
+    for (n, code, display) in [
+        (7, "ATND", "attender"),
+        (8, "REF", "referrer"),
+        (9, "CON", "consultant"),
+        (17, "ADM", "admitter"),
+    ] {
+        for rep in pv1.field(n).repetitions() {
+            if let Some(who) = practitioner_ref(&rep, &cx.systems).map_err(at(n))? {
+                e.push(
+                    "participant",
+                    json!({
+                        "type": [{"coding": [{"system": PARTICIPATION, "code": code, "display": display}]}],
+                        "individual": who
+                    }),
+                );
+            }
+        }
+    }
+    Ok(())
 }

@@ -13,55 +13,10 @@ pub(super) fn map(cx: &Ctx<'_, '_>) -> Result<Resource, MappingError> {
     let pid = cx
         .segment("PID")
         .ok_or_else(|| cx.error("no PID segment: nothing identifies the patient"))?;
-    let systems = &cx.systems;
     let offset = cx.opts.default_zone;
     let mut p = Obj::new();
 
-    // Identifiers: PID-2, PID-3 (repeats), PID-4 (r4–6), PID-19 SSN (r30–34), PID-20 (r35).
-    let mut ids: Vec<(usize, Cx, Value)> = Vec::new();
-    for n in [2, 3, 4] {
-        for rep in pid.field(n).repetitions() {
-            let c = Cx::from_element(&rep).map_err(cx.at(format!("PID-{n}")))?;
-            if let Some(mut v) = identifier(&c, systems) {
-                // PID-3 sent without an assigning authority: the sender's own patient
-                // identifiers, scoped to it (as visit numbers are), not a reason to reject.
-                if n == 3 && v.get("system").is_none() {
-                    v["system"] = Value::from(cx.local_system("patient"));
-                }
-                ids.push((n, c, v));
-            }
-        }
-    }
-    for (_, _, v) in &ids {
-        p.push("identifier", v.clone());
-    }
-    if let Some(ssn) = text(&pid.field(19)).map_err(cx.at("PID-19"))? {
-        // r34's system has a stray trailing dot in the CSV; the registered URI has none.
-        p.push(
-            "identifier",
-            json!({"type": identifier_type("SS"), "system": "http://hl7.org/fhir/sid/us-ssn", "value": ssn}),
-        );
-    }
-    if let Some(dl) = text(&pid.field(20).component(1)).map_err(cx.at("PID-20"))? {
-        p.push(
-            "identifier",
-            json!({"type": identifier_type("DL"), "value": dl}),
-        );
-    }
-
-    // The identifier a conditional update matches on: one with a system, from PID-3 (the
-    // patient identifier list) before PID-2/PID-4, an MR before other types.
-    let key = ids
-        .iter()
-        .filter(|(_, c, v)| v.get("system").is_some() && c.id.is_some())
-        .min_by_key(|(n, c, _)| (*n != 3, c.identifier_type_code.as_deref() != Some("MR")))
-        .map(|(_, _, v)| {
-            (
-                v["system"].as_str().unwrap_or_default().to_string(),
-                v["value"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .ok_or_else(|| cx.error("PID-3: no patient identifier to match the patient on"))?;
+    let key = identifiers(cx, &pid, &mut p)?;
     let id = stable_id(&["Patient", &key.0, &key.1]);
 
     // Names: PID-5 (r7), then aliases PID-9 (r14).
@@ -109,21 +64,7 @@ pub(super) fn map(cx: &Ctx<'_, '_>) -> Result<Resource, MappingError> {
             }
         }
     }
-    // PID-11 (r16) addresses; PID-12 county as the district of a single address (r17, r20).
-    let mut addresses = Vec::new();
-    for rep in pid.field(11).repetitions() {
-        let x = Xad::from_element(&rep).map_err(cx.at("PID-11"))?;
-        addresses.extend(address(&x));
-    }
-    if let Some(county) = text(&pid.field(12).component(1)).map_err(cx.at("PID-12"))? {
-        match addresses.as_mut_slice() {
-            [] => addresses.push(json!({"district": county})),
-            [only] if only.get("district").is_none() => {
-                only["district"] = Value::from(county);
-            }
-            _ => {}
-        }
-    }
+    let addresses = addresses(cx, &pid)?;
     p.put("address", Some(Value::Array(addresses)));
     // Telecom: PID-13 home (r21–22), PID-14 work (r23–24), PID-40 (r66).
     for (n, default_use) in [(13, Some("home")), (14, Some("work")), (40, None)] {
@@ -186,6 +127,78 @@ pub(super) fn map(cx: &Ctx<'_, '_>) -> Result<Resource, MappingError> {
     let mut r = Resource::new("Patient", id, Some(key), p);
     r.deleted = explicit_nulls(&pid);
     Ok(r)
+}
+
+/// The Patient's identifiers, and the one a conditional update matches on (system, value).
+fn identifiers(
+    cx: &Ctx<'_, '_>,
+    pid: &Segment<'_>,
+    p: &mut Obj,
+) -> Result<(String, String), MappingError> {
+    let systems = &cx.systems;
+    // Identifiers: PID-2, PID-3 (repeats), PID-4 (r4–6), PID-19 SSN (r30–34), PID-20 (r35).
+    let mut ids: Vec<(usize, Cx, Value)> = Vec::new();
+    for n in [2, 3, 4] {
+        for rep in pid.field(n).repetitions() {
+            let c = Cx::from_element(&rep).map_err(cx.at(format!("PID-{n}")))?;
+            if let Some(mut v) = identifier(&c, systems) {
+                // PID-3 sent without an assigning authority: the sender's own patient
+                // identifiers, scoped to it (as visit numbers are), not a reason to reject.
+                if n == 3 && v.get("system").is_none() {
+                    v["system"] = Value::from(cx.local_system("patient"));
+                }
+                ids.push((n, c, v));
+            }
+        }
+    }
+    for (_, _, v) in &ids {
+        p.push("identifier", v.clone());
+    }
+    if let Some(ssn) = text(&pid.field(19)).map_err(cx.at("PID-19"))? {
+        // r34's system has a stray trailing dot in the CSV; the registered URI has none.
+        p.push(
+            "identifier",
+            json!({"type": identifier_type("SS"), "system": "http://hl7.org/fhir/sid/us-ssn", "value": ssn}),
+        );
+    }
+    if let Some(dl) = text(&pid.field(20).component(1)).map_err(cx.at("PID-20"))? {
+        p.push(
+            "identifier",
+            json!({"type": identifier_type("DL"), "value": dl}),
+        );
+    }
+
+    // The identifier a conditional update matches on: one with a system, from PID-3 (the
+    // patient identifier list) before PID-2/PID-4, an MR before other types.
+    ids.iter()
+        .filter(|(_, c, v)| v.get("system").is_some() && c.id.is_some())
+        .min_by_key(|(n, c, _)| (*n != 3, c.identifier_type_code.as_deref() != Some("MR")))
+        .map(|(_, _, v)| {
+            (
+                v["system"].as_str().unwrap_or_default().to_string(),
+                v["value"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .ok_or_else(|| cx.error("PID-3: no patient identifier to match the patient on"))
+}
+
+/// PID-11 (r16) addresses; PID-12 county as the district of a single address (r17, r20).
+fn addresses(cx: &Ctx<'_, '_>, pid: &Segment<'_>) -> Result<Vec<Value>, MappingError> {
+    let mut addresses = Vec::new();
+    for rep in pid.field(11).repetitions() {
+        let x = Xad::from_element(&rep).map_err(cx.at("PID-11"))?;
+        addresses.extend(address(&x));
+    }
+    if let Some(county) = text(&pid.field(12).component(1)).map_err(cx.at("PID-12"))? {
+        match addresses.as_mut_slice() {
+            [] => addresses.push(json!({"district": county})),
+            [only] if only.get("district").is_none() => {
+                only["district"] = Value::from(county);
+            }
+            _ => {}
+        }
+    }
+    Ok(addresses)
 }
 
 /// The Patient elements a message deletes: PID fields sent as the explicit null `""` (in v2

@@ -240,6 +240,15 @@ fn message_hash(local: &Value, deleted: &[String]) -> String {
     hash(&v)
 }
 
+/// The server's side of a conflict, and the merge of the message into it.
+struct Sides<'a> {
+    merged: &'a Value,
+    external: &'a Value,
+    ext_id: &'a str,
+    ext_version: Option<&'a str>,
+    base_version: Option<&'a str>,
+}
+
 impl Syncer {
     fn key<'a>(&'a self, kind: &'a str, entity: &'a str) -> (&'a str, &'a str, &'a str) {
         (self.integration.as_str(), kind, entity)
@@ -333,6 +342,86 @@ impl Syncer {
         outcome
     }
 
+    /// Saves the message and the server's version as agreed: nothing to write.
+    async fn agreed(
+        &self,
+        key: (&str, &str, &str),
+        local_hash: &str,
+        local: &Value,
+        ext_id: String,
+        ext_version: Option<&str>,
+    ) -> Result<SyncOutcome, SyncError> {
+        let update = Update::in_sync(local_hash, local, Some(&ext_id), ext_version);
+        self.store.save(key, &self.owner, &update).await?;
+        Ok(SyncOutcome::Unchanged { id: ext_id })
+    }
+
+    /// Which side a configured policy lets win a conflict (None: manual).
+    fn winner(&self, external: &Value, local_time: chrono::DateTime<chrono::Utc>) -> Option<Side> {
+        match self.policy {
+            ConflictPolicy::Manual => None,
+            ConflictPolicy::SourcePriority(side) => Some(side),
+            ConflictPolicy::TimestampWins => {
+                let server_time = external["meta"]["lastUpdated"]
+                    .as_str()
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+                Some(match server_time {
+                    Some(t) if t > local_time => Side::External,
+                    _ => Side::Local,
+                })
+            }
+        }
+    }
+
+    /// Records a conflict over `fields` for `plexus sync resolve`.
+    async fn conflict(
+        &self,
+        key: (&str, &str, &str),
+        resource: &Resource,
+        local: &Value,
+        sides: Sides<'_>,
+        fields: Vec<String>,
+    ) -> Result<SyncOutcome, SyncError> {
+        let pick = |v: &Value| -> Value {
+            fields
+                .iter()
+                .map(|f| (f.clone(), v.get(f).cloned().unwrap_or(Value::Null)))
+                .collect::<serde_json::Map<_, _>>()
+                .into()
+        };
+        let conflict = json!({
+            "fields": fields,
+            "local": pick(sides.merged),
+            "external": pick(sides.external),
+            "local_resource": local,
+            "deleted": resource.deleted,
+            "external_id": sides.ext_id,
+            "external_version": sides.ext_version,
+            "base_version": sides.base_version,
+            "detected_at": chrono::Utc::now().to_rfc3339(),
+        });
+        self.store
+            .save(
+                key,
+                &self.owner,
+                &Update {
+                    status: Status::Conflict,
+                    local_hash: None,
+                    local_resource: None,
+                    external_id: Some(sides.ext_id),
+                    external_version: None,
+                    conflict: Some(&conflict),
+                    synced: false,
+                    retry_in: None,
+                },
+            )
+            .await?;
+        Ok(SyncOutcome::Conflict {
+            id: sides.ext_id.to_string(),
+            fields,
+        })
+    }
+
     async fn sync_held(
         &self,
         resource: &Resource,
@@ -381,17 +470,13 @@ impl Syncer {
         };
         match (local_changed, external_changed) {
             (false, false) => {
-                let update =
-                    Update::in_sync(&local_hash, &local, Some(&ext_id), ext_version.as_deref());
-                self.store.save(key, &self.owner, &update).await?;
-                Ok(SyncOutcome::Unchanged { id: ext_id })
+                self.agreed(key, &local_hash, &local, ext_id, ext_version.as_deref())
+                    .await
             }
             (true, false) if would_change.is_empty() => {
                 // A new message that the server already agrees with: nothing to write.
-                let update =
-                    Update::in_sync(&local_hash, &local, Some(&ext_id), ext_version.as_deref());
-                self.store.save(key, &self.owner, &update).await?;
-                Ok(SyncOutcome::Unchanged { id: ext_id })
+                self.agreed(key, &local_hash, &local, ext_id, ext_version.as_deref())
+                    .await
             }
             (true, false) => {
                 let base = state.external_version.clone().or(ext_version.clone());
@@ -423,25 +508,11 @@ impl Syncer {
             }
             (true, true) if would_change.is_empty() => {
                 // Both moved, but the server already holds what the message says: no conflict.
-                let update =
-                    Update::in_sync(&local_hash, &local, Some(&ext_id), ext_version.as_deref());
-                self.store.save(key, &self.owner, &update).await?;
-                Ok(SyncOutcome::Unchanged { id: ext_id })
+                self.agreed(key, &local_hash, &local, ext_id, ext_version.as_deref())
+                    .await
             }
             (true, true) => {
-                let winner = match self.policy {
-                    ConflictPolicy::Manual => None,
-                    ConflictPolicy::SourcePriority(side) => Some(side),
-                    ConflictPolicy::TimestampWins => {
-                        let server_time = external["meta"]["lastUpdated"]
-                            .as_str()
-                            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
-                        Some(match server_time {
-                            Some(t) if t > local_time => Side::External,
-                            _ => Side::Local,
-                        })
-                    }
-                };
+                let winner = self.winner(&external, local_time);
                 // The conflict is over what this message would change, not over elements it
                 // does not carry.
                 let fields = would_change.clone();
@@ -487,41 +558,14 @@ impl Syncer {
                         })
                     }
                     None => {
-                        let pick = |v: &Value| -> Value {
-                            fields
-                                .iter()
-                                .map(|f| (f.clone(), v.get(f).cloned().unwrap_or(Value::Null)))
-                                .collect::<serde_json::Map<_, _>>()
-                                .into()
+                        let sides = Sides {
+                            merged: &merged,
+                            external: &external,
+                            ext_id: &ext_id,
+                            ext_version: ext_version.as_deref(),
+                            base_version: state.external_version.as_deref(),
                         };
-                        let conflict = json!({
-                            "fields": fields,
-                            "local": pick(&merged),
-                            "external": pick(&external),
-                            "local_resource": local,
-                            "deleted": resource.deleted,
-                            "external_id": ext_id,
-                            "external_version": ext_version,
-                            "base_version": state.external_version,
-                            "detected_at": chrono::Utc::now().to_rfc3339(),
-                        });
-                        self.store
-                            .save(
-                                key,
-                                &self.owner,
-                                &Update {
-                                    status: Status::Conflict,
-                                    local_hash: None,
-                                    local_resource: None,
-                                    external_id: Some(&ext_id),
-                                    external_version: None,
-                                    conflict: Some(&conflict),
-                                    synced: false,
-                                    retry_in: None,
-                                },
-                            )
-                            .await?;
-                        Ok(SyncOutcome::Conflict { id: ext_id, fields })
+                        self.conflict(key, resource, &local, sides, fields).await
                     }
                 }
             }
