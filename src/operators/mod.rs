@@ -75,7 +75,39 @@ pub trait Operator: Send {
 
     /// Processes one batch.
     fn process(&mut self, batch: RecordBatch) -> Result<StageOutput, OperatorError>;
+
+    // Hooks of stateful operators (windows), with no-op defaults (Arroyo's operator shape).
+
+    /// How long without a batch before `on_tick` runs (processing-time windows fire while
+    /// the input is idle). None: never.
+    fn tick_every(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    fn on_tick(&mut self) -> Result<(), OperatorError> {
+        Ok(())
+    }
+
+    /// Whether a checkpoint must cover the operator's state: then it is a party to every
+    /// barrier (acknowledged when `on_barrier`'s flush resolves), and its calls may block.
+    fn is_checkpointed(&self) -> bool {
+        false
+    }
+
+    /// At a checkpoint barrier: saves the state; the future resolves once what the operator
+    /// wrote so far is durable.
+    fn on_barrier(&mut self, _epoch: u64) -> Result<Option<Flushed>, OperatorError> {
+        Ok(None)
+    }
+
+    /// The input ended (or the stream stopped): last output, final state.
+    fn on_end(&mut self) -> Result<(), OperatorError> {
+        Ok(())
+    }
 }
+
+/// Resolves when an operator's outputs are durable (see `Operator::on_barrier`).
+pub type Flushed = futures::future::BoxFuture<'static, Result<(), String>>;
 
 /// Splits `batch` into (kept rows, rejected rows) by a boolean mask (true = keep).
 pub fn split_by_mask(

@@ -231,6 +231,23 @@ pub async fn run(
     source.attach(sh.checkpoints.clone());
     // Every stage and every sink sends each barrier to the dead-letter writer (sinks send
     // their undeliverable rows there too).
+    // Windows over stage outputs are nodes of the graph: stages with no output ports.
+    let window_summaries = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut stages = stages;
+    for (up, w) in stream_windows {
+        let io = window_io.clone().expect("stream windows need window io");
+        stages.push(crate::plan::PlannedStage {
+            name: w.name.clone(),
+            kind: "window",
+            input: up,
+            operator: Box::new(windows::WindowNode::new(
+                windows::Driver::start(w, &io)?,
+                io,
+                window_summaries.clone(),
+            )),
+            outputs: Vec::new(),
+        });
+    }
     let (dead_tx, dlq_task) = spawn_dead_letters(dlq, stages.len() + sink_specs.len(), &sh);
     // Who reads each upstream port.
     let mut readers: Readers = HashMap::new();
@@ -242,11 +259,6 @@ pub async fn run(
         sink_tasks.push(task);
         sink_rows.push(rows);
     }
-    let mut window_tasks = Vec::new();
-    for (up, w) in stream_windows {
-        let io = window_io.clone().expect("stream windows need window io");
-        window_tasks.push(spawn_window(up, w, io, &mut readers, &sh)?);
-    }
     // Stages, last first, so that each stage's readers exist when it is spawned.
     let mut tasks = Vec::new();
     let mut counters = Vec::new();
@@ -255,7 +267,7 @@ pub async fn run(
         let c = Arc::new(StageCounters::default());
         counters.push(c.clone());
         stage_meta.push((stage.name.clone(), stage.kind));
-        tasks.push(spawn_stage(i, stage, &mut readers, &dead_tx, c));
+        tasks.push(spawn_stage(i, stage, &mut readers, &dead_tx, c, &sh));
     }
     drop(dead_tx);
     counters.reverse();
@@ -271,17 +283,17 @@ pub async fn run(
     for t in sink_tasks {
         t.await??;
     }
-    let mut window_summaries = Vec::new();
-    for t in window_tasks {
-        window_summaries.push(t.await??);
-    }
     let dead_rows = dlq_task.await??;
     let seen = sh.seen.lock().expect("seen");
+    // Windows report in `windows`, not as stages.
     let stages = stage_meta
         .into_iter()
         .zip(counters)
+        .filter(|((_, kind), _)| *kind != "window")
         .map(|((name, kind), c)| c.summary(name, kind))
         .collect::<Vec<_>>();
+    let mut window_summaries = std::mem::take(&mut *window_summaries.lock().expect("windows"));
+    window_summaries.sort_by_key(|w| w.name.clone());
     let filtered = stages.iter().map(|s| s.filtered).sum();
     Ok(RunSummary {
         pipeline: name,
@@ -472,54 +484,6 @@ fn spawn_sink(
     (task, counted)
 }
 
-/// A window over a stage's output: it observes the rows (never consumes them) and saves its
-/// state at each barrier before acknowledging it.
-fn spawn_window(
-    up: Upstream,
-    w: crate::plan::windows::PlannedWindow,
-    io: windows::WindowIo,
-    readers: &mut Readers,
-    sh: &Shared,
-) -> anyhow::Result<Task<windows::WindowSummary>> {
-    let (tx, mut rx) = mpsc::channel::<Msg>(CHANNEL_CAPACITY);
-    readers.entry(up).or_default().push(tx);
-    let sh = sh.clone();
-    let name = w.name.clone();
-    let mut driver = windows::Driver::start(w, &io)?;
-    Ok(tokio::spawn(async move {
-        loop {
-            let msg = match tokio::time::timeout(std::time::Duration::from_secs(1), rx.recv()).await
-            {
-                Ok(Some(m)) => m,
-                Ok(None) => break,
-                // Processing-time windows fire while the input is idle.
-                Err(_) => {
-                    tokio::task::block_in_place(|| driver.tick(&io))?;
-                    continue;
-                }
-            };
-            tokio::task::block_in_place(|| -> anyhow::Result<()> {
-                match msg {
-                    Msg::Batch(b) => driver.process(&b, &io),
-                    Msg::Barrier(epoch) => {
-                        driver.checkpoint(&io)?;
-                        let durable = io.outputs.lock().expect("monitor outputs").flush()?;
-                        ack_when(
-                            &sh.handle,
-                            &sh.checkpoints,
-                            epoch,
-                            durable,
-                            format!("window {name}"),
-                        );
-                        Ok(())
-                    }
-                }
-            })?;
-        }
-        tokio::task::block_in_place(|| driver.end(&io))
-    }))
-}
-
 /// A stage's task: runs its operator on each batch, inline (short CPU bursts; the
 /// multi-threaded runtime spreads stages over the cores), and passes barriers on.
 fn spawn_stage(
@@ -528,6 +492,7 @@ fn spawn_stage(
     readers: &mut Readers,
     dead_tx: &mpsc::Sender<DeadMsg>,
     c: Arc<StageCounters>,
+    sh: &Shared,
 ) -> Task<()> {
     let (tx, mut rx) = mpsc::channel::<Msg>(CHANNEL_CAPACITY);
     // This stage reads `stage.input`: upstream stages are spawned after it (reverse order)
@@ -543,16 +508,53 @@ fn spawn_stage(
     let dead_tx = dead_tx.clone();
     let stage_name = stage.name.clone();
     let mut operator = stage.operator;
+    // Stateful operators (windows) tick while idle, are parties to checkpoints and may block.
+    let tick = operator.tick_every();
+    let checkpointed = operator.is_checkpointed();
+    let sh = sh.clone();
     // One span per stage: traces (and an OpenTelemetry layer, when installed) show where a
     // batch spent its time; fields are names, never row content.
     let span = tracing::info_span!("stage", name = %stage.name, kind = stage.kind);
     tokio::spawn(tracing::Instrument::instrument(
         async move {
             let stopped = |_| anyhow::anyhow!("a reader of stage {stage_name} stopped");
-            while let Some(msg) = rx.recv().await {
+            let fail =
+                |e: crate::operators::OperatorError| anyhow::anyhow!("stage {stage_name}: {e}");
+            loop {
+                let msg = match tick {
+                    Some(every) => match tokio::time::timeout(every, rx.recv()).await {
+                        Ok(Some(m)) => m,
+                        Ok(None) => break,
+                        Err(_) => {
+                            tokio::task::block_in_place(|| operator.on_tick()).map_err(fail)?;
+                            continue;
+                        }
+                    },
+                    None => match rx.recv().await {
+                        Some(m) => m,
+                        None => break,
+                    },
+                };
                 let batch = match msg {
                     Msg::Batch(b) => b,
                     Msg::Barrier(epoch) => {
+                        if checkpointed {
+                            let flushed =
+                                tokio::task::block_in_place(|| operator.on_barrier(epoch))
+                                    .map_err(fail)?;
+                            let durable = flushed.map(|f| -> Durable {
+                                Box::pin(async move {
+                                    f.await.map_err(crate::connectors::ConnectorError::Other)
+                                })
+                            });
+                            ack_when(
+                                &sh.handle,
+                                &sh.checkpoints,
+                                epoch,
+                                durable,
+                                format!("window {stage_name}"),
+                            );
+                        }
                         dead_tx
                             .send(DeadMsg::Barrier(epoch))
                             .await
@@ -583,7 +585,11 @@ fn spawn_stage(
                     dead = tracing::field::Empty,
                     filtered = tracing::field::Empty,
                 );
-                let out = batch_span.in_scope(|| operator.process(batch));
+                let out = if checkpointed {
+                    tokio::task::block_in_place(|| batch_span.in_scope(|| operator.process(batch)))
+                } else {
+                    batch_span.in_scope(|| operator.process(batch))
+                };
                 let out = out.map_err(|e| anyhow::anyhow!("stage {stage_name}: {e}"))?;
                 batch_span.record(
                     "rows_out",
@@ -621,6 +627,11 @@ fn spawn_stage(
                         r.send(Msg::Batch(batch.clone())).await.map_err(stopped)?;
                     }
                 }
+            }
+            if checkpointed {
+                tokio::task::block_in_place(|| operator.on_end()).map_err(fail)?;
+            } else {
+                operator.on_end().map_err(fail)?;
             }
             Ok::<(), anyhow::Error>(())
         },

@@ -17,6 +17,7 @@ use crate::connectors::monitoring::state::WindowStateStore;
 use crate::connectors::monitoring::{BreakerEvent, MonitorOutputs};
 use crate::metrics::outcome::{OutcomeRow, now_ms, outcome_batch};
 use crate::operators::window::{WindowAggregate, WindowOutput};
+use crate::operators::{Flushed, Operator, OperatorError, StageOutput};
 use crate::plan::windows::PlannedWindow;
 use crate::resilience::breaker::SharedBreaker;
 
@@ -168,6 +169,86 @@ impl Driver {
         self.summary.late_dropped = self.agg.late_dropped();
         self.summary.invalid_time = self.agg.invalid_time();
         Ok(self.summary)
+    }
+}
+
+/// A window over a stage's output as a node of the graph: an operator with no output ports
+/// (its rows go to the monitoring outputs) that ticks while idle and saves its state at
+/// every barrier.
+pub struct WindowNode {
+    driver: Option<Driver>,
+    io: WindowIo,
+    /// Where its summary goes when the input ends.
+    summaries: Arc<Mutex<Vec<WindowSummary>>>,
+}
+
+impl WindowNode {
+    pub fn new(driver: Driver, io: WindowIo, summaries: Arc<Mutex<Vec<WindowSummary>>>) -> Self {
+        WindowNode {
+            driver: Some(driver),
+            io,
+            summaries,
+        }
+    }
+
+    fn driver(&mut self) -> Result<&mut Driver, OperatorError> {
+        self.driver
+            .as_mut()
+            .ok_or_else(|| OperatorError::Other("window used after its end".into()))
+    }
+}
+
+fn op_err(e: anyhow::Error) -> OperatorError {
+    OperatorError::Other(format!("{e:#}"))
+}
+
+impl Operator for WindowNode {
+    fn outputs(&self) -> Vec<(String, arrow::datatypes::SchemaRef)> {
+        Vec::new()
+    }
+
+    fn process(&mut self, batch: RecordBatch) -> Result<StageOutput, OperatorError> {
+        let io = self.io.clone();
+        self.driver()?.process(&batch, &io).map_err(op_err)?;
+        Ok(StageOutput::default())
+    }
+
+    fn tick_every(&self) -> Option<Duration> {
+        Some(Duration::from_secs(1))
+    }
+
+    fn on_tick(&mut self) -> Result<(), OperatorError> {
+        let io = self.io.clone();
+        self.driver()?.tick(&io).map_err(op_err)
+    }
+
+    fn is_checkpointed(&self) -> bool {
+        true
+    }
+
+    fn on_barrier(&mut self, _epoch: u64) -> Result<Option<Flushed>, OperatorError> {
+        let io = self.io.clone();
+        self.driver()?.checkpoint(&io).map_err(op_err)?;
+        let durable = io
+            .outputs
+            .lock()
+            .expect("monitor outputs")
+            .flush()
+            .map_err(|e| OperatorError::Other(e.to_string()))?;
+        Ok(durable
+            .map(|d| -> Flushed { Box::pin(async move { d.await.map_err(|e| e.to_string()) }) }))
+    }
+
+    fn on_end(&mut self) -> Result<(), OperatorError> {
+        let Some(driver) = self.driver.take() else {
+            return Ok(());
+        };
+        let summary = driver.end(&self.io).map_err(op_err)?;
+        self.summaries
+            .lock()
+            .expect("window summaries")
+            .push(summary);
+        Ok(())
     }
 }
 
