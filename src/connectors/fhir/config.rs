@@ -17,6 +17,11 @@ use crate::connectors::http::config::{
 use crate::connectors::kafka::KafkaConnection;
 
 /// `{name: ehr, type: fhir, url: env:EHR_FHIR_BASE, sync: {conflicts: manual}}`.
+///
+/// The HTTP settings repeat `HttpSinkConfig`'s on purpose: each connector's config is its own
+/// type (its own keys in the schema, `method`/`secret` refused here), and serde's `flatten`
+/// would lose both `deny_unknown_fields` and the spans. They are planned by one function
+/// (`http::config::plan_http`).
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FhirSinkConfig {
