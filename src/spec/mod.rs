@@ -652,11 +652,12 @@ struct SinkCommon {
     kind: Spanned<String>,
 }
 
-/// `node` without the `keys` (which were read already): what a connector's config reads.
-fn without(node: &Node, keys: &[&str]) -> Node {
+/// A copy of the mapping `node` with only the `keys` (`keep`), or all but them: the common
+/// keys of an entry are read apart from its connector's own.
+fn keys(node: &Node, keys: &[&str], keep: bool) -> Node {
     let mut node = node.clone();
     if let Some(m) = node.as_mapping_mut() {
-        m.retain(|k, _| !keys.contains(&k.as_str()));
+        m.retain(|k, _| keys.contains(&k.as_str()) == keep);
     }
     node
 }
@@ -689,7 +690,7 @@ fn sink_from_node(path: &Path, node: &Node) -> Result<SinkSpec, SpecErrors> {
     {
         return Err(SpecError::at(path, node.span(), "a sink needs a `type`").into());
     }
-    let common: SinkCommon = from_node(path, &only(node, &["name", "input", "type"]))?;
+    let common: SinkCommon = from_node(path, &keys(node, &["name", "input", "type"], true))?;
     let Some(connector) = crate::connectors::registry::sink(&common.kind) else {
         return Err(SpecError::at(
             path,
@@ -713,23 +714,14 @@ fn sink_from_node(path: &Path, node: &Node) -> Result<SinkSpec, SpecErrors> {
     })
 }
 
-/// `node` with only the `keys`.
-fn only(node: &Node, keys: &[&str]) -> Node {
-    let mut node = node.clone();
-    if let Some(m) = node.as_mapping_mut() {
-        m.retain(|k, _| keys.contains(&k.as_str()));
-    }
-    node
-}
-
-/// A connector's typed config from `node` less the common `keys`.
+/// A connector's typed config from `node` less the `common` keys.
 fn read_config<T>(
     path: &Path,
     node: &Node,
-    keys: &[&str],
+    common: &[&str],
     read: impl Fn(&Node) -> Result<T, marked_yaml::FromNodeError>,
 ) -> Result<T, SpecErrors> {
-    let rest = without(node, keys);
+    let rest = keys(node, common, false);
     read(&rest).map_err(|e| located(path, &rest, e))
 }
 

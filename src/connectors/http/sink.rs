@@ -127,7 +127,7 @@ impl HttpSink {
             .column_by_name("delete_elements")
             .and_then(|c| c.as_string_opt::<i32>())
             .filter(|_| self.config.fhir);
-        let (sources, offsets, controls) = crate::connectors::kafka::provenance_columns(batch);
+        let (sources, offsets, controls) = crate::record::provenance_columns(batch);
         // (idempotency key = the record's identity, correlation id) per row.
         let ids: Vec<(String, Option<String>)> = (0..batch.num_rows())
             .map(|r| {

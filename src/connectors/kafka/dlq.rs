@@ -156,7 +156,7 @@ impl DeadLetterSink for KafkaDlq {
                 None => crate::connectors::dlq::hl7_control_id(payload),
             };
             let control = parsed_control.or(raw_control.as_deref());
-            let key = super::record_identity(source, offset, control);
+            let key = crate::record::record_identity(source, offset, control);
             if let Some(c) = control {
                 h = h.insert(Header {
                     key: headers::CORRELATION_ID,

@@ -387,8 +387,6 @@ pub fn source_name(topic: &str, partition: i32) -> String {
     format!("{topic}/{partition}")
 }
 
-pub use crate::record::{provenance_columns, record_identity};
-
 /// Splits a `_source` written by `source_name`.
 pub fn parse_source_name(s: &str) -> Option<(&str, i32)> {
     let (t, p) = s.rsplit_once('/')?;

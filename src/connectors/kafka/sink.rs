@@ -184,7 +184,7 @@ impl BatchSink for KafkaSink {
             None => None,
         };
         let keys = keys.as_ref().map(|k| k.as_string::<i32>());
-        let (sources, offsets, controls) = super::provenance_columns(batch);
+        let (sources, offsets, controls) = crate::record::provenance_columns(batch);
         for (row, payload) in payloads.iter().enumerate() {
             let mut h = OwnedHeaders::new_with_capacity(6)
                 .insert(Header {
