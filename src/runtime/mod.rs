@@ -8,6 +8,7 @@
 //! filtered (dropped on purpose by a route or inner join); the summary shows the numbers and
 //! that they add up to the records read.
 
+pub mod outcomes;
 pub mod summary;
 pub mod telemetry;
 pub mod topology;
@@ -206,7 +207,7 @@ pub async fn run(
         windows: planned_windows,
         ..
     } = plan;
-    // Windows over stage outputs run here (outcome windows run in the `Monitor`); without
+    // Windows over stage outputs run here (outcome windows in `outcomes::OutcomeStream`); without
     // window outputs (`plexus test`) they are not run.
     let stream_windows: Vec<_> = match &window_io {
         Some(_) => planned_windows

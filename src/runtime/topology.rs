@@ -1,5 +1,5 @@
 //! The running graph, built from a plan: the source, every sink (through the connector
-//! registry), the dead-letter output, retry workers, the outcome monitor, telemetry and the
+//! registry), the dead-letter output, retry workers, the outcome stream, telemetry and the
 //! signal handler. `Topology::start` builds it; `Topology::run` runs the flow to its end and
 //! winds everything down in order, returning the run's summary.
 //!
@@ -13,9 +13,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+use super::outcomes::OutcomeStream;
 use super::summary::RunSummary;
 use super::telemetry::{Telemetry, serve as serve_metrics};
-use super::windows::{Monitor, WindowIo};
+use super::windows::WindowIo;
 use super::{Progress, RunOptions};
 use crate::connectors::dlq::DlqFile;
 use crate::connectors::file::FileSource;
@@ -66,14 +67,14 @@ pub struct Topology {
     telemetry: Arc<Telemetry>,
     server: Option<tokio::task::JoinHandle<()>>,
     window_io: Option<WindowIo>,
-    monitor: Option<Monitor>,
+    outcomes: Option<OutcomeStream>,
     follower: Option<Follower>,
     staged: bool,
     progress: Option<Progress>,
 }
 
 impl Topology {
-    /// Connects the source and every sink, starts retry workers, the monitor and the
+    /// Connects the source and every sink, starts retry workers, the outcome stream and the
     /// signal handler. An error here means nothing ran (exit 2).
     pub fn start(
         rt: &tokio::runtime::Runtime,
@@ -167,17 +168,17 @@ impl Topology {
             }
             None => None,
         };
-        let (window_io, monitor, follower) = match monitoring(rt, &plan, &breakers, &telemetry)? {
+        let (window_io, outcomes, follower) = match monitoring(rt, &plan, &breakers, &telemetry)? {
             Some((io, follower)) => {
-                // Also without outcome windows: the monitor publishes the breaker events.
+                // Also without outcome windows: the stream's last node publishes breaker events.
                 let rx = tap_rx.unwrap_or_else(|| OutcomeTap::channel().1);
                 let _guard = rt.enter();
-                let monitor = Monitor::start(outcome_windows, rx, io.clone())?;
-                (Some(io), Some(monitor), follower)
+                let stream = OutcomeStream::start(outcome_windows, rx, io.clone())?;
+                (Some(io), Some(stream), follower)
             }
             None => (None, None, None),
         };
-        // The sinks hold the tap; the monitor ends when told, after the retry workers.
+        // The sinks hold the tap; the outcome stream ends when told, after the retry workers.
         drop(tap);
         Ok(Topology {
             dlq_topic: plan.dlq_topic.clone(),
@@ -193,7 +194,7 @@ impl Topology {
             telemetry,
             server,
             window_io,
-            monitor,
+            outcomes,
             follower,
             staged,
             progress: options.progress,
@@ -201,7 +202,7 @@ impl Topology {
     }
 
     /// Runs the flow to its end (files read, or a stream stopped), then the retry workers,
-    /// the monitor and the follower, in that order. An error means the run failed after it
+    /// the outcome stream and the follower, in that order. An error means the run failed after it
     /// started (exit 1).
     pub fn run(self, rt: &tokio::runtime::Runtime) -> Result<RunSummary> {
         let result = rt.block_on(super::run(
@@ -232,8 +233,8 @@ impl Topology {
         summary.retries = retries;
         // A stream runs until it is told to stop; a file run stopped early did not finish.
         summary.interrupted = self.staged && self.stop.load(Ordering::Relaxed);
-        if let Some(m) = self.monitor {
-            summary.windows.extend(rt.block_on(m.stop())?);
+        if let Some(o) = self.outcomes {
+            summary.windows.extend(rt.block_on(o.stop())?);
         }
         if let Some((stop, h)) = self.follower {
             stop.store(true, Ordering::Relaxed);

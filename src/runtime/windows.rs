@@ -1,5 +1,5 @@
-//! Running windows: over a stage's output (inside the run, checkpointed at barriers) and over
-//! the sinks' outcomes (the `Monitor`, beside the run, which also publishes breaker events).
+//! Running windows: a `WindowNode` is an operator with no output ports, over a stage's output
+//! (checkpointed at the run's barriers) or over the sinks' outcomes (`super::outcomes`).
 //!
 //! Streams (Kafka) keep open windows across restarts: their state is saved at every barrier
 //! and loaded at start. A bounded input (files) is a batch job: at its end every window fires
@@ -11,11 +11,10 @@ use std::time::Duration;
 
 use arrow::record_batch::RecordBatch;
 use serde::Serialize;
-use tokio::sync::mpsc;
 
+use crate::connectors::monitoring::MonitorOutputs;
 use crate::connectors::monitoring::state::WindowStateStore;
-use crate::connectors::monitoring::{BreakerEvent, MonitorOutputs};
-use crate::metrics::outcome::{OutcomeRow, now_ms, outcome_batch};
+use crate::metrics::outcome::now_ms;
 use crate::operators::window::{WindowAggregate, WindowOutput};
 use crate::operators::{Flushed, Operator, OperatorError, StageOutput};
 use crate::plan::windows::PlannedWindow;
@@ -177,6 +176,7 @@ impl Driver {
 /// every barrier.
 pub struct WindowNode {
     driver: Option<Driver>,
+    tick: Duration,
     io: WindowIo,
     /// Where its summary goes when the input ends.
     summaries: Arc<Mutex<Vec<WindowSummary>>>,
@@ -186,9 +186,16 @@ impl WindowNode {
     pub fn new(driver: Driver, io: WindowIo, summaries: Arc<Mutex<Vec<WindowSummary>>>) -> Self {
         WindowNode {
             driver: Some(driver),
+            tick: Duration::from_secs(1),
             io,
             summaries,
         }
+    }
+
+    /// How often processing-time windows may fire while no rows come.
+    pub fn ticking_every(mut self, tick: Duration) -> Self {
+        self.tick = tick;
+        self
     }
 
     fn driver(&mut self) -> Result<&mut Driver, OperatorError> {
@@ -214,7 +221,7 @@ impl Operator for WindowNode {
     }
 
     fn tick_every(&self) -> Option<Duration> {
-        Some(Duration::from_secs(1))
+        Some(self.tick)
     }
 
     fn on_tick(&mut self) -> Result<(), OperatorError> {
@@ -250,117 +257,4 @@ impl Operator for WindowNode {
             .push(summary);
         Ok(())
     }
-}
-
-/// Windows over the outcome stream, and the breaker-event publisher, as one task.
-pub struct Monitor {
-    stop: Arc<tokio::sync::Notify>,
-    task: tokio::task::JoinHandle<Res<Vec<WindowSummary>>>,
-}
-
-/// How often outcome rows are aggregated, processing-time windows fire and breaker
-/// transitions are published.
-const TICK: Duration = Duration::from_millis(100);
-/// Outcome windows are not aligned with barriers (retry workers report outside the epochs):
-/// their state is saved this often and at the end.
-const SAVE_EVERY: Duration = Duration::from_secs(5);
-
-impl Monitor {
-    pub fn start(
-        windows: Vec<PlannedWindow>,
-        mut outcomes: mpsc::UnboundedReceiver<OutcomeRow>,
-        io: WindowIo,
-    ) -> Res<Monitor> {
-        let mut drivers = windows
-            .into_iter()
-            .map(|w| Driver::start(w, &io))
-            .collect::<Res<Vec<_>>>()?;
-        let stop = Arc::new(tokio::sync::Notify::new());
-        let stopped = stop.clone();
-        let task = tokio::spawn(async move {
-            let mut published: HashMap<String, usize> = HashMap::new();
-            let mut buf: Vec<OutcomeRow> = Vec::new();
-            let mut last_save = std::time::Instant::now();
-            let mut stopping = false;
-            let mut tap_open = true;
-            loop {
-                tokio::select! {
-                    r = outcomes.recv(), if tap_open => match r {
-                        Some(row) => {
-                            buf.push(row);
-                            if buf.len() < 4096 {
-                                continue;
-                            }
-                        }
-                        // Every sink is done reporting; breaker events may still come.
-                        None => tap_open = false,
-                    },
-                    _ = tokio::time::sleep(TICK) => {}
-                    _ = stopped.notified() => stopping = true,
-                }
-                if stopping {
-                    while let Ok(row) = outcomes.try_recv() {
-                        buf.push(row);
-                    }
-                }
-                tokio::task::block_in_place(|| -> Res<()> {
-                    if !buf.is_empty() {
-                        let batch = outcome_batch(&io.integration, &buf);
-                        buf.clear();
-                        for d in &mut drivers {
-                            d.process(&batch, &io)?;
-                        }
-                    }
-                    for d in &mut drivers {
-                        d.tick(&io)?;
-                    }
-                    publish_breaker_events(&io, &mut published)?;
-                    if last_save.elapsed() >= SAVE_EVERY {
-                        last_save = std::time::Instant::now();
-                        for d in &drivers {
-                            d.checkpoint(&io)?;
-                        }
-                        io.outputs.lock().expect("monitor outputs").flush()?;
-                    }
-                    Ok(())
-                })?;
-                if stopping {
-                    break;
-                }
-            }
-            tokio::task::block_in_place(|| {
-                let summaries = drivers
-                    .into_iter()
-                    .map(|d| d.end(&io))
-                    .collect::<Res<Vec<_>>>()?;
-                publish_breaker_events(&io, &mut published)?;
-                io.outputs.lock().expect("monitor outputs").finish()?;
-                Ok(summaries)
-            })
-        });
-        Ok(Monitor { stop, task })
-    }
-
-    /// Drains what was reported, ends the windows, writes the last events.
-    pub async fn stop(self) -> Res<Vec<WindowSummary>> {
-        self.stop.notify_one();
-        self.task.await?
-    }
-}
-
-/// Appends breaker transitions not published yet.
-fn publish_breaker_events(io: &WindowIo, published: &mut HashMap<String, usize>) -> Res<()> {
-    for b in io.breakers.values() {
-        let done = published.entry(b.name().to_string()).or_default();
-        // Only what is new since the last tick (this runs every 100 ms).
-        let new = b.transitions_since(*done);
-        if !new.is_empty() {
-            let mut o = io.outputs.lock().expect("monitor outputs");
-            for t in &new {
-                o.breaker_event(&BreakerEvent::new(&io.integration, &io.member, b.name(), t))?;
-            }
-            *done += new.len();
-        }
-    }
-    Ok(())
 }
