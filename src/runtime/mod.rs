@@ -539,32 +539,8 @@ fn spawn_stage(
                 let batch = match msg {
                     Msg::Batch(b) => b,
                     Msg::Barrier(epoch) => {
-                        if checkpointed {
-                            let flushed =
-                                tokio::task::block_in_place(|| operator.on_barrier(epoch))
-                                    .map_err(fail)?;
-                            let durable = flushed.map(|f| -> Durable {
-                                Box::pin(async move {
-                                    f.await.map_err(crate::connectors::ConnectorError::Other)
-                                })
-                            });
-                            ack_when(
-                                &sh.handle,
-                                &sh.checkpoints,
-                                epoch,
-                                durable,
-                                format!("window {stage_name}"),
-                            );
-                        }
-                        dead_tx
-                            .send(DeadMsg::Barrier(epoch))
-                            .await
-                            .map_err(|_| anyhow::anyhow!("dead-letter writer stopped"))?;
-                        for readers in &ports {
-                            for r in readers {
-                                r.send(Msg::Barrier(epoch)).await.map_err(stopped)?;
-                            }
-                        }
+                        let op = checkpointed.then_some(&mut operator);
+                        pass_barrier(epoch, op, &stage_name, &ports, &dead_tx, &sh).await?;
                         continue;
                     }
                 };
@@ -638,6 +614,44 @@ fn spawn_stage(
         },
         span,
     ))
+}
+
+/// A barrier at a stage: a checkpointed operator saves its state (the epoch is acked once its
+/// outputs are durable); then the barrier goes to the dead-letter writer and every reader.
+async fn pass_barrier(
+    epoch: u64,
+    checkpointed: Option<&mut Box<dyn crate::operators::Operator>>,
+    stage_name: &str,
+    ports: &[Vec<mpsc::Sender<Msg>>],
+    dead_tx: &mpsc::Sender<DeadMsg>,
+    sh: &Shared,
+) -> anyhow::Result<()> {
+    if let Some(operator) = checkpointed {
+        let flushed = tokio::task::block_in_place(|| operator.on_barrier(epoch))
+            .map_err(|e| anyhow::anyhow!("stage {stage_name}: {e}"))?;
+        let durable = flushed.map(|f| -> Durable {
+            Box::pin(async move { f.await.map_err(crate::connectors::ConnectorError::Other) })
+        });
+        ack_when(
+            &sh.handle,
+            &sh.checkpoints,
+            epoch,
+            durable,
+            format!("window {stage_name}"),
+        );
+    }
+    dead_tx
+        .send(DeadMsg::Barrier(epoch))
+        .await
+        .map_err(|_| anyhow::anyhow!("dead-letter writer stopped"))?;
+    for readers in ports {
+        for r in readers {
+            r.send(Msg::Barrier(epoch))
+                .await
+                .map_err(|_| anyhow::anyhow!("a reader of stage {stage_name} stopped"))?;
+        }
+    }
+    Ok(())
 }
 
 /// The source, on a blocking thread: files are read synchronously, and librdkafka's poll
