@@ -158,7 +158,16 @@ impl DeadLetterSink for DlqFile {
             if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir).map_err(|e| self.io(e))?;
             }
-            let f = File::create(self.written_path()).map_err(|e| self.io(e))?;
+            // A stream's dead letters accumulate across restarts.
+            let f = if self.staged {
+                File::create(self.written_path())
+            } else {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.path)
+            }
+            .map_err(|e| self.io(e))?;
             self.out = Some(BufWriter::new(f));
         }
         let lines = records(&self.pipeline, &self.integration, stage, dead);
@@ -176,7 +185,15 @@ impl DeadLetterSink for DlqFile {
 
     fn barrier(&mut self) -> Result<Option<super::Durable>, ConnectorError> {
         if let Some(out) = self.out.as_mut() {
-            let r = out.flush();
+            // A stream's source commits once its dead letters are on disk.
+            let staged = self.staged;
+            let r = out.flush().and_then(|()| {
+                if staged {
+                    Ok(())
+                } else {
+                    out.get_ref().sync_data()
+                }
+            });
             r.map_err(|e| self.io(e))?;
         }
         Ok(None)

@@ -29,6 +29,9 @@ pub struct FileSink {
     schema: SchemaRef,
     /// (temporary, final) path of a staged file: renamed into place by `finish`.
     staged: Option<(PathBuf, PathBuf)>,
+    /// A stream's output file, fsynced at every barrier: a source commits (a Kafka offset,
+    /// an MLLP spool position) only once what it fed is on disk.
+    sync: Option<File>,
 }
 
 /// Where a staged output is written until it is complete: beside the final file (so the
@@ -38,11 +41,23 @@ pub fn staging_path(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.partial"))
 }
 
+/// `name.parquet` → `name.<epoch ms>.parquet`: where a stream's previous file is kept.
+fn kept_name(p: &Path) -> PathBuf {
+    let ms = chrono::Utc::now().timestamp_millis();
+    let stem = p.file_stem().unwrap_or_default().to_string_lossy();
+    match p.extension() {
+        Some(ext) => p.with_file_name(format!("{stem}.{ms}.{}", ext.to_string_lossy())),
+        None => p.with_file_name(format!("{stem}.{ms}")),
+    }
+}
+
 impl FileSink {
     /// `path` None writes NDJSON to stdout. `staged` (batch runs): the file is written under
     /// a temporary name and renamed when complete, so a reader never sees a partial file (a
     /// Parquet file without its footer is unreadable) and a failed run leaves the previous
-    /// output in place. A stream's file output is written in place, for readers to follow.
+    /// output in place. A stream's file output is written in place, for readers to follow,
+    /// and kept across restarts: NDJSON is appended to; a Parquet or Arrow file (which cannot
+    /// be appended to) is first renamed to `<name>.<epoch ms>.<ext>`.
     pub fn create(
         name: &str,
         path: Option<&Path>,
@@ -74,10 +89,26 @@ impl FileSink {
                     source,
                 })?;
             }
-            File::create(p).map_err(|source| ConnectorError::Io {
+            let io = |source| ConnectorError::Io {
                 path: p.display().to_string(),
                 source,
-            })
+            };
+            if staged.is_some() {
+                return File::create(p).map_err(io);
+            }
+            if format == SinkFormat::Ndjson {
+                return std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(io);
+            }
+            if std::fs::metadata(p).is_ok_and(|m| m.len() > 0) {
+                let kept = kept_name(p);
+                std::fs::rename(p, &kept).map_err(io)?;
+                tracing::info!(kept = %kept.display(), "stream output: the previous run's file kept");
+            }
+            File::create(p).map_err(io)
         };
         let writer = match (format, written) {
             (SinkFormat::Ndjson, None) => {
@@ -103,12 +134,20 @@ impl FileSink {
             )),
             (_, None) => Writer::Ndjson(ndjson(Box::new(BufWriter::new(std::io::stdout())))),
         };
+        let sync = match (&staged, written) {
+            (None, Some(p)) => Some(File::open(p).map_err(|source| ConnectorError::Io {
+                path: p.display().to_string(),
+                source,
+            })?),
+            _ => None,
+        };
         Ok(FileSink {
             name: name.to_string(),
             writer,
             keep,
             schema,
             staged,
+            sync,
         })
     }
 
@@ -163,6 +202,12 @@ impl BatchSink for FileSink {
                 source,
             })?,
             Writer::Parquet(None) | Writer::Arrow(_) => {}
+        }
+        if let Some(f) = &self.sync {
+            f.sync_data().map_err(|source| ConnectorError::Io {
+                path: format!("sink {}", self.name),
+                source,
+            })?;
         }
         Ok(None)
     }
