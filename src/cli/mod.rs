@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 pub mod dlq;
 pub mod fhir;
 pub mod hl7;
+pub mod mllp;
 pub mod otel;
 pub mod pipeline;
 pub mod query;
@@ -65,6 +66,9 @@ enum Command {
     /// HL7v2 tools: split, extract, ack.
     #[command(subcommand)]
     Hl7(hl7::Hl7Command),
+    /// MLLP tools: send a file's messages and print the ACKs, or listen and print.
+    #[command(subcommand)]
+    Mllp(mllp::MllpCommand),
     /// FHIR R4 tools: convert HL7v2 to FHIR resources or Bundles.
     #[command(subcommand)]
     Fhir(fhir::FhirCommand),
@@ -88,6 +92,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Hl7(cmd) => hl7::run(cmd),
         Command::Fhir(cmd) => fhir::run(cmd),
+        Command::Mllp(cmd) => mllp::run(cmd),
         Command::Sync(cmd) => sync::run(cmd),
         Command::Run {
             pipeline,

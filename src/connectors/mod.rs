@@ -18,8 +18,10 @@ pub mod file;
 pub mod http;
 pub mod kafka;
 pub mod memory;
+pub mod mllp;
 pub mod monitoring;
 pub mod registry;
+pub mod spool;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};

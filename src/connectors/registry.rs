@@ -15,6 +15,7 @@ use super::fhir::{FhirSinkConfig, FhirSinkPlan};
 use super::file::{FileSinkConfig, FileSinkPlan, FileSourceConfig, StdoutSinkConfig};
 use super::http::{HttpSinkConfig, HttpSinkPlan};
 use super::kafka::config::{KafkaSinkConfig, KafkaSinkPlan, KafkaSourceConfig, KafkaSourcePlan};
+use super::mllp::{MllpSourceConfig, MllpSourcePlan};
 use super::{BatchSink, BuildCx, ConnectorError};
 use crate::config::{PlanCx, Spanned};
 use crate::formats::framing::SourceFormat;
@@ -48,6 +49,7 @@ impl<C> Connector<C> {
 pub enum SourceConfig {
     File(FileSourceConfig),
     Kafka(KafkaSourceConfig),
+    Mllp(MllpSourceConfig),
 }
 
 /// A sink's typed config.
@@ -77,6 +79,12 @@ pub static SOURCES: &[Connector<SourceConfig>] = &[
         about: "Kafka topics (a list or a pattern), one record per message, at least once",
         read: |n| marked_yaml::from_node(n).map(SourceConfig::Kafka),
         schema: schema_of::<KafkaSourceConfig>,
+    },
+    Connector {
+        kind: "mllp",
+        about: "an MLLP listener (HL7 v2 over TCP): spooled durably, then acknowledged",
+        read: |n| marked_yaml::from_node(n).map(SourceConfig::Mllp),
+        schema: schema_of::<MllpSourceConfig>,
     },
 ];
 
@@ -140,6 +148,8 @@ pub enum SourcePlan {
         paths: Vec<PathBuf>,
     },
     Kafka(KafkaSourcePlan),
+    /// An MLLP listener with its spool.
+    Mllp(MllpSourcePlan),
 }
 
 impl SourceConfig {
@@ -148,6 +158,7 @@ impl SourceConfig {
         match self {
             SourceConfig::File(c) => &c.format,
             SourceConfig::Kafka(c) => &c.format,
+            SourceConfig::Mllp(c) => &c.format,
         }
     }
 
@@ -160,6 +171,7 @@ impl SourceConfig {
         match self {
             SourceConfig::File(c) => c.plan(cx, format).map(|paths| SourcePlan::File { paths }),
             SourceConfig::Kafka(c) => c.plan(cx, kind, format).map(SourcePlan::Kafka),
+            SourceConfig::Mllp(c) => c.plan(cx, format).map(SourcePlan::Mllp),
         }
     }
 }

@@ -4,4 +4,5 @@
 pub mod avro;
 pub mod framing;
 pub mod hl7;
+pub mod mllp;
 pub mod schema;

@@ -39,14 +39,14 @@ impl PlannedSource {
     pub fn paths(&self) -> &[PathBuf] {
         match &self.connector {
             SourcePlan::File { paths } => paths,
-            SourcePlan::Kafka(_) => &[],
+            SourcePlan::Kafka(_) | SourcePlan::Mllp(_) => &[],
         }
     }
 
     pub fn kafka(&self) -> Option<&KafkaSourcePlan> {
         match &self.connector {
             SourcePlan::Kafka(k) => Some(k),
-            SourcePlan::File { .. } => None,
+            SourcePlan::File { .. } | SourcePlan::Mllp(_) => None,
         }
     }
 

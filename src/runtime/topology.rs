@@ -21,6 +21,7 @@ use super::{Progress, RunOptions};
 use crate::connectors::dlq::DlqFile;
 use crate::connectors::file::FileSource;
 use crate::connectors::kafka::{KafkaDlq, KafkaSource, RecordMeta, ensure_topics};
+use crate::connectors::mllp::MllpSource;
 use crate::connectors::monitoring::MonitorOutputs;
 use crate::connectors::monitoring::follow::spawn as follow_breakers;
 use crate::connectors::monitoring::state::WindowStateStore;
@@ -273,6 +274,15 @@ fn source(
                 stop,
                 options.exit_when_idle,
                 meta,
+            )?)
+        }
+        SourcePlan::Mllp(m) => {
+            let _guard = rt.enter();
+            Box::new(MllpSource::start(
+                m,
+                batching,
+                stop,
+                options.exit_when_idle,
             )?)
         }
         SourcePlan::File { paths } => Box::new(

@@ -1,0 +1,484 @@
+//! The MLLP listener as a source. Connections are served on the runtime; each message is
+//! appended to the spool and fsynced (shared with other connections' messages: group commit)
+//! before its ACK is written, so an acknowledged message survives a `kill -9`. The flow reads
+//! the spool like a partition and commits what it finished; a restart processes the rest.
+//!
+//! A connection handles one message at a time: it reads no further until the message's ACK
+//! is out, so a slow disk or a full spool slows senders down instead of filling memory.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use arrow::array::{BinaryBuilder, Int64Builder, StringBuilder};
+use arrow::record_batch::RecordBatch;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use super::config::MllpSourcePlan;
+use crate::connectors::checkpoint::Position;
+use crate::connectors::spool::{Spool, SpoolError, SpoolReader};
+use crate::connectors::{BatchSource, Batching, ConnectorError};
+use crate::formats::hl7::{
+    AckCode, AckError, AckOptions, Message, build_ack, build_nack_for_unparsed,
+};
+use crate::formats::mllp::{Deframer, Event, frame};
+use crate::record::raw_record_schema;
+
+/// The listener's counters (the run summary reports them).
+#[derive(Default)]
+pub struct ListenerStats {
+    pub connections: AtomicU64,
+    /// Closed at once: over `max_connections`.
+    pub refused_busy: AtomicU64,
+    /// Closed at once: the peer is not in `allow`.
+    pub refused_peer: AtomicU64,
+    pub idle_closed: AtomicU64,
+    pub messages: AtomicU64,
+    /// ACKs sent, by code (AA, AE, AR, CA, CE, CR).
+    pub acks: [AtomicU64; 6],
+    pub junk_bytes: AtomicU64,
+    pub truncated: AtomicU64,
+    pub too_large: AtomicU64,
+    pub open: AtomicUsize,
+}
+
+const CODES: [AckCode; 6] = [
+    AckCode::AA,
+    AckCode::AE,
+    AckCode::AR,
+    AckCode::CA,
+    AckCode::CE,
+    AckCode::CR,
+];
+
+impl ListenerStats {
+    fn acked(&self, code: AckCode) {
+        let i = CODES.iter().position(|c| *c == code).expect("every code");
+        self.acks[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One line for the run summary.
+    pub fn describe(&self, listen: &str) -> String {
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let acks: Vec<String> = CODES
+            .iter()
+            .zip(&self.acks)
+            .filter(|(_, a)| n(a) > 0)
+            .map(|(c, a)| format!("{} {}", c.as_str(), n(a)))
+            .collect();
+        format!(
+            "mllp {listen}: {} connections ({} refused over the limit, {} refused peers, {} closed idle), {} messages, ACKs [{}], {} bytes outside frames, {} truncated frames, {} over the size limit",
+            n(&self.connections),
+            n(&self.refused_busy),
+            n(&self.refused_peer),
+            n(&self.idle_closed),
+            n(&self.messages),
+            acks.join(", "),
+            n(&self.junk_bytes),
+            n(&self.truncated),
+            n(&self.too_large),
+        )
+    }
+}
+
+/// What every connection shares.
+struct Cx {
+    plan: MllpSourcePlan,
+    spool: Spool,
+    stats: Arc<ListenerStats>,
+    listen: String,
+    stop: watch::Receiver<bool>,
+}
+
+/// A running listener.
+pub struct MllpSource {
+    reader: SpoolReader,
+    stats: Arc<ListenerStats>,
+    listen: String,
+    stop: Arc<AtomicBool>,
+    stop_listener: watch::Sender<bool>,
+    accept_task: Option<tokio::task::JoinHandle<()>>,
+    handle: tokio::runtime::Handle,
+    batching: Batching,
+    exit_when_idle: Option<Duration>,
+    last_record: Instant,
+    read: u64,
+    bytes: u64,
+    last_end: Option<u64>,
+    draining: bool,
+}
+
+impl MllpSource {
+    /// Opens the spool (recovering what a crash left) and starts listening. Call within the
+    /// runtime.
+    pub fn start(
+        plan: &MllpSourcePlan,
+        batching: Batching,
+        stop: Arc<AtomicBool>,
+        exit_when_idle: Option<Duration>,
+    ) -> Result<MllpSource, ConnectorError> {
+        let (spool, reader) = Spool::open(&plan.spool, plan.spool_options.clone())
+            .map_err(|e| ConnectorError::Other(e.to_string()))?;
+        let pending = spool.pending_bytes();
+        if pending > 0 {
+            tracing::info!(
+                pending_bytes = pending,
+                "mllp: processing the spool's unprocessed tail first"
+            );
+        }
+        let std_listener = std::net::TcpListener::bind(plan.listen)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(|e| ConnectorError::Other(format!("mllp: listen on {}: {e}", plan.listen)))?;
+        let listener = TcpListener::from_std(std_listener)
+            .map_err(|e| ConnectorError::Other(format!("mllp: listen on {}: {e}", plan.listen)))?;
+        let listen = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| plan.listen.to_string());
+        let stats = Arc::new(ListenerStats::default());
+        let (stop_listener, stop_rx) = watch::channel(false);
+        let cx = Arc::new(Cx {
+            plan: plan.clone(),
+            spool,
+            stats: stats.clone(),
+            listen: listen.clone(),
+            stop: stop_rx,
+        });
+        let accept_task = tokio::spawn(accept_loop(listener, cx));
+        tracing::info!(listen = %listen, "mllp: listening");
+        eprintln!("mllp: listening on {listen}");
+        Ok(MllpSource {
+            reader,
+            stats,
+            listen,
+            stop,
+            stop_listener,
+            accept_task: Some(accept_task),
+            handle: tokio::runtime::Handle::current(),
+            batching,
+            exit_when_idle,
+            last_record: Instant::now(),
+            read: 0,
+            bytes: 0,
+            last_end: None,
+            draining: false,
+        })
+    }
+
+    /// Stops accepting, lets every connection answer the message it holds, then closes them.
+    fn stop_listening(&mut self) {
+        let _ = self.stop_listener.send(true);
+        if let Some(t) = self.accept_task.take() {
+            let _ = self.handle.block_on(t);
+        }
+        self.draining = true;
+    }
+
+    fn batch(&mut self, records: Vec<crate::connectors::spool::SpoolRecord>) -> RecordBatch {
+        let n = records.len();
+        let mut raw =
+            BinaryBuilder::with_capacity(n, records.iter().map(|r| r.payload.len()).sum());
+        let mut source = StringBuilder::with_capacity(n, n * 48);
+        let mut offset = Int64Builder::with_capacity(n);
+        let mut index = Int64Builder::with_capacity(n);
+        for r in &records {
+            raw.append_value(&r.payload);
+            source.append_value(&r.origin);
+            offset.append_value(r.offset as i64);
+            index.append_value(self.read as i64);
+            self.read += 1;
+            self.bytes += r.payload.len() as u64;
+        }
+        self.last_end = records.last().map(|r| r.end);
+        RecordBatch::try_new(
+            raw_record_schema(),
+            vec![
+                Arc::new(raw.finish()),
+                Arc::new(source.finish()),
+                Arc::new(offset.finish()),
+                Arc::new(index.finish()),
+            ],
+        )
+        .expect("raw schema matches")
+    }
+}
+
+impl BatchSource for MllpSource {
+    fn next_batch(&mut self) -> Result<Option<RecordBatch>, ConnectorError> {
+        loop {
+            let limit_hit = self.batching.limit.is_some_and(|l| self.read >= l);
+            if !self.draining && (self.stop.load(Ordering::Relaxed) || limit_hit) {
+                self.stop_listening();
+            }
+            let mut max = self.batching.max_rows;
+            if let Some(l) = self.batching.limit {
+                max = max.min(l.saturating_sub(self.read) as usize);
+                if max == 0 {
+                    return Ok(None);
+                }
+            }
+            let wait = if self.draining {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(100)
+            };
+            let records = self
+                .reader
+                .read(max, self.batching.max_bytes, wait)
+                .map_err(|e| ConnectorError::Other(e.to_string()))?;
+            if !records.is_empty() {
+                self.last_record = Instant::now();
+                return Ok(Some(self.batch(records)));
+            }
+            if self.draining {
+                return Ok(None);
+            }
+            if let Some(idle) = self.exit_when_idle
+                && self.last_record.elapsed() >= idle
+                && self.stats.open.load(Ordering::Relaxed) == 0
+            {
+                self.stop_listening();
+            }
+        }
+    }
+
+    fn progress(&self) -> (u64, Option<u64>) {
+        (self.bytes, None)
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        vec![self.stats.describe(&self.listen)]
+    }
+
+    fn positions(&mut self) -> Option<Vec<Position>> {
+        let end = self.last_end.take()?;
+        Some(vec![("spool".into(), 0, end as i64)])
+    }
+
+    fn commit(&mut self, positions: &[Position], _last: bool) -> Result<(), ConnectorError> {
+        let Some(end) = positions.iter().map(|p| p.2).max() else {
+            return Ok(());
+        };
+        self.reader
+            .commit(end as u64)
+            .map_err(|e| ConnectorError::Other(e.to_string()))
+    }
+}
+
+impl Drop for MllpSource {
+    fn drop(&mut self) {
+        let _ = self.stop_listener.send(true);
+    }
+}
+
+async fn accept_loop(listener: TcpListener, cx: Arc<Cx>) {
+    let mut stop = cx.stop.clone();
+    let limit = Arc::new(tokio::sync::Semaphore::new(cx.plan.max_connections));
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, do not spin.
+                    tracing::warn!(error = %e, "mllp: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        cx.stats.connections.fetch_add(1, Ordering::Relaxed);
+        if !cx.plan.allow.is_empty() && !cx.plan.allow.iter().any(|n| n.contains(&peer.ip())) {
+            cx.stats.refused_peer.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(peer = %peer, "mllp: connection refused: peer not in allow");
+            continue;
+        }
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            cx.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(peer = %peer, limit = cx.plan.max_connections, "mllp: connection refused: too many connections");
+            continue;
+        };
+        let cx = cx.clone();
+        connections.spawn(async move {
+            cx.stats.open.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(peer = %peer, "mllp: connection opened");
+            if let Err(e) = serve(stream, peer, &cx).await {
+                tracing::info!(peer = %peer, error = %e, "mllp: connection ended");
+            } else {
+                tracing::info!(peer = %peer, "mllp: connection closed");
+            }
+            cx.stats.open.fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
+        });
+        // Reap finished connections so the set does not grow with every one ever served.
+        while connections.try_join_next().is_some() {}
+    }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+}
+
+/// Serves one connection until the peer closes it, it idles out, or the listener stops.
+async fn serve(mut stream: TcpStream, peer: SocketAddr, cx: &Cx) -> std::io::Result<()> {
+    let _ = stream.set_nodelay(true);
+    let origin = format!("mllp://{}/{peer}", cx.listen);
+    let mut stop = cx.stop.clone();
+    let mut deframer = Deframer::new(cx.plan.max_message_bytes);
+    let mut buf = vec![0u8; 64 << 10];
+    let mut events = Vec::new();
+    loop {
+        if *stop.borrow() {
+            return Ok(());
+        }
+        let n = tokio::select! {
+            r = tokio::time::timeout(cx.plan.idle_timeout, stream.read(&mut buf)) => match r {
+                Ok(r) => r?,
+                Err(_) => {
+                    cx.stats.idle_closed.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+            },
+            _ = stop.changed() => return Ok(()),
+        };
+        if n == 0 {
+            deframer.finish(&mut events);
+        } else {
+            deframer.push(&buf[..n], &mut events);
+        }
+        for event in events.drain(..) {
+            match event {
+                Event::Frame(message) => {
+                    cx.stats.messages.fetch_add(1, Ordering::Relaxed);
+                    if let Some(ack) = answer(cx, message, &origin).await {
+                        stream.write_all(&frame(&ack)).await?;
+                    }
+                }
+                Event::Junk(bytes) => {
+                    cx.stats
+                        .junk_bytes
+                        .fetch_add(bytes as u64, Ordering::Relaxed);
+                    tracing::warn!(peer = %peer, bytes, "mllp: bytes outside a frame skipped");
+                }
+                Event::Truncated(bytes) => {
+                    cx.stats.truncated.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(peer = %peer, bytes, "mllp: a frame was cut short and dropped (not acknowledged)");
+                }
+                Event::TooLarge(bytes) => {
+                    cx.stats.too_large.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(peer = %peer, bytes, limit = cx.plan.max_message_bytes, "mllp: message over the size limit; closing the connection");
+                    let text = format!(
+                        "message over the size limit ({} bytes)",
+                        cx.plan.max_message_bytes
+                    );
+                    let ack = reject(&[], AckCode::AR, &text);
+                    cx.stats.acked(AckCode::AR);
+                    stream.write_all(&frame(&ack)).await?;
+                    stream.shutdown().await?;
+                    return Ok(());
+                }
+            }
+        }
+        if n == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// A negative ACK for `message` (or for nothing readable) with an ERR segment.
+fn reject(message: &[u8], code: AckCode, text: &str) -> Vec<u8> {
+    let error = AckError {
+        segment: None,
+        sequence: None,
+        field: None,
+        repetition: None,
+        component: None,
+        subcomponent: None,
+        // HL7 table 0357: application internal error.
+        code: 207,
+        code_text: "Application internal error".into(),
+        severity: 'E',
+        message: Some(text.to_string()),
+    };
+    let options = AckOptions::new(code).text(text).error(error);
+    match Message::parse(message) {
+        Ok(m) => build_ack(&m, &options),
+        Err(e) => build_nack_for_unparsed(message, &e, &options),
+    }
+}
+
+/// Spools the message, then builds its ACK (None: the sender asked for no commit ACK).
+async fn answer(cx: &Cx, message: Vec<u8>, origin: &str) -> Option<Vec<u8>> {
+    let spooled = cx.spool.append(origin.to_string(), message.clone()).await;
+    let parsed = Message::parse(&message);
+    // Enhanced mode when MSH-15 or MSH-16 is valued (HL7 v2.5 2.9.3): commit ACKs, sent as
+    // MSH-15 asks (AL always, NE never, ER on errors, SU on success).
+    let accept_type = |m: &Message<'_>, field: &str| {
+        m.query(field)
+            .ok()
+            .flatten()
+            .map(|v| v.trim().to_ascii_uppercase())
+            .unwrap_or_default()
+    };
+    let (enhanced, wants) = match &parsed {
+        Ok(m) => {
+            let msh15 = accept_type(m, "MSH-15");
+            let msh16 = accept_type(m, "MSH-16");
+            (!msh15.is_empty() || !msh16.is_empty(), msh15)
+        }
+        Err(_) => (false, String::new()),
+    };
+    let code = |original: AckCode| match (enhanced, original) {
+        (false, c) => c,
+        (true, AckCode::AA) => AckCode::CA,
+        (true, AckCode::AE) => AckCode::CE,
+        (true, _) => AckCode::CR,
+    };
+    let (ack_code, ack) = match (spooled, &parsed) {
+        (Err(e), _) => {
+            let c = code(AckCode::AR);
+            let busy = matches!(e, SpoolError::Full { .. } | SpoolError::Stalled { .. });
+            if !busy {
+                tracing::error!(error = %e, "mllp: spool append failed");
+            }
+            let text = if busy {
+                format!("busy, try again later: {e}")
+            } else {
+                "message not stored; send it again".to_string()
+            };
+            (c, reject(&message, c, &text))
+        }
+        (Ok(_), Ok(m)) => {
+            let c = code(AckCode::AA);
+            (c, build_ack(m, &AckOptions::new(c)))
+        }
+        (Ok(_), Err(e)) => {
+            if cx.plan.nack_unparsable {
+                let c = code(AckCode::AE);
+                (c, build_nack_for_unparsed(&message, e, &AckOptions::new(c)))
+            } else {
+                // Accepted as configured; the ERR says why it will be dead-lettered.
+                let c = code(AckCode::AA);
+                let mut warning = AckError::from_error(e, None);
+                warning.severity = 'W';
+                let options = AckOptions::new(c).error(warning);
+                (c, build_nack_for_unparsed(&message, e, &options))
+            }
+        }
+    };
+    let send = !enhanced
+        || match wants.as_str() {
+            "NE" => false,
+            "ER" => ack_code.is_negative(),
+            "SU" => !ack_code.is_negative(),
+            _ => true,
+        };
+    if send {
+        cx.stats.acked(ack_code);
+        Some(ack)
+    } else {
+        None
+    }
+}

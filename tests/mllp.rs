@@ -1,0 +1,577 @@
+//! The MLLP listener (`type: mllp` source) against a third-party sender: python-hl7's
+//! MLLPClient (`scripts/dev-services up` installs it), and raw sockets for the edge cases.
+//! Real processes, real sockets, a real spool on disk; `kill -9` for the durability claim.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{BIN, repo, venv_python};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A pipeline listening on `port`: parse, one NDJSON output with provenance, a DLQ.
+fn pipeline(dir: &Path, port: u16, source_extra: &str) -> PathBuf {
+    let p = dir.join("mllp.yaml");
+    std::fs::write(
+        &p,
+        format!(
+            r#"name: mllp_t
+integration: {{id: mllp-test}}
+source:
+  type: mllp
+  listen: "127.0.0.1:{port}"
+  format: hl7
+  spool: spool
+{source_extra}
+batch: {{max_rows: 500, max_delay: 50ms}}
+stages:
+  - name: parse
+    type: parse
+    format: hl7
+    columns:
+      - {{name: mrn, path: PID-3.1}}
+sinks:
+  - {{name: out, input: parse, type: file, format: ndjson, path: out.ndjson, provenance: true}}
+dlq: {{path: dlq.ndjson}}
+"#
+        ),
+    )
+    .unwrap();
+    p
+}
+
+/// `plexus run` on the pipeline, once its port accepts connections.
+fn serve(p: &Path, port: u16) -> Child {
+    let child = Command::new(BIN)
+        .args(["run", p.to_str().unwrap(), "--json"])
+        .current_dir(p.parent().unwrap())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "listener did not come up"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+/// SIGTERM, then the exit status, the JSON summary and stderr.
+fn stop(child: Child) -> (Option<i32>, serde_json::Value, String) {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let summary = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "summary: {e}\nstdout: {}\nstderr: {stderr}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    (out.status.code(), summary, stderr)
+}
+
+fn sender(port: u16, conns: usize, n: usize, dir: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new(venv_python("hl7-venv"));
+    c.arg(repo().join("tests/support/mllp_sender.py"))
+        .args([
+            "127.0.0.1",
+            &port.to_string(),
+            &conns.to_string(),
+            &n.to_string(),
+            dir.to_str().unwrap(),
+        ])
+        .args(extra);
+    c
+}
+
+/// (control id, MSA-1, MSA-2, MSH-3..6, attempts) for each message the sender finished.
+fn acks(dir: &Path) -> Vec<(String, String, String, String, u32)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if !p
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("acks-")
+        {
+            continue;
+        }
+        for line in std::fs::read_to_string(&p).unwrap().lines() {
+            let f: Vec<&str> = line.split('\t').collect();
+            out.push((
+                f[0].into(),
+                f[1].into(),
+                f[2].into(),
+                f[3].into(),
+                f[4].parse().unwrap(),
+            ));
+        }
+    }
+    out
+}
+
+/// The output's rows as JSON.
+fn rows(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn frame(m: &[u8]) -> Vec<u8> {
+    [&[0x0b][..], m, &[0x1c, 0x0d]].concat()
+}
+
+/// Reads one framed reply (None: closed or timed out first).
+fn read_frame(s: &mut TcpStream) -> Option<String> {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.contains(&0x1c) {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let start = buf.iter().position(|&b| b == 0x0b)? + 1;
+    let end = buf.iter().position(|&b| b == 0x1c)?;
+    Some(String::from_utf8_lossy(&buf[start..end]).into_owned())
+}
+
+fn field<'a>(ack: &'a str, seg: &str, n: usize) -> &'a str {
+    ack.split('\r')
+        .find(|s| s.starts_with(seg))
+        .and_then(|s| s.split('|').nth(if seg == "MSH" { n - 1 } else { n }))
+        .unwrap_or("")
+}
+
+fn adt(control: &str, extra_msh: &str) -> Vec<u8> {
+    format!(
+        "MSH|^~\\&|SENDAPP|SENDFAC|PLEXUS|HUB|20260105143000||ADT^A01^ADT_A01|{control}|P|2.5.1{extra_msh}\rPID|1||{control}^^^GHH^MR||DOE^JOHN||19800102|M\r"
+    )
+    .into_bytes()
+}
+
+#[test]
+fn a_third_party_sender_gets_acks_and_every_message_is_processed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let p = pipeline(dir.path(), port, "");
+    let server = serve(&p, port);
+    let acks_dir = dir.path().join("acks");
+    std::fs::create_dir(&acks_dir).unwrap();
+    let n = 400;
+    let sent = sender(port, 4, n, &acks_dir, &["--bad", "7"])
+        .output()
+        .unwrap();
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    let (code, summary, stderr) = stop(server);
+
+    let acks = acks(&acks_dir);
+    assert_eq!(acks.len(), n);
+    for (control, code, msa2, msh, attempts) in &acks {
+        assert_eq!(*attempts, 1, "{control}: answered the first time");
+        if control == "C7" {
+            // Not HL7: an application error naming no control id it could not read.
+            assert_eq!(code, "AE", "{control}");
+            continue;
+        }
+        assert_eq!(code, "AA", "{control}");
+        assert_eq!(msa2, control, "MSA-2 echoes MSH-10");
+        // MSH-3/4 and MSH-5/6 swapped: the ACK comes from PLEXUS^HUB to SENDAPP^SENDFAC.
+        assert_eq!(msh, "PLEXUS^HUB^SENDAPP^SENDFAC", "{control}");
+    }
+
+    // Every message read once, the bad one dead-lettered with its bytes.
+    assert_eq!(summary["records_in"], n as u64, "{summary}");
+    assert_eq!(summary["delivered"], (n - 1) as u64, "{summary}");
+    assert_eq!(summary["dead_lettered"], 1, "{summary}");
+    assert_eq!(code, Some(3), "finished with a dead letter: {stderr}");
+    let out = rows(&dir.path().join("out.ndjson"));
+    let ids: HashSet<&str> = out
+        .iter()
+        .map(|r| r["_control_id"].as_str().unwrap())
+        .collect();
+    assert_eq!((out.len(), ids.len()), (n - 1, n - 1), "each once");
+    let origin = format!("mllp://127.0.0.1:{port}/127.0.0.1:");
+    assert!(
+        out.iter()
+            .all(|r| r["_source"].as_str().unwrap().starts_with(&origin)),
+        "{}",
+        out[0]
+    );
+    let offsets: HashSet<i64> = out.iter().map(|r| r["_offset"].as_i64().unwrap()).collect();
+    assert_eq!(offsets.len(), n - 1, "spool offsets are distinct");
+    let dlq = rows(&dir.path().join("dlq.ndjson"));
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(dlq[0]["record"], "THIS IS NOT HL7 7\r");
+    // The listener's counts are in the summary; no patient data in the logs.
+    let line = summary["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap())
+        .find(|w| w.starts_with("mllp "))
+        .unwrap()
+        .to_string();
+    assert!(
+        line.contains(&format!("{n} messages")) && line.contains("AA 399, AE 1"),
+        "{line}"
+    );
+    assert!(!stderr.contains("DOE"), "{stderr}");
+    // Processed messages leave the spool: a restart finds nothing to do.
+    let server = serve(&p, port);
+    let (_, again, _) = stop(server);
+    assert_eq!(again["records_in"], 0, "{again}");
+}
+
+#[test]
+fn kill_dash_9_loses_no_acknowledged_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let p = pipeline(dir.path(), port, "");
+    let mut server = serve(&p, port);
+    let acks_dir = dir.path().join("acks");
+    std::fs::create_dir(&acks_dir).unwrap();
+    let n = 10_000;
+    let client = sender(port, 4, n, &acks_dir, &["--deadline", "240"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kill mid-stream, once a good part was acknowledged.
+    let started = Instant::now();
+    while acks(&acks_dir).len() < 3_000 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "sender too slow"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let acked_at_kill: HashSet<String> = acks(&acks_dir).into_iter().map(|a| a.0).collect();
+    let committed_at_kill: i64 = std::fs::read_to_string(dir.path().join("spool/commit"))
+        .map(|s| s.trim().parse().unwrap())
+        .unwrap_or(0);
+    let out_at_kill = rows(&dir.path().join("out.ndjson")).len();
+    std::thread::sleep(Duration::from_millis(500));
+    let server = serve(&p, port);
+    let sent = client.wait_with_output().unwrap();
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    let (_, summary, stderr) = stop(server);
+    assert_eq!(
+        summary["delivered"], summary["records_in"],
+        "{summary}\n{stderr}"
+    );
+
+    let out = rows(&dir.path().join("out.ndjson"));
+    let mut seen: HashMap<String, Vec<i64>> = HashMap::new();
+    for r in &out {
+        seen.entry(r["_control_id"].as_str().unwrap().to_string())
+            .or_default()
+            .push(r["_offset"].as_i64().unwrap());
+    }
+    // Nothing acknowledged is lost: every message was acknowledged in the end, and each is
+    // in the output.
+    let acks = acks(&acks_dir);
+    assert_eq!(acks.len(), n);
+    assert!(acks.iter().all(|a| a.1 == "AA"));
+    let missing: Vec<&String> = acked_at_kill
+        .iter()
+        .filter(|c| !seen.contains_key(*c))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged before the kill, not in the output: {missing:?}"
+    );
+    assert_eq!(seen.len(), n, "every message in the output");
+    // Duplicates come only from messages sent again (no ACK before the kill) or from the
+    // spool's tail processed but not yet committed at the kill (read again at restart, same
+    // offset).
+    let resent: HashSet<String> = std::fs::read_to_string(acks_dir.join("resent.txt"))
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    let mut dup_resent = 0;
+    let mut dup_uncommitted = 0;
+    for (id, offsets) in seen.iter().filter(|(_, o)| o.len() > 1) {
+        if resent.contains(id) {
+            dup_resent += 1;
+        } else {
+            let same = offsets.iter().all(|o| *o == offsets[0]);
+            assert!(
+                same && offsets[0] >= committed_at_kill,
+                "{id}: duplicated at offsets {offsets:?}, commit at the kill {committed_at_kill}"
+            );
+            dup_uncommitted += 1;
+        }
+    }
+    eprintln!(
+        "kill -9: {} acknowledged at the kill, {out_at_kill} output rows at the kill, {} resent, duplicates: {dup_resent} resent + {dup_uncommitted} uncommitted",
+        acked_at_kill.len(),
+        resent.len()
+    );
+}
+
+#[test]
+fn framing_limits_and_ack_modes_at_the_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let p = pipeline(
+        dir.path(),
+        port,
+        "  max_message_bytes: 2000\n  max_connections: 2\n",
+    );
+    let server = serve(&p, port);
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    // Junk before a frame, and a frame split over two writes.
+    let m = frame(&adt("J1", ""));
+    s.write_all(b"\r\nnoise").unwrap();
+    s.write_all(&m[..20]).unwrap();
+    s.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    s.write_all(&m[20..]).unwrap();
+    let ack = read_frame(&mut s).unwrap();
+    assert_eq!(
+        (field(&ack, "MSA", 1), field(&ack, "MSA", 2)),
+        ("AA", "J1"),
+        "{ack}"
+    );
+    // Two frames in one write: two ACKs, in order.
+    s.write_all(&[frame(&adt("J2", "")), frame(&adt("J3", ""))].concat())
+        .unwrap();
+    let (a2, a3) = (read_frame(&mut s).unwrap(), read_frame(&mut s).unwrap());
+    assert_eq!((field(&a2, "MSA", 2), field(&a3, "MSA", 2)), ("J2", "J3"));
+    // Enhanced mode: MSH-15 AL gets a commit ACK (CA); NE gets none; ER gets none on success.
+    s.write_all(&frame(&adt("E1", "|||AL|NE"))).unwrap();
+    let ca = read_frame(&mut s).unwrap();
+    assert_eq!(
+        (field(&ca, "MSA", 1), field(&ca, "MSA", 2)),
+        ("CA", "E1"),
+        "{ca}"
+    );
+    s.write_all(
+        &[
+            frame(&adt("E2", "|||NE|NE")),
+            frame(&adt("E3", "|||ER|NE")),
+            frame(&adt("E4", "|||SU|NE")),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let next = read_frame(&mut s).unwrap();
+    assert_eq!(
+        (field(&next, "MSA", 1), field(&next, "MSA", 2)),
+        ("CA", "E4"),
+        "E2 and E3 unanswered: {next}"
+    );
+    // A segment that breaks parsing: AE with an ERR naming where.
+    s.write_all(&frame(
+        b"MSH|^~\\&|SENDAPP|SENDFAC|PLEXUS|HUB|20260105||ADT^A01|B1|P|2.5.1\rP\r",
+    ))
+    .unwrap();
+    let ae = read_frame(&mut s).unwrap();
+    assert_eq!(
+        (field(&ae, "MSA", 1), field(&ae, "MSA", 2)),
+        ("AE", "B1"),
+        "{ae}"
+    );
+    assert!(ae.contains("\rERR|"), "{ae}");
+
+    // The connection limit: a third connection is closed at once.
+    let _second = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut third = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = third.write_all(&frame(&adt("X1", "")));
+    assert_eq!(
+        third.read(&mut [0u8; 16]).unwrap_or(0),
+        0,
+        "closed without an answer"
+    );
+
+    // Over the size limit: AR, then the connection is closed.
+    let mut big = adt("BIG", "");
+    big.extend(std::iter::repeat_n(b'x', 3000));
+    s.write_all(&frame(&big)).unwrap();
+    let ar = read_frame(&mut s).unwrap();
+    assert_eq!(field(&ar, "MSA", 1), "AR", "{ar}");
+    assert!(ar.contains("size limit"), "{ar}");
+    assert_eq!(s.read(&mut [0u8; 16]).unwrap_or(0), 0, "closed after AR");
+    drop(s);
+
+    let (_, summary, _) = stop(server);
+    // J1-3, E1-4 and B1 were spooled and processed; the frame over the limit was not.
+    assert_eq!(summary["records_in"], 8, "{summary}");
+    assert_eq!(summary["dead_lettered"], 1, "{summary}");
+    let line = summary["warnings"][0].as_str().unwrap();
+    for want in [
+        "1 refused over the limit",
+        "7 bytes outside frames",
+        "1 over the size limit",
+        "AA 3",
+        "AE 1",
+        "AR 1",
+        "CA 2",
+    ] {
+        assert!(line.contains(want), "{want:?} in {line}");
+    }
+}
+
+#[test]
+fn peers_outside_allow_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let p = pipeline(dir.path(), port, "  allow: [10.0.0.0/8, \"192.168.1.7\"]\n");
+    let server = serve(&p, port);
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let _ = s.write_all(&frame(&adt("N1", "")));
+    assert_eq!(read_frame(&mut s), None, "closed, no ACK");
+    let (_, summary, _) = stop(server);
+    assert_eq!(summary["records_in"], 0);
+    // Two: `serve`'s probe that the port is up, and ours.
+    assert!(
+        summary["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("2 refused peers"),
+        "{summary}"
+    );
+}
+
+#[test]
+fn validate_locates_mllp_mistakes() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = pipeline(
+        dir.path(),
+        1,
+        "  allow: [nowhere]\n  unparsable: XX\n  idle_timeout: soon\n",
+    );
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("127.0.0.1:1", "localhost");
+    std::fs::write(&p, text).unwrap();
+    let out = Command::new(BIN)
+        .args(["validate", p.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    for want in [
+        "mllp.yaml:5:11: \"localhost\" is not host:port",
+        "mllp.yaml:8:11: \"nowhere\" is not an address or CIDR range",
+        "mllp.yaml:9:15: unparsable: \"XX\" is not AE or AA",
+        "mllp.yaml:10:17:",
+    ] {
+        assert!(err.contains(want), "{want:?} in:\n{err}");
+    }
+}
+
+fn plexus(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+#[test]
+fn mllp_send_prints_acks_from_the_listener_and_mllp_listen_prints_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let feed = dir.path().join("feed.hl7");
+    std::fs::write(
+        &feed,
+        [b"garbage\r".to_vec(), adt("S1", ""), adt("S2", "")].concat(),
+    )
+    .unwrap();
+    // plexus mllp listen on one side, plexus mllp send on the other.
+    let port = free_port();
+    let listener = Command::new(BIN)
+        .args(["mllp", "listen", &port.to_string(), "--count", "3"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let to = format!("127.0.0.1:{port}");
+    let sent = plexus(&[
+        "mllp",
+        "send",
+        feed.to_str().unwrap(),
+        "--to",
+        &to,
+        "--brief",
+    ]);
+    let acks = String::from_utf8_lossy(&sent.stdout);
+    let lines: Vec<&str> = acks.lines().collect();
+    assert_eq!(lines.len(), 3, "{acks}");
+    assert!(lines[0].starts_with("0\tAR"), "{acks}");
+    assert!(lines[1].starts_with("1\tAA\tS1"), "{acks}");
+    assert!(lines[2].starts_with("2\tAA\tS2"), "{acks}");
+    assert_eq!(sent.status.code(), Some(1), "a message was rejected");
+    let heard = listener.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&heard.stdout);
+    assert!(
+        text.contains("|S1|P|2.5.1\nPID|1||S1") && text.contains("garbage\n"),
+        "{text}"
+    );
+
+    // Against the pipeline's listener: full ACKs printed, exit 0 when all accepted.
+    let port = free_port();
+    let p = pipeline(dir.path(), port, "");
+    let server = serve(&p, port);
+    let ok = dir.path().join("ok.hl7");
+    std::fs::write(&ok, [adt("T1", ""), adt("T2", "")].concat()).unwrap();
+    let sent = plexus(&[
+        "mllp",
+        "send",
+        ok.to_str().unwrap(),
+        "--to",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    let out = String::from_utf8_lossy(&sent.stdout);
+    assert_eq!(sent.status.code(), Some(0), "{out}");
+    assert!(
+        out.contains("MSA|AA|T1") && out.contains("MSA|AA|T2"),
+        "{out}"
+    );
+    let (code, summary, _) = stop(server);
+    assert_eq!(
+        (code, summary["delivered"].as_u64()),
+        (Some(0), Some(2)),
+        "{summary}"
+    );
+}
