@@ -575,3 +575,117 @@ fn mllp_send_prints_acks_from_the_listener_and_mllp_listen_prints_messages() {
         "{summary}"
     );
 }
+
+/// python-hl7's asyncio MLLP server on `port`, answering as `script` says; its log in `log`.
+fn receiver(port: u16, log: &Path, script: &str) -> Child {
+    let mut child = Command::new(venv_python("hl7-venv"))
+        .arg(repo().join("tests/support/mllp_receiver.py"))
+        .args([&port.to_string(), log.to_str().unwrap(), script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "listening");
+    child
+}
+
+fn sink_pipeline(dir: &Path, port: u16, retry: &str) -> PathBuf {
+    let input = dir.join("in.hl7");
+    std::fs::write(
+        &input,
+        (1..=5)
+            .flat_map(|i| adt(&format!("M{i}"), ""))
+            .collect::<Vec<u8>>(),
+    )
+    .unwrap();
+    let p = dir.join("send.yaml");
+    std::fs::write(
+        &p,
+        format!(
+            r#"name: mllp_send
+integration: {{id: mllp-test}}
+source: {{type: file, path: in.hl7, format: hl7}}
+stages:
+  - name: parse
+    type: parse
+    format: hl7
+    columns:
+      - {{name: mrn, path: PID-3.1}}
+sinks:
+  - {{name: lab, input: parse, type: mllp, to: "127.0.0.1:{port}", timeout: 2s, retry: {retry}}}
+dlq: {{path: dlq.ndjson}}
+"#
+        ),
+    )
+    .unwrap();
+    p
+}
+
+#[test]
+fn the_sink_sends_in_order_and_handles_ae_ar_and_dropped_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let log = dir.path().join("received.tsv");
+    let mut server = receiver(port, &log, "AA,AE,AR,AA,DROP,AA");
+    let p = sink_pipeline(dir.path(), port, "{max_attempts: 3, base: 50ms}");
+    let out = Command::new(BIN)
+        .args(["run", p.to_str().unwrap(), "--json"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    server.kill().unwrap();
+    let _ = server.wait();
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // What the receiver saw, in order: M3 again after AR, M4 again after the dropped connection.
+    let received = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        received, "M1\tAA\nM2\tAE\nM3\tAR\nM3\tAA\nM4\tDROP\nM4\tAA\nM5\tAA\n",
+        "{stderr}"
+    );
+    assert_eq!(summary["delivered"], 4, "{summary}");
+    assert_eq!(summary["dead_lettered"], 1, "{summary}");
+    assert_eq!(summary["unavailable"], 0, "{summary}");
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    let dlq = rows(&dir.path().join("dlq.ndjson"));
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(dlq[0]["control_id"], "M2");
+    let reason = dlq[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with(&format!("AE from 127.0.0.1:{port}")) && reason.contains("scripted AE"),
+        "{reason}"
+    );
+
+    // Nobody listening: retried, then dead letters counted as unavailable (exit 4).
+    let dead_port = free_port();
+    let p = sink_pipeline(dir.path(), dead_port, "{max_attempts: 2, base: 10ms}");
+    let out = Command::new(BIN)
+        .args(["run", p.to_str().unwrap(), "--json"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (
+            summary["dead_lettered"].as_u64(),
+            summary["unavailable"].as_u64()
+        ),
+        (Some(5), Some(5)),
+        "{summary}"
+    );
+    assert_eq!(out.status.code(), Some(4));
+    let dlq = rows(&dir.path().join("dlq.ndjson"));
+    assert!(
+        dlq[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("(after 2 attempts)"),
+        "{}",
+        dlq[0]
+    );
+}

@@ -15,8 +15,8 @@ use super::fhir::{FhirSinkConfig, FhirSinkPlan};
 use super::file::{FileSinkConfig, FileSinkPlan, FileSourceConfig, StdoutSinkConfig};
 use super::http::{HttpSinkConfig, HttpSinkPlan};
 use super::kafka::config::{KafkaSinkConfig, KafkaSinkPlan, KafkaSourceConfig, KafkaSourcePlan};
-use super::mllp::{MllpSourceConfig, MllpSourcePlan};
-use super::{BatchSink, BuildCx, ConnectorError};
+use super::mllp::{MllpSinkConfig, MllpSinkPlan, MllpSourceConfig, MllpSourcePlan};
+use super::{BatchSink, BatchSource, BuildCx, ConnectorError};
 use crate::config::{PlanCx, Spanned};
 use crate::formats::framing::SourceFormat;
 use crate::resilience::breaker::BreakerConfig;
@@ -61,6 +61,7 @@ pub enum SinkConfig {
     Kafka(KafkaSinkConfig),
     Http(HttpSinkConfig),
     Fhir(FhirSinkConfig),
+    Mllp(MllpSinkConfig),
 }
 
 fn schema_of<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
@@ -119,6 +120,12 @@ pub static SINKS: &[Connector<SinkConfig>] = &[
         read: |n| marked_yaml::from_node(n).map(SinkConfig::Fhir),
         schema: schema_of::<FhirSinkConfig>,
     },
+    Connector {
+        kind: "mllp",
+        about: "HL7 v2 over MLLP to a receiver, one message at a time, each ACK awaited",
+        read: |n| marked_yaml::from_node(n).map(SinkConfig::Mllp),
+        schema: schema_of::<MllpSinkConfig>,
+    },
 ];
 
 /// The source connector named `kind`.
@@ -150,6 +157,70 @@ pub enum SourcePlan {
     Kafka(KafkaSourcePlan),
     /// An MLLP listener with its spool.
     Mllp(MllpSourcePlan),
+}
+
+impl SourcePlan {
+    /// The files read (empty for a stream).
+    pub fn paths(&self) -> &[PathBuf] {
+        match self {
+            SourcePlan::File { paths } => paths,
+            SourcePlan::Kafka(_) | SourcePlan::Mllp(_) => &[],
+        }
+    }
+
+    pub fn kafka(&self) -> Option<&KafkaSourcePlan> {
+        match self {
+            SourcePlan::Kafka(k) => Some(k),
+            SourcePlan::File { .. } | SourcePlan::Mllp(_) => None,
+        }
+    }
+
+    /// A bounded input (files): the run ends when it is read.
+    pub fn is_bounded(&self) -> bool {
+        matches!(self, SourcePlan::File { .. })
+    }
+
+    /// Connects the source. Call within the runtime (streams start tasks on it).
+    pub fn build(&self, cx: SourceCx<'_>) -> Result<Box<dyn BatchSource>, ConnectorError> {
+        Ok(match self {
+            SourcePlan::Kafka(k) => Box::new(super::kafka::KafkaSource::new(
+                &cx.kafka.cloned().unwrap_or_default(),
+                k,
+                cx.batching,
+                cx.stop,
+                cx.exit_when_idle,
+                cx.meta,
+            )?),
+            SourcePlan::Mllp(m) => Box::new(super::mllp::MllpSource::start(
+                m,
+                cx.batching,
+                cx.stop,
+                cx.exit_when_idle,
+            )?),
+            SourcePlan::File { paths } => Box::new(
+                super::file::FileSource::new(
+                    paths.clone(),
+                    cx.batching.format,
+                    cx.batching.max_rows,
+                )
+                .with_stop(cx.stop)
+                .with_limit(cx.batching.limit),
+            ),
+        })
+    }
+}
+
+/// What starting a source needs from the run.
+pub struct SourceCx<'a> {
+    pub batching: super::Batching,
+    /// The pipeline's `kafka:` connection.
+    pub kafka: Option<&'a super::kafka::KafkaConnection>,
+    /// Set by a signal: a stream drains, commits and ends.
+    pub stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Streams: end after this long without a record.
+    pub exit_when_idle: Option<std::time::Duration>,
+    /// Kafka record metadata shared with the DLQ topic writer.
+    pub meta: super::kafka::RecordMeta,
 }
 
 impl SourceConfig {
@@ -184,6 +255,7 @@ pub enum SinkPlan {
     Kafka(KafkaSinkPlan),
     Http(HttpSinkPlan),
     Fhir(FhirSinkPlan),
+    Mllp(MllpSinkPlan),
 }
 
 impl SinkConfig {
@@ -201,6 +273,7 @@ impl SinkConfig {
             SinkConfig::Kafka(c) => SinkPlan::Kafka(c.plan(cx, kind, name, schema)?),
             SinkConfig::Http(c) => SinkPlan::Http(c.plan(cx)),
             SinkConfig::Fhir(c) => SinkPlan::Fhir(c.plan(cx, name, schema)?),
+            SinkConfig::Mllp(c) => SinkPlan::Mllp(c.plan(cx, schema)?),
         })
     }
 }
@@ -231,6 +304,7 @@ impl SinkPlan {
         match self {
             SinkPlan::Http(h) => Some(&mut h.breaker),
             SinkPlan::Fhir(f) => Some(&mut f.http.breaker),
+            SinkPlan::Mllp(m) => Some(&mut m.breaker),
             _ => None,
         }
     }
@@ -239,6 +313,7 @@ impl SinkPlan {
         match self {
             SinkPlan::Http(h) => h.breaker.is_some(),
             SinkPlan::Fhir(f) => f.http.breaker.is_some(),
+            SinkPlan::Mllp(m) => m.breaker.is_some(),
             _ => false,
         }
     }
@@ -260,6 +335,7 @@ impl SinkPlan {
                 cx.staged,
             )?),
             SinkPlan::Kafka(k) => Box::new(super::kafka::sink::build(k, name, schema, cx)?),
+            SinkPlan::Mllp(m) => Box::new(super::mllp::MllpSink::new(m, name, cx)),
             SinkPlan::Http(h)
             | SinkPlan::Fhir(FhirSinkPlan {
                 http: h,

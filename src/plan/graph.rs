@@ -37,22 +37,16 @@ pub struct PlannedSource {
 impl PlannedSource {
     /// The files read (empty for a stream).
     pub fn paths(&self) -> &[PathBuf] {
-        match &self.connector {
-            SourcePlan::File { paths } => paths,
-            SourcePlan::Kafka(_) | SourcePlan::Mllp(_) => &[],
-        }
+        self.connector.paths()
     }
 
     pub fn kafka(&self) -> Option<&KafkaSourcePlan> {
-        match &self.connector {
-            SourcePlan::Kafka(k) => Some(k),
-            SourcePlan::File { .. } | SourcePlan::Mllp(_) => None,
-        }
+        self.connector.kafka()
     }
 
     /// A bounded input (files): the run ends when it is read.
     pub fn is_bounded(&self) -> bool {
-        matches!(self.connector, SourcePlan::File { .. })
+        self.connector.is_bounded()
     }
 }
 

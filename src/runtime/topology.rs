@@ -19,13 +19,12 @@ use super::telemetry::{Telemetry, serve as serve_metrics};
 use super::windows::WindowIo;
 use super::{Progress, RunOptions};
 use crate::connectors::dlq::DlqFile;
-use crate::connectors::file::FileSource;
-use crate::connectors::kafka::{KafkaDlq, KafkaSource, RecordMeta, ensure_topics};
-use crate::connectors::mllp::MllpSource;
+use crate::connectors::kafka::{KafkaDlq, RecordMeta, ensure_topics};
+
 use crate::connectors::monitoring::MonitorOutputs;
 use crate::connectors::monitoring::follow::spawn as follow_breakers;
 use crate::connectors::monitoring::state::WindowStateStore;
-use crate::connectors::registry::SourcePlan;
+use crate::connectors::registry::SourceCx;
 use crate::connectors::{
     BatchSink, BatchSource, Batching, Breakers, BuildCx, DeadLetterSink, RetryWorker,
 };
@@ -202,6 +201,12 @@ impl Topology {
         })
     }
 
+    /// The flag a signal sets: setting it stops a stream the way SIGTERM does (drain,
+    /// commit, end).
+    pub fn stop_handle(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
     /// Runs the flow to its end (files read, or a stream stopped), then the retry workers,
     /// the outcome stream and the follower, in that order. An error means the run failed after it
     /// started (exit 1).
@@ -263,34 +268,14 @@ fn source(
         max_delay: plan.max_delay,
         limit: options.max_records,
     };
-    Ok(match &plan.source.connector {
-        SourcePlan::Kafka(k) => {
-            let conn = plan.kafka.clone().unwrap_or_default();
-            let _guard = rt.enter();
-            Box::new(KafkaSource::new(
-                &conn,
-                k,
-                batching,
-                stop,
-                options.exit_when_idle,
-                meta,
-            )?)
-        }
-        SourcePlan::Mllp(m) => {
-            let _guard = rt.enter();
-            Box::new(MllpSource::start(
-                m,
-                batching,
-                stop,
-                options.exit_when_idle,
-            )?)
-        }
-        SourcePlan::File { paths } => Box::new(
-            FileSource::new(paths.clone(), batching.format, batching.max_rows)
-                .with_stop(stop)
-                .with_limit(batching.limit),
-        ),
-    })
+    let _guard = rt.enter();
+    Ok(plan.source.connector.build(SourceCx {
+        batching,
+        kafka: plan.kafka.as_ref(),
+        stop,
+        exit_when_idle: options.exit_when_idle,
+        meta,
+    })?)
 }
 
 /// The monitoring outputs, window state and breakers, when the pipeline has windows or

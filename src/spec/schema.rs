@@ -149,10 +149,10 @@ mod tests {
                 })
                 .collect()
         };
-        assert_eq!(kinds("source", &[]), ["file", "kafka"]);
+        assert_eq!(kinds("source", &[]), ["file", "kafka", "mllp"]);
         assert_eq!(
             kinds("sinks", &["items"]),
-            ["file", "stdout", "kafka", "http", "fhir"]
+            ["file", "stdout", "kafka", "http", "fhir", "mllp"]
         );
         assert_eq!(kinds("stages", &["items"]).len(), 7);
         assert_eq!(s["additionalProperties"], false);

@@ -313,7 +313,6 @@ pub(crate) struct HttpSettings<'a> {
 }
 
 pub(crate) fn plan_http(cx: &mut PlanCx<'_>, s: HttpSettings<'_>) -> HttpSinkPlan {
-    use crate::resilience::retry::{Backoff, RetryPolicy};
     let url = s.url;
     let url_text = match url.strip_prefix("env:") {
         Some(name) => std::env::var(name).unwrap_or_default(),
@@ -345,12 +344,45 @@ pub(crate) fn plan_http(cx: &mut PlanCx<'_>, s: HttpSettings<'_>) -> HttpSinkPla
         None => None,
     };
     let timeout = cx.duration_or(s.timeout, Duration::from_secs(30));
+    let (retry, retry_topic) = plan_retry(cx, s.retry);
+    let breaker = s.breaker.map(|b| plan_breaker(cx, b));
+    let (auth, tls) = plan_auth(cx, s.auth, s.tls);
+    let concurrency = s.concurrency.map(|c| **c).unwrap_or(8);
+    if let Some(c) = s.concurrency
+        && (**c == 0 || **c > 1024)
+    {
+        cx.err(c, "concurrency is between 1 and 1024");
+    }
+    HttpSinkPlan {
+        url: url.to_string(),
+        method,
+        headers,
+        secret,
+        timeout,
+        concurrency: concurrency.clamp(1, 1024),
+        retry,
+        retry_topic,
+        breaker,
+        fhir: false,
+        auth,
+        tls,
+        provenance: false,
+    }
+}
+
+/// A `retry:` block (shared by the sinks that call a service): the policy, and the Kafka
+/// retry topics' base name when it asks for them.
+pub(crate) fn plan_retry(
+    cx: &mut PlanCx<'_>,
+    spec: Option<&RetrySpec>,
+) -> (crate::resilience::retry::RetryPolicy, Option<String>) {
+    use crate::resilience::retry::{Backoff, RetryPolicy};
     let mut retry = RetryPolicy {
         jitter: 0.2,
         ..RetryPolicy::default()
     };
     let mut retry_topic = None;
-    if let Some(r) = s.retry {
+    if let Some(r) = spec {
         retry.base = cx.duration_or(&r.base, retry.base);
         retry.max_delay = cx.duration_or(&r.max_delay, retry.max_delay);
         retry.max_outage = cx.duration_or(&r.max_outage, retry.max_outage);
@@ -393,32 +425,13 @@ pub(crate) fn plan_http(cx: &mut PlanCx<'_>, s: HttpSettings<'_>) -> HttpSinkPla
             retry_topic = Some(t.to_string());
         }
     }
-    let breaker = s.breaker.map(|b| plan_breaker(cx, b));
-    let (auth, tls) = plan_auth(cx, s.auth, s.tls);
-    let concurrency = s.concurrency.map(|c| **c).unwrap_or(8);
-    if let Some(c) = s.concurrency
-        && (**c == 0 || **c > 1024)
-    {
-        cx.err(c, "concurrency is between 1 and 1024");
-    }
-    HttpSinkPlan {
-        url: url.to_string(),
-        method,
-        headers,
-        secret,
-        timeout,
-        concurrency: concurrency.clamp(1, 1024),
-        retry,
-        retry_topic,
-        breaker,
-        fhir: false,
-        auth,
-        tls,
-        provenance: false,
-    }
+    (retry, retry_topic)
 }
 
-fn plan_breaker(cx: &mut PlanCx<'_>, b: &BreakerSpec) -> crate::resilience::breaker::BreakerConfig {
+pub(crate) fn plan_breaker(
+    cx: &mut PlanCx<'_>,
+    b: &BreakerSpec,
+) -> crate::resilience::breaker::BreakerConfig {
     use crate::resilience::breaker::{BreakerConfig, SlidingWindow};
     let mut c = BreakerConfig::default();
     c.slow_call_duration = cx.duration_or(&b.slow_call, c.slow_call_duration);

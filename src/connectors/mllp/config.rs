@@ -136,6 +136,102 @@ impl MllpSourceConfig {
     }
 }
 
+/// `{name: lab, input: route.lab, type: mllp, to: "10.1.2.3:2575"}`: each row's HL7 message
+/// sent over MLLP, one at a time and in order, waiting for its ACK.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MllpSinkConfig {
+    /// The receiver, `host:port`.
+    pub to: Spanned<String>,
+    /// The column holding the message (text or bytes); default `_raw`, the message as
+    /// received.
+    pub message: Option<Spanned<String>>,
+    /// How long to wait for each ACK (default `30s`); then the attempt counts as failed.
+    pub timeout: Option<Spanned<String>>,
+    /// What an AE/CE answer does: `dead_letter` (default: the receiver refused this message)
+    /// or `retry` (as AR/CR, timeouts and refused connections always are).
+    #[schemars(extend("enum" = ["dead_letter", "retry"]))]
+    pub on_error: Option<Spanned<String>>,
+    /// Retries of transient failures, in place (`topic` is not available here).
+    pub retry: Option<crate::connectors::http::config::RetrySpec>,
+    /// A circuit breaker gating the sends.
+    pub breaker: Option<crate::connectors::http::config::BreakerSpec>,
+}
+
+/// A planned MLLP sink.
+#[derive(Debug, Clone)]
+pub struct MllpSinkPlan {
+    pub to: String,
+    pub message: String,
+    pub timeout: Duration,
+    /// AE/CE answers are retried (else dead-lettered at once).
+    pub retry_errors: bool,
+    pub retry: crate::resilience::retry::RetryPolicy,
+    pub breaker: Option<crate::resilience::breaker::BreakerConfig>,
+}
+
+impl MllpSinkConfig {
+    pub fn plan(
+        &self,
+        cx: &mut PlanCx<'_>,
+        schema: &arrow::datatypes::SchemaRef,
+    ) -> Option<MllpSinkPlan> {
+        use crate::connectors::http::config::{plan_breaker, plan_retry};
+        use arrow::datatypes::DataType;
+        if !self.to.contains(':') {
+            cx.err(&self.to, format!("{:?} is not host:port", self.to.as_str()));
+        }
+        let message = self
+            .message
+            .as_ref()
+            .map_or(crate::record::RAW.to_string(), |m| m.to_string());
+        match schema.field_with_name(&message).map(|f| f.data_type()) {
+            Ok(DataType::Utf8 | DataType::LargeUtf8 | DataType::Binary | DataType::LargeBinary) => {
+            }
+            Ok(other) => {
+                let at = self.message.as_ref().unwrap_or(&self.to);
+                cx.err(
+                    at,
+                    format!("column {message} is {other}, not text or bytes"),
+                );
+            }
+            Err(_) => {
+                let at = self.message.as_ref().unwrap_or(&self.to);
+                cx.err(at, format!("no column {message} in the sink's input"));
+            }
+        }
+        let retry_errors = match self.on_error.as_ref().map(|o| o.as_str()) {
+            None | Some("dead_letter") => false,
+            Some("retry") => true,
+            Some(other) => {
+                let at = self.on_error.as_ref().expect("matched Some");
+                cx.err(at, format!("on_error: {other:?} is dead_letter or retry"));
+                false
+            }
+        };
+        let (retry, topic) = plan_retry(cx, self.retry.as_ref());
+        if topic.is_some() {
+            let at = self
+                .retry
+                .as_ref()
+                .and_then(|r| r.topic.as_ref())
+                .expect("a topic");
+            cx.err(
+                at,
+                "an mllp sink retries in place (order matters): no retry topic",
+            );
+        }
+        Some(MllpSinkPlan {
+            to: self.to.to_string(),
+            message,
+            timeout: cx.duration_or(&self.timeout, Duration::from_secs(30)),
+            retry_errors,
+            retry,
+            breaker: self.breaker.as_ref().map(|b| plan_breaker(cx, b)),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

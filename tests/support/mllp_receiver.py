@@ -1,0 +1,51 @@
+"""A third-party MLLP receiver for tests/mllp.rs: python-hl7's asyncio server (hl7.mllp),
+answering each message as scripted.
+
+usage: mllp_receiver.py PORT OUT SCRIPT
+
+SCRIPT is a comma-separated list of answers, one per message received, in order: AA, AE, AR
+(an ACK with that code, built by python-hl7's create_ack), DROP (close the connection without
+answering), SLOW (answer AA after 3 s). Messages past the end of the script get AA.
+Each message received is logged to OUT as "control id<TAB>answer".
+"""
+
+import asyncio
+import sys
+
+import hl7
+import hl7.mllp
+
+
+async def main():
+    port, out_path, script = int(sys.argv[1]), sys.argv[2], sys.argv[3].split(",")
+    answers = iter(a for a in script if a)
+    out = open(out_path, "a", buffering=1)
+
+    async def serve(reader, writer):
+        try:
+            while True:
+                message = await reader.readmessage()
+                answer = next(answers, "AA")
+                out.write("%s\t%s\n" % (message.segment("MSH")[10], answer))
+                if answer == "DROP":
+                    writer.close()
+                    return
+                if answer == "SLOW":
+                    await asyncio.sleep(3)
+                    answer = "AA"
+                ack = message.create_ack(answer)
+                if answer != "AA":
+                    ack.segment("MSA").append("scripted %s" % answer)
+                writer.writemessage(ack)
+                await writer.drain()
+        except asyncio.IncompleteReadError:
+            writer.close()
+
+    server = await hl7.mllp.start_hl7_server(serve, "127.0.0.1", port)
+    print("listening", flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
