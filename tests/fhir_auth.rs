@@ -8,7 +8,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,7 +18,7 @@ use axum::response::IntoResponse;
 use plexus::net::fhir_client::{Auth, ClientConfig, FhirClient, Tls};
 use serde_json::{Value, json};
 
-use support::FHIR;
+use support::{FHIR, Pki};
 const SYSTEM: &str = support::MRN_SYSTEM;
 
 fn rt() -> tokio::runtime::Runtime {
@@ -282,87 +282,6 @@ sinks:
         err.contains("write `state: postgres` and put the URL in DATABASE_URL"),
         "{err}"
     );
-}
-
-/// A private CA, a server certificate for 127.0.0.1 and a client certificate, by openssl.
-struct Pki {
-    dir: PathBuf,
-}
-
-impl Pki {
-    fn new(dir: &Path) -> Pki {
-        let sh = |args: &[&str]| {
-            let o = Command::new("openssl")
-                .args(args)
-                .current_dir(dir)
-                .output()
-                .unwrap();
-            assert!(
-                o.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-        };
-        sh(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=plexus test CA",
-        ]);
-        std::fs::write(
-            dir.join("server.ext"),
-            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-        )
-        .unwrap();
-        std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-        for (who, cn) in [("server", "127.0.0.1"), ("client", "plexus-integration")] {
-            sh(&[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                &format!("{who}.key"),
-                "-out",
-                &format!("{who}.csr"),
-                "-subj",
-                &format!("/CN={cn}"),
-            ]);
-            sh(&[
-                "x509",
-                "-req",
-                "-in",
-                &format!("{who}.csr"),
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                &format!("{who}.pem"),
-                "-days",
-                "2",
-                "-extfile",
-                &format!("{who}.ext"),
-            ]);
-        }
-        Pki {
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    fn path(&self, f: &str) -> String {
-        self.dir.join(f).to_str().unwrap().to_string()
-    }
 }
 
 /// The HTTPS front door (mutual TLS + bearer token) before sekmet; killed on drop.

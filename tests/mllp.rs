@@ -689,3 +689,128 @@ fn the_sink_sends_in_order_and_handles_ae_ar_and_dropped_connections() {
         dlq[0]
     );
 }
+
+#[test]
+fn mutual_tls_against_python_peers() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = support::Pki::new(dir.path());
+    let port = free_port();
+    let tls = format!(
+        "  tls: {{cert: {}, key: {}, client_ca: {}}}\n",
+        pki.path("server.pem"),
+        pki.path("server.key"),
+        pki.path("ca.pem")
+    );
+    let p = pipeline(dir.path(), port, &tls);
+    let server = serve(&p, port);
+    // Python's ssl (OpenSSL) with a client certificate: accepted.
+    let acks_dir = dir.path().join("acks");
+    std::fs::create_dir(&acks_dir).unwrap();
+    let tls_args = [
+        "--tls".to_string(),
+        pki.path("ca.pem"),
+        pki.path("client.pem"),
+        pki.path("client.key"),
+    ];
+    let args: Vec<&str> = tls_args.iter().map(String::as_str).collect();
+    let sent = sender(port, 2, 50, &acks_dir, &args).output().unwrap();
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    assert!(acks(&acks_dir).iter().all(|a| a.1 == "AA"));
+    // Without a client certificate, and in plain TCP: refused, nothing processed.
+    let feed = dir.path().join("one.hl7");
+    std::fs::write(&feed, adt("NOCERT", "")).unwrap();
+    let to = format!("127.0.0.1:{port}");
+    let ca = pki.path("ca.pem");
+    let out = plexus(&[
+        "mllp",
+        "send",
+        feed.to_str().unwrap(),
+        "--to",
+        &to,
+        "--tls-ca",
+        &ca,
+    ]);
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let mut plain = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let _ = plain.write_all(&frame(&adt("PLAIN", "")));
+    assert_eq!(read_frame(&mut plain), None);
+    drop(plain);
+    // With the certificate, `plexus mllp send` gets through too.
+    let (cert, key) = (pki.path("client.pem"), pki.path("client.key"));
+    let ok = plexus(&[
+        "mllp",
+        "send",
+        feed.to_str().unwrap(),
+        "--to",
+        &to,
+        "--tls-ca",
+        &ca,
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--brief",
+    ]);
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let (_, summary, _) = stop(server);
+    assert_eq!(summary["records_in"], 51, "{summary}");
+    let line = summary["warnings"][0].as_str().unwrap();
+    // The probe in `serve`, the client without a certificate, the plain TCP one.
+    assert!(line.contains("3 failed TLS handshakes"), "{line}");
+
+    // The sink over TLS to python-hl7's server (Python's ssl, client certificate required).
+    let rport = free_port();
+    let log = dir.path().join("tls-received.tsv");
+    let mut rx = Command::new(venv_python("hl7-venv"))
+        .arg(repo().join("tests/support/mllp_receiver.py"))
+        .args([&rport.to_string(), log.to_str().unwrap(), "", "--tls"])
+        .args([
+            pki.path("server.pem"),
+            pki.path("server.key"),
+            pki.path("ca.pem"),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(rx.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let p = sink_pipeline(dir.path(), rport, "{max_attempts: 1}");
+    let text = std::fs::read_to_string(&p).unwrap().replace(
+        "timeout: 2s,",
+        &format!("timeout: 2s, tls: {{ca: {ca}, cert: {cert}, key: {key}}},"),
+    );
+    std::fs::write(&p, text).unwrap();
+    let out = Command::new(BIN)
+        .args(["run", p.to_str().unwrap(), "--json"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    rx.kill().unwrap();
+    let _ = rx.wait();
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        summary["delivered"],
+        5,
+        "{summary}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 5);
+}

@@ -31,6 +31,8 @@ pub enum MllpCommand {
         /// Print one line per ACK (index, MSA-1, MSA-2, MSA-3) instead of the whole ACK.
         #[arg(long)]
         brief: bool,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// Listens, prints each message that arrives (segments one per line, a blank line
     /// after each) and answers it.
@@ -49,6 +51,48 @@ pub enum MllpCommand {
     },
 }
 
+/// MLLP over TLS (any of these turns it on).
+#[derive(Debug, clap::Args)]
+pub struct TlsArgs {
+    /// Use TLS, trusting this CA (PEM); `--tls` alone trusts the system's CAs.
+    #[arg(long, value_name = "PEM")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// Use TLS with the system's CAs.
+    #[arg(long)]
+    tls: bool,
+    /// A client certificate and key (PEM) for receivers that require one.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// The name the receiver's certificate must carry (default: the host of --to).
+    #[arg(long)]
+    server_name: Option<String>,
+}
+
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Io for T {}
+
+async fn connect(to: &str, tls: &TlsArgs) -> Result<Box<dyn Io>> {
+    let tcp = tokio::net::TcpStream::connect(to)
+        .await
+        .with_context(|| format!("connect to {to}"))?;
+    tcp.set_nodelay(true)?;
+    if !tls.tls && tls.tls_ca.is_none() && tls.tls_cert.is_none() {
+        return Ok(Box::new(tcp));
+    }
+    let identity = tls.tls_cert.as_deref().zip(tls.tls_key.as_deref());
+    let config = crate::net::tls::client_config(tls.tls_ca.as_deref(), identity)
+        .map_err(|e| anyhow::anyhow!("tls: {e}"))?;
+    let name = crate::net::tls::server_name(to, tls.server_name.as_deref())
+        .map_err(|e| anyhow::anyhow!("tls: {e}"))?;
+    let stream = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .with_context(|| format!("TLS with {to}"))?;
+    Ok(Box::new(stream))
+}
+
 pub fn run(cmd: MllpCommand) -> Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -59,10 +103,11 @@ pub fn run(cmd: MllpCommand) -> Result<ExitCode> {
             to,
             timeout,
             brief,
+            tls,
         } => {
             let timeout = crate::config::parse_duration(&timeout)
                 .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
-            rt.block_on(send(&file, &to, timeout, brief))
+            rt.block_on(send(&file, &to, timeout, brief, &tls))
         }
         MllpCommand::Listen {
             port,
@@ -88,17 +133,20 @@ fn msa(ack: &[u8]) -> (String, String, String) {
     (get("MSA-1"), get("MSA-2"), get("MSA-3"))
 }
 
-async fn send(file: &str, to: &str, timeout: Duration, brief: bool) -> Result<ExitCode> {
+async fn send(
+    file: &str,
+    to: &str,
+    timeout: Duration,
+    brief: bool,
+    tls: &TlsArgs,
+) -> Result<ExitCode> {
     let input = crate::cli::read_input(file)?;
     let mut warnings = Vec::new();
     let spans = split_records(&input, SourceFormat::Hl7, file, &mut warnings);
     for w in warnings {
         eprintln!("warning: {w}");
     }
-    let mut stream = tokio::net::TcpStream::connect(to)
-        .await
-        .with_context(|| format!("connect to {to}"))?;
-    stream.set_nodelay(true)?;
+    let mut stream = connect(to, tls).await?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut deframer = Deframer::new(64 << 20);

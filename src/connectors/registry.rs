@@ -335,7 +335,7 @@ impl SinkPlan {
                 cx.staged,
             )?),
             SinkPlan::Kafka(k) => Box::new(super::kafka::sink::build(k, name, schema, cx)?),
-            SinkPlan::Mllp(m) => Box::new(super::mllp::MllpSink::new(m, name, cx)),
+            SinkPlan::Mllp(m) => Box::new(super::mllp::MllpSink::new(m, name, cx)?),
             SinkPlan::Http(h)
             | SinkPlan::Fhir(FhirSinkPlan {
                 http: h,

@@ -7,3 +7,4 @@ pub mod fhir_client;
 pub mod http;
 pub mod schema_registry;
 pub mod secret;
+pub mod tls;

@@ -1,7 +1,10 @@
 """A third-party MLLP receiver for tests/mllp.rs: python-hl7's asyncio server (hl7.mllp),
 answering each message as scripted.
 
-usage: mllp_receiver.py PORT OUT SCRIPT
+usage: mllp_receiver.py PORT OUT SCRIPT [--tls CERT KEY CLIENT_CA]
+
+With --tls, Python's ssl module (OpenSSL) serves TLS and requires a client certificate
+issued by CLIENT_CA.
 
 SCRIPT is a comma-separated list of answers, one per message received, in order: AA, AE, AR
 (an ACK with that code, built by python-hl7's create_ack), DROP (close the connection without
@@ -10,6 +13,7 @@ Each message received is logged to OUT as "control id<TAB>answer".
 """
 
 import asyncio
+import ssl
 import sys
 
 import hl7
@@ -41,7 +45,13 @@ async def main():
         except asyncio.IncompleteReadError:
             writer.close()
 
-    server = await hl7.mllp.start_hl7_server(serve, "127.0.0.1", port)
+    tls = None
+    if "--tls" in sys.argv:
+        cert, key, client_ca = sys.argv[sys.argv.index("--tls") + 1 :][:3]
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=client_ca)
+        tls.load_cert_chain(cert, key)
+        tls.verify_mode = ssl.CERT_REQUIRED
+    server = await hl7.mllp.start_hl7_server(serve, "127.0.0.1", port, ssl=tls)
     print("listening", flush=True)
     async with server:
         await server.serve_forever()

@@ -3,6 +3,10 @@ interface engine's sender is: one message in flight per connection, resend until
 ACK, reconnect when the connection drops.
 
 usage: mllp_sender.py HOST PORT CONNECTIONS MESSAGES OUT_DIR [--bad N] [--deadline S]
+                      [--tls CA CERT KEY]
+
+With --tls, Python's ssl module (OpenSSL) wraps the connection: the CA to trust and a client
+certificate to show.
 
 Messages have control ids C<n>. Writes, per connection, OUT_DIR/acks-<c>.tsv lines
 "control_id<TAB>MSA-1<TAB>MSA-2<TAB>MSH-3..6 of the ACK<TAB>attempts", and
@@ -11,6 +15,7 @@ Message number N (with --bad N) is not HL7; it is sent once and its ACK recorded
 """
 
 import os
+import ssl
 import socket
 import sys
 import threading
@@ -48,11 +53,19 @@ def fields(ack):
     return get(msa, 1), get(msa, 2), "^".join(get(msh, i) for i in (2, 3, 4, 5))
 
 
+TLS = None
+
+
 def connect(host, port, deadline):
     while True:
         try:
             c = MLLPClient(host, port)
             c.socket.settimeout(10)
+            if TLS:
+                ca, cert, key = TLS
+                ctx = ssl.create_default_context(cafile=ca)
+                ctx.load_cert_chain(cert, key)
+                c.socket = ctx.wrap_socket(c.socket, server_hostname=host)
             return c
         except OSError:
             if time.time() > deadline:
@@ -99,6 +112,10 @@ def main():
     bad = int(sys.argv[sys.argv.index("--bad") + 1]) if "--bad" in sys.argv else -1
     limit = float(sys.argv[sys.argv.index("--deadline") + 1]) if "--deadline" in sys.argv else 120
     deadline = time.time() + limit
+    global TLS
+    if "--tls" in sys.argv:
+        i = sys.argv.index("--tls")
+        TLS = sys.argv[i + 1 : i + 4]
     resent, lock, errors = [], threading.Lock(), []
 
     def guarded(*args):

@@ -42,6 +42,84 @@ pub struct MllpSourceConfig {
     /// the segment and field) or `AA`. Either way it goes to the dead letters with its bytes.
     #[schemars(extend("enum" = ["AE", "AA"]))]
     pub unparsable: Option<Spanned<String>>,
+    /// MLLP over TLS: the listener's certificate and key (PEM), and optionally the CA whose
+    /// client certificates it requires.
+    pub tls: Option<ListenerTlsSpec>,
+}
+
+/// `tls:` of an MLLP listener.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTlsSpec {
+    /// The certificate chain (PEM).
+    pub cert: Spanned<String>,
+    /// Its private key (PEM, PKCS#8 or RSA).
+    pub key: Spanned<String>,
+    /// Require client certificates issued by this CA (PEM): mutual TLS.
+    pub client_ca: Option<Spanned<String>>,
+}
+
+/// `tls:` of an MLLP sink.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SenderTlsSpec {
+    /// The CA to trust (PEM); default: the system's.
+    pub ca: Option<Spanned<String>>,
+    /// A client certificate and key (PEM), for receivers that require one.
+    pub cert: Option<Spanned<String>>,
+    pub key: Option<Spanned<String>>,
+    /// The name the receiver's certificate must carry (default: the host of `to`).
+    pub server_name: Option<Spanned<String>>,
+}
+
+/// TLS files of a planned listener or sink (read when it starts).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Listener: the clients' CA; sink: the CA to trust.
+    pub ca: Option<PathBuf>,
+    pub server_name: Option<String>,
+}
+
+/// Resolves and checks that the files exist (their content is read at start).
+fn tls_file(cx: &mut PlanCx<'_>, v: &Option<Spanned<String>>) -> Option<PathBuf> {
+    let v = v.as_ref()?;
+    let p = cx.resolve(v);
+    if !p.is_file() {
+        cx.err(v, format!("{} is not a file", p.display()));
+    }
+    Some(p)
+}
+
+impl ListenerTlsSpec {
+    fn plan(&self, cx: &mut PlanCx<'_>) -> TlsFiles {
+        TlsFiles {
+            cert: tls_file(cx, &Some(self.cert.clone())),
+            key: tls_file(cx, &Some(self.key.clone())),
+            ca: tls_file(cx, &self.client_ca),
+            server_name: None,
+        }
+    }
+}
+
+impl SenderTlsSpec {
+    fn plan(&self, cx: &mut PlanCx<'_>) -> TlsFiles {
+        if self.cert.is_some() != self.key.is_some() {
+            let at = self
+                .cert
+                .as_ref()
+                .or(self.key.as_ref())
+                .expect("one is set");
+            cx.err(at, "a client certificate needs both cert and key");
+        }
+        TlsFiles {
+            cert: tls_file(cx, &self.cert),
+            key: tls_file(cx, &self.key),
+            ca: tls_file(cx, &self.ca),
+            server_name: self.server_name.as_ref().map(|s| s.to_string()),
+        }
+    }
 }
 
 /// A planned MLLP listener.
@@ -56,6 +134,7 @@ pub struct MllpSourcePlan {
     pub allow: Vec<ipnet::IpNet>,
     /// Answer AE (else AA) to a message that does not parse.
     pub nack_unparsable: bool,
+    pub tls: Option<TlsFiles>,
 }
 
 impl MllpSourceConfig {
@@ -132,6 +211,7 @@ impl MllpSourceConfig {
             idle_timeout,
             allow,
             nack_unparsable,
+            tls: self.tls.as_ref().map(|t| t.plan(cx)),
         })
     }
 }
@@ -156,6 +236,8 @@ pub struct MllpSinkConfig {
     pub retry: Option<crate::connectors::http::config::RetrySpec>,
     /// A circuit breaker gating the sends.
     pub breaker: Option<crate::connectors::http::config::BreakerSpec>,
+    /// MLLP over TLS.
+    pub tls: Option<SenderTlsSpec>,
 }
 
 /// A planned MLLP sink.
@@ -168,6 +250,7 @@ pub struct MllpSinkPlan {
     pub retry_errors: bool,
     pub retry: crate::resilience::retry::RetryPolicy,
     pub breaker: Option<crate::resilience::breaker::BreakerConfig>,
+    pub tls: Option<TlsFiles>,
 }
 
 impl MllpSinkConfig {
@@ -228,6 +311,7 @@ impl MllpSinkConfig {
             retry_errors,
             retry,
             breaker: self.breaker.as_ref().map(|b| plan_breaker(cx, b)),
+            tls: self.tls.as_ref().map(|t| t.plan(cx)),
         })
     }
 }

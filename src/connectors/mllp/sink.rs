@@ -34,19 +34,41 @@ enum Answer {
     Failed(String),
 }
 
+/// A connection, plain or TLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
 pub struct MllpSink {
     name: Arc<str>,
     plan: MllpSinkPlan,
     handle: tokio::runtime::Handle,
-    conn: Option<(TcpStream, Deframer)>,
+    conn: Option<(Box<dyn Io>, Deframer)>,
+    tls: Option<(
+        tokio_rustls::TlsConnector,
+        rustls_pki_types::ServerName<'static>,
+    )>,
     breaker: Option<SharedBreaker>,
     outcomes: OutcomeTap,
     outcome: SinkOutcome,
 }
 
 impl MllpSink {
-    pub fn new(plan: MllpSinkPlan, name: &str, cx: &BuildCx<'_>) -> Self {
-        MllpSink {
+    pub fn new(plan: MllpSinkPlan, name: &str, cx: &BuildCx<'_>) -> Result<Self, ConnectorError> {
+        let tls = match &plan.tls {
+            Some(t) => {
+                let identity = t.cert.as_deref().zip(t.key.as_deref());
+                let config = crate::net::tls::client_config(t.ca.as_deref(), identity)
+                    .and_then(|c| {
+                        let n = crate::net::tls::server_name(&plan.to, t.server_name.as_deref())?;
+                        Ok((tokio_rustls::TlsConnector::from(c), n))
+                    })
+                    .map_err(|e| ConnectorError::Other(format!("sink {name}: tls: {e}")))?;
+                Some(config)
+            }
+            None => None,
+        };
+        Ok(MllpSink {
+            tls,
             name: name.into(),
             breaker: plan.breaker.clone().map(|c| cx.breaker(name, c)),
             outcomes: cx.outcomes.clone(),
@@ -54,19 +76,34 @@ impl MllpSink {
             plan,
             conn: None,
             outcome: SinkOutcome::default(),
-        }
+        })
+    }
+
+    /// Opens the connection (and its TLS session).
+    async fn connect(&self) -> Result<Box<dyn Io>, String> {
+        let to = &self.plan.to;
+        let tcp = TcpStream::connect(to)
+            .await
+            .map_err(|e| format!("connect to {to}: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        Ok(match &self.tls {
+            None => Box::new(tcp),
+            Some((connector, name)) => Box::new(
+                connector
+                    .connect(name.clone(), tcp)
+                    .await
+                    .map_err(|e| format!("TLS with {to}: {e}"))?,
+            ),
+        })
     }
 
     /// Sends one message and reads its ACK (which must answer this message's MSH-10).
     async fn exchange(&mut self, message: &[u8], control: Option<&str>) -> Answer {
         let wait = self.plan.timeout;
         if self.conn.is_none() {
-            match tokio::time::timeout(wait, TcpStream::connect(&self.plan.to)).await {
-                Ok(Ok(s)) => {
-                    let _ = s.set_nodelay(true);
-                    self.conn = Some((s, Deframer::new(16 << 20)));
-                }
-                Ok(Err(e)) => return Answer::Failed(format!("connect to {}: {e}", self.plan.to)),
+            match tokio::time::timeout(wait, self.connect()).await {
+                Ok(Ok(s)) => self.conn = Some((s, Deframer::new(16 << 20))),
+                Ok(Err(e)) => return Answer::Failed(e),
                 Err(_) => return Answer::Failed(format!("connect to {}: timed out", self.plan.to)),
             }
         }

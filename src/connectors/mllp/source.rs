@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use arrow::array::{BinaryBuilder, Int64Builder, StringBuilder};
 use arrow::record_batch::RecordBatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::config::MllpSourcePlan;
@@ -42,6 +42,8 @@ pub struct ListenerStats {
     pub junk_bytes: AtomicU64,
     pub truncated: AtomicU64,
     pub too_large: AtomicU64,
+    /// TLS handshakes that failed (no or a wrong client certificate, plain TCP, ...).
+    pub tls_failed: AtomicU64,
     pub open: AtomicUsize,
 }
 
@@ -70,10 +72,11 @@ impl ListenerStats {
             .map(|(c, a)| format!("{} {}", c.as_str(), n(a)))
             .collect();
         format!(
-            "mllp {listen}: {} connections ({} refused over the limit, {} refused peers, {} closed idle), {} messages, ACKs [{}], {} bytes outside frames, {} truncated frames, {} over the size limit",
+            "mllp {listen}: {} connections ({} refused over the limit, {} refused peers, {} failed TLS handshakes, {} closed idle), {} messages, ACKs [{}], {} bytes outside frames, {} truncated frames, {} over the size limit",
             n(&self.connections),
             n(&self.refused_busy),
             n(&self.refused_peer),
+            n(&self.tls_failed),
             n(&self.idle_closed),
             n(&self.messages),
             acks.join(", "),
@@ -91,6 +94,7 @@ struct Cx {
     stats: Arc<ListenerStats>,
     listen: String,
     stop: watch::Receiver<bool>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// A running listener.
@@ -138,6 +142,17 @@ impl MllpSource {
             .local_addr()
             .map(|a| a.to_string())
             .unwrap_or_else(|_| plan.listen.to_string());
+        let tls = match &plan.tls {
+            Some(t) => {
+                let (Some(cert), Some(key)) = (&t.cert, &t.key) else {
+                    return Err(ConnectorError::Other("mllp: tls needs cert and key".into()));
+                };
+                let config = crate::net::tls::server_config(cert, key, t.ca.as_deref())
+                    .map_err(|e| ConnectorError::Other(format!("mllp: tls: {e}")))?;
+                Some(tokio_rustls::TlsAcceptor::from(config))
+            }
+            None => None,
+        };
         let stats = Arc::new(ListenerStats::default());
         let (stop_listener, stop_rx) = watch::channel(false);
         let cx = Arc::new(Cx {
@@ -146,6 +161,7 @@ impl MllpSource {
             stats: stats.clone(),
             listen: listen.clone(),
             stop: stop_rx,
+            tls,
         });
         let accept_task = tokio::spawn(accept_loop(listener, cx));
         tracing::info!(listen = %listen, "mllp: listening");
@@ -304,9 +320,31 @@ async fn accept_loop(listener: TcpListener, cx: Arc<Cx>) {
         };
         let cx = cx.clone();
         connections.spawn(async move {
+            let _ = stream.set_nodelay(true);
             cx.stats.open.fetch_add(1, Ordering::Relaxed);
             tracing::info!(peer = %peer, "mllp: connection opened");
-            if let Err(e) = serve(stream, peer, &cx).await {
+            let served = match &cx.tls {
+                None => serve(stream, peer, &cx).await,
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                            .await;
+                    match handshake {
+                        Ok(Ok(tls)) => serve(tls, peer, &cx).await,
+                        failed => {
+                            cx.stats.tls_failed.fetch_add(1, Ordering::Relaxed);
+                            Err(match failed {
+                                Ok(Err(e)) => e,
+                                _ => std::io::Error::new(
+                                    std::io::ErrorKind::TimedOut,
+                                    "TLS handshake timed out",
+                                ),
+                            })
+                        }
+                    }
+                }
+            };
+            if let Err(e) = served {
                 tracing::info!(peer = %peer, error = %e, "mllp: connection ended");
             } else {
                 tracing::info!(peer = %peer, "mllp: connection closed");
@@ -322,8 +360,10 @@ async fn accept_loop(listener: TcpListener, cx: Arc<Cx>) {
 }
 
 /// Serves one connection until the peer closes it, it idles out, or the listener stops.
-async fn serve(mut stream: TcpStream, peer: SocketAddr, cx: &Cx) -> std::io::Result<()> {
-    let _ = stream.set_nodelay(true);
+async fn serve<S>(mut stream: S, peer: SocketAddr, cx: &Cx) -> std::io::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let origin = format!("mllp://{}/{peer}", cx.listen);
     let mut stop = cx.stop.clone();
     let mut deframer = Deframer::new(cx.plan.max_message_bytes);
