@@ -117,7 +117,8 @@ dlq: {{path: dlq.ndjson}}
                         got.extend_from_slice(&buf[..k]);
                     }
                     assert!(
-                        got.windows(7).any(|w| w == b"MSA|AA|"),
+                        // The synthetic messages ask for enhanced mode (MSH-15 AL): CA.
+                        got.windows(7).any(|w| w == b"MSA|AA|" || w == b"MSA|CA|"),
                         "not accepted: {}",
                         String::from_utf8_lossy(&got)
                     );
