@@ -577,10 +577,11 @@ fn mllp_send_prints_acks_from_the_listener_and_mllp_listen_prints_messages() {
 }
 
 /// python-hl7's asyncio MLLP server on `port`, answering as `script` says; its log in `log`.
-fn receiver(port: u16, log: &Path, script: &str) -> Child {
+fn receiver(port: u16, log: &Path, script: &str, extra: &[String]) -> Child {
     let mut child = Command::new(venv_python("hl7-venv"))
         .arg(repo().join("tests/support/mllp_receiver.py"))
         .args([&port.to_string(), log.to_str().unwrap(), script])
+        .args(extra)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -631,7 +632,7 @@ fn the_sink_sends_in_order_and_handles_ae_ar_and_dropped_connections() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let log = dir.path().join("received.tsv");
-    let mut server = receiver(port, &log, "AA,AE,AR,AA,DROP,AA");
+    let mut server = receiver(port, &log, "AA,AE,AR,AA,DROP,AA", &[]);
     let p = sink_pipeline(dir.path(), port, "{max_attempts: 3, base: 50ms}");
     let out = Command::new(BIN)
         .args(["run", p.to_str().unwrap(), "--json"])
@@ -775,23 +776,18 @@ fn mutual_tls_against_python_peers() {
     // The sink over TLS to python-hl7's server (Python's ssl, client certificate required).
     let rport = free_port();
     let log = dir.path().join("tls-received.tsv");
-    let mut rx = Command::new(venv_python("hl7-venv"))
-        .arg(repo().join("tests/support/mllp_receiver.py"))
-        .args([&rport.to_string(), log.to_str().unwrap(), "", "--tls"])
-        .args([
-            pki.path("server.pem"),
-            pki.path("server.key"),
-            pki.path("ca.pem"),
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(rx.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
+    let tls_files = ["--tls", "server.pem", "server.key", "ca.pem"];
+    let extra: Vec<String> = tls_files
+        .iter()
+        .map(|f| {
+            if f.starts_with("--") {
+                f.to_string()
+            } else {
+                pki.path(f)
+            }
+        })
+        .collect();
+    let mut rx = receiver(rport, &log, "", &extra);
     let p = sink_pipeline(dir.path(), rport, "{max_attempts: 1}");
     let text = std::fs::read_to_string(&p).unwrap().replace(
         "timeout: 2s,",

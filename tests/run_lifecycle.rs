@@ -225,3 +225,51 @@ fn max_records_samples_a_file() {
         .collect();
     assert_eq!(ids, (0..7).map(|i| format!("M{i}")).collect::<Vec<_>>());
 }
+
+/// On a terminal (a pseudo-terminal from util-linux `script`) a file run draws a progress line
+/// with MB/s and the time left; `--quiet` draws none; a pipe never gets one.
+#[test]
+fn a_terminal_gets_a_progress_line_and_quiet_silences_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // Big enough to take longer than the first redraw (100 ms).
+    let input = dir.path().join("big.hl7");
+    std::fs::write(
+        &input,
+        plexus::formats::hl7::synth::synthetic_feed(150_000, 3),
+    )
+    .unwrap();
+    let p = dir.path().join("life.yaml");
+    std::fs::write(
+        &p,
+        spec(
+            &input,
+            "  - {name: out, input: parse, type: file, format: ndjson, path: out.ndjson}",
+            8192,
+        ),
+    )
+    .unwrap();
+    let on_tty = |extra: &str| -> String {
+        let cmd = format!("{BIN} run {} {extra}", p.display());
+        let o = Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let shown = on_tty("");
+    assert!(
+        shown.contains(" MB at ") && shown.contains(" MB/s, ") && shown.contains("ETA "),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("records: 150000 in"),
+        "the summary follows: {shown}"
+    );
+    let quiet = on_tty("--quiet");
+    // The progress line's own words (the summary has a rate too).
+    assert!(!quiet.contains(" MB at ") && !quiet.contains("ETA"), "{quiet}");
+    let piped = plexus(&["run", p.to_str().unwrap()]);
+    assert!(!String::from_utf8_lossy(&piped.stderr).contains(" MB at "));
+}

@@ -321,18 +321,7 @@ fn ack(
                 o.text = text.clone();
                 if code.is_negative() {
                     // A negative ack without a located error still says why (ERR-3 207).
-                    o.errors.push(AckError {
-                        segment: None,
-                        sequence: None,
-                        field: None,
-                        repetition: None,
-                        component: None,
-                        subcomponent: None,
-                        code: 207,
-                        code_text: "Application internal error".into(),
-                        severity: 'E',
-                        message: text.clone(),
-                    });
+                    o.errors.push(AckError::internal(text.clone()));
                 }
                 build_ack(&m.message, &o)
             }

@@ -48,6 +48,9 @@ enum Command {
         /// Serve Prometheus metrics on http://ADDR/metrics while running (e.g. 127.0.0.1:9898).
         #[arg(long, value_name = "ADDR")]
         metrics_addr: Option<String>,
+        /// No progress line (there is none either when stderr is not a terminal, or with --json).
+        #[arg(long, short = 'q')]
+        quiet: bool,
     },
     /// Dead-letter topics: list or show what failed and why.
     #[command(subcommand)]
@@ -102,6 +105,7 @@ pub fn main() -> ExitCode {
             exit_when_idle,
             max_records,
             metrics_addr,
+            quiet,
         } => pipeline::run(pipeline::RunArgs {
             pipeline,
             input,
@@ -110,6 +114,7 @@ pub fn main() -> ExitCode {
             exit_when_idle,
             max_records,
             metrics_addr,
+            quiet,
         }),
         Command::Dlq(cmd) => dlq::run(cmd),
         Command::Replay(args) => dlq::replay(args),

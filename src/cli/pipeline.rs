@@ -99,6 +99,8 @@ pub struct RunArgs {
     pub max_records: Option<u64>,
     /// Serve Prometheus `/metrics` here (`127.0.0.1:9898`).
     pub metrics_addr: Option<String>,
+    /// No progress line.
+    pub quiet: bool,
 }
 
 /// `plexus run`.
@@ -180,9 +182,10 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     Ok(ExitCode::from(summary.exit_code()))
 }
 
-/// A progress line on a terminal (stderr), redrawn at most ten times a second.
+/// A progress line on a terminal (stderr), redrawn at most ten times a second: records,
+/// MB and MB/s, records/s, and for files the share done and the time left.
 fn progress_bar(args: &RunArgs) -> Option<crate::runtime::Progress> {
-    if args.json || !std::io::stderr().is_terminal() {
+    if args.json || args.quiet || !std::io::stderr().is_terminal() {
         return None;
     }
     let started = std::time::Instant::now();
@@ -198,9 +201,18 @@ fn progress_bar(args: &RunArgs) -> Option<crate::runtime::Progress> {
             .filter(|&t| t > 0)
             .map(|t| format!("{:5.1}% ", 100.0 * done as f64 / t as f64))
             .unwrap_or_default();
+        let rate = done as f64 / secs;
+        let eta = match total {
+            Some(t) if t > done && rate > 0.0 => {
+                let left = ((t - done) as f64 / rate).ceil() as u64;
+                format!(", ETA {}:{:02}", left / 60, left % 60)
+            }
+            _ => String::new(),
+        };
         eprint!(
-            "\r{pct}{records} records, {:.1} MB, {:.0} records/s   ",
+            "\r{pct}{records} records, {:.1} MB at {:.1} MB/s, {:.0} records/s{eta}   ",
             done as f64 / 1e6,
+            rate / 1e6,
             records as f64 / secs
         );
         crate::cli::PROGRESS_SHOWN.store(true, std::sync::atomic::Ordering::Relaxed);

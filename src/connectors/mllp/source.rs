@@ -429,20 +429,9 @@ where
 
 /// A negative ACK for `message` (or for nothing readable) with an ERR segment.
 fn reject(message: &[u8], code: AckCode, text: &str) -> Vec<u8> {
-    let error = AckError {
-        segment: None,
-        sequence: None,
-        field: None,
-        repetition: None,
-        component: None,
-        subcomponent: None,
-        // HL7 table 0357: application internal error.
-        code: 207,
-        code_text: "Application internal error".into(),
-        severity: 'E',
-        message: Some(text.to_string()),
-    };
-    let options = AckOptions::new(code).text(text).error(error);
+    let options = AckOptions::new(code)
+        .text(text)
+        .error(AckError::internal(Some(text.to_string())));
     match Message::parse(message) {
         Ok(m) => build_ack(&m, &options),
         Err(e) => build_nack_for_unparsed(message, &e, &options),

@@ -326,28 +326,25 @@ fn temporal_value(
         Schema::TimeMicros => {
             Value::TimeMicros(time_at(array, row, TimeUnit::Microsecond).ok_or_else(wrong)?)
         }
-        Schema::TimestampMillis | Schema::LocalTimestampMillis => {
-            let v = timestamp_at(array, row, TimeUnit::Millisecond).ok_or_else(wrong)?;
-            if matches!(schema, Schema::TimestampMillis) {
-                Value::TimestampMillis(v)
-            } else {
-                Value::LocalTimestampMillis(v)
-            }
-        }
-        Schema::TimestampMicros | Schema::LocalTimestampMicros => {
-            let v = timestamp_at(array, row, TimeUnit::Microsecond).ok_or_else(wrong)?;
-            if matches!(schema, Schema::TimestampMicros) {
-                Value::TimestampMicros(v)
-            } else {
-                Value::LocalTimestampMicros(v)
-            }
-        }
-        Schema::TimestampNanos | Schema::LocalTimestampNanos => {
-            let v = timestamp_at(array, row, TimeUnit::Nanosecond).ok_or_else(wrong)?;
-            if matches!(schema, Schema::TimestampNanos) {
-                Value::TimestampNanos(v)
-            } else {
-                Value::LocalTimestampNanos(v)
+        Schema::TimestampMillis
+        | Schema::LocalTimestampMillis
+        | Schema::TimestampMicros
+        | Schema::LocalTimestampMicros
+        | Schema::TimestampNanos
+        | Schema::LocalTimestampNanos => {
+            let unit = match schema {
+                Schema::TimestampMillis | Schema::LocalTimestampMillis => TimeUnit::Millisecond,
+                Schema::TimestampMicros | Schema::LocalTimestampMicros => TimeUnit::Microsecond,
+                _ => TimeUnit::Nanosecond,
+            };
+            let v = timestamp_at(array, row, unit).ok_or_else(wrong)?;
+            match schema {
+                Schema::TimestampMillis => Value::TimestampMillis(v),
+                Schema::LocalTimestampMillis => Value::LocalTimestampMillis(v),
+                Schema::TimestampMicros => Value::TimestampMicros(v),
+                Schema::LocalTimestampMicros => Value::LocalTimestampMicros(v),
+                Schema::TimestampNanos => Value::TimestampNanos(v),
+                _ => Value::LocalTimestampNanos(v),
             }
         }
         Schema::Duration(_) => {

@@ -88,6 +88,22 @@ pub struct AckError {
 }
 
 impl AckError {
+    /// An error with no location: HL7 table 0357 code 207, application internal error.
+    pub fn internal(message: Option<String>) -> Self {
+        AckError {
+            segment: None,
+            sequence: None,
+            field: None,
+            repetition: None,
+            component: None,
+            subcomponent: None,
+            code: 207,
+            code_text: "Application internal error".into(),
+            severity: 'E',
+            message,
+        }
+    }
+
     /// Describes a parse error; `message`, when given, resolves which occurrence of the segment
     /// the error is in.
     pub fn from_error(error: &Hl7Error, message: Option<&Message<'_>>) -> Self {
