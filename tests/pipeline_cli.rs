@@ -914,7 +914,7 @@ fn the_progress_line_never_swallows_a_log_line() {
     let screen = text(&o.stdout);
     assert!(screen.contains("alert raised"), "{screen}");
     assert!(
-        screen.contains(" MB, "),
+        screen.contains(" MB at "),
         "no progress line was drawn: {screen}"
     );
     // Whatever was drawn, each log or summary line begins after an erase or a newline.

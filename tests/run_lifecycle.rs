@@ -269,7 +269,10 @@ fn a_terminal_gets_a_progress_line_and_quiet_silences_it() {
     );
     let quiet = on_tty("--quiet");
     // The progress line's own words (the summary has a rate too).
-    assert!(!quiet.contains(" MB at ") && !quiet.contains("ETA"), "{quiet}");
+    assert!(
+        !quiet.contains(" MB at ") && !quiet.contains("ETA"),
+        "{quiet}"
+    );
     let piped = plexus(&["run", p.to_str().unwrap()]);
     assert!(!String::from_utf8_lossy(&piped.stderr).contains(" MB at "));
 }
