@@ -595,6 +595,15 @@ fn receiver(port: u16, log: &Path, script: &str, extra: &[String]) -> Child {
     child
 }
 
+/// `plexus run P --json` in `dir`, to its end.
+fn run_in(dir: &Path, p: &Path) -> Output {
+    Command::new(BIN)
+        .args(["run", p.to_str().unwrap(), "--json"])
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
 fn sink_pipeline(dir: &Path, port: u16, retry: &str) -> PathBuf {
     let input = dir.join("in.hl7");
     std::fs::write(
@@ -634,11 +643,7 @@ fn the_sink_sends_in_order_and_handles_ae_ar_and_dropped_connections() {
     let log = dir.path().join("received.tsv");
     let mut server = receiver(port, &log, "AA,AE,AR,AA,DROP,AA", &[]);
     let p = sink_pipeline(dir.path(), port, "{max_attempts: 3, base: 50ms}");
-    let out = Command::new(BIN)
-        .args(["run", p.to_str().unwrap(), "--json"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
+    let out = run_in(dir.path(), &p);
     server.kill().unwrap();
     let _ = server.wait();
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -665,11 +670,7 @@ fn the_sink_sends_in_order_and_handles_ae_ar_and_dropped_connections() {
     // Nobody listening: retried, then dead letters counted as unavailable (exit 4).
     let dead_port = free_port();
     let p = sink_pipeline(dir.path(), dead_port, "{max_attempts: 2, base: 10ms}");
-    let out = Command::new(BIN)
-        .args(["run", p.to_str().unwrap(), "--json"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
+    let out = run_in(dir.path(), &p);
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         (
@@ -794,11 +795,7 @@ fn mutual_tls_against_python_peers() {
         &format!("timeout: 2s, tls: {{ca: {ca}, cert: {cert}, key: {key}}},"),
     );
     std::fs::write(&p, text).unwrap();
-    let out = Command::new(BIN)
-        .args(["run", p.to_str().unwrap(), "--json"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
+    let out = run_in(dir.path(), &p);
     rx.kill().unwrap();
     let _ = rx.wait();
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

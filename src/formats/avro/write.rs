@@ -165,15 +165,8 @@ fn array_value<'s>(
             )),
         };
     }
-    let wrong = || {
-        mismatch(
-            path,
-            schema_name(schema),
-            format!("Arrow {}", array.data_type()),
-        )
-    };
-    let range =
-        |v: i128, what: &str| invalid(path, format!("value {v} out of range for Avro {what}"));
+    let wrong = || wrong_type(array, schema, path);
+    let range = |v: i128, what: &str| out_of_range(v, what, path);
     let value = match schema {
         Schema::Boolean => Value::Boolean(array.as_boolean_opt().ok_or_else(wrong)?.value(row)),
         Schema::Int => {
@@ -265,6 +258,19 @@ fn array_value<'s>(
     Ok(value)
 }
 
+/// The Arrow column cannot hold a value of this Avro type.
+fn wrong_type(array: &dyn Array, schema: &Schema, path: &Path<'_>) -> AvroError {
+    mismatch(
+        path,
+        schema_name(schema),
+        format!("Arrow {}", array.data_type()),
+    )
+}
+
+fn out_of_range(v: i128, what: &str, path: &Path<'_>) -> AvroError {
+    invalid(path, format!("value {v} out of range for Avro {what}"))
+}
+
 /// An Avro map from an Arrow `Map<Utf8, T>` row.
 fn map_value<'s>(
     array: &dyn Array,
@@ -301,15 +307,8 @@ fn temporal_value(
     schema: &Schema,
     path: &Path<'_>,
 ) -> Result<Value, AvroError> {
-    let wrong = || {
-        mismatch(
-            path,
-            schema_name(schema),
-            format!("Arrow {}", array.data_type()),
-        )
-    };
-    let range =
-        |v: i128, what: &str| invalid(path, format!("value {v} out of range for Avro {what}"));
+    let wrong = || wrong_type(array, schema, path);
+    let range = |v: i128, what: &str| out_of_range(v, what, path);
     Ok(match schema {
         Schema::Date => Value::Date(match array.data_type() {
             DataType::Date32 => prim::<Date32Type>(array, row),
