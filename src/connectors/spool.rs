@@ -120,7 +120,7 @@ struct Append {
 #[derive(Clone)]
 pub struct Spool {
     shared: Arc<Shared>,
-    tx: std::sync::mpsc::SyncSender<Append>,
+    tx: tokio::sync::mpsc::Sender<Append>,
     writer_failed: Arc<AtomicBool>,
 }
 
@@ -261,7 +261,7 @@ impl Spool {
             }),
             grown: Condvar::new(),
         });
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Append>(GROUP_MAX);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Append>(GROUP_MAX);
         let writer_failed = Arc::new(AtomicBool::new(false));
         let path = segment_path(dir, tail_base);
         let file = OpenOptions::new()
@@ -302,24 +302,13 @@ impl Spool {
             return Err(SpoolError::Closed);
         }
         let (reply, done) = tokio::sync::oneshot::channel();
-        let mut append = Append {
+        let append = Append {
             origin,
             payload,
             reply,
         };
         // The channel is bounded: a full one means the disk is the bottleneck; wait for it.
-        loop {
-            match self.tx.try_send(append) {
-                Ok(()) => break,
-                Err(std::sync::mpsc::TrySendError::Full(a)) => {
-                    append = a;
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-                Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
-                    return Err(SpoolError::Closed);
-                }
-            }
-        }
+        self.tx.send(append).await.map_err(|_| SpoolError::Closed)?;
         done.await.unwrap_or(Err(SpoolError::Closed))
     }
 
@@ -340,10 +329,10 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, rx: std::sync::mpsc::Receiver<Append>) {
+    fn run(mut self, mut rx: tokio::sync::mpsc::Receiver<Append>) {
         let mut buf = Vec::new();
         let mut group: Vec<(Append, u64)> = Vec::new();
-        while let Ok(first) = rx.recv() {
+        while let Some(first) = rx.blocking_recv() {
             let mut appends = vec![first];
             while appends.len() < GROUP_MAX {
                 match rx.try_recv() {
