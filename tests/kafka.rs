@@ -12,6 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use support::listener::free_port;
 use support::registry::Registry;
 use support::*;
 
@@ -945,14 +946,6 @@ fn late_bootstrap(port: u16, after: Duration) {
             std::thread::spawn(move || std::io::copy(&mut s, &mut c2));
         }
     });
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// #15 item 12: brokers down is one clear line, not a flood; `--exit-when-idle` (or

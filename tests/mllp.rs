@@ -11,15 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use support::listener::{free_port, rows, serve, stop};
 use support::{BIN, repo, venv_python};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A pipeline listening on `port`: parse, one NDJSON output with provenance, a DLQ.
 fn pipeline(dir: &Path, port: u16, source_extra: &str) -> PathBuf {
@@ -50,43 +43,6 @@ dlq: {{path: dlq.ndjson}}
     )
     .unwrap();
     p
-}
-
-/// `plexus run` on the pipeline, once its port accepts connections.
-fn serve(p: &Path, port: u16) -> Child {
-    let child = Command::new(BIN)
-        .args(["run", p.to_str().unwrap(), "--json"])
-        .current_dir(p.parent().unwrap())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "listener did not come up"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
-}
-
-/// SIGTERM, then the exit status, the JSON summary and stderr.
-fn stop(child: Child) -> (Option<i32>, serde_json::Value, String) {
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let summary = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "summary: {e}\nstdout: {}\nstderr: {stderr}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    });
-    (out.status.code(), summary, stderr)
 }
 
 fn sender(port: u16, conns: usize, n: usize, dir: &Path, extra: &[&str]) -> Command {
@@ -128,15 +84,6 @@ fn acks(dir: &Path) -> Vec<(String, String, String, String, u32)> {
         }
     }
     out
-}
-
-/// The output's rows as JSON.
-fn rows(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 fn frame(m: &[u8]) -> Vec<u8> {

@@ -22,6 +22,8 @@ pub mod mllp;
 pub mod monitoring;
 pub mod registry;
 pub mod spool;
+pub mod spooled;
+pub mod state_db;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};

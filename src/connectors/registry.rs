@@ -13,6 +13,7 @@ use schemars::{JsonSchema, Schema, SchemaGenerator};
 
 use super::fhir::{FhirSinkConfig, FhirSinkPlan};
 use super::file::{FileSinkConfig, FileSinkPlan, FileSourceConfig, StdoutSinkConfig};
+use super::http::source_config::{HttpSourceConfig, HttpSourcePlan};
 use super::http::{HttpSinkConfig, HttpSinkPlan};
 use super::kafka::config::{KafkaSinkConfig, KafkaSinkPlan, KafkaSourceConfig, KafkaSourcePlan};
 use super::mllp::{MllpSinkConfig, MllpSinkPlan, MllpSourceConfig, MllpSourcePlan};
@@ -50,6 +51,7 @@ pub enum SourceConfig {
     File(FileSourceConfig),
     Kafka(KafkaSourceConfig),
     Mllp(MllpSourceConfig),
+    Http(HttpSourceConfig),
 }
 
 /// A sink's typed config.
@@ -86,6 +88,12 @@ pub static SOURCES: &[Connector<SourceConfig>] = &[
         about: "an MLLP listener (HL7 v2 over TCP): spooled durably, then acknowledged",
         read: |n| marked_yaml::from_node(n).map(SourceConfig::Mllp),
         schema: schema_of::<MllpSourceConfig>,
+    },
+    Connector {
+        kind: "http",
+        about: "HTTP/webhook ingest: verified (HMAC, API key, bearer), spooled durably, then 202",
+        read: |n| marked_yaml::from_node(n).map(SourceConfig::Http),
+        schema: schema_of::<HttpSourceConfig>,
     },
 ];
 
@@ -157,6 +165,8 @@ pub enum SourcePlan {
     Kafka(KafkaSourcePlan),
     /// An MLLP listener with its spool.
     Mllp(MllpSourcePlan),
+    /// An HTTP server with its spool.
+    Http(HttpSourcePlan),
 }
 
 impl SourcePlan {
@@ -164,14 +174,14 @@ impl SourcePlan {
     pub fn paths(&self) -> &[PathBuf] {
         match self {
             SourcePlan::File { paths } => paths,
-            SourcePlan::Kafka(_) | SourcePlan::Mllp(_) => &[],
+            SourcePlan::Kafka(_) | SourcePlan::Mllp(_) | SourcePlan::Http(_) => &[],
         }
     }
 
     pub fn kafka(&self) -> Option<&KafkaSourcePlan> {
         match self {
             SourcePlan::Kafka(k) => Some(k),
-            SourcePlan::File { .. } | SourcePlan::Mllp(_) => None,
+            SourcePlan::File { .. } | SourcePlan::Mllp(_) | SourcePlan::Http(_) => None,
         }
     }
 
@@ -191,8 +201,14 @@ impl SourcePlan {
                 cx.exit_when_idle,
                 cx.meta,
             )?),
-            SourcePlan::Mllp(m) => Box::new(super::mllp::MllpSource::start(
+            SourcePlan::Mllp(m) => Box::new(super::mllp::source::start(
                 m,
+                cx.batching,
+                cx.stop,
+                cx.exit_when_idle,
+            )?),
+            SourcePlan::Http(h) => Box::new(super::http::source::start(
+                h,
                 cx.batching,
                 cx.stop,
                 cx.exit_when_idle,
@@ -230,6 +246,19 @@ impl SourceConfig {
             SourceConfig::File(c) => &c.format,
             SourceConfig::Kafka(c) => &c.format,
             SourceConfig::Mllp(c) => &c.format,
+            SourceConfig::Http(c) => &c.format,
+        }
+    }
+
+    /// How its records are framed (see `SourceSpec::record_format`).
+    pub fn record_format(&self) -> Result<SourceFormat, String> {
+        match self {
+            SourceConfig::Http(c) => match c.format.as_str() {
+                "hl7" => Ok(SourceFormat::Hl7),
+                "json" | "ndjson" | "fhir" => Ok(SourceFormat::Ndjson),
+                other => Err(format!("unknown format {other:?} (json, fhir, hl7)")),
+            },
+            _ => SourceFormat::parse(self.format()),
         }
     }
 
@@ -243,6 +272,7 @@ impl SourceConfig {
             SourceConfig::File(c) => c.plan(cx, format).map(|paths| SourcePlan::File { paths }),
             SourceConfig::Kafka(c) => c.plan(cx, kind, format).map(SourcePlan::Kafka),
             SourceConfig::Mllp(c) => c.plan(cx, format).map(SourcePlan::Mllp),
+            SourceConfig::Http(c) => c.plan(cx, format).map(SourcePlan::Http),
         }
     }
 }

@@ -110,9 +110,9 @@ struct Shared {
     grown: Condvar,
 }
 
+/// Records written together (in one group, so all or none are durable): (origin, payload).
 struct Append {
-    origin: String,
-    payload: Vec<u8>,
+    records: Vec<(String, Vec<u8>)>,
     reply: tokio::sync::oneshot::Sender<Result<u64, SpoolError>>,
 }
 
@@ -298,15 +298,17 @@ impl Spool {
     /// Appends a record and resolves once it is durable, with its offset. Waits (does not
     /// buffer) while the writer is busy: that is the listener's backpressure.
     pub async fn append(&self, origin: String, payload: Vec<u8>) -> Result<u64, SpoolError> {
+        self.append_all(vec![(origin, payload)]).await
+    }
+
+    /// Appends records (origin, payload) atomically: all are durable, or none is written.
+    /// Resolves with the first one's offset.
+    pub async fn append_all(&self, records: Vec<(String, Vec<u8>)>) -> Result<u64, SpoolError> {
         if self.writer_failed.load(Ordering::Relaxed) {
             return Err(SpoolError::Closed);
         }
         let (reply, done) = tokio::sync::oneshot::channel();
-        let append = Append {
-            origin,
-            payload,
-            reply,
-        };
+        let append = Append { records, reply };
         // The channel is bounded: a full one means the disk is the bottleneck; wait for it.
         self.tx.send(append).await.map_err(|_| SpoolError::Closed)?;
         done.await.unwrap_or(Err(SpoolError::Closed))
@@ -353,7 +355,9 @@ impl Writer {
                     let _ = a.reply.send(Err(e));
                     continue;
                 }
-                encode(&mut buf, at, &a.origin, &a.payload);
+                for (origin, payload) in &a.records {
+                    encode(&mut buf, at, origin, payload);
+                }
                 group.push((a, offset));
             }
             if group.is_empty() {

@@ -6,7 +6,8 @@
 //!             {"name": "occurred_at", "type": "timestamp"}]}
 //! ```
 //! Types: `utf8`, `int64`, `float64`, `boolean`, `date` (date32), `timestamp` (µs, UTC),
-//! `list<utf8>`. A declared schema is the contract with producers: a record that does not
+//! `list<utf8>`, and `json`: any JSON value (an object, say) kept as its JSON text, for SQL's
+//! `json_get` or to pass through whole (a FHIR resource inside an event). A declared schema is the contract with producers: a record that does not
 //! conform is dead-lettered with the decoder's reason, never coerced silently.
 
 use std::sync::Arc;
@@ -52,10 +53,26 @@ pub fn data_type(name: &str) -> Result<DataType, String> {
         "list<utf8>" | "list" => DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
         other => {
             return Err(format!(
-                "unknown type {other:?} (utf8, int64, float64, boolean, date, timestamp, list<utf8>)"
+                "unknown type {other:?} (utf8, int64, float64, boolean, date, timestamp, list<utf8>, json)"
             ));
         }
     })
+}
+
+/// Marks a text field that holds a JSON value's text (declared type `json`).
+pub const JSON_TEXT: &str = "plexus.json";
+
+fn json_field(name: String, nullable: bool) -> Field {
+    Field::new(name, DataType::Utf8, nullable).with_metadata(
+        [(JSON_TEXT.to_string(), "true".to_string())]
+            .into_iter()
+            .collect(),
+    )
+}
+
+/// Whether a field is declared `json`.
+pub fn is_json_text(f: &Field) -> bool {
+    f.metadata().contains_key(JSON_TEXT)
 }
 
 /// Reads a schema file.
@@ -77,6 +94,10 @@ pub fn parse(text: &str) -> Result<SchemaRef, String> {
         }
         if fields.iter().any(|x: &Field| x.name() == &f.name) {
             return Err(format!("field {:?} is declared twice", f.name));
+        }
+        if f.data_type.eq_ignore_ascii_case("json") {
+            fields.push(json_field(f.name, f.nullable));
+            continue;
         }
         let t = data_type(&f.data_type).map_err(|e| format!("field {:?}: {e}", f.name))?;
         fields.push(Field::new(f.name, t, f.nullable));
@@ -103,6 +124,8 @@ mod tests {
                 .contains("int128")
         );
         assert!(parse(r#"{"fields":[{"name":"_a","type":"utf8"}]}"#).is_err());
+        let j = parse(r#"{"fields":[{"name":"data","type":"json"}]}"#).unwrap();
+        assert!(is_json_text(j.field(0)) && j.field(0).data_type() == &DataType::Utf8);
         assert!(parse(r#"{"fields":[{"name":"a","type":"utf8","typo":1}]}"#).is_err());
     }
 }

@@ -487,7 +487,8 @@ pub fn verify(
     Err("no signature matches".into())
 }
 
-fn decode_hex(s: &str) -> Option<Vec<u8>> {
+/// Hex text to bytes (None when it is not hex).
+pub fn decode_hex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
         return None;
     }

@@ -369,6 +369,41 @@ pub(super) fn int_column<'b>(
 }
 
 fn decode_ndjson(schema: &SchemaRef, records: &[&[u8]]) -> Result<RecordBatch, String> {
+    let json_text: Vec<&str> = schema
+        .fields()
+        .iter()
+        .filter(|f| crate::formats::schema::is_json_text(f))
+        .map(|f| f.name().as_str())
+        .collect();
+    if !json_text.is_empty() {
+        // Fields declared `json` are decoded as their JSON text: rewrite those values as
+        // strings first (only pipelines that declare one pay for this).
+        let rewritten = records
+            .iter()
+            .map(|r| json_values_as_text(r, &json_text))
+            .collect::<Result<Vec<_>, _>>()?;
+        let refs: Vec<&[u8]> = rewritten.iter().map(Vec::as_slice).collect();
+        return decode_json_records(schema, &refs);
+    }
+    decode_json_records(schema, records)
+}
+
+fn json_values_as_text(record: &[u8], fields: &[&str]) -> Result<Vec<u8>, String> {
+    let mut value: serde_json::Value = serde_json::from_slice(record).map_err(|e| e.to_string())?;
+    let Some(object) = value.as_object_mut() else {
+        return Err("expected a JSON object".into());
+    };
+    for f in fields {
+        if let Some(v) = object.get_mut(*f)
+            && !v.is_null()
+        {
+            *v = serde_json::Value::String(v.to_string());
+        }
+    }
+    serde_json::to_vec(&value).map_err(|e| e.to_string())
+}
+
+fn decode_json_records(schema: &SchemaRef, records: &[&[u8]]) -> Result<RecordBatch, String> {
     let mut decoder = arrow::json::ReaderBuilder::new(schema.clone())
         .with_batch_size(records.len().max(1))
         .build_decoder()

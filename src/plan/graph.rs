@@ -470,7 +470,7 @@ fn plan_kafka(cx: &mut Ctx<'_>) -> Option<KafkaConnection> {
 
 fn plan_source(cx: &mut Ctx<'_>) -> Option<PlannedSource> {
     let s = &cx.spec.source;
-    let format = match SourceFormat::parse(s.format()) {
+    let format = match s.record_format() {
         Ok(f) => f,
         Err(e) => {
             cx.err(s.format(), e);

@@ -33,6 +33,12 @@ impl SourceSpec {
     pub fn format(&self) -> &Spanned<String> {
         self.config.format()
     }
+
+    /// The records it produces: `format` itself, except that an HTTP source's `json` and
+    /// `fhir` bodies become one JSON record per object or resource.
+    pub fn record_format(&self) -> Result<crate::formats::framing::SourceFormat, String> {
+        self.config.record_format()
+    }
 }
 
 /// One of `sinks:`: the keys every sink has, and the typed config of its connector.

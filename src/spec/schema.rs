@@ -149,7 +149,7 @@ mod tests {
                 })
                 .collect()
         };
-        assert_eq!(kinds("source", &[]), ["file", "kafka", "mllp"]);
+        assert_eq!(kinds("source", &[]), ["file", "kafka", "mllp", "http"]);
         assert_eq!(
             kinds("sinks", &["items"]),
             ["file", "stdout", "kafka", "http", "fhir", "mllp"]

@@ -33,6 +33,7 @@ pub fn register(ctx: &SessionContext) {
         Kind::Hl7Date,
         Kind::NormalizePhone,
         Kind::AgeYears,
+        Kind::JsonGet,
     ] {
         ctx.register_udf(ScalarUDF::from(PlexusUdf::new(kind)));
     }
@@ -44,6 +45,7 @@ enum Kind {
     Hl7Date,
     NormalizePhone,
     AgeYears,
+    JsonGet,
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -77,6 +79,7 @@ impl PlexusUdf {
         match self.kind {
             Kind::Hl7Ts | Kind::Hl7Date => (1, 1),
             Kind::NormalizePhone | Kind::AgeYears => (1, 2),
+            Kind::JsonGet => (2, 2),
         }
     }
 
@@ -86,6 +89,7 @@ impl PlexusUdf {
             Kind::Hl7Date => "hl7_date(text)",
             Kind::NormalizePhone => "normalize_phone(text [, default_country_code text])",
             Kind::AgeYears => "age_years(date [, as_of date])",
+            Kind::JsonGet => "json_get(json_text, path)",
         }
     }
 }
@@ -97,6 +101,7 @@ impl ScalarUDFImpl for PlexusUdf {
             Kind::Hl7Date => "hl7_date",
             Kind::NormalizePhone => "normalize_phone",
             Kind::AgeYears => "age_years",
+            Kind::JsonGet => "json_get",
         }
     }
 
@@ -108,7 +113,7 @@ impl ScalarUDFImpl for PlexusUdf {
         Ok(match self.kind {
             Kind::Hl7Ts => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
             Kind::Hl7Date => DataType::Date32,
-            Kind::NormalizePhone => DataType::Utf8,
+            Kind::NormalizePhone | Kind::JsonGet => DataType::Utf8,
             Kind::AgeYears => DataType::Int64,
         })
     }
@@ -208,6 +213,17 @@ impl ScalarUDFImpl for PlexusUdf {
                 };
                 Arc::new(out)
             }
+            Kind::JsonGet => {
+                let text = as_utf8(&arrays[0])?;
+                let path = as_utf8(&arrays[1])?;
+                let out: StringArray = text
+                    .as_string::<i32>()
+                    .iter()
+                    .zip(path.as_string::<i32>().iter())
+                    .map(|(t, p)| json_get(t?, p?))
+                    .collect();
+                Arc::new(out)
+            }
             Kind::AgeYears => {
                 let dates = as_date32(&arrays[0])?;
                 let dates = dates.as_primitive::<arrow::datatypes::Date32Type>();
@@ -237,6 +253,26 @@ impl ScalarUDFImpl for PlexusUdf {
         } else {
             Ok(ColumnarValue::Array(out))
         }
+    }
+}
+
+/// The value at `path` (`name.0.family`, or a JSON pointer `/name/0/family`) of a JSON
+/// text: strings as themselves, other values as JSON text; None when absent, null or when
+/// the text is not JSON.
+fn json_get(text: &str, path: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(text).ok()?;
+    let found = if path.starts_with('/') || path.is_empty() {
+        value.pointer(path)?
+    } else {
+        path.split('.').try_fold(&value, |v, key| match v {
+            serde_json::Value::Array(items) => items.get(key.parse::<usize>().ok()?),
+            _ => v.get(key),
+        })?
+    };
+    match found {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
     }
 }
 
@@ -514,6 +550,26 @@ mod tests {
                 .await
                 .is_null(0)
         );
+    }
+
+    #[tokio::test]
+    async fn json_get_reads_paths_and_pointers() {
+        let doc =
+            r#"'{"resourceType":"Patient","id":"p1","name":[{"family":"Ng"}],"active":true}'"#;
+        for (path, want) in [
+            ("id", Some("p1")),
+            ("name.0.family", Some("Ng")),
+            ("/name/0/family", Some("Ng")),
+            ("active", Some("true")),
+            ("name.0", Some(r#"{"family":"Ng"}"#)),
+            ("name.3.family", None),
+            ("missing", None),
+        ] {
+            let got = strings(&scalar(&format!("SELECT json_get({doc}, '{path}')")).await);
+            assert_eq!(got, vec![want.map(str::to_string)], "{path}");
+        }
+        let got = strings(&scalar("SELECT json_get('not json', 'id')").await);
+        assert_eq!(got, vec![None]);
     }
 
     #[tokio::test]

@@ -5,6 +5,7 @@
 //! helpers to produce, read topics back, and build HL7 messages.
 #![allow(dead_code)]
 
+pub mod listener;
 pub mod registry;
 pub mod webhook;
 

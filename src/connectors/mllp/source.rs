@@ -9,23 +9,20 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use arrow::array::{BinaryBuilder, Int64Builder, StringBuilder};
-use arrow::record_batch::RecordBatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::config::MllpSourcePlan;
-use crate::connectors::checkpoint::Position;
-use crate::connectors::spool::{Spool, SpoolError, SpoolReader};
-use crate::connectors::{BatchSource, Batching, ConnectorError};
+use crate::connectors::spool::{Spool, SpoolError};
+use crate::connectors::spooled::{Front, Listening, SpooledSource};
+use crate::connectors::{Batching, ConnectorError};
 use crate::formats::hl7::{
     AckCode, AckError, AckOptions, Message, build_ack, build_nack_for_unparsed,
 };
 use crate::formats::mllp::{Deframer, Event, frame};
-use crate::record::raw_record_schema;
 
 /// The listener's counters (the run summary reports them).
 #[derive(Default)]
@@ -97,197 +94,95 @@ struct Cx {
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
-/// A running listener.
-pub struct MllpSource {
-    reader: SpoolReader,
+/// A running listener: the front of a spooled source.
+pub struct MllpFront {
     stats: Arc<ListenerStats>,
     listen: String,
-    stop: Arc<AtomicBool>,
-    stop_listener: watch::Sender<bool>,
-    accept_task: Option<tokio::task::JoinHandle<()>>,
-    handle: tokio::runtime::Handle,
-    batching: Batching,
-    exit_when_idle: Option<Duration>,
-    last_record: Instant,
-    read: u64,
-    bytes: u64,
-    last_end: Option<u64>,
-    draining: bool,
+    listening: Listening,
 }
 
-impl MllpSource {
-    /// Opens the spool (recovering what a crash left) and starts listening. Call within the
-    /// runtime.
-    pub fn start(
-        plan: &MllpSourcePlan,
-        batching: Batching,
-        stop: Arc<AtomicBool>,
-        exit_when_idle: Option<Duration>,
-    ) -> Result<MllpSource, ConnectorError> {
-        let (spool, reader) = Spool::open(&plan.spool, plan.spool_options.clone())
-            .map_err(|e| ConnectorError::Other(e.to_string()))?;
-        let pending = spool.pending_bytes();
-        if pending > 0 {
-            tracing::info!(
-                pending_bytes = pending,
-                "mllp: processing the spool's unprocessed tail first"
-            );
+impl Front for MllpFront {
+    /// Stops accepting, lets every connection answer the message it holds, then closes them.
+    fn stop(&mut self) {
+        self.listening.stop();
+    }
+
+    fn open(&self) -> usize {
+        self.stats.open.load(Ordering::Relaxed)
+    }
+
+    fn describe(&self) -> String {
+        self.stats.describe(&self.listen)
+    }
+}
+
+/// The MLLP source: the listener in front of its spool.
+pub type MllpSource = SpooledSource<MllpFront>;
+
+/// Opens the spool (recovering what a crash left) and starts listening. Call within the
+/// runtime.
+pub fn start(
+    plan: &MllpSourcePlan,
+    batching: Batching,
+    stop: Arc<AtomicBool>,
+    exit_when_idle: Option<Duration>,
+) -> Result<MllpSource, ConnectorError> {
+    let (spool, reader) = Spool::open(&plan.spool, plan.spool_options.clone())
+        .map_err(|e| ConnectorError::Other(e.to_string()))?;
+    let pending = spool.pending_bytes();
+    if pending > 0 {
+        tracing::info!(
+            pending_bytes = pending,
+            "mllp: processing the spool's unprocessed tail first"
+        );
+    }
+    let std_listener = std::net::TcpListener::bind(plan.listen)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|e| ConnectorError::Other(format!("mllp: listen on {}: {e}", plan.listen)))?;
+    let listener = TcpListener::from_std(std_listener)
+        .map_err(|e| ConnectorError::Other(format!("mllp: listen on {}: {e}", plan.listen)))?;
+    let listen = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| plan.listen.to_string());
+    let tls = match &plan.tls {
+        Some(t) => {
+            let (Some(cert), Some(key)) = (&t.cert, &t.key) else {
+                return Err(ConnectorError::Other("mllp: tls needs cert and key".into()));
+            };
+            let config = crate::net::tls::server_config(cert, key, t.ca.as_deref())
+                .map_err(|e| ConnectorError::Other(format!("mllp: tls: {e}")))?;
+            Some(tokio_rustls::TlsAcceptor::from(config))
         }
-        let std_listener = std::net::TcpListener::bind(plan.listen)
-            .and_then(|l| l.set_nonblocking(true).map(|()| l))
-            .map_err(|e| ConnectorError::Other(format!("mllp: listen on {}: {e}", plan.listen)))?;
-        let listener = TcpListener::from_std(std_listener)
-            .map_err(|e| ConnectorError::Other(format!("mllp: listen on {}: {e}", plan.listen)))?;
-        let listen = listener
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_else(|_| plan.listen.to_string());
-        let tls = match &plan.tls {
-            Some(t) => {
-                let (Some(cert), Some(key)) = (&t.cert, &t.key) else {
-                    return Err(ConnectorError::Other("mllp: tls needs cert and key".into()));
-                };
-                let config = crate::net::tls::server_config(cert, key, t.ca.as_deref())
-                    .map_err(|e| ConnectorError::Other(format!("mllp: tls: {e}")))?;
-                Some(tokio_rustls::TlsAcceptor::from(config))
-            }
-            None => None,
-        };
-        let stats = Arc::new(ListenerStats::default());
-        let (stop_listener, stop_rx) = watch::channel(false);
+        None => None,
+    };
+    let stats = Arc::new(ListenerStats::default());
+    let (plan, stats2, listen2) = (plan.clone(), stats.clone(), listen.clone());
+    let listening = Listening::spawn(move |stop| {
         let cx = Arc::new(Cx {
-            plan: plan.clone(),
+            plan,
             spool,
-            stats: stats.clone(),
-            listen: listen.clone(),
-            stop: stop_rx,
+            stats: stats2,
+            listen: listen2,
+            stop,
             tls,
         });
-        let accept_task = tokio::spawn(accept_loop(listener, cx));
-        tracing::info!(listen = %listen, "mllp: listening");
-        eprintln!("mllp: listening on {listen}");
-        Ok(MllpSource {
-            reader,
-            stats,
-            listen,
-            stop,
-            stop_listener,
-            accept_task: Some(accept_task),
-            handle: tokio::runtime::Handle::current(),
-            batching,
-            exit_when_idle,
-            last_record: Instant::now(),
-            read: 0,
-            bytes: 0,
-            last_end: None,
-            draining: false,
-        })
-    }
-
-    /// Stops accepting, lets every connection answer the message it holds, then closes them.
-    fn stop_listening(&mut self) {
-        let _ = self.stop_listener.send(true);
-        if let Some(t) = self.accept_task.take() {
-            let _ = self.handle.block_on(t);
-        }
-        self.draining = true;
-    }
-
-    fn batch(&mut self, records: Vec<crate::connectors::spool::SpoolRecord>) -> RecordBatch {
-        let n = records.len();
-        let mut raw =
-            BinaryBuilder::with_capacity(n, records.iter().map(|r| r.payload.len()).sum());
-        let mut source = StringBuilder::with_capacity(n, n * 48);
-        let mut offset = Int64Builder::with_capacity(n);
-        let mut index = Int64Builder::with_capacity(n);
-        for r in &records {
-            raw.append_value(&r.payload);
-            source.append_value(&r.origin);
-            offset.append_value(r.offset as i64);
-            index.append_value(self.read as i64);
-            self.read += 1;
-            self.bytes += r.payload.len() as u64;
-        }
-        self.last_end = records.last().map(|r| r.end);
-        RecordBatch::try_new(
-            raw_record_schema(),
-            vec![
-                Arc::new(raw.finish()),
-                Arc::new(source.finish()),
-                Arc::new(offset.finish()),
-                Arc::new(index.finish()),
-            ],
-        )
-        .expect("raw schema matches")
-    }
-}
-
-impl BatchSource for MllpSource {
-    fn next_batch(&mut self) -> Result<Option<RecordBatch>, ConnectorError> {
-        loop {
-            let limit_hit = self.batching.limit.is_some_and(|l| self.read >= l);
-            if !self.draining && (self.stop.load(Ordering::Relaxed) || limit_hit) {
-                self.stop_listening();
-            }
-            let mut max = self.batching.max_rows;
-            if let Some(l) = self.batching.limit {
-                max = max.min(l.saturating_sub(self.read) as usize);
-                if max == 0 {
-                    return Ok(None);
-                }
-            }
-            let wait = if self.draining {
-                Duration::ZERO
-            } else {
-                Duration::from_millis(100)
-            };
-            let records = self
-                .reader
-                .read(max, self.batching.max_bytes, wait)
-                .map_err(|e| ConnectorError::Other(e.to_string()))?;
-            if !records.is_empty() {
-                self.last_record = Instant::now();
-                return Ok(Some(self.batch(records)));
-            }
-            if self.draining {
-                return Ok(None);
-            }
-            if let Some(idle) = self.exit_when_idle
-                && self.last_record.elapsed() >= idle
-                && self.stats.open.load(Ordering::Relaxed) == 0
-            {
-                self.stop_listening();
-            }
-        }
-    }
-
-    fn progress(&self) -> (u64, Option<u64>) {
-        (self.bytes, None)
-    }
-
-    fn warnings(&self) -> Vec<String> {
-        vec![self.stats.describe(&self.listen)]
-    }
-
-    fn positions(&mut self) -> Option<Vec<Position>> {
-        let end = self.last_end.take()?;
-        Some(vec![("spool".into(), 0, end as i64)])
-    }
-
-    fn commit(&mut self, positions: &[Position], _last: bool) -> Result<(), ConnectorError> {
-        let Some(end) = positions.iter().map(|p| p.2).max() else {
-            return Ok(());
-        };
-        self.reader
-            .commit(end as u64)
-            .map_err(|e| ConnectorError::Other(e.to_string()))
-    }
-}
-
-impl Drop for MllpSource {
-    fn drop(&mut self) {
-        let _ = self.stop_listener.send(true);
-    }
+        accept_loop(listener, cx)
+    });
+    tracing::info!(listen = %listen, "mllp: listening");
+    eprintln!("mllp: listening on {listen}");
+    let front = MllpFront {
+        stats,
+        listen,
+        listening,
+    };
+    Ok(SpooledSource::new(
+        front,
+        reader,
+        batching,
+        stop,
+        exit_when_idle,
+    ))
 }
 
 async fn accept_loop(listener: TcpListener, cx: Arc<Cx>) {

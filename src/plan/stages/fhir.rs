@@ -8,7 +8,7 @@ pub(crate) fn plan(
     f: &crate::spec::FhirStage,
     _input: &SchemaRef,
 ) -> Option<Box<dyn Operator>> {
-    if SourceFormat::parse(cx.spec.source.format()).ok() != Some(SourceFormat::Hl7) {
+    if cx.spec.source.record_format().ok() != Some(SourceFormat::Hl7) {
         cx.err(
             &f.name,
             "a `fhir` stage maps HL7v2: the source format must be hl7",
@@ -36,7 +36,8 @@ pub(crate) fn plan(
         ..Default::default()
     }
     .with_systems(systems);
-    let per_record = cx.spec.source.kind.as_str() == "kafka";
+    // Stream records are addressed by source and offset, not by position in a file.
+    let per_record = cx.spec.source.kind.as_str() != "file";
     Some(
         Box::new(crate::operators::fhir::ToFhir::new(opts, bundle).per_record(per_record))
             as Box<dyn Operator>,

@@ -15,7 +15,7 @@ pub(crate) fn plan(
             return None;
         }
     };
-    if format != SourceFormat::parse(cx.spec.source.format()).unwrap_or(format) {
+    if format != cx.spec.source.record_format().unwrap_or(format) {
         cx.err(
             &p.format,
             format!(
@@ -68,7 +68,8 @@ pub(crate) fn plan(
             }
             let offset = default_zone(cx, &p.default_timezone)?;
             (columns.len() == p.columns.len()).then(|| {
-                let per_record = cx.spec.source.kind.as_str() == "kafka";
+                // Stream records are addressed by source and offset, not by position in a file.
+                let per_record = cx.spec.source.kind.as_str() != "file";
                 Box::new(Parse::hl7(columns, offset).per_record(per_record)) as Box<dyn Operator>
             })
         }

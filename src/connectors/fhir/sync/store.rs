@@ -12,7 +12,6 @@
 //! the lease is still ours — a worker whose lease expired mid-sync cannot overwrite the row
 //! another worker now holds (fencing).
 
-use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -218,43 +217,7 @@ impl<'a> Update<'a> {
     }
 }
 
-/// Where the sync state lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StateLocation {
-    /// A PostgreSQL URL (`postgres://…`).
-    Postgres(String),
-    /// A SQLite database file (created when missing).
-    Sqlite(std::path::PathBuf),
-}
-
-impl StateLocation {
-    /// `postgres://…`/`postgresql://…` is PostgreSQL; `sqlite:PATH` or a bare path is a
-    /// SQLite file.
-    pub fn parse(s: &str) -> StateLocation {
-        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
-            StateLocation::Postgres(s.to_string())
-        } else {
-            let path = s.strip_prefix("sqlite://").or(s.strip_prefix("sqlite:"));
-            StateLocation::Sqlite(path.unwrap_or(s).into())
-        }
-    }
-}
-
-impl std::fmt::Display for StateLocation {
-    // The PostgreSQL URL may hold a password: shown without its credentials.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StateLocation::Postgres(url) => {
-                let host = url.rsplit_once('@').map_or(url.as_str(), |(_, h)| h);
-                let host = host
-                    .trim_start_matches("postgresql://")
-                    .trim_start_matches("postgres://");
-                write!(f, "postgres://{host}")
-            }
-            StateLocation::Sqlite(p) => write!(f, "sqlite:{}", p.display()),
-        }
-    }
-}
+pub use crate::connectors::state_db::StateLocation;
 
 #[derive(Clone)]
 pub struct SyncStore {
@@ -274,53 +237,16 @@ impl SyncStore {
     }
 
     pub async fn open(at: &StateLocation) -> Result<Self, SyncError> {
-        sqlx::any::install_default_drivers();
-        let in_ctx = |e: sqlx::Error| SyncError::Store(format!("{at}: {e}"));
-        match at {
-            StateLocation::Postgres(url) => {
-                let pool = sqlx::any::AnyPoolOptions::new()
-                    .max_connections(4)
-                    .connect(url)
-                    .await
-                    .map_err(in_ctx)?;
-                // Concurrent `CREATE TABLE IF NOT EXISTS` can still collide in PostgreSQL's
-                // catalog: workers starting together take turns under an advisory lock.
-                let mut tx = pool.begin().await.map_err(db)?;
-                sqlx::query("SELECT pg_advisory_xact_lock(hashtext('plexus_sync_schema'))")
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db)?;
-                for stmt in POSTGRES.create {
-                    sqlx::query(stmt).execute(&mut *tx).await.map_err(db)?;
-                }
-                tx.commit().await.map_err(db)?;
-                Ok(SyncStore {
-                    pool,
-                    sql: &POSTGRES,
-                })
-            }
-            StateLocation::Sqlite(path) => {
-                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir).map_err(|e| {
-                        SyncError::Store(format!("{at}: creating {}: {e}", dir.display()))
-                    })?;
-                }
-                let pool = sqlx::any::AnyPoolOptions::new()
-                    .max_connections(4)
-                    .connect(&sqlite_url(path))
-                    .await
-                    .map_err(in_ctx)?;
-                // WAL: readers do not block the writer, and the setting stays with the file.
-                sqlx::query("PRAGMA journal_mode=WAL")
-                    .execute(&pool)
-                    .await
-                    .map_err(in_ctx)?;
-                for stmt in SQLITE.create {
-                    sqlx::query(stmt).execute(&pool).await.map_err(in_ctx)?;
-                }
-                Ok(SyncStore { pool, sql: &SQLITE })
-            }
-        }
+        let (pool, postgres) = crate::connectors::state_db::open(
+            at,
+            "plexus_sync_schema",
+            &POSTGRES.create,
+            &SQLITE.create,
+        )
+        .await
+        .map_err(SyncError::Store)?;
+        let sql = if postgres { &POSTGRES } else { &SQLITE };
+        Ok(SyncStore { pool, sql })
     }
 
     /// Takes the entity's lease for `ttl` if it is free, expired or already `owner`'s.
@@ -472,10 +398,6 @@ impl SyncStore {
 }
 
 /// The sqlx URL of a SQLite file, created when missing.
-fn sqlite_url(path: &Path) -> String {
-    format!("sqlite://{}?mode=rwc", path.display())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
