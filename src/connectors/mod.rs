@@ -8,7 +8,10 @@
 //! | `memory.rs`       | in-memory sinks for `plexus test` and tests                        |
 //! | `kafka/`          | Kafka source, sink and dead-letter topic (at-least-once)           |
 //! | `schema_registry.rs` | the schema registry client (Confluent wire format, schema cache) |
-//! | `http/`           | HTTP sink (webhooks, REST): signed requests, retries, retry topics |
+//! | `http/`           | HTTP sink (webhooks, REST): signed requests, retries, retry topics; HTTP source (webhooks in) |
+//! | `mllp/`           | MLLP listener (spooled, ACKed) and sender                          |
+//! | `spool.rs`, `spooled.rs` | the durable queue behind listeners, and the source reading it |
+//! | `state_db.rs`     | SQLite/PostgreSQL state (sync state, idempotency keys)            |
 //! | `monitoring/`     | window rows (Parquet, topic), alerts, breaker events, window state |
 
 pub mod checkpoint;

@@ -41,6 +41,17 @@ impl std::fmt::Display for StateLocation {
     }
 }
 
+/// How a SQLite store commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commits {
+    /// Each commit is fsynced (SQLite's default): state that must survive a power loss.
+    Durable,
+    /// WAL with `synchronous=NORMAL`: commits survive a crash of the process, and the last
+    /// ones may be lost with the machine's power. For state whose loss only repeats work
+    /// (idempotency keys: at-least-once holds), at a fraction of the cost.
+    Relaxed,
+}
+
 /// Connects and creates the tables (`postgres` or `sqlite` statements, by backend). Returns
 /// the pool and whether it is PostgreSQL. Errors name the location, never its password.
 pub async fn open(
@@ -48,6 +59,7 @@ pub async fn open(
     lock: &str,
     postgres: &[&'static str],
     sqlite: &[&'static str],
+    commits: Commits,
 ) -> Result<(sqlx::AnyPool, bool), String> {
     sqlx::any::install_default_drivers();
     let in_ctx = |e: sqlx::Error| format!("{at}: {e}");
@@ -79,7 +91,23 @@ pub async fn open(
             }
             let pool = sqlx::any::AnyPoolOptions::new()
                 .max_connections(4)
-                .connect(&format!("sqlite://{}?mode=rwc", path.display()))
+                .after_connect(move |conn, _| {
+                    Box::pin(async move {
+                        if commits == Commits::Relaxed {
+                            sqlx::query("PRAGMA synchronous=NORMAL")
+                                .execute(conn)
+                                .await?;
+                        }
+                        Ok(())
+                    })
+                })
+                // Absolute: a relative path would read as `sqlite://<host>/…`.
+                .connect(&format!(
+                    "sqlite://{}?mode=rwc",
+                    std::path::absolute(path)
+                        .map_err(|e| format!("{at}: {e}"))?
+                        .display()
+                ))
                 .await
                 .map_err(in_ctx)?;
             // WAL: readers do not block the writer, and the setting stays with the file.

@@ -114,6 +114,7 @@ impl KeyStore {
             "plexus_idempotency_schema",
             &POSTGRES.create,
             &SQLITE.create,
+            state_db::Commits::Relaxed,
         )
         .await?;
         let store = KeyStore {

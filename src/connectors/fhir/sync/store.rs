@@ -242,6 +242,7 @@ impl SyncStore {
             "plexus_sync_schema",
             &POSTGRES.create,
             &SQLITE.create,
+            crate::connectors::state_db::Commits::Durable,
         )
         .await
         .map_err(SyncError::Store)?;
