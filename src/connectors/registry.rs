@@ -220,6 +220,7 @@ impl SourcePlan {
                     cx.batching.max_rows,
                 )
                 .with_stop(cx.stop)
+                .with_max_bytes(cx.batching.max_bytes)
                 .with_limit(cx.batching.limit),
             ),
         })

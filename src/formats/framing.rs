@@ -32,67 +32,121 @@ pub fn frame(
     name: &str,
     warnings: &mut Vec<String>,
 ) -> Vec<(usize, usize)> {
-    match format {
-        SourceFormat::Hl7 => {
-            let mut splitter = Splitter::new(data);
-            let spans = splitter
-                .by_ref()
-                .map(|item| match item {
-                    Ok(m) => (
-                        m.message.offset(),
-                        m.message.offset() + m.message.raw().len(),
-                    ),
-                    Err(bad) => (bad.offset, bad.offset + bad.raw.len()),
-                })
-                .collect();
-            warnings.extend(
-                splitter
-                    .diagnostics()
-                    .iter()
-                    .map(|d| format!("{name}: {d}")),
-            );
-            spans
+    let mut framer = Framer::new(data, format);
+    let spans = std::iter::from_fn(|| framer.next_span()).collect();
+    warnings.extend(framer.diagnostics(name));
+    spans
+}
+
+/// Cuts records out of `data` one at a time, front to back: a source holds only the records
+/// of the batch it is building, whatever the size of the input (see `frame` for all at once).
+pub enum Framer<'a> {
+    Hl7(Box<Splitter<'a>>),
+    /// NDJSON: one record per non-blank line.
+    Lines {
+        data: &'a [u8],
+        pos: usize,
+    },
+    /// CSV: records end at a newline outside double quotes; the first one (the header) is
+    /// skipped.
+    Csv {
+        data: &'a [u8],
+        pos: usize,
+        header: bool,
+    },
+    /// The whole input is one record (Avro).
+    Whole {
+        len: usize,
+        done: bool,
+    },
+}
+
+impl<'a> Framer<'a> {
+    pub fn new(data: &'a [u8], format: SourceFormat) -> Self {
+        match format {
+            SourceFormat::Hl7 => Framer::Hl7(Box::new(Splitter::new(data))),
+            SourceFormat::Ndjson => Framer::Lines { data, pos: 0 },
+            SourceFormat::Csv => Framer::Csv {
+                data,
+                pos: 0,
+                header: true,
+            },
+            // One Avro record per input (Kafka messages; `plexus test` inputs).
+            SourceFormat::Avro => Framer::Whole {
+                len: data.len(),
+                done: false,
+            },
         }
-        SourceFormat::Ndjson => lines(data)
-            .filter(|&(s, e)| !data[s..e].iter().all(u8::is_ascii_whitespace))
-            .collect(),
-        // One Avro record per input (Kafka messages; `plexus test` inputs).
-        SourceFormat::Avro => vec![(0, data.len())],
-        SourceFormat::Csv => {
-            let mut records = csv_records(data);
-            if !records.is_empty() {
-                records.remove(0);
+    }
+
+    /// The next record's span, or None at the end of the input.
+    pub fn next_span(&mut self) -> Option<(usize, usize)> {
+        match self {
+            Framer::Hl7(splitter) => splitter.next().map(|item| match item {
+                Ok(m) => (
+                    m.message.offset(),
+                    m.message.offset() + m.message.raw().len(),
+                ),
+                Err(bad) => (bad.offset, bad.offset + bad.raw.len()),
+            }),
+            Framer::Lines { data, pos } => loop {
+                let (s, e) = next_line(data, pos)?;
+                if !data[s..e].iter().all(u8::is_ascii_whitespace) {
+                    return Some((s, e));
+                }
+            },
+            Framer::Csv { data, pos, header } => loop {
+                let span = next_csv_record(data, pos)?;
+                if !std::mem::take(header) {
+                    return Some(span);
+                }
+            },
+            Framer::Whole { len, done } => {
+                if std::mem::replace(done, true) {
+                    None
+                } else {
+                    Some((0, *len))
+                }
             }
-            records
+        }
+    }
+
+    /// Findings about the input's structure (HL7 batch trailer counts), complete once
+    /// `next_span` returned None; each prefixed with `name`.
+    pub fn diagnostics(&self, name: &str) -> Vec<String> {
+        match self {
+            Framer::Hl7(splitter) => splitter
+                .diagnostics()
+                .iter()
+                .map(|d| format!("{name}: {d}"))
+                .collect(),
+            _ => Vec::new(),
         }
     }
 }
 
-/// Lines without their terminators (LF or CRLF).
-fn lines(data: &[u8]) -> impl Iterator<Item = (usize, usize)> + '_ {
-    let mut start = 0;
-    std::iter::from_fn(move || {
-        if start >= data.len() {
-            return None;
-        }
-        let end = memchr::memchr(b'\n', &data[start..]).map_or(data.len(), |p| start + p);
-        let s = start;
-        start = end + 1;
-        let e = if end > s && data[end - 1] == b'\r' {
-            end - 1
-        } else {
-            end
-        };
-        Some((s, e))
-    })
+/// The line starting at `*pos` without its terminator (LF or CRLF); moves past it.
+fn next_line(data: &[u8], pos: &mut usize) -> Option<(usize, usize)> {
+    if *pos >= data.len() {
+        return None;
+    }
+    let s = *pos;
+    let end = memchr::memchr(b'\n', &data[s..]).map_or(data.len(), |p| s + p);
+    *pos = end + 1;
+    let e = if end > s && data[end - 1] == b'\r' {
+        end - 1
+    } else {
+        end
+    };
+    Some((s, e))
 }
 
-/// CSV records: a newline inside double quotes does not end a record.
-fn csv_records(data: &[u8]) -> Vec<(usize, usize)> {
-    let mut out = Vec::new();
-    let mut start = 0;
+/// The CSV record starting at `*pos` (a newline inside double quotes does not end it),
+/// skipping empty lines; moves past it.
+fn next_csv_record(data: &[u8], pos: &mut usize) -> Option<(usize, usize)> {
+    let mut start = *pos;
     let mut quoted = false;
-    let mut i = 0;
+    let mut i = start;
     while i < data.len() {
         match data[i] {
             b'"' => quoted = !quoted,
@@ -103,7 +157,8 @@ fn csv_records(data: &[u8]) -> Vec<(usize, usize)> {
                     i
                 };
                 if end > start {
-                    out.push((start, end));
+                    *pos = i + 1;
+                    return Some((start, end));
                 }
                 start = i + 1;
             }
@@ -111,10 +166,9 @@ fn csv_records(data: &[u8]) -> Vec<(usize, usize)> {
         }
         i += 1;
     }
-    if start < data.len() && !data[start..].iter().all(u8::is_ascii_whitespace) {
-        out.push((start, data.len()));
-    }
-    out
+    *pos = data.len();
+    (start < data.len() && !data[start..].iter().all(u8::is_ascii_whitespace))
+        .then_some((start, data.len()))
 }
 
 #[cfg(test)]
@@ -124,7 +178,9 @@ mod tests {
     #[test]
     fn csv_framing_respects_quotes() {
         let data = b"a,b\r\n1,\"x\ny\"\n2,z\n\n3,w";
-        let recs: Vec<&[u8]> = csv_records(data)
+        let mut pos = 0;
+        let recs: Vec<&[u8]> = std::iter::from_fn(|| next_csv_record(data, &mut pos))
+            .collect::<Vec<_>>()
             .iter()
             .map(|&(s, e)| &data[s..e])
             .collect();

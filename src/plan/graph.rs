@@ -397,11 +397,19 @@ fn plan_batch(cx: &mut Ctx<'_>) -> (usize, usize, Duration) {
     }
 
     let max_rows = (*spec.batch.max_rows).clamp(1, MAX_ROWS) as usize;
+    // Files: small batches keep what is in flight between stages (and so peak RSS) the same
+    // for a 10 MB and a 2 GB input, at no cost in throughput (measured: README, Performance).
+    // Streams: larger batches, fewer commits.
+    let default = if spec.source.kind.as_str() == "file" {
+        512 << 10
+    } else {
+        8 << 20
+    };
     let max_bytes = spec
         .batch
         .max_bytes
         .as_ref()
-        .map_or(8 << 20, |b| (**b).clamp(1024, MAX_BYTES) as usize);
+        .map_or(default, |b| (**b).clamp(1024, MAX_BYTES) as usize);
     (max_rows, max_bytes, max_delay)
 }
 

@@ -256,7 +256,8 @@ pub struct BatchSpec {
     /// Signed so that `-1` reads, and is refused with the allowed range (not a parse error).
     #[serde(default = "default_max_rows")]
     pub max_rows: Spanned<i64>,
-    /// Streaming sources: close a batch at this many payload bytes (default 8 MiB).
+    /// Close a batch at this many bytes of records (default 512 KiB for files, 8 MiB for
+    /// streams).
     pub max_bytes: Option<Spanned<i64>>,
     /// e.g. `200ms`, `1s`.
     #[serde(default)]

@@ -11,22 +11,78 @@ use std::path::PathBuf;
 use arrow::record_batch::RecordBatch;
 
 use super::super::{BatchSource, ConnectorError};
-use crate::formats::framing::SourceFormat;
-use crate::formats::framing::frame;
+use crate::formats::framing::{Framer, SourceFormat};
 use crate::record::raw_batch;
 
-/// The file being emitted: its name, bytes, record spans and the next record to emit.
+/// A file's bytes: mapped (regular files), or read whole (stdin, pipes).
+enum Input {
+    Mapped(memmap2::Mmap),
+    Read(Vec<u8>),
+}
+
+impl Input {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Input::Mapped(m) => m,
+            Input::Read(v) => v,
+        }
+    }
+}
+
+self_cell::self_cell!(
+    /// A file and the framer reading it (which borrows its bytes).
+    struct Framed {
+        owner: Input,
+        #[covariant]
+        dependent: Framer,
+    }
+);
+
+/// The file being emitted.
 struct OpenFile {
     name: String,
-    data: Vec<u8>,
-    records: Vec<(usize, usize)>,
-    cursor: usize,
+    framed: Framed,
+    /// Bytes before this were handed out in batches (what progress counts).
+    consumed: usize,
+    /// Pages before this were given back to the kernel.
+    released: usize,
+}
+
+impl OpenFile {
+    /// Tells the kernel the pages before `consumed` are not needed any more: they leave the
+    /// process's resident set, so it stays the size of a batch, not of the file. Safe for a
+    /// private read-only file mapping: a later read of those bytes (an HL7 batch header the
+    /// splitter kept) faults them in again from the file.
+    fn release(&mut self) {
+        const CHUNK: usize = 4 << 20;
+        let Input::Mapped(m) = self.framed.borrow_owner() else {
+            return;
+        };
+        let page = 4096;
+        let upto = self.consumed / page * page;
+        if upto < self.released + CHUNK {
+            return;
+        }
+        // The kernel maps a fault's neighbours too ("fault-around", 64 KiB by default), so
+        // pages just before `released` come back when the next pages are read: go back a
+        // little each time, or they pile up (measured: ~10 pages per release).
+        let from = self.released.saturating_sub(1 << 20);
+        // SAFETY: DontNeed on a read-only private file mapping only drops clean pages; the
+        // bytes stay readable (refaulted from the file).
+        let dropped = unsafe {
+            m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, from, upto - from)
+        };
+        if dropped.is_ok() {
+            self.released = upto;
+        }
+    }
 }
 
 pub struct FileSource {
     paths: Vec<PathBuf>,
     format: SourceFormat,
     max_rows: usize,
+    max_bytes: usize,
     next_file: usize,
     current: Option<OpenFile>,
     next_index: usize,
@@ -47,6 +103,13 @@ impl FileSource {
         self
     }
 
+    /// Closes a batch once its records hold this many bytes (default 8 MiB; pipelines plan
+    /// 512 KiB).
+    pub fn with_max_bytes(mut self, max_bytes: usize) -> Self {
+        self.max_bytes = max_bytes.max(1);
+        self
+    }
+
     /// Stops reading when `stop` is set (SIGTERM/Ctrl-C): the run drains and ends.
     pub fn with_stop(mut self, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Self {
         self.stop = Some(stop);
@@ -62,6 +125,7 @@ impl FileSource {
             paths,
             format,
             max_rows: max_rows.max(1),
+            max_bytes: 8 << 20,
             next_file: 0,
             current: None,
             next_index: 0,
@@ -80,22 +144,36 @@ impl FileSource {
         };
         self.next_file += 1;
         let name = path.to_string_lossy().into_owned();
-        let data = if name == "-" {
-            let mut buf = Vec::new();
-            std::io::stdin()
-                .read_to_end(&mut buf)
-                .map_err(|source| ConnectorError::Io {
-                    path: "stdin".into(),
-                    source,
-                })?;
-            buf
-        } else {
-            std::fs::read(&path).map_err(|source| ConnectorError::Io {
-                path: name.clone(),
-                source,
-            })?
+        let io = |source| ConnectorError::Io {
+            path: if name == "-" {
+                "stdin".into()
+            } else {
+                name.clone()
+            },
+            source,
         };
-        let records = frame(&data, self.format, &name, &mut self.warnings);
+        let input = if name == "-" {
+            let mut buf = Vec::new();
+            std::io::stdin().read_to_end(&mut buf).map_err(io)?;
+            Input::Read(buf)
+        } else {
+            let file = std::fs::File::open(&path).map_err(io)?;
+            let meta = file.metadata().map_err(io)?;
+            if meta.is_file() && meta.len() > 0 {
+                // SAFETY: the mapping is read-only and private. A file truncated by another
+                // process while it is read would fault (SIGBUS): inputs are files at rest.
+                let m = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+                let _ = m.advise(memmap2::Advice::Sequential);
+                Input::Mapped(m)
+            } else {
+                // Pipes, devices, empty files: read what there is.
+                let mut buf = Vec::new();
+                (&file).read_to_end(&mut buf).map_err(io)?;
+                Input::Read(buf)
+            }
+        };
+        let format = self.format;
+        let framed = Framed::new(input, |input| Framer::new(input.bytes(), format));
         let name = if name == "-" {
             "stdin".to_string()
         } else {
@@ -103,9 +181,9 @@ impl FileSource {
         };
         self.current = Some(OpenFile {
             name,
-            data,
-            records,
-            cursor: 0,
+            framed,
+            consumed: 0,
+            released: 0,
         });
         Ok(true)
     }
@@ -125,36 +203,44 @@ impl BatchSource for FileSource {
         if room == Some(0) {
             return Ok(None);
         }
+        let take = room.map_or(self.max_rows, |r| r.min(self.max_rows));
         loop {
-            if let Some(OpenFile {
-                name,
-                data,
-                records,
-                cursor,
-            }) = &mut self.current
-            {
-                if *cursor < records.len() {
-                    let take = room.map_or(self.max_rows, |r| r.min(self.max_rows));
-                    let end = (*cursor + take).min(records.len());
-                    let slice: Vec<(usize, &[u8])> = records[*cursor..end]
-                        .iter()
-                        .map(|&(s, e)| (s, &data[s..e]))
-                        .collect();
-                    let batch = raw_batch(name, &slice, self.next_index);
+            if let Some(file) = &mut self.current {
+                let mut spans = Vec::with_capacity(take.min(8192));
+                let mut bytes = 0;
+                let mut ended = false;
+                // A batch closes at `max_rows` records or `max_bytes` of them: what is in
+                // flight between stages stays bounded whatever the records' size.
+                while spans.len() < take && bytes < self.max_bytes {
+                    match file.framed.with_dependent_mut(|_, f| f.next_span()) {
+                        Some(span) => {
+                            bytes += span.1 - span.0;
+                            spans.push(span);
+                        }
+                        None => {
+                            ended = true;
+                            break;
+                        }
+                    }
+                }
+                let len = file.framed.borrow_owner().bytes().len();
+                if !spans.is_empty() {
+                    let data = file.framed.borrow_owner().bytes();
+                    let slice: Vec<(usize, &[u8])> =
+                        spans.iter().map(|&(s, e)| (s, &data[s..e])).collect();
+                    let batch = raw_batch(&file.name, &slice, self.next_index);
                     self.next_index += slice.len();
-                    let consumed = if end == records.len() {
-                        data.len()
-                    } else {
-                        records[end].0
-                    };
-                    let before = if *cursor == 0 { 0 } else { records[*cursor].0 };
-                    self.bytes_done += (consumed - before) as u64;
-                    *cursor = end;
+                    let end = spans.last().map_or(len, |s| s.1);
+                    // At the end of the file the rest (separators, padding) is read too.
+                    let end = if ended { len } else { end };
+                    self.bytes_done += (end - file.consumed) as u64;
+                    file.consumed = end;
+                    file.release();
                     return Ok(Some(batch));
                 }
-                if records.is_empty() {
-                    self.bytes_done += data.len() as u64;
-                }
+                self.bytes_done += (len - file.consumed) as u64;
+                self.warnings
+                    .extend(file.framed.borrow_dependent().diagnostics(&file.name));
                 self.current = None;
             }
             if !self.open_next()? {
@@ -179,5 +265,73 @@ impl BatchSource for FileSource {
             ));
         }
         w
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::AsArray;
+
+    fn read_all(source: &mut FileSource) -> Vec<RecordBatch> {
+        std::iter::from_fn(|| source.next_batch().unwrap()).collect()
+    }
+
+    #[test]
+    fn a_mapped_file_is_read_in_batches_bounded_by_bytes_and_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("feed.hl7");
+        // A batch file: the trailers' counts are checked across the whole file.
+        let mut feed = b"FHS|^~\\&\rBHS|^~\\&\r".to_vec();
+        for i in 0..1000 {
+            feed.extend_from_slice(
+                format!("MSH|^~\\&|A|B|C|D|20260101||ADT^A01|{i}|P|2.5\rPID|1||{i}\r").as_bytes(),
+            );
+        }
+        feed.extend_from_slice(b"BTS|999\rFTS|1\r");
+        std::fs::write(&path, &feed).unwrap();
+        let mut source =
+            FileSource::new(vec![path.clone()], SourceFormat::Hl7, 300).with_max_bytes(4096);
+        let batches = read_all(&mut source);
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        assert_eq!(rows, 1000);
+        assert!(batches.iter().all(|b| b.num_rows() <= 300));
+        // 4 KiB of ~50-byte messages: about 80 per batch, not 300.
+        assert!(
+            batches.iter().all(|b| b.num_rows() < 100),
+            "{}",
+            batches[0].num_rows()
+        );
+        let first = batches[0].column(0).as_binary::<i32>().value(0);
+        assert!(first.starts_with(b"MSH|") && first.windows(8).any(|w| w == b"PID|1||0"));
+        assert_eq!(
+            source.progress(),
+            (feed.len() as u64, Some(feed.len() as u64))
+        );
+        let warnings = source.warnings();
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("BTS-1 declares 999 messages but 1000")),
+            "{warnings:?}"
+        );
+
+        // NDJSON and CSV through the same path; an empty file is no records.
+        let nd = dir.path().join("a.ndjson");
+        std::fs::write(&nd, "{\"a\":1}\n\n{\"a\":2}\r\n{\"a\":3}").unwrap();
+        let csv = dir.path().join("a.csv");
+        std::fs::write(&csv, "h1,h2\n1,\"x\ny\"\n2,z\n").unwrap();
+        let empty = dir.path().join("empty.ndjson");
+        std::fs::write(&empty, "").unwrap();
+        let mut s = FileSource::new(vec![nd, empty], SourceFormat::Ndjson, 2);
+        let rows: Vec<usize> = read_all(&mut s).iter().map(RecordBatch::num_rows).collect();
+        assert_eq!(rows, [2, 1]);
+        let mut s = FileSource::new(vec![csv], SourceFormat::Csv, 10);
+        let b = read_all(&mut s);
+        let raw = b[0].column(0).as_binary::<i32>();
+        assert_eq!(
+            (raw.value(0), raw.value(1)),
+            (&b"1,\"x\ny\""[..], &b"2,z"[..])
+        );
     }
 }
