@@ -12,9 +12,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use plexus::runtime::topology::{StartOptions, Topology};
-
 const SECRET: &str = "bench-secret";
+
+mod support;
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
@@ -95,19 +95,11 @@ dlq: {{path: dlq.ndjson}}
         ),
     )
     .unwrap();
-    let rt = Arc::new(tokio::runtime::Runtime::new().unwrap());
-    let spec = plexus::spec::PipelineSpec::load(&path).unwrap();
-    let plan = rt.block_on(plexus::plan::build(&spec)).unwrap();
-    let topology = Topology::start(&rt, plan, StartOptions::default()).unwrap();
-    let stop = topology.stop_handle();
-    let runner = {
-        let rt = rt.clone();
-        std::thread::spawn(move || topology.run(&rt).unwrap())
-    };
+    let served = support::serve(&path);
     let url = format!("http://127.0.0.1:{port}/events");
     let client = reqwest::Client::new();
     let started = Instant::now();
-    let mut latencies: Vec<Duration> = rt.block_on(async {
+    let mut latencies: Vec<Duration> = served.rt.block_on(async {
         let tasks: Vec<_> = (0..clients)
             .map(|c| {
                 let (events, client, url) = (events.clone(), client.clone(), url.clone());
@@ -139,15 +131,14 @@ dlq: {{path: dlq.ndjson}}
         all
     });
     let elapsed = started.elapsed().as_secs_f64();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let summary = runner.join().unwrap();
+    let summary = served.stop();
     assert_eq!(
         summary.delivered as usize,
         events.len(),
         "every event delivered"
     );
     latencies.sort();
-    let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e3;
+    let pct = |p: f64| support::percentile_ms(&latencies, p);
     println!(
         "{label}: {:.0} requests/s answered 202; latency p50 {:.2} ms, p99 {:.2} ms",
         events.len() as f64 / elapsed,

@@ -14,7 +14,7 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use plexus::runtime::topology::{StartOptions, Topology};
+mod support;
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
@@ -79,15 +79,7 @@ dlq: {{path: dlq.ndjson}}
         ),
     )
     .unwrap();
-    let rt = Arc::new(tokio::runtime::Runtime::new().unwrap());
-    let spec = plexus::spec::PipelineSpec::load(&path).unwrap();
-    let plan = rt.block_on(plexus::plan::build(&spec)).unwrap();
-    let topology = Topology::start(&rt, plan, StartOptions::default()).unwrap();
-    let stop = topology.stop_handle();
-    let runner = {
-        let rt = rt.clone();
-        std::thread::spawn(move || topology.run(&rt).unwrap())
-    };
+    let served = support::serve(&path);
     let started = Instant::now();
     let per_conn_interval = rate.map(|r| Duration::from_secs_f64(conns as f64 / r));
     let clients: Vec<_> = (0..conns)
@@ -133,15 +125,14 @@ dlq: {{path: dlq.ndjson}}
         .flat_map(|c| c.join().unwrap())
         .collect();
     let elapsed = started.elapsed().as_secs_f64();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let summary = runner.join().unwrap();
+    let summary = served.stop();
     assert_eq!(
         summary.delivered as usize,
         messages.len(),
         "every message delivered"
     );
     latencies.sort();
-    let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e3;
+    let pct = |p: f64| support::percentile_ms(&latencies, p);
     let rate = messages.len() as f64 / elapsed;
     println!(
         "{label}: {rate:.0} messages/s acknowledged; ACK latency p50 {:.2} ms, p99 {:.2} ms",

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use support::listener::{free_port, rows, serve, stop};
+use support::listener::{free_port, rows, serve, stop, wait_for_port};
 use support::{BIN, repo, venv_python};
 
 /// A pipeline listening on `port`: parse, one NDJSON output with provenance, a DLQ.
@@ -468,11 +468,7 @@ fn mllp_send_prints_acks_from_the_listener_and_mllp_listen_prints_messages() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(10));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_port(port, Duration::from_secs(10));
     let to = format!("127.0.0.1:{port}");
     let sent = plexus(&[
         "mllp",

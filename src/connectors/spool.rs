@@ -79,6 +79,27 @@ impl Default for SpoolOptions {
     }
 }
 
+/// A listener's `spool`, `spool_max_bytes` and `spool_max_age` keys, planned: the directory
+/// (default `<pipeline>.spool` beside the pipeline) and the limits.
+pub fn plan_spool(
+    cx: &mut crate::config::PlanCx<'_>,
+    dir: &Option<crate::config::Spanned<String>>,
+    max_bytes: &Option<crate::config::Spanned<u64>>,
+    max_age: &Option<crate::config::Spanned<String>>,
+) -> (PathBuf, SpoolOptions) {
+    let defaults = SpoolOptions::default();
+    let options = SpoolOptions {
+        max_bytes: max_bytes.as_deref().copied().unwrap_or(defaults.max_bytes),
+        max_age: cx.duration_or(max_age, defaults.max_age),
+        ..defaults
+    };
+    let dir = match dir {
+        Some(p) => cx.resolve(p),
+        None => cx.resolve(&format!("{}.spool", cx.pipeline)),
+    };
+    (dir, options)
+}
+
 /// One record read back.
 #[derive(Debug, Clone)]
 pub struct SpoolRecord {

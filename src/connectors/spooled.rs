@@ -157,6 +157,72 @@ impl<F: Front> BatchSource for SpooledSource<F> {
     }
 }
 
+/// A listener's counters, as its front reports them.
+pub trait Counters: Send + Sync + 'static {
+    /// Senders connected (or requests in progress) now.
+    fn open(&self) -> usize;
+    /// One summary line for the listener at `at`.
+    fn describe(&self, at: &str) -> String;
+}
+
+/// The front of a network listener: its counters, its address and its task.
+pub struct ListenerFront<C: Counters> {
+    pub stats: Arc<C>,
+    pub at: String,
+    pub listening: Listening,
+}
+
+impl<C: Counters> Front for ListenerFront<C> {
+    /// Stops accepting; what is in progress is answered first.
+    fn stop(&mut self) {
+        self.listening.stop();
+    }
+
+    fn open(&self) -> usize {
+        self.stats.open()
+    }
+
+    fn describe(&self) -> String {
+        self.stats.describe(&self.at)
+    }
+}
+
+/// Opens a listener's spool (cutting what a crash tore); says when a tail waits.
+pub fn open_spool(
+    what: &str,
+    dir: &std::path::Path,
+    options: super::spool::SpoolOptions,
+) -> Result<(super::spool::Spool, SpoolReader), ConnectorError> {
+    let (spool, reader) = super::spool::Spool::open(dir, options)
+        .map_err(|e| ConnectorError::Other(format!("{what}: {e}")))?;
+    let pending = spool.pending_bytes();
+    if pending > 0 {
+        tracing::info!(
+            pending_bytes = pending,
+            "{what}: processing the spool's unprocessed tail first"
+        );
+    }
+    Ok((spool, reader))
+}
+
+/// Binds `addr` for the runtime (call within it); returns the listener and the address
+/// it got (port 0 picks one).
+pub fn bind(
+    what: &str,
+    addr: std::net::SocketAddr,
+) -> Result<(tokio::net::TcpListener, String), ConnectorError> {
+    let failed =
+        |e: std::io::Error| ConnectorError::Other(format!("{what}: listen on {addr}: {e}"));
+    let std_listener = std::net::TcpListener::bind(addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(failed)?;
+    let listener = tokio::net::TcpListener::from_std(std_listener).map_err(failed)?;
+    let at = listener
+        .local_addr()
+        .map_or_else(|_| addr.to_string(), |a| a.to_string());
+    Ok((listener, at))
+}
+
 /// A listener task and the switch that stops it: what both fronts hold.
 pub struct Listening {
     pub stop: tokio::sync::watch::Sender<bool>,

@@ -445,12 +445,16 @@ pub fn sign(secret: &[u8], t: i64, body: &[u8]) -> String {
     mac.update(t.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
-    let digest = mac.finalize().into_bytes();
-    let mut hex = String::with_capacity(64);
-    for b in digest {
+    format!("t={t},v1={}", to_hex(&mac.finalize().into_bytes()))
+}
+
+/// Lowercase hex of bytes (signatures, digests).
+pub fn to_hex(bytes: &[u8]) -> String {
+    let mut hex = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
         hex.push_str(&format!("{b:02x}"));
     }
-    format!("t={t},v1={hex}")
+    hex
 }
 
 /// Checks a signature header (constant-time compare) and its age; what a receiver does.
@@ -523,14 +527,8 @@ mod tests {
         // t="what do ya want for nothing" + "." would not match; check the raw HMAC instead.
         let mut mac = Hmac::<Sha256>::new_from_slice(b"Jefe").unwrap();
         mac.update(b"what do ya want for nothing?");
-        let hex: String = mac
-            .finalize()
-            .into_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
         assert_eq!(
-            hex,
+            to_hex(&mac.finalize().into_bytes()),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
     }

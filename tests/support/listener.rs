@@ -17,6 +17,15 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Waits until 127.0.0.1:`port` accepts connections (panics after `limit`).
+pub fn wait_for_port(port: u16, limit: Duration) {
+    let started = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed() < limit, "port {port} did not come up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// `plexus run` on the pipeline, once its port accepts connections.
 pub fn serve(p: &Path, port: u16) -> Child {
     serve_env(p, port, &[])
@@ -32,14 +41,7 @@ pub fn serve_env(p: &Path, port: u16, env: &[(&str, &str)]) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "listener did not come up"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_port(port, Duration::from_secs(30));
     child
 }
 

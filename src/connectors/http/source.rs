@@ -33,7 +33,9 @@ use super::idempotency::{Claim, KeyStore};
 use super::source_config::{BodyFormat, HttpSourcePlan};
 use super::verify::{Refused, Verifier};
 use crate::connectors::spool::{Spool, SpoolError};
-use crate::connectors::spooled::{Front, Listening, SpooledSource};
+use crate::connectors::spooled::{
+    Counters, ListenerFront, Listening, SpooledSource, bind, open_spool,
+};
 use crate::connectors::{Batching, ConnectorError};
 use crate::formats::hl7::Splitter;
 
@@ -95,27 +97,18 @@ struct Cx {
     origin: String,
 }
 
-/// A running server: the front of a spooled source.
-pub struct HttpFront {
-    stats: Arc<IngestStats>,
-    at: String,
-    listening: Listening,
-}
-
-impl Front for HttpFront {
-    /// Stops accepting; requests in progress are answered first.
-    fn stop(&mut self) {
-        self.listening.stop();
-    }
-
+impl Counters for IngestStats {
     fn open(&self) -> usize {
-        self.stats.open.load(Ordering::Relaxed)
+        self.open.load(Ordering::Relaxed)
     }
 
-    fn describe(&self) -> String {
-        self.stats.describe(&self.at)
+    fn describe(&self, at: &str) -> String {
+        IngestStats::describe(self, at)
     }
 }
+
+/// A running server: the front of a spooled source.
+pub type HttpFront = ListenerFront<IngestStats>;
 
 pub type HttpSource = SpooledSource<HttpFront>;
 
@@ -132,7 +125,7 @@ pub fn start(
     exit_when_idle: Option<Duration>,
 ) -> Result<HttpSource, ConnectorError> {
     let handle = tokio::runtime::Handle::current();
-    let (spool, reader) = Spool::open(&plan.spool, plan.spool_options.clone()).map_err(other)?;
+    let (spool, reader) = open_spool("http source", &plan.spool, plan.spool_options.clone())?;
     let verifier = Verifier::new(&plan.auth).map_err(other)?;
     if plan.auth.is_open() {
         tracing::warn!(listen = %plan.listen, "http source: no auth: anyone who reaches it may post");
@@ -149,14 +142,7 @@ pub fn start(
         let nz = |n: u32| std::num::NonZeroU32::new(n).expect("planned non-zero");
         Limiter::keyed(governor::Quota::per_second(nz(rate)).allow_burst(nz(burst)))
     });
-    let std_listener = std::net::TcpListener::bind(plan.listen)
-        .and_then(|l| l.set_nonblocking(true).map(|()| l))
-        .map_err(|e| other(format!("listen on {}: {e}", plan.listen)))?;
-    let listener = tokio::net::TcpListener::from_std(std_listener)
-        .map_err(|e| other(format!("listen on {}: {e}", plan.listen)))?;
-    let listen = listener
-        .local_addr()
-        .map_or_else(|_| plan.listen.to_string(), |a| a.to_string());
+    let (listener, listen) = bind("http source", plan.listen)?;
     let stats = Arc::new(IngestStats::default());
     let cx = Arc::new(Cx {
         plan: plan.clone(),
@@ -342,7 +328,7 @@ async fn ingest(
     let (Some(keys), Some(key)) = (&cx.keys, key) else {
         return store(&cx, peer, body).await.0;
     };
-    let hash = hex(&Sha256::digest(&bytes));
+    let hash = crate::net::http::to_hex(&Sha256::digest(&bytes));
     match keys.claim(&key, &hash).await {
         Ok(Claim::New) => {}
         Ok(Claim::Done { status, response }) => {
@@ -442,10 +428,6 @@ async fn store(cx: &Cx, peer: SocketAddr, body: Body1) -> (Response, Option<(u16
             )
         }
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// A body cut into records.

@@ -316,20 +316,12 @@ impl HttpSourceConfig {
             }
             Some((*r.per_second, burst))
         });
-        let defaults = SpoolOptions::default();
-        let spool_options = SpoolOptions {
-            max_bytes: self
-                .spool_max_bytes
-                .as_deref()
-                .copied()
-                .unwrap_or(defaults.max_bytes),
-            max_age: cx.duration_or(&self.spool_max_age, defaults.max_age),
-            ..defaults
-        };
-        let spool = match &self.spool {
-            Some(p) => cx.resolve(p),
-            None => cx.resolve(&format!("{}.spool", cx.pipeline)),
-        };
+        let (spool, spool_options) = crate::connectors::spool::plan_spool(
+            cx,
+            &self.spool,
+            &self.spool_max_bytes,
+            &self.spool_max_age,
+        );
         let auth = self.auth.as_ref().map(|a| a.plan(cx)).unwrap_or_default();
         let idempotency = match &self.idempotency {
             Some(i) => Some(i.plan(cx, format)?),

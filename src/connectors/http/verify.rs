@@ -223,12 +223,7 @@ mod tests {
         let body = b"MSH|^~\\&|A\r";
         let mut mac = Hmac::<Sha256>::new_from_slice(b"s3cret").unwrap();
         mac.update(body);
-        let hex: String = mac
-            .finalize()
-            .into_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hex = crate::net::http::to_hex(&mac.finalize().into_bytes());
         assert!(v.check(&headers(&[("signature", &hex)]), body, 0).is_ok());
         let prefixed = format!("sha256={hex}");
         assert!(

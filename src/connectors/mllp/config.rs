@@ -188,20 +188,12 @@ impl MllpSourceConfig {
         let max_message_bytes = positive(cx, &self.max_message_bytes, 16 << 20);
         let max_connections = positive(cx, &self.max_connections, 256);
         let idle_timeout = cx.duration_or(&self.idle_timeout, Duration::from_secs(600));
-        let defaults = SpoolOptions::default();
-        let spool_options = SpoolOptions {
-            max_bytes: self
-                .spool_max_bytes
-                .as_deref()
-                .copied()
-                .unwrap_or(defaults.max_bytes),
-            max_age: cx.duration_or(&self.spool_max_age, defaults.max_age),
-            ..defaults
-        };
-        let spool = match &self.spool {
-            Some(p) => cx.resolve(p),
-            None => cx.resolve(&format!("{}.spool", cx.pipeline)),
-        };
+        let (spool, spool_options) = crate::connectors::spool::plan_spool(
+            cx,
+            &self.spool,
+            &self.spool_max_bytes,
+            &self.spool_max_age,
+        );
         Some(MllpSourcePlan {
             listen: listen?,
             spool,

@@ -17,7 +17,9 @@ use tokio::sync::watch;
 
 use super::config::MllpSourcePlan;
 use crate::connectors::spool::{Spool, SpoolError};
-use crate::connectors::spooled::{Front, Listening, SpooledSource};
+use crate::connectors::spooled::{
+    Counters, ListenerFront, Listening, SpooledSource, bind, open_spool,
+};
 use crate::connectors::{Batching, ConnectorError};
 use crate::formats::hl7::{
     AckCode, AckError, AckOptions, Message, build_ack, build_nack_for_unparsed,
@@ -94,27 +96,18 @@ struct Cx {
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
-/// A running listener: the front of a spooled source.
-pub struct MllpFront {
-    stats: Arc<ListenerStats>,
-    listen: String,
-    listening: Listening,
-}
-
-impl Front for MllpFront {
-    /// Stops accepting, lets every connection answer the message it holds, then closes them.
-    fn stop(&mut self) {
-        self.listening.stop();
-    }
-
+impl Counters for ListenerStats {
     fn open(&self) -> usize {
-        self.stats.open.load(Ordering::Relaxed)
+        self.open.load(Ordering::Relaxed)
     }
 
-    fn describe(&self) -> String {
-        self.stats.describe(&self.listen)
+    fn describe(&self, at: &str) -> String {
+        ListenerStats::describe(self, at)
     }
 }
+
+/// A running listener: the front of a spooled source.
+pub type MllpFront = ListenerFront<ListenerStats>;
 
 /// The MLLP source: the listener in front of its spool.
 pub type MllpSource = SpooledSource<MllpFront>;
@@ -127,24 +120,8 @@ pub fn start(
     stop: Arc<AtomicBool>,
     exit_when_idle: Option<Duration>,
 ) -> Result<MllpSource, ConnectorError> {
-    let (spool, reader) = Spool::open(&plan.spool, plan.spool_options.clone())
-        .map_err(|e| ConnectorError::Other(e.to_string()))?;
-    let pending = spool.pending_bytes();
-    if pending > 0 {
-        tracing::info!(
-            pending_bytes = pending,
-            "mllp: processing the spool's unprocessed tail first"
-        );
-    }
-    let std_listener = std::net::TcpListener::bind(plan.listen)
-        .and_then(|l| l.set_nonblocking(true).map(|()| l))
-        .map_err(|e| ConnectorError::Other(format!("mllp: listen on {}: {e}", plan.listen)))?;
-    let listener = TcpListener::from_std(std_listener)
-        .map_err(|e| ConnectorError::Other(format!("mllp: listen on {}: {e}", plan.listen)))?;
-    let listen = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|_| plan.listen.to_string());
+    let (spool, reader) = open_spool("mllp", &plan.spool, plan.spool_options.clone())?;
+    let (listener, listen) = bind("mllp", plan.listen)?;
     let tls = match &plan.tls {
         Some(t) => {
             let (Some(cert), Some(key)) = (&t.cert, &t.key) else {
@@ -173,7 +150,7 @@ pub fn start(
     eprintln!("mllp: listening on {listen}");
     let front = MllpFront {
         stats,
-        listen,
+        at: listen,
         listening,
     };
     Ok(SpooledSource::new(
