@@ -55,9 +55,15 @@ fn send(port: u16, script: Value) -> Vec<Value> {
 }
 
 fn send_to(url: &str, script: Value) -> Vec<Value> {
+    send_with(url, script, &[])
+}
+
+/// As `send_to`, with environment for the sender (its TLS files).
+fn send_with(url: &str, script: Value, env: &[(&str, String)]) -> Vec<Value> {
     let mut child = Command::new("python3")
         .arg(support::repo().join("tests/support/webhook_sender.py"))
         .arg(url)
+        .envs(env.iter().map(|(k, v)| (k, v.as_str())))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -453,4 +459,45 @@ fn the_shipped_webhook_pipeline_takes_the_seed_events_to_the_fhir_server() {
     );
     assert_eq!(get(format!("Appointment/a{run}"))["status"], "cancelled");
     assert_eq!(get(format!("Slot/s{run}"))["status"], "busy-unavailable");
+}
+
+/// HTTPS with client certificates: Python's ssl (OpenSSL) as the client. A client without a
+/// certificate, and plain HTTP to the HTTPS port, are refused in the handshake and counted.
+#[test]
+fn https_with_client_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = support::Pki::new(dir.path());
+    let port = free_port();
+    let tls = format!(
+        "  tls: {{cert: {}, key: {}, client_ca: {}}}",
+        pki.path("server.pem"),
+        pki.path("server.key"),
+        pki.path("ca.pem")
+    );
+    let p = pipeline(dir.path(), port, "json", &tls, JSON_STAGES);
+    let server = serve(&p, port);
+    let https = format!("https://127.0.0.1:{port}/events");
+    let one = |id: &str| json!([{"body": event(id, "patient.updated")}]);
+    let ca = ("WEBHOOK_CA", pki.path("ca.pem"));
+    let with_cert = [
+        ca.clone(),
+        ("WEBHOOK_CERT", pki.path("client.pem")),
+        ("WEBHOOK_KEY", pki.path("client.key")),
+    ];
+    assert_eq!(statuses(&send_with(&https, one("t1"), &with_cert)), [202]);
+    let no_cert = send_with(&https, one("t2"), std::slice::from_ref(&ca));
+    assert_eq!(statuses(&no_cert), [0], "{no_cert:?}");
+    let plain = send_to(&format!("http://127.0.0.1:{port}/events"), one("t3"));
+    assert_eq!(statuses(&plain), [0], "{plain:?}");
+    let (_, summary, _) = stop(server);
+    assert_eq!(summary["records_in"], 1, "{summary}");
+    let out = rows(&dir.path().join("out.ndjson"));
+    assert!(
+        out[0]["_source"].as_str().unwrap().starts_with("https://"),
+        "{}",
+        out[0]
+    );
+    let line = summary_line(&summary, "http ");
+    // The two refused senders, and the test's readiness probe (a TCP connect, no TLS).
+    assert!(line.contains("3 failed TLS handshakes"), "{line}");
 }

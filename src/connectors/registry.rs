@@ -156,6 +156,8 @@ pub fn kinds<C>(connectors: &[Connector<C>]) -> String {
 }
 
 /// A planned source.
+// One per pipeline: variant sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum SourcePlan {
     /// Files matched by the glob, in order; `-` is stdin.

@@ -6,12 +6,17 @@ The script is a JSON list of requests:
   {"body": "...", "sign": "timestamped" | "hex" | "hex-sha256" | null, "secret": "...",
    "age": seconds the signature's timestamp lies in the past (default 0),
    "headers": {...}, "replay": index of an earlier request to send again byte for byte}
-Prints one JSON line per request: {"status", "headers", "body"}.
+Prints one JSON line per request: {"status", "headers", "body"}; status 0 when no HTTP
+answer came (a refused TLS handshake), with the error as body.
+HTTPS: WEBHOOK_CA (the CA to trust), WEBHOOK_CERT and WEBHOOK_KEY (a client certificate).
 """
 
 import hashlib
 import hmac
+import http.client
 import json
+import os
+import ssl
 import sys
 import time
 import urllib.error
@@ -34,13 +39,24 @@ def signed(req):
     return body, headers
 
 
+def tls_context():
+    if not os.environ.get("WEBHOOK_CA"):
+        return None
+    ctx = ssl.create_default_context(cafile=os.environ["WEBHOOK_CA"])
+    if os.environ.get("WEBHOOK_CERT"):
+        ctx.load_cert_chain(os.environ["WEBHOOK_CERT"], os.environ["WEBHOOK_KEY"])
+    return ctx
+
+
 def send(url, body, headers):
     request = urllib.request.Request(url, data=body, headers=headers, method="POST")
     try:
-        with urllib.request.urlopen(request, timeout=30) as r:
+        with urllib.request.urlopen(request, timeout=30, context=tls_context()) as r:
             return r.status, dict(r.headers), r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, dict(e.headers), e.read().decode()
+    except (urllib.error.URLError, http.client.HTTPException, ssl.SSLError, OSError) as e:
+        return 0, {}, str(e)
 
 
 def main():

@@ -4,6 +4,7 @@
 //! client, the Kafka retry worker and alert webhooks.
 
 pub mod config;
+pub mod https;
 pub mod idempotency;
 pub mod sink;
 pub mod source;

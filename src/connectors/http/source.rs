@@ -29,6 +29,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use super::https::{Peer, TlsListener};
 use super::idempotency::{Claim, KeyStore};
 use super::source_config::{BodyFormat, HttpSourcePlan};
 use super::verify::{Refused, Verifier};
@@ -57,6 +58,8 @@ pub struct IngestStats {
     pub rate_limited: AtomicU64,
     pub busy: AtomicU64,
     pub failed: AtomicU64,
+    /// TLS handshakes that failed (no or a wrong client certificate, plain HTTP, ...).
+    pub tls_failed: AtomicU64,
     pub bytes: AtomicU64,
     /// Requests being answered now.
     pub open: AtomicUsize,
@@ -66,7 +69,7 @@ impl IngestStats {
     pub fn describe(&self, at: &str) -> String {
         let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
         format!(
-            "http {at}: {} requests ({} bytes), {} records spooled; 202 {}, 200 duplicates {}, 400 {}, 401 {} ({} replays), 409 {}, 413 {}, 422 {}, 429 {} over the rate and {} busy, 503 {}",
+            "http {at}: {} requests ({} bytes), {} records spooled; 202 {}, 200 duplicates {}, 400 {}, 401 {} ({} replays), 409 {}, 413 {}, 422 {}, 429 {} over the rate and {} busy, 503 {}; {} failed TLS handshakes",
             n(&self.requests),
             n(&self.bytes),
             n(&self.records),
@@ -81,6 +84,7 @@ impl IngestStats {
             n(&self.rate_limited),
             n(&self.busy),
             n(&self.failed),
+            n(&self.tls_failed),
         )
     }
 }
@@ -143,6 +147,17 @@ pub fn start(
         Limiter::keyed(governor::Quota::per_second(nz(rate)).allow_burst(nz(burst)))
     });
     let (listener, listen) = bind("http source", plan.listen)?;
+    let tls = match &plan.tls {
+        Some(t) => {
+            let (Some(cert), Some(key)) = (&t.cert, &t.key) else {
+                return Err(other("tls needs cert and key"));
+            };
+            let config = crate::net::tls::server_config(cert, key, t.ca.as_deref())
+                .map_err(|e| other(format!("tls: {e}")))?;
+            Some(tokio_rustls::TlsAcceptor::from(config))
+        }
+        None => None,
+    };
     let stats = Arc::new(IngestStats::default());
     let cx = Arc::new(Cx {
         plan: plan.clone(),
@@ -151,22 +166,34 @@ pub fn start(
         limiter,
         keys,
         stats: stats.clone(),
-        origin: format!("http://{listen}{}", plan.path),
+        origin: format!(
+            "{}://{listen}{}",
+            if tls.is_some() { "https" } else { "http" },
+            plan.path
+        ),
     });
     let app = Router::new()
         .route(&plan.path, axum::routing::post(ingest))
         .with_state(cx.clone());
-    let listening = Listening::spawn(move |mut stop| async move {
+    let tls_stats = stats.clone();
+    let listening = Listening::spawn(move |stop| async move {
         tokio::spawn(purge_keys(cx, stop.clone()));
+        let mut until = stop.clone();
         let shutdown = async move {
-            let _ = stop.wait_for(|s| *s).await;
+            let _ = until.wait_for(|s| *s).await;
         };
-        let served = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await;
+        let app = app.into_make_service_with_connect_info::<Peer>();
+        let served = match tls {
+            None => {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            }
+            Some(acceptor) => match TlsListener::new(listener, acceptor, tls_stats, stop) {
+                Ok(l) => axum::serve(l, app).with_graceful_shutdown(shutdown).await,
+                Err(e) => Err(e),
+            },
+        };
         if let Err(e) = served {
             tracing::error!(error = %e, "http source: server failed");
         }
@@ -236,7 +263,7 @@ fn bump(c: &AtomicU64) {
 
 async fn ingest(
     State(cx): State<Arc<Cx>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {

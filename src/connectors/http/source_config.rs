@@ -45,6 +45,9 @@ pub struct HttpSourceConfig {
     pub rate_limit: Option<RateLimitSpec>,
     /// Answer a repeated request with the first answer instead of processing it again.
     pub idempotency: Option<IdempotencySpec>,
+    /// HTTPS: the server's certificate and key (PEM), and optionally the CA whose client
+    /// certificates it requires (mutual TLS).
+    pub tls: Option<crate::connectors::mllp::config::ListenerTlsSpec>,
 }
 
 /// `auth:` of an HTTP source: any method listed may admit a request.
@@ -187,6 +190,7 @@ pub struct HttpSourcePlan {
     pub idempotency: Option<IdempotencyPlan>,
     /// Whose keys these are: the pipeline and the path.
     pub scope: String,
+    pub tls: Option<crate::connectors::mllp::config::TlsFiles>,
 }
 
 fn secret(cx: &mut PlanCx<'_>, v: &Spanned<String>) -> Option<SecretRef> {
@@ -328,6 +332,7 @@ impl HttpSourceConfig {
             None => None,
         };
         Some(HttpSourcePlan {
+            tls: self.tls.as_ref().map(|t| t.plan(cx)),
             scope: format!("{}{path}", cx.pipeline),
             listen: listen.ok()?,
             path,

@@ -47,7 +47,7 @@ pub struct MllpSourceConfig {
     pub tls: Option<ListenerTlsSpec>,
 }
 
-/// `tls:` of an MLLP listener.
+/// `tls:` of an MLLP listener (and of an HTTP source).
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerTlsSpec {
@@ -93,7 +93,8 @@ fn tls_file(cx: &mut PlanCx<'_>, v: &Option<Spanned<String>>) -> Option<PathBuf>
 }
 
 impl ListenerTlsSpec {
-    fn plan(&self, cx: &mut PlanCx<'_>) -> TlsFiles {
+    /// Also the HTTP source's `tls:`.
+    pub(crate) fn plan(&self, cx: &mut PlanCx<'_>) -> TlsFiles {
         TlsFiles {
             cert: tls_file(cx, &Some(self.cert.clone())),
             key: tls_file(cx, &Some(self.key.clone())),
