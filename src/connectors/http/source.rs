@@ -147,17 +147,11 @@ pub fn start(
         Limiter::keyed(governor::Quota::per_second(nz(rate)).allow_burst(nz(burst)))
     });
     let (listener, listen) = bind("http source", plan.listen)?;
-    let tls = match &plan.tls {
-        Some(t) => {
-            let (Some(cert), Some(key)) = (&t.cert, &t.key) else {
-                return Err(other("tls needs cert and key"));
-            };
-            let config = crate::net::tls::server_config(cert, key, t.ca.as_deref())
-                .map_err(|e| other(format!("tls: {e}")))?;
-            Some(tokio_rustls::TlsAcceptor::from(config))
-        }
-        None => None,
-    };
+    let tls = plan
+        .tls
+        .as_ref()
+        .map(|t| t.acceptor("http source"))
+        .transpose()?;
     let stats = Arc::new(IngestStats::default());
     let cx = Arc::new(Cx {
         plan: plan.clone(),

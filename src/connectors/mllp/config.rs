@@ -82,6 +82,22 @@ pub struct TlsFiles {
     pub server_name: Option<String>,
 }
 
+impl TlsFiles {
+    /// A listener's acceptor (reads the files now); `what` names the listener in errors.
+    pub fn acceptor(
+        &self,
+        what: &str,
+    ) -> Result<tokio_rustls::TlsAcceptor, crate::connectors::ConnectorError> {
+        let fail =
+            |e: String| crate::connectors::ConnectorError::Other(format!("{what}: tls: {e}"));
+        let (Some(cert), Some(key)) = (&self.cert, &self.key) else {
+            return Err(fail("a listener needs cert and key".into()));
+        };
+        let config = crate::net::tls::server_config(cert, key, self.ca.as_deref()).map_err(fail)?;
+        Ok(tokio_rustls::TlsAcceptor::from(config))
+    }
+}
+
 /// Resolves and checks that the files exist (their content is read at start).
 fn tls_file(cx: &mut PlanCx<'_>, v: &Option<Spanned<String>>) -> Option<PathBuf> {
     let v = v.as_ref()?;

@@ -122,17 +122,7 @@ pub fn start(
 ) -> Result<MllpSource, ConnectorError> {
     let (spool, reader) = open_spool("mllp", &plan.spool, plan.spool_options.clone())?;
     let (listener, listen) = bind("mllp", plan.listen)?;
-    let tls = match &plan.tls {
-        Some(t) => {
-            let (Some(cert), Some(key)) = (&t.cert, &t.key) else {
-                return Err(ConnectorError::Other("mllp: tls needs cert and key".into()));
-            };
-            let config = crate::net::tls::server_config(cert, key, t.ca.as_deref())
-                .map_err(|e| ConnectorError::Other(format!("mllp: tls: {e}")))?;
-            Some(tokio_rustls::TlsAcceptor::from(config))
-        }
-        None => None,
-    };
+    let tls = plan.tls.as_ref().map(|t| t.acceptor("mllp")).transpose()?;
     let stats = Arc::new(ListenerStats::default());
     let (plan, stats2, listen2) = (plan.clone(), stats.clone(), listen.clone());
     let listening = Listening::spawn(move |stop| {
