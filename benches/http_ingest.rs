@@ -17,13 +17,9 @@ const SECRET: &str = "bench-secret";
 mod support;
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
+    let Some(n) = support::count("PLEXUS_BENCH_REQUESTS", 20_000) else {
         return;
-    }
-    let n: usize = std::env::var("PLEXUS_BENCH_REQUESTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000);
+    };
     let events: Arc<Vec<String>> = Arc::new(
         (0..n)
             .map(|i| {

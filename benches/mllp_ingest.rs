@@ -17,13 +17,9 @@ use std::time::{Duration, Instant};
 mod support;
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
+    let Some(n) = support::count("PLEXUS_BENCH_MESSAGES", 20_000) else {
         return;
-    }
-    let n: usize = std::env::var("PLEXUS_BENCH_MESSAGES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000);
+    };
     let feed = plexus::formats::hl7::synth::synthetic_feed(n, 7);
     let messages: Arc<Vec<Vec<u8>>> = Arc::new(
         plexus::formats::hl7::Splitter::new(&feed)

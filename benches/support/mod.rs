@@ -10,6 +10,20 @@ use std::time::Duration;
 use plexus::runtime::summary::RunSummary;
 use plexus::runtime::topology::{StartOptions, Topology};
 
+/// How many records a run sends: `var` in the environment, else `default`; None when cargo
+/// runs the bench as a test (no `--bench`): nothing to do then.
+pub fn count(var: &str, default: usize) -> Option<usize> {
+    if !std::env::args().any(|a| a == "--bench") {
+        return None;
+    }
+    Some(
+        std::env::var(var)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default),
+    )
+}
+
 /// A pipeline running on its own thread.
 pub struct Served {
     pub rt: Arc<tokio::runtime::Runtime>,

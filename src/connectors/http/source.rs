@@ -302,12 +302,14 @@ async fn ingest(
         }
     };
     if let Some(limiter) = &cx.limiter {
+        // Every sender seen gets a bucket: forget the full ones now and then, so the map
+        // holds recent senders, not every address that ever posted.
+        if s.requests.load(Ordering::Relaxed).is_multiple_of(4096) {
+            limiter.retain_recent();
+        }
         let who = sender.unwrap_or_else(|| peer.ip().to_string());
         if let Err(not_until) = limiter.check_key(&who) {
             bump(&s.rate_limited);
-            if s.rate_limited.load(Ordering::Relaxed).is_multiple_of(1024) {
-                limiter.retain_recent();
-            }
             use governor::clock::Clock;
             let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
             let r = refuse(
