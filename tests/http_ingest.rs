@@ -7,6 +7,7 @@ mod support;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::listener::{free_port, rows, serve, serve_env, stop};
@@ -340,6 +341,66 @@ fn hl7_bodies_that_do_not_parse_get_400_and_a_dead_letter() {
     let dlq = rows(&dir.path().join("dlq.ndjson"));
     assert_eq!(dlq.len(), 2, "{dlq:?}");
     assert_eq!(summary["dead_lettered"], 2, "{summary}");
+}
+
+/// `handoff:` to Kafka: 202 once the topic has every record; the flow reads them back.
+#[test]
+fn kafka_handoff_answers_202_once_the_topic_has_the_records() {
+    let brokers = support::brokers();
+    let topic = support::unique("http-in");
+    support::create_topics(&[(&topic, 1)]);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let p = pipeline(
+        dir.path(),
+        port,
+        "json",
+        &format!(
+            "  handoff: {{topic: {topic}, group: {}}}",
+            support::unique("g")
+        ),
+        JSON_STAGES,
+    );
+    let text = std::fs::read_to_string(&p).unwrap().replace(
+        "source:\n",
+        &format!("kafka: {{brokers: \"{brokers}\"}}\nsource:\n"),
+    );
+    std::fs::write(&p, text).unwrap();
+    let server = serve(&p, port);
+    let batch = format!(
+        "[{},{}]",
+        event("k2", "patient.updated"),
+        event("k3", "patient.updated")
+    );
+    let results = send(
+        port,
+        json!([{"body": event("k1", "patient.updated")}, {"body": batch}]),
+    );
+    assert_eq!(statuses(&results), [202, 202], "{results:#?}");
+    assert_eq!(body(&results[1])["records"], 2);
+    let on_topic = support::read_topic(&topic, 3, Duration::from_secs(30));
+    assert_eq!(on_topic.len(), 3);
+    assert!(
+        on_topic[0]
+            .header("plexus.record-source")
+            .starts_with(&format!("http://127.0.0.1:{port}/events/127.0.0.1:"))
+    );
+    let started = std::time::Instant::now();
+    while rows(&dir.path().join("out.ndjson")).len() < 3 && started.elapsed().as_secs() < 60 {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, summary, _) = stop(server);
+    let out = rows(&dir.path().join("out.ndjson"));
+    let mut ids: Vec<&str> = out.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    ids.sort();
+    assert_eq!(ids, ["k1", "k2", "k3"]);
+    assert!(
+        out[0]["_source"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{topic}/"))
+    );
+    assert_eq!(summary["records_in"], 3, "{summary}");
 }
 
 /// Two servers sharing PostgreSQL keys: a retry that lands on the other server is still a

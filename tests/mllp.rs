@@ -398,6 +398,224 @@ fn framing_limits_and_ack_modes_at_the_socket() {
     }
 }
 
+/// A pipeline that validates what it parsed: MRN required (answered AE), sex in table 0001
+/// (dead-lettered but answered AA), ACKs once the pipeline has settled each message.
+fn checked_pipeline(dir: &Path, port: u16) -> PathBuf {
+    let p = pipeline(
+        dir,
+        port,
+        "  ack: {after: processed, reject: [checks.mrn_present, parse]}\n",
+    );
+    let text = std::fs::read_to_string(&p).unwrap().replace(
+        "      - {name: mrn, path: PID-3.1}\n",
+        "      - {name: mrn, path: PID-3.1}\n      - {name: sex, path: PID-8}\n  - name: checks\n    type: validate\n    rules:\n      - {name: mrn_present, check: \"mrn IS NOT NULL AND mrn <> ''\", message: MRN (PID-3) is required}\n      - {name: sex_known, check: \"sex IN ('F', 'M', 'O', 'U')\", message: sex (PID-8) is not in table 0001}\n",
+    ).replace("input: parse, type: file", "input: checks, type: file");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn adt_with(control: &str, extra_msh: &str, mrn: &str, sex: &str) -> Vec<u8> {
+    format!(
+        "MSH|^~\\&|SENDAPP|SENDFAC|PLEXUS|HUB|20260105143000||ADT^A01^ADT_A01|{control}|P|2.5.1{extra_msh}\rPID|1||{mrn}^^^GHH^MR||DOE^JOHN||19800102|{sex}\r"
+    )
+    .into_bytes()
+}
+
+/// MSA-1, MSA-2, ERR-4 (severity) and MSA-3 of the next reply.
+fn next_ack(s: &mut TcpStream) -> (String, String, String, String) {
+    let a = read_frame(s).expect("an ACK");
+    let f = |seg, n| field(&a, seg, n).to_string();
+    (f("MSA", 1), f("MSA", 2), f("ERR", 4), f("MSA", 3))
+}
+
+#[test]
+fn acks_after_processing_and_application_acks_carry_the_pipelines_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let p = checked_pipeline(dir.path(), port);
+    let server = serve(&p, port);
+    let out = dir.path().join("out.ndjson");
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+
+    // Original mode, `after: processed`: the AA comes once the row is in the output.
+    s.write_all(&frame(&adt_with("P1", "", "MRN1", "F")))
+        .unwrap();
+    let (code, id, _, _) = next_ack(&mut s);
+    assert_eq!((code.as_str(), id.as_str()), ("AA", "P1"));
+    assert!(
+        rows(&out).iter().any(|r| r["mrn"] == "MRN1"),
+        "delivered before its ACK"
+    );
+    // A rule listed in `reject`: AE, the rule's message in MSA-3 and ERR.
+    s.write_all(&frame(&adt_with("P2", "", "", "F"))).unwrap();
+    let (code, id, severity, text) = next_ack(&mut s);
+    assert_eq!(
+        (code.as_str(), id.as_str(), severity.as_str()),
+        ("AE", "P2", "E")
+    );
+    assert_eq!(text, "checks: MRN (PID-3) is required");
+    // A rule not listed: AA with a warning ERR; dead-lettered all the same.
+    s.write_all(&frame(&adt_with("P3", "", "MRN3", "X")))
+        .unwrap();
+    let (code, id, severity, _) = next_ack(&mut s);
+    assert_eq!(
+        (code.as_str(), id.as_str(), severity.as_str()),
+        ("AA", "P3", "W")
+    );
+    // Unparsable: AE at once (the parse stage dead-letters it too).
+    s.write_all(&frame(
+        b"MSH|^~\\&|SENDAPP|SENDFAC|PLEXUS|HUB|20260105||ADT^A01|B1|P|2.5.1\rP\r",
+    ))
+    .unwrap();
+    assert_eq!(next_ack(&mut s).0, "AE");
+
+    // Enhanced mode: a commit ACK now, the application ACK as MSH-16 asks.
+    s.write_all(&frame(&adt_with("E1", "|||AL|AL", "MRN4", "M")))
+        .unwrap();
+    assert_eq!(next_ack(&mut s).0, "CA");
+    let (code, id, _, _) = next_ack(&mut s);
+    assert_eq!((code.as_str(), id.as_str()), ("AA", "E1"));
+    // ER: no application ACK on success; AE on a refusal.
+    s.write_all(&frame(&adt_with("E2", "|||AL|ER", "MRN5", "M")))
+        .unwrap();
+    assert_eq!(next_ack(&mut s).0, "CA");
+    s.write_all(&frame(&adt_with("E3", "|||AL|ER", "", "M")))
+        .unwrap();
+    let (code, id, _, _) = next_ack(&mut s);
+    assert_eq!(
+        (code.as_str(), id.as_str()),
+        ("CA", "E3"),
+        "E2's AA not sent"
+    );
+    let (code, id, _, text) = next_ack(&mut s);
+    assert_eq!((code.as_str(), id.as_str()), ("AE", "E3"));
+    assert!(text.contains("MRN"), "{text}");
+    // SU: an application ACK on success only; NE: never.
+    s.write_all(&frame(&adt_with("E4", "|||NE|SU", "", "M")))
+        .unwrap();
+    s.write_all(&frame(&adt_with("E5", "|||NE|NE", "MRN6", "M")))
+        .unwrap();
+    s.write_all(&frame(&adt_with("E6", "|||NE|SU", "MRN7", "M")))
+        .unwrap();
+    let (code, id, _, _) = next_ack(&mut s);
+    assert_eq!(
+        (code.as_str(), id.as_str()),
+        ("AA", "E6"),
+        "E4, E5 unanswered"
+    );
+    // A sender's ACK of our application ACK is neither data nor answered.
+    s.write_all(&frame(
+        b"MSH|^~\\&|SENDAPP|SENDFAC|PLEXUS|HUB|20260105||ACK^A01^ACK|C1|P|2.5.1\rMSA|CA|123\r",
+    ))
+    .unwrap();
+    s.write_all(&frame(&adt_with("P4", "", "MRN8", "F")))
+        .unwrap();
+    let (code, id, _, _) = next_ack(&mut s);
+    assert_eq!((code.as_str(), id.as_str()), ("AA", "P4"));
+    drop(s);
+
+    let (status, summary, stderr) = stop(server);
+    assert_eq!(status, Some(3), "dead letters: exit 3\n{stderr}");
+    // P1-4, B1, E1-6; not the ACK.
+    assert_eq!(summary["records_in"], 11, "{summary}");
+    assert_eq!(summary["dead_lettered"], 5, "P2, P3, B1, E3, E4: {summary}");
+    let line = summary["warnings"][0].as_str().unwrap();
+    assert!(line.contains("1 ACKs received"), "{line}");
+    let dead = rows(&dir.path().join("dlq.ndjson"));
+    assert_eq!(dead.len(), 5);
+    assert!(!stderr.contains("DOE"), "no PHI in logs");
+}
+
+/// Polls `path` until it holds `n` rows (or `limit` passes); returns them.
+fn rows_when(path: &Path, n: usize, limit: Duration) -> Vec<serde_json::Value> {
+    let started = Instant::now();
+    loop {
+        let r = rows(path);
+        if r.len() >= n || started.elapsed() > limit {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn kafka_handoff_acks_once_the_topic_has_the_message() {
+    let brokers = support::brokers();
+    let topic = support::unique("mllp-in");
+    support::create_topics(&[(&topic, 2)]);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let group = support::unique("mllp-group");
+    let p = pipeline(
+        dir.path(),
+        port,
+        &format!("  handoff: {{topic: {topic}, group: {group}}}\n"),
+    );
+    let text = std::fs::read_to_string(&p).unwrap().replace(
+        "source:\n",
+        &format!("kafka: {{brokers: \"{brokers}\"}}\nsource:\n"),
+    );
+    std::fs::write(&p, text).unwrap();
+    let server = serve(&p, port);
+    let acks_dir = dir.path().join("acks");
+    std::fs::create_dir(&acks_dir).unwrap();
+    let n = 300;
+    let sent = sender(port, 4, n, &acks_dir, &["--bad", "7"])
+        .output()
+        .unwrap();
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    let acks = acks(&acks_dir);
+    assert_eq!(acks.len(), n);
+    assert_eq!(acks.iter().filter(|a| a.1 == "AA").count(), n - 1);
+
+    // Every acknowledged message is on the topic, keyed and labelled by its connection.
+    let on_topic = support::read_topic(&topic, n, Duration::from_secs(30));
+    assert_eq!(on_topic.len(), n, "all {n} on the topic");
+    let origin = format!("mllp://127.0.0.1:{port}/127.0.0.1:");
+    for m in &on_topic {
+        let source = m.header("plexus.record-source");
+        assert!(source.starts_with(&origin), "{source}");
+        assert_eq!(m.key.as_deref(), Some(source.as_bytes()));
+    }
+    let connections: HashSet<&str> = on_topic
+        .iter()
+        .map(|m| m.header("plexus.record-source"))
+        .collect();
+    assert_eq!(connections.len(), 4, "4 connections, each one key");
+
+    // The flow reads the topic back through its group.
+    let out = rows_when(
+        &dir.path().join("out.ndjson"),
+        n - 1,
+        Duration::from_secs(60),
+    );
+    let (code, summary, stderr) = stop(server);
+    assert_eq!(code, Some(3), "a dead letter: {stderr}");
+    let ids: HashSet<&str> = out
+        .iter()
+        .map(|r| r["_control_id"].as_str().unwrap())
+        .collect();
+    assert_eq!((out.len(), ids.len()), (n - 1, n - 1), "each once");
+    assert!(
+        out.iter().all(|r| r["_source"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{topic}/"))),
+        "{}",
+        out[0]
+    );
+    assert_eq!(summary["records_in"], n as u64, "{summary}");
+    assert_eq!(summary["dead_lettered"], 1, "{summary}");
+    assert!(!stderr.contains("DOE"), "{stderr}");
+    // The group committed every message: a restart would find nothing to do.
+    let committed: i64 = support::committed(&group, &topic, 2).values().sum();
+    assert_eq!(committed, n as i64);
+}
+
 #[test]
 fn peers_outside_allow_are_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -577,6 +795,56 @@ dlq: {{path: dlq.ndjson}}
     )
     .unwrap();
     p
+}
+
+#[test]
+fn a_sink_pool_keeps_each_keys_messages_in_order_on_one_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let log = dir.path().join("received.tsv");
+    let mut server = receiver(port, &log, "", &["--peers".to_string()]);
+    // sink_pipeline writes 5 messages; these replace them.
+    let p = sink_pipeline(dir.path(), port, "{max_attempts: 2, base: 10ms}");
+    // 240 messages for 12 patients, interleaved.
+    let input = dir.path().join("in.hl7");
+    let messages: Vec<u8> = (0..240)
+        .flat_map(|i| {
+            String::from_utf8(adt(&format!("Q{i}"), ""))
+                .unwrap()
+                .replace(&format!("PID|1||Q{i}^"), &format!("PID|1||P{}^", i % 12))
+                .into_bytes()
+        })
+        .collect();
+    std::fs::write(&input, messages).unwrap();
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("timeout: 2s,", "timeout: 2s, connections: 4, key: mrn,");
+    std::fs::write(&p, text).unwrap();
+    let out = run_in(dir.path(), &p);
+    server.kill().unwrap();
+    let _ = server.wait();
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["delivered"], 240, "{summary}");
+    let received = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<Vec<&str>> = received.lines().map(|l| l.split('\t').collect()).collect();
+    assert_eq!(lines.len(), 240);
+    let mut connection_of: HashMap<&str, &str> = HashMap::new();
+    let mut last: HashMap<&str, usize> = HashMap::new();
+    for l in &lines {
+        let (control, mrn, peer) = (l[0], l[2], l[3]);
+        let n: usize = control[1..].parse().unwrap();
+        // One connection per patient, and that patient's messages in the order sent.
+        assert_eq!(*connection_of.entry(mrn).or_insert(peer), peer, "{mrn}");
+        if let Some(prev) = last.insert(mrn, n) {
+            assert!(prev < n, "{mrn}: Q{prev} before Q{n}");
+        }
+    }
+    let connections: HashSet<&str> = connection_of.values().copied().collect();
+    assert!(
+        connections.len() > 1,
+        "several connections: {connections:?}"
+    );
+    assert_eq!(connection_of.len(), 12);
 }
 
 #[test]

@@ -37,6 +37,9 @@ struct Epoch {
 pub struct Checkpoints {
     state: Mutex<State>,
     changed: Condvar,
+    /// Told of each completed epoch's positions at once (a listener's application ACKs
+    /// should not wait for the source's next commit).
+    watcher: Mutex<Option<std::sync::Arc<dyn super::Settlement>>>,
 }
 
 impl Checkpoints {
@@ -48,6 +51,21 @@ impl Checkpoints {
                 ..State::default()
             }),
             changed: Condvar::new(),
+            watcher: Mutex::new(None),
+        }
+    }
+
+    /// Tells `watcher` of every epoch as it completes.
+    pub fn watch(&self, watcher: std::sync::Arc<dyn super::Settlement>) {
+        *self.watcher.lock().expect("watcher") = Some(watcher);
+    }
+
+    fn tell(&self, completed: Vec<Position>) {
+        if completed.is_empty() {
+            return;
+        }
+        if let Some(w) = &*self.watcher.lock().expect("watcher") {
+            w.complete(&completed);
         }
     }
 
@@ -66,8 +84,10 @@ impl Checkpoints {
                 end_index,
             },
         );
-        Self::advance(&mut s);
+        let completed = Self::advance(&mut s);
         self.changed.notify_all();
+        drop(s);
+        self.tell(completed);
     }
 
     /// One party has made everything up to `epoch`'s barrier durable.
@@ -76,8 +96,10 @@ impl Checkpoints {
         if let Some(e) = s.epochs.get_mut(&epoch) {
             e.remaining = e.remaining.saturating_sub(1);
         }
-        Self::advance(&mut s);
+        let completed = Self::advance(&mut s);
         self.changed.notify_all();
+        drop(s);
+        self.tell(completed);
     }
 
     /// A party cannot make its writes durable: nothing after this is committed.
@@ -87,9 +109,11 @@ impl Checkpoints {
         self.changed.notify_all();
     }
 
-    fn advance(s: &mut State) {
+    /// Completes what it can; returns the completed epochs' positions.
+    fn advance(s: &mut State) -> Vec<Position> {
+        let mut completed = Vec::new();
         if s.failed.is_some() {
-            return;
+            return completed;
         }
         while let Some(entry) = s.epochs.first_entry() {
             if entry.get().remaining > 0 {
@@ -103,7 +127,9 @@ impl Checkpoints {
             tracing::trace!(epoch, positions = ?e.positions, "epoch complete");
             s.completed_through = epoch;
             s.complete_end_index = s.complete_end_index.max(e.end_index);
+            completed.extend(e.positions);
         }
+        completed
     }
 
     /// Positions that became committable since the last call.

@@ -18,6 +18,7 @@ pub mod checkpoint;
 pub mod dlq;
 pub mod fhir;
 pub mod file;
+pub mod handoff;
 pub mod http;
 pub mod kafka;
 pub mod memory;
@@ -110,6 +111,19 @@ pub trait BatchSource: Send {
     }
     /// Gives the source the run's checkpoints (a rebalance waits for in-flight batches).
     fn attach(&mut self, _checkpoints: std::sync::Arc<Checkpoints>) {}
+    /// A source that answers senders once their records settle (MLLP application ACKs):
+    /// the run tells it of every dead letter and every completed epoch.
+    fn settlement(&self) -> Option<std::sync::Arc<dyn Settlement>> {
+        None
+    }
+}
+
+/// Told of each dead-lettered record of a settling source before the epoch covering it
+/// completes (`offset` is the record's `_offset`, `stage` the stage or sink that refused
+/// it), then of each completed epoch's positions: everything below them has settled.
+pub trait Settlement: Send + Sync {
+    fn dead_letter(&self, offset: i64, stage: &str, rule: &str, reason: &str);
+    fn complete(&self, positions: &[Position]);
 }
 
 /// Rows a sink could not deliver, per `write`: dead letters, and records parked on a retry

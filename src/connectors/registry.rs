@@ -203,18 +203,8 @@ impl SourcePlan {
                 cx.exit_when_idle,
                 cx.meta,
             )?),
-            SourcePlan::Mllp(m) => Box::new(super::mllp::source::start(
-                m,
-                cx.batching,
-                cx.stop,
-                cx.exit_when_idle,
-            )?),
-            SourcePlan::Http(h) => Box::new(super::http::source::start(
-                h,
-                cx.batching,
-                cx.stop,
-                cx.exit_when_idle,
-            )?),
+            SourcePlan::Mllp(m) => super::mllp::source::start(m, cx)?,
+            SourcePlan::Http(h) => super::http::source::start(h, cx)?,
             SourcePlan::File { paths } => Box::new(
                 super::file::FileSource::new(
                     paths.clone(),

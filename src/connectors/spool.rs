@@ -49,6 +49,9 @@ pub enum SpoolError {
     },
     #[error("spool closed")]
     Closed,
+    /// The Kafka hand-off (`connectors::handoff`) did not get the brokers' acknowledgement.
+    #[error("hand-off to topic {topic}: {why}")]
+    Handoff { topic: String, why: String },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {

@@ -17,13 +17,25 @@ use crate::record::raw_record_schema;
 
 /// The listening side of a spooled source.
 pub trait Front: Send {
-    /// Stops taking new work: answers what it holds, then closes. Blocks until done.
+    /// Stops taking new work; what it holds is still answered (see `finished`).
+    fn begin_stop(&mut self);
+    /// Whether it has answered all it held and closed.
+    fn finished(&self) -> bool;
+    /// Waits until it is finished.
     fn stop(&mut self);
     /// Senders still connected (an idle exit waits until there are none).
     fn open(&self) -> usize;
     /// One line for the run summary (counters, never record content).
     fn describe(&self) -> String;
+    /// Senders waiting for their records' fate (application ACKs), if any.
+    fn settle(&self) -> Option<&Arc<Settle>> {
+        None
+    }
 }
+
+/// How long a stopping listener may wait for its senders' records to settle before it
+/// closes their connections unanswered (they resend).
+const SETTLE_ON_STOP: Duration = Duration::from_secs(30);
 
 /// The flow's side of a listener: raw-record batches from the spool.
 pub struct SpooledSource<F: Front> {
@@ -36,7 +48,8 @@ pub struct SpooledSource<F: Front> {
     read: u64,
     bytes: u64,
     last_end: Option<u64>,
-    draining: bool,
+    /// Since when it stops taking new records.
+    draining: Option<Instant>,
 }
 
 impl<F: Front> SpooledSource<F> {
@@ -57,13 +70,13 @@ impl<F: Front> SpooledSource<F> {
             read: 0,
             bytes: 0,
             last_end: None,
-            draining: false,
+            draining: None,
         }
     }
 
     fn stop_listening(&mut self) {
-        self.front.stop();
-        self.draining = true;
+        self.front.begin_stop();
+        self.draining = Some(Instant::now());
     }
 
     fn batch(&mut self, records: Vec<SpoolRecord>) -> RecordBatch {
@@ -96,34 +109,49 @@ impl<F: Front> SpooledSource<F> {
 }
 
 impl<F: Front> BatchSource for SpooledSource<F> {
+    /// While stopping, senders may still wait for their records to settle (application
+    /// ACKs): until the front has closed, an empty batch hands control back so the runtime
+    /// commits, and commits settle them.
     fn next_batch(&mut self) -> Result<Option<RecordBatch>, ConnectorError> {
         loop {
             let limit_hit = self.batching.limit.is_some_and(|l| self.read >= l);
-            if !self.draining && (self.stop.load(Ordering::Relaxed) || limit_hit) {
+            if self.draining.is_none() && (self.stop.load(Ordering::Relaxed) || limit_hit) {
                 self.stop_listening();
             }
             let mut max = self.batching.max_rows;
             if let Some(l) = self.batching.limit {
                 max = max.min(l.saturating_sub(self.read) as usize);
-                if max == 0 {
-                    return Ok(None);
-                }
             }
-            let wait = if self.draining {
+            let front_done = self.draining.is_some() && self.front.finished();
+            let wait = if front_done {
                 Duration::ZERO
             } else {
                 Duration::from_millis(100)
             };
-            let records = self
-                .reader
-                .read(max, self.batching.max_bytes, wait)
-                .map_err(|e| ConnectorError::Other(e.to_string()))?;
+            let records = if max == 0 {
+                // At the limit: nothing more is read, only what was read settles.
+                std::thread::sleep(wait);
+                Vec::new()
+            } else {
+                self.reader
+                    .read(max, self.batching.max_bytes, wait)
+                    .map_err(|e| ConnectorError::Other(e.to_string()))?
+            };
             if !records.is_empty() {
                 self.last_record = Instant::now();
                 return Ok(Some(self.batch(records)));
             }
-            if self.draining {
-                return Ok(None);
+            if let Some(since) = self.draining {
+                if front_done {
+                    self.front.stop();
+                    return Ok(None);
+                }
+                if since.elapsed() >= SETTLE_ON_STOP
+                    && let Some(settle) = self.front.settle()
+                {
+                    settle.give_up();
+                }
+                return Ok(Some(RecordBatch::new_empty(raw_record_schema())));
             }
             if let Some(idle) = self.exit_when_idle
                 && self.last_record.elapsed() >= idle
@@ -155,6 +183,123 @@ impl<F: Front> BatchSource for SpooledSource<F> {
             .commit(end as u64)
             .map_err(|e| ConnectorError::Other(e.to_string()))
     }
+
+    fn settlement(&self) -> Option<Arc<dyn super::Settlement>> {
+        self.front
+            .settle()
+            .map(|s| s.clone() as Arc<dyn super::Settlement>)
+    }
+}
+
+/// What became of a spooled record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Delivered, filtered or parked for retry: nothing refused it.
+    Accepted,
+    /// Dead-lettered by `stage` (a stage or sink) for `rule`, with the located `reason`.
+    Dead {
+        stage: String,
+        rule: String,
+        reason: String,
+    },
+    /// The listener stopped before the record settled.
+    Unknown,
+}
+
+/// Senders waiting for their records to settle, by spool offset. The dead-letter writer
+/// reports refusals before the epoch covering them completes, and its completion settles
+/// the rest as accepted.
+#[derive(Default)]
+pub struct Settle {
+    state: std::sync::Mutex<SettleState>,
+}
+
+#[derive(Default)]
+struct SettleState {
+    waiting: std::collections::BTreeMap<u64, tokio::sync::oneshot::Sender<Verdict>>,
+    /// Refusals, kept a while after they settled for a sender that registers late.
+    dead: std::collections::BTreeMap<u64, (Instant, Verdict)>,
+    settled_below: u64,
+}
+
+/// How long a refusal is remembered after its commit.
+const DEAD_KEPT: Duration = Duration::from_secs(60);
+
+impl Settle {
+    /// The verdict on the record at `offset`, once its epoch completes.
+    pub fn wait(&self, offset: u64) -> tokio::sync::oneshot::Receiver<Verdict> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut s = self.state.lock().expect("settle");
+        tracing::debug!(offset, settled_below = s.settled_below, "settle: waiting");
+        if offset < s.settled_below {
+            // Settled between the spool append and now.
+            let v = s
+                .dead
+                .get(&offset)
+                .map_or(Verdict::Accepted, |(_, v)| v.clone());
+            let _ = tx.send(v);
+        } else {
+            s.waiting.insert(offset, tx);
+        }
+        rx
+    }
+
+    /// Everything below `end` has settled: answers its waiters.
+    pub fn settled(&self, end: u64) {
+        let mut s = self.state.lock().expect("settle");
+        let s = &mut *s;
+        tracing::debug!(
+            end,
+            dead = s.dead.len(),
+            waiting = s.waiting.len(),
+            "settle: settled"
+        );
+        s.settled_below = s.settled_below.max(end);
+        let rest = s.waiting.split_off(&end);
+        for (offset, tx) in std::mem::replace(&mut s.waiting, rest) {
+            let v = s
+                .dead
+                .get(&offset)
+                .map_or(Verdict::Accepted, |(_, v)| v.clone());
+            let _ = tx.send(v);
+        }
+        s.dead
+            .retain(|&offset, (at, _)| offset >= end || at.elapsed() < DEAD_KEPT);
+    }
+
+    /// Answers every waiter `Unknown` (the listener is closing).
+    pub fn give_up(&self) {
+        let mut s = self.state.lock().expect("settle");
+        for (_, tx) in std::mem::take(&mut s.waiting) {
+            let _ = tx.send(Verdict::Unknown);
+        }
+    }
+}
+
+impl super::Settlement for Settle {
+    fn complete(&self, positions: &[Position]) {
+        if let Some(end) = positions.iter().map(|p| p.2).max() {
+            self.settled(end.max(0) as u64);
+        }
+    }
+
+    fn dead_letter(&self, offset: i64, stage: &str, rule: &str, reason: &str) {
+        let Ok(offset) = u64::try_from(offset) else {
+            return;
+        };
+        let mut s = self.state.lock().expect("settle");
+        tracing::debug!(offset, stage, "settle: dead letter");
+        s.dead.entry(offset).or_insert_with(|| {
+            (
+                Instant::now(),
+                Verdict::Dead {
+                    stage: stage.to_string(),
+                    rule: rule.to_string(),
+                    reason: reason.to_string(),
+                },
+            )
+        });
+    }
 }
 
 /// A listener's counters, as its front reports them.
@@ -170,12 +315,25 @@ pub struct ListenerFront<C: Counters> {
     pub stats: Arc<C>,
     pub at: String,
     pub listening: Listening,
+    pub settle: Option<Arc<Settle>>,
 }
 
 impl<C: Counters> Front for ListenerFront<C> {
     /// Stops accepting; what is in progress is answered first.
+    fn begin_stop(&mut self) {
+        let _ = self.listening.stop.send(true);
+    }
+
+    fn finished(&self) -> bool {
+        self.listening.task.as_ref().is_none_or(|t| t.is_finished())
+    }
+
     fn stop(&mut self) {
         self.listening.stop();
+    }
+
+    fn settle(&self) -> Option<&Arc<Settle>> {
+        self.settle.as_ref()
     }
 
     fn open(&self) -> usize {

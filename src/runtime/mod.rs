@@ -25,7 +25,7 @@ use arrow::record_batch::RecordBatch;
 use tokio::sync::mpsc;
 
 pub use crate::connectors::checkpoint::Checkpoints;
-use crate::connectors::{BatchSink, BatchSource, DeadLetterSink, Durable};
+use crate::connectors::{BatchSink, BatchSource, DeadLetterSink, Durable, Settlement};
 use crate::plan::Plan;
 use crate::plan::graph::Upstream;
 use crate::record::{DeadLetters, RECORD_INDEX};
@@ -249,7 +249,12 @@ pub async fn run(
             outputs: Vec::new(),
         });
     }
-    let (dead_tx, dlq_task) = spawn_dead_letters(dlq, stages.len() + sink_specs.len(), &sh);
+    let settlement = source.settlement();
+    if let Some(s) = &settlement {
+        sh.checkpoints.watch(s.clone());
+    }
+    let (dead_tx, dlq_task) =
+        spawn_dead_letters(dlq, stages.len() + sink_specs.len(), settlement, &sh);
     // Who reads each upstream port.
     let mut readers: Readers = HashMap::new();
     let unavailable = Arc::new(AtomicU64::new(0));
@@ -355,6 +360,7 @@ impl StageCounters {
 fn spawn_dead_letters(
     mut dlq: Box<dyn DeadLetterSink>,
     barrier_senders: usize,
+    settlement: Option<Arc<dyn Settlement>>,
     sh: &Shared,
 ) -> (mpsc::Sender<DeadMsg>, Task<u64>) {
     let (dead_tx, mut dead_rx) = mpsc::channel::<DeadMsg>(CHANNEL_CAPACITY * 4);
@@ -366,6 +372,9 @@ fn spawn_dead_letters(
             match msg {
                 DeadMsg::Rows(stage, dead) => {
                     dlq.write(&stage, &dead)?;
+                    if let Some(s) = &settlement {
+                        settle_dead(s.as_ref(), &stage, &dead);
+                    }
                     sh.seen.lock().expect("seen").mark(Which::Dead, &dead.rows);
                     n += dead.rows.num_rows() as u64;
                     if let Some(t) = &sh.telemetry {
@@ -394,6 +403,24 @@ fn spawn_dead_letters(
         Ok(n)
     });
     (dead_tx, task)
+}
+
+/// Tells a settling source which of its records were dead-lettered, and why.
+fn settle_dead(settlement: &dyn Settlement, stage: &str, dead: &DeadLetters) {
+    let Some(offsets) = dead
+        .rows
+        .column_by_name(crate::record::OFFSET)
+        .and_then(|c| c.as_primitive_opt::<Int64Type>())
+    else {
+        return;
+    };
+    for (i, offset) in offsets.iter().enumerate() {
+        if let Some(offset) = offset {
+            let rule = dead.rule.get(i).map_or("", String::as_str);
+            let reason = dead.reason.get(i).map_or("", String::as_str);
+            settlement.dead_letter(offset, stage, rule, reason);
+        }
+    }
 }
 
 /// A sink's task: writes batches, sends what it could not deliver to the dead letters, and

@@ -18,7 +18,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -33,11 +33,11 @@ use super::https::{Peer, TlsListener};
 use super::idempotency::{Claim, KeyStore};
 use super::source_config::{BodyFormat, HttpSourcePlan};
 use super::verify::{Refused, Verifier};
-use crate::connectors::spool::{Spool, SpoolError};
-use crate::connectors::spooled::{
-    Counters, ListenerFront, Listening, SpooledSource, bind, open_spool,
-};
-use crate::connectors::{Batching, ConnectorError};
+use crate::connectors::handoff::{self, Handoff};
+use crate::connectors::registry::SourceCx;
+use crate::connectors::spool::SpoolError;
+use crate::connectors::spooled::{Counters, ListenerFront, Listening, SpooledSource, bind};
+use crate::connectors::{BatchSource, ConnectorError};
 use crate::formats::hl7::Splitter;
 
 type Limiter = governor::DefaultKeyedRateLimiter<String>;
@@ -92,7 +92,7 @@ impl IngestStats {
 /// What every request shares.
 struct Cx {
     plan: HttpSourcePlan,
-    spool: Spool,
+    spool: Handoff,
     verifier: Verifier,
     limiter: Option<Limiter>,
     keys: Option<KeyStore>,
@@ -124,12 +124,16 @@ fn other(e: impl std::fmt::Display) -> ConnectorError {
 /// runtime.
 pub fn start(
     plan: &HttpSourcePlan,
-    batching: Batching,
-    stop: Arc<AtomicBool>,
-    exit_when_idle: Option<Duration>,
-) -> Result<HttpSource, ConnectorError> {
+    source: SourceCx<'_>,
+) -> Result<Box<dyn BatchSource>, ConnectorError> {
     let handle = tokio::runtime::Handle::current();
-    let (spool, reader) = open_spool("http source", &plan.spool, plan.spool_options.clone())?;
+    let (spool, reader) = handoff::open(
+        "http source",
+        &plan.spool,
+        plan.spool_options.clone(),
+        plan.handoff.as_ref(),
+        source.kafka,
+    )?;
     let verifier = Verifier::new(&plan.auth).map_err(other)?;
     if plan.auth.is_open() {
         tracing::warn!(listen = %plan.listen, "http source: no auth: anyone who reaches it may post");
@@ -199,14 +203,9 @@ pub fn start(
         stats,
         at,
         listening,
+        settle: None,
     };
-    Ok(SpooledSource::new(
-        front,
-        reader,
-        batching,
-        stop,
-        exit_when_idle,
-    ))
+    handoff::source(front, reader, plan.handoff.as_ref(), source)
 }
 
 /// Deletes expired idempotency keys every ten minutes.

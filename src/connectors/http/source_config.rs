@@ -48,6 +48,9 @@ pub struct HttpSourceConfig {
     /// HTTPS: the server's certificate and key (PEM), and optionally the CA whose client
     /// certificates it requires (mutual TLS).
     pub tls: Option<crate::connectors::mllp::config::ListenerTlsSpec>,
+    /// Hand each record to this Kafka topic instead of the spool: 202 once every in-sync
+    /// replica has it; the flow reads it back through its consumer group.
+    pub handoff: Option<crate::connectors::handoff::HandoffSpec>,
 }
 
 /// `auth:` of an HTTP source: any method listed may admit a request.
@@ -191,6 +194,8 @@ pub struct HttpSourcePlan {
     /// Whose keys these are: the pipeline and the path.
     pub scope: String,
     pub tls: Option<crate::connectors::mllp::config::TlsFiles>,
+    /// Kafka instead of the local spool.
+    pub handoff: Option<crate::connectors::handoff::HandoffPlan>,
 }
 
 fn secret(cx: &mut PlanCx<'_>, v: &Spanned<String>) -> Option<SecretRef> {
@@ -333,6 +338,7 @@ impl HttpSourceConfig {
         };
         Some(HttpSourcePlan {
             tls: self.tls.as_ref().map(|t| t.plan(cx)),
+            handoff: self.handoff.as_ref().map(|h| h.plan(cx)),
             scope: format!("{}{path}", cx.pipeline),
             listen: listen.ok()?,
             path,

@@ -42,9 +42,33 @@ pub struct MllpSourceConfig {
     /// the segment and field) or `AA`. Either way it goes to the dead letters with its bytes.
     #[schemars(extend("enum" = ["AE", "AA"]))]
     pub unparsable: Option<Spanned<String>>,
+    /// When the listener answers, and which refusals are AE.
+    pub ack: Option<AckSpec>,
+    /// Hand each message to this Kafka topic instead of the spool: AA once every in-sync
+    /// replica has it; the flow reads it back through its consumer group.
+    pub handoff: Option<crate::connectors::handoff::HandoffSpec>,
     /// MLLP over TLS: the listener's certificate and key (PEM), and optionally the CA whose
     /// client certificates it requires.
     pub tls: Option<ListenerTlsSpec>,
+}
+
+/// `ack: {after: processed, reject: [checks.mrn_present, parse]}`.
+///
+/// Enhanced-mode senders (MSH-15/16 valued) get a commit ACK once the message is in the
+/// spool, and an application ACK as MSH-16 asks (AL, ER, SU) once the pipeline has settled
+/// it, whatever `after` says.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AckSpec {
+    /// `received` (default): answer AA once the message is durable in the spool.
+    /// `processed`: answer once the pipeline has settled it (delivered, filtered, parked
+    /// for retry or dead-lettered), so that a later stage's refusal can be answered AE.
+    #[schemars(extend("enum" = ["received", "processed"]))]
+    pub after: Option<Spanned<String>>,
+    /// The refusals answered AE, as `stage` (any of its rules, or a sink) or `stage.rule`.
+    /// Others are answered AA with a warning ERR, and go to the dead letters all the same.
+    /// Default: every refusal is AE.
+    pub reject: Option<Vec<Spanned<String>>>,
 }
 
 /// `tls:` of an MLLP listener (and of an HTTP source).
@@ -151,7 +175,27 @@ pub struct MllpSourcePlan {
     pub allow: Vec<ipnet::IpNet>,
     /// Answer AE (else AA) to a message that does not parse.
     pub nack_unparsable: bool,
+    /// Answer once the pipeline has settled the message (else once it is spooled).
+    pub ack_processed: bool,
+    /// Refusals answered AE (`stage` or `stage.rule`); None: all.
+    pub reject: Option<Vec<String>>,
+    /// Kafka instead of the local spool.
+    pub handoff: Option<crate::connectors::handoff::HandoffPlan>,
     pub tls: Option<TlsFiles>,
+}
+
+impl MllpSourcePlan {
+    /// Whether a dead letter from `stage` for `rules` (comma-separated) is answered AE.
+    pub fn rejects(&self, stage: &str, rules: &str) -> bool {
+        self.reject.as_ref().is_none_or(|patterns| {
+            patterns.iter().any(|p| {
+                p == stage
+                    || p.strip_prefix(stage)
+                        .and_then(|r| r.strip_prefix('.'))
+                        .is_some_and(|r| rules.split(',').any(|rule| rule.trim() == r))
+            })
+        })
+    }
 }
 
 impl MllpSourceConfig {
@@ -194,6 +238,30 @@ impl MllpSourceConfig {
                 true
             }
         };
+        let ack = self.ack.as_ref();
+        let ack_processed = match ack.and_then(|a| a.after.as_ref()) {
+            None => false,
+            Some(a) if a.as_str() == "received" => false,
+            Some(a) if a.as_str() == "processed" => true,
+            Some(a) => {
+                cx.err(
+                    a,
+                    format!("after: {:?} is received or processed", a.as_str()),
+                );
+                false
+            }
+        };
+        let reject = ack
+            .and_then(|a| a.reject.as_ref())
+            .map(|r| r.iter().map(|p| p.to_string()).collect());
+        let handoff = self.handoff.as_ref().map(|h| h.plan(cx));
+        if let (Some(h), true) = (&self.handoff, ack_processed) {
+            // Another listener's consumer may process what this one took in.
+            cx.err(
+                &h.topic,
+                "ack after: processed needs the local spool, not a Kafka hand-off",
+            );
+        }
         let positive = |cx: &mut PlanCx<'_>, v: &Option<Spanned<usize>>, default: usize| match v {
             Some(n) if **n == 0 => {
                 cx.err(n, "must be at least 1");
@@ -220,6 +288,9 @@ impl MllpSourceConfig {
             idle_timeout,
             allow,
             nack_unparsable,
+            ack_processed,
+            reject,
+            handoff,
             tls: self.tls.as_ref().map(|t| t.plan(cx)),
         })
     }
@@ -237,6 +308,12 @@ pub struct MllpSinkConfig {
     pub message: Option<Spanned<String>>,
     /// How long to wait for each ACK (default `30s`); then the attempt counts as failed.
     pub timeout: Option<Spanned<String>>,
+    /// Connections sending at once (default 1: every row in order on one connection).
+    pub connections: Option<Spanned<usize>>,
+    /// With several connections: the column whose value picks the connection (an MRN, a
+    /// visit number), so each key's messages arrive in order. Without it rows are spread
+    /// in contiguous runs and order holds per connection only.
+    pub key: Option<Spanned<String>>,
     /// What an AE/CE answer does: `dead_letter` (default: the receiver refused this message)
     /// or `retry` (as AR/CR, timeouts and refused connections always are).
     #[schemars(extend("enum" = ["dead_letter", "retry"]))]
@@ -254,6 +331,8 @@ pub struct MllpSinkConfig {
 pub struct MllpSinkPlan {
     pub to: String,
     pub message: String,
+    pub connections: usize,
+    pub key: Option<String>,
     pub timeout: Duration,
     /// AE/CE answers are retried (else dead-lettered at once).
     pub retry_errors: bool,
@@ -292,6 +371,19 @@ impl MllpSinkConfig {
                 cx.err(at, format!("no column {message} in the sink's input"));
             }
         }
+        let connections = match &self.connections {
+            Some(n) if **n == 0 || **n > 64 => {
+                cx.err(n, "connections: from 1 to 64");
+                1
+            }
+            Some(n) => **n,
+            None => 1,
+        };
+        if let Some(k) = &self.key
+            && schema.field_with_name(k).is_err()
+        {
+            cx.err(k, format!("no column {} in the sink's input", k.as_str()));
+        }
         let retry_errors = match self.on_error.as_ref().map(|o| o.as_str()) {
             None | Some("dead_letter") => false,
             Some("retry") => true,
@@ -316,6 +408,8 @@ impl MllpSinkConfig {
         Some(MllpSinkPlan {
             to: self.to.to_string(),
             message,
+            connections,
+            key: self.key.as_ref().map(|k| k.to_string()),
             timeout: cx.duration_or(&self.timeout, Duration::from_secs(30)),
             retry_errors,
             retry,
@@ -328,6 +422,39 @@ impl MllpSinkConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reject_patterns_name_a_stage_or_one_of_its_rules() {
+        let yaml = "listen: 127.0.0.1:2575\nformat: hl7\nack: {after: processed, reject: [parse, checks.mrn_present]}\n";
+        let node = marked_yaml::parse_yaml(0, yaml).unwrap();
+        let config = marked_yaml::from_node::<MllpSourceConfig>(&node).unwrap();
+        let ack = config.ack.as_ref().unwrap();
+        assert_eq!(ack.after.as_ref().unwrap().as_str(), "processed");
+        let plan = MllpSourcePlan {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            spool: PathBuf::new(),
+            spool_options: SpoolOptions::default(),
+            max_message_bytes: 1,
+            max_connections: 1,
+            idle_timeout: Duration::from_secs(1),
+            allow: Vec::new(),
+            nack_unparsable: true,
+            ack_processed: true,
+            reject: Some(vec!["parse".into(), "checks.mrn_present".into()]),
+            handoff: None,
+            tls: None,
+        };
+        assert!(plan.rejects("parse", "parse:dob"));
+        assert!(plan.rejects("checks", "sex_in_hl7_0001,mrn_present"));
+        assert!(!plan.rejects("checks", "sex_in_hl7_0001"));
+        assert!(!plan.rejects("checks_more", "mrn_present"));
+        assert!(!plan.rejects("admissions", ""));
+        let all = MllpSourcePlan {
+            reject: None,
+            ..plan
+        };
+        assert!(all.rejects("admissions", ""));
+    }
 
     #[test]
     fn unknown_keys_are_rejected() {

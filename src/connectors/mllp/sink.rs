@@ -1,6 +1,8 @@
 //! The MLLP sink (`type: mllp`): each row's HL7 message is sent to the receiver and its ACK
-//! awaited before the next one goes, so the receiver sees the rows in order on one
-//! connection (kept open across batches, reopened after a failure).
+//! awaited before the next one goes on that connection. `connections: N` opens a pool: rows
+//! are spread by `key` (a patient's messages stay in order on one connection) or, without
+//! one, in contiguous runs. Connections are kept open across batches and reopened after a
+//! failure.
 //!
 //! AA/CA: delivered. AE/CE: the receiver refused this message: a dead letter with the ACK's
 //! text (or retried, with `on_error: retry`). AR/CR, no ACK in time, a refused or dropped
@@ -38,18 +40,36 @@ enum Answer {
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
-pub struct MllpSink {
+/// One connection of the pool, kept open across batches (reopened after a failure).
+#[derive(Default)]
+struct Lane {
+    conn: Option<(Box<dyn Io>, Deframer)>,
+}
+
+/// What every lane shares.
+struct Shared {
     name: Arc<str>,
     plan: MllpSinkPlan,
-    handle: tokio::runtime::Handle,
-    conn: Option<(Box<dyn Io>, Deframer)>,
     tls: Option<(
         tokio_rustls::TlsConnector,
         rustls_pki_types::ServerName<'static>,
     )>,
     breaker: Option<SharedBreaker>,
     outcomes: OutcomeTap,
+}
+
+pub struct MllpSink {
+    shared: Arc<Shared>,
+    handle: tokio::runtime::Handle,
+    lanes: Vec<Lane>,
     outcome: SinkOutcome,
+}
+
+/// A message that could not be delivered: why, and whether the receiver was unreachable
+/// (rather than refusing it).
+struct Undelivered {
+    reason: String,
+    unavailable: bool,
 }
 
 impl MllpSink {
@@ -67,19 +87,24 @@ impl MllpSink {
             }
             None => None,
         };
+        let lanes = (0..plan.connections).map(|_| Lane::default()).collect();
         Ok(MllpSink {
-            tls,
-            name: name.into(),
-            breaker: plan.breaker.clone().map(|c| cx.breaker(name, c)),
-            outcomes: cx.outcomes.clone(),
+            shared: Arc::new(Shared {
+                tls,
+                name: name.into(),
+                breaker: plan.breaker.clone().map(|c| cx.breaker(name, c)),
+                outcomes: cx.outcomes.clone(),
+                plan,
+            }),
             handle: cx.rt.clone(),
-            plan,
-            conn: None,
+            lanes,
             outcome: SinkOutcome::default(),
         })
     }
+}
 
-    /// Opens the connection (and its TLS session).
+impl Shared {
+    /// Opens a connection (and its TLS session).
     async fn connect(&self) -> Result<Box<dyn Io>, String> {
         let to = &self.plan.to;
         let tcp = TcpStream::connect(to)
@@ -97,17 +122,18 @@ impl MllpSink {
         })
     }
 
-    /// Sends one message and reads its ACK (which must answer this message's MSH-10).
-    async fn exchange(&mut self, message: &[u8], control: Option<&str>) -> Answer {
+    /// Sends one message on `lane` and reads its ACK (which must answer this message's
+    /// MSH-10).
+    async fn exchange(&self, lane: &mut Lane, message: &[u8], control: Option<&str>) -> Answer {
         let wait = self.plan.timeout;
-        if self.conn.is_none() {
+        if lane.conn.is_none() {
             match tokio::time::timeout(wait, self.connect()).await {
-                Ok(Ok(s)) => self.conn = Some((s, Deframer::new(16 << 20))),
+                Ok(Ok(s)) => lane.conn = Some((s, Deframer::new(16 << 20))),
                 Ok(Err(e)) => return Answer::Failed(e),
                 Err(_) => return Answer::Failed(format!("connect to {}: timed out", self.plan.to)),
             }
         }
-        let (conn, deframer) = self.conn.as_mut().expect("connected above");
+        let (conn, deframer) = lane.conn.as_mut().expect("connected above");
         let exchange = async {
             conn.write_all(&frame(message)).await?;
             let mut buf = [0u8; 8192];
@@ -133,16 +159,16 @@ impl MllpSink {
             Ok(Ok(ack)) => ack,
             // A late ACK on this connection would answer the wrong message: start afresh.
             Ok(Err(e)) => {
-                self.conn = None;
+                lane.conn = None;
                 return Answer::Failed(e.to_string());
             }
             Err(_) => {
-                self.conn = None;
+                lane.conn = None;
                 return Answer::Failed(format!("no ACK within {wait:?}"));
             }
         };
         let Ok(m) = Message::parse(&ack) else {
-            self.conn = None;
+            lane.conn = None;
             return Answer::Failed("the answer is not an HL7 ACK".into());
         };
         let get = |p: &str| {
@@ -156,7 +182,7 @@ impl MllpSink {
         if let Some(c) = control
             && answers != c
         {
-            self.conn = None;
+            lane.conn = None;
             return Answer::Failed(format!("the ACK answers {answers:?}, not {c:?}"));
         }
         let mut why: Vec<String> = Vec::new();
@@ -189,8 +215,14 @@ impl MllpSink {
         }
     }
 
-    /// Delivers one message (retrying per the policy); the reason when it could not.
-    fn deliver(&mut self, message: &[u8], record: &str, control: Option<&str>) -> Option<String> {
+    /// Delivers one message on `lane`, retrying per the policy.
+    async fn deliver(
+        &self,
+        lane: &mut Lane,
+        message: &[u8],
+        record: &str,
+        control: Option<&str>,
+    ) -> Result<(), Undelivered> {
         let mut failed = 0u32;
         let mut outage_since: Option<Instant> = None;
         loop {
@@ -199,19 +231,21 @@ impl MllpSink {
             {
                 let since = *outage_since.get_or_insert_with(Instant::now);
                 if since.elapsed() >= self.plan.retry.max_outage {
-                    self.outcome.unavailable += 1;
-                    return Some(format!(
-                        "circuit breaker of sink {} stayed open for {:?} (retry.max_outage)",
-                        self.name, self.plan.retry.max_outage
-                    ));
+                    return Err(Undelivered {
+                        reason: format!(
+                            "circuit breaker of sink {} stayed open for {:?} (retry.max_outage)",
+                            self.name, self.plan.retry.max_outage
+                        ),
+                        unavailable: true,
+                    });
                 }
                 let wait = rejected.retry_in.unwrap_or(Duration::from_millis(200));
-                std::thread::sleep(wait.clamp(Duration::from_millis(1), Duration::from_secs(5)));
+                tokio::time::sleep(wait.clamp(Duration::from_millis(1), Duration::from_secs(5)))
+                    .await;
                 continue;
             }
             let started = Instant::now();
-            let handle = self.handle.clone();
-            let answer = handle.block_on(self.exchange(message, control));
+            let answer = self.exchange(lane, message, control).await;
             let took = started.elapsed();
             let (status, reason) = match answer {
                 Answer::Ack(code, _) if matches!(code.as_str(), "AA" | "CA") => {
@@ -237,26 +271,55 @@ impl MllpSink {
                 // A refused message is an answer: the receiver is up.
                 b.record(status == CallStatus::Transient, took);
             }
-            let reason = reason?;
+            let Some(reason) = reason else {
+                return Ok(());
+            };
             if status == CallStatus::Permanent {
-                return Some(reason);
+                return Err(Undelivered {
+                    reason,
+                    unavailable: false,
+                });
             }
             if !self.plan.retry.retries_after(failed) {
-                self.outcome.unavailable += 1;
-                return Some(format!("{reason} (after {failed} attempts)"));
+                return Err(Undelivered {
+                    reason: format!("{reason} (after {failed} attempts)"),
+                    unavailable: true,
+                });
             }
-            std::thread::sleep(self.plan.retry.next_delay(failed, jitter_random(), None));
+            tokio::time::sleep(self.plan.retry.next_delay(failed, jitter_random(), None)).await;
         }
+    }
+}
+
+/// A row to send: its index in the batch, message, record identity and control id.
+struct Outgoing {
+    row: usize,
+    message: Vec<u8>,
+    record: String,
+    control: Option<String>,
+}
+
+/// The lane a row goes to: by its key's hash (rows with one key stay in order on one
+/// connection), else by row number in contiguous runs.
+fn lane_of(key: Option<&[u8]>, row: usize, rows: usize, lanes: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    match key {
+        Some(k) => {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            k.hash(&mut h);
+            (h.finish() % lanes as u64) as usize
+        }
+        None => row * lanes / rows.max(1),
     }
 }
 
 impl BatchSink for MllpSink {
     fn write(&mut self, batch: &RecordBatch) -> Result<(), ConnectorError> {
-        let name = self.name.clone();
+        let name = self.shared.name.clone();
         let err = move |e: String| ConnectorError::Other(format!("sink {name}: {e}"));
         let column = batch
-            .column_by_name(&self.plan.message)
-            .ok_or_else(|| err(format!("no column {}", self.plan.message)))?
+            .column_by_name(&self.shared.plan.message)
+            .ok_or_else(|| err(format!("no column {}", self.shared.plan.message)))?
             .clone();
         let message = |row: usize| -> Option<&[u8]> {
             if column.is_null(row) {
@@ -271,10 +334,25 @@ impl BatchSink for MllpSink {
             }
         };
         let (sources, offsets, controls) = provenance_columns(batch);
+        let key = match &self.shared.plan.key {
+            Some(k) => Some(
+                arrow::compute::cast(
+                    batch
+                        .column_by_name(k)
+                        .ok_or_else(|| err(format!("no key column {k}")))?,
+                    &DataType::Utf8,
+                )
+                .map_err(|e| err(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let key = key.as_ref().map(|k| k.as_string::<i32>());
+        let lanes = self.lanes.len();
+        let mut queues: Vec<Vec<Outgoing>> = (0..lanes).map(|_| Vec::new()).collect();
         let mut dead: Vec<(usize, String)> = Vec::new();
         for row in 0..batch.num_rows() {
             let Some(m) = message(row) else {
-                dead.push((row, format!("column {} is empty", self.plan.message)));
+                dead.push((row, format!("column {} is empty", self.shared.plan.message)));
                 continue;
             };
             let m = m.to_vec();
@@ -287,10 +365,40 @@ impl BatchSink for MllpSink {
                 offsets.filter(|o| o.is_valid(row)).map(|o| o.value(row)),
                 control.as_deref(),
             );
-            if let Some(reason) = self.deliver(&m, &record, control.as_deref()) {
-                dead.push((row, reason));
-            }
+            let k = key
+                .filter(|k| k.is_valid(row))
+                .map(|k| k.value(row).as_bytes());
+            queues[lane_of(k, row, batch.num_rows(), lanes)].push(Outgoing {
+                row,
+                message: m,
+                record,
+                control,
+            });
         }
+        // The lanes send at once, each in order, each waiting for its ACKs.
+        let shared = self.shared.clone();
+        let results = self.handle.block_on(futures::future::join_all(
+            self.lanes.iter_mut().zip(queues).map(|(lane, queue)| {
+                let shared = shared.clone();
+                async move {
+                    let mut failed = Vec::new();
+                    for o in queue {
+                        if let Err(u) = shared
+                            .deliver(lane, &o.message, &o.record, o.control.as_deref())
+                            .await
+                        {
+                            failed.push((o.row, u));
+                        }
+                    }
+                    failed
+                }
+            }),
+        ));
+        for (row, u) in results.into_iter().flatten() {
+            self.outcome.unavailable += u64::from(u.unavailable);
+            dead.push((row, u.reason));
+        }
+        dead.sort_by_key(|d| d.0);
         if !dead.is_empty() {
             let rows = arrow::array::UInt32Array::from_iter_values(dead.iter().map(|d| d.0 as u32));
             let rows =
@@ -310,7 +418,7 @@ impl BatchSink for MllpSink {
     }
 
     fn finish(&mut self) -> Result<(), ConnectorError> {
-        self.conn = None;
+        self.lanes.clear();
         Ok(())
     }
 }

@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -16,11 +16,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::config::MllpSourcePlan;
-use crate::connectors::spool::{Spool, SpoolError};
+use crate::connectors::handoff::{self, Handoff};
+use crate::connectors::registry::SourceCx;
+use crate::connectors::spool::SpoolError;
 use crate::connectors::spooled::{
-    Counters, ListenerFront, Listening, SpooledSource, bind, open_spool,
+    Counters, ListenerFront, Listening, Settle, SpooledSource, Verdict, bind,
 };
-use crate::connectors::{Batching, ConnectorError};
+use crate::connectors::{BatchSource, ConnectorError};
 use crate::formats::hl7::{
     AckCode, AckError, AckOptions, Message, build_ack, build_nack_for_unparsed,
 };
@@ -39,6 +41,8 @@ pub struct ListenerStats {
     /// ACKs sent, by code (AA, AE, AR, CA, CE, CR).
     pub acks: [AtomicU64; 6],
     pub junk_bytes: AtomicU64,
+    /// ACK messages received (a sender's commit ACK of an application ACK): not spooled.
+    pub acks_in: AtomicU64,
     pub truncated: AtomicU64,
     pub too_large: AtomicU64,
     /// TLS handshakes that failed (no or a wrong client certificate, plain TCP, ...).
@@ -71,7 +75,7 @@ impl ListenerStats {
             .map(|(c, a)| format!("{} {}", c.as_str(), n(a)))
             .collect();
         format!(
-            "mllp {listen}: {} connections ({} refused over the limit, {} refused peers, {} failed TLS handshakes, {} closed idle), {} messages, ACKs [{}], {} bytes outside frames, {} truncated frames, {} over the size limit",
+            "mllp {listen}: {} connections ({} refused over the limit, {} refused peers, {} failed TLS handshakes, {} closed idle), {} messages, ACKs [{}], {} ACKs received, {} bytes outside frames, {} truncated frames, {} over the size limit",
             n(&self.connections),
             n(&self.refused_busy),
             n(&self.refused_peer),
@@ -79,6 +83,7 @@ impl ListenerStats {
             n(&self.idle_closed),
             n(&self.messages),
             acks.join(", "),
+            n(&self.acks_in),
             n(&self.junk_bytes),
             n(&self.truncated),
             n(&self.too_large),
@@ -89,11 +94,12 @@ impl ListenerStats {
 /// What every connection shares.
 struct Cx {
     plan: MllpSourcePlan,
-    spool: Spool,
+    spool: Handoff,
     stats: Arc<ListenerStats>,
     listen: String,
     stop: watch::Receiver<bool>,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    settle: Option<Arc<Settle>>,
 }
 
 impl Counters for ListenerStats {
@@ -116,23 +122,31 @@ pub type MllpSource = SpooledSource<MllpFront>;
 /// runtime.
 pub fn start(
     plan: &MllpSourcePlan,
-    batching: Batching,
-    stop: Arc<AtomicBool>,
-    exit_when_idle: Option<Duration>,
-) -> Result<MllpSource, ConnectorError> {
-    let (spool, reader) = open_spool("mllp", &plan.spool, plan.spool_options.clone())?;
+    source: SourceCx<'_>,
+) -> Result<Box<dyn BatchSource>, ConnectorError> {
+    let (spool, reader) = handoff::open(
+        "mllp",
+        &plan.spool,
+        plan.spool_options.clone(),
+        plan.handoff.as_ref(),
+        source.kafka,
+    )?;
     let (listener, listen) = bind("mllp", plan.listen)?;
     let tls = plan.tls.as_ref().map(|t| t.acceptor("mllp")).transpose()?;
     let stats = Arc::new(ListenerStats::default());
-    let (plan, stats2, listen2) = (plan.clone(), stats.clone(), listen.clone());
+    // Application ACKs wait for verdicts by spool offset: only the local spool settles here.
+    let settle = spool.settles().then(|| Arc::new(Settle::default()));
+    let (plan2, stats2, listen2, settle2) =
+        (plan.clone(), stats.clone(), listen.clone(), settle.clone());
     let listening = Listening::spawn(move |stop| {
         let cx = Arc::new(Cx {
-            plan,
+            plan: plan2,
             spool,
             stats: stats2,
             listen: listen2,
             stop,
             tls,
+            settle: settle2,
         });
         accept_loop(listener, cx)
     });
@@ -142,14 +156,9 @@ pub fn start(
         stats,
         at: listen,
         listening,
+        settle,
     };
-    Ok(SpooledSource::new(
-        front,
-        reader,
-        batching,
-        stop,
-        exit_when_idle,
-    ))
+    handoff::source(front, reader, plan.handoff.as_ref(), source)
 }
 
 async fn accept_loop(listener: TcpListener, cx: Arc<Cx>) {
@@ -254,8 +263,24 @@ where
             match event {
                 Event::Frame(message) => {
                     cx.stats.messages.fetch_add(1, Ordering::Relaxed);
-                    if let Some(ack) = answer(cx, message, &origin).await {
+                    let answer = answer(cx, message, &origin).await;
+                    if let Some(ack) = answer.now {
                         stream.write_all(&frame(&ack)).await?;
+                    }
+                    if let Some(mut later) = answer.later {
+                        // One message at a time: the next is read once this one settled.
+                        let verdict = (&mut later.verdict).await.unwrap_or(Verdict::Unknown);
+                        if verdict == Verdict::Unknown {
+                            if later.enhanced.is_none() {
+                                // Stopping before it settled: no answer, the sender resends.
+                                stream.shutdown().await?;
+                                return Ok(());
+                            }
+                            continue;
+                        }
+                        if let Some(ack) = settled_ack(cx, &later, &verdict) {
+                            stream.write_all(&frame(&ack)).await?;
+                        }
                     }
                 }
                 Event::Junk(bytes) => {
@@ -300,26 +325,54 @@ fn reject(message: &[u8], code: AckCode, text: &str) -> Vec<u8> {
     }
 }
 
-/// Spools the message, then builds its ACK (None: the sender asked for no commit ACK).
-async fn answer(cx: &Cx, message: Vec<u8>, origin: &str) -> Option<Vec<u8>> {
-    let spooled = cx.spool.append(origin.to_string(), message.clone()).await;
+/// What to answer a message: an ACK now (None: the sender asked for none), and maybe one
+/// more once the pipeline has settled it.
+struct Answer {
+    now: Option<Vec<u8>>,
+    later: Option<Later>,
+}
+
+/// An answer that waits for the message's verdict.
+struct Later {
+    verdict: tokio::sync::oneshot::Receiver<Verdict>,
+    message: Vec<u8>,
+    /// Enhanced mode: the application ACK, sent as MSH-16 asks (AL, ER, SU).
+    enhanced: Option<String>,
+}
+
+/// An HL7 ID field of `m`, trimmed and upper-cased ("" when empty).
+fn id_field(m: &Message<'_>, field: &str) -> String {
+    m.query(field)
+        .ok()
+        .flatten()
+        .map(|v| v.trim().to_ascii_uppercase())
+        .unwrap_or_default()
+}
+
+/// Spools the message, then builds its ACK.
+async fn answer(cx: &Cx, message: Vec<u8>, origin: &str) -> Answer {
     let parsed = Message::parse(&message);
+    if let Ok(m) = &parsed
+        && id_field(m, "MSH-9.1") == "ACK"
+    {
+        // A sender's commit ACK of our application ACK: not data, and never answered.
+        cx.stats.acks_in.fetch_add(1, Ordering::Relaxed);
+        return Answer {
+            now: None,
+            later: None,
+        };
+    }
+    let spooled = cx.spool.append(origin.to_string(), message.clone()).await;
     // Enhanced mode when MSH-15 or MSH-16 is valued (HL7 v2.5 2.9.3): commit ACKs, sent as
-    // MSH-15 asks (AL always, NE never, ER on errors, SU on success).
-    let accept_type = |m: &Message<'_>, field: &str| {
-        m.query(field)
-            .ok()
-            .flatten()
-            .map(|v| v.trim().to_ascii_uppercase())
-            .unwrap_or_default()
-    };
-    let (enhanced, wants) = match &parsed {
+    // MSH-15 asks (AL always, NE never, ER on errors, SU on success), and application ACKs
+    // as MSH-16 asks.
+    let (enhanced, msh15, msh16) = match &parsed {
         Ok(m) => {
-            let msh15 = accept_type(m, "MSH-15");
-            let msh16 = accept_type(m, "MSH-16");
-            (!msh15.is_empty() || !msh16.is_empty(), msh15)
+            let msh15 = id_field(m, "MSH-15");
+            let msh16 = id_field(m, "MSH-16");
+            (!msh15.is_empty() || !msh16.is_empty(), msh15, msh16)
         }
-        Err(_) => (false, String::new()),
+        Err(_) => (false, String::new(), String::new()),
     };
     let code = |original: AckCode| match (enhanced, original) {
         (false, c) => c,
@@ -327,6 +380,7 @@ async fn answer(cx: &Cx, message: Vec<u8>, origin: &str) -> Option<Vec<u8>> {
         (true, AckCode::AE) => AckCode::CE,
         (true, _) => AckCode::CR,
     };
+    let mut later = None;
     let (ack_code, ack) = match (spooled, &parsed) {
         (Err(e), _) => {
             let c = code(AckCode::AR);
@@ -341,7 +395,24 @@ async fn answer(cx: &Cx, message: Vec<u8>, origin: &str) -> Option<Vec<u8>> {
             };
             (c, reject(&message, c, &text))
         }
-        (Ok(_), Ok(m)) => {
+        (Ok(offset), Ok(m)) => {
+            let wait = if enhanced {
+                matches!(msh16.as_str(), "AL" | "ER" | "SU").then(|| Some(msh16.clone()))
+            } else {
+                cx.plan.ack_processed.then_some(None)
+            };
+            if let (Some(enhanced), Some(settle)) = (wait, &cx.settle) {
+                let original_mode = enhanced.is_none();
+                later = Some(Later {
+                    verdict: settle.wait(offset),
+                    message: message.clone(),
+                    enhanced,
+                });
+                if original_mode {
+                    // The one ACK waits for the verdict.
+                    return Answer { now: None, later };
+                }
+            }
             let c = code(AckCode::AA);
             (c, build_ack(m, &AckOptions::new(c)))
         }
@@ -360,7 +431,7 @@ async fn answer(cx: &Cx, message: Vec<u8>, origin: &str) -> Option<Vec<u8>> {
         }
     };
     let send = !enhanced
-        || match wants.as_str() {
+        || match msh15.as_str() {
             "NE" => false,
             "ER" => ack_code.is_negative(),
             "SU" => !ack_code.is_negative(),
@@ -368,8 +439,44 @@ async fn answer(cx: &Cx, message: Vec<u8>, origin: &str) -> Option<Vec<u8>> {
         };
     if send {
         cx.stats.acked(ack_code);
-        Some(ack)
-    } else {
-        None
     }
+    Answer {
+        now: send.then_some(ack),
+        later,
+    }
+}
+
+/// The ACK for a settled message (None: none is sent, or the verdict never came).
+fn settled_ack(cx: &Cx, later: &Later, verdict: &Verdict) -> Option<Vec<u8>> {
+    let m = Message::parse(&later.message).ok()?;
+    let options = match verdict {
+        Verdict::Unknown => return None,
+        Verdict::Accepted => AckOptions::new(AckCode::AA),
+        Verdict::Dead {
+            stage,
+            rule,
+            reason,
+        } => {
+            let text = format!("{stage}: {reason}");
+            let mut error = AckError::internal(Some(text.clone()));
+            if cx.plan.rejects(stage, rule) {
+                AckOptions::new(AckCode::AE).text(text).error(error)
+            } else {
+                // Accepted as configured; the ERR says it was dead-lettered, and why.
+                error.severity = 'W';
+                AckOptions::new(AckCode::AA).error(error)
+            }
+        }
+    };
+    let send = match later.enhanced.as_deref() {
+        None | Some("AL") => true,
+        Some("ER") => options.code.is_negative(),
+        Some("SU") => !options.code.is_negative(),
+        Some(_) => false,
+    };
+    if !send {
+        return None;
+    }
+    cx.stats.acked(options.code);
+    Some(build_ack(&m, &options))
 }

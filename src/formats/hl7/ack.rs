@@ -335,7 +335,8 @@ fn write_ack(h: &Header<'_>, o: &AckOptions) -> Vec<u8> {
     if let Some(text) = &o.text {
         msa.set(3, text.clone());
     }
-    if o.code.is_negative() {
+    // Errors on a negative ACK; warnings (severity W) may accompany an AA too.
+    if !o.errors.is_empty() {
         let modern = !known_version || version_at_least(version, 2, 5, 0);
         let num = |v: Option<usize>| v.map(|n| n.to_string()).unwrap_or_default();
         for e in &o.errors {
