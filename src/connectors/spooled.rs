@@ -79,6 +79,35 @@ impl<F: Front> SpooledSource<F> {
         self.draining = Some(Instant::now());
     }
 
+    /// Gathers more records until the batch is full or `max_delay` has passed since its
+    /// first: a batch per message would cost the outputs a flush and an fsync each, and
+    /// take the cores and the disk from the listener under load. ACKs do not wait for it
+    /// (only `ack: after: processed` does).
+    fn linger(
+        &mut self,
+        mut records: Vec<SpoolRecord>,
+        max: usize,
+    ) -> Result<Vec<SpoolRecord>, ConnectorError> {
+        let deadline = Instant::now() + self.batching.max_delay;
+        let mut bytes: usize = records.iter().map(|r| r.payload.len()).sum();
+        while self.draining.is_none() && records.len() < max && bytes < self.batching.max_bytes {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let more = self
+                .reader
+                .read(max - records.len(), self.batching.max_bytes - bytes, left)
+                .map_err(|e| ConnectorError::Other(e.to_string()))?;
+            if more.is_empty() {
+                break;
+            }
+            bytes += more.iter().map(|r| r.payload.len()).sum::<usize>();
+            records.extend(more);
+        }
+        Ok(records)
+    }
+
     fn batch(&mut self, records: Vec<SpoolRecord>) -> RecordBatch {
         let n = records.len();
         let mut raw =
@@ -138,6 +167,7 @@ impl<F: Front> BatchSource for SpooledSource<F> {
                     .map_err(|e| ConnectorError::Other(e.to_string()))?
             };
             if !records.is_empty() {
+                let records = self.linger(records, max)?;
                 self.last_record = Instant::now();
                 return Ok(Some(self.batch(records)));
             }
