@@ -346,7 +346,6 @@ fn hl7_bodies_that_do_not_parse_get_400_and_a_dead_letter() {
 /// `handoff:` to Kafka: 202 once the topic has every record; the flow reads them back.
 #[test]
 fn kafka_handoff_answers_202_once_the_topic_has_the_records() {
-    let brokers = support::brokers();
     let topic = support::unique("http-in");
     support::create_topics(&[(&topic, 1)]);
     let dir = tempfile::tempdir().unwrap();
@@ -361,11 +360,7 @@ fn kafka_handoff_answers_202_once_the_topic_has_the_records() {
         ),
         JSON_STAGES,
     );
-    let text = std::fs::read_to_string(&p).unwrap().replace(
-        "source:\n",
-        &format!("kafka: {{brokers: \"{brokers}\"}}\nsource:\n"),
-    );
-    std::fs::write(&p, text).unwrap();
+    support::add_kafka_block(&p);
     let server = serve(&p, port);
     let batch = format!(
         "[{},{}]",

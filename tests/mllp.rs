@@ -59,6 +59,22 @@ fn sender(port: u16, conns: usize, n: usize, dir: &Path, extra: &[&str]) -> Comm
     c
 }
 
+/// python-hl7's client sends `n` messages over 4 connections, the 8th not HL7; returns the
+/// directory of its ACK logs (see `acks`).
+fn send_with_one_bad(port: u16, n: usize, dir: &Path) -> PathBuf {
+    let acks_dir = dir.join("acks");
+    std::fs::create_dir(&acks_dir).unwrap();
+    let sent = sender(port, 4, n, &acks_dir, &["--bad", "7"])
+        .output()
+        .unwrap();
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    acks_dir
+}
+
 /// (control id, MSA-1, MSA-2, MSH-3..6, attempts) for each message the sender finished.
 fn acks(dir: &Path) -> Vec<(String, String, String, String, u32)> {
     let mut out = Vec::new();
@@ -126,17 +142,8 @@ fn a_third_party_sender_gets_acks_and_every_message_is_processed_once() {
     let port = free_port();
     let p = pipeline(dir.path(), port, "");
     let server = serve(&p, port);
-    let acks_dir = dir.path().join("acks");
-    std::fs::create_dir(&acks_dir).unwrap();
     let n = 400;
-    let sent = sender(port, 4, n, &acks_dir, &["--bad", "7"])
-        .output()
-        .unwrap();
-    assert!(
-        sent.status.success(),
-        "{}",
-        String::from_utf8_lossy(&sent.stderr)
-    );
+    let acks_dir = send_with_one_bad(port, n, dir.path());
     let (code, summary, stderr) = stop(server);
 
     let acks = acks(&acks_dir);
@@ -540,7 +547,6 @@ fn rows_when(path: &Path, n: usize, limit: Duration) -> Vec<serde_json::Value> {
 
 #[test]
 fn kafka_handoff_acks_once_the_topic_has_the_message() {
-    let brokers = support::brokers();
     let topic = support::unique("mllp-in");
     support::create_topics(&[(&topic, 2)]);
     let dir = tempfile::tempdir().unwrap();
@@ -551,23 +557,10 @@ fn kafka_handoff_acks_once_the_topic_has_the_message() {
         port,
         &format!("  handoff: {{topic: {topic}, group: {group}}}\n"),
     );
-    let text = std::fs::read_to_string(&p).unwrap().replace(
-        "source:\n",
-        &format!("kafka: {{brokers: \"{brokers}\"}}\nsource:\n"),
-    );
-    std::fs::write(&p, text).unwrap();
+    support::add_kafka_block(&p);
     let server = serve(&p, port);
-    let acks_dir = dir.path().join("acks");
-    std::fs::create_dir(&acks_dir).unwrap();
     let n = 300;
-    let sent = sender(port, 4, n, &acks_dir, &["--bad", "7"])
-        .output()
-        .unwrap();
-    assert!(
-        sent.status.success(),
-        "{}",
-        String::from_utf8_lossy(&sent.stderr)
-    );
+    let acks_dir = send_with_one_bad(port, n, dir.path());
     let acks = acks(&acks_dir);
     assert_eq!(acks.len(), n);
     assert_eq!(acks.iter().filter(|a| a.1 == "AA").count(), n - 1);

@@ -389,6 +389,15 @@ impl CommittedReader {
     }
 }
 
+/// Adds a `kafka:` block for the test brokers to the pipeline file at `p`.
+pub fn add_kafka_block(p: &Path) {
+    let text = std::fs::read_to_string(p).unwrap().replace(
+        "source:\n",
+        &format!("kafka: {{brokers: \"{}\"}}\nsource:\n", brokers()),
+    );
+    std::fs::write(p, text).unwrap();
+}
+
 /// Writes a pipeline file into `dir`.
 pub fn pipeline(dir: &Path, name: &str, yaml: &str) -> std::path::PathBuf {
     let p = dir.join(format!("{name}.yaml"));

@@ -5,6 +5,11 @@
 //!
 //! A connection handles one message at a time: it reads no further until the message's ACK
 //! is out, so a slow disk or a full spool slows senders down instead of filling memory.
+//!
+//! With `ack: {after: processed}` the ACK waits for the pipeline's verdict on the message
+//! (`spooled::Settle`), and enhanced-mode senders get an application ACK after the commit
+//! ACK as MSH-16 asks. With `handoff:` the durable store is a Kafka topic instead of the
+//! spool (`connectors::handoff`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
