@@ -345,6 +345,18 @@ struct Later {
     enhanced: Option<String>,
 }
 
+/// Whether an enhanced-mode sender asked for an ACK with `code`: MSH-15 (commit) and MSH-16
+/// (application) take table 0155 — AL always (also when empty), NE never, ER on errors, SU
+/// on success.
+fn asked_for(accept_type: &str, code: AckCode) -> bool {
+    match accept_type {
+        "NE" => false,
+        "ER" => code.is_negative(),
+        "SU" => !code.is_negative(),
+        _ => true,
+    }
+}
+
 /// An HL7 ID field of `m`, trimmed and upper-cased ("" when empty).
 fn id_field(m: &Message<'_>, field: &str) -> String {
     m.query(field)
@@ -435,13 +447,7 @@ async fn answer(cx: &Cx, message: Vec<u8>, origin: &str) -> Answer {
             }
         }
     };
-    let send = !enhanced
-        || match msh15.as_str() {
-            "NE" => false,
-            "ER" => ack_code.is_negative(),
-            "SU" => !ack_code.is_negative(),
-            _ => true,
-        };
+    let send = !enhanced || asked_for(&msh15, ack_code);
     if send {
         cx.stats.acked(ack_code);
     }
@@ -473,12 +479,11 @@ fn settled_ack(cx: &Cx, later: &Later, verdict: &Verdict) -> Option<Vec<u8>> {
             }
         }
     };
-    let send = match later.enhanced.as_deref() {
-        None | Some("AL") => true,
-        Some("ER") => options.code.is_negative(),
-        Some("SU") => !options.code.is_negative(),
-        Some(_) => false,
-    };
+    // Original mode: the one ACK always goes.
+    let send = later
+        .enhanced
+        .as_deref()
+        .is_none_or(|asks| asked_for(asks, options.code));
     if !send {
         return None;
     }
