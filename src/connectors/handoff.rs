@@ -115,14 +115,13 @@ impl Handoff {
         matches!(self, Handoff::Spool(_))
     }
 
-    pub async fn append(&self, origin: String, payload: Vec<u8>) -> Result<u64, SpoolError> {
-        self.append_all(vec![(origin, payload)]).await
-    }
-
-    /// Makes the records durable (origin, payload); resolves with the first one's offset.
+    /// Makes the records durable (origin, payload); resolves with each one's offset.
     /// In Kafka each is keyed by its origin, so one sender's records keep their order in
     /// one partition; the origin also rides in the `plexus.record-source` header.
-    pub async fn append_all(&self, records: Vec<(String, Vec<u8>)>) -> Result<u64, SpoolError> {
+    pub async fn append_all(
+        &self,
+        records: Vec<(String, Vec<u8>)>,
+    ) -> Result<Vec<u64>, SpoolError> {
         let (producer, topic) = match self {
             Handoff::Spool(s) => return s.append_all(records).await,
             Handoff::Kafka { producer, topic } => (producer, topic),
@@ -144,16 +143,14 @@ impl Handoff {
             // Waits while librdkafka's queue is full: the sender waits with it.
             pending.push(producer.send(record, DELIVERY_TIMEOUT));
         }
-        let mut first = None;
+        let mut offsets = Vec::with_capacity(pending.len());
         for p in pending {
             match p.await {
-                Ok(delivery) => {
-                    first.get_or_insert(delivery.offset.max(0) as u64);
-                }
+                Ok(delivery) => offsets.push(delivery.offset.max(0) as u64),
                 Err((e, _)) => return Err(failed(e.to_string())),
             }
         }
-        first.ok_or_else(|| failed("nothing to send".into()))
+        Ok(offsets)
     }
 }
 

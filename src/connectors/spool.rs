@@ -137,7 +137,8 @@ struct Shared {
 /// Records written together (in one group, so all or none are durable): (origin, payload).
 struct Append {
     records: Vec<(String, Vec<u8>)>,
-    reply: tokio::sync::oneshot::Sender<Result<u64, SpoolError>>,
+    /// Each record's offset, once durable.
+    reply: tokio::sync::oneshot::Sender<Result<Vec<u64>, SpoolError>>,
 }
 
 /// The appending side (cheap to clone: one per connection).
@@ -322,12 +323,16 @@ impl Spool {
     /// Appends a record and resolves once it is durable, with its offset. Waits (does not
     /// buffer) while the writer is busy: that is the listener's backpressure.
     pub async fn append(&self, origin: String, payload: Vec<u8>) -> Result<u64, SpoolError> {
-        self.append_all(vec![(origin, payload)]).await
+        let offsets = self.append_all(vec![(origin, payload)]).await?;
+        Ok(offsets[0])
     }
 
     /// Appends records (origin, payload) atomically: all are durable, or none is written.
-    /// Resolves with the first one's offset.
-    pub async fn append_all(&self, records: Vec<(String, Vec<u8>)>) -> Result<u64, SpoolError> {
+    /// Resolves with each one's offset.
+    pub async fn append_all(
+        &self,
+        records: Vec<(String, Vec<u8>)>,
+    ) -> Result<Vec<u64>, SpoolError> {
         if self.writer_failed.load(Ordering::Relaxed) {
             return Err(SpoolError::Closed);
         }
@@ -357,7 +362,7 @@ struct Writer {
 impl Writer {
     fn run(mut self, mut rx: tokio::sync::mpsc::Receiver<Append>) {
         let mut buf = Vec::new();
-        let mut group: Vec<(Append, u64)> = Vec::new();
+        let mut group: Vec<(Append, Vec<u64>)> = Vec::new();
         while let Some(first) = rx.blocking_recv() {
             let mut appends = vec![first];
             while appends.len() < GROUP_MAX {
@@ -379,10 +384,12 @@ impl Writer {
                     let _ = a.reply.send(Err(e));
                     continue;
                 }
+                let mut offsets = Vec::with_capacity(a.records.len());
                 for (origin, payload) in &a.records {
+                    offsets.push(start + buf.len() as u64);
                     encode(&mut buf, at, origin, payload);
                 }
-                group.push((a, offset));
+                group.push((a, offsets));
             }
             if group.is_empty() {
                 continue;
@@ -407,8 +414,8 @@ impl Writer {
                 s.oldest_pending_ms.get_or_insert(at);
             }
             self.shared.grown.notify_all();
-            for (a, offset) in group.drain(..) {
-                let _ = a.reply.send(Ok(offset));
+            for (a, offsets) in group.drain(..) {
+                let _ = a.reply.send(Ok(offsets));
             }
             if self.len >= self.shared.options.segment_bytes
                 && let Err(e) = self.roll()

@@ -412,7 +412,8 @@ async fn store(cx: &Cx, peer: SocketAddr, body: Body1) -> (Response, Option<(u16
         .map(|r| (origin.clone(), r))
         .collect();
     match cx.spool.append_all(records).await {
-        Ok(offset) => {
+        Ok(offsets) => {
+            let offset = offsets.first().copied().unwrap_or_default();
             s.records.fetch_add(n as u64, Ordering::Relaxed);
             let (status, value) = match body.bad {
                 None => {

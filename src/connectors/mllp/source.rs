@@ -264,30 +264,26 @@ where
         } else {
             deframer.push(&buf[..n], &mut events);
         }
+        // Frames that came in together (a sender that does not wait for each ACK) are
+        // spooled together: one group commit, then their ACKs in order.
+        let mut frames = Vec::new();
         for event in events.drain(..) {
             match event {
                 Event::Frame(message) => {
                     cx.stats.messages.fetch_add(1, Ordering::Relaxed);
-                    let answer = answer(cx, message, &origin).await;
-                    if let Some(ack) = answer.now {
-                        stream.write_all(&frame(&ack)).await?;
-                    }
-                    if let Some(mut later) = answer.later {
-                        // One message at a time: the next is read once this one settled.
-                        let verdict = (&mut later.verdict).await.unwrap_or(Verdict::Unknown);
-                        if verdict == Verdict::Unknown {
-                            if later.enhanced.is_none() {
-                                // Stopping before it settled: no answer, the sender resends.
-                                stream.shutdown().await?;
-                                return Ok(());
-                            }
-                            continue;
-                        }
-                        if let Some(ack) = settled_ack(cx, &later, &verdict) {
-                            stream.write_all(&frame(&ack)).await?;
-                        }
+                    frames.push(message);
+                    continue;
+                }
+                _ if !frames.is_empty() => {
+                    if !answer_frames(&mut stream, cx, std::mem::take(&mut frames), &origin).await?
+                    {
+                        return Ok(());
                     }
                 }
+                _ => {}
+            }
+            match event {
+                Event::Frame(_) => unreachable!("frames are gathered above"),
                 Event::Junk(bytes) => {
                     cx.stats
                         .junk_bytes
@@ -313,10 +309,56 @@ where
                 }
             }
         }
+        if !frames.is_empty() && !answer_frames(&mut stream, cx, frames, &origin).await? {
+            return Ok(());
+        }
         if n == 0 {
             return Ok(());
         }
     }
+}
+
+/// Spools `frames` and writes their answers in order. Returns false when the connection
+/// was closed instead (stopping before a message settled: the sender resends it).
+async fn answer_frames<S>(
+    stream: &mut S,
+    cx: &Cx,
+    frames: Vec<Vec<u8>>,
+    origin: &str,
+) -> std::io::Result<bool>
+where
+    S: tokio::io::AsyncWrite + Unpin,
+{
+    let mut out = Vec::new();
+    for answer in answer_all(cx, frames, origin).await {
+        if let Some(ack) = answer.now {
+            out.extend_from_slice(&frame(&ack));
+        }
+        let Some(mut later) = answer.later else {
+            continue;
+        };
+        // What is answered goes out before waiting on this message's verdict.
+        if !out.is_empty() {
+            stream.write_all(&out).await?;
+            out.clear();
+        }
+        let verdict = (&mut later.verdict).await.unwrap_or(Verdict::Unknown);
+        if verdict == Verdict::Unknown {
+            if later.enhanced.is_none() {
+                // Stopping before it settled: no answer, the sender resends.
+                stream.shutdown().await?;
+                return Ok(false);
+            }
+            continue;
+        }
+        if let Some(ack) = settled_ack(cx, &later, &verdict) {
+            out.extend_from_slice(&frame(&ack));
+        }
+    }
+    if !out.is_empty() {
+        stream.write_all(&out).await?;
+    }
+    Ok(true)
 }
 
 /// A negative ACK for `message` (or for nothing readable) with an ERR segment.
@@ -366,20 +408,49 @@ fn id_field(m: &Message<'_>, field: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Spools the message, then builds its ACK.
-async fn answer(cx: &Cx, message: Vec<u8>, origin: &str) -> Answer {
-    let parsed = Message::parse(&message);
-    if let Ok(m) = &parsed
-        && id_field(m, "MSH-9.1") == "ACK"
-    {
-        // A sender's commit ACK of our application ACK: not data, and never answered.
-        cx.stats.acks_in.fetch_add(1, Ordering::Relaxed);
-        return Answer {
-            now: None,
-            later: None,
+/// Spools the messages (one atomic append), then builds each one's ACK.
+async fn answer_all(cx: &Cx, frames: Vec<Vec<u8>>, origin: &str) -> Vec<Answer> {
+    let parsed: Vec<_> = frames.iter().map(|f| Message::parse(f)).collect();
+    // A sender's commit ACK of our application ACK: not data, and never answered.
+    let is_ack = |p: &Result<Message<'_>, _>| matches!(p, Ok(m) if id_field(m, "MSH-9.1") == "ACK");
+    let records: Vec<(String, Vec<u8>)> = frames
+        .iter()
+        .zip(&parsed)
+        .filter(|(_, p)| !is_ack(p))
+        .map(|(f, _)| (origin.to_string(), f.clone()))
+        .collect();
+    let spooled = if records.is_empty() {
+        Ok(Vec::new())
+    } else {
+        cx.spool.append_all(records).await
+    };
+    let mut offsets = spooled.as_ref().map(|o| o.iter().copied());
+    let mut answers = Vec::with_capacity(frames.len());
+    for (message, parsed) in frames.iter().zip(&parsed) {
+        if is_ack(parsed) {
+            cx.stats.acks_in.fetch_add(1, Ordering::Relaxed);
+            answers.push(Answer {
+                now: None,
+                later: None,
+            });
+            continue;
+        }
+        let spooled = match &mut offsets {
+            Ok(o) => Ok(o.next().expect("an offset per record")),
+            Err(e) => Err(*e),
         };
+        answers.push(answer(cx, message, parsed, spooled));
     }
-    let spooled = cx.spool.append(origin.to_string(), message.clone()).await;
+    answers
+}
+
+/// The ACK for one spooled message (or one the spool refused).
+fn answer(
+    cx: &Cx,
+    message: &[u8],
+    parsed: &Result<Message<'_>, crate::formats::hl7::Hl7Error>,
+    spooled: Result<u64, &SpoolError>,
+) -> Answer {
     // Enhanced mode when MSH-15 or MSH-16 is valued (HL7 v2.5 2.9.3): commit ACKs, sent as
     // MSH-15 asks (AL always, NE never, ER on errors, SU on success), and application ACKs
     // as MSH-16 asks.
@@ -410,7 +481,7 @@ async fn answer(cx: &Cx, message: Vec<u8>, origin: &str) -> Answer {
             } else {
                 "message not stored; send it again".to_string()
             };
-            (c, reject(&message, c, &text))
+            (c, reject(message, c, &text))
         }
         (Ok(offset), Ok(m)) => {
             let wait = if enhanced {
@@ -422,7 +493,7 @@ async fn answer(cx: &Cx, message: Vec<u8>, origin: &str) -> Answer {
                 let original_mode = enhanced.is_none();
                 later = Some(Later {
                     verdict: settle.wait(offset),
-                    message: message.clone(),
+                    message: message.to_vec(),
                     enhanced,
                 });
                 if original_mode {
@@ -436,14 +507,14 @@ async fn answer(cx: &Cx, message: Vec<u8>, origin: &str) -> Answer {
         (Ok(_), Err(e)) => {
             if cx.plan.nack_unparsable {
                 let c = code(AckCode::AE);
-                (c, build_nack_for_unparsed(&message, e, &AckOptions::new(c)))
+                (c, build_nack_for_unparsed(message, e, &AckOptions::new(c)))
             } else {
                 // Accepted as configured; the ERR says why it will be dead-lettered.
                 let c = code(AckCode::AA);
                 let mut warning = AckError::from_error(e, None);
                 warning.severity = 'W';
                 let options = AckOptions::new(c).error(warning);
-                (c, build_nack_for_unparsed(&message, e, &options))
+                (c, build_nack_for_unparsed(message, e, &options))
             }
         }
     };
