@@ -64,7 +64,8 @@ pub enum Framer<'a> {
 impl<'a> Framer<'a> {
     pub fn new(data: &'a [u8], format: SourceFormat) -> Self {
         match format {
-            SourceFormat::Hl7 => Framer::Hl7(Box::new(Splitter::new(data))),
+            // Boundaries only: the parse stage parses each message, once.
+            SourceFormat::Hl7 => Framer::Hl7(Box::new(Splitter::boundaries(data))),
             SourceFormat::Ndjson => Framer::Lines { data, pos: 0 },
             SourceFormat::Csv => Framer::Csv {
                 data,
@@ -82,13 +83,7 @@ impl<'a> Framer<'a> {
     /// The next record's span, or None at the end of the input.
     pub fn next_span(&mut self) -> Option<(usize, usize)> {
         match self {
-            Framer::Hl7(splitter) => splitter.next().map(|item| match item {
-                Ok(m) => (
-                    m.message.offset(),
-                    m.message.offset() + m.message.raw().len(),
-                ),
-                Err(bad) => (bad.offset, bad.offset + bad.raw.len()),
-            }),
+            Framer::Hl7(splitter) => splitter.next_span(),
             Framer::Lines { data, pos } => loop {
                 let (s, e) = next_line(data, pos)?;
                 if !data[s..e].iter().all(u8::is_ascii_whitespace) {

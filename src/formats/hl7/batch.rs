@@ -121,6 +121,8 @@ pub struct Splitter<'a> {
     batches: Vec<BatchHeader<'a>>,
     diagnostics: Vec<Diagnostic>,
     finished: bool,
+    /// Boundaries only (`next_span`): segments are not recorded, messages not built.
+    spans_only: bool,
 }
 
 impl<'a> Splitter<'a> {
@@ -139,7 +141,24 @@ impl<'a> Splitter<'a> {
             batches: Vec::new(),
             diagnostics: Vec::new(),
             finished: false,
+            spans_only: false,
         }
+    }
+
+    /// A splitter that only finds where each record starts and ends (`next_span`), for a
+    /// reader that hands records to the parse stage: the one place each message is parsed.
+    /// Batch headers, trailer checks and diagnostics work as with `new`.
+    pub fn boundaries(input: &'a [u8]) -> Self {
+        Splitter {
+            spans_only: true,
+            ..Self::new(input)
+        }
+    }
+
+    /// The next record's byte span `[start, end)` (a message, or bytes outside any), or
+    /// None at the end of the input.
+    pub fn next_span(&mut self) -> Option<(usize, usize)> {
+        self.next_pending().map(|(p, _, _)| (p.start, p.end))
     }
 
     /// FHS/BHS headers seen so far.
@@ -153,12 +172,22 @@ impl<'a> Splitter<'a> {
         &self.diagnostics
     }
 
-    fn finish_current(&mut self) -> Option<SplitItem<'a>> {
+    /// Takes the record being built: (it, its index, its enclosing batch header).
+    fn take_current(&mut self) -> Option<(Pending, usize, Option<usize>)> {
         let p = self.current.take()?;
         let index = self.next_index;
         self.next_index += 1;
-        let raw = &self.input[p.start..p.end];
         let batch = self.open.last().copied();
+        if !p.orphan
+            && let Some(b) = batch
+        {
+            self.batches[b].messages += 1;
+        }
+        Some((p, index, batch))
+    }
+
+    fn build(&self, p: Pending, index: usize, batch: Option<usize>) -> SplitItem<'a> {
+        let raw = &self.input[p.start..p.end];
         let bad = |error: Hl7Error| BadMessage {
             index,
             offset: p.start,
@@ -167,28 +196,23 @@ impl<'a> Splitter<'a> {
             batch,
         };
         if p.orphan {
-            return Some(Err(bad(Hl7Error::new(
+            return Err(bad(Hl7Error::new(
                 ErrorKind::OutsideMessage { len: raw.len() },
                 p.start,
-            ))));
-        }
-        if let Some(b) = batch {
-            self.batches[b].messages += 1;
+            )));
         }
         if let Some(kind) = p.overflow {
-            return Some(Err(bad(Hl7Error::new(kind, p.start))));
+            return Err(bad(Hl7Error::new(kind, p.start)));
         }
-        Some(
-            Message::from_segments(raw, p.start, index, p.segments, &self.limits)
-                .map(|message| SplitMessage { message, batch })
-                .map_err(|e| BadMessage {
-                    index,
-                    offset: p.start,
-                    raw,
-                    error: e,
-                    batch,
-                }),
-        )
+        Message::from_segments(raw, p.start, index, p.segments, &self.limits)
+            .map(|message| SplitMessage { message, batch })
+            .map_err(|e| BadMessage {
+                index,
+                offset: p.start,
+                raw,
+                error: e,
+                batch,
+            })
     }
 
     fn diag(&mut self, offset: usize, message: String) {
@@ -285,6 +309,14 @@ impl<'a> Iterator for Splitter<'a> {
     type Item = SplitItem<'a>;
 
     fn next(&mut self) -> Option<SplitItem<'a>> {
+        let (p, index, batch) = self.next_pending()?;
+        Some(self.build(p, index, batch))
+    }
+}
+
+impl Splitter<'_> {
+    /// Scans to the end of the next record (see the module docs for the rules).
+    fn next_pending(&mut self) -> Option<(Pending, usize, Option<usize>)> {
         let input = self.input;
         while self.pos < input.len() {
             // Inside a CR-terminated message an LF is data: one scan finds the segment's end.
@@ -310,7 +342,7 @@ impl<'a> Iterator for Splitter<'a> {
             if kind != LineKind::Other {
                 // A boundary: hand out what was pending first, and see this line again.
                 if self.current.is_some() {
-                    return self.finish_current();
+                    return self.take_current();
                 }
                 match kind {
                     LineKind::Msh => {
@@ -344,7 +376,7 @@ impl<'a> Iterator for Splitter<'a> {
                     cr_only: false,
                 });
                 p.end = end;
-                if !p.orphan && p.overflow.is_none() {
+                if !p.orphan && p.overflow.is_none() && !self.spans_only {
                     if end - p.start > limits.max_message_bytes {
                         p.overflow = Some(ErrorKind::MessageTooLarge {
                             len: end - p.start,
@@ -371,7 +403,7 @@ impl<'a> Iterator for Splitter<'a> {
             self.pos = line_end + 1;
         }
         if self.current.is_some() {
-            return self.finish_current();
+            return self.take_current();
         }
         if !self.finished {
             self.finished = true;
@@ -517,5 +549,44 @@ mod tests {
             bad.error.kind,
             ErrorKind::TooManySegments { max: 10 }
         ));
+    }
+
+    /// The boundaries-only splitter (what the file source uses) finds the same records,
+    /// junk and batch findings as the full one, on the third-party corpus and on batches
+    /// with a wrong trailer count and junk between messages.
+    #[test]
+    fn boundaries_match_the_full_split() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/corpus");
+        let mut input = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap() {
+            input.extend(std::fs::read(e.unwrap().path()).unwrap());
+            input.push(b'\n');
+        }
+        input.extend(
+            format!(
+                "FHS|^~\\&\rBHS|^~\\&\r{}junk line\r{}BTS|3\rFTS|1\r",
+                msg("b1"),
+                msg("b2")
+            )
+            .bytes(),
+        );
+        let mut full = Splitter::new(&input);
+        let want: Vec<(usize, usize)> = full
+            .by_ref()
+            .map(|item| match item {
+                Ok(m) => (
+                    m.message.offset(),
+                    m.message.offset() + m.message.raw().len(),
+                ),
+                Err(bad) => (bad.offset, bad.offset + bad.raw.len()),
+            })
+            .collect();
+        let mut spans = Splitter::boundaries(&input);
+        let got: Vec<_> = std::iter::from_fn(|| spans.next_span()).collect();
+        assert!(want.len() > 8, "{}", want.len());
+        assert_eq!(got, want);
+        assert_eq!(spans.diagnostics(), full.diagnostics());
+        assert!(!spans.diagnostics().is_empty());
+        assert_eq!(spans.batches().len(), full.batches().len());
     }
 }
