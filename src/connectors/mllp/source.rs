@@ -3,8 +3,9 @@
 //! before its ACK is written, so an acknowledged message survives a `kill -9`. The flow reads
 //! the spool like a partition and commits what it finished; a restart processes the rest.
 //!
-//! A connection handles one message at a time: it reads no further until the message's ACK
-//! is out, so a slow disk or a full spool slows senders down instead of filling memory.
+//! A connection reads no further until the ACKs of what it read are out, so a slow disk or a
+//! full spool slows senders down instead of filling memory. Frames that arrived together (a
+//! sender that does not wait for each ACK) are spooled in one group and answered in one write.
 //!
 //! With `ack: {after: processed}` the ACK waits for the pipeline's verdict on the message
 //! (`spooled::Settle`), and enhanced-mode senders get an application ACK after the commit
