@@ -269,19 +269,15 @@ where
         // spooled together: one group commit, then their ACKs in order.
         let mut frames = Vec::new();
         for event in events.drain(..) {
-            match event {
-                Event::Frame(message) => {
-                    cx.stats.messages.fetch_add(1, Ordering::Relaxed);
-                    frames.push(message);
-                    continue;
-                }
-                _ if !frames.is_empty() => {
-                    if !answer_frames(&mut stream, cx, std::mem::take(&mut frames), &origin).await?
-                    {
-                        return Ok(());
-                    }
-                }
-                _ => {}
+            if let Event::Frame(message) = event {
+                cx.stats.messages.fetch_add(1, Ordering::Relaxed);
+                frames.push(message);
+                continue;
+            }
+            if !frames.is_empty()
+                && !answer_frames(&mut stream, cx, std::mem::take(&mut frames), &origin).await?
+            {
+                return Ok(());
             }
             match event {
                 Event::Frame(_) => unreachable!("frames are gathered above"),
