@@ -29,6 +29,8 @@ pub mod resilience;
 #[cfg(feature = "pipeline")]
 pub mod runtime;
 #[cfg(feature = "pipeline")]
+pub mod serve;
+#[cfg(feature = "pipeline")]
 pub mod spec;
 #[cfg(feature = "pipeline")]
 pub mod sql;

@@ -12,6 +12,7 @@ pub mod mllp;
 pub mod otel;
 pub mod pipeline;
 pub mod query;
+pub mod serve;
 pub mod sync;
 
 /// plexus: streaming dataflow engine for healthcare integration.
@@ -78,6 +79,11 @@ enum Command {
     /// EHR sync state: list open conflicts, resolve one.
     #[command(subcommand)]
     Sync(sync::SyncCommand),
+    /// Hosts many integrations behind an authenticated REST API (`/api/v1`), until SIGTERM.
+    Serve(serve::ServeArgs),
+    /// API keys for `plexus serve`: create (shown once), list, revoke.
+    #[command(subcommand)]
+    Keys(serve::KeysCommand),
     /// Prints the JSON Schema of pipeline files (for editors; kept as
     /// schemas/pipeline.schema.json), or lists the source and sink types.
     Schema {
@@ -97,6 +103,8 @@ pub fn main() -> ExitCode {
         Command::Fhir(cmd) => fhir::run(cmd),
         Command::Mllp(cmd) => mllp::run(cmd),
         Command::Sync(cmd) => sync::run(cmd),
+        Command::Serve(args) => serve::serve(args),
+        Command::Keys(cmd) => serve::keys(cmd),
         Command::Run {
             pipeline,
             input,

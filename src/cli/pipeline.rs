@@ -155,6 +155,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
             metrics_addr,
             progress: progress_bar(&args),
             on_signal: Some(crate::cli::end_progress_line),
+            hosted: false,
         },
     )?;
     let (dlq_path, dlq_topic) = (topology.dlq_path.clone(), topology.dlq_topic.clone());

@@ -50,6 +50,11 @@ impl Telemetry {
         }
     }
 
+    /// Rows written so far, per sink.
+    pub fn sink_counts(&self) -> BTreeMap<String, u64> {
+        self.sinks.lock().expect("telemetry").clone()
+    }
+
     /// Called per batch by every sink: no allocation once the sink is known.
     pub fn sink_rows(&self, sink: &str, n: u64) {
         let mut sinks = self.sinks.lock().expect("telemetry");

@@ -46,6 +46,9 @@ pub struct StartOptions {
     pub progress: Option<Progress>,
     /// Called before a signal's message is printed (the CLI ends its progress line).
     pub on_signal: Option<fn()>,
+    /// Hosted by `plexus serve`: the server handles signals and stops the run through
+    /// `stop_handle`.
+    pub hosted: bool,
 }
 
 /// The breaker-event follower: its stop flag and thread.
@@ -83,7 +86,7 @@ impl Topology {
     ) -> Result<Topology> {
         let stop = Arc::new(AtomicBool::new(false));
         let meta = RecordMeta::default();
-        {
+        if !options.hosted {
             // A signal stops the reading; what was read is finished and accounted for.
             let _guard = rt.enter();
             watch_signals(rt, stop.clone(), options.on_signal);
@@ -199,6 +202,11 @@ impl Topology {
             staged,
             progress: options.progress,
         })
+    }
+
+    /// The run's counters (what `/metrics` shows).
+    pub fn telemetry(&self) -> Arc<Telemetry> {
+        self.telemetry.clone()
     }
 
     /// The flag a signal sets: setting it stops a stream the way SIGTERM does (drain,

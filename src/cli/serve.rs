@@ -1,0 +1,181 @@
+//! `plexus serve` and `plexus keys`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+
+use crate::serve::{ServeOptions, keys, registry::Registry};
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Where the API listens.
+    #[arg(long, default_value = "127.0.0.1:8700", value_name = "HOST:PORT")]
+    listen: std::net::SocketAddr,
+    /// State directory: the registry (SQLite) and each integration's files.
+    #[arg(long, value_name = "DIR")]
+    state: PathBuf,
+    /// Host every pipeline in DIR too (reloaded when files change).
+    #[arg(long, value_name = "DIR")]
+    pipelines: Option<PathBuf>,
+    /// A PostgreSQL URL for a registry shared by several servers (default: SQLite in --state).
+    #[arg(long, env = "PLEXUS_REGISTRY", value_name = "URL")]
+    registry: Option<String>,
+    /// API requests per second per key.
+    #[arg(long, default_value_t = 20)]
+    api_rate: u32,
+    /// Requests a key may make at once above its rate.
+    #[arg(long, default_value_t = 40)]
+    api_burst: u32,
+    /// How often the registry and the directory are compared with what runs (e.g. 2s).
+    #[arg(long, default_value = "2s", value_name = "DURATION")]
+    reconcile_every: String,
+}
+
+pub fn serve(args: ServeArgs) -> Result<ExitCode> {
+    let reconcile_every = crate::config::parse_duration(&args.reconcile_every)
+        .map_err(|e| anyhow::anyhow!("--reconcile-every: {e}"))?;
+    crate::serve::run(ServeOptions {
+        listen: args.listen,
+        state: args.state,
+        registry: args.registry,
+        pipelines: args.pipelines,
+        api_rate: args.api_rate,
+        api_burst: args.api_burst,
+        max_body_bytes: 2 << 20,
+        reconcile_every,
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Creates an API key; prints it once (alone on the last line of stdout).
+    Create {
+        #[arg(long, value_name = "DIR")]
+        state: PathBuf,
+        #[arg(long, env = "PLEXUS_REGISTRY", value_name = "URL")]
+        registry: Option<String>,
+        /// admin, operator or viewer.
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        name: String,
+        /// May read dead letters' original messages (PHI).
+        #[arg(long)]
+        phi: bool,
+        /// Expires after this long (e.g. 90d).
+        #[arg(long, value_name = "DURATION")]
+        expires_in: Option<String>,
+    },
+    /// Lists keys (never their secrets).
+    List {
+        #[arg(long, value_name = "DIR")]
+        state: PathBuf,
+        #[arg(long, env = "PLEXUS_REGISTRY", value_name = "URL")]
+        registry: Option<String>,
+    },
+    /// Revokes a key by its id.
+    Revoke {
+        #[arg(long, value_name = "DIR")]
+        state: PathBuf,
+        #[arg(long, env = "PLEXUS_REGISTRY", value_name = "URL")]
+        registry: Option<String>,
+        id: String,
+    },
+}
+
+fn open(
+    state: &std::path::Path,
+    registry: Option<String>,
+) -> Result<(tokio::runtime::Runtime, Registry)> {
+    let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    std::fs::create_dir_all(state).with_context(|| format!("creating {}", state.display()))?;
+    let options = ServeOptions {
+        listen: ([127, 0, 0, 1], 0).into(),
+        state: state.to_path_buf(),
+        registry,
+        pipelines: None,
+        api_rate: 1,
+        api_burst: 1,
+        max_body_bytes: 0,
+        reconcile_every: std::time::Duration::from_secs(1),
+    };
+    let registry = rt
+        .block_on(Registry::open(&options.registry_location()))
+        .map_err(anyhow::Error::msg)?;
+    Ok((rt, registry))
+}
+
+pub fn keys(cmd: KeysCommand) -> Result<ExitCode> {
+    match cmd {
+        KeysCommand::Create {
+            state,
+            registry,
+            role,
+            name,
+            phi,
+            expires_in,
+        } => {
+            let role = keys::Role::parse(&role).map_err(anyhow::Error::msg)?;
+            let expires = expires_in
+                .as_deref()
+                .map(crate::config::parse_duration)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--expires-in: {e}"))?;
+            let (rt, registry) = open(&state, registry)?;
+            let (row, key) = rt
+                .block_on(keys::create(&registry, &name, role, phi, expires))
+                .map_err(anyhow::Error::msg)?;
+            rt.block_on(registry.audit(
+                "cli",
+                "key.create",
+                &row.id,
+                &format!("role {}, phi {}", row.role, row.phi),
+                "local",
+                "-",
+            ))
+            .map_err(anyhow::Error::msg)?;
+            eprintln!(
+                "created key {} ({}, role {}); it is shown once — store it now:",
+                row.id, row.name, row.role
+            );
+            println!("{key}");
+        }
+        KeysCommand::List { state, registry } => {
+            let (rt, registry) = open(&state, registry)?;
+            for k in rt.block_on(registry.keys()).map_err(anyhow::Error::msg)? {
+                let status = if k.revoked_at.is_some() {
+                    "revoked"
+                } else if k
+                    .expires_at
+                    .is_some_and(|t| t <= crate::serve::registry::now_ms())
+                {
+                    "expired"
+                } else {
+                    "active"
+                };
+                println!("{}\t{}\t{}\t{}", k.id, k.role, status, k.name);
+            }
+        }
+        KeysCommand::Revoke {
+            state,
+            registry,
+            id,
+        } => {
+            let (rt, registry) = open(&state, registry)?;
+            if !rt
+                .block_on(registry.revoke_key(&id))
+                .map_err(anyhow::Error::msg)?
+            {
+                eprintln!("error: no active key {id}");
+                return Ok(ExitCode::from(1));
+            }
+            rt.block_on(registry.audit("cli", "key.revoke", &id, "", "local", "-"))
+                .map_err(anyhow::Error::msg)?;
+            eprintln!("revoked {id}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

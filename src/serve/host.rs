@@ -1,0 +1,371 @@
+//! Hosting: each integration's pipeline runs as its own topology on the server's runtime, on a
+//! thread of its own (a run blocks on its flow), so starting, updating or stopping one never
+//! touches the others. Stopping drains like SIGTERM does for `plexus run`: what was read is
+//! finished and committed.
+//!
+//! The host does not decide what runs: `serve::reconcile` compares the wanted state (the
+//! registry, the pipelines directory) with what runs here and calls `start` / `stop`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+use crate::runtime::summary::RunSummary;
+use crate::runtime::telemetry::Telemetry;
+use crate::runtime::topology::{StartOptions, Topology};
+use crate::spec::PipelineSpec;
+
+/// Where an integration's definition comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "kind", content = "path")]
+pub enum Origin {
+    Registry,
+    /// A pipeline file in `--pipelines`.
+    Directory(PathBuf),
+}
+
+/// What a hosted integration is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Active,
+    Inactive,
+    Error,
+}
+
+/// What the API shows about one hosted integration.
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    pub status: Status,
+    /// Why it is in error, or why an update was refused (no PHI: plan errors and run
+    /// failures name places, not values).
+    pub reason: Option<String>,
+    pub origin: Origin,
+    /// The registry version, or the pipeline file's content hash.
+    pub version: String,
+    pub started_at: Option<i64>,
+    pub records_in: u64,
+    pub dead_letters: u64,
+    pub sinks: BTreeMap<String, u64>,
+    /// The summary of its last run that ended (an update, a stop, a failure).
+    pub last_run: Option<serde_json::Value>,
+}
+
+struct Running {
+    stop: Arc<AtomicBool>,
+    telemetry: Arc<Telemetry>,
+    thread: std::thread::JoinHandle<Result<RunSummary, String>>,
+}
+
+struct Hosted {
+    origin: Origin,
+    version: String,
+    status: Status,
+    reason: Option<String>,
+    started_at: Option<i64>,
+    run: Option<Running>,
+    last_run: Option<serde_json::Value>,
+}
+
+/// The integrations this server runs.
+pub struct Host {
+    rt: Arc<tokio::runtime::Runtime>,
+    items: Mutex<BTreeMap<String, Hosted>>,
+}
+
+impl Host {
+    pub fn new(rt: Arc<tokio::runtime::Runtime>) -> Arc<Host> {
+        Arc::new(Host {
+            rt,
+            items: Mutex::default(),
+        })
+    }
+
+    /// Runs `spec` as `id` (stopping, draining, the version running now first). Blocks until
+    /// the new version started or failed to; call from a blocking context.
+    pub fn start(
+        &self,
+        id: &str,
+        origin: Origin,
+        version: String,
+        spec: PipelineSpec,
+    ) -> Result<(), String> {
+        self.stop(id);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let rt = self.rt.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("integration-{id}"))
+            .spawn(move || {
+                let plan = match rt.block_on(crate::plan::build(&spec)) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.to_string()));
+                        return Err("did not start".to_string());
+                    }
+                };
+                let options = StartOptions {
+                    hosted: true,
+                    ..StartOptions::default()
+                };
+                let topology = match Topology::start(&rt, plan, options) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        let _ = tx.send(Err(format!("{e:#}")));
+                        return Err("did not start".to_string());
+                    }
+                };
+                let _ = tx.send(Ok((topology.stop_handle(), topology.telemetry())));
+                topology.run(&rt).map_err(|e| format!("{e:#}"))
+            })
+            .map_err(|e| format!("starting a thread: {e}"))?;
+        let started = rx
+            .recv()
+            .unwrap_or_else(|_| Err("the run ended before it started".into()));
+        let mut items = self.items.lock().expect("host");
+        let entry = items.entry(id.to_string()).or_insert_with(|| Hosted {
+            origin: origin.clone(),
+            version: version.clone(),
+            status: Status::Inactive,
+            reason: None,
+            started_at: None,
+            run: None,
+            last_run: None,
+        });
+        entry.origin = origin;
+        entry.version = version;
+        match started {
+            Ok((stop, telemetry)) => {
+                entry.status = Status::Active;
+                entry.reason = None;
+                entry.started_at = Some(super::registry::now_ms());
+                entry.run = Some(Running {
+                    stop,
+                    telemetry,
+                    thread,
+                });
+                tracing::info!(integration = id, "serve: integration started");
+                Ok(())
+            }
+            Err(reason) => {
+                let _ = thread.join();
+                entry.status = Status::Error;
+                entry.reason = Some(reason.clone());
+                tracing::warn!(integration = id, "serve: integration failed to start");
+                Err(reason)
+            }
+        }
+    }
+
+    /// Stops `id`'s run, draining it; keeps its entry (inactive) with the run's summary.
+    /// Blocks until the run ended.
+    pub fn stop(&self, id: &str) -> Option<serde_json::Value> {
+        let running = {
+            let mut items = self.items.lock().expect("host");
+            items.get_mut(id).and_then(|h| h.run.take())
+        };
+        let running = running?;
+        running.stop.store(true, Ordering::Relaxed);
+        let ended = running
+            .thread
+            .join()
+            .unwrap_or_else(|_| Err("the run panicked".into()));
+        let mut items = self.items.lock().expect("host");
+        let entry = items.get_mut(id)?;
+        entry.started_at = None;
+        match ended {
+            Ok(summary) => {
+                entry.status = Status::Inactive;
+                entry.last_run = serde_json::to_value(&summary).ok();
+            }
+            Err(e) => {
+                entry.status = Status::Error;
+                entry.reason = Some(e);
+            }
+        }
+        tracing::info!(integration = id, "serve: integration stopped");
+        entry.last_run.clone()
+    }
+
+    /// Stops `id` and forgets it.
+    pub fn remove(&self, id: &str) {
+        self.stop(id);
+        self.items.lock().expect("host").remove(id);
+    }
+
+    /// Marks `id` as refused (a definition that does not plan), keeping what runs.
+    pub fn refuse(&self, id: &str, origin: Origin, version: String, reason: String) {
+        let mut items = self.items.lock().expect("host");
+        let entry = items.entry(id.to_string()).or_insert_with(|| Hosted {
+            origin: origin.clone(),
+            version: version.clone(),
+            status: Status::Error,
+            reason: None,
+            started_at: None,
+            run: None,
+            last_run: None,
+        });
+        if entry.run.is_none() {
+            entry.status = Status::Error;
+            entry.version = version;
+        }
+        entry.reason = Some(reason);
+    }
+
+    /// Runs that ended on their own (a failure): marked as errors, with the reason.
+    pub fn reap(&self) {
+        let ended: Vec<String> = {
+            let items = self.items.lock().expect("host");
+            items
+                .iter()
+                .filter(|(_, h)| h.run.as_ref().is_some_and(|r| r.thread.is_finished()))
+                .map(|(id, _)| id.clone())
+                .collect()
+        };
+        for id in ended {
+            self.stop(&id);
+        }
+    }
+
+    pub fn ids(&self) -> Vec<(String, Origin, String, bool)> {
+        let items = self.items.lock().expect("host");
+        items
+            .iter()
+            .map(|(id, h)| {
+                (
+                    id.clone(),
+                    h.origin.clone(),
+                    h.version.clone(),
+                    h.run.is_some(),
+                )
+            })
+            .collect()
+    }
+
+    pub fn snapshot(&self, id: &str) -> Option<Snapshot> {
+        let items = self.items.lock().expect("host");
+        items.get(id).map(snapshot)
+    }
+
+    pub fn snapshots(&self) -> BTreeMap<String, Snapshot> {
+        let items = self.items.lock().expect("host");
+        items
+            .iter()
+            .map(|(id, h)| (id.clone(), snapshot(h)))
+            .collect()
+    }
+
+    /// Prometheus text for every running integration (each labelled with its integration).
+    pub fn metrics(&self) -> String {
+        let items = self.items.lock().expect("host");
+        let texts: Vec<String> = items
+            .values()
+            .filter_map(|h| h.run.as_ref().map(|r| r.telemetry.render()))
+            .collect();
+        merge_expositions(&texts)
+    }
+
+    /// Stops everything (the server is shutting down), draining each run.
+    pub fn stop_all(&self) {
+        let ids: Vec<String> = self.items.lock().expect("host").keys().cloned().collect();
+        // Every run is told first, so they drain together, not one after the other.
+        for id in &ids {
+            let flag = self
+                .items
+                .lock()
+                .expect("host")
+                .get(id)
+                .and_then(|h| h.run.as_ref().map(|r| r.stop.clone()));
+            if let Some(s) = flag {
+                s.store(true, Ordering::Relaxed);
+            }
+        }
+        for id in ids {
+            self.stop(&id);
+        }
+    }
+}
+
+fn snapshot(h: &Hosted) -> Snapshot {
+    let (records_in, dead_letters, sinks) = match &h.run {
+        Some(r) => (
+            r.telemetry.records_in.load(Ordering::Relaxed),
+            r.telemetry.dead_letters.load(Ordering::Relaxed),
+            r.telemetry.sink_counts(),
+        ),
+        None => (0, 0, BTreeMap::new()),
+    };
+    Snapshot {
+        status: h.status,
+        reason: h.reason.clone(),
+        origin: h.origin.clone(),
+        version: h.version.clone(),
+        started_at: h.started_at,
+        records_in,
+        dead_letters,
+        sinks,
+        last_run: h.last_run.clone(),
+    }
+}
+
+/// Joins Prometheus expositions: each metric family's HELP and TYPE once, its samples from
+/// every text under it (the format allows a family's lines in one group only).
+pub fn merge_expositions(texts: &[String]) -> String {
+    let mut order: Vec<String> = Vec::new();
+    let mut families: BTreeMap<String, (Vec<String>, Vec<String>)> = BTreeMap::new();
+    for text in texts {
+        for line in text.lines() {
+            let family = match line.strip_prefix("# ") {
+                Some(rest) => rest.split_whitespace().nth(1).unwrap_or("").to_string(),
+                None => line
+                    .split(['{', ' '])
+                    .next()
+                    .unwrap_or("")
+                    .trim_end_matches("_bucket")
+                    .to_string(),
+            };
+            if family.is_empty() {
+                continue;
+            }
+            let entry = families.entry(family.clone()).or_insert_with(|| {
+                order.push(family.clone());
+                Default::default()
+            });
+            if line.starts_with('#') {
+                if !entry.0.iter().any(|l| l == line) {
+                    entry.0.push(line.to_string());
+                }
+            } else {
+                entry.1.push(line.to_string());
+            }
+        }
+    }
+    let mut out = String::new();
+    for f in order {
+        let (meta, samples) = &families[&f];
+        for l in meta.iter().chain(samples) {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expositions_merge_into_one_group_per_family() {
+        let a =
+            "# HELP x_total X.\n# TYPE x_total counter\nx_total{integration=\"a\"} 1\n".to_string();
+        let b = "# HELP x_total X.\n# TYPE x_total counter\nx_total{integration=\"b\"} 2\n# HELP y Y.\n# TYPE y gauge\ny{integration=\"b\"} 3\n".to_string();
+        let merged = merge_expositions(&[a, b]);
+        assert_eq!(
+            merged,
+            "# HELP x_total X.\n# TYPE x_total counter\nx_total{integration=\"a\"} 1\nx_total{integration=\"b\"} 2\n# HELP y Y.\n# TYPE y gauge\ny{integration=\"b\"} 3\n"
+        );
+    }
+}

@@ -1,0 +1,292 @@
+//! `plexus serve`: many integrations in one process behind an authenticated REST API.
+//!
+//! What should run is data: the registry (integrations created over the API; SQLite in the
+//! state directory, or PostgreSQL shared by several servers) and the pipelines directory
+//! (every `*.yaml` in it, reloaded when it changes). `reconcile` brings what runs here in
+//! line with it — after each API change and every few seconds, so a server sharing a
+//! PostgreSQL registry picks up what another one changed. An update drains the old version
+//! (as SIGTERM drains `plexus run`) and starts the new one; the others keep running.
+//!
+//! - `registry`: integrations with their version history, API keys, the audit log.
+//! - `keys`: API keys and roles.
+//! - `host`: the running integrations.
+//! - `integration`: the API's view of an integration, and the checks before storing one.
+//! - `api`: routes, authentication, rate limits, request ids.
+
+pub mod api;
+pub mod host;
+pub mod integration;
+pub mod keys;
+pub mod registry;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use sha2::{Digest, Sha256};
+
+use crate::connectors::state_db::StateLocation;
+use host::{Host, Origin};
+use registry::Registry;
+
+/// `plexus serve`'s settings.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    /// The state directory: the registry (SQLite), each registry integration's files.
+    pub state: PathBuf,
+    /// A PostgreSQL URL for a registry shared by several servers (default: SQLite in `state`).
+    pub registry: Option<String>,
+    /// Pipelines hosted from files, reloaded when they change.
+    pub pipelines: Option<PathBuf>,
+    /// Requests per second per API key, and the burst allowed above it.
+    pub api_rate: u32,
+    pub api_burst: u32,
+    pub max_body_bytes: usize,
+    /// How often the registry and the directory are compared with what runs.
+    pub reconcile_every: Duration,
+}
+
+impl ServeOptions {
+    pub fn registry_location(&self) -> StateLocation {
+        match &self.registry {
+            Some(url) => StateLocation::parse(url),
+            None => StateLocation::Sqlite(self.state.join("registry.db")),
+        }
+    }
+}
+
+/// What the API handlers share.
+pub struct Server {
+    pub options: ServeOptions,
+    pub registry: Registry,
+    pub host: Arc<Host>,
+    pub limiter: governor::DefaultKeyedRateLimiter<String>,
+    /// One reconciliation at a time.
+    reconciling: tokio::sync::Mutex<()>,
+}
+
+/// Runs the server until SIGTERM/SIGINT, then drains every integration.
+pub fn run(options: ServeOptions) -> anyhow::Result<()> {
+    let rt = Arc::new(
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the runtime")?,
+    );
+    std::fs::create_dir_all(&options.state)
+        .with_context(|| format!("creating {}", options.state.display()))?;
+    let registry = rt
+        .block_on(Registry::open(&options.registry_location()))
+        .map_err(anyhow::Error::msg)?;
+    let nz = |n: u32| std::num::NonZeroU32::new(n.max(1)).expect("at least 1");
+    let server = Arc::new(Server {
+        limiter: governor::RateLimiter::keyed(
+            governor::Quota::per_second(nz(options.api_rate)).allow_burst(nz(options.api_burst)),
+        ),
+        host: Host::new(rt.clone()),
+        registry,
+        options,
+        reconciling: tokio::sync::Mutex::new(()),
+    });
+    let served = rt.block_on(serve(server.clone()));
+    // Every integration drains (commits what it read) before the process ends.
+    eprintln!("serve: stopping every integration (draining)");
+    server.host.stop_all();
+    eprintln!("serve: stopped");
+    served
+}
+
+async fn serve(server: Arc<Server>) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(server.options.listen)
+        .await
+        .with_context(|| format!("--listen {}", server.options.listen))?;
+    let addr = listener.local_addr()?;
+    reconcile(&server).await;
+    let ticker = {
+        let server = server.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(server.options.reconcile_every).await;
+                reconcile(&server).await;
+            }
+        })
+    };
+    eprintln!("serve: listening on http://{addr} (API under /api/v1)");
+    let app = api::router(server.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown())
+        .await
+        .context("serving the API")?;
+    ticker.abort();
+    Ok(())
+}
+
+async fn shutdown() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// One integration that should run: where it comes from, its version, its pipeline.
+struct Wanted {
+    origin: Origin,
+    version: String,
+    path: PathBuf,
+    text: String,
+}
+
+/// Brings what runs in line with the registry and the pipelines directory.
+pub async fn reconcile(server: &Arc<Server>) {
+    let _one = server.reconciling.lock().await;
+    server.host.reap();
+    let stored = match server.registry.list().await {
+        Ok(s) => s,
+        Err(e) => {
+            // Keep what runs; the next round tries again.
+            tracing::error!(error = %e, "serve: registry unavailable; nothing changed");
+            return;
+        }
+    };
+    let mut wanted: BTreeMap<String, Wanted> = BTreeMap::new();
+    for s in stored.iter().filter(|s| s.active) {
+        wanted.insert(
+            s.id.clone(),
+            Wanted {
+                origin: Origin::Registry,
+                version: s.version.to_string(),
+                path: integration::pipeline_path(server, &s.id),
+                text: s.pipeline.clone(),
+            },
+        );
+    }
+    if let Some(dir) = &server.options.pipelines {
+        for (id, path, text) in directory(dir) {
+            if stored.iter().any(|s| s.id == id) {
+                let reason = format!("{}: the registry has an integration {id}", path.display());
+                server
+                    .host
+                    .refuse(&id, Origin::Directory(path), String::new(), reason);
+                continue;
+            }
+            let version = Sha256::digest(text.as_bytes())
+                .iter()
+                .take(6)
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            wanted.insert(
+                id,
+                Wanted {
+                    origin: Origin::Directory(path.clone()),
+                    version,
+                    path,
+                    text,
+                },
+            );
+        }
+    }
+    let hosted = server.host.ids();
+    for (id, origin, _, running) in &hosted {
+        if wanted.contains_key(id) {
+            continue;
+        }
+        let host = server.host.clone();
+        let (id, keep) = (
+            id.clone(),
+            *origin == Origin::Registry && stored.iter().any(|s| s.id == *id),
+        );
+        if *running || !keep {
+            let _ = tokio::task::spawn_blocking(move || {
+                if keep {
+                    host.stop(&id);
+                } else {
+                    host.remove(&id);
+                }
+            })
+            .await;
+        }
+    }
+    for (id, w) in wanted {
+        let current = hosted.iter().find(|h| h.0 == id);
+        let unchanged = current.is_some_and(|(_, o, v, running)| {
+            *o == w.origin
+                && *v == w.version
+                && (*running
+                    || server
+                        .host
+                        .snapshot(&id)
+                        .is_some_and(|s| s.status == host::Status::Error))
+        });
+        if unchanged {
+            continue;
+        }
+        let registry_id = (w.origin == Origin::Registry).then_some(id.as_str());
+        let spec = match integration::plan_check(&w.path, registry_id, &w.text).await {
+            Ok(spec) => spec,
+            Err(errors) => {
+                let reason = errors
+                    .iter()
+                    .map(|e| {
+                        format!(
+                            "{}:{}:{}: {}",
+                            w.path.display(),
+                            e.line,
+                            e.column,
+                            e.message
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                tracing::warn!(integration = %id, "serve: pipeline refused: {reason}");
+                server.host.refuse(&id, w.origin, w.version, reason);
+                continue;
+            }
+        };
+        if let Some(dir) = w.path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let host = server.host.clone();
+        let started =
+            tokio::task::spawn_blocking(move || host.start(&id, w.origin, w.version, spec)).await;
+        if let Ok(Err(e)) = started {
+            tracing::warn!("serve: integration failed to start: {e}");
+        }
+    }
+}
+
+/// The pipelines in `dir`: (id = file stem, path, text), skipping test-case files.
+fn directory(dir: &Path) -> Vec<(String, PathBuf, String)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        tracing::warn!(dir = %dir.display(), "serve: cannot read the pipelines directory");
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let path = e.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if name.ends_with(".test.yaml") || name.ends_with(".test.yml") {
+            continue;
+        }
+        let Some(stem) = name.strip_suffix(".yaml").or(name.strip_suffix(".yml")) else {
+            continue;
+        };
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            out.push((stem.to_string(), path, text));
+        }
+    }
+    out.sort();
+    out
+}

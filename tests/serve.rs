@@ -1,0 +1,758 @@
+//! `plexus serve` as a process: API keys from the CLI, every route's authentication and
+//! roles, the integration lifecycle (a broken pipeline refused with locations, fixed,
+//! activated, fed over HTTP ingest, updated while messages flow, deactivated), pipelines from
+//! a directory, rate limits. A plain HTTP/1.1 client over a socket: nothing shared with the
+//! server's code.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::listener::{free_port, wait_for_port};
+
+/// One HTTP exchange: (status, lower-cased headers, body).
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<&str>,
+) -> std::io::Result<Reply> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    if let Some(k) = key {
+        req.push_str(&format!("Authorization: Bearer {k}\r\n"));
+    }
+    let body = body.unwrap_or("");
+    if !body.is_empty() || method != "GET" {
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    let body = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
+    Ok(Reply {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = &rest[n..];
+        s = s.strip_prefix("\r\n").unwrap_or(s);
+    }
+    out
+}
+
+fn call(port: u16, method: &str, path: &str, key: Option<&str>, body: Option<Value>) -> Reply {
+    let body = body.map(|b| b.to_string());
+    http(port, method, path, key, body.as_deref()).unwrap()
+}
+
+fn new_key(state: &Path, role: &str, name: &str) -> String {
+    let out = Command::new(support::BIN)
+        .args(["keys", "create", "--state"])
+        .arg(state)
+        .args(["--role", role, "--name", name])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    stdout.lines().last().unwrap().trim().to_string()
+}
+
+fn start_server(state: &Path, port: u16, extra: &[&str]) -> Child {
+    let child = Command::new(support::BIN)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--state"])
+        .arg(state)
+        .args(["--reconcile-every", "300ms"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, Duration::from_secs(30));
+    child
+}
+
+/// SIGTERM, then the exit status and stderr.
+fn stop_server(child: Child) -> (Option<i32>, String) {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The output's complete rows (a line being written is not one yet).
+fn rows(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn hl7(i: u64) -> String {
+    format!(
+        "MSH|^~\\&|SENDAPP|SENDFAC|PLEXUS|HUB|20260105143000||ADT^A01^ADT_A01|C{i}|P|2.5.1\rPID|1||M{i}^^^GHH^MR||DOE^JOHN||19800102|M\r"
+    )
+}
+
+/// An HTTP-ingest pipeline for integration `id`; `columns` are PID paths the parse stage reads.
+fn ingest_pipeline(id: &str, port: u16, columns: &str) -> String {
+    format!(
+        r#"name: {id}
+integration: {{id: {id}}}
+source: {{type: http, listen: "127.0.0.1:{port}", path: /hl7, format: hl7, spool: spool}}
+batch: {{max_rows: 200, max_delay: 50ms}}
+stages:
+  - name: parse
+    type: parse
+    format: hl7
+    columns:
+{columns}
+sinks:
+  - {{name: out, input: parse, type: file, format: ndjson, path: out.ndjson}}
+dlq: {{path: dlq.ndjson}}
+"#
+    )
+}
+
+const MRN: &str = "      - {name: mrn, path: PID-3.1}\n";
+
+/// Posts HL7 to the ingest port; true when answered 202.
+fn ingest(port: u16, i: u64) -> bool {
+    let msg = hl7(i);
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let req = format!(
+        "POST /hl7 HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{msg}",
+        msg.len()
+    );
+    if s.write_all(req.as_bytes()).is_err() {
+        return false;
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.starts_with("HTTP/1.1 202")
+}
+
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn every_route_checks_keys_and_roles() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let (admin, operator, viewer) = (
+        new_key(&state, "admin", "ada"),
+        new_key(&state, "operator", "otto"),
+        new_key(&state, "viewer", "vic"),
+    );
+    let port = free_port();
+    let server = start_server(&state, port, &[]);
+    // Open routes.
+    assert_eq!(call(port, "GET", "/health", None, None).status, 200);
+    assert_eq!(call(port, "GET", "/ready", None, None).status, 200);
+    // Every other route: 401 without a key, with a wrong one, with a revoked one.
+    let routes: &[(&str, &str, Option<Value>, &str)] = &[
+        ("GET", "/metrics", None, "viewer"),
+        ("GET", "/api/v1/integrations", None, "viewer"),
+        (
+            "POST",
+            "/api/v1/integrations",
+            Some(json!({"id": "x", "pipeline": "name: x"})),
+            "admin",
+        ),
+        ("GET", "/api/v1/integrations/none", None, "viewer"),
+        (
+            "PUT",
+            "/api/v1/integrations/none",
+            Some(json!({"pipeline": "name: x"})),
+            "admin",
+        ),
+        ("DELETE", "/api/v1/integrations/none", None, "admin"),
+        ("POST", "/api/v1/integrations/none/activate", None, "admin"),
+        (
+            "POST",
+            "/api/v1/integrations/none/deactivate",
+            None,
+            "admin",
+        ),
+        ("GET", "/api/v1/integrations/none/versions", None, "viewer"),
+        (
+            "POST",
+            "/api/v1/integrations/none/rollback",
+            Some(json!({"revision": 1})),
+            "admin",
+        ),
+        ("GET", "/api/v1/keys", None, "admin"),
+        (
+            "POST",
+            "/api/v1/keys",
+            Some(json!({"name": "n", "role": "viewer"})),
+            "admin",
+        ),
+        ("DELETE", "/api/v1/keys/00000000", None, "admin"),
+        ("GET", "/api/v1/audit", None, "admin"),
+    ];
+    let wrong = format!("{}0", &admin[..admin.len() - 1]);
+    let rank = |r: &str| {
+        ["viewer", "operator", "admin"]
+            .iter()
+            .position(|x| *x == r)
+            .unwrap()
+    };
+    for (method, path, body, needs) in routes {
+        for key in [None, Some("nonsense"), Some(wrong.as_str())] {
+            let r = call(port, method, path, key, body.clone());
+            assert_eq!(r.status, 401, "{method} {path} with {key:?}: {}", r.body);
+            assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+            assert!(!r.body.contains(&admin[12..]), "no key material in errors");
+        }
+        for (role, key) in [
+            ("viewer", &viewer),
+            ("operator", &operator),
+            ("admin", &admin),
+        ] {
+            let r = call(port, method, path, Some(key), body.clone());
+            if rank(role) < rank(needs) {
+                assert_eq!(r.status, 403, "{role} {method} {path}: {}", r.body);
+            } else {
+                // Allowed: whatever the answer, it is not a refusal of the caller.
+                assert!(
+                    ![401, 403].contains(&r.status) && r.status < 500,
+                    "{role} {method} {path}: {} {}",
+                    r.status,
+                    r.body
+                );
+            }
+            assert!(r.header("x-request-id").is_some());
+        }
+    }
+    // Keys made over the API work at once; revoked ones stop working.
+    let made = call(
+        port,
+        "POST",
+        "/api/v1/keys",
+        Some(&admin),
+        Some(json!({"name": "late", "role": "viewer"})),
+    );
+    assert_eq!(made.status, 201, "{}", made.body);
+    let late = made.json()["key"].as_str().unwrap().to_string();
+    let late_id = made.json()["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        call(port, "GET", "/api/v1/integrations", Some(&late), None).status,
+        200
+    );
+    let listed = call(port, "GET", "/api/v1/keys", Some(&admin), None);
+    assert!(
+        !listed.body.contains(&late[12..]),
+        "secrets are never listed"
+    );
+    assert!(!listed.body.contains("hash"), "{}", listed.body);
+    let gone = call(
+        port,
+        "DELETE",
+        &format!("/api/v1/keys/{late_id}"),
+        Some(&admin),
+        None,
+    );
+    assert_eq!(gone.status, 200);
+    assert_eq!(
+        call(port, "GET", "/api/v1/integrations", Some(&late), None).status,
+        401
+    );
+    // The audit log names who did it, from where, under which request.
+    let log = call(
+        port,
+        "GET",
+        "/api/v1/audit?action=key.revoke",
+        Some(&admin),
+        None,
+    )
+    .json();
+    let entry = &log["entries"][0];
+    assert_eq!(entry["target"], late_id.as_str());
+    assert!(
+        entry["actor"].as_str().unwrap().contains("(ada)"),
+        "{entry}"
+    );
+    assert!(entry["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
+    let (code, _) = stop_server(server);
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn an_integration_lives_from_a_refused_draft_to_an_update_under_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let admin = new_key(&state, "admin", "ada");
+    let viewer = new_key(&state, "viewer", "vic");
+    let (port, ingest_port) = (free_port(), free_port());
+    let server = start_server(&state, port, &[]);
+    let id = "adt-in";
+
+    // A broken pipeline: 422 with every problem at its line and column; nothing stored.
+    let broken = ingest_pipeline(
+        id,
+        ingest_port,
+        "      - {name: mrn, path: PID-3.1, kind: nope}\n",
+    )
+    .replace("input: parse", "input: parsed");
+    let r = call(
+        port,
+        "POST",
+        "/api/v1/integrations",
+        Some(&admin),
+        Some(json!({"id": id, "facilityId": "F1", "systemType": "ehr", "pipeline": broken})),
+    );
+    assert_eq!(r.status, 422, "{}", r.body);
+    let errors = r.json()["errors"].as_array().unwrap().clone();
+    assert!(!errors.is_empty());
+    for e in &errors {
+        assert!(
+            e["line"].as_u64().unwrap() > 1 && e["column"].as_u64().unwrap() >= 1,
+            "{e}"
+        );
+    }
+    assert_eq!(
+        call(
+            port,
+            "GET",
+            &format!("/api/v1/integrations/{id}"),
+            Some(&admin),
+            None
+        )
+        .status,
+        404
+    );
+    // Credentials are refused rather than stored in plain text.
+    let r = call(
+        port,
+        "POST",
+        "/api/v1/integrations",
+        Some(&admin),
+        Some(json!({
+        "id": id, "pipeline": ingest_pipeline(id, ingest_port, MRN),
+        "connection": {"type": "hl7", "authentication": {"type": "basic", "credentials": {"password": "pw"}}}})),
+    );
+    assert_eq!(r.status, 422);
+    assert!(!r.body.contains("\"pw\""), "{}", r.body);
+
+    // Fixed: stored inactive, then activated.
+    let r = call(
+        port,
+        "POST",
+        "/api/v1/integrations",
+        Some(&admin),
+        Some(json!({
+        "id": id, "facilityId": "F1", "systemType": "ehr", "systemName": "Epic", "vendor": "Epic",
+        "pipeline": ingest_pipeline(id, ingest_port, MRN)})),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(
+        (r.json()["status"].as_str(), r.json()["revision"].as_i64()),
+        (Some("inactive"), Some(1))
+    );
+    assert_eq!(
+        call(
+            port,
+            "POST",
+            "/api/v1/integrations",
+            Some(&admin),
+            Some(json!({
+        "id": id, "pipeline": ingest_pipeline(id, ingest_port, MRN)}))
+        )
+        .status,
+        409
+    );
+    let r = call(
+        port,
+        "POST",
+        &format!("/api/v1/integrations/{id}/activate"),
+        Some(&admin),
+        None,
+    );
+    assert_eq!(r.json()["status"], "active", "{}", r.body);
+    wait_for_port(ingest_port, Duration::from_secs(10));
+
+    // Messages flow; an update lands while a sender keeps sending (retrying while the
+    // listener is between versions, as senders do).
+    let accepted = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let sender = {
+        let (accepted, done) = (accepted.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut i = 0;
+            while !done.load(Ordering::Relaxed) {
+                if ingest(ingest_port, i) {
+                    accepted.fetch_add(1, Ordering::Relaxed);
+                    i += 1;
+                } else {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        })
+    };
+    wait_until("150 accepted", Duration::from_secs(30), || {
+        accepted.load(Ordering::Relaxed) >= 150
+    });
+    let r = call(
+        port,
+        "GET",
+        &format!("/api/v1/integrations/{id}"),
+        Some(&viewer),
+        None,
+    );
+    assert!(
+        r.json()["run"]["records_in"].as_u64().unwrap() > 0,
+        "{}",
+        r.body
+    );
+    let metrics = call(port, "GET", "/metrics", Some(&viewer), None);
+    assert!(
+        metrics.body.contains(&format!(
+            "plexus_records_in_total{{pipeline=\"{id}\",integration=\"{id}\"}}"
+        )),
+        "{}",
+        metrics.body
+    );
+    let updated = ingest_pipeline(
+        id,
+        ingest_port,
+        &format!("{MRN}      - {{name: family, path: PID-5.1}}\n"),
+    );
+    let r = call(
+        port,
+        "PUT",
+        &format!("/api/v1/integrations/{id}"),
+        Some(&admin),
+        Some(json!({
+        "facilityId": "F1", "systemType": "ehr", "pipeline": updated})),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        (r.json()["revision"].as_i64(), r.json()["status"].as_str()),
+        (Some(2), Some("active")),
+        "{}",
+        r.body
+    );
+    // The old version drained: its run's summary is the last run.
+    assert!(
+        r.json()["run"]["last_run"]["records_in"].as_u64().unwrap() > 0,
+        "{}",
+        r.body
+    );
+    let before = accepted.load(Ordering::Relaxed);
+    wait_until("the new version accepting", Duration::from_secs(30), || {
+        accepted.load(Ordering::Relaxed) >= before + 100
+    });
+    done.store(true, Ordering::Relaxed);
+    sender.join().unwrap();
+    let sent = accepted.load(Ordering::Relaxed);
+    let out = state.join("integrations").join(id).join("out.ndjson");
+    wait_until(
+        "every accepted message in the output",
+        Duration::from_secs(30),
+        || rows(&out).len() as u64 >= sent,
+    );
+    let rows = rows(&out);
+    assert_eq!(
+        rows.len() as u64,
+        sent,
+        "no loss, no duplicates across the update"
+    );
+    assert!(
+        rows.iter().any(|r| r["family"] == "DOE"),
+        "the new version's column"
+    );
+    assert!(
+        rows.iter().any(|r| r.get("family").is_none()),
+        "the old version's rows"
+    );
+
+    // History, rollback, deactivation with the run's summary, deletion.
+    let v = call(
+        port,
+        "GET",
+        &format!("/api/v1/integrations/{id}/versions"),
+        Some(&viewer),
+        None,
+    )
+    .json();
+    assert_eq!(v["versions"].as_array().unwrap().len(), 2);
+    let r = call(
+        port,
+        "POST",
+        &format!("/api/v1/integrations/{id}/deactivate"),
+        Some(&admin),
+        None,
+    );
+    assert_eq!(r.json()["status"], "inactive", "{}", r.body);
+    assert!(
+        r.json()["run"]["last_run"]["records_in"].as_u64().unwrap() > 0,
+        "{}",
+        r.body
+    );
+    let r = call(
+        port,
+        "POST",
+        &format!("/api/v1/integrations/{id}/rollback"),
+        Some(&admin),
+        Some(json!({"revision": 1})),
+    );
+    assert_eq!(
+        (
+            r.json()["revision"].as_i64(),
+            r.json()["pipeline"].as_str().map(|p| p.contains("family"))
+        ),
+        (Some(3), Some(false))
+    );
+    let audit = call(
+        port,
+        "GET",
+        &format!("/api/v1/audit?target={id}"),
+        Some(&admin),
+        None,
+    )
+    .json();
+    let actions: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "integration.rollback",
+            "integration.deactivate",
+            "integration.update",
+            "integration.activate",
+            "integration.create"
+        ]
+    );
+    assert_eq!(
+        call(
+            port,
+            "DELETE",
+            &format!("/api/v1/integrations/{id}"),
+            Some(&admin),
+            None
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        call(
+            port,
+            "GET",
+            &format!("/api/v1/integrations/{id}"),
+            Some(&admin),
+            None
+        )
+        .status,
+        404
+    );
+    let (code, _) = stop_server(server);
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn pipelines_from_a_directory_reload_and_keys_are_rate_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let (state, pipelines) = (dir.path().join("state"), dir.path().join("pipelines"));
+    std::fs::create_dir_all(&pipelines).unwrap();
+    let viewer = new_key(&state, "viewer", "vic");
+    let ingest_port = free_port();
+    let file = pipelines.join("feed.yaml");
+    std::fs::write(&file, ingest_pipeline("feed", ingest_port, MRN)).unwrap();
+    let bad_stage = "      - {name: mrn, path: PID-3.1, kind: nope}\n";
+    std::fs::write(
+        pipelines.join("broken.yaml"),
+        ingest_pipeline("broken", free_port(), bad_stage),
+    )
+    .unwrap();
+    let port = free_port();
+    let server = start_server(
+        &state,
+        port,
+        &[
+            "--pipelines",
+            pipelines.to_str().unwrap(),
+            "--api-rate",
+            "2",
+            "--api-burst",
+            "3",
+        ],
+    );
+    wait_for_port(ingest_port, Duration::from_secs(10));
+    assert!(ingest(ingest_port, 1));
+    let r = call(
+        port,
+        "GET",
+        "/api/v1/integrations/feed",
+        Some(&viewer),
+        None,
+    );
+    assert_eq!(
+        (r.json()["origin"].as_str(), r.json()["status"].as_str()),
+        (Some("directory"), Some("active")),
+        "{}",
+        r.body
+    );
+    let first = r.json()["run"]["version"].clone();
+    let broken = call(
+        port,
+        "GET",
+        "/api/v1/integrations/broken",
+        Some(&viewer),
+        None,
+    )
+    .json();
+    assert_eq!(broken["status"], "error");
+    assert!(
+        broken["reason"]
+            .as_str()
+            .unwrap()
+            .contains("broken.yaml:10:"),
+        "{broken}"
+    );
+    assert_eq!(
+        call(port, "GET", "/ready", None, None).status,
+        503,
+        "an integration in error"
+    );
+
+    // Over the rate: 429 with when to retry.
+    std::thread::sleep(Duration::from_secs(2));
+    let replies: Vec<Reply> = (0..8)
+        .map(|_| call(port, "GET", "/api/v1/integrations", Some(&viewer), None))
+        .collect();
+    let limited: Vec<&Reply> = replies.iter().filter(|r| r.status == 429).collect();
+    assert!(!limited.is_empty() && replies.iter().filter(|r| r.status == 200).count() >= 3);
+    for r in limited {
+        let after: u64 = r.header("retry-after").unwrap().parse().unwrap();
+        assert!((1..=2).contains(&after), "{after}");
+        assert_eq!(r.header("ratelimit-remaining"), Some("0"));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+
+    // The file changes: the new version runs; the file goes: it stops.
+    std::fs::write(
+        &file,
+        ingest_pipeline(
+            "feed",
+            ingest_port,
+            &format!("{MRN}      - {{name: family, path: PID-5.1}}\n"),
+        ),
+    )
+    .unwrap();
+    std::fs::remove_file(pipelines.join("broken.yaml")).unwrap();
+    wait_until("the new version", Duration::from_secs(20), || {
+        let r = call(
+            port,
+            "GET",
+            "/api/v1/integrations/feed",
+            Some(&viewer),
+            None,
+        )
+        .json();
+        r["run"]["version"] != first && r["status"] == "active"
+    });
+    wait_for_port(ingest_port, Duration::from_secs(10));
+    assert!(ingest(ingest_port, 2));
+    assert_eq!(call(port, "GET", "/ready", None, None).status, 200);
+    std::fs::remove_file(&file).unwrap();
+    wait_until("the integration gone", Duration::from_secs(20), || {
+        call(
+            port,
+            "GET",
+            "/api/v1/integrations/feed",
+            Some(&viewer),
+            None,
+        )
+        .status
+            == 404
+    });
+    let out = rows(&pipelines.join("out.ndjson"));
+    assert_eq!(out.len(), 2, "{out:?}");
+    let (code, _) = stop_server(server);
+    assert_eq!(code, Some(0));
+}
