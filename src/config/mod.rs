@@ -86,22 +86,28 @@ impl<T: schemars::JsonSchema> schemars::JsonSchema for Spanned<T> {
     }
 }
 
-/// Parses `250ms`, `2s`, `1m`, `2h`.
+/// Parses `250ms`, `2s`, `1m`, `2h`, `30d`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t
         .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("duration {t:?} needs a unit (ms, s, m, h)"))?;
+        .ok_or_else(|| format!("duration {t:?} needs a unit (ms, s, m, h, d)"))?;
     let (n, unit) = t.split_at(split);
     let n: u64 = n
         .parse()
         .map_err(|_| format!("duration {t:?} must start with a number"))?;
+    let secs = |per: u64| {
+        n.checked_mul(per)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("duration {t:?} is too long"))
+    };
     match unit.trim() {
         "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        u => Err(format!("unknown duration unit {u:?} (ms, s, m, h)")),
+        "s" => secs(1),
+        "m" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(86_400),
+        u => Err(format!("unknown duration unit {u:?} (ms, s, m, h, d)")),
     }
 }
 

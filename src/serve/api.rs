@@ -8,18 +8,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Json;
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::ToSchema;
 
 use super::Server;
-use super::integration::{self, IntegrationIn, Located};
+use super::host::Status;
+use super::integration::{self, IntegrationIn, IntegrationView, Located, SeedFields};
 use super::keys::{self, Caller, Role};
-use super::registry::RegistryError;
+use super::registry::{AuditEntry, KeyRow, RegistryError};
 
 /// An error answer: a status and a JSON body `{"error": …, "errors": [{line, column,
 /// message}]}` (the list for pipeline problems).
@@ -126,6 +129,7 @@ pub fn router(server: Arc<Server>) -> axum::Router {
     axum::Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
+        .route("/openapi.json", get(openapi))
         .merge(api)
         .layer(axum::extract::DefaultBodyLimit::max(
             server.options.max_body_bytes,
@@ -247,29 +251,110 @@ async fn audit_entry(server: &Server, cx: &Ctx, action: &str, target: &str, deta
     }
 }
 
-fn ok(status: StatusCode, v: Value) -> ApiResult {
+fn ok<T: serde::Serialize>(status: StatusCode, v: T) -> ApiResult {
     Ok((status, Json(v)).into_response())
 }
 
-async fn health() -> Response {
-    Json(json!({"status": "ok"})).into_response()
+/// The error body every refusal has.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: String,
+    /// Pipeline problems, each at its line and column (422 only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<Located>>,
 }
 
-/// Ready when the registry answers and every integration that should run does.
-async fn ready(State(server): State<Arc<Server>>) -> Response {
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    pub status: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Readiness {
+    pub ready: bool,
+    /// ok or unavailable.
+    pub registry: String,
+    pub integrations_in_error: Vec<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct IntegrationList {
+    pub integrations: Vec<IntegrationView>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionView {
+    pub revision: i64,
+    pub config: SeedFields,
+    pub pipeline: String,
+    pub created_at: i64,
+    pub created_by: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct VersionList {
+    pub id: String,
+    pub versions: Vec<VersionView>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Deleted {
+    pub deleted: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct KeyList {
+    pub keys: Vec<KeyRow>,
+}
+
+/// A new key: shown once.
+#[derive(Serialize, ToSchema)]
+pub struct KeyCreated {
+    #[serde(flatten)]
+    pub row: KeyRow,
+    /// The key itself (`plx_<id>_<secret>`): store it now, it is never shown again.
+    pub key: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Revoked {
+    pub revoked: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AuditList {
+    pub entries: Vec<AuditEntry>,
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/health", tag = "health",
+    responses((status = 200, body = Health)))]
+pub async fn health() -> Response {
+    Json(Health {
+        status: "ok".into(),
+    })
+    .into_response()
+}
+
+/// Ready when the registry answers and no integration is in error.
+#[utoipa::path(get, path = "/ready", tag = "health",
+    responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
+pub async fn ready(State(server): State<Arc<Server>>) -> Response {
     let registry = server.registry.ping().await.is_ok();
-    let mut not_running = Vec::new();
-    for (id, snap) in server.host.snapshots() {
-        if snap.status == super::host::Status::Error {
-            not_running.push(id);
-        }
-    }
-    let ready = registry && not_running.is_empty();
-    let body = json!({
-        "ready": ready,
-        "registry": if registry { "ok" } else { "unavailable" },
-        "integrations_in_error": not_running,
-    });
+    let in_error: Vec<String> = server
+        .host
+        .snapshots()
+        .into_iter()
+        .filter(|(_, s)| s.status == Status::Error)
+        .map(|(id, _)| id)
+        .collect();
+    let ready = registry && in_error.is_empty();
+    let body = Readiness {
+        ready,
+        registry: if registry { "ok" } else { "unavailable" }.into(),
+        integrations_in_error: in_error,
+    };
     let status = if ready {
         StatusCode::OK
     } else {
@@ -278,22 +363,36 @@ async fn ready(State(server): State<Arc<Server>>) -> Response {
     (status, Json(body)).into_response()
 }
 
-async fn metrics(State(server): State<Arc<Server>>, cx: axum::Extension<Ctx>) -> ApiResult {
+/// Prometheus text for every running integration, labelled by integration (viewer).
+#[utoipa::path(get, path = "/metrics", tag = "health", security(("bearer" = [])),
+    responses((status = 200, body = String, content_type = "text/plain"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 429, body = ErrorBody)))]
+pub async fn metrics(State(server): State<Arc<Server>>, cx: axum::Extension<Ctx>) -> ApiResult {
     cx.need(Role::Viewer)?;
     let text = server.host.metrics();
     Ok(([("content-type", "text/plain; version=0.0.4")], text).into_response())
 }
 
-async fn list_integrations(
+/// Every integration, with what runs (viewer).
+#[utoipa::path(get, path = "/api/v1/integrations", tag = "integrations", security(("bearer" = [])),
+    responses((status = 200, body = IntegrationList), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn list_integrations(
     State(server): State<Arc<Server>>,
     cx: axum::Extension<Ctx>,
 ) -> ApiResult {
     cx.need(Role::Viewer)?;
-    let all = integration::list(&server).await?;
-    ok(StatusCode::OK, json!({"integrations": all}))
+    let integrations = integration::list(&server).await?;
+    ok(StatusCode::OK, IntegrationList { integrations })
 }
 
-async fn get_integration(
+/// One integration (viewer).
+#[utoipa::path(get, path = "/api/v1/integrations/{id}", tag = "integrations", security(("bearer" = [])),
+    params(("id" = String, Path)),
+    responses((status = 200, body = IntegrationView), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+pub async fn get_integration(
     State(server): State<Arc<Server>>,
     cx: axum::Extension<Ctx>,
     Path(id): Path<String>,
@@ -302,19 +401,32 @@ async fn get_integration(
     ok(StatusCode::OK, integration::show(&server, &id).await?)
 }
 
-async fn create_integration(
+fn bad_body(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, e.to_string())
+}
+
+/// Stores a new integration (revision 1) after checking its pipeline; runs it when
+/// `isActive` (admin).
+#[utoipa::path(post, path = "/api/v1/integrations", tag = "integrations", security(("bearer" = [])),
+    request_body = IntegrationIn,
+    responses((status = 201, body = IntegrationView), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+pub async fn create_integration(
     State(server): State<Arc<Server>>,
     cx: axum::Extension<Ctx>,
-    body: Result<Json<IntegrationIn>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<IntegrationIn>, JsonRejection>,
 ) -> ApiResult {
     cx.need(Role::Admin)?;
-    let Json(body) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let Json(body) = body.map_err(rejected)?;
     let id = body
         .id
         .clone()
         .ok_or_else(|| ApiError::invalid("`id` is required", Vec::new()))?;
     integration::check_id(&id)?;
     let (config, pipeline, active) = integration::checked(&server, &id, body).await?;
+    let active = active.unwrap_or(false);
     server
         .registry
         .create(&id, &config, &pipeline, active, &cx.caller.actor())
@@ -331,14 +443,21 @@ async fn create_integration(
     ok(StatusCode::CREATED, integration::show(&server, &id).await?)
 }
 
-async fn update_integration(
+/// Stores a new revision; a running integration drains and restarts on it (admin).
+#[utoipa::path(put, path = "/api/v1/integrations/{id}", tag = "integrations", security(("bearer" = [])),
+    params(("id" = String, Path)), request_body = IntegrationIn,
+    responses((status = 200, body = IntegrationView), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+pub async fn update_integration(
     State(server): State<Arc<Server>>,
     cx: axum::Extension<Ctx>,
     Path(id): Path<String>,
-    body: Result<Json<IntegrationIn>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<IntegrationIn>, JsonRejection>,
 ) -> ApiResult {
     cx.need(Role::Admin)?;
-    let Json(body) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let Json(body) = body.map_err(rejected)?;
     if body.id.as_ref().is_some_and(|b| *b != id) {
         return Err(ApiError::invalid(
             "`id` in the body differs from the path",
@@ -346,8 +465,7 @@ async fn update_integration(
         ));
     }
     server.registry.get(&id).await?;
-    let wants_active = body.is_active;
-    let (config, pipeline, _) = integration::checked(&server, &id, body).await?;
+    let (config, pipeline, wants_active) = integration::checked(&server, &id, body).await?;
     let stored = server
         .registry
         .update(&id, &config, &pipeline, &cx.caller.actor())
@@ -370,7 +488,12 @@ async fn update_integration(
     ok(StatusCode::OK, integration::show(&server, &id).await?)
 }
 
-async fn delete_integration(
+/// Stops and removes an integration; its revisions stay in the history (admin).
+#[utoipa::path(delete, path = "/api/v1/integrations/{id}", tag = "integrations", security(("bearer" = [])),
+    params(("id" = String, Path)),
+    responses((status = 200, body = Deleted), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn delete_integration(
     State(server): State<Arc<Server>>,
     cx: axum::Extension<Ctx>,
     Path(id): Path<String>,
@@ -379,7 +502,7 @@ async fn delete_integration(
     server.registry.delete(&id).await?;
     audit_entry(&server, &cx, "integration.delete", &id, "").await;
     super::reconcile(&server).await;
-    ok(StatusCode::OK, json!({"deleted": id}))
+    ok(StatusCode::OK, Deleted { deleted: id })
 }
 
 async fn set_active(server: Arc<Server>, cx: Ctx, id: String, active: bool) -> ApiResult {
@@ -398,7 +521,12 @@ async fn set_active(server: Arc<Server>, cx: Ctx, id: String, active: bool) -> A
     ok(StatusCode::OK, integration::show(&server, &id).await?)
 }
 
-async fn activate(
+/// Runs the integration (admin).
+#[utoipa::path(post, path = "/api/v1/integrations/{id}/activate", tag = "integrations", security(("bearer" = [])),
+    params(("id" = String, Path)),
+    responses((status = 200, body = IntegrationView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn activate(
     State(server): State<Arc<Server>>,
     cx: axum::Extension<Ctx>,
     Path(id): Path<String>,
@@ -406,7 +534,12 @@ async fn activate(
     set_active(server, cx.0, id, true).await
 }
 
-async fn deactivate(
+/// Stops the integration, draining what it read (admin).
+#[utoipa::path(post, path = "/api/v1/integrations/{id}/deactivate", tag = "integrations", security(("bearer" = [])),
+    params(("id" = String, Path)),
+    responses((status = 200, body = IntegrationView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn deactivate(
     State(server): State<Arc<Server>>,
     cx: axum::Extension<Ctx>,
     Path(id): Path<String>,
@@ -414,37 +547,55 @@ async fn deactivate(
     set_active(server, cx.0, id, false).await
 }
 
-async fn versions(
+/// Every stored revision (viewer).
+#[utoipa::path(get, path = "/api/v1/integrations/{id}/versions", tag = "integrations", security(("bearer" = [])),
+    params(("id" = String, Path)),
+    responses((status = 200, body = VersionList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn versions(
     State(server): State<Arc<Server>>,
     cx: axum::Extension<Ctx>,
     Path(id): Path<String>,
 ) -> ApiResult {
     cx.need(Role::Viewer)?;
     server.registry.get(&id).await?;
-    let versions = server.registry.versions(&id).await?;
-    let list: Vec<Value> = versions
-        .iter()
-        .map(|v| {
-            json!({"revision": v.version, "config": v.config, "pipeline": v.pipeline,
-                   "createdAt": v.created_at, "createdBy": v.created_by})
+    let versions = server
+        .registry
+        .versions(&id)
+        .await?
+        .into_iter()
+        .map(|v| VersionView {
+            revision: v.version,
+            config: serde_json::from_value(v.config).unwrap_or_default(),
+            pipeline: v.pipeline,
+            created_at: v.created_at,
+            created_by: v.created_by,
         })
         .collect();
-    ok(StatusCode::OK, json!({"id": id, "versions": list}))
+    ok(StatusCode::OK, VersionList { id, versions })
 }
 
-#[derive(Deserialize)]
-struct RollbackIn {
-    revision: i64,
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackIn {
+    /// The revision whose configuration and pipeline become the next revision.
+    pub revision: i64,
 }
 
-async fn rollback(
+/// Makes an earlier revision's configuration and pipeline the next revision (admin).
+#[utoipa::path(post, path = "/api/v1/integrations/{id}/rollback", tag = "integrations", security(("bearer" = [])),
+    params(("id" = String, Path)), request_body = RollbackIn,
+    responses((status = 200, body = IntegrationView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn rollback(
     State(server): State<Arc<Server>>,
     cx: axum::Extension<Ctx>,
     Path(id): Path<String>,
-    body: Result<Json<RollbackIn>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<RollbackIn>, JsonRejection>,
 ) -> ApiResult {
     cx.need(Role::Admin)?;
-    let Json(body) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let Json(body) = body.map_err(rejected)?;
     let old = server.registry.version(&id, body.revision).await?;
     let stored = server
         .registry
@@ -465,32 +616,45 @@ async fn rollback(
     ok(StatusCode::OK, integration::show(&server, &id).await?)
 }
 
-async fn list_keys(State(server): State<Arc<Server>>, cx: axum::Extension<Ctx>) -> ApiResult {
+/// API keys, without their secrets (admin).
+#[utoipa::path(get, path = "/api/v1/keys", tag = "keys", security(("bearer" = [])),
+    responses((status = 200, body = KeyList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn list_keys(State(server): State<Arc<Server>>, cx: axum::Extension<Ctx>) -> ApiResult {
     cx.need(Role::Admin)?;
     let keys = server.registry.keys().await?;
-    ok(StatusCode::OK, json!({"keys": keys}))
+    ok(StatusCode::OK, KeyList { keys })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct KeyIn {
-    name: String,
-    role: String,
+pub struct KeyIn {
+    #[schema(min_length = 1, max_length = 100, pattern = "\\S")]
+    pub name: String,
+    pub role: Role,
+    /// May read dead letters' original messages (PHI).
     #[serde(default)]
-    phi: bool,
-    /// A duration (`30d`, `12h`).
-    expires_in: Option<String>,
+    pub phi: bool,
+    /// A duration up to ten years (`90d`, `12h`, `30m`).
+    #[schema(pattern = "^[0-9]{1,6}(ms|s|m|h|d)$")]
+    pub expires_in: Option<String>,
 }
 
-async fn create_key(
+/// Creates an API key; the answer is the only time it is shown (admin).
+#[utoipa::path(post, path = "/api/v1/keys", tag = "keys", security(("bearer" = [])),
+    request_body = KeyIn,
+    responses((status = 201, body = KeyCreated), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn create_key(
     State(server): State<Arc<Server>>,
     cx: axum::Extension<Ctx>,
-    body: Result<Json<KeyIn>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<KeyIn>, JsonRejection>,
 ) -> ApiResult {
     cx.need(Role::Admin)?;
-    let Json(body) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
-    let role = Role::parse(&body.role).map_err(|e| ApiError::invalid(e, Vec::new()))?;
-    if body.name.trim().is_empty() || body.name.len() > 100 {
+    let Json(body) = body.map_err(rejected)?;
+    let role = body.role;
+    if body.name.trim().is_empty() || body.name.chars().count() > 100 {
         return Err(ApiError::invalid(
             "`name` must have 1 to 100 characters",
             Vec::new(),
@@ -502,6 +666,12 @@ async fn create_key(
         .map(crate::config::parse_duration)
         .transpose()
         .map_err(|e| ApiError::invalid(format!("expiresIn: {e}"), Vec::new()))?;
+    if expires.is_some_and(|d| d > std::time::Duration::from_secs(3650 * 86_400)) {
+        return Err(ApiError::invalid(
+            "expiresIn: at most ten years",
+            Vec::new(),
+        ));
+    }
     let (row, key) = keys::create(&server.registry, &body.name, role, body.phi, expires).await?;
     audit_entry(
         &server,
@@ -511,12 +681,15 @@ async fn create_key(
         &format!("role {}, phi {}", row.role, row.phi),
     )
     .await;
-    let mut v = serde_json::to_value(&row).unwrap_or_default();
-    v["key"] = json!(key);
-    ok(StatusCode::CREATED, v)
+    ok(StatusCode::CREATED, KeyCreated { row, key })
 }
 
-async fn revoke_key(
+/// Revokes a key: it stops working at once (admin).
+#[utoipa::path(delete, path = "/api/v1/keys/{id}", tag = "keys", security(("bearer" = [])),
+    params(("id" = String, Path)),
+    responses((status = 200, body = Revoked), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn revoke_key(
     State(server): State<Arc<Server>>,
     cx: axum::Extension<Ctx>,
     Path(id): Path<String>,
@@ -529,27 +702,85 @@ async fn revoke_key(
         ));
     }
     audit_entry(&server, &cx, "key.revoke", &id, "").await;
-    ok(StatusCode::OK, json!({"revoked": id}))
+    ok(StatusCode::OK, Revoked { revoked: id })
 }
 
-#[derive(Deserialize)]
-struct AuditQuery {
-    action: Option<String>,
-    target: Option<String>,
-    limit: Option<i64>,
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AuditQuery {
+    /// Only this action (`integration.update`, `key.create`, …).
+    pub action: Option<String>,
+    /// Only entries about this integration or key.
+    pub target: Option<String>,
+    /// At most this many, newest first (1–1000, default 100).
+    pub limit: Option<i64>,
 }
 
-async fn audit(
+/// The audit log, newest first: who changed what, when, from where (admin).
+#[utoipa::path(get, path = "/api/v1/audit", tag = "audit", security(("bearer" = [])),
+    params(AuditQuery),
+    responses((status = 200, body = AuditList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn audit(
     State(server): State<Arc<Server>>,
     cx: axum::Extension<Ctx>,
     q: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
     cx.need(Role::Admin)?;
-    let Query(q) = q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let Query(q) = q.map_err(bad_body)?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let entries = server
         .registry
         .audit_log(q.action.as_deref(), q.target.as_deref(), limit)
         .await?;
-    ok(StatusCode::OK, json!({"entries": entries}))
+    ok(StatusCode::OK, AuditList { entries })
+}
+
+/// A body that could not be read: too large (413) or not the JSON asked for (400).
+fn rejected(e: JsonRejection) -> ApiError {
+    match e {
+        JsonRejection::BytesRejection(b) if b.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, b.body_text())
+        }
+        other => bad_body(other.body_text()),
+    }
+}
+
+/// The OpenAPI 3.1 document of the routes above.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "plexus serve", description = "Integrations, keys and the audit log of a plexus server."),
+    paths(health, ready, metrics, list_integrations, get_integration, create_integration,
+        update_integration, delete_integration, activate, deactivate, versions, rollback,
+        list_keys, create_key, revoke_key, audit),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("An API key from `plexus keys create`"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// `/openapi.json`: the document, built once.
+pub async fn openapi() -> Response {
+    static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let text = DOC.get_or_init(|| {
+        use utoipa::OpenApi;
+        ApiDoc::openapi().to_json().unwrap_or_default()
+    });
+    ([("content-type", "application/json")], text.clone()).into_response()
 }

@@ -19,8 +19,7 @@ use crate::runtime::topology::{StartOptions, Topology};
 use crate::spec::PipelineSpec;
 
 /// Where an integration's definition comes from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase", tag = "kind", content = "path")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
     Registry,
     /// A pipeline file in `--pipelines`.
@@ -28,7 +27,7 @@ pub enum Origin {
 }
 
 /// What a hosted integration is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Active,
@@ -36,13 +35,24 @@ pub enum Status {
     Error,
 }
 
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Active => "active",
+            Status::Inactive => "inactive",
+            Status::Error => "error",
+        }
+    }
+}
+
 /// What the API shows about one hosted integration.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Snapshot {
     pub status: Status,
     /// Why it is in error, or why an update was refused (no PHI: plan errors and run
     /// failures name places, not values).
     pub reason: Option<String>,
+    #[serde(skip)]
     pub origin: Origin,
     /// The registry version, or the pipeline file's content hash.
     pub version: String,
@@ -51,6 +61,7 @@ pub struct Snapshot {
     pub dead_letters: u64,
     pub sinks: BTreeMap<String, u64>,
     /// The summary of its last run that ended (an update, a stop, a failure).
+    #[schema(value_type = Option<Object>)]
     pub last_run: Option<serde_json::Value>,
 }
 

@@ -7,15 +7,15 @@ use std::path::PathBuf;
 
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::Server;
 use super::api::ApiError;
-use super::host::Origin;
+use super::host::{Origin, Status};
 use crate::spec::PipelineSpec;
 
 /// A pipeline problem, located in the pipeline text.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Located {
     pub line: usize,
     pub column: usize,
@@ -23,7 +23,7 @@ pub struct Located {
 }
 
 /// The seed's system types.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SystemType {
     Ehr,
@@ -34,10 +34,43 @@ pub enum SystemType {
     Custom,
 }
 
+/// The seed's `IntegrationConfiguration` fields kept with an integration (never
+/// credentials).
+// Not `deny_unknown_fields`: the view flattens it beside its own fields (the input,
+// `IntegrationIn`, is the strict one).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SeedFields {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub facility_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub system_type: Option<SystemType>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub system_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vendor: Option<String>,
+    /// The connected system's version (not the integration's revision).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Endpoint, type, timeout, retry policy, authentication type (no credentials yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub connection: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub synchronization: Option<Value>,
+    /// `healthCheckInterval`, `alertThresholds`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub monitoring: Option<Value>,
+}
+
 /// What a client sends to create or update an integration.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct IntegrationIn {
+    /// Required to create; when given to update, it must be the path's id.
+    #[schema(pattern = "^[a-z0-9][a-z0-9_.-]{0,63}$")]
     pub id: Option<String>,
     pub facility_id: Option<String>,
     pub system_type: Option<SystemType>,
@@ -45,12 +78,64 @@ pub struct IntegrationIn {
     pub vendor: Option<String>,
     /// The connected system's version (not the integration's revision).
     pub version: Option<String>,
-    pub connection: Option<Value>,
-    pub synchronization: Option<Value>,
-    pub monitoring: Option<Value>,
-    /// The pipeline (YAML), as `plexus run` takes it.
+    /// Endpoint, type, timeout, retry policy, authentication type (no credentials yet).
+    #[schema(value_type = Option<Object>)]
+    pub connection: Option<serde_json::Map<String, Value>>,
+    #[schema(value_type = Option<Object>)]
+    pub synchronization: Option<serde_json::Map<String, Value>>,
+    /// `healthCheckInterval`, `alertThresholds`.
+    #[schema(value_type = Option<Object>)]
+    pub monitoring: Option<serde_json::Map<String, Value>>,
+    /// The pipeline (YAML), as `plexus run` takes it; its `integration.id` must be `id`.
     pub pipeline: String,
+    /// Run it (create: default false; update: unchanged when absent).
     pub is_active: Option<bool>,
+}
+
+impl IntegrationIn {
+    fn fields(&self) -> SeedFields {
+        SeedFields {
+            facility_id: self.facility_id.clone(),
+            system_type: self.system_type,
+            system_name: self.system_name.clone(),
+            vendor: self.vendor.clone(),
+            version: self.version.clone(),
+            connection: self.connection.clone().map(Value::Object),
+            synchronization: self.synchronization.clone().map(Value::Object),
+            monitoring: self.monitoring.clone().map(Value::Object),
+        }
+    }
+}
+
+/// An integration as the API shows it: its stored fields and what runs.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IntegrationView {
+    pub id: String,
+    /// `registry` (created over the API) or `directory` (a pipeline file).
+    pub origin: String,
+    /// active, inactive or error.
+    pub status: String,
+    /// Why it is in error (or why an update was refused).
+    pub reason: Option<String>,
+    pub is_active: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<String>,
+    /// The pipeline file (directory integrations).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub updated_by: Option<String>,
+    #[serde(flatten)]
+    pub fields: SeedFields,
+    /// What runs here (none when it never ran on this server).
+    pub run: Option<super::host::Snapshot>,
 }
 
 /// Ids name directories and appear in URLs: lower-case letters, digits, `-`, `_`, `.`.
@@ -145,26 +230,13 @@ pub async fn plan_check(
     Ok(spec)
 }
 
-/// Checks a create/update body: the configuration to store (seed fields), the pipeline and
-/// whether it should run.
+/// Checks a create/update body: the fields to store, the pipeline and whether it should run.
 pub async fn checked(
     server: &Server,
     id: &str,
     body: IntegrationIn,
-) -> Result<(Value, String, bool), ApiError> {
-    let mut config = json!({
-        "facilityId": body.facility_id,
-        "systemType": body.system_type,
-        "systemName": body.system_name,
-        "vendor": body.vendor,
-        "version": body.version,
-        "connection": body.connection,
-        "synchronization": body.synchronization,
-        "monitoring": body.monitoring,
-    });
-    if let Some(m) = config.as_object_mut() {
-        m.retain(|_, v| !v.is_null());
-    }
+) -> Result<(Value, String, Option<bool>), ApiError> {
+    let config = serde_json::to_value(body.fields()).unwrap_or_default();
     if let Some(path) = find_secret(&config, "$") {
         return Err(ApiError::invalid(
             format!(
@@ -182,35 +254,37 @@ pub async fn checked(
                 errors,
             )
         })?;
-    Ok((config, body.pipeline, body.is_active.unwrap_or(false)))
+    Ok((config, body.pipeline, body.is_active))
 }
 
 /// One integration as the API shows it: stored fields and what runs.
-pub async fn show(server: &Server, id: &str) -> Result<Value, ApiError> {
+pub async fn show(server: &Server, id: &str) -> Result<IntegrationView, ApiError> {
     match server.registry.get(id).await {
         Ok(stored) => {
-            let mut v = stored.config.clone();
             let run = server.host.snapshot(id);
             let status = match (&run, stored.active) {
-                (Some(s), true) => json!(s.status),
-                (Some(s), false) if s.status == super::host::Status::Error => json!("error"),
-                _ => json!("inactive"),
+                (Some(s), true) => s.status,
+                (Some(s), false) if s.status == Status::Error => Status::Error,
+                _ => Status::Inactive,
             };
-            v["id"] = json!(stored.id);
-            v["revision"] = json!(stored.version);
-            v["isActive"] = json!(stored.active);
-            v["status"] = status;
-            v["reason"] = json!(run.as_ref().and_then(|r| r.reason.clone()));
-            v["pipeline"] = json!(stored.pipeline);
-            v["createdAt"] = json!(stored.created_at);
-            v["updatedAt"] = json!(stored.updated_at);
-            v["updatedBy"] = json!(stored.updated_by);
-            v["origin"] = json!("registry");
-            v["run"] = json!(run);
-            Ok(v)
+            Ok(IntegrationView {
+                id: stored.id,
+                origin: "registry".into(),
+                status: status.as_str().into(),
+                reason: run.as_ref().and_then(|r| r.reason.clone()),
+                is_active: stored.active,
+                revision: Some(stored.version),
+                pipeline: Some(stored.pipeline),
+                file: None,
+                created_at: Some(stored.created_at),
+                updated_at: Some(stored.updated_at),
+                updated_by: Some(stored.updated_by),
+                fields: serde_json::from_value(stored.config).unwrap_or_default(),
+                run,
+            })
         }
         Err(super::registry::RegistryError::NotFound(_)) => match server.host.snapshot(id) {
-            Some(run) if matches!(run.origin, Origin::Directory(_)) => Ok(directory_view(id, &run)),
+            Some(run) if matches!(run.origin, Origin::Directory(_)) => Ok(directory_view(id, run)),
             _ => Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 format!("integration {id} not found"),
@@ -220,31 +294,37 @@ pub async fn show(server: &Server, id: &str) -> Result<Value, ApiError> {
     }
 }
 
-fn directory_view(id: &str, run: &super::host::Snapshot) -> Value {
-    let path = match &run.origin {
-        Origin::Directory(p) => p.display().to_string(),
-        Origin::Registry => String::new(),
+fn directory_view(id: &str, run: super::host::Snapshot) -> IntegrationView {
+    let file = match &run.origin {
+        Origin::Directory(p) => Some(p.display().to_string()),
+        Origin::Registry => None,
     };
-    json!({
-        "id": id,
-        "origin": "directory",
-        "file": path,
-        "isActive": true,
-        "status": run.status,
-        "reason": run.reason,
-        "run": run,
-    })
+    IntegrationView {
+        id: id.to_string(),
+        origin: "directory".into(),
+        status: run.status.as_str().into(),
+        reason: run.reason.clone(),
+        is_active: true,
+        revision: None,
+        pipeline: None,
+        file,
+        created_at: None,
+        updated_at: None,
+        updated_by: None,
+        fields: SeedFields::default(),
+        run: Some(run),
+    }
 }
 
 /// Every integration: the registry's, then those from the pipelines directory.
-pub async fn list(server: &Server) -> Result<Vec<Value>, ApiError> {
+pub async fn list(server: &Server) -> Result<Vec<IntegrationView>, ApiError> {
     let mut all = Vec::new();
     for stored in server.registry.list().await? {
         all.push(show(server, &stored.id).await?);
     }
     for (id, run) in server.host.snapshots() {
         if matches!(run.origin, Origin::Directory(_)) {
-            all.push(directory_view(&id, &run));
+            all.push(directory_view(&id, run));
         }
     }
     Ok(all)
@@ -253,6 +333,7 @@ pub async fn list(server: &Server) -> Result<Vec<Value>, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn ids_are_path_safe_and_secrets_are_found_anywhere() {

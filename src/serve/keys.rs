@@ -9,7 +9,9 @@ use sha2::{Digest, Sha256};
 use super::registry::{KeyRow, Registry, RegistryError, now_ms};
 
 /// What a caller may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Viewer,
@@ -79,6 +81,18 @@ pub async fn create(
         })?;
     let (id, secret) = (hex(&id), hex(&secret));
     let created_at = now_ms();
+    let expires_at = match expires_in {
+        Some(d) => Some(
+            i64::try_from(d.as_millis())
+                .ok()
+                .and_then(|ms| created_at.checked_add(ms))
+                .ok_or_else(|| RegistryError::Db {
+                    at: "keys".into(),
+                    why: "the expiry is too far away".into(),
+                })?,
+        ),
+        None => None,
+    };
     let row = KeyRow {
         id: id.clone(),
         name: name.to_string(),
@@ -86,7 +100,7 @@ pub async fn create(
         phi,
         hash: hex(&digest(&secret)),
         created_at,
-        expires_at: expires_in.map(|d| created_at + d.as_millis() as i64),
+        expires_at,
         revoked_at: None,
     };
     registry.add_key(&row).await?;

@@ -78,7 +78,7 @@ pub struct Version {
 }
 
 /// An API key as stored: the hash of its secret, never the secret.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct KeyRow {
     pub id: String,
     pub name: String,
@@ -93,7 +93,7 @@ pub struct KeyRow {
 }
 
 /// One audit entry: who did what, when, from where.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     pub seq: i64,
     pub at: i64,
