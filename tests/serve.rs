@@ -714,6 +714,23 @@ fn pipelines_from_a_directory_reload_and_keys_are_rate_limited() {
     }
     std::thread::sleep(Duration::from_secs(2));
 
+    // A change that does not plan is refused; the running version keeps running.
+    std::fs::write(&file, ingest_pipeline("feed", ingest_port, bad_stage)).unwrap();
+    wait_until("the refusal", Duration::from_secs(20), || {
+        let r = call(
+            port,
+            "GET",
+            "/api/v1/integrations/feed",
+            Some(&viewer),
+            None,
+        )
+        .json();
+        r["reason"]
+            .as_str()
+            .is_some_and(|w| w.contains("feed.yaml:10:"))
+            && r["status"] == "active"
+    });
+    assert!(ingest(ingest_port, 3));
     // The file changes: the new version runs; the file goes: it stops.
     std::fs::write(
         &file,
@@ -752,7 +769,7 @@ fn pipelines_from_a_directory_reload_and_keys_are_rate_limited() {
             == 404
     });
     let out = rows(&pipelines.join("out.ndjson"));
-    assert_eq!(out.len(), 2, "{out:?}");
+    assert_eq!(out.len(), 3, "{out:?}");
     let (code, _) = stop_server(server);
     assert_eq!(code, Some(0));
 }
@@ -817,4 +834,120 @@ fn schemathesis_finds_every_route_as_documented() {
     assert!(text.contains("Tested: 16"), "{text}");
     let (code, _) = stop_server(server);
     assert_eq!(code, Some(0));
+}
+
+/// Two servers on one PostgreSQL registry and one Kafka cluster: an integration created on
+/// one runs on both (the other picks it up on its next reconciliation), and its consumer
+/// group splits the topic between them: every message processed, by one server or the other.
+#[test]
+fn two_servers_share_a_registry_and_split_a_topic() {
+    let url = support::database_url();
+    let brokers = support::brokers();
+    let id =
+        support::unique("shared").replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-");
+    let topic = format!("{id}-in");
+    support::create_topics(&[(&topic, 4)]);
+    let dir = tempfile::tempdir().unwrap();
+    let (state_a, state_b) = (dir.path().join("a"), dir.path().join("b"));
+    let out = Command::new(support::BIN)
+        .args(["keys", "create", "--state"])
+        .arg(&state_a)
+        .args(["--registry", &url, "--role", "admin", "--name", "both"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let admin = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
+    let (port_a, port_b) = (free_port(), free_port());
+    let a = start_server(&state_a, port_a, &["--registry", &url]);
+    let b = start_server(&state_b, port_b, &["--registry", &url]);
+    let pipeline = format!(
+        r#"name: shared
+integration: {{id: {id}}}
+kafka: {{brokers: "{brokers}"}}
+source: {{type: kafka, topics: [{topic}], group: {id}, format: hl7}}
+batch: {{max_rows: 100, max_delay: 50ms}}
+stages:
+  - name: parse
+    type: parse
+    format: hl7
+    columns:
+      - {{name: control, path: MSH-10}}
+sinks:
+  - {{name: out, input: parse, type: file, format: ndjson, path: out.ndjson}}
+dlq: {{path: dlq.ndjson}}
+"#
+    );
+    let r = call(
+        port_a,
+        "POST",
+        "/api/v1/integrations",
+        Some(&admin),
+        Some(json!({"id": id, "pipeline": pipeline, "isActive": true})),
+    );
+    assert_eq!(
+        (r.status, r.json()["status"].as_str()),
+        (201, Some("active")),
+        "{}",
+        r.body
+    );
+    // The key and the integration are in the shared registry: server B knows both.
+    wait_until("server B running it", Duration::from_secs(20), || {
+        call(
+            port_b,
+            "GET",
+            &format!("/api/v1/integrations/{id}"),
+            Some(&admin),
+            None,
+        )
+        .json()["status"]
+            == "active"
+    });
+    // Both members in the group before the messages come: a few seconds of rebalancing.
+    std::thread::sleep(Duration::from_secs(6));
+    let n = 800u64;
+    for round in 0..20 {
+        let recs = (0..n / 20)
+            .map(|k| {
+                let i = round * (n / 20) + k;
+                let mut r = support::Rec::value(hl7(i));
+                r.key = Some(format!("k{i}").into_bytes());
+                r
+            })
+            .collect();
+        support::produce(&topic, recs);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let outs = [
+        state_a.join("integrations").join(&id).join("out.ndjson"),
+        state_b.join("integrations").join(&id).join("out.ndjson"),
+    ];
+    let distinct = |outs: &[std::path::PathBuf]| {
+        outs.iter()
+            .flat_map(|o| rows(o))
+            .filter_map(|r| r["control"].as_str().map(str::to_string))
+            .collect::<std::collections::HashSet<_>>()
+            .len() as u64
+    };
+    wait_until("every message processed", Duration::from_secs(60), || {
+        distinct(&outs) == n
+    });
+    let (a_rows, b_rows) = (rows(&outs[0]).len(), rows(&outs[1]).len());
+    assert!(
+        a_rows > 0 && b_rows > 0,
+        "both servers took a share: {a_rows} and {b_rows}"
+    );
+    assert_eq!(stop_server(a).0, Some(0));
+    assert_eq!(stop_server(b).0, Some(0));
+    support::psql(&format!(
+        "DELETE FROM plexus_integrations WHERE id = '{id}'"
+    ));
 }

@@ -79,6 +79,8 @@ struct Hosted {
     started_at: Option<i64>,
     run: Option<Running>,
     last_run: Option<serde_json::Value>,
+    /// The version last refused (its pipeline does not plan): not tried again.
+    refused: Option<String>,
 }
 
 /// The integrations this server runs.
@@ -144,9 +146,11 @@ impl Host {
             started_at: None,
             run: None,
             last_run: None,
+            refused: None,
         });
         entry.origin = origin;
         entry.version = version;
+        entry.refused = None;
         match started {
             Ok((stop, telemetry)) => {
                 entry.status = Status::Active;
@@ -217,11 +221,13 @@ impl Host {
             started_at: None,
             run: None,
             last_run: None,
+            refused: None,
         });
         if entry.run.is_none() {
             entry.status = Status::Error;
-            entry.version = version;
+            entry.version = version.clone();
         }
+        entry.refused = Some(version);
         entry.reason = Some(reason);
     }
 
@@ -253,6 +259,14 @@ impl Host {
                 )
             })
             .collect()
+    }
+
+    /// Whether `version` of `id` was refused already (its pipeline does not plan).
+    pub fn refused(&self, id: &str, version: &str) -> bool {
+        let items = self.items.lock().expect("host");
+        items
+            .get(id)
+            .is_some_and(|h| h.refused.as_deref() == Some(version))
     }
 
     pub fn snapshot(&self, id: &str) -> Option<Snapshot> {

@@ -228,7 +228,7 @@ pub async fn reconcile(server: &Arc<Server>) {
                         .snapshot(&id)
                         .is_some_and(|s| s.status == host::Status::Error))
         });
-        if unchanged {
+        if unchanged || server.host.refused(&id, &w.version) {
             continue;
         }
         let registry_id = (w.origin == Origin::Registry).then_some(id.as_str());
