@@ -130,6 +130,7 @@ fn start_server(state: &Path, port: u16, extra: &[&str]) -> Child {
         .arg(state)
         .args(["--reconcile-every", "300ms"])
         .args(extra)
+        .env("PLEXUS_MASTER_KEY", K1)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -190,21 +191,27 @@ const MRN: &str = "      - {name: mrn, path: PID-3.1}\n";
 
 /// Posts HL7 to the ingest port; true when answered 202.
 fn ingest(port: u16, i: u64) -> bool {
+    ingest_as(port, i, None) == 202
+}
+
+/// Posts HL7 to the ingest port with an optional bearer token; the status (0: no answer).
+fn ingest_as(port: u16, i: u64, token: Option<&str>) -> u16 {
     let msg = hl7(i);
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
+        return 0;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     let req = format!(
-        "POST /hl7 HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{msg}",
+        "POST /hl7 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n{msg}",
         msg.len()
     );
     if s.write_all(req.as_bytes()).is_err() {
-        return false;
+        return 0;
     }
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
-    out.starts_with("HTTP/1.1 202")
+    out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0)
 }
 
 fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
@@ -794,7 +801,7 @@ fn schemathesis_finds_every_route_as_documented() {
     assert_eq!(doc["openapi"], "3.1.0");
     assert_eq!(
         doc["paths"].as_object().unwrap().len(),
-        12,
+        14,
         "{}",
         doc["paths"]
     );
@@ -831,7 +838,7 @@ fn schemathesis_finds_every_route_as_documented() {
         "{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(text.contains("Tested: 16"), "{text}");
+    assert!(text.contains("Tested: 19"), "{text}");
     let (code, _) = stop_server(server);
     assert_eq!(code, Some(0));
 }
@@ -950,4 +957,120 @@ dlq: {{path: dlq.ndjson}}
     support::psql(&format!(
         "DELETE FROM plexus_integrations WHERE id = '{id}'"
     ));
+}
+
+const K1: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+const K2: &str = "f0e1d2c3b4a5968778695a4b3c2d1e0f00112233445566778899aabbccddeeff";
+
+/// Credentials: stored sealed over the API (write-only), read by a pipeline as `secret:NAME`,
+/// never in answers, the audit log or the registry's file; the master key rotates.
+#[test]
+fn secrets_are_sealed_write_only_and_survive_a_key_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let admin = new_key(&state, "admin", "ada");
+    let (port, ingest_port) = (free_port(), free_port());
+    let token = "partner-token-7f3a9c";
+    let start = |key: &str, old: &str| {
+        let child = Command::new(support::BIN)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--state"])
+            .arg(&state)
+            .args(["--reconcile-every", "300ms"])
+            .env("PLEXUS_MASTER_KEY", key)
+            .env("PLEXUS_MASTER_KEY_OLD", old)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_for_port(port, Duration::from_secs(30));
+        child
+    };
+    let server = start(K1, "");
+    let r = call(
+        port,
+        "PUT",
+        "/api/v1/secrets/partner",
+        Some(&admin),
+        Some(json!({"value": token})),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(!r.body.contains(token));
+    let pipeline = ingest_pipeline("guarded", ingest_port, MRN).replace(
+        "spool: spool}",
+        "spool: spool, auth: {bearer: {partner: \"secret:partner\"}}}",
+    );
+    let r = call(
+        port,
+        "POST",
+        "/api/v1/integrations",
+        Some(&admin),
+        Some(json!({"id": "guarded", "pipeline": pipeline, "isActive": true})),
+    );
+    assert_eq!(
+        (r.status, r.json()["status"].as_str()),
+        (201, Some("active")),
+        "{}",
+        r.body
+    );
+    wait_for_port(ingest_port, Duration::from_secs(10));
+    assert_eq!(ingest_as(ingest_port, 1, Some(token)), 202);
+    assert_eq!(ingest_as(ingest_port, 2, Some("wrong")), 401);
+    for path in [
+        "/api/v1/secrets",
+        "/api/v1/audit",
+        "/api/v1/integrations/guarded",
+    ] {
+        let r = call(port, "GET", path, Some(&admin), None);
+        assert_eq!(r.status, 200);
+        assert!(!r.body.contains(token), "{path}: {}", r.body);
+    }
+    let listed = call(port, "GET", "/api/v1/secrets", Some(&admin), None).json();
+    let k1_id = listed["secrets"][0]["keyId"].as_str().unwrap().to_string();
+    let db = std::fs::read(state.join("registry.db")).unwrap();
+    assert!(
+        !db.windows(token.len()).any(|w| w == token.as_bytes()),
+        "no plain secret on disk"
+    );
+    assert_eq!(stop_server(server).0, Some(0));
+
+    // Rotation: the new key re-seals everything (the old one opens it), then serves alone.
+    let out = Command::new(support::BIN)
+        .args(["keys", "rotate", "--state"])
+        .arg(&state)
+        .env("PLEXUS_MASTER_KEY", K2)
+        .env("PLEXUS_MASTER_KEY_OLD", K1)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("re-sealed 1 secret"));
+    let server = start(K2, "");
+    wait_for_port(ingest_port, Duration::from_secs(10));
+    let listed = call(port, "GET", "/api/v1/secrets", Some(&admin), None).json();
+    assert_ne!(listed["secrets"][0]["keyId"].as_str().unwrap(), k1_id);
+    assert_eq!(ingest_as(ingest_port, 3, Some(token)), 202);
+    // Without a master key, secrets are refused, not stored in the clear.
+    assert_eq!(stop_server(server).0, Some(0));
+    let server = Command::new(support::BIN)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--state"])
+        .arg(&state)
+        .env_remove("PLEXUS_MASTER_KEY")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, Duration::from_secs(30));
+    let r = call(
+        port,
+        "PUT",
+        "/api/v1/secrets/other",
+        Some(&admin),
+        Some(json!({"value": "x"})),
+    );
+    assert_eq!(r.status, 503, "{}", r.body);
+    let (_, stderr) = stop_server(server);
+    assert!(!stderr.contains(token));
 }

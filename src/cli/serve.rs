@@ -31,6 +31,10 @@ pub struct ServeArgs {
     /// How often the registry and the directory are compared with what runs (e.g. 2s).
     #[arg(long, default_value = "2s", value_name = "DURATION")]
     reconcile_every: String,
+    /// File holding the master key (64 hex digits) that seals secrets; default: the
+    /// PLEXUS_MASTER_KEY environment variable.
+    #[arg(long, value_name = "FILE")]
+    master_key_file: Option<PathBuf>,
 }
 
 pub fn serve(args: ServeArgs) -> Result<ExitCode> {
@@ -45,6 +49,7 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         api_burst: args.api_burst,
         max_body_bytes: 2 << 20,
         reconcile_every,
+        master_key_file: args.master_key_file,
     })?;
     Ok(ExitCode::SUCCESS)
 }
@@ -76,6 +81,16 @@ pub enum KeysCommand {
         #[arg(long, env = "PLEXUS_REGISTRY", value_name = "URL")]
         registry: Option<String>,
     },
+    /// Re-seals every stored secret under the current master key (PLEXUS_MASTER_KEY or
+    /// --master-key-file), opening them with PLEXUS_MASTER_KEY_OLD (comma-separated).
+    Rotate {
+        #[arg(long, value_name = "DIR")]
+        state: PathBuf,
+        #[arg(long, env = "PLEXUS_REGISTRY", value_name = "URL")]
+        registry: Option<String>,
+        #[arg(long, value_name = "FILE")]
+        master_key_file: Option<PathBuf>,
+    },
     /// Revokes a key by its id.
     Revoke {
         #[arg(long, value_name = "DIR")]
@@ -101,6 +116,7 @@ fn open(
         api_burst: 1,
         max_body_bytes: 0,
         reconcile_every: std::time::Duration::from_secs(1),
+        master_key_file: None,
     };
     let registry = rt
         .block_on(Registry::open(&options.registry_location()))
@@ -158,6 +174,34 @@ pub fn keys(cmd: KeysCommand) -> Result<ExitCode> {
                 };
                 println!("{}\t{}\t{}\t{}", k.id, k.role, status, k.name);
             }
+        }
+        KeysCommand::Rotate {
+            state,
+            registry,
+            master_key_file,
+        } => {
+            let keyring = crate::serve::secrets::Keyring::from_env(master_key_file.as_deref())
+                .map_err(anyhow::Error::msg)?
+                .ok_or_else(|| {
+                    anyhow::anyhow!("no master key: set PLEXUS_MASTER_KEY or --master-key-file")
+                })?;
+            let (rt, registry) = open(&state, registry)?;
+            let n = rt
+                .block_on(crate::serve::secrets::rotate(&registry, &keyring))
+                .map_err(anyhow::Error::msg)?;
+            rt.block_on(registry.audit(
+                "cli",
+                "secrets.rotate",
+                &keyring.current.id,
+                &format!("{n} secrets re-sealed"),
+                "local",
+                "-",
+            ))
+            .map_err(anyhow::Error::msg)?;
+            eprintln!(
+                "re-sealed {n} secret(s) under master key {}",
+                keyring.current.id
+            );
         }
         KeysCommand::Revoke {
             state,

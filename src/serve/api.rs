@@ -121,6 +121,11 @@ pub fn router(server: Arc<Server>) -> axum::Router {
         .route("/api/v1/integrations/{id}/rollback", post(rollback))
         .route("/api/v1/keys", get(list_keys).post(create_key))
         .route("/api/v1/keys/{id}", axum::routing::delete(revoke_key))
+        .route("/api/v1/secrets", get(list_secrets))
+        .route(
+            "/api/v1/secrets/{name}",
+            axum::routing::put(put_secret).delete(delete_secret),
+        )
         .route("/api/v1/audit", get(audit))
         .route_layer(axum::middleware::from_fn_with_state(
             server.clone(),
@@ -736,6 +741,149 @@ pub async fn audit(
     ok(StatusCode::OK, AuditList { entries })
 }
 
+/// A stored secret, without its value.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretView {
+    pub name: String,
+    /// The master key that sealed it.
+    pub key_id: String,
+    pub updated_at: i64,
+    pub updated_by: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SecretList {
+    pub secrets: Vec<SecretView>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecretIn {
+    /// The secret (write-only: never returned, logged or audited).
+    #[schema(min_length = 1, max_length = 65536)]
+    pub value: String,
+}
+
+fn check_secret_name(name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            "a secret's name is 1-64 letters, digits, '-', '_', '.', starting with a letter or digit",
+            Vec::new(),
+        ))
+    }
+}
+
+/// The stored secrets: names and key ids, never values (admin).
+#[utoipa::path(get, path = "/api/v1/secrets", tag = "secrets", security(("bearer" = [])),
+    responses((status = 200, body = SecretList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn list_secrets(
+    State(server): State<Arc<Server>>,
+    cx: axum::Extension<Ctx>,
+) -> ApiResult {
+    cx.need(Role::Admin)?;
+    let secrets = server
+        .registry
+        .secrets()
+        .await?
+        .into_iter()
+        .map(|s| SecretView {
+            name: s.name,
+            key_id: s.key_id,
+            updated_at: s.updated_at,
+            updated_by: s.updated_by,
+        })
+        .collect();
+    ok(StatusCode::OK, SecretList { secrets })
+}
+
+/// Stores a secret sealed under the master key; pipelines read it as `secret:NAME` (admin).
+#[utoipa::path(put, path = "/api/v1/secrets/{name}", tag = "secrets", security(("bearer" = [])),
+    params(("name" = String, Path)), request_body = SecretIn,
+    responses((status = 200, body = SecretView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn put_secret(
+    State(server): State<Arc<Server>>,
+    cx: axum::Extension<Ctx>,
+    Path(name): Path<String>,
+    body: Result<Json<SecretIn>, JsonRejection>,
+) -> ApiResult {
+    cx.need(Role::Admin)?;
+    check_secret_name(&name)?;
+    let Json(body) = body.map_err(rejected)?;
+    if body.value.is_empty() || body.value.chars().count() > 65_536 {
+        return Err(ApiError::invalid(
+            "`value` must have 1 to 65536 characters",
+            Vec::new(),
+        ));
+    }
+    let Some(keyring) = &server.vault.keyring else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this server has no master key (PLEXUS_MASTER_KEY): secrets cannot be stored",
+        ));
+    };
+    let mut sealed = keyring
+        .seal(&name, &body.value)
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    sealed.updated_by = cx.caller.actor();
+    server.registry.put_secret(&sealed).await?;
+    if let Err(e) = server.vault.refresh(&server.registry).await {
+        tracing::error!(error = %e, "serve: secret store refresh");
+    }
+    audit_entry(
+        &server,
+        &cx,
+        "secret.put",
+        &name,
+        &format!("sealed with key {}", sealed.key_id),
+    )
+    .await;
+    ok(
+        StatusCode::OK,
+        SecretView {
+            name,
+            key_id: sealed.key_id,
+            updated_at: super::registry::now_ms(),
+            updated_by: sealed.updated_by,
+        },
+    )
+}
+
+/// Removes a secret (admin).
+#[utoipa::path(delete, path = "/api/v1/secrets/{name}", tag = "secrets", security(("bearer" = [])),
+    params(("name" = String, Path)),
+    responses((status = 200, body = Deleted), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn delete_secret(
+    State(server): State<Arc<Server>>,
+    cx: axum::Extension<Ctx>,
+    Path(name): Path<String>,
+) -> ApiResult {
+    cx.need(Role::Admin)?;
+    if !server.registry.delete_secret(&name).await? {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no secret {name}"),
+        ));
+    }
+    if let Err(e) = server.vault.refresh(&server.registry).await {
+        tracing::error!(error = %e, "serve: secret store refresh");
+    }
+    audit_entry(&server, &cx, "secret.delete", &name, "").await;
+    ok(StatusCode::OK, Deleted { deleted: name })
+}
+
 /// A body that could not be read: too large (413) or not the JSON asked for (400).
 fn rejected(e: JsonRejection) -> ApiError {
     match e {
@@ -752,7 +900,7 @@ fn rejected(e: JsonRejection) -> ApiError {
     info(title = "plexus serve", description = "Integrations, keys and the audit log of a plexus server."),
     paths(health, ready, metrics, list_integrations, get_integration, create_integration,
         update_integration, delete_integration, activate, deactivate, versions, rollback,
-        list_keys, create_key, revoke_key, audit),
+        list_keys, create_key, revoke_key, list_secrets, put_secret, delete_secret, audit),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

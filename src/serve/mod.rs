@@ -11,6 +11,7 @@
 //! - `keys`: API keys and roles.
 //! - `host`: the running integrations.
 //! - `integration`: the API's view of an integration, and the checks before storing one.
+//! - `secrets`: credentials sealed at rest, read by pipelines as `secret:NAME`.
 //! - `api`: routes, authentication, rate limits, request ids.
 
 pub mod api;
@@ -18,6 +19,7 @@ pub mod host;
 pub mod integration;
 pub mod keys;
 pub mod registry;
+pub mod secrets;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -48,6 +50,8 @@ pub struct ServeOptions {
     pub max_body_bytes: usize,
     /// How often the registry and the directory are compared with what runs.
     pub reconcile_every: Duration,
+    /// The master key's file (else `PLEXUS_MASTER_KEY`); without one, secrets are refused.
+    pub master_key_file: Option<PathBuf>,
 }
 
 impl ServeOptions {
@@ -65,6 +69,7 @@ pub struct Server {
     pub registry: Registry,
     pub host: Arc<Host>,
     pub limiter: governor::DefaultKeyedRateLimiter<String>,
+    pub vault: Arc<secrets::Vault>,
     /// One reconciliation at a time.
     reconciling: tokio::sync::Mutex<()>,
 }
@@ -82,12 +87,20 @@ pub fn run(options: ServeOptions) -> anyhow::Result<()> {
     let registry = rt
         .block_on(Registry::open(&options.registry_location()))
         .map_err(anyhow::Error::msg)?;
+    let keyring = secrets::Keyring::from_env(options.master_key_file.as_deref())
+        .map_err(anyhow::Error::msg)?;
+    if keyring.is_none() {
+        eprintln!("serve: no master key (PLEXUS_MASTER_KEY): secrets are refused");
+    }
+    let vault = secrets::Vault::new(keyring);
+    crate::net::secret::install_store(vault.clone());
     let nz = |n: u32| std::num::NonZeroU32::new(n.max(1)).expect("at least 1");
     let server = Arc::new(Server {
         limiter: governor::RateLimiter::keyed(
             governor::Quota::per_second(nz(options.api_rate)).allow_burst(nz(options.api_burst)),
         ),
         host: Host::new(rt.clone()),
+        vault,
         registry,
         options,
         reconciling: tokio::sync::Mutex::new(()),
@@ -151,6 +164,10 @@ struct Wanted {
 pub async fn reconcile(server: &Arc<Server>) {
     let _one = server.reconciling.lock().await;
     server.host.reap();
+    if let Err(e) = server.vault.refresh(&server.registry).await {
+        tracing::error!(error = %e, "serve: secrets unavailable; nothing changed");
+        return;
+    }
     let stored = match server.registry.list().await {
         Ok(s) => s,
         Err(e) => {

@@ -30,6 +30,9 @@ const POSTGRES: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS plexus_api_keys (
         id TEXT PRIMARY KEY, name TEXT NOT NULL, role TEXT NOT NULL, phi BIGINT NOT NULL,
         hash TEXT NOT NULL, created_at BIGINT NOT NULL, expires_at BIGINT, revoked_at BIGINT)",
+    "CREATE TABLE IF NOT EXISTS plexus_secrets (
+        name TEXT PRIMARY KEY, key_id TEXT NOT NULL, nonce TEXT NOT NULL, sealed TEXT NOT NULL,
+        updated_at BIGINT NOT NULL, updated_by TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS plexus_audit (
         seq BIGSERIAL PRIMARY KEY, at BIGINT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
         target TEXT NOT NULL, detail TEXT NOT NULL, peer TEXT NOT NULL, request_id TEXT NOT NULL)",
@@ -46,6 +49,9 @@ const SQLITE: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS plexus_api_keys (
         id TEXT PRIMARY KEY, name TEXT NOT NULL, role TEXT NOT NULL, phi INTEGER NOT NULL,
         hash TEXT NOT NULL, created_at INTEGER NOT NULL, expires_at INTEGER, revoked_at INTEGER)",
+    "CREATE TABLE IF NOT EXISTS plexus_secrets (
+        name TEXT PRIMARY KEY, key_id TEXT NOT NULL, nonce TEXT NOT NULL, sealed TEXT NOT NULL,
+        updated_at INTEGER NOT NULL, updated_by TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS plexus_audit (
         seq INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL, actor TEXT NOT NULL,
         action TEXT NOT NULL, target TEXT NOT NULL, detail TEXT NOT NULL, peer TEXT NOT NULL,
@@ -103,6 +109,28 @@ pub struct AuditEntry {
     pub detail: String,
     pub peer: String,
     pub request_id: String,
+}
+
+/// A secret as stored: sealed (`serve::secrets`), never its value.
+#[derive(Debug, Clone)]
+pub struct SealedSecret {
+    pub name: String,
+    /// The master key that sealed it.
+    pub key_id: String,
+    pub nonce: Vec<u8>,
+    pub sealed: Vec<u8>,
+    pub updated_at: i64,
+    pub updated_by: String,
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len() / 2)
+        .filter_map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect()
 }
 
 #[derive(Clone)]
@@ -407,6 +435,61 @@ impl Registry {
             ))
             .bind(id)
             .bind(now_ms())
+            .execute(&self.pool)
+            .await
+            .map_err(self.err())?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Stores (or replaces) a sealed secret.
+    pub async fn put_secret(&self, s: &SealedSecret) -> Result<(), RegistryError> {
+        sqlx::query(self.q(
+            "INSERT INTO plexus_secrets (name, key_id, nonce, sealed, updated_at, updated_by)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (name) DO UPDATE SET key_id = EXCLUDED.key_id, nonce = EXCLUDED.nonce,
+               sealed = EXCLUDED.sealed, updated_at = EXCLUDED.updated_at,
+               updated_by = EXCLUDED.updated_by",
+        ))
+        .bind(&s.name)
+        .bind(&s.key_id)
+        .bind(hex(&s.nonce))
+        .bind(hex(&s.sealed))
+        .bind(now_ms())
+        .bind(&s.updated_by)
+        .execute(&self.pool)
+        .await
+        .map_err(self.err())?;
+        Ok(())
+    }
+
+    pub async fn secrets(&self) -> Result<Vec<SealedSecret>, RegistryError> {
+        let rows = sqlx::query(self.q(
+            "SELECT name, key_id, nonce, sealed, updated_at, updated_by FROM plexus_secrets
+             ORDER BY name",
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.err())?;
+        rows.iter()
+            .map(|r| {
+                let nonce: String = r.try_get(2).map_err(self.err())?;
+                let sealed: String = r.try_get(3).map_err(self.err())?;
+                Ok(SealedSecret {
+                    name: r.try_get(0).map_err(self.err())?,
+                    key_id: r.try_get(1).map_err(self.err())?,
+                    nonce: unhex(&nonce),
+                    sealed: unhex(&sealed),
+                    updated_at: r.try_get(4).map_err(self.err())?,
+                    updated_by: r.try_get(5).map_err(self.err())?,
+                })
+            })
+            .collect()
+    }
+
+    /// Removes a secret; false when there was none.
+    pub async fn delete_secret(&self, name: &str) -> Result<bool, RegistryError> {
+        let done = sqlx::query(self.q("DELETE FROM plexus_secrets WHERE name = $1"))
+            .bind(name)
             .execute(&self.pool)
             .await
             .map_err(self.err())?;
