@@ -801,7 +801,7 @@ fn schemathesis_finds_every_route_as_documented() {
     assert_eq!(doc["openapi"], "3.1.0");
     assert_eq!(
         doc["paths"].as_object().unwrap().len(),
-        14,
+        15,
         "{}",
         doc["paths"]
     );
@@ -829,6 +829,8 @@ fn schemathesis_finds_every_route_as_documented() {
             "positive_data_acceptance",
         ])
         .args(["--max-examples", "40", "--workers", "1", "--seed", "1"])
+        // An endless stream: its own test reads it.
+        .args(["--exclude-path", "/api/v1/events"])
         .env("NO_COLOR", "1")
         .output()
         .unwrap();
@@ -1073,4 +1075,87 @@ fn secrets_are_sealed_write_only_and_survive_a_key_rotation() {
     assert_eq!(r.status, 503, "{}", r.body);
     let (_, stderr) = stop_server(server);
     assert!(!stderr.contains(token));
+}
+
+/// The dashboard's event stream: a status event when an integration starts, counts that
+/// follow ingest, a removal event; 401 without a key; and SIGTERM ends open streams.
+#[test]
+fn the_event_stream_follows_status_and_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let admin = new_key(&state, "admin", "ada");
+    let viewer = new_key(&state, "viewer", "vic");
+    let (port, ingest_port) = (free_port(), free_port());
+    let server = start_server(&state, port, &[]);
+    assert_eq!(call(port, "GET", "/api/v1/events", None, None).status, 401);
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream
+        .write_all(
+            format!(
+                "GET /api/v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {viewer}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    let r = call(
+        port,
+        "POST",
+        "/api/v1/integrations",
+        Some(&admin),
+        Some(json!({
+        "id": "watched", "pipeline": ingest_pipeline("watched", ingest_port, MRN), "isActive": true})),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    wait_for_port(ingest_port, Duration::from_secs(10));
+    for i in 0..5 {
+        assert!(ingest(ingest_port, i));
+    }
+    // Read events until the counts show the five records, then remove the integration.
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    let mut removed = false;
+    let started = Instant::now();
+    loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "events so far:\n{seen}"
+        );
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "the stream ended early:\n{seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        if !removed && seen.contains("\"records_in\":5") {
+            assert_eq!(
+                call(
+                    port,
+                    "DELETE",
+                    "/api/v1/integrations/watched",
+                    Some(&admin),
+                    None
+                )
+                .status,
+                200
+            );
+            removed = true;
+        }
+        if removed && seen.contains("\"status\":\"removed\"") {
+            break;
+        }
+    }
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    assert!(seen.contains("content-type: text/event-stream"), "{seen}");
+    assert!(
+        seen.contains(
+            "event: status\ndata: {\"id\":\"watched\",\"reason\":null,\"status\":\"active\"}"
+        ),
+        "{seen}"
+    );
+    assert!(!seen.contains("DOE"), "no record content in events");
+    // SIGTERM ends the open stream and the server exits.
+    let (code, _) = stop_server(server);
+    assert_eq!(code, Some(0));
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest);
 }

@@ -50,6 +50,26 @@ impl Telemetry {
         }
     }
 
+    /// Each breaker's state, by sink.
+    pub fn breaker_states(&self) -> BTreeMap<String, BreakerState> {
+        self.breakers
+            .lock()
+            .expect("telemetry")
+            .iter()
+            .map(|(sink, b)| (sink.clone(), b.state()))
+            .collect()
+    }
+
+    /// Alerts raised so far, by `name:severity`.
+    pub fn alert_counts(&self) -> BTreeMap<String, u64> {
+        self.alerts
+            .lock()
+            .expect("telemetry")
+            .iter()
+            .map(|((name, severity), n)| (format!("{name}:{severity}"), *n))
+            .collect()
+    }
+
     /// Rows written so far, per sink.
     pub fn sink_counts(&self) -> BTreeMap<String, u64> {
         self.sinks.lock().expect("telemetry").clone()

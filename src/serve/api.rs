@@ -127,6 +127,7 @@ pub fn router(server: Arc<Server>) -> axum::Router {
             axum::routing::put(put_secret).delete(delete_secret),
         )
         .route("/api/v1/audit", get(audit))
+        .route("/api/v1/events", get(events))
         .route_layer(axum::middleware::from_fn_with_state(
             server.clone(),
             authenticate,
@@ -884,6 +885,40 @@ pub async fn delete_secret(
     ok(StatusCode::OK, Deleted { deleted: name })
 }
 
+/// Server-sent events for a dashboard (viewer): `status` (an integration's status changed or
+/// it was removed), `breaker` (a sink's breaker changed state), `alert` (alerts raised), and
+/// every second `counts` (records in, dead letters and rows per sink of each running
+/// integration). Ids, states and counts only: never record content.
+#[utoipa::path(get, path = "/api/v1/events", tag = "health", security(("bearer" = [])),
+    responses((status = 200, body = String, content_type = "text/event-stream"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 429, body = ErrorBody)))]
+pub async fn events(State(server): State<Arc<Server>>, cx: axum::Extension<Ctx>) -> ApiResult {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    cx.need(Role::Viewer)?;
+    let rx = server.events.subscribe();
+    let stop = server.stopping.subscribe();
+    let stream = futures::stream::unfold((rx, stop), |(mut rx, mut stop)| async move {
+        loop {
+            let got = tokio::select! {
+                got = rx.recv() => got,
+                _ = stop.wait_for(|s| *s) => return None,
+            };
+            match got {
+                Ok(e) => {
+                    let event = Event::default().event(e.kind).data(e.data.to_string());
+                    return Some((Ok::<_, std::convert::Infallible>(event), (rx, stop)));
+                }
+                // Missed some: the next `counts` carries the totals anyway.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
+        .into_response())
+}
+
 /// A body that could not be read: too large (413) or not the JSON asked for (400).
 fn rejected(e: JsonRejection) -> ApiError {
     match e {
@@ -900,7 +935,7 @@ fn rejected(e: JsonRejection) -> ApiError {
     info(title = "plexus serve", description = "Integrations, keys and the audit log of a plexus server."),
     paths(health, ready, metrics, list_integrations, get_integration, create_integration,
         update_integration, delete_integration, activate, deactivate, versions, rollback,
-        list_keys, create_key, revoke_key, list_secrets, put_secret, delete_secret, audit),
+        list_keys, create_key, revoke_key, list_secrets, put_secret, delete_secret, audit, events),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

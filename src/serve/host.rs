@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
+use crate::resilience::breaker::BreakerState;
 use crate::runtime::summary::RunSummary;
 use crate::runtime::telemetry::Telemetry;
 use crate::runtime::topology::{StartOptions, Topology};
@@ -60,6 +61,10 @@ pub struct Snapshot {
     pub records_in: u64,
     pub dead_letters: u64,
     pub sinks: BTreeMap<String, u64>,
+    /// Each sink's circuit breaker: closed, open or half_open.
+    pub breakers: BTreeMap<String, String>,
+    /// Alerts raised, by `name:severity`.
+    pub alerts: BTreeMap<String, u64>,
     /// The summary of its last run that ended (an update, a stop, a failure).
     #[schema(value_type = Option<Object>)]
     pub last_run: Option<serde_json::Value>,
@@ -314,13 +319,26 @@ impl Host {
 }
 
 fn snapshot(h: &Hosted) -> Snapshot {
-    let (records_in, dead_letters, sinks) = match &h.run {
+    let (records_in, dead_letters, sinks, breakers, alerts) = match &h.run {
         Some(r) => (
             r.telemetry.records_in.load(Ordering::Relaxed),
             r.telemetry.dead_letters.load(Ordering::Relaxed),
             r.telemetry.sink_counts(),
+            r.telemetry
+                .breaker_states()
+                .into_iter()
+                .map(|(sink, state)| {
+                    let state = match state {
+                        BreakerState::Closed => "closed",
+                        BreakerState::Open => "open",
+                        BreakerState::HalfOpen => "half_open",
+                    };
+                    (sink, state.to_string())
+                })
+                .collect(),
+            r.telemetry.alert_counts(),
         ),
-        None => (0, 0, BTreeMap::new()),
+        None => Default::default(),
     };
     Snapshot {
         status: h.status,
@@ -331,6 +349,8 @@ fn snapshot(h: &Hosted) -> Snapshot {
         records_in,
         dead_letters,
         sinks,
+        breakers,
+        alerts,
         last_run: h.last_run.clone(),
     }
 }

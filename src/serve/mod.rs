@@ -12,9 +12,11 @@
 //! - `host`: the running integrations.
 //! - `integration`: the API's view of an integration, and the checks before storing one.
 //! - `secrets`: credentials sealed at rest, read by pipelines as `secret:NAME`.
+//! - `events`: the live event stream (status, breakers, alerts, counts).
 //! - `api`: routes, authentication, rate limits, request ids.
 
 pub mod api;
+pub mod events;
 pub mod host;
 pub mod integration;
 pub mod keys;
@@ -70,6 +72,10 @@ pub struct Server {
     pub host: Arc<Host>,
     pub limiter: governor::DefaultKeyedRateLimiter<String>,
     pub vault: Arc<secrets::Vault>,
+    pub events: Arc<events::Events>,
+    /// Set when the server stops: open event streams end (else graceful shutdown would wait
+    /// for them forever).
+    pub stopping: tokio::sync::watch::Sender<bool>,
     /// One reconciliation at a time.
     reconciling: tokio::sync::Mutex<()>,
 }
@@ -101,6 +107,8 @@ pub fn run(options: ServeOptions) -> anyhow::Result<()> {
         ),
         host: Host::new(rt.clone()),
         vault,
+        events: events::Events::new(),
+        stopping: tokio::sync::watch::Sender::new(false),
         registry,
         options,
         reconciling: tokio::sync::Mutex::new(()),
@@ -128,13 +136,21 @@ async fn serve(server: Arc<Server>) -> anyhow::Result<()> {
             }
         })
     };
+    let sampler = server
+        .events
+        .spawn(server.host.clone(), Duration::from_secs(1));
     eprintln!("serve: listening on http://{addr} (API under /api/v1)");
     let app = api::router(server.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let stopping = server.stopping.clone();
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown())
+        .with_graceful_shutdown(async move {
+            shutdown().await;
+            stopping.send_replace(true);
+        })
         .await
         .context("serving the API")?;
     ticker.abort();
+    sampler.abort();
     Ok(())
 }
 
