@@ -108,6 +108,11 @@ fn call(port: u16, method: &str, path: &str, key: Option<&str>, body: Option<Val
     http(port, method, path, key, body.as_deref()).unwrap()
 }
 
+/// The status of a request without a body.
+fn status(port: u16, method: &str, path: &str, key: Option<&str>) -> u16 {
+    call(port, method, path, key, None).status
+}
+
 fn new_key(state: &Path, role: &str, name: &str) -> String {
     let out = Command::new(support::BIN)
         .args(["keys", "create", "--state"])
@@ -125,16 +130,24 @@ fn new_key(state: &Path, role: &str, name: &str) -> String {
 }
 
 fn start_server(state: &Path, port: u16, extra: &[&str]) -> Child {
-    let child = Command::new(support::BIN)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--state"])
+    start_with_keys(state, port, extra, Some(K1), "")
+}
+
+/// `plexus serve` with this master key (None: without one) and old keys.
+fn start_with_keys(state: &Path, port: u16, extra: &[&str], key: Option<&str>, old: &str) -> Child {
+    let mut cmd = Command::new(support::BIN);
+    cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--state"])
         .arg(state)
         .args(["--reconcile-every", "300ms"])
         .args(extra)
-        .env("PLEXUS_MASTER_KEY", K1)
+        .env("PLEXUS_MASTER_KEY_OLD", old)
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::piped());
+    match key {
+        Some(k) => cmd.env("PLEXUS_MASTER_KEY", k),
+        None => cmd.env_remove("PLEXUS_MASTER_KEY"),
+    };
+    let child = cmd.spawn().unwrap();
     wait_for_port(port, Duration::from_secs(30));
     child
 }
@@ -234,8 +247,8 @@ fn every_route_checks_keys_and_roles() {
     let port = free_port();
     let server = start_server(&state, port, &[]);
     // Open routes.
-    assert_eq!(call(port, "GET", "/health", None, None).status, 200);
-    assert_eq!(call(port, "GET", "/ready", None, None).status, 200);
+    assert_eq!(status(port, "GET", "/health", None), 200);
+    assert_eq!(status(port, "GET", "/ready", None), 200);
     // Every other route: 401 without a key, with a wrong one, with a revoked one.
     let routes: &[(&str, &str, Option<Value>, &str)] = &[
         ("GET", "/metrics", None, "viewer"),
@@ -324,7 +337,7 @@ fn every_route_checks_keys_and_roles() {
     let late = made.json()["key"].as_str().unwrap().to_string();
     let late_id = made.json()["id"].as_str().unwrap().to_string();
     assert_eq!(
-        call(port, "GET", "/api/v1/integrations", Some(&late), None).status,
+        status(port, "GET", "/api/v1/integrations", Some(&late)),
         200
     );
     let listed = call(port, "GET", "/api/v1/keys", Some(&admin), None);
@@ -342,7 +355,7 @@ fn every_route_checks_keys_and_roles() {
     );
     assert_eq!(gone.status, 200);
     assert_eq!(
-        call(port, "GET", "/api/v1/integrations", Some(&late), None).status,
+        status(port, "GET", "/api/v1/integrations", Some(&late)),
         401
     );
     // The audit log names who did it, from where, under which request.
@@ -399,14 +412,12 @@ fn an_integration_lives_from_a_refused_draft_to_an_update_under_load() {
         );
     }
     assert_eq!(
-        call(
+        status(
             port,
             "GET",
             &format!("/api/v1/integrations/{id}"),
-            Some(&admin),
-            None
-        )
-        .status,
+            Some(&admin)
+        ),
         404
     );
     // Credentials are refused rather than stored in plain text.
@@ -616,25 +627,21 @@ fn an_integration_lives_from_a_refused_draft_to_an_update_under_load() {
         ]
     );
     assert_eq!(
-        call(
+        status(
             port,
             "DELETE",
             &format!("/api/v1/integrations/{id}"),
-            Some(&admin),
-            None
-        )
-        .status,
+            Some(&admin)
+        ),
         200
     );
     assert_eq!(
-        call(
+        status(
             port,
             "GET",
             &format!("/api/v1/integrations/{id}"),
-            Some(&admin),
-            None
-        )
-        .status,
+            Some(&admin)
+        ),
         404
     );
     let (code, _) = stop_server(server);
@@ -702,7 +709,7 @@ fn pipelines_from_a_directory_reload_and_keys_are_rate_limited() {
         "{broken}"
     );
     assert_eq!(
-        call(port, "GET", "/ready", None, None).status,
+        status(port, "GET", "/ready", None),
         503,
         "an integration in error"
     );
@@ -762,18 +769,10 @@ fn pipelines_from_a_directory_reload_and_keys_are_rate_limited() {
     });
     wait_for_port(ingest_port, Duration::from_secs(10));
     assert!(ingest(ingest_port, 2));
-    assert_eq!(call(port, "GET", "/ready", None, None).status, 200);
+    assert_eq!(status(port, "GET", "/ready", None), 200);
     std::fs::remove_file(&file).unwrap();
     wait_until("the integration gone", Duration::from_secs(20), || {
-        call(
-            port,
-            "GET",
-            "/api/v1/integrations/feed",
-            Some(&viewer),
-            None,
-        )
-        .status
-            == 404
+        status(port, "GET", "/api/v1/integrations/feed", Some(&viewer)) == 404
     });
     let out = rows(&pipelines.join("out.ndjson"));
     assert_eq!(out.len(), 3, "{out:?}");
@@ -973,20 +972,7 @@ fn secrets_are_sealed_write_only_and_survive_a_key_rotation() {
     let admin = new_key(&state, "admin", "ada");
     let (port, ingest_port) = (free_port(), free_port());
     let token = "partner-token-7f3a9c";
-    let start = |key: &str, old: &str| {
-        let child = Command::new(support::BIN)
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--state"])
-            .arg(&state)
-            .args(["--reconcile-every", "300ms"])
-            .env("PLEXUS_MASTER_KEY", key)
-            .env("PLEXUS_MASTER_KEY_OLD", old)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        wait_for_port(port, Duration::from_secs(30));
-        child
-    };
+    let start = |key: &str, old: &str| start_with_keys(&state, port, &[], Some(key), old);
     let server = start(K1, "");
     let r = call(
         port,
@@ -1056,15 +1042,7 @@ fn secrets_are_sealed_write_only_and_survive_a_key_rotation() {
     assert_eq!(ingest_as(ingest_port, 3, Some(token)), 202);
     // Without a master key, secrets are refused, not stored in the clear.
     assert_eq!(stop_server(server).0, Some(0));
-    let server = Command::new(support::BIN)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--state"])
-        .arg(&state)
-        .env_remove("PLEXUS_MASTER_KEY")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_port(port, Duration::from_secs(30));
+    let server = start_with_keys(&state, port, &[], None, "");
     let r = call(
         port,
         "PUT",
@@ -1087,7 +1065,7 @@ fn the_event_stream_follows_status_and_counts() {
     let viewer = new_key(&state, "viewer", "vic");
     let (port, ingest_port) = (free_port(), free_port());
     let server = start_server(&state, port, &[]);
-    assert_eq!(call(port, "GET", "/api/v1/events", None, None).status, 401);
+    assert_eq!(status(port, "GET", "/api/v1/events", None), 401);
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
@@ -1128,14 +1106,7 @@ fn the_event_stream_follows_status_and_counts() {
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
         if !removed && seen.contains("\"records_in\":5") {
             assert_eq!(
-                call(
-                    port,
-                    "DELETE",
-                    "/api/v1/integrations/watched",
-                    Some(&admin),
-                    None
-                )
-                .status,
+                status(port, "DELETE", "/api/v1/integrations/watched", Some(&admin)),
                 200
             );
             removed = true;
