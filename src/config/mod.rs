@@ -169,6 +169,9 @@ mod tests {
         assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
         assert!(parse_duration("2").is_err());
         assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
-        assert!(parse_duration("2d").is_err());
+        assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(172_800));
+        assert!(parse_duration("2w").is_err());
+        // Too long for seconds in a u64: an error, not a wrapped value.
+        assert!(parse_duration("9999999999999999999h").is_err());
     }
 }
