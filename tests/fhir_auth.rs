@@ -261,7 +261,7 @@ sinks:
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("bad_auth.yaml:12:"), "{err}");
     assert!(
-        err.contains("a secret is `env:NAME` or `file:/path`"),
+        err.contains("a secret is `env:NAME`, `file:/path` or `secret:NAME`"),
         "{err}"
     );
     assert!(

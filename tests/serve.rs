@@ -281,6 +281,12 @@ fn every_route_checks_keys_and_roles() {
             Some(json!({"revision": 1})),
             "admin",
         ),
+        (
+            "POST",
+            "/api/v1/integrations/none/test",
+            Some(json!({})),
+            "operator",
+        ),
         ("GET", "/api/v1/keys", None, "admin"),
         (
             "POST",
@@ -800,7 +806,7 @@ fn schemathesis_finds_every_route_as_documented() {
     assert_eq!(doc["openapi"], "3.1.0");
     assert_eq!(
         doc["paths"].as_object().unwrap().len(),
-        15,
+        16,
         "{}",
         doc["paths"]
     );
@@ -839,7 +845,7 @@ fn schemathesis_finds_every_route_as_documented() {
         "{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(text.contains("Tested: 19"), "{text}");
+    assert!(text.contains("Tested: 20"), "{text}");
     let (code, _) = stop_server(server);
     assert_eq!(code, Some(0));
 }
@@ -1129,4 +1135,98 @@ fn the_event_stream_follows_status_and_counts() {
     assert_eq!(code, Some(0));
     let mut rest = Vec::new();
     let _ = stream.read_to_end(&mut rest);
+}
+
+/// A dry run: the pipeline's own test cases, cases sent with the request, and a draft
+/// pipeline, through the real graph with memory in place of source and sinks; nothing runs
+/// or is stored, and a viewer may not.
+#[test]
+fn a_dry_run_tests_an_integration_without_running_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let (admin, operator, viewer) = (
+        new_key(&state, "admin", "ada"),
+        new_key(&state, "operator", "otto"),
+        new_key(&state, "viewer", "vic"),
+    );
+    let port = free_port();
+    let server = start_server(&state, port, &[]);
+    let pipeline = format!(
+        "{}tests:\n  - name: own case\n    input: \"{}\"\n    expect:\n      out: [{{mrn: M7}}]\n",
+        ingest_pipeline("dry", free_port(), MRN),
+        hl7(7).replace('\\', "\\\\").replace('\r', "\\r")
+    );
+    let r = call(
+        port,
+        "POST",
+        "/api/v1/integrations",
+        Some(&admin),
+        Some(json!({"id": "dry", "pipeline": pipeline})),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let path = "/api/v1/integrations/dry/test";
+    assert_eq!(
+        call(port, "POST", path, Some(&viewer), Some(json!({}))).status,
+        403
+    );
+    let r = call(port, "POST", path, Some(&operator), Some(json!({})));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        (r.json()["passed"].as_u64(), r.json()["failed"].as_u64()),
+        (Some(1), Some(0)),
+        "{}",
+        r.body
+    );
+    // Cases sent with the request: one passes, one expects the wrong MRN and says so; a
+    // message that does not parse lands in `dlq`.
+    let cases = json!({"cases": [
+        {"name": "right", "input": hl7(1), "expect": {"out": [{"mrn": "M1"}]}},
+        {"name": "wrong", "input": hl7(2), "expect": {"out": [{"mrn": "M9"}]}},
+        {"name": "bad", "input": "MSH|^~\\&|A|B\rP\r", "expect": {"out": [], "dlq": [{"stage": "parse"}]}}
+    ]});
+    let r = call(port, "POST", path, Some(&operator), Some(cases));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let results = r.json()["cases"].as_array().unwrap().clone();
+    assert_eq!(
+        results
+            .iter()
+            .map(|c| c["passed"].as_bool().unwrap())
+            .collect::<Vec<_>>(),
+        [true, false, true],
+        "{}",
+        r.body
+    );
+    assert!(
+        results[1]["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("mrn: expected \"M9\", got \"M2\""),
+        "{}",
+        r.body
+    );
+    // A draft that does not plan: 422 with its location; the stored pipeline is unchanged.
+    let draft = ingest_pipeline(
+        "dry",
+        free_port(),
+        "      - {name: mrn, path: PID-3.1, kind: nope}\n",
+    );
+    let r = call(
+        port,
+        "POST",
+        path,
+        Some(&operator),
+        Some(json!({"pipeline": draft, "cases": [{"name": "x", "input": hl7(1)}]})),
+    );
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(r.json()["errors"][0]["line"], 10, "{}", r.body);
+    let v = call(port, "GET", "/api/v1/integrations/dry", Some(&viewer), None).json();
+    assert_eq!(
+        (v["revision"].as_i64(), v["status"].as_str()),
+        (Some(1), Some("inactive"))
+    );
+    assert!(
+        !state.join("integrations/dry/out.ndjson").exists(),
+        "a dry run writes nothing"
+    );
+    assert_eq!(stop_server(server).0, Some(0));
 }

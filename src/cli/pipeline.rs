@@ -5,13 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use arrow::record_batch::RecordBatch;
 
-use crate::connectors::BatchSink;
-use crate::connectors::memory::{MemoryDlq, MemorySink, MemorySource};
 use crate::connectors::registry::SourcePlan;
 use crate::plan::{Plan, build};
-use crate::runtime::RunOptions;
 use crate::runtime::summary::{EXIT_FAILED, EXIT_USAGE};
 use crate::runtime::topology::{StartOptions, Topology};
 use crate::spec::{PipelineSpec, SpecErrors};
@@ -220,56 +216,6 @@ fn progress_bar(args: &RunArgs) -> Option<crate::runtime::Progress> {
     }))
 }
 
-/// Rows of batches as JSON objects (what the NDJSON sink would write).
-fn rows_as_json(
-    batches: &[RecordBatch],
-) -> Result<Vec<serde_json::Map<String, serde_json::Value>>> {
-    let mut buf = Vec::new();
-    {
-        let mut w = arrow::json::WriterBuilder::new()
-            .with_explicit_nulls(true)
-            .build::<_, arrow::json::writer::LineDelimited>(&mut buf);
-        for b in batches {
-            let keep: Vec<usize> = (0..b.num_columns())
-                .filter(|&i| b.schema().field(i).name() != crate::operators::RAW)
-                .collect();
-            w.write(&b.project(&keep)?)?;
-        }
-        w.finish()?;
-    }
-    buf.split(|&c| c == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(|l| Ok(serde_json::from_slice(l)?))
-        .collect()
-}
-
-/// Whether `actual` has every expected key with an equal value. Test files are YAML, where
-/// `42` and `"42"` read the same, so values compare as text; for `reason`, containment.
-fn matches(
-    expected: &indexmap::IndexMap<String, serde_json::Value>,
-    actual: &serde_json::Map<String, serde_json::Value>,
-) -> Result<(), String> {
-    let text = |v: &serde_json::Value| match v {
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    for (k, want) in expected {
-        let Some(got) = actual.get(k) else {
-            return Err(format!("no column {k:?}"));
-        };
-        let (w, g) = (text(want), text(got));
-        let ok = if k == "reason" {
-            g.contains(&w)
-        } else {
-            w == g
-        };
-        if !ok {
-            return Err(format!("{k}: expected {w:?}, got {g:?}"));
-        }
-    }
-    Ok(())
-}
-
 /// `plexus test`: runs the pipeline's test cases against its real graph (files replaced by
 /// memory); exit 1 if any fails.
 pub fn test(path: &Path) -> Result<ExitCode> {
@@ -292,78 +238,22 @@ pub fn test(path: &Path) -> Result<ExitCode> {
     }
     let mut failures = 0;
     for case in &spec.tests {
-        let plan = match rt.block_on(build(&spec)) {
-            Ok(p) => p,
-            Err(errors) => {
+        let result = match rt.block_on(crate::runtime::testing::run_case(&spec, case)) {
+            Ok(r) => r,
+            Err(crate::runtime::testing::CaseError::Plan(errors)) => {
                 for e in &errors.0 {
                     eprintln!("error: {e}");
                 }
                 return Ok(ExitCode::from(1));
             }
+            Err(e) => return Err(anyhow::anyhow!("{e}")),
         };
-        let sink_names: Vec<String> = plan.sinks.iter().map(|s| s.name.clone()).collect();
-        let memory: Vec<MemorySink> = sink_names.iter().map(|_| MemorySink::default()).collect();
-        let sinks: Vec<Box<dyn BatchSink>> = memory
-            .iter()
-            .map(|m| Box::new(m.clone()) as Box<dyn BatchSink>)
-            .collect();
-        let dlq = MemoryDlq::default();
-        let source = Box::new(MemorySource::new(
-            case.input.as_bytes(),
-            plan.source.format,
-            plan.max_rows,
-        ));
-        let summary = rt.block_on(crate::runtime::run(
-            plan,
-            source,
-            sinks,
-            Box::new(dlq.clone()),
-            RunOptions::default(),
-        ))?;
-        let mut problems = Vec::new();
-        for (target, expected_rows) in &case.expect {
-            let actual: Vec<serde_json::Map<String, serde_json::Value>> = if target == "dlq" {
-                dlq.records
-                    .lock()
-                    .expect("dlq")
-                    .iter()
-                    .map(|r| match serde_json::to_value(r) {
-                        Ok(serde_json::Value::Object(m)) => m,
-                        _ => serde_json::Map::new(),
-                    })
-                    .collect()
-            } else {
-                match sink_names.iter().position(|n| n == target) {
-                    Some(i) => rows_as_json(&memory[i].batches.lock().expect("sink"))?,
-                    None => {
-                        problems.push(format!("expect: no sink named {target:?}"));
-                        continue;
-                    }
-                }
-            };
-            if actual.len() != expected_rows.len() {
-                problems.push(format!(
-                    "{target}: expected {} rows, got {}",
-                    expected_rows.len(),
-                    actual.len()
-                ));
-                continue;
-            }
-            for (i, (want, got)) in expected_rows.iter().zip(&actual).enumerate() {
-                if let Err(e) = matches(want, got) {
-                    problems.push(format!("{target} row {}: {e}", i + 1));
-                }
-            }
-        }
-        if summary.pending() != 0 {
-            problems.push(format!("{} records unaccounted for", summary.pending()));
-        }
-        if problems.is_empty() {
-            println!("ok   {}", case.name.as_str());
+        if result.passed {
+            println!("ok   {}", result.name);
         } else {
             failures += 1;
-            println!("FAIL {}", case.name.as_str());
-            for p in problems {
+            println!("FAIL {}", result.name);
+            for p in result.problems {
                 println!("     {p}");
             }
         }

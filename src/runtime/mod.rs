@@ -11,6 +11,7 @@
 pub mod outcomes;
 pub mod summary;
 pub mod telemetry;
+pub mod testing;
 pub mod topology;
 pub mod windows;
 

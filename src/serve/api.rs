@@ -119,6 +119,7 @@ pub fn router(server: Arc<Server>) -> axum::Router {
         .route("/api/v1/integrations/{id}/deactivate", post(deactivate))
         .route("/api/v1/integrations/{id}/versions", get(versions))
         .route("/api/v1/integrations/{id}/rollback", post(rollback))
+        .route("/api/v1/integrations/{id}/test", post(dry_run))
         .route("/api/v1/keys", get(list_keys).post(create_key))
         .route("/api/v1/keys/{id}", axum::routing::delete(revoke_key))
         .route("/api/v1/secrets", get(list_secrets))
@@ -622,6 +623,106 @@ pub async fn rollback(
     ok(StatusCode::OK, integration::show(&server, &id).await?)
 }
 
+/// A test case: raw input in the source's format, and the rows each sink (or `dlq`) must get.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CaseIn {
+    pub name: String,
+    pub input: String,
+    /// Sink name (or `dlq`) → expected rows, each a subset of a row's columns.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub expect: indexmap::IndexMap<String, Vec<indexmap::IndexMap<String, serde_json::Value>>>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DryRunIn {
+    /// Cases to run; none: the pipeline's own `tests:`.
+    #[serde(default)]
+    pub cases: Vec<CaseIn>,
+    /// A draft pipeline to test instead of the stored one (nothing is stored).
+    pub pipeline: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DryRunOut {
+    pub passed: usize,
+    pub failed: usize,
+    pub cases: Vec<crate::runtime::testing::CaseResult>,
+}
+
+/// Runs test cases through the integration's pipeline (or a draft of it) with memory in
+/// place of its source and sinks, as `plexus test` does; nothing is stored or sent
+/// (operator).
+#[utoipa::path(post, path = "/api/v1/integrations/{id}/test", tag = "integrations", security(("bearer" = [])),
+    params(("id" = String, Path)), request_body = DryRunIn,
+    responses((status = 200, body = DryRunOut), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn dry_run(
+    State(server): State<Arc<Server>>,
+    cx: axum::Extension<Ctx>,
+    Path(id): Path<String>,
+    body: Result<Json<DryRunIn>, JsonRejection>,
+) -> ApiResult {
+    use crate::runtime::testing::{CaseError, run_case};
+    cx.need(Role::Operator)?;
+    let Json(body) = body.map_err(rejected)?;
+    let stored = server.registry.get(&id).await?;
+    let text = body.pipeline.unwrap_or(stored.pipeline);
+    let spec = integration::plan_check(&integration::pipeline_path(&server, &id), Some(&id), &text)
+        .await
+        .map_err(|errors| {
+            ApiError::invalid(
+                format!("the pipeline has {} problem(s)", errors.len()),
+                errors,
+            )
+        })?;
+    let cases: Vec<crate::spec::TestCaseSpec> = if body.cases.is_empty() {
+        spec.tests
+            .iter()
+            .map(|c| crate::spec::TestCaseSpec {
+                name: c.name.clone(),
+                input: c.input.clone(),
+                expect: c.expect.clone(),
+            })
+            .collect()
+    } else {
+        body.cases
+            .into_iter()
+            .map(|c| crate::spec::TestCaseSpec {
+                name: crate::config::Spanned::new(marked_yaml::Span::new_blank(), c.name),
+                input: c.input,
+                expect: c.expect,
+            })
+            .collect()
+    };
+    if cases.is_empty() {
+        return Err(ApiError::invalid(
+            "no test cases: send `cases`, or add `tests:` to the pipeline",
+            Vec::new(),
+        ));
+    }
+    let mut results = Vec::with_capacity(cases.len());
+    for case in &cases {
+        match run_case(&spec, case).await {
+            Ok(r) => results.push(r),
+            Err(CaseError::Plan(e)) => return Err(ApiError::invalid(e.to_string(), Vec::new())),
+            Err(e @ CaseError::Run(_)) => return Err(ApiError::invalid(e.to_string(), Vec::new())),
+        }
+    }
+    let passed = results.iter().filter(|r| r.passed).count();
+    ok(
+        StatusCode::OK,
+        DryRunOut {
+            passed,
+            failed: results.len() - passed,
+            cases: results,
+        },
+    )
+}
+
 /// API keys, without their secrets (admin).
 #[utoipa::path(get, path = "/api/v1/keys", tag = "keys", security(("bearer" = [])),
     responses((status = 200, body = KeyList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
@@ -934,7 +1035,7 @@ fn rejected(e: JsonRejection) -> ApiError {
 #[openapi(
     info(title = "plexus serve", description = "Integrations, keys and the audit log of a plexus server."),
     paths(health, ready, metrics, list_integrations, get_integration, create_integration,
-        update_integration, delete_integration, activate, deactivate, versions, rollback,
+        update_integration, delete_integration, activate, deactivate, versions, rollback, dry_run,
         list_keys, create_key, revoke_key, list_secrets, put_secret, delete_secret, audit, events),
     modifiers(&BearerAuth)
 )]
