@@ -14,11 +14,10 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Subcommand, ValueEnum};
 
-use crate::connectors::fhir::sync::store::{StateLocation, SyncStore};
-use crate::connectors::fhir::sync::{
-    ConflictPolicy, Resolution, Side, Status, SyncEvents, SyncOutcome, Syncer,
-};
-use crate::net::fhir_client::{ClientConfig, FhirClient};
+use crate::connectors::fhir::sync::store::StateLocation;
+use crate::connectors::fhir::sync::{Resolution, Side, SyncOutcome};
+use crate::net::fhir_client::ClientConfig;
+use crate::runtime::sync::SyncTarget;
 
 #[derive(Debug, clap::Args)]
 pub struct Target {
@@ -36,19 +35,10 @@ pub struct Target {
     database_url: Option<String>,
 }
 
-/// What a command acts on, from the pipeline or the flags.
-struct Resolved {
-    integration: String,
-    state: StateLocation,
-    /// The EHR client settings (base, credentials, TLS) when the pipeline gives them.
-    client: Option<ClientConfig>,
-    events: Option<SyncEvents>,
-}
-
 impl Target {
-    async fn resolve(&self) -> Result<Resolved> {
+    async fn resolve(&self) -> Result<SyncTarget> {
         let Some(path) = &self.pipeline else {
-            return Ok(Resolved {
+            return Ok(SyncTarget {
                 integration: self
                     .integration
                     .clone()
@@ -66,41 +56,8 @@ impl Target {
         let plan = crate::plan::build(&spec)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let syncing: Vec<_> = plan
-            .sinks
-            .iter()
-            .filter_map(|s| {
-                let crate::connectors::registry::SinkPlan::Fhir(f) = &s.connector else {
-                    return None;
-                };
-                Some((s.name.as_str(), &f.http, f.sync.as_ref()?))
-            })
-            .filter(|(n, ..)| self.sink.as_deref().is_none_or(|want| want == *n))
-            .collect();
-        let (name, h, sync) = match syncing.as_slice() {
-            [one] => *one,
-            [] => anyhow::bail!(
-                "{}: no fhir sink with `sync:`{}",
-                path.display(),
-                self.sink
-                    .as_deref()
-                    .map(|s| format!(" named {s}"))
-                    .unwrap_or_default()
-            ),
-            _ => anyhow::bail!(
-                "{}: several syncing fhir sinks: name one with --sink",
-                path.display()
-            ),
-        };
-        let in_sink = |e: String| anyhow::anyhow!("sink {name}: {e}");
-        let client = h.fhir_client_config().map_err(in_sink)?;
-        let events = sync.open_events(plan.kafka.as_ref()).map_err(in_sink)?;
-        Ok(Resolved {
-            integration: plan.integration_id.clone(),
-            state: sync.state.location().map_err(in_sink)?,
-            client: Some(client),
-            events: Some(events),
-        })
+        SyncTarget::of(&plan, self.sink.as_deref())
+            .map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))
     }
 }
 
@@ -149,8 +106,7 @@ pub fn run(cmd: SyncCommand) -> Result<ExitCode> {
         match cmd {
             SyncCommand::List { target } => {
                 let t = target.resolve().await?;
-                let store = SyncStore::open(&t.state).await?;
-                for (kind, key) in store.list(&t.integration, Status::Conflict).await? {
+                for (kind, key) in t.conflicts().await? {
                     println!("{kind}\t{key}");
                 }
                 Ok(ExitCode::SUCCESS)
@@ -187,30 +143,18 @@ pub fn run(cmd: SyncCommand) -> Result<ExitCode> {
                         Resolution::Merge(choices)
                     }
                 };
-                let t = target.resolve().await?;
-                let client = match (t.client, fhir_base) {
+                let mut t = target.resolve().await?;
+                t.client = match (t.client.take(), fhir_base) {
                     // The flag overrides the pipeline's base (a test server, say).
                     (Some(mut c), Some(base)) => {
                         c.base = base;
-                        c
+                        Some(c)
                     }
-                    (Some(c), None) => c,
-                    (None, Some(base)) => ClientConfig::new(base),
+                    (Some(c), None) => Some(c),
+                    (None, Some(base)) => Some(ClientConfig::new(base)),
                     (None, None) => anyhow::bail!("--fhir-base (or --pipeline) is needed"),
                 };
-                let syncer = Syncer {
-                    integration: t.integration,
-                    owner: format!("resolve:{actor}"),
-                    store: SyncStore::open(&t.state).await?,
-                    client: FhirClient::new(client)?,
-                    policy: ConflictPolicy::Manual,
-                    lease: std::time::Duration::from_secs(30),
-                    events: t.events,
-                };
-                let outcome = syncer.resolve(kind, key, &how, &actor).await;
-                if let Some(e) = &syncer.events {
-                    e.finish()?;
-                }
+                let outcome = t.resolve(kind, key, &how, &actor).await;
                 match outcome? {
                     SyncOutcome::Contended => {
                         eprintln!("{entity} is being synced by another worker: try again");

@@ -8,8 +8,11 @@
 //! filtered (dropped on purpose by a route or inner join); the summary shows the numbers and
 //! that they add up to the records read.
 
+pub mod dlq;
 pub mod outcomes;
+pub mod query;
 pub mod summary;
+pub mod sync;
 pub mod telemetry;
 pub mod testing;
 pub mod topology;
