@@ -114,10 +114,15 @@ fn status(port: u16, method: &str, path: &str, key: Option<&str>) -> u16 {
 }
 
 fn new_key(state: &Path, role: &str, name: &str) -> String {
+    new_key_with(state, role, name, &[])
+}
+
+fn new_key_with(state: &Path, role: &str, name: &str, extra: &[&str]) -> String {
     let out = Command::new(support::BIN)
         .args(["keys", "create", "--state"])
         .arg(state)
         .args(["--role", role, "--name", name])
+        .args(extra)
         .output()
         .unwrap();
     assert!(
@@ -296,6 +301,51 @@ fn every_route_checks_keys_and_roles() {
         ),
         ("DELETE", "/api/v1/keys/00000000", None, "admin"),
         ("GET", "/api/v1/audit", None, "admin"),
+        ("GET", "/api/v1/integrations/none/breakers", None, "viewer"),
+        (
+            "POST",
+            "/api/v1/integrations/none/breakers/out/open",
+            None,
+            "operator",
+        ),
+        (
+            "POST",
+            "/api/v1/integrations/none/breakers/out/reset",
+            None,
+            "operator",
+        ),
+        ("GET", "/api/v1/integrations/none/alerts", None, "viewer"),
+        (
+            "POST",
+            "/api/v1/integrations/none/query",
+            Some(json!({"sql": "SELECT 1"})),
+            "viewer",
+        ),
+        (
+            "GET",
+            "/api/v1/integrations/none/dead-letters",
+            None,
+            "viewer",
+        ),
+        (
+            "GET",
+            "/api/v1/integrations/none/dead-letters/1",
+            None,
+            "viewer",
+        ),
+        (
+            "POST",
+            "/api/v1/integrations/none/dead-letters/replay",
+            Some(json!({"dryRun": true})),
+            "operator",
+        ),
+        ("GET", "/api/v1/integrations/none/conflicts", None, "viewer"),
+        (
+            "POST",
+            "/api/v1/integrations/none/conflicts/abc/resolve",
+            Some(json!({"strategy": "use_local"})),
+            "operator",
+        ),
     ];
     let wrong = format!("{}0", &admin[..admin.len() - 1]);
     let rank = |r: &str| {
@@ -806,7 +856,7 @@ fn schemathesis_finds_every_route_as_documented() {
     assert_eq!(doc["openapi"], "3.1.0");
     assert_eq!(
         doc["paths"].as_object().unwrap().len(),
-        16,
+        26,
         "{}",
         doc["paths"]
     );
@@ -845,7 +895,7 @@ fn schemathesis_finds_every_route_as_documented() {
         "{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(text.contains("Tested: 20"), "{text}");
+    assert!(text.contains("Tested: 30"), "{text}");
     let (code, _) = stop_server(server);
     assert_eq!(code, Some(0));
 }
@@ -1229,4 +1279,309 @@ fn a_dry_run_tests_an_integration_without_running_it() {
         "a dry run writes nothing"
     );
     assert_eq!(stop_server(server).0, Some(0));
+}
+
+#[test]
+fn operators_hold_breakers_query_metrics_and_read_dead_letters_by_scope() {
+    use support::webhook::Receiver;
+    let (rx, url) = Receiver::start("s3cret", vec![]);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let admin = new_key(&state, "admin", "ada");
+    let operator = new_key(&state, "operator", "otto");
+    let viewer = new_key(&state, "viewer", "vic");
+    let clinician = new_key_with(&state, "viewer", "cleo", &["--phi"]);
+    let (port, ingest_port) = (free_port(), free_port());
+    let server = start_server(&state, port, &[]);
+    let id = "ops";
+    let r = call(
+        port,
+        "PUT",
+        "/api/v1/secrets/hook",
+        Some(&admin),
+        Some(json!({"value": "s3cret"})),
+    );
+    assert!(r.status < 300, "{}", r.body);
+    // MRNs ending in 3 fail validation: dead letters.
+    let pipeline = format!(
+        r#"name: {id}
+integration: {{id: {id}}}
+source: {{type: http, listen: "127.0.0.1:{ingest_port}", path: /hl7, format: hl7, spool: spool}}
+batch: {{max_rows: 50, max_delay: 50ms}}
+stages:
+  - name: parse
+    type: parse
+    format: hl7
+    columns:
+      - {{name: mrn, path: PID-3.1}}
+  - name: checks
+    type: validate
+    rules:
+      - {{name: mrn_allowed, check: "mrn NOT LIKE '%3'"}}
+sinks:
+  - name: ehr
+    input: checks
+    type: http
+    url: {url}
+    secret: secret:hook
+    concurrency: 1
+    retry: {{max_attempts: 3, backoff: linear, base: 100ms, max_delay: 200ms, jitter: 0}}
+    breaker: {{wait: 30s}}
+dlq: {{path: dlq.ndjson}}
+windows:
+  - name: calls
+    input: outcomes
+    size: 1s
+"#
+    );
+    let r = call(
+        port,
+        "POST",
+        "/api/v1/integrations",
+        Some(&admin),
+        Some(json!({"id": id, "pipeline": pipeline, "isActive": true})),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    wait_until("the integration to run", Duration::from_secs(30), || {
+        call(
+            port,
+            "GET",
+            &format!("/api/v1/integrations/{id}"),
+            Some(&viewer),
+            None,
+        )
+        .json()["status"]
+            == "active"
+    });
+    for i in 0..10 {
+        assert!(ingest(ingest_port, i));
+    }
+    let seen = rx.wait(Duration::from_secs(20), |s| s.len() >= 9);
+    assert_eq!(seen.len(), 9, "M3 is a dead letter, the rest delivered");
+
+    // The breaker, live; held open by an operator (a viewer may not).
+    let ops = format!("/api/v1/integrations/{id}");
+    let b = call(port, "GET", &format!("{ops}/breakers"), Some(&viewer), None).json();
+    assert_eq!(b["breakers"][0]["sink"], "ehr", "{b}");
+    assert_eq!(b["breakers"][0]["state"], "CLOSED");
+    let open = format!("{ops}/breakers/ehr/open");
+    assert_eq!(status(port, "POST", &open, Some(&viewer)), 403);
+    let r = call(
+        port,
+        "POST",
+        &open,
+        Some(&operator),
+        Some(json!({"reason": "EHR maintenance"})),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        (r.json()["state"].as_str(), r.json()["forced"].as_bool()),
+        (Some("OPEN"), Some(true))
+    );
+    assert_eq!(
+        call(
+            port,
+            "POST",
+            &format!("{ops}/breakers/nope/open"),
+            Some(&operator),
+            None
+        )
+        .status,
+        404
+    );
+    // Messages wait while it is held open: nothing reaches the EHR, nothing is lost.
+    for i in 10..15 {
+        assert!(ingest(ingest_port, i));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(rx.seen().len(), 9, "the sink holds back while forced open");
+    let r = call(
+        port,
+        "POST",
+        &format!("{ops}/breakers/ehr/reset"),
+        Some(&operator),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["state"], "CLOSED");
+    let seen = rx.wait(Duration::from_secs(20), |s| s.len() >= 13);
+    assert_eq!(
+        seen.len(),
+        13,
+        "the four held records delivered after the reset"
+    );
+
+    // SQL over the monitoring outputs: the forced transitions are breaker events.
+    let q = |key: &str, sql: &str, max: Option<u64>| {
+        let mut body = json!({"sql": sql});
+        if let Some(m) = max {
+            body["maxRows"] = json!(m);
+        }
+        call(port, "POST", &format!("{ops}/query"), Some(key), Some(body))
+    };
+    wait_until("the breaker events", Duration::from_secs(20), || {
+        q(&viewer, "SELECT count(*) AS n FROM breaker_events", None).json()["rows"][0]["n"] == 2
+    });
+    let r = q(
+        &viewer,
+        "SELECT \"to\", reason FROM breaker_events ORDER BY at_ms",
+        None,
+    );
+    let rows = r.json()["rows"].clone();
+    assert_eq!(rows[0]["to"], "OPEN", "{rows}");
+    let why = rows[0]["reason"].as_str().unwrap();
+    assert!(
+        why.contains("forced open by key:")
+            && why.contains("(otto)")
+            && why.contains("EHR maintenance"),
+        "{why}"
+    );
+    assert_eq!(rows[1]["to"], "CLOSED");
+    let r = q(&viewer, "SELECT rule, records FROM dead_letters", None).json();
+    assert_eq!(
+        r["rows"],
+        json!([{"rule": "mrn_allowed", "records": 2}]),
+        "{r}"
+    );
+    let r = q(
+        &viewer,
+        "SELECT * FROM (VALUES (1), (2), (3)) AS t(x)",
+        Some(2),
+    )
+    .json();
+    assert_eq!(
+        (
+            r["rows"].as_array().unwrap().len(),
+            r["truncated"].as_bool()
+        ),
+        (2, Some(true))
+    );
+    // Outside SQL reads, and only what the pipeline's monitoring wrote.
+    for bad in [
+        "CREATE TABLE x AS SELECT 1",
+        "COPY (SELECT 1) TO '/tmp/plexus-x.csv'",
+        "SELECT * FROM '/etc/passwd'",
+        "DROP VIEW metrics",
+    ] {
+        let r = q(&viewer, bad, None);
+        assert_eq!(r.status, 422, "{bad}: {}", r.body);
+    }
+    assert!(!Path::new("/tmp/plexus-x.csv").exists());
+    assert_eq!(
+        call(
+            port,
+            "GET",
+            &format!("{ops}/alerts?limit=5"),
+            Some(&viewer),
+            None
+        )
+        .status,
+        200
+    );
+
+    // Dead letters: metadata for viewers; the original record with the phi scope, audited.
+    let r = call(
+        port,
+        "GET",
+        &format!("{ops}/dead-letters"),
+        Some(&viewer),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let list = r.json();
+    assert_eq!(list["total"], 2, "{list}");
+    assert_eq!(list["dead_letters"][0]["rule"], "mrn_allowed");
+    assert!(
+        !r.body.contains("DOE") && !r.body.contains("M13"),
+        "no record content: {}",
+        r.body
+    );
+    let at = list["dead_letters"][0]["at"].as_str().unwrap().to_string();
+    let one = format!("{ops}/dead-letters/{at}?original=true");
+    let r = call(port, "GET", &one, Some(&viewer), None);
+    assert_eq!(r.status, 403, "{}", r.body);
+    let r = call(port, "GET", &one, Some(&clinician), None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.json()["original"]
+            .as_str()
+            .unwrap()
+            .contains("PID|1||M3^"),
+        "{}",
+        r.body
+    );
+    let log = call(
+        port,
+        "GET",
+        "/api/v1/audit?action=dead_letter.read_original",
+        Some(&admin),
+        None,
+    )
+    .json();
+    assert!(
+        log["entries"][0]["actor"]
+            .as_str()
+            .unwrap()
+            .contains("(cleo)"),
+        "{log}"
+    );
+    assert_eq!(
+        call(
+            port,
+            "GET",
+            &format!("{ops}/dead-letters?rule=other"),
+            Some(&viewer),
+            None
+        )
+        .json()["total"],
+        0
+    );
+    // Replay: a viewer may not; a filter on the record needs the phi scope.
+    let replay = format!("{ops}/dead-letters/replay");
+    assert_eq!(
+        call(port, "POST", &replay, Some(&viewer), Some(json!({}))).status,
+        403
+    );
+    let r = call(
+        port,
+        "POST",
+        &replay,
+        Some(&operator),
+        Some(json!({"filter": "record LIKE '%M13%'", "dryRun": true})),
+    );
+    assert_eq!(r.status, 422, "{}", r.body);
+    let r = call(
+        port,
+        "POST",
+        &replay,
+        Some(&operator),
+        Some(json!({"filter": "rule = 'mrn_allowed'"})),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let report = r.json();
+    assert_eq!(
+        (report["matched"].as_u64(), report["replayed"].as_u64()),
+        (Some(2), Some(2)),
+        "{report}"
+    );
+    let written = std::fs::read_to_string(report["file"].as_str().unwrap()).unwrap();
+    assert_eq!(written.matches("MSH|").count(), 2);
+    // The breaker actions and the replay are in the audit log, by whom.
+    let log = call(port, "GET", "/api/v1/audit", Some(&admin), None).json();
+    let actions: Vec<&str> = log["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    for a in ["breaker.force_open", "breaker.reset", "dead_letter.replay"] {
+        assert!(actions.contains(&a), "{a} in {actions:?}");
+    }
+    // No syncing FHIR sink: no conflicts to list.
+    assert_eq!(
+        status(port, "GET", &format!("{ops}/conflicts"), Some(&viewer)),
+        409
+    );
+    let (code, _) = stop_server(server);
+    assert_eq!(code, Some(0));
 }

@@ -197,6 +197,8 @@ pub struct CircuitBreaker {
     probes_out: usize,
     probes: Counts,
     transitions: Vec<Transition>,
+    /// Held open by an operator: no time-driven move to HALF_OPEN until `reset`.
+    forced: bool,
 }
 
 /// A call was refused: the breaker is open (or half-open with every probe out).
@@ -220,6 +222,35 @@ impl CircuitBreaker {
             probes_out: 0,
             probes: Counts::default(),
             transitions: Vec::new(),
+            forced: false,
+        }
+    }
+
+    /// Whether an operator holds it open.
+    pub fn forced(&self) -> bool {
+        self.forced
+    }
+
+    /// Opens it and holds it open until `reset` (an operator taking a system out of
+    /// service: maintenance, a known outage). Calls are refused meanwhile.
+    pub fn force_open(&mut self, now_ms: i64, reason: String) {
+        if self.state != BreakerState::Open {
+            let total = self.window.total;
+            self.open(now_ms, reason, total);
+        }
+        self.forced = true;
+    }
+
+    /// Closes it with a clean window and no back-off memory (an operator saying the system
+    /// is back), whatever its state.
+    pub fn reset(&mut self, now_ms: i64, reason: String) {
+        self.forced = false;
+        self.consecutive_opens = 0;
+        self.window.clear();
+        self.probes_out = 0;
+        self.probes = Counts::default();
+        if self.state != BreakerState::Closed {
+            self.change(BreakerState::Closed, now_ms, reason, Counts::default());
         }
     }
 
@@ -241,7 +272,7 @@ impl CircuitBreaker {
                 let left = self.opened_at + self.open_for.as_millis() as i64 - now_ms;
                 Err(Rejected {
                     state: BreakerState::Open,
-                    retry_in: Some(Duration::from_millis(left.max(0) as u64)),
+                    retry_in: (!self.forced).then(|| Duration::from_millis(left.max(0) as u64)),
                 })
             }
             BreakerState::HalfOpen => {
@@ -262,7 +293,9 @@ impl CircuitBreaker {
     /// after the max wait). `try_acquire` and `record` call it; a scheduler may too.
     pub fn tick(&mut self, now_ms: i64) {
         match self.state {
-            BreakerState::Open if now_ms >= self.opened_at + self.open_for.as_millis() as i64 => {
+            BreakerState::Open
+                if !self.forced && now_ms >= self.opened_at + self.open_for.as_millis() as i64 =>
+            {
                 self.half_open_at = now_ms;
                 self.probes_out = 0;
                 self.probes = Counts::default();
@@ -469,6 +502,21 @@ impl SharedBreaker {
         &self.name
     }
 
+    /// See `CircuitBreaker::force_open`.
+    pub fn force_open(&self, reason: String) {
+        self.with(|b, now| b.force_open(now, reason))
+    }
+
+    /// See `CircuitBreaker::reset`.
+    pub fn reset(&self, reason: String) {
+        self.with(|b, now| b.reset(now, reason))
+    }
+
+    /// Whether an operator holds it open.
+    pub fn forced(&self) -> bool {
+        self.with(|b, _| b.forced())
+    }
+
     pub fn state(&self) -> BreakerState {
         self.with(|b, now| {
             b.tick(now);
@@ -558,6 +606,48 @@ mod tests {
             b.record(11_000, false, FAST);
         }
         assert_eq!(b.state(), Closed);
+    }
+
+    #[test]
+    fn forced_open_holds_until_reset_which_closes_with_a_clean_slate() {
+        let mut b = CircuitBreaker::new(config());
+        calls(&mut b, 0, &[true, true, true, true]);
+        b.force_open(1_000, "maintenance by ops".into());
+        assert_eq!(b.state(), Open);
+        // Long past the wait: still open, no probes, no retry hint.
+        let r = b.try_acquire(1_000_000).unwrap_err();
+        assert_eq!((r.state, r.retry_in), (Open, None));
+        assert!(b.forced());
+        b.reset(1_000_001, "reset by ops".into());
+        assert_eq!(b.state(), Closed);
+        let t = b.take_transitions();
+        let moves: Vec<_> = t
+            .iter()
+            .map(|t| (t.from, t.to, t.reason.as_str()))
+            .collect();
+        assert_eq!(
+            moves,
+            [
+                (Closed, Open, "maintenance by ops"),
+                (Open, Closed, "reset by ops")
+            ]
+        );
+        // The four failures before were forgotten: one more does not open it.
+        calls(&mut b, 1_000_002, &[true]);
+        assert_eq!(b.state(), Closed);
+        // A breaker already open by itself is held too, and its back-off starts over.
+        calls(&mut b, 1_000_003, &[true; 4]);
+        assert_eq!(b.state(), Open);
+        b.force_open(1_000_004, "hold".into());
+        assert!(b.try_acquire(9_000_000).is_err());
+        b.reset(9_000_001, "back".into());
+        calls(&mut b, 9_000_002, &[true; 5]);
+        let r = b.try_acquire(9_000_003).unwrap_err();
+        assert_eq!(
+            r.retry_in,
+            Some(Duration::from_millis(9_999)),
+            "first wait again"
+        );
     }
 
     #[test]

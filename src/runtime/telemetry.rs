@@ -86,6 +86,11 @@ impl Telemetry {
         }
     }
 
+    /// Each sink's breaker (shared: acting on one acts on the running sink's).
+    pub fn breakers(&self) -> Vec<(String, SharedBreaker)> {
+        self.breakers.lock().expect("telemetry").clone()
+    }
+
     pub fn add_breaker(&self, sink: &str, b: SharedBreaker) {
         self.breakers
             .lock()

@@ -18,11 +18,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
 
-use super::Server;
 use super::host::Status;
 use super::integration::{self, IntegrationIn, IntegrationView, Located, SeedFields};
 use super::keys::{self, Caller, Role};
 use super::registry::{AuditEntry, KeyRow, RegistryError};
+use super::{Server, ops};
 
 /// An error answer: a status and a JSON body `{"error": …, "errors": [{line, column,
 /// message}]}` (the list for pipeline problems).
@@ -79,7 +79,7 @@ impl From<RegistryError> for ApiError {
     }
 }
 
-type ApiResult = Result<Response, ApiError>;
+pub(super) type ApiResult = Result<Response, ApiError>;
 
 /// Who called, from where, under which request id: what handlers and the audit log use.
 #[derive(Clone)]
@@ -90,7 +90,7 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    fn need(&self, role: Role) -> Result<(), ApiError> {
+    pub(super) fn need(&self, role: Role) -> Result<(), ApiError> {
         if self.caller.role >= role {
             Ok(())
         } else {
@@ -126,6 +126,34 @@ pub fn router(server: Arc<Server>) -> axum::Router {
         .route(
             "/api/v1/secrets/{name}",
             axum::routing::put(put_secret).delete(delete_secret),
+        )
+        .route("/api/v1/integrations/{id}/breakers", get(ops::breakers))
+        .route(
+            "/api/v1/integrations/{id}/breakers/{sink}/open",
+            post(ops::open_breaker),
+        )
+        .route(
+            "/api/v1/integrations/{id}/breakers/{sink}/reset",
+            post(ops::reset_breaker),
+        )
+        .route("/api/v1/integrations/{id}/alerts", get(ops::alerts))
+        .route("/api/v1/integrations/{id}/query", post(ops::query))
+        .route(
+            "/api/v1/integrations/{id}/dead-letters",
+            get(ops::dead_letters),
+        )
+        .route(
+            "/api/v1/integrations/{id}/dead-letters/replay",
+            post(ops::replay),
+        )
+        .route(
+            "/api/v1/integrations/{id}/dead-letters/{at}",
+            get(ops::dead_letter),
+        )
+        .route("/api/v1/integrations/{id}/conflicts", get(ops::conflicts))
+        .route(
+            "/api/v1/integrations/{id}/conflicts/{conflict}/resolve",
+            post(ops::resolve),
         )
         .route("/api/v1/audit", get(audit))
         .route("/api/v1/events", get(events))
@@ -241,7 +269,13 @@ async fn authenticate(
     res
 }
 
-async fn audit_entry(server: &Server, cx: &Ctx, action: &str, target: &str, detail: &str) {
+pub(super) async fn audit_entry(
+    server: &Server,
+    cx: &Ctx,
+    action: &str,
+    target: &str,
+    detail: &str,
+) {
     if let Err(e) = server
         .registry
         .audit(
@@ -258,7 +292,7 @@ async fn audit_entry(server: &Server, cx: &Ctx, action: &str, target: &str, deta
     }
 }
 
-fn ok<T: serde::Serialize>(status: StatusCode, v: T) -> ApiResult {
+pub(super) fn ok<T: serde::Serialize>(status: StatusCode, v: T) -> ApiResult {
     Ok((status, Json(v)).into_response())
 }
 
@@ -408,7 +442,7 @@ pub async fn get_integration(
     ok(StatusCode::OK, integration::show(&server, &id).await?)
 }
 
-fn bad_body(e: impl std::fmt::Display) -> ApiError {
+pub(super) fn bad_body(e: impl std::fmt::Display) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, e.to_string())
 }
 
@@ -671,14 +705,8 @@ pub async fn dry_run(
     let Json(body) = body.map_err(rejected)?;
     let stored = server.registry.get(&id).await?;
     let text = body.pipeline.unwrap_or(stored.pipeline);
-    let spec = integration::plan_check(&integration::pipeline_path(&server, &id), Some(&id), &text)
-        .await
-        .map_err(|errors| {
-            ApiError::invalid(
-                format!("the pipeline has {} problem(s)", errors.len()),
-                errors,
-            )
-        })?;
+    let spec =
+        integration::spec_of(&integration::pipeline_path(&server, &id), Some(&id), &text).await?;
     let cases: Vec<crate::spec::TestCaseSpec> = if body.cases.is_empty() {
         spec.tests
             .iter()
@@ -1021,7 +1049,7 @@ pub async fn events(State(server): State<Arc<Server>>, cx: axum::Extension<Ctx>)
 }
 
 /// A body that could not be read: too large (413) or not the JSON asked for (400).
-fn rejected(e: JsonRejection) -> ApiError {
+pub(super) fn rejected(e: JsonRejection) -> ApiError {
     match e {
         JsonRejection::BytesRejection(b) if b.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, b.body_text())
@@ -1036,7 +1064,9 @@ fn rejected(e: JsonRejection) -> ApiError {
     info(title = "plexus serve", description = "Integrations, keys and the audit log of a plexus server."),
     paths(health, ready, metrics, list_integrations, get_integration, create_integration,
         update_integration, delete_integration, activate, deactivate, versions, rollback, dry_run,
-        list_keys, create_key, revoke_key, list_secrets, put_secret, delete_secret, audit, events),
+        list_keys, create_key, revoke_key, list_secrets, put_secret, delete_secret, audit, events,
+        ops::breakers, ops::open_breaker, ops::reset_breaker, ops::alerts, ops::query,
+        ops::dead_letters, ops::dead_letter, ops::replay, ops::conflicts, ops::resolve),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

@@ -274,6 +274,14 @@ impl Host {
             .is_some_and(|h| h.refused.as_deref() == Some(version))
     }
 
+    /// The telemetry of `id`'s run, while it runs.
+    pub fn telemetry(&self, id: &str) -> Option<Arc<Telemetry>> {
+        let items = self.items.lock().expect("host");
+        items
+            .get(id)
+            .and_then(|h| h.run.as_ref().map(|r| r.telemetry.clone()))
+    }
+
     pub fn snapshot(&self, id: &str) -> Option<Snapshot> {
         let items = self.items.lock().expect("host");
         items.get(id).map(snapshot)

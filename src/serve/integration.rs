@@ -240,21 +240,27 @@ pub async fn checked(
     if let Some(path) = find_secret(&config, "$") {
         return Err(ApiError::invalid(
             format!(
-                "{path}: credentials are not accepted: they would be stored unencrypted (encrypted credentials are not built yet)"
+                "{path}: credentials are not accepted here, where they would be stored in plain text: store them with PUT /api/v1/secrets/{{name}} and refer to them as secret:NAME in the pipeline"
             ),
             Vec::new(),
         ));
     }
-    let path = pipeline_path(server, id);
-    plan_check(&path, Some(id), &body.pipeline)
-        .await
-        .map_err(|errors| {
-            ApiError::invalid(
-                format!("the pipeline has {} problem(s)", errors.len()),
-                errors,
-            )
-        })?;
+    spec_of(&pipeline_path(server, id), Some(id), &body.pipeline).await?;
     Ok((config, body.pipeline, body.is_active))
+}
+
+/// `plan_check` as the API answers it: 422 with every problem located.
+pub async fn spec_of(
+    path: &std::path::Path,
+    id: Option<&str>,
+    text: &str,
+) -> Result<PipelineSpec, ApiError> {
+    plan_check(path, id, text).await.map_err(|errors| {
+        ApiError::invalid(
+            format!("the pipeline has {} problem(s)", errors.len()),
+            errors,
+        )
+    })
 }
 
 /// One integration as the API shows it: stored fields and what runs.

@@ -20,6 +20,7 @@ pub mod events;
 pub mod host;
 pub mod integration;
 pub mod keys;
+pub mod ops;
 pub mod registry;
 pub mod secrets;
 
