@@ -301,6 +301,7 @@ fn every_route_checks_keys_and_roles() {
         ),
         ("DELETE", "/api/v1/keys/00000000", None, "admin"),
         ("GET", "/api/v1/audit", None, "admin"),
+        ("GET", "/api/v1/integrations/none/health", None, "viewer"),
         ("GET", "/api/v1/integrations/none/breakers", None, "viewer"),
         (
             "POST",
@@ -856,7 +857,7 @@ fn schemathesis_finds_every_route_as_documented() {
     assert_eq!(doc["openapi"], "3.1.0");
     assert_eq!(
         doc["paths"].as_object().unwrap().len(),
-        26,
+        27,
         "{}",
         doc["paths"]
     );
@@ -895,7 +896,7 @@ fn schemathesis_finds_every_route_as_documented() {
         "{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(text.contains("Tested: 30"), "{text}");
+    assert!(text.contains("Tested: 31"), "{text}");
     let (code, _) = stop_server(server);
     assert_eq!(code, Some(0));
 }
@@ -1581,6 +1582,134 @@ windows:
     assert_eq!(
         status(port, "GET", &format!("{ops}/conflicts"), Some(&viewer)),
         409
+    );
+    let (code, _) = stop_server(server);
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn health_checks_reach_each_downstream_system_and_set_the_status() {
+    support::need_fhir();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let admin = new_key(&state, "admin", "ada");
+    let viewer = new_key(&state, "viewer", "vic");
+    let (port, ingest_port, hook_port) = (free_port(), free_port(), free_port());
+    let server = start_server(&state, port, &[]);
+    let id = "hc";
+    // The FHIR server answers; nothing listens at the webhook's port yet.
+    let pipeline = format!(
+        r#"name: {id}
+integration: {{id: {id}}}
+source: {{type: http, listen: "127.0.0.1:{ingest_port}", path: /hl7, format: hl7, spool: spool}}
+stages:
+  - {{name: fhir, type: fhir}}
+sinks:
+  - {{name: ehr, input: fhir, type: fhir, url: "http://127.0.0.1:8089/fhir"}}
+  - {{name: hook, input: fhir, type: http, url: "http://127.0.0.1:{hook_port}/hook"}}
+windows:
+  - {{name: calls, input: outcomes, size: 1s}}
+"#
+    );
+    let r = call(
+        port,
+        "POST",
+        "/api/v1/integrations",
+        Some(&admin),
+        Some(json!({"id": id, "pipeline": pipeline, "isActive": true,
+            "monitoring": {"healthCheckInterval": 300}})),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let health = || {
+        call(
+            port,
+            "GET",
+            &format!("/api/v1/integrations/{id}/health"),
+            Some(&viewer),
+            None,
+        )
+        .json()
+    };
+    wait_until("a failed health check", Duration::from_secs(30), || {
+        health()["healthy"] == false
+    });
+    let h = health();
+    let steps: Vec<(String, String, bool)> = h["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["sink"].as_str().unwrap().to_string(),
+                c["check"].as_str().unwrap().to_string(),
+                c["ok"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("ehr", "connect", true),
+        ("ehr", "operation", true),
+        ("hook", "connect", false),
+    ]
+    .map(|(s, c, ok)| (s.to_string(), c.to_string(), ok));
+    assert_eq!(steps, expected, "{h}");
+    assert_eq!(h["checks"][1]["target"], "GET /metadata");
+    assert_eq!(h["status"], "error");
+    let view = call(
+        port,
+        "GET",
+        &format!("/api/v1/integrations/{id}"),
+        Some(&viewer),
+        None,
+    )
+    .json();
+    assert!(
+        view["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("health check: sink hook: connect"),
+        "{view}"
+    );
+    assert!(view["lastHealthCheck"].as_i64().unwrap() > 0);
+    assert_eq!(view["run"]["alerts"]["integration.health:critical"], 1);
+    let ready = call(port, "GET", "/ready", None, None);
+    assert_eq!(ready.status, 503);
+    assert_eq!(ready.json()["integrations_in_error"], json!([id]));
+    // Health checks are outcomes too: the window over `outcomes` counts the failures.
+    wait_until(
+        "health checks in the window",
+        Duration::from_secs(20),
+        || {
+            let r = call(
+                port,
+                "POST",
+                &format!("/api/v1/integrations/{id}/query"),
+                Some(&viewer),
+                Some(json!({"sql": "SELECT coalesce(sum(failure), 0) AS f FROM calls"})),
+            );
+            r.json()["rows"][0]["f"].as_i64().unwrap_or(0) >= 1
+        },
+    );
+
+    // The webhook comes up: the next check passes, the status and readiness follow.
+    let listener = std::net::TcpListener::bind(("127.0.0.1", hook_port)).unwrap();
+    std::thread::spawn(move || for _ in listener.incoming() {});
+    wait_until("a passing health check", Duration::from_secs(30), || {
+        health()["healthy"] == true
+    });
+    assert_eq!(health()["status"], "active");
+    assert_eq!(status(port, "GET", "/ready", None), 200);
+    let view = call(
+        port,
+        "GET",
+        &format!("/api/v1/integrations/{id}"),
+        Some(&viewer),
+        None,
+    )
+    .json();
+    assert_eq!(
+        view["run"]["alerts"]["integration.health:critical"], 1,
+        "one alert per change to unhealthy, not one per check"
     );
     let (code, _) = stop_server(server);
     assert_eq!(code, Some(0));

@@ -35,11 +35,17 @@ pub struct ServeArgs {
     /// PLEXUS_MASTER_KEY environment variable.
     #[arg(long, value_name = "FILE")]
     master_key_file: Option<PathBuf>,
+    /// How often each integration's downstream systems are checked, unless its
+    /// `monitoring.healthCheckInterval` says otherwise.
+    #[arg(long, default_value = "30s", value_name = "DURATION")]
+    health_every: String,
 }
 
 pub fn serve(args: ServeArgs) -> Result<ExitCode> {
     let reconcile_every = crate::config::parse_duration(&args.reconcile_every)
         .map_err(|e| anyhow::anyhow!("--reconcile-every: {e}"))?;
+    let health_every = crate::config::parse_duration(&args.health_every)
+        .map_err(|e| anyhow::anyhow!("--health-every: {e}"))?;
     crate::serve::run(ServeOptions {
         listen: args.listen,
         state: args.state,
@@ -50,6 +56,7 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         max_body_bytes: 2 << 20,
         reconcile_every,
         master_key_file: args.master_key_file,
+        health_every,
     })?;
     Ok(ExitCode::SUCCESS)
 }
@@ -117,6 +124,7 @@ fn open(
         max_body_bytes: 0,
         reconcile_every: std::time::Duration::from_secs(1),
         master_key_file: None,
+        health_every: std::time::Duration::from_secs(30),
     };
     let registry = rt
         .block_on(Registry::open(&options.registry_location()))

@@ -240,6 +240,12 @@ impl FhirClient {
         format!("{}/{}", self.config.base.trim_end_matches('/'), path)
     }
 
+    /// The server's CapabilityStatement (`GET [base]/metadata`): what a health check asks.
+    pub async fn capabilities(&self) -> Result<Versioned, FhirError> {
+        self.send(Method::GET, &self.url("metadata"), None, &[])
+            .await
+    }
+
     pub async fn read(&self, kind: &str, id: &str) -> Result<Versioned, FhirError> {
         self.send(Method::GET, &self.url(&format!("{kind}/{id}")), None, &[])
             .await

@@ -68,6 +68,8 @@ pub struct Topology {
     workers: Vec<RetryWorker>,
     breakers: Breakers,
     telemetry: Arc<Telemetry>,
+    /// Where sinks report calls (and a host its health checks).
+    tap: OutcomeTap,
     server: Option<tokio::task::JoinHandle<()>>,
     window_io: Option<WindowIo>,
     outcomes: Option<OutcomeStream>,
@@ -181,8 +183,8 @@ impl Topology {
             }
             None => (None, None, None),
         };
-        // The sinks hold the tap; the outcome stream ends when told, after the retry workers.
-        drop(tap);
+        // The sinks hold the tap, and so does the topology (for a host's health checks): the
+        // outcome stream ends when told, after the retry workers, not when the tap closes.
         Ok(Topology {
             dlq_topic: plan.dlq_topic.clone(),
             plan,
@@ -195,6 +197,7 @@ impl Topology {
             workers,
             breakers,
             telemetry,
+            tap,
             server,
             window_io,
             outcomes,
@@ -207,6 +210,12 @@ impl Topology {
     /// The run's counters (what `/metrics` shows).
     pub fn telemetry(&self) -> Arc<Telemetry> {
         self.telemetry.clone()
+    }
+
+    /// The outcome tap: what is emitted here reaches the windows over `outcomes` (a no-op
+    /// tap when there are none).
+    pub fn outcome_tap(&self) -> OutcomeTap {
+        self.tap.clone()
     }
 
     /// The flag a signal sets: setting it stops a stream the way SIGTERM does (drain,

@@ -127,6 +127,7 @@ pub fn router(server: Arc<Server>) -> axum::Router {
             "/api/v1/secrets/{name}",
             axum::routing::put(put_secret).delete(delete_secret),
         )
+        .route("/api/v1/integrations/{id}/health", get(ops::health))
         .route("/api/v1/integrations/{id}/breakers", get(ops::breakers))
         .route(
             "/api/v1/integrations/{id}/breakers/{sink}/open",
@@ -1065,7 +1066,7 @@ pub(super) fn rejected(e: JsonRejection) -> ApiError {
     paths(health, ready, metrics, list_integrations, get_integration, create_integration,
         update_integration, delete_integration, activate, deactivate, versions, rollback, dry_run,
         list_keys, create_key, revoke_key, list_secrets, put_secret, delete_secret, audit, events,
-        ops::breakers, ops::open_breaker, ops::reset_breaker, ops::alerts, ops::query,
+        ops::health, ops::breakers, ops::open_breaker, ops::reset_breaker, ops::alerts, ops::query,
         ops::dead_letters, ops::dead_letter, ops::replay, ops::conflicts, ops::resolve),
     modifiers(&BearerAuth)
 )]

@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
+use super::health::{HealthReport, Target};
+use crate::metrics::outcome::OutcomeTap;
 use crate::resilience::breaker::BreakerState;
 use crate::runtime::summary::RunSummary;
 use crate::runtime::telemetry::Telemetry;
@@ -68,11 +70,16 @@ pub struct Snapshot {
     /// The summary of its last run that ended (an update, a stop, a failure).
     #[schema(value_type = Option<Object>)]
     pub last_run: Option<serde_json::Value>,
+    /// The latest health check of its downstream systems (`health.rs`).
+    pub health: Option<HealthReport>,
 }
 
 struct Running {
     stop: Arc<AtomicBool>,
     telemetry: Arc<Telemetry>,
+    tap: OutcomeTap,
+    targets: Vec<Target>,
+    health_every: std::time::Duration,
     thread: std::thread::JoinHandle<Result<RunSummary, String>>,
 }
 
@@ -86,6 +93,7 @@ struct Hosted {
     last_run: Option<serde_json::Value>,
     /// The version last refused (its pipeline does not plan): not tried again.
     refused: Option<String>,
+    health: Option<HealthReport>,
 }
 
 /// The integrations this server runs.
@@ -110,6 +118,7 @@ impl Host {
         origin: Origin,
         version: String,
         spec: PipelineSpec,
+        health_every: std::time::Duration,
     ) -> Result<(), String> {
         self.stop(id);
         let (tx, rx) = std::sync::mpsc::channel();
@@ -124,6 +133,7 @@ impl Host {
                         return Err("did not start".to_string());
                     }
                 };
+                let targets = super::health::targets(&plan);
                 let options = StartOptions {
                     hosted: true,
                     ..StartOptions::default()
@@ -135,7 +145,12 @@ impl Host {
                         return Err("did not start".to_string());
                     }
                 };
-                let _ = tx.send(Ok((topology.stop_handle(), topology.telemetry())));
+                let _ = tx.send(Ok((
+                    topology.stop_handle(),
+                    topology.telemetry(),
+                    topology.outcome_tap(),
+                    targets,
+                )));
                 topology.run(&rt).map_err(|e| format!("{e:#}"))
             })
             .map_err(|e| format!("starting a thread: {e}"))?;
@@ -152,18 +167,23 @@ impl Host {
             run: None,
             last_run: None,
             refused: None,
+            health: None,
         });
         entry.origin = origin;
         entry.version = version;
         entry.refused = None;
         match started {
-            Ok((stop, telemetry)) => {
+            Ok((stop, telemetry, tap, targets)) => {
                 entry.status = Status::Active;
                 entry.reason = None;
                 entry.started_at = Some(super::registry::now_ms());
+                entry.health = None;
                 entry.run = Some(Running {
                     stop,
                     telemetry,
+                    tap,
+                    targets,
+                    health_every,
                     thread,
                 });
                 tracing::info!(integration = id, "serve: integration started");
@@ -227,6 +247,7 @@ impl Host {
             run: None,
             last_run: None,
             refused: None,
+            health: None,
         });
         if entry.run.is_none() {
             entry.status = Status::Error;
@@ -280,6 +301,42 @@ impl Host {
         items
             .get(id)
             .and_then(|h| h.run.as_ref().map(|r| r.telemetry.clone()))
+    }
+
+    /// Running integrations with downstream systems to check: (id, targets, tap, interval).
+    pub fn health_targets(&self) -> Vec<(String, Vec<Target>, OutcomeTap, std::time::Duration)> {
+        let items = self.items.lock().expect("host");
+        items
+            .iter()
+            .filter_map(|(id, h)| {
+                let r = h.run.as_ref().filter(|r| !r.targets.is_empty())?;
+                Some((id.clone(), r.targets.clone(), r.tap.clone(), r.health_every))
+            })
+            .collect()
+    }
+
+    /// Keeps `report` as `id`'s latest health check; a change to unhealthy raises an
+    /// `integration.health` alert.
+    pub fn set_health(&self, id: &str, report: HealthReport) {
+        let mut items = self.items.lock().expect("host");
+        let Some(h) = items.get_mut(id) else {
+            return;
+        };
+        let Some(run) = &h.run else {
+            return;
+        };
+        let was_healthy = h.health.as_ref().is_none_or(|r| r.healthy);
+        if was_healthy && !report.healthy {
+            run.telemetry.alert("integration.health", "critical");
+            tracing::warn!(
+                integration = id,
+                reason = report.reason().unwrap_or_default(),
+                "integration.health"
+            );
+        } else if !was_healthy && report.healthy {
+            tracing::info!(integration = id, "serve: integration healthy again");
+        }
+        h.health = Some(report);
     }
 
     pub fn snapshot(&self, id: &str) -> Option<Snapshot> {
@@ -348,9 +405,20 @@ fn snapshot(h: &Hosted) -> Snapshot {
         ),
         None => Default::default(),
     };
+    // Running but a downstream system fails its checks: the seed's `error` status.
+    let unhealthy = h
+        .health
+        .as_ref()
+        .filter(|r| !r.healthy && h.run.is_some() && h.status == Status::Active);
     Snapshot {
-        status: h.status,
-        reason: h.reason.clone(),
+        status: if unhealthy.is_some() {
+            Status::Error
+        } else {
+            h.status
+        },
+        reason: unhealthy
+            .and_then(HealthReport::reason)
+            .or_else(|| h.reason.clone()),
         origin: h.origin.clone(),
         version: h.version.clone(),
         started_at: h.started_at,
@@ -360,6 +428,7 @@ fn snapshot(h: &Hosted) -> Snapshot {
         breakers,
         alerts,
         last_run: h.last_run.clone(),
+        health: h.health.clone(),
     }
 }
 

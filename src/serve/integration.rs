@@ -114,7 +114,7 @@ pub struct IntegrationView {
     pub id: String,
     /// `registry` (created over the API) or `directory` (a pipeline file).
     pub origin: String,
-    /// active, inactive or error.
+    /// active, inactive or error (a failed start, or a failed health check while it runs).
     pub status: String,
     /// Why it is in error (or why an update was refused).
     pub reason: Option<String>,
@@ -132,6 +132,8 @@ pub struct IntegrationView {
     pub updated_at: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub updated_by: Option<String>,
+    /// When its downstream systems were last checked (ms since the epoch).
+    pub last_health_check: Option<i64>,
     #[serde(flatten)]
     pub fields: SeedFields,
     /// What runs here (none when it never ran on this server).
@@ -286,6 +288,9 @@ pub async fn show(server: &Server, id: &str) -> Result<IntegrationView, ApiError
                 updated_at: Some(stored.updated_at),
                 updated_by: Some(stored.updated_by),
                 fields: serde_json::from_value(stored.config).unwrap_or_default(),
+                last_health_check: run
+                    .as_ref()
+                    .and_then(|r| r.health.as_ref().map(|h| h.at_ms)),
                 run,
             })
         }
@@ -318,6 +323,7 @@ fn directory_view(id: &str, run: super::host::Snapshot) -> IntegrationView {
         updated_at: None,
         updated_by: None,
         fields: SeedFields::default(),
+        last_health_check: run.health.as_ref().map(|h| h.at_ms),
         run: Some(run),
     }
 }

@@ -17,6 +17,7 @@
 
 pub mod api;
 pub mod events;
+pub mod health;
 pub mod host;
 pub mod integration;
 pub mod keys;
@@ -55,6 +56,9 @@ pub struct ServeOptions {
     pub reconcile_every: Duration,
     /// The master key's file (else `PLEXUS_MASTER_KEY`); without one, secrets are refused.
     pub master_key_file: Option<PathBuf>,
+    /// How often integrations' downstream systems are checked when their
+    /// `monitoring.healthCheckInterval` does not say.
+    pub health_every: Duration,
 }
 
 impl ServeOptions {
@@ -140,6 +144,7 @@ async fn serve(server: Arc<Server>) -> anyhow::Result<()> {
     let sampler = server
         .events
         .spawn(server.host.clone(), Duration::from_secs(1));
+    let monitor = tokio::spawn(health_monitor(server.host.clone()));
     eprintln!("serve: listening on http://{addr} (API under /api/v1)");
     let app = api::router(server.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let stopping = server.stopping.clone();
@@ -152,7 +157,37 @@ async fn serve(server: Arc<Server>) -> anyhow::Result<()> {
         .context("serving the API")?;
     ticker.abort();
     sampler.abort();
+    monitor.abort();
     Ok(())
+}
+
+/// Checks each running integration's downstream systems when its interval has passed; one
+/// check at a time per integration, each on its own task (a slow system delays no other).
+async fn health_monitor(host: Arc<Host>) {
+    let mut due: BTreeMap<String, tokio::time::Instant> = BTreeMap::new();
+    let busy: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>> = Arc::default();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        let now = tokio::time::Instant::now();
+        let running = host.health_targets();
+        due.retain(|id, _| running.iter().any(|r| r.0 == *id));
+        for (id, targets, tap, every) in running {
+            // The first check soon after a start; then every `every`.
+            let next = due.entry(id.clone()).or_insert(now);
+            if *next > now || busy.lock().expect("busy").contains(&id) {
+                continue;
+            }
+            *next = now + every;
+            busy.lock().expect("busy").insert(id.clone());
+            let (host, busy) = (host.clone(), busy.clone());
+            tokio::spawn(async move {
+                let report = health::run(&targets, &tap).await;
+                host.set_health(&id, report);
+                busy.lock().expect("busy").remove(&id);
+            });
+        }
+    }
 }
 
 async fn shutdown() {
@@ -173,6 +208,7 @@ async fn shutdown() {
 struct Wanted {
     origin: Origin,
     version: String,
+    health_every: Duration,
     path: PathBuf,
     text: String,
 }
@@ -200,6 +236,10 @@ pub async fn reconcile(server: &Arc<Server>) {
             Wanted {
                 origin: Origin::Registry,
                 version: s.version.to_string(),
+                health_every: health::interval(
+                    s.config.get("monitoring"),
+                    server.options.health_every,
+                ),
                 path: integration::pipeline_path(server, &s.id),
                 text: s.pipeline.clone(),
             },
@@ -224,6 +264,7 @@ pub async fn reconcile(server: &Arc<Server>) {
                 Wanted {
                     origin: Origin::Directory(path.clone()),
                     version,
+                    health_every: server.options.health_every,
                     path,
                     text,
                 },
@@ -291,8 +332,10 @@ pub async fn reconcile(server: &Arc<Server>) {
             let _ = std::fs::create_dir_all(dir);
         }
         let host = server.host.clone();
-        let started =
-            tokio::task::spawn_blocking(move || host.start(&id, w.origin, w.version, spec)).await;
+        let started = tokio::task::spawn_blocking(move || {
+            host.start(&id, w.origin, w.version, spec, w.health_every)
+        })
+        .await;
         if let Ok(Err(e)) = started {
             tracing::warn!("serve: integration failed to start: {e}");
         }

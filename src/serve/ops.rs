@@ -81,6 +81,46 @@ fn object<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_value(v).map_err(bad_body)
 }
 
+// ---- health checks ----
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthView {
+    pub id: String,
+    /// active, inactive or error.
+    pub status: String,
+    /// When the last check ran (ms since the epoch); none before the first.
+    pub last_health_check: Option<i64>,
+    pub healthy: Option<bool>,
+    /// Each step of the last check: connect, authenticate, operation, per sink.
+    pub checks: Vec<super::health::CheckResult>,
+}
+
+/// The latest health check of the integration's downstream systems (viewer).
+#[utoipa::path(get, path = "/api/v1/integrations/{id}/health", tag = "operations", security(("bearer" = [])),
+    params(("id" = String, Path)),
+    responses((status = 200, body = HealthView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn health(
+    State(server): State<Arc<Server>>,
+    cx: axum::Extension<Ctx>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    cx.need(Role::Viewer)?;
+    let view = integration::show(&server, &id).await?;
+    let report = view.run.as_ref().and_then(|r| r.health.clone());
+    ok(
+        StatusCode::OK,
+        HealthView {
+            id: view.id,
+            status: view.status,
+            last_health_check: report.as_ref().map(|r| r.at_ms),
+            healthy: report.as_ref().map(|r| r.healthy),
+            checks: report.map(|r| r.checks).unwrap_or_default(),
+        },
+    )
+}
+
 // ---- circuit breakers ----
 
 #[derive(Serialize, ToSchema)]
