@@ -1714,3 +1714,188 @@ windows:
     let (code, _) = stop_server(server);
     assert_eq!(code, Some(0));
 }
+
+/// base64url without padding (JWK coordinates).
+fn b64url(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+        for i in 0..=chunk.len() {
+            out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// A P-256 signing key (PKCS#8) and its public JWK under `kid`.
+fn ec_key(kid: &str) -> (Vec<u8>, Value) {
+    use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+    let pair =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
+    let point = pair.public_key().as_ref();
+    let jwk = json!({"kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256", "kid": kid,
+        "x": b64url(&point[1..33]), "y": b64url(&point[33..65])});
+    (pkcs8.as_ref().to_vec(), jwk)
+}
+
+fn jwt(key: &[u8], kid: &str, claims: Value) -> String {
+    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    h.kid = Some(kid.to_string());
+    jsonwebtoken::encode(&h, &claims, &jsonwebtoken::EncodingKey::from_ec_der(key)).unwrap()
+}
+
+#[test]
+fn jwt_bearer_tokens_from_a_rotating_jwks_over_tls_from_a_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = support::Pki::new(dir.path());
+    let (k1, jwk1) = ec_key("k1");
+    let (k2, jwk2) = ec_key("k2");
+    // The identity provider's key set, served over HTTP; rotated below.
+    let jwks = Arc::new(std::sync::Mutex::new(json!({"keys": [jwk1]})));
+    let served = jwks.clone();
+    let app = axum::Router::new().route(
+        "/jwks",
+        axum::routing::get(move || {
+            let v = served.lock().unwrap().clone();
+            async move { axum::Json(v) }
+        }),
+    );
+    let jwks_url = format!("{}/jwks", support::serve(app));
+    let port = free_port();
+    let config = dir.path().join("server.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:{port}\nstate: state\nreconcile_every: 300ms\n\
+             tls: {{cert: {}, key: {}}}\n\
+             jwt: {{jwks: \"{jwks_url}\", issuer: \"https://idp.test/\", audience: plexus}}\n",
+            pki.path("server.pem"),
+            pki.path("server.key")
+        ),
+    )
+    .unwrap();
+    let server = Command::new(support::BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("PLEXUS_MASTER_KEY", K1)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, Duration::from_secs(30));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(pki.path("ca.pem")).unwrap()).unwrap();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .build()
+        .unwrap();
+    let https =
+        |method: &str, path: &str, token: Option<&str>, body: Option<Value>| -> (u16, String) {
+            rt.block_on(async {
+                let mut r = client.request(
+                    method.parse().unwrap(),
+                    format!("https://127.0.0.1:{port}{path}"),
+                );
+                if let Some(t) = token {
+                    r = r.bearer_auth(t);
+                }
+                if let Some(b) = body {
+                    r = r.json(&b);
+                }
+                let resp = r.send().await.unwrap();
+                (resp.status().as_u16(), resp.text().await.unwrap())
+            })
+        };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = |sub: &str, extra: Value| {
+        let mut c = json!({"sub": sub, "iss": "https://idp.test/", "aud": "plexus",
+            "iat": now, "exp": now + 300});
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        c
+    };
+    assert_eq!(https("GET", "/health", None, None).0, 200);
+    // Plain HTTP gets no HTTP answer from a TLS port.
+    assert!(
+        http(port, "GET", "/health", None, None).map_or(true, |r| r.status != 200),
+        "plain HTTP is not served"
+    );
+    let operator = jwt(
+        &k1,
+        "k1",
+        claims("olga", json!({"scope": "openid plexus:operator"})),
+    );
+    assert_eq!(
+        https("GET", "/api/v1/integrations", Some(&operator), None).0,
+        200
+    );
+    let (code, body) = https("GET", "/api/v1/keys", Some(&operator), None);
+    assert_eq!(code, 403, "{body}");
+    let admin = jwt(&k1, "k1", claims("root", json!({"role": "admin"})));
+    let (code, body) = https(
+        "POST",
+        "/api/v1/keys",
+        Some(&admin),
+        Some(json!({"name": "made-by-jwt", "role": "viewer"})),
+    );
+    assert_eq!(code, 201, "{body}");
+    let (_, log) = https("GET", "/api/v1/audit?action=key.create", Some(&admin), None);
+    let log: Value = serde_json::from_str(&log).unwrap();
+    assert_eq!(log["entries"][0]["actor"], "jwt:root", "{log}");
+    // Refused: expired, another audience, another issuer, no role, a shared-secret token.
+    let refused = [
+        jwt(
+            &k1,
+            "k1",
+            claims("olga", json!({"role": "viewer", "exp": now - 120})),
+        ),
+        jwt(
+            &k1,
+            "k1",
+            claims("olga", json!({"role": "viewer", "aud": "other"})),
+        ),
+        jwt(
+            &k1,
+            "k1",
+            claims("olga", json!({"role": "viewer", "iss": "https://evil/"})),
+        ),
+        jwt(&k1, "k1", claims("olga", json!({}))),
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header {
+                kid: Some("k1".into()),
+                ..jsonwebtoken::Header::default()
+            },
+            &claims("olga", json!({"role": "admin"})),
+            &jsonwebtoken::EncodingKey::from_secret(b"guess"),
+        )
+        .unwrap(),
+    ];
+    for (i, t) in refused.iter().enumerate() {
+        let (code, body) = https("GET", "/api/v1/integrations", Some(t), None);
+        assert_eq!(code, 401, "token {i}: {body}");
+    }
+    // The provider rotates to k2: a k2 token works once the server reloaded the key set.
+    let rotated = jwt(&k2, "k2", claims("olga", json!({"role": "viewer"})));
+    assert_eq!(
+        https("GET", "/api/v1/integrations", Some(&rotated), None).0,
+        401
+    );
+    *jwks.lock().unwrap() = json!({"keys": [jwk2]});
+    wait_until("the rotated key", Duration::from_secs(15), || {
+        https("GET", "/api/v1/integrations", Some(&rotated), None).0 == 200
+    });
+    let (code, _) = stop_server(server);
+    assert_eq!(code, Some(0));
+}

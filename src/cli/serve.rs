@@ -6,57 +6,115 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 
+use crate::serve::config::ServerFile;
+use crate::serve::jwt::JwtConfig;
 use crate::serve::{ServeOptions, keys, registry::Registry};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Where the API listens.
-    #[arg(long, default_value = "127.0.0.1:8700", value_name = "HOST:PORT")]
-    listen: std::net::SocketAddr,
+    /// Settings from a file (see `serve::config`); flags given here win over it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Where the API listens [default: 127.0.0.1:8700].
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: Option<std::net::SocketAddr>,
     /// State directory: the registry (SQLite) and each integration's files.
     #[arg(long, value_name = "DIR")]
-    state: PathBuf,
+    state: Option<PathBuf>,
     /// Host every pipeline in DIR too (reloaded when files change).
     #[arg(long, value_name = "DIR")]
     pipelines: Option<PathBuf>,
     /// A PostgreSQL URL for a registry shared by several servers (default: SQLite in --state).
     #[arg(long, env = "PLEXUS_REGISTRY", value_name = "URL")]
     registry: Option<String>,
-    /// API requests per second per key.
-    #[arg(long, default_value_t = 20)]
-    api_rate: u32,
-    /// Requests a key may make at once above its rate.
-    #[arg(long, default_value_t = 40)]
-    api_burst: u32,
-    /// How often the registry and the directory are compared with what runs (e.g. 2s).
-    #[arg(long, default_value = "2s", value_name = "DURATION")]
-    reconcile_every: String,
+    /// API requests per second per key [default: 20].
+    #[arg(long)]
+    api_rate: Option<u32>,
+    /// Requests a key may make at once above its rate [default: 40].
+    #[arg(long)]
+    api_burst: Option<u32>,
+    /// How often the registry and the directory are compared with what runs [default: 2s].
+    #[arg(long, value_name = "DURATION")]
+    reconcile_every: Option<String>,
     /// File holding the master key (64 hex digits) that seals secrets; default: the
     /// PLEXUS_MASTER_KEY environment variable.
     #[arg(long, value_name = "FILE")]
     master_key_file: Option<PathBuf>,
     /// How often each integration's downstream systems are checked, unless its
-    /// `monitoring.healthCheckInterval` says otherwise.
-    #[arg(long, default_value = "30s", value_name = "DURATION")]
-    health_every: String,
+    /// `monitoring.healthCheckInterval` says otherwise [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    health_every: Option<String>,
+    /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Accept JWT bearer tokens verified with this JWKS (a file or an https:// URL).
+    #[arg(long, value_name = "FILE|URL")]
+    jwks: Option<String>,
+    /// The issuer (`iss`) a JWT must name.
+    #[arg(long, requires = "jwks")]
+    jwt_issuer: Option<String>,
+    /// The audience (`aud`) a JWT must name.
+    #[arg(long, requires = "jwks")]
+    jwt_audience: Option<String>,
 }
 
 pub fn serve(args: ServeArgs) -> Result<ExitCode> {
-    let reconcile_every = crate::config::parse_duration(&args.reconcile_every)
-        .map_err(|e| anyhow::anyhow!("--reconcile-every: {e}"))?;
-    let health_every = crate::config::parse_duration(&args.health_every)
-        .map_err(|e| anyhow::anyhow!("--health-every: {e}"))?;
+    let file = match &args.config {
+        Some(p) => ServerFile::load(p).map_err(anyhow::Error::msg)?,
+        None => ServerFile::default(),
+    };
+    let duration = |flag: &str, v: Option<String>, default: &str| {
+        crate::config::parse_duration(v.as_deref().unwrap_or(default))
+            .map_err(|e| anyhow::anyhow!("{flag}: {e}"))
+    };
+    let state = args
+        .state
+        .or(file.state)
+        .context("--state DIR (or `state:` in --config) is needed")?;
+    let jwt = match (args.jwks, file.jwt) {
+        (Some(jwks), _) => Some(JwtConfig {
+            jwks,
+            issuer: args.jwt_issuer,
+            audience: args.jwt_audience,
+        }),
+        (None, Some(j)) => Some(JwtConfig {
+            jwks: j.jwks,
+            issuer: args.jwt_issuer.or(j.issuer),
+            audience: args.jwt_audience.or(j.audience),
+        }),
+        (None, None) => None,
+    };
+    let tls = match (args.tls_cert, args.tls_key, file.tls) {
+        (Some(c), Some(k), _) => Some((c, k)),
+        (_, _, Some(t)) => Some((t.cert, t.key)),
+        _ => None,
+    };
     crate::serve::run(ServeOptions {
-        listen: args.listen,
-        state: args.state,
-        registry: args.registry,
-        pipelines: args.pipelines,
-        api_rate: args.api_rate,
-        api_burst: args.api_burst,
-        max_body_bytes: 2 << 20,
-        reconcile_every,
-        master_key_file: args.master_key_file,
-        health_every,
+        listen: args
+            .listen
+            .or(file.listen)
+            .unwrap_or(([127, 0, 0, 1], 8700).into()),
+        state,
+        registry: args.registry.or(file.registry),
+        pipelines: args.pipelines.or(file.pipelines),
+        api_rate: args.api_rate.or(file.api.rate).unwrap_or(20),
+        api_burst: args.api_burst.or(file.api.burst).unwrap_or(40),
+        max_body_bytes: file.api.max_body_bytes.unwrap_or(2 << 20),
+        reconcile_every: duration(
+            "--reconcile-every",
+            args.reconcile_every.or(file.reconcile_every),
+            "2s",
+        )?,
+        master_key_file: args.master_key_file.or(file.master_key_file),
+        health_every: duration(
+            "--health-every",
+            args.health_every.or(file.health_every),
+            "30s",
+        )?,
+        jwt,
+        tls,
     })?;
     Ok(ExitCode::SUCCESS)
 }
@@ -125,6 +183,8 @@ fn open(
         reconcile_every: std::time::Duration::from_secs(1),
         master_key_file: None,
         health_every: std::time::Duration::from_secs(30),
+        jwt: None,
+        tls: None,
     };
     let registry = rt
         .block_on(Registry::open(&options.registry_location()))

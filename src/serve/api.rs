@@ -210,8 +210,8 @@ struct RequestId(String);
 /// Bearer API key → caller; then the caller's rate limit.
 async fn authenticate(
     State(server): State<Arc<Server>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    mut req: Request,
+    ConnectInfo(super::tls::Peer(peer)): ConnectInfo<super::tls::Peer>,
+    req: Request,
     next: Next,
 ) -> Response {
     let unauthorized = |why: &str| {
@@ -229,6 +229,20 @@ async fn authenticate(
     else {
         return unauthorized("an API key is needed: Authorization: Bearer <key>");
     };
+    // A JWT (three dot-separated parts) goes to the identity provider's keys; anything else
+    // is one of our API keys.
+    if let Some(jwt) = &server.jwt
+        && token.split('.').count() == 3
+        && !token.starts_with("plx_")
+    {
+        match jwt.verify(token).await {
+            Ok(c) => return admit(server.clone(), peer, req, next, c).await,
+            Err(why) => {
+                tracing::info!(peer = %peer, reason = %why, "serve: request refused");
+                return unauthorized(&why);
+            }
+        }
+    }
     let caller = match keys::verify(&server.registry, token).await {
         Ok(Ok(c)) => c,
         Ok(Err(refusal)) => {
@@ -237,6 +251,17 @@ async fn authenticate(
         }
         Err(e) => return ApiError::from(e).into_response(),
     };
+    admit(server, peer, req, next, caller).await
+}
+
+/// An authenticated caller: its rate limit, then the route.
+async fn admit(
+    server: Arc<Server>,
+    peer: SocketAddr,
+    mut req: Request,
+    next: Next,
+    caller: Caller,
+) -> Response {
     let limit = server.options.api_burst;
     if let Err(not_until) = server.limiter.check_key(&caller.key_id) {
         use governor::clock::Clock;
@@ -1083,7 +1108,9 @@ impl utoipa::Modify for BearerAuth {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("An API key from `plexus keys create`"))
+                    .description(Some(
+                        "An API key from `plexus keys create`, or a JWT from the identity provider whose JWKS the server was given",
+                    ))
                     .build(),
             ),
         );

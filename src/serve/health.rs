@@ -219,15 +219,14 @@ async fn check(t: &Target) -> Vec<CheckResult> {
     if !out[0].ok {
         return out;
     }
-    if let Some(a) =
-        auth.and_then(|a| Some(a).filter(|a| matches!(a, Auth::ClientCredentials { .. })))
+    // Only OAuth2 has something to fetch (`authenticate` says None otherwise).
+    if let Some(a) = auth
+        && let Some(r) = authenticate(sink, a, url).await
     {
-        if let Some(r) = authenticate(sink, a, url).await {
-            let failed = !r.ok;
-            out.push(r);
-            if failed {
-                return out;
-            }
+        let failed = !r.ok;
+        out.push(r);
+        if failed {
+            return out;
         }
     }
     if let Target::Fhir { config, .. } = t {

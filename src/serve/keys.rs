@@ -51,7 +51,12 @@ pub struct Caller {
 impl Caller {
     /// How the audit log names the caller.
     pub fn actor(&self) -> String {
-        format!("key:{} ({})", self.key_id, self.name)
+        if self.key_id.starts_with("jwt:") {
+            // A token's subject: the identity provider's name for the caller.
+            self.key_id.clone()
+        } else {
+            format!("key:{} ({})", self.key_id, self.name)
+        }
     }
 }
 

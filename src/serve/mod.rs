@@ -16,14 +16,17 @@
 //! - `api`: routes, authentication, rate limits, request ids.
 
 pub mod api;
+pub mod config;
 pub mod events;
 pub mod health;
 pub mod host;
 pub mod integration;
+pub mod jwt;
 pub mod keys;
 pub mod ops;
 pub mod registry;
 pub mod secrets;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -59,6 +62,10 @@ pub struct ServeOptions {
     /// How often integrations' downstream systems are checked when their
     /// `monitoring.healthCheckInterval` does not say.
     pub health_every: Duration,
+    /// JWT bearer tokens verified against this JWKS, beside API keys.
+    pub jwt: Option<jwt::JwtConfig>,
+    /// Serve HTTPS with this certificate chain and key (PEM files).
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl ServeOptions {
@@ -83,6 +90,7 @@ pub struct Server {
     pub stopping: tokio::sync::watch::Sender<bool>,
     /// One reconciliation at a time.
     reconciling: tokio::sync::Mutex<()>,
+    pub jwt: Option<jwt::JwtVerifier>,
 }
 
 /// Runs the server until SIGTERM/SIGINT, then drains every integration.
@@ -105,6 +113,13 @@ pub fn run(options: ServeOptions) -> anyhow::Result<()> {
     }
     let vault = secrets::Vault::new(keyring);
     crate::net::secret::install_store(vault.clone());
+    let jwt = match &options.jwt {
+        Some(c) => Some(
+            rt.block_on(jwt::JwtVerifier::new(c.clone()))
+                .map_err(anyhow::Error::msg)?,
+        ),
+        None => None,
+    };
     let nz = |n: u32| std::num::NonZeroU32::new(n.max(1)).expect("at least 1");
     let server = Arc::new(Server {
         limiter: governor::RateLimiter::keyed(
@@ -117,6 +132,7 @@ pub fn run(options: ServeOptions) -> anyhow::Result<()> {
         registry,
         options,
         reconciling: tokio::sync::Mutex::new(()),
+        jwt,
     });
     let served = rt.block_on(serve(server.clone()));
     // Every integration drains (commits what it read) before the process ends.
@@ -145,16 +161,29 @@ async fn serve(server: Arc<Server>) -> anyhow::Result<()> {
         .events
         .spawn(server.host.clone(), Duration::from_secs(1));
     let monitor = tokio::spawn(health_monitor(server.host.clone()));
-    eprintln!("serve: listening on http://{addr} (API under /api/v1)");
-    let app = api::router(server.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let app = api::router(server.clone()).into_make_service_with_connect_info::<tls::Peer>();
     let stopping = server.stopping.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown().await;
-            stopping.send_replace(true);
-        })
-        .await
-        .context("serving the API")?;
+    let stopped = async move {
+        shutdown().await;
+        stopping.send_replace(true);
+    };
+    match &server.options.tls {
+        Some((cert, key)) => {
+            let listener =
+                tls::TlsListener::new(listener, cert, key).map_err(anyhow::Error::msg)?;
+            eprintln!("serve: listening on https://{addr} (API under /api/v1)");
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stopped)
+                .await
+        }
+        None => {
+            eprintln!("serve: listening on http://{addr} (API under /api/v1)");
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stopped)
+                .await
+        }
+    }
+    .context("serving the API")?;
     ticker.abort();
     sampler.abort();
     monitor.abort();
