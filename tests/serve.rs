@@ -1769,12 +1769,20 @@ fn jwt_bearer_tokens_from_a_rotating_jwks_over_tls_from_a_config_file() {
         }),
     );
     let jwks_url = format!("{}/jwks", support::serve(app));
-    let port = free_port();
+    let (port, ingest_port) = (free_port(), free_port());
+    // A directory integration whose HTTP ingest route sets no limit: the server's applies.
+    std::fs::create_dir_all(dir.path().join("pipelines")).unwrap();
+    std::fs::write(
+        dir.path().join("pipelines/feed.yaml"),
+        ingest_pipeline("feed", ingest_port, MRN),
+    )
+    .unwrap();
     let config = dir.path().join("server.yaml");
     std::fs::write(
         &config,
         format!(
             "listen: 127.0.0.1:{port}\nstate: state\nreconcile_every: 300ms\n\
+             pipelines: pipelines\ningest: {{rate: 1, burst: 2}}\n\
              tls: {{cert: {}, key: {}}}\n\
              jwt: {{jwks: \"{jwks_url}\", issuer: \"https://idp.test/\", audience: plexus}}\n",
             pki.path("server.pem"),
@@ -1896,6 +1904,30 @@ fn jwt_bearer_tokens_from_a_rotating_jwks_over_tls_from_a_config_file() {
     wait_until("the rotated key", Duration::from_secs(15), || {
         https("GET", "/api/v1/integrations", Some(&rotated), None).0 == 200
     });
+    // The ingest route's token bucket: the burst passes, then 429 with Retry-After.
+    wait_for_port(ingest_port, Duration::from_secs(30));
+    let started = Instant::now();
+    let codes: Vec<u16> = (0..10).map(|i| ingest_as(ingest_port, i, None)).collect();
+    let refill = started.elapsed().as_secs_f64().ceil() as usize;
+    let accepted = codes.iter().filter(|c| **c == 202).count();
+    assert_eq!(&codes[..2], [202, 202], "{codes:?}");
+    assert!(codes.iter().all(|c| [202, 429].contains(c)), "{codes:?}");
+    assert!(accepted <= 2 + refill, "{codes:?} in {refill} s");
+    let mut s = TcpStream::connect(("127.0.0.1", ingest_port)).unwrap();
+    let msg = hl7(9);
+    write!(
+        s,
+        "POST /hl7 HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{msg}",
+        msg.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 429")
+            && answer.to_ascii_lowercase().contains("retry-after: 1"),
+        "{answer}"
+    );
     let (code, _) = stop_server(server);
     assert_eq!(code, Some(0));
 }

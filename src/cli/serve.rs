@@ -58,6 +58,13 @@ pub struct ServeArgs {
     /// The audience (`aud`) a JWT must name.
     #[arg(long, requires = "jwks")]
     jwt_audience: Option<String>,
+    /// Requests per second per sender on each hosted integration's HTTP ingest route that
+    /// sets no `rate_limit` of its own.
+    #[arg(long)]
+    ingest_rate: Option<u32>,
+    /// The burst above --ingest-rate [default: the rate].
+    #[arg(long, requires = "ingest_rate")]
+    ingest_burst: Option<u32>,
 }
 
 pub fn serve(args: ServeArgs) -> Result<ExitCode> {
@@ -115,6 +122,11 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         )?,
         jwt,
         tls,
+        ingest_rate: match (args.ingest_rate, file.ingest) {
+            (Some(r), _) => Some((r, args.ingest_burst.unwrap_or(r))),
+            (None, Some(i)) => Some((i.rate, i.burst.unwrap_or(i.rate))),
+            (None, None) => None,
+        },
     })?;
     Ok(ExitCode::SUCCESS)
 }
@@ -185,6 +197,7 @@ fn open(
         health_every: std::time::Duration::from_secs(30),
         jwt: None,
         tls: None,
+        ingest_rate: None,
     };
     let registry = rt
         .block_on(Registry::open(&options.registry_location()))

@@ -13,6 +13,7 @@
 //! api: {rate: 20, burst: 40, max_body_bytes: 2097152}
 //! tls: {cert: server.pem, key: server.key}
 //! jwt: {jwks: "https://idp.example.org/.well-known/jwks.json", issuer: "https://idp.example.org/", audience: plexus}
+//! ingest: {rate: 100, burst: 200}   # per sender, on HTTP ingest routes without their own
 //! ```
 
 use std::net::SocketAddr;
@@ -34,6 +35,17 @@ pub struct ServerFile {
     pub api: ApiFile,
     pub tls: Option<TlsFile>,
     pub jwt: Option<JwtFile>,
+    pub ingest: Option<IngestFile>,
+}
+
+/// The default rate limit of hosted integrations' HTTP ingest routes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestFile {
+    /// Requests per second per sender.
+    pub rate: u32,
+    /// Default: `rate`.
+    pub burst: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -66,6 +66,9 @@ pub struct ServeOptions {
     pub jwt: Option<jwt::JwtConfig>,
     /// Serve HTTPS with this certificate chain and key (PEM files).
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// The rate limit (requests per second, burst) of each hosted integration's HTTP ingest
+    /// route that does not set its own `rate_limit`.
+    pub ingest_rate: Option<(u32, u32)>,
 }
 
 impl ServeOptions {
@@ -357,6 +360,10 @@ pub async fn reconcile(server: &Arc<Server>) {
                 continue;
             }
         };
+        let mut spec = spec;
+        if let Some((rate, burst)) = server.options.ingest_rate {
+            default_ingest_limit(&mut spec, rate, burst);
+        }
         if let Some(dir) = w.path.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
@@ -368,6 +375,21 @@ pub async fn reconcile(server: &Arc<Server>) {
         if let Ok(Err(e)) = started {
             tracing::warn!("serve: integration failed to start: {e}");
         }
+    }
+}
+
+/// The server's ingest rate limit on an HTTP source that sets none of its own.
+fn default_ingest_limit(spec: &mut crate::spec::PipelineSpec, rate: u32, burst: u32) {
+    use crate::config::Spanned;
+    use crate::connectors::http::source_config::RateLimitSpec;
+    if let crate::connectors::registry::SourceConfig::Http(h) = &mut spec.source.config
+        && h.rate_limit.is_none()
+    {
+        let blank = marked_yaml::Span::new_blank;
+        h.rate_limit = Some(RateLimitSpec {
+            per_second: Spanned::new(blank(), rate),
+            burst: Some(Spanned::new(blank(), burst)),
+        });
     }
 }
 
