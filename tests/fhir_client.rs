@@ -229,6 +229,8 @@ fn oauth2_tokens_are_reused_refreshed_on_401_and_transient_failures_retried_with
         client_id: "plexus".into(),
         client_secret: "s3cret".into(),
         scope: Some("system/Patient.rs".into()),
+        refresh_url: None,
+        refresh_every: None,
     };
     config.retry = quick_retry(3);
     let c = FhirClient::new(config).unwrap();
@@ -341,4 +343,130 @@ fn an_open_breaker_stops_calls_to_a_failing_ehr() {
     });
     // Four calls reached it; the breaker refused the other seven.
     assert_eq!(ehr.calls.load(Ordering::SeqCst), 4);
+}
+
+/// A token endpoint issuing refresh tokens, a refresh endpoint (slow, to overlap concurrent
+/// callers) and a FHIR read that records which token each call carried.
+#[derive(Default)]
+struct Idp {
+    grants: Mutex<Vec<String>>,
+    /// The refresh token honoured now (None: every refresh is refused).
+    refresh: Mutex<Option<String>>,
+    used: Mutex<Vec<String>>,
+}
+
+#[test]
+fn oauth2_refresh_config_renews_early_once_for_concurrent_calls_and_falls_back() {
+    let idp = Arc::new(Idp::default());
+    let (a, b, c) = (idp.clone(), idp.clone(), idp.clone());
+    let form = |body: &str, key: &str| {
+        body.split('&')
+            .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let app = axum::Router::new()
+        .route(
+            "/token",
+            axum::routing::post(move |body: String| {
+                let i = a.clone();
+                async move {
+                    assert_eq!(form(&body, "grant_type"), "client_credentials");
+                    let mut g = i.grants.lock().unwrap();
+                    g.push("client_credentials".into());
+                    let n = g.len();
+                    *i.refresh.lock().unwrap() = Some(format!("r-{n}"));
+                    axum::Json(
+                        json!({"access_token": format!("cc-{n}"), "token_type": "bearer",
+                        "expires_in": 3600, "refresh_token": format!("r-{n}")}),
+                    )
+                    .into_response()
+                }
+            }),
+        )
+        .route(
+            "/refresh",
+            axum::routing::post(move |body: String| {
+                let i = b.clone();
+                async move {
+                    assert_eq!(form(&body, "grant_type"), "refresh_token");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let given = form(&body, "refresh_token");
+                    let mut g = i.grants.lock().unwrap();
+                    g.push(format!("refresh {given}"));
+                    let n = g.len();
+                    if i.refresh.lock().unwrap().as_deref() != Some(given.as_str()) {
+                        return (
+                            axum::http::StatusCode::BAD_REQUEST,
+                            axum::Json(json!({"error": "invalid_grant"})),
+                        )
+                            .into_response();
+                    }
+                    // This server keeps the refresh token: it sends none back.
+                    axum::Json(
+                        json!({"access_token": format!("rf-{n}"), "token_type": "bearer",
+                        "expires_in": 3600}),
+                    )
+                    .into_response()
+                }
+            }),
+        )
+        .route(
+            "/fhir/Patient/p1",
+            axum::routing::get(move |headers: axum::http::HeaderMap| {
+                let i = c.clone();
+                async move {
+                    let auth = headers["authorization"].to_str().unwrap().to_string();
+                    i.used.lock().unwrap().push(auth);
+                    axum::Json(json!({"resourceType": "Patient", "id": "p1",
+                        "meta": {"versionId": "1"}}))
+                }
+            }),
+        );
+    let url = support::serve(app);
+    let mut config = ClientConfig::new(format!("{url}/fhir"));
+    config.auth = Auth::ClientCredentials {
+        token_url: format!("{url}/token"),
+        client_id: "plexus".into(),
+        client_secret: "s3cret".into(),
+        scope: None,
+        refresh_url: Some(format!("{url}/refresh")),
+        refresh_every: Some(Duration::from_secs(1)),
+    };
+    let client = FhirClient::new(config).unwrap();
+    rt().block_on(async {
+        client.read("Patient", "p1").await.unwrap();
+        assert_eq!(*idp.grants.lock().unwrap(), ["client_credentials"]);
+        // Past refresh_every (the token's own hour is far off): eight calls at once share
+        // one refresh, at the refresh URL, with the refresh token.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let calls = (0..8).map(|_| client.read("Patient", "p1"));
+        for r in futures::future::join_all(calls).await {
+            r.unwrap();
+        }
+        assert_eq!(
+            *idp.grants.lock().unwrap(),
+            ["client_credentials", "refresh r-1"]
+        );
+        let used = idp.used.lock().unwrap().clone();
+        assert!(used[1..].iter().all(|t| t == "Bearer rf-2"), "{used:?}");
+        // The kept refresh token works again; then the server stops honouring it: a new
+        // client-credentials token instead.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        client.read("Patient", "p1").await.unwrap();
+        *idp.refresh.lock().unwrap() = None;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        client.read("Patient", "p1").await.unwrap();
+        assert_eq!(
+            *idp.grants.lock().unwrap(),
+            [
+                "client_credentials",
+                "refresh r-1",
+                "refresh r-1",
+                "refresh r-1",
+                "client_credentials"
+            ]
+        );
+        assert_eq!(idp.used.lock().unwrap().last().unwrap(), "Bearer cc-5");
+    });
 }

@@ -36,6 +36,11 @@ pub enum Auth {
         client_id: String,
         client_secret: String,
         scope: Option<String>,
+        /// The seed's `refreshConfig`: where a token with a `refresh_token` is refreshed
+        /// (RFC 6749 §6; default: `token_url`), and a longest lifetime to give any token
+        /// (it is refreshed after this even when its `expires_in` is longer).
+        refresh_url: Option<String>,
+        refresh_every: Option<Duration>,
     },
 }
 
@@ -112,8 +117,10 @@ pub enum AuthError {
 
 struct Token {
     value: String,
-    /// Refetch after this (the server's `expires_in` less a margin).
+    /// Refetch after this (the server's `expires_in` less a margin, or `refresh_every`).
     fresh_until: Instant,
+    /// What the server gave to renew it without the client secret's grant, if anything.
+    refresh_token: Option<String>,
 }
 
 /// Puts the integration's credentials on requests. Cheap to clone (the token is shared by
@@ -162,13 +169,13 @@ impl Credentials {
         *self.token.lock().await = None;
     }
 
-    /// The cached access token, fetched when absent or about to expire.
+    /// The cached access token, fetched when absent or about to expire. The lock is held
+    /// while fetching: concurrent requests wait for the one refresh and share its token.
     async fn access_token(&self) -> Result<String, AuthError> {
         let Auth::ClientCredentials {
             token_url,
-            client_id,
-            client_secret,
-            scope,
+            refresh_url,
+            ..
         } = &*self.auth
         else {
             unreachable!("only called for client credentials");
@@ -179,19 +186,61 @@ impl Credentials {
         {
             return Ok(t.value.clone());
         }
+        // A refresh token renews the access token (RFC 6749 §6); one the server no longer
+        // honours falls back to the client credentials grant.
+        if let Some(refresh) = cached.as_ref().and_then(|t| t.refresh_token.clone()) {
+            let at = refresh_url.as_deref().unwrap_or(token_url);
+            let form = [
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh.as_str()),
+            ];
+            match self.grant(at, &form).await {
+                Ok(mut t) => {
+                    // A server may keep the refresh token and not send it again.
+                    t.refresh_token = t.refresh_token.or(Some(refresh));
+                    let value = t.value.clone();
+                    *cached = Some(t);
+                    return Ok(value);
+                }
+                Err(AuthError::Refused { .. }) => {
+                    tracing::info!("OAuth2 refresh token refused: requesting a new token");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let Auth::ClientCredentials { scope, .. } = &*self.auth else {
+            unreachable!("matched above");
+        };
         let mut form = vec![("grant_type", "client_credentials")];
         if let Some(s) = scope {
             form.push(("scope", s.as_str()));
         }
+        let t = self.grant(token_url, &form).await?;
+        let value = t.value.clone();
+        *cached = Some(t);
+        Ok(value)
+    }
+
+    /// One token request at `url` with the client's credentials.
+    async fn grant(&self, url: &str, form: &[(&str, &str)]) -> Result<Token, AuthError> {
+        let Auth::ClientCredentials {
+            client_id,
+            client_secret,
+            refresh_every,
+            ..
+        } = &*self.auth
+        else {
+            unreachable!("only called for client credentials");
+        };
         let unavailable = |reason: String| AuthError::Unavailable {
-            url: token_url.clone(),
+            url: url.to_string(),
             reason,
         };
         let resp = self
             .http
-            .post(token_url)
+            .post(url)
             .basic_auth(client_id, Some(client_secret))
-            .form(&form)
+            .form(form)
             .send()
             .await
             .map_err(|e| {
@@ -212,7 +261,7 @@ impl Credentials {
         if !status.is_success() {
             // The error code is safe to report; the secret never is.
             return Err(AuthError::Refused {
-                url: token_url.clone(),
+                url: url.to_string(),
                 status: status.as_u16(),
                 code: body["error"].as_str().unwrap_or("token").to_string(),
                 description: body["error_description"].as_str().map(str::to_string),
@@ -225,11 +274,15 @@ impl Credentials {
         let lifetime = Duration::from_secs(body["expires_in"].as_u64().unwrap_or(300));
         // Refresh a little early so a token never expires in flight.
         let margin = Duration::from_secs(30).min(lifetime / 2);
-        *cached = Some(Token {
-            value: value.clone(),
-            fresh_until: Instant::now() + lifetime - margin,
-        });
-        Ok(value)
+        let mut fresh_for = lifetime - margin;
+        if let Some(every) = refresh_every {
+            fresh_for = fresh_for.min(*every);
+        }
+        Ok(Token {
+            value,
+            fresh_until: Instant::now() + fresh_for,
+            refresh_token: body["refresh_token"].as_str().map(str::to_string),
+        })
     }
 }
 
@@ -276,6 +329,8 @@ mod tests {
             client_id: "plexus".into(),
             client_secret: "s3cr3t".into(),
             scope: None,
+            refresh_url: None,
+            refresh_every: None,
         };
         let b = Auth::Basic {
             user: "u".into(),

@@ -137,6 +137,12 @@ pub struct AuthSpec {
     pub client_id: Option<Spanned<String>>,
     pub client_secret: Option<Spanned<String>>,
     pub scope: Option<Spanned<String>>,
+    /// oauth2 (the seed's `refreshConfig.refreshUrl`): where a token that came with a
+    /// `refresh_token` is refreshed (default: `token_url`).
+    pub refresh_url: Option<Spanned<String>>,
+    /// oauth2 (`refreshConfig.refreshInterval`): refresh at least this often (e.g. `15m`),
+    /// even when the token's `expires_in` is longer.
+    pub refresh_every: Option<Spanned<String>>,
 }
 
 /// `tls:` on an http or fhir sink: PEM files.
@@ -214,6 +220,8 @@ pub enum AuthPlan {
         client_id: HeaderValue,
         client_secret: SecretRef,
         scope: Option<String>,
+        refresh_url: Option<String>,
+        refresh_every: Option<Duration>,
     },
 }
 
@@ -254,11 +262,15 @@ impl AuthPlan {
                 client_id,
                 client_secret,
                 scope,
+                refresh_url,
+                refresh_every,
             } => Auth::ClientCredentials {
                 token_url: token_url.clone(),
                 client_id: client_id.read()?,
                 client_secret: client_secret.read()?,
                 scope: scope.clone(),
+                refresh_url: refresh_url.clone(),
+                refresh_every: *refresh_every,
             },
         })
     }
@@ -525,12 +537,17 @@ fn plan_auth(
         ("client_id", &a.client_id),
         ("client_secret", &a.client_secret),
         ("scope", &a.scope),
+        ("refresh_url", &a.refresh_url),
+        ("refresh_every", &a.refresh_every),
     ];
     let (needed, allowed): (&[&str], &[&str]) = match a.kind.as_str() {
         "basic" => (&["user", "password"], &[]),
         "bearer" => (&["token"], &[]),
         "api_key" => (&["key"], &["header"]),
-        "oauth2" => (&["token_url", "client_id", "client_secret"], &["scope"]),
+        "oauth2" => (
+            &["token_url", "client_id", "client_secret"],
+            &["scope", "refresh_url", "refresh_every"],
+        ),
         other => {
             cx.err(
                 &a.kind,
@@ -582,14 +599,23 @@ fn plan_auth(
         }),
         _ => {
             let token_url = set(&a.token_url);
-            if let Err(e) = reqwest::Url::parse(&token_url) {
-                cx.err(&token_url, format!("not a URL ({e})"));
+            for u in std::iter::once(&token_url).chain(a.refresh_url.as_ref()) {
+                if let Err(e) = reqwest::Url::parse(u) {
+                    cx.err(u, format!("not a URL ({e})"));
+                }
             }
+            let refresh_every = a.refresh_every.as_ref().and_then(|d| {
+                crate::config::parse_duration(d)
+                    .map_err(|e| cx.err(d, e))
+                    .ok()
+            });
             secret(cx, &a.client_secret).map(|client_secret| AuthPlan::OAuth2 {
                 token_url: token_url.to_string(),
                 client_id: plain(&a.client_id),
                 client_secret,
                 scope: a.scope.as_ref().map(|s| s.to_string()),
+                refresh_url: a.refresh_url.as_ref().map(|s| s.to_string()),
+                refresh_every,
             })
         }
     };
