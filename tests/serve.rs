@@ -1010,6 +1010,20 @@ dlq: {{path: dlq.ndjson}}
         a_rows > 0 && b_rows > 0,
         "both servers took a share: {a_rows} and {b_rows}"
     );
+    // The health monitor reaches the Kafka cluster (a file sink has nothing to check).
+    let h = call(
+        port_b,
+        "GET",
+        &format!("/api/v1/integrations/{id}/health"),
+        Some(&admin),
+        None,
+    )
+    .json();
+    assert_eq!(
+        (h["healthy"].as_bool(), h["checks"][0]["sink"].as_str()),
+        (Some(true), Some("kafka")),
+        "{h}"
+    );
     assert_eq!(stop_server(a).0, Some(0));
     assert_eq!(stop_server(b).0, Some(0));
     support::psql(&format!(

@@ -23,6 +23,7 @@ use super::integration::{self, IntegrationIn, IntegrationView, Located, SeedFiel
 use super::keys::{self, Caller, Role};
 use super::registry::{AuditEntry, KeyRow, RegistryError};
 use super::{Server, ops};
+use crate::connectors::http::https::Peer;
 
 /// An error answer: a status and a JSON body `{"error": …, "errors": [{line, column,
 /// message}]}` (the list for pipeline problems).
@@ -210,7 +211,7 @@ struct RequestId(String);
 /// Bearer API key → caller; then the caller's rate limit.
 async fn authenticate(
     State(server): State<Arc<Server>>,
-    ConnectInfo(super::tls::Peer(peer)): ConnectInfo<super::tls::Peer>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     req: Request,
     next: Next,
 ) -> Response {
@@ -922,13 +923,7 @@ pub struct SecretIn {
 }
 
 fn check_secret_name(name: &str) -> Result<(), ApiError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    if ok {
+    if integration::is_plain_name(name, false) {
         Ok(())
     } else {
         Err(ApiError::invalid(

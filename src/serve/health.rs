@@ -37,6 +37,8 @@ pub enum Target {
     },
     /// An MLLP peer (`host:port`): connect.
     Mllp { sink: String, to: String },
+    /// The Kafka cluster (`kafka:`): a connection to one of its bootstrap brokers.
+    Kafka { brokers: Vec<String> },
 }
 
 impl Target {
@@ -45,13 +47,23 @@ impl Target {
             Target::Fhir { sink, .. } | Target::Http { sink, .. } | Target::Mllp { sink, .. } => {
                 sink
             }
+            Target::Kafka { .. } => "kafka",
         }
     }
 }
 
-/// The downstream systems of `plan`'s sinks (files and Kafka topics have none to check).
+/// The downstream systems of `plan`'s sinks, and its Kafka cluster (files have none).
 pub fn targets(plan: &Plan) -> Vec<Target> {
     let mut out = Vec::new();
+    let brokers = std::env::var("PLEXUS_KAFKA_BROKERS")
+        .ok()
+        .filter(|b| !b.is_empty())
+        .or_else(|| plan.kafka.as_ref().and_then(|k| k.brokers.clone()));
+    if let Some(b) = brokers {
+        out.push(Target::Kafka {
+            brokers: b.split(',').map(|s| s.trim().to_string()).collect(),
+        });
+    }
     for s in &plan.sinks {
         match &s.connector {
             SinkPlan::Fhir(f) => {
@@ -198,6 +210,18 @@ async fn authenticate(sink: &str, auth: &Auth, url: &str) -> Option<CheckResult>
 /// Checks one target, step by step; a failed step ends it.
 async fn check(t: &Target) -> Vec<CheckResult> {
     let sink = t.sink();
+    if let Target::Kafka { brokers } = t {
+        // One broker answering is enough: the client finds the rest from it.
+        let mut last = None;
+        for b in brokers {
+            let r = connect(sink, b).await;
+            if r.ok {
+                return vec![r];
+            }
+            last = Some(r);
+        }
+        return last.into_iter().collect();
+    }
     let (addr, auth, url) = match t {
         Target::Fhir { config, .. } => (
             authority(&config.base),
@@ -206,6 +230,7 @@ async fn check(t: &Target) -> Vec<CheckResult> {
         ),
         Target::Http { url, auth, .. } => (authority(url), Some(auth), url.as_str()),
         Target::Mllp { to, .. } => (Some(to.clone()), None, ""),
+        Target::Kafka { .. } => unreachable!("checked above"),
     };
     let Some(addr) = addr else {
         return vec![result(

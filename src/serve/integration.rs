@@ -140,15 +140,23 @@ pub struct IntegrationView {
     pub run: Option<super::host::Snapshot>,
 }
 
+/// A name that goes into paths and URLs: 1-64 letters (lower-case only with
+/// `lower_only`), digits, `-`, `_`, `.`, starting with a letter or digit.
+pub fn is_plain_name(name: &str, lower_only: bool) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name.bytes().all(|b| {
+            b.is_ascii_digit()
+                || b"-_.".contains(&b)
+                || b.is_ascii_lowercase()
+                || (!lower_only && b.is_ascii_uppercase())
+        })
+}
+
 /// Ids name directories and appear in URLs: lower-case letters, digits, `-`, `_`, `.`.
 pub fn check_id(id: &str) -> Result<(), ApiError> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && id.as_bytes()[0].is_ascii_alphanumeric()
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
-    if ok {
+    if is_plain_name(id, true) {
         Ok(())
     } else {
         Err(ApiError::invalid(

@@ -26,7 +26,6 @@ pub mod keys;
 pub mod ops;
 pub mod registry;
 pub mod secrets;
-pub mod tls;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -37,6 +36,7 @@ use std::time::Duration;
 use anyhow::Context;
 use sha2::{Digest, Sha256};
 
+use crate::connectors::http::https::{Peer, TlsListener};
 use crate::connectors::state_db::StateLocation;
 use host::{Host, Origin};
 use registry::Registry;
@@ -164,7 +164,7 @@ async fn serve(server: Arc<Server>) -> anyhow::Result<()> {
         .events
         .spawn(server.host.clone(), Duration::from_secs(1));
     let monitor = tokio::spawn(health_monitor(server.host.clone()));
-    let app = api::router(server.clone()).into_make_service_with_connect_info::<tls::Peer>();
+    let app = api::router(server.clone()).into_make_service_with_connect_info::<Peer>();
     let stopping = server.stopping.clone();
     let stopped = async move {
         shutdown().await;
@@ -172,8 +172,16 @@ async fn serve(server: Arc<Server>) -> anyhow::Result<()> {
     };
     match &server.options.tls {
         Some((cert, key)) => {
-            let listener =
-                tls::TlsListener::new(listener, cert, key).map_err(anyhow::Error::msg)?;
+            let config =
+                crate::net::tls::server_config(cert, key, None).map_err(anyhow::Error::msg)?;
+            let acceptor = tokio_rustls::TlsAcceptor::from(config);
+            // Failed handshakes are the client's business (logged at debug).
+            let listener = TlsListener::new(
+                listener,
+                acceptor,
+                Arc::new(|| {}),
+                server.stopping.subscribe(),
+            )?;
             eprintln!("serve: listening on https://{addr} (API under /api/v1)");
             axum::serve(listener, app)
                 .with_graceful_shutdown(stopped)

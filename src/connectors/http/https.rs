@@ -1,10 +1,10 @@
-//! HTTPS for the HTTP source: an axum `Listener` whose connections arrive with their TLS
-//! handshake done. Handshakes run in their own tasks (a slow or silent client holds up no
-//! one) with a 10 s limit; failures are counted, never served.
+//! HTTPS for the HTTP source (and `plexus serve`'s API): an axum `Listener` whose
+//! connections arrive with their TLS handshake done. Handshakes run in their own tasks (a
+//! slow or silent client holds up no one) with a 10 s limit; failures are counted, never
+//! served.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::extract::connect_info::Connected;
@@ -13,8 +13,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
-
-use super::source::IngestStats;
 
 /// The peer of a request, over plain TCP or TLS.
 #[derive(Debug, Clone, Copy)]
@@ -39,11 +37,12 @@ pub struct TlsListener {
 }
 
 impl TlsListener {
-    /// Accepts on `tcp` until `stop`; handshakes that do not complete are counted.
+    /// Accepts on `tcp` until `stop`; `failed` is called for each handshake that does not
+    /// complete.
     pub fn new(
         tcp: TcpListener,
         acceptor: TlsAcceptor,
-        stats: Arc<IngestStats>,
+        failed: Arc<dyn Fn() + Send + Sync>,
         mut stop: watch::Receiver<bool>,
     ) -> std::io::Result<TlsListener> {
         let local = tcp.local_addr()?;
@@ -62,7 +61,7 @@ impl TlsListener {
                     },
                     _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
                 };
-                let (acceptor, tx, stats) = (acceptor.clone(), tx.clone(), stats.clone());
+                let (acceptor, tx, failed) = (acceptor.clone(), tx.clone(), failed.clone());
                 tokio::spawn(async move {
                     let handshake =
                         tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
@@ -71,12 +70,12 @@ impl TlsListener {
                             let _ = tx.send((tls, peer)).await;
                         }
                         Ok(Err(e)) => {
-                            stats.tls_failed.fetch_add(1, Ordering::Relaxed);
-                            tracing::debug!(peer = %peer, error = %e, "http source: TLS handshake failed");
+                            failed();
+                            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
                         }
                         Err(_) => {
-                            stats.tls_failed.fetch_add(1, Ordering::Relaxed);
-                            tracing::debug!(peer = %peer, "http source: TLS handshake timed out");
+                            failed();
+                            tracing::debug!(peer = %peer, "TLS handshake timed out");
                         }
                     }
                 });

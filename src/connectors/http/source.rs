@@ -187,7 +187,14 @@ pub fn start(
                     .with_graceful_shutdown(shutdown)
                     .await
             }
-            Some(acceptor) => match TlsListener::new(listener, acceptor, tls_stats, stop) {
+            Some(acceptor) => match TlsListener::new(
+                listener,
+                acceptor,
+                Arc::new(move || {
+                    tls_stats.tls_failed.fetch_add(1, Ordering::Relaxed);
+                }),
+                stop,
+            ) {
                 Ok(l) => axum::serve(l, app).with_graceful_shutdown(shutdown).await,
                 Err(e) => Err(e),
             },
