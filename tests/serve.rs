@@ -134,12 +134,31 @@ fn new_key_with(state: &Path, role: &str, name: &str, extra: &[&str]) -> String 
     stdout.lines().last().unwrap().trim().to_string()
 }
 
-fn start_server(state: &Path, port: u16, extra: &[&str]) -> Child {
+/// A server process, killed when dropped unless stopped: a failing test must not leave a
+/// server behind (on the shared PostgreSQL registry it would join later tests' groups).
+struct Server(Option<Child>);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn start_server(state: &Path, port: u16, extra: &[&str]) -> Server {
     start_with_keys(state, port, extra, Some(K1), "")
 }
 
 /// `plexus serve` with this master key (None: without one) and old keys.
-fn start_with_keys(state: &Path, port: u16, extra: &[&str], key: Option<&str>, old: &str) -> Child {
+fn start_with_keys(
+    state: &Path,
+    port: u16,
+    extra: &[&str],
+    key: Option<&str>,
+    old: &str,
+) -> Server {
     let mut cmd = Command::new(support::BIN);
     cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--state"])
         .arg(state)
@@ -152,13 +171,14 @@ fn start_with_keys(state: &Path, port: u16, extra: &[&str], key: Option<&str>, o
         Some(k) => cmd.env("PLEXUS_MASTER_KEY", k),
         None => cmd.env_remove("PLEXUS_MASTER_KEY"),
     };
-    let child = cmd.spawn().unwrap();
+    let server = Server(Some(cmd.spawn().unwrap()));
     wait_for_port(port, Duration::from_secs(30));
-    child
+    server
 }
 
 /// SIGTERM, then the exit status and stderr.
-fn stop_server(child: Child) -> (Option<i32>, String) {
+fn stop_server(mut server: Server) -> (Option<i32>, String) {
+    let child = server.0.take().expect("running");
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -931,6 +951,18 @@ fn two_servers_share_a_registry_and_split_a_topic() {
         .last()
         .unwrap()
         .to_string();
+    // The registry is shared by every run: the integration goes with the test, even a
+    // failed one (a leftover would run in every later test's servers).
+    struct Cleanup(String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            support::psql(&format!(
+                "DELETE FROM plexus_integrations WHERE id = '{}'",
+                self.0
+            ));
+        }
+    }
+    let _cleanup = Cleanup(id.clone());
     let (port_a, port_b) = (free_port(), free_port());
     let a = start_server(&state_a, port_a, &["--registry", &url]);
     let b = start_server(&state_b, port_b, &["--registry", &url]);
@@ -1026,9 +1058,6 @@ dlq: {{path: dlq.ndjson}}
     );
     assert_eq!(stop_server(a).0, Some(0));
     assert_eq!(stop_server(b).0, Some(0));
-    support::psql(&format!(
-        "DELETE FROM plexus_integrations WHERE id = '{id}'"
-    ));
 }
 
 const K1: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
@@ -1804,14 +1833,16 @@ fn jwt_bearer_tokens_from_a_rotating_jwks_over_tls_from_a_config_file() {
         ),
     )
     .unwrap();
-    let server = Command::new(support::BIN)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("PLEXUS_MASTER_KEY", K1)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let server = Server(Some(
+        Command::new(support::BIN)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("PLEXUS_MASTER_KEY", K1)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
     wait_for_port(port, Duration::from_secs(30));
     let rt = tokio::runtime::Runtime::new().unwrap();
     let ca = reqwest::Certificate::from_pem(&std::fs::read(pki.path("ca.pem")).unwrap()).unwrap();
@@ -1941,6 +1972,141 @@ fn jwt_bearer_tokens_from_a_rotating_jwks_over_tls_from_a_config_file() {
         answer.starts_with("HTTP/1.1 429")
             && answer.to_ascii_lowercase().contains("retry-after: 1"),
         "{answer}"
+    );
+    let (code, _) = stop_server(server);
+    assert_eq!(code, Some(0));
+}
+
+/// Posts one HL7 message to an ingest port; the status (0: no answer).
+fn post_hl7(port: u16, msg: &str) -> u16 {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return 0;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let req = format!(
+        "POST /hl7 HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{msg}",
+        msg.len()
+    );
+    if s.write_all(req.as_bytes()).is_err() {
+        return 0;
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+#[test]
+fn operators_resolve_a_sync_conflict_over_the_api() {
+    use plexus::net::fhir_client::{ClientConfig, FhirClient};
+    support::need_fhir();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let admin = new_key(&state, "admin", "ada");
+    let operator = new_key(&state, "operator", "otto");
+    let viewer = new_key(&state, "viewer", "vic");
+    let (port, ingest_port) = (free_port(), free_port());
+    let server = start_server(&state, port, &[]);
+    let id = "ehr-sync";
+    let mrn = support::unique("S").replace(['-', '_'], "");
+    let pipeline = format!(
+        r#"name: {id}
+integration: {{id: {id}}}
+source: {{type: http, listen: "127.0.0.1:{ingest_port}", path: /hl7, format: hl7, spool: spool}}
+batch: {{max_rows: 10, max_delay: 50ms}}
+stages:
+  - {{name: fhir, type: fhir}}
+sinks:
+  - {{name: ehr, type: fhir, url: "{fhir}", concurrency: 1, sync: {{conflicts: manual}}}}
+dlq: {{path: dlq.ndjson}}
+"#,
+        fhir = support::FHIR
+    );
+    let r = call(
+        port,
+        "POST",
+        "/api/v1/integrations",
+        Some(&admin),
+        Some(json!({"id": id, "pipeline": pipeline, "isActive": true})),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    wait_for_port(ingest_port, Duration::from_secs(30));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ehr = FhirClient::new(ClientConfig::new(support::FHIR)).unwrap();
+    let query = format!("identifier={}|{mrn}", support::MRN_SYSTEM);
+    let on_server = || rt.block_on(ehr.search("Patient", &query)).unwrap();
+    assert_eq!(
+        post_hl7(ingest_port, &support::corpus_adt(&mrn, "A01", "DUCK")),
+        202
+    );
+    wait_until("the patient on the EHR", Duration::from_secs(30), || {
+        on_server().len() == 1
+    });
+    // The EHR changes the phone while the next message changes the name: a conflict.
+    let mut p = on_server().remove(0);
+    p["telecom"] = json!([{"system": "phone", "value": "555-0199", "use": "mobile"}]);
+    rt.block_on(ehr.update(&p, p["meta"]["versionId"].as_str()))
+        .unwrap();
+    assert_eq!(
+        post_hl7(ingest_port, &support::corpus_adt(&mrn, "A08", "DRAKE")),
+        202
+    );
+    let conflicts = format!("/api/v1/integrations/{id}/conflicts");
+    wait_until("the conflict", Duration::from_secs(30), || {
+        call(port, "GET", &conflicts, Some(&viewer), None).json()["conflicts"]
+            .as_array()
+            .is_some_and(|c| c.len() == 1)
+    });
+    let listed = call(port, "GET", &conflicts, Some(&viewer), None);
+    assert!(
+        !listed.body.contains(&mrn),
+        "no identifier in the list: {}",
+        listed.body
+    );
+    let c = listed.json()["conflicts"][0].clone();
+    assert_eq!(c["resourceType"], "Patient");
+    assert!(
+        c["fields"].as_array().unwrap().contains(&json!("name")),
+        "{c}"
+    );
+    let resolve = format!("{conflicts}/{}/resolve", c["id"].as_str().unwrap());
+    let how = json!({"strategy": "merge", "take": {"name": "local"}});
+    assert_eq!(
+        call(port, "POST", &resolve, Some(&viewer), Some(how.clone())).status,
+        403
+    );
+    let r = call(port, "POST", &resolve, Some(&operator), Some(how.clone()));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.json()["resolvedBy"].as_str().unwrap().ends_with("(otto)"),
+        "{}",
+        r.body
+    );
+    // Settled: the EHR has the message's name and kept its own phone; nothing left open.
+    let now = on_server().remove(0);
+    assert_eq!(now["name"][0]["family"], "DRAKE");
+    assert_eq!(now["telecom"][0]["value"], "555-0199");
+    assert_eq!(
+        call(port, "GET", &conflicts, Some(&viewer), None).json()["conflicts"],
+        json!([])
+    );
+    assert_eq!(
+        call(port, "POST", &resolve, Some(&operator), Some(how)).status,
+        404
+    );
+    let log = call(
+        port,
+        "GET",
+        "/api/v1/audit?action=conflict.resolve",
+        Some(&admin),
+        None,
+    )
+    .json();
+    assert!(
+        log["entries"][0]["actor"]
+            .as_str()
+            .unwrap()
+            .ends_with("(otto)"),
+        "{log}"
     );
     let (code, _) = stop_server(server);
     assert_eq!(code, Some(0));
