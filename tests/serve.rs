@@ -2091,3 +2091,84 @@ dlq: {{path: dlq.ndjson}}
     let (code, _) = stop_server(server);
     assert_eq!(code, Some(0));
 }
+
+#[test]
+fn a_configured_test_message_makes_an_mllp_round_trip_of_the_health_check() {
+    // An MLLP peer answering each frame with AA, or AE once told to.
+    let peer = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let peer_port = peer.local_addr().unwrap().port();
+    let refuse = Arc::new(AtomicBool::new(false));
+    let r = refuse.clone();
+    std::thread::spawn(move || {
+        for conn in peer.incoming() {
+            let Ok(mut c) = conn else { continue };
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !got.windows(2).any(|w| w == [0x1c, b'\r']) {
+                match c.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            let code = if r.load(Ordering::SeqCst) { "AE" } else { "AA" };
+            let ack = format!(
+                "\x0bMSH|^~\\&|LAB|LAB|PLEXUS|HUB|20260101||ACK|A1|P|2.5\rMSA|{code}|HC1\r\x1c\r"
+            );
+            let _ = c.write_all(ack.as_bytes());
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let admin = new_key(&state, "admin", "ada");
+    let (port, ingest_port) = (free_port(), free_port());
+    let server = start_server(&state, port, &[]);
+    let pipeline = format!(
+        r#"name: lab
+integration: {{id: lab}}
+source: {{type: http, listen: "127.0.0.1:{ingest_port}", path: /hl7, format: hl7, spool: spool}}
+stages:
+  - name: parse
+    type: parse
+    format: hl7
+    columns:
+      - {{name: mrn, path: PID-3.1}}
+sinks:
+  - {{name: lab, input: parse, type: mllp, to: "127.0.0.1:{peer_port}"}}
+"#
+    );
+    let test_message = "MSH|^~\\&|PLEXUS|HUB|LAB|LAB|20260101||ADT^A01|HC1|T|2.5\nPID|1||TEST";
+    let r = call(
+        port,
+        "POST",
+        "/api/v1/integrations",
+        Some(&admin),
+        Some(json!({"id": "lab", "pipeline": pipeline, "isActive": true,
+            "monitoring": {"healthCheckInterval": 300, "healthCheckMessage": test_message}})),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let health = || {
+        call(
+            port,
+            "GET",
+            "/api/v1/integrations/lab/health",
+            Some(&admin),
+            None,
+        )
+        .json()
+    };
+    wait_until("a health check", Duration::from_secs(30), || {
+        health()["healthy"] == true
+    });
+    let h = health();
+    assert_eq!(h["checks"][1]["check"], "operation", "{h}");
+    assert_eq!(h["checks"][1]["target"], "MLLP round trip");
+    refuse.store(true, Ordering::SeqCst);
+    wait_until("the refused test message", Duration::from_secs(30), || {
+        health()["healthy"] == false
+    });
+    let h = health();
+    assert_eq!(h["checks"][1]["error"], "acknowledged AE", "{h}");
+    assert_eq!(h["status"], "error");
+    let (code, _) = stop_server(server);
+    assert_eq!(code, Some(0));
+}

@@ -35,8 +35,13 @@ pub enum Target {
         url: String,
         auth: Auth,
     },
-    /// An MLLP peer (`host:port`): connect.
-    Mllp { sink: String, to: String },
+    /// An MLLP peer (`host:port`): connect; with a test message, a round trip (an AA or CA
+    /// acknowledgement).
+    Mllp {
+        sink: String,
+        to: String,
+        message: Option<String>,
+    },
     /// The Kafka cluster (`kafka:`): a connection to one of its bootstrap brokers.
     Kafka { brokers: Vec<String> },
 }
@@ -52,8 +57,29 @@ impl Target {
     }
 }
 
+/// How an integration is checked: the seed's `monitoring.healthCheckInterval`, and
+/// `monitoring.healthCheckMessage` (an HL7 message sent to MLLP peers, when given).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub every: Duration,
+    pub mllp_message: Option<String>,
+}
+
+impl Settings {
+    pub fn of(monitoring: Option<&serde_json::Value>, default_every: Duration) -> Settings {
+        Settings {
+            every: interval(monitoring, default_every),
+            mllp_message: monitoring
+                .and_then(|m| m.get("healthCheckMessage"))
+                .and_then(|v| v.as_str())
+                // Segments end in CR on the wire, whatever the JSON carried.
+                .map(|t| t.replace("\r\n", "\r").replace('\n', "\r")),
+        }
+    }
+}
+
 /// The downstream systems of `plan`'s sinks, and its Kafka cluster (files have none).
-pub fn targets(plan: &Plan) -> Vec<Target> {
+pub fn targets(plan: &Plan, settings: &Settings) -> Vec<Target> {
     let mut out = Vec::new();
     let brokers = std::env::var("PLEXUS_KAFKA_BROKERS")
         .ok()
@@ -90,6 +116,7 @@ pub fn targets(plan: &Plan) -> Vec<Target> {
             SinkPlan::Mllp(m) => out.push(Target::Mllp {
                 sink: s.name.clone(),
                 to: m.to.clone(),
+                message: settings.mllp_message.clone(),
             }),
             SinkPlan::File(_) | SinkPlan::Kafka(_) => {}
         }
@@ -254,6 +281,15 @@ async fn check(t: &Target) -> Vec<CheckResult> {
             return out;
         }
     }
+    if let Target::Mllp {
+        to,
+        message: Some(m),
+        ..
+    } = t
+    {
+        let r = timed(round_trip(to, m)).await;
+        out.push(result(sink, "operation", "MLLP round trip", r));
+    }
     if let Target::Fhir { config, .. } = t {
         let mut c = config.clone();
         c.timeout = STEP_TIMEOUT;
@@ -271,6 +307,44 @@ async fn check(t: &Target) -> Vec<CheckResult> {
         out.push(result(sink, "operation", "GET /metadata", r));
     }
     out
+}
+
+/// Sends `message` framed to `to` and reads the acknowledgement: AA or CA passes; anything
+/// else names its MSA-1 (never the message's content).
+async fn round_trip(to: &str, message: &str) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(to)
+        .await
+        .map_err(|e| e.kind().to_string())?;
+    s.write_all(&crate::formats::mllp::frame(message.as_bytes()))
+        .await
+        .map_err(|e| e.kind().to_string())?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got
+        .windows(2)
+        .any(|w| w == [crate::formats::mllp::END, b'\r'])
+    {
+        let n = s.read(&mut buf).await.map_err(|e| e.kind().to_string())?;
+        if n == 0 {
+            return Err("the peer closed the connection without an acknowledgement".into());
+        }
+        got.extend_from_slice(&buf[..n]);
+        if got.len() > 1 << 20 {
+            return Err("no acknowledgement in the first MiB".into());
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    let code = text
+        .split('\r')
+        .find(|seg| seg.starts_with("MSA"))
+        .and_then(|msa| msa.get(4..6))
+        .unwrap_or("");
+    match code {
+        "AA" | "CA" => Ok(()),
+        "" => Err("the answer has no MSA segment".into()),
+        other => Err(format!("acknowledged {other}")),
+    }
 }
 
 /// Runs every target's checks; reports each sink's outcome on `tap`.
@@ -356,6 +430,7 @@ mod tests {
         let t = Target::Mllp {
             sink: "lab".into(),
             to: addr.clone(),
+            message: Some("MSH|^~\\&|A|B|C|D|20260101||ADT^A01|1|T|2.5\r".into()),
         };
         let r = run(&[t], &tap).await;
         assert!(!r.healthy);

@@ -79,7 +79,7 @@ struct Running {
     telemetry: Arc<Telemetry>,
     tap: OutcomeTap,
     targets: Vec<Target>,
-    health_every: std::time::Duration,
+    health: super::health::Settings,
     thread: std::thread::JoinHandle<Result<RunSummary, String>>,
 }
 
@@ -118,11 +118,12 @@ impl Host {
         origin: Origin,
         version: String,
         spec: PipelineSpec,
-        health_every: std::time::Duration,
+        health: super::health::Settings,
     ) -> Result<(), String> {
         self.stop(id);
         let (tx, rx) = std::sync::mpsc::channel();
         let rt = self.rt.clone();
+        let settings = health.clone();
         let thread = std::thread::Builder::new()
             .name(format!("integration-{id}"))
             .spawn(move || {
@@ -133,7 +134,7 @@ impl Host {
                         return Err("did not start".to_string());
                     }
                 };
-                let targets = super::health::targets(&plan);
+                let targets = super::health::targets(&plan, &settings);
                 let options = StartOptions {
                     hosted: true,
                     ..StartOptions::default()
@@ -183,7 +184,7 @@ impl Host {
                     telemetry,
                     tap,
                     targets,
-                    health_every,
+                    health,
                     thread,
                 });
                 tracing::info!(integration = id, "serve: integration started");
@@ -310,7 +311,7 @@ impl Host {
             .iter()
             .filter_map(|(id, h)| {
                 let r = h.run.as_ref().filter(|r| !r.targets.is_empty())?;
-                Some((id.clone(), r.targets.clone(), r.tap.clone(), r.health_every))
+                Some((id.clone(), r.targets.clone(), r.tap.clone(), r.health.every))
             })
             .collect()
     }

@@ -248,7 +248,7 @@ async fn shutdown() {
 struct Wanted {
     origin: Origin,
     version: String,
-    health_every: Duration,
+    health: health::Settings,
     path: PathBuf,
     text: String,
 }
@@ -276,7 +276,7 @@ pub async fn reconcile(server: &Arc<Server>) {
             Wanted {
                 origin: Origin::Registry,
                 version: s.version.to_string(),
-                health_every: health::interval(
+                health: health::Settings::of(
                     s.config.get("monitoring"),
                     server.options.health_every,
                 ),
@@ -304,7 +304,7 @@ pub async fn reconcile(server: &Arc<Server>) {
                 Wanted {
                     origin: Origin::Directory(path.clone()),
                     version,
-                    health_every: server.options.health_every,
+                    health: health::Settings::of(None, server.options.health_every),
                     path,
                     text,
                 },
@@ -377,7 +377,7 @@ pub async fn reconcile(server: &Arc<Server>) {
         }
         let host = server.host.clone();
         let started = tokio::task::spawn_blocking(move || {
-            host.start(&id, w.origin, w.version, spec, w.health_every)
+            host.start(&id, w.origin, w.version, spec, w.health)
         })
         .await;
         if let Ok(Err(e)) = started {
