@@ -73,8 +73,7 @@ async fn blocking<T: Send + 'static>(
 
 /// A JSON object body as `T`. serde would also read a struct whose fields are all optional
 /// from an array (`[null]`): only an object is the documented body.
-fn object<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    let v: serde_json::Value = serde_json::from_slice(body).map_err(bad_body)?;
+fn object<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, ApiError> {
     if !v.is_object() {
         return Err(bad_body("the body must be a JSON object"));
     }
@@ -232,7 +231,7 @@ async fn breaker_action(
     let body: BreakerActionIn = if body.iter().all(u8::is_ascii_whitespace) {
         BreakerActionIn::default()
     } else {
-        object(&body)?
+        object(serde_json::from_slice(&body).map_err(bad_body)?)?
     };
     integration::show(&server, &id).await?;
     let all = running_breakers(&server, &id)?;
@@ -618,7 +617,7 @@ pub async fn replay(
 ) -> ApiResult {
     cx.need(Role::Operator)?;
     let Json(body) = body.map_err(rejected)?;
-    let body: ReplayIn = object(body.to_string().as_bytes())?;
+    let body: ReplayIn = object(body)?;
     let spec = spec_of(&server, &id).await?;
     let loc = DlqLocation::of(&spec, None).map_err(unavailable)?;
     if let (DlqLocation::File { .. }, Some(_)) = (&loc, &body.to_topic) {
