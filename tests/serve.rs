@@ -387,6 +387,14 @@ fn every_route_checks_keys_and_roles() {
             Some(json!({"strategy": "use_local"})),
             "operator",
         ),
+        ("GET", "/api/v1/integrations/none/testing", None, "viewer"),
+        ("DELETE", "/api/v1/integrations/none/testing", None, "admin"),
+        (
+            "GET",
+            "/api/v1/integrations/none/testing/out.ndjson",
+            None,
+            "viewer",
+        ),
     ];
     // The last digit changed (to one it is not: the key may end in 0).
     let last = if admin.ends_with('0') { '1' } else { '0' };
@@ -888,7 +896,7 @@ fn pipelines_from_a_directory_reload_and_keys_are_rate_limited() {
 fn schemathesis_finds_every_route_as_documented() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let admin = new_key(&state, "admin", "ada");
+    let admin = new_key_with(&state, "admin", "ada", &["--phi"]);
     let port = free_port();
     let server = start_server(
         &state,
@@ -899,7 +907,7 @@ fn schemathesis_finds_every_route_as_documented() {
     assert_eq!(doc["openapi"], "3.1.0");
     assert_eq!(
         doc["paths"].as_object().unwrap().len(),
-        27,
+        29,
         "{}",
         doc["paths"]
     );
@@ -938,7 +946,7 @@ fn schemathesis_finds_every_route_as_documented() {
         "{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(text.contains("Tested: 31"), "{text}");
+    assert!(text.contains("Tested: 34"), "{text}");
     let (code, _) = stop_server(server);
     assert_eq!(code, Some(0));
 }
@@ -2171,6 +2179,237 @@ sinks:
     let h = health();
     assert_eq!(h["checks"][1]["error"], "acknowledged AE", "{h}");
     assert_eq!(h["status"], "error");
+    let (code, _) = stop_server(server);
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn testing_mode_runs_live_input_into_files_and_leaves_the_live_outputs_alone() {
+    use support::webhook::Receiver;
+    let (rx, url) = Receiver::start("s3cret", vec![]);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let admin = new_key(&state, "admin", "ada");
+    let viewer = new_key(&state, "viewer", "vic");
+    let clinician = new_key_with(&state, "viewer", "cleo", &["--phi"]);
+    let (port, ingest_port) = (free_port(), free_port());
+    let server = start_server(&state, port, &[]);
+    let id = "trial";
+    let base = format!("/api/v1/integrations/{id}");
+    let r = call(
+        port,
+        "PUT",
+        "/api/v1/secrets/hook",
+        Some(&admin),
+        Some(json!({"value": "s3cret"})),
+    );
+    assert!(r.status < 300, "{}", r.body);
+    // MRNs ending in 3 fail validation; the rest go to a webhook and a file.
+    let pipeline = format!(
+        r#"name: {id}
+integration: {{id: {id}}}
+source: {{type: http, listen: "127.0.0.1:{ingest_port}", path: /hl7, format: hl7, spool: spool}}
+batch: {{max_rows: 50, max_delay: 50ms}}
+stages:
+  - name: parse
+    type: parse
+    format: hl7
+    columns:
+      - {{name: mrn, path: PID-3.1}}
+  - name: checks
+    type: validate
+    rules:
+      - {{name: mrn_allowed, check: "mrn NOT LIKE '%3'"}}
+sinks:
+  - name: ehr
+    input: checks
+    type: http
+    url: {url}
+    secret: secret:hook
+    retry: {{max_attempts: 2, backoff: linear, base: 100ms, max_delay: 200ms, jitter: 0}}
+  - {{name: archive, input: checks, type: file, format: ndjson, path: archive.ndjson}}
+dlq: {{path: dlq.ndjson}}
+windows:
+  - name: calls
+    input: outcomes
+    size: 1s
+"#
+    );
+    let r = call(
+        port,
+        "POST",
+        "/api/v1/integrations",
+        Some(&admin),
+        Some(json!({"id": id, "pipeline": pipeline})),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let bad = call(
+        port,
+        "POST",
+        &format!("{base}/activate?mode=rehearsal"),
+        Some(&admin),
+        None,
+    );
+    assert_eq!(bad.status, 422, "{}", bad.body);
+    assert_eq!(
+        status(
+            port,
+            "POST",
+            &format!("{base}/activate?mode=testing"),
+            Some(&viewer)
+        ),
+        403
+    );
+    let r = call(
+        port,
+        "POST",
+        &format!("{base}/activate?mode=testing"),
+        Some(&admin),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["status"], "testing", "{}", r.body);
+    assert_eq!(r.json()["isActive"], true);
+
+    // Live input on the integration's own port; every output lands in the testing directory.
+    for i in 0..10 {
+        assert!(ingest(ingest_port, i));
+    }
+    let outputs = || call(port, "GET", &format!("{base}/testing"), Some(&viewer), None).json();
+    let records = |o: &Value, file: &str| {
+        o["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["file"] == file)
+            .map(|f| f["records"].as_u64().unwrap())
+    };
+    wait_until("the diverted outputs", Duration::from_secs(30), || {
+        let o = outputs();
+        records(&o, "ehr.ndjson") == Some(9)
+            && records(&o, "archive.ndjson") == Some(9)
+            && records(&o, "trial.dlq.ndjson") == Some(1)
+    });
+    let o = outputs();
+    assert_eq!(o["testing"], true, "{o}");
+    assert!(
+        !o.to_string().contains("M1"),
+        "the listing names files, not records: {o}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(rx.seen().is_empty(), "nothing reached the live webhook");
+    let live = state.join("integrations").join(id);
+    for f in ["archive.ndjson", "dlq.ndjson"] {
+        assert!(!live.join(f).exists(), "the live {f} was not written");
+    }
+    // Operations follow the run: its dead letters and metrics are the diverted ones.
+    let d = call(
+        port,
+        "GET",
+        &format!("{base}/dead-letters"),
+        Some(&viewer),
+        None,
+    )
+    .json();
+    assert_eq!(d["total"], 1, "{d}");
+    let r = call(
+        port,
+        "POST",
+        &format!("{base}/query"),
+        Some(&viewer),
+        Some(json!({"sql": "SELECT rule, records FROM dead_letters"})),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json()["rows"],
+        json!([{"rule": "mrn_allowed", "records": 1}]),
+        "{}",
+        r.body
+    );
+
+    // Reading a test output is reading patient data: the phi scope, audited.
+    let file = format!("{base}/testing/archive.ndjson?limit=3");
+    assert_eq!(status(port, "GET", &file, Some(&viewer)), 403);
+    let r = call(port, "GET", &file, Some(&clinician), None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let page = r.json();
+    assert_eq!(
+        (page["total"].as_u64(), page["truncated"].as_bool()),
+        (Some(9), Some(true))
+    );
+    assert_eq!(page["records"].as_array().unwrap().len(), 3);
+    assert_eq!(page["records"][0]["mrn"], "M0", "{page}");
+    let actor = last_actor(port, &admin, "testing.read_output");
+    assert!(actor.contains("(cleo)"), "{actor}");
+    for missing in ["../pipeline.yaml", "nope.ndjson", "spool"] {
+        let path = format!("{base}/testing/{}", missing.replace('/', "%2F"));
+        let s = status(port, "GET", &path, Some(&clinician));
+        assert_eq!(s, 404, "{missing}");
+    }
+    // Not cleared while the test runs.
+    assert_eq!(
+        status(port, "DELETE", &format!("{base}/testing"), Some(&admin)),
+        409
+    );
+
+    // Going live: the same integration now delivers, and the test outputs stay as they were.
+    let r = call(
+        port,
+        "POST",
+        &format!("{base}/activate"),
+        Some(&admin),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["status"], "active", "{}", r.body);
+    for i in 20..22 {
+        assert!(ingest(ingest_port, i));
+    }
+    let seen = rx.wait(Duration::from_secs(20), |s| s.len() >= 2);
+    assert_eq!(seen.len(), 2, "live records reach the webhook");
+    wait_until("the live archive", Duration::from_secs(20), || {
+        rows(&live.join("archive.ndjson")).len() == 2
+    });
+    let o = outputs();
+    assert_eq!(
+        (o["testing"].as_bool(), records(&o, "ehr.ndjson")),
+        (Some(false), Some(9)),
+        "{o}"
+    );
+
+    // Cleared between test sessions (admin): outputs and metrics go, the spool stays.
+    assert_eq!(
+        status(port, "DELETE", &format!("{base}/testing"), Some(&viewer)),
+        403
+    );
+    let r = call(
+        port,
+        "DELETE",
+        &format!("{base}/testing"),
+        Some(&admin),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let removed = r.json()["removed"].clone();
+    assert!(
+        removed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "ehr.ndjson"),
+        "{removed}"
+    );
+    assert!(outputs()["outputs"].as_array().unwrap().is_empty());
+    assert!(live.join("testing").join("spool").is_dir());
+    assert_eq!(
+        status(
+            port,
+            "GET",
+            "/api/v1/integrations/nope/testing",
+            Some(&viewer)
+        ),
+        404
+    );
     let (code, _) = stop_server(server);
     assert_eq!(code, Some(0));
 }

@@ -119,6 +119,48 @@ impl Plan {
         }
     }
 
+    /// Testing mode (`plexus serve`): live input, but nothing leaves the machine. Every sink
+    /// becomes an NDJSON file `<sink>.ndjson` in `dir`; dead letters, metrics, breaker events
+    /// and alerts go to files there too (no topics, no alert webhook); a Kafka source reads as
+    /// its own consumer group `<group>.testing`, so the live group's offsets do not move.
+    /// A listener (MLLP, HTTP) keeps its port but spools under `dir`.
+    pub fn divert_outputs(&mut self, dir: &std::path::Path) {
+        use super::windows::{MetricsLocation, StateStore};
+        use crate::connectors::file::{FileSinkPlan, SinkFormat};
+        for s in &mut self.sinks {
+            s.connector = SinkPlan::File(FileSinkPlan {
+                path: Some(dir.join(format!("{}.ndjson", s.name))),
+                format: SinkFormat::Ndjson,
+                provenance: false,
+            });
+        }
+        self.dlq = None;
+        self.dlq_topic = None;
+        if let Some(m) = &mut self.monitoring {
+            m.metrics = MetricsLocation::Dir(dir.join("metrics"));
+            m.state = StateStore::Dir(dir.join("metrics").join("_state"));
+            m.metrics_topic = None;
+            m.events_topic = None;
+            m.alerts_topic = None;
+            m.alerts_webhook = None;
+        }
+        self.relocate_outputs(dir);
+        // A listener spools into `dir` and never hands off to a topic: what it accepts while
+        // testing is processed as a test, and the live spool keeps only live messages.
+        match &mut self.source.connector {
+            SourcePlan::Kafka(k) => k.group = format!("{}.testing", k.group),
+            SourcePlan::Mllp(m) => {
+                m.spool = dir.join("spool");
+                m.handoff = None;
+            }
+            SourcePlan::Http(h) => {
+                h.spool = dir.join("spool");
+                h.handoff = None;
+            }
+            SourcePlan::File { .. } => {}
+        }
+    }
+
     pub fn schema_of(&self, up: Upstream) -> SchemaRef {
         match up {
             Upstream::Source => raw_record_schema(),
@@ -673,6 +715,37 @@ fn check_reachability(cx: &mut Ctx<'_>, stages: &[PlannedStage], sinks: &[Planne
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn testing_mode_diverts_every_output_into_the_directory() {
+        let file =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/adt_kafka.yaml");
+        let spec = PipelineSpec::load(&file).unwrap();
+        let mut plan = build(&spec).await.unwrap();
+        assert!(plan.dlq_topic.is_some() && !plan.sinks.is_empty());
+        let dir = std::path::Path::new("/state/integrations/adt/testing");
+        plan.divert_outputs(dir);
+        for s in &plan.sinks {
+            assert_eq!(
+                s.connector.output_path(),
+                Some(dir.join(format!("{}.ndjson", s.name)).as_path()),
+                "{}",
+                s.name
+            );
+        }
+        assert_eq!(plan.dlq_topic, None);
+        assert_eq!(
+            plan.dlq,
+            Some(dir.join(format!("{}.dlq.ndjson", plan.name)))
+        );
+        let group = &plan.source.kafka().unwrap().group;
+        assert!(group.ends_with(".testing"), "{group}");
+        if let Some(m) = &plan.monitoring {
+            assert!(m.metrics_topic.is_none() && m.events_topic.is_none());
+            assert!(m.alerts_topic.is_none() && m.alerts_webhook.is_none());
+            assert!(m.events_path.starts_with(dir) && m.alerts_path.starts_with(dir));
+        }
+    }
 
     #[test]
     fn pipeline_names_are_one_path_component() {

@@ -521,6 +521,10 @@ fn replay_file(path: &Path, format: Option<&str>, req: &ReplayRequest) -> Result
             out.push(b'\n');
         }
     }
+    // An integration that never ran has no output directory yet.
+    if let Some(dir) = to.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     std::fs::write(&to, &out).with_context(|| format!("writing {}", to.display()))?;
     Ok(report)
 }

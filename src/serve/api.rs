@@ -21,8 +21,8 @@ use utoipa::ToSchema;
 use super::host::Status;
 use super::integration::{self, IntegrationIn, IntegrationView, Located, SeedFields};
 use super::keys::{self, Caller, Role};
-use super::registry::{AuditEntry, KeyRow, RegistryError};
-use super::{Server, ops};
+use super::registry::{AuditEntry, KeyRow, Mode, RegistryError};
+use super::{Server, ops, testing};
 use crate::connectors::http::https::Peer;
 
 /// An error answer: a status and a JSON body `{"error": …, "errors": [{line, column,
@@ -121,6 +121,14 @@ pub fn router(server: Arc<Server>) -> axum::Router {
         .route("/api/v1/integrations/{id}/versions", get(versions))
         .route("/api/v1/integrations/{id}/rollback", post(rollback))
         .route("/api/v1/integrations/{id}/test", post(dry_run))
+        .route(
+            "/api/v1/integrations/{id}/testing",
+            get(testing::outputs).delete(testing::clear),
+        )
+        .route(
+            "/api/v1/integrations/{id}/testing/{file}",
+            get(testing::read),
+        )
         .route("/api/v1/keys", get(list_keys).post(create_key))
         .route("/api/v1/keys/{id}", axum::routing::delete(revoke_key))
         .route("/api/v1/secrets", get(list_secrets))
@@ -539,9 +547,10 @@ pub async fn update_integration(
         .update(&id, &config, &pipeline, &cx.caller.actor())
         .await?;
     if let Some(active) = wants_active.filter(|a| *a != stored.active) {
+        let mode = if active { Mode::Active } else { Mode::Inactive };
         server
             .registry
-            .set_active(&id, active, &cx.caller.actor())
+            .set_mode(&id, mode, &cx.caller.actor())
             .await?;
     }
     audit_entry(
@@ -573,33 +582,56 @@ pub async fn delete_integration(
     ok(StatusCode::OK, Deleted { deleted: id })
 }
 
-async fn set_active(server: Arc<Server>, cx: Ctx, id: String, active: bool) -> ApiResult {
+async fn set_mode(server: Arc<Server>, cx: Ctx, id: String, mode: Mode) -> ApiResult {
     cx.need(Role::Admin)?;
     server
         .registry
-        .set_active(&id, active, &cx.caller.actor())
+        .set_mode(&id, mode, &cx.caller.actor())
         .await?;
-    let action = if active {
-        "integration.activate"
-    } else {
-        "integration.deactivate"
+    let action = match mode {
+        Mode::Active => "integration.activate",
+        Mode::Testing => "integration.activate_testing",
+        Mode::Inactive => "integration.deactivate",
     };
     audit_entry(&server, &cx, action, &id, "").await;
     super::reconcile(&server).await;
     ok(StatusCode::OK, integration::show(&server, &id).await?)
 }
 
-/// Runs the integration (admin).
+/// `?mode=` of an activation.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ActivateParams {
+    /// `live` (the default) or `testing`: live input with every output (sinks, dead letters,
+    /// metrics, alerts) written to files under the server's state directory instead, and a
+    /// Kafka source reading as its own consumer group.
+    pub mode: Option<String>,
+}
+
+/// Runs the integration, live or in testing mode (admin).
 #[utoipa::path(post, path = "/api/v1/integrations/{id}/activate", tag = "integrations", security(("bearer" = [])),
-    params(("id" = String, Path)),
-    responses((status = 200, body = IntegrationView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    params(("id" = String, Path), ActivateParams),
+    responses((status = 200, body = IntegrationView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
 pub async fn activate(
     State(server): State<Arc<Server>>,
     cx: axum::Extension<Ctx>,
     Path(id): Path<String>,
+    params: Result<Query<ActivateParams>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
-    set_active(server, cx.0, id, true).await
+    let Query(params) = params.map_err(bad_body)?;
+    let mode = match params.mode.as_deref() {
+        None | Some("live") => Mode::Active,
+        Some("testing") => Mode::Testing,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "`mode` is `live` or `testing`",
+                Vec::new(),
+            ));
+        }
+    };
+    set_mode(server, cx.0, id, mode).await
 }
 
 /// Stops the integration, draining what it read (admin).
@@ -612,7 +644,7 @@ pub async fn deactivate(
     cx: axum::Extension<Ctx>,
     Path(id): Path<String>,
 ) -> ApiResult {
-    set_active(server, cx.0, id, false).await
+    set_mode(server, cx.0, id, Mode::Inactive).await
 }
 
 /// Every stored revision (viewer).
@@ -1087,7 +1119,8 @@ pub(super) fn rejected(e: JsonRejection) -> ApiError {
         update_integration, delete_integration, activate, deactivate, versions, rollback, dry_run,
         list_keys, create_key, revoke_key, list_secrets, put_secret, delete_secret, audit, events,
         ops::health, ops::breakers, ops::open_breaker, ops::reset_breaker, ops::alerts, ops::query,
-        ops::dead_letters, ops::dead_letter, ops::replay, ops::conflicts, ops::resolve),
+        ops::dead_letters, ops::dead_letter, ops::replay, ops::conflicts, ops::resolve,
+        testing::outputs, testing::read, testing::clear),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

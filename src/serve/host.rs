@@ -36,6 +36,8 @@ pub enum Status {
     Active,
     Inactive,
     Error,
+    /// Runs on live input with every output diverted to files (`Plan::divert_outputs`).
+    Testing,
 }
 
 impl Status {
@@ -44,6 +46,7 @@ impl Status {
             Status::Active => "active",
             Status::Inactive => "inactive",
             Status::Error => "error",
+            Status::Testing => "testing",
         }
     }
 }
@@ -94,6 +97,8 @@ struct Hosted {
     /// The version last refused (its pipeline does not plan): not tried again.
     refused: Option<String>,
     health: Option<HealthReport>,
+    /// Runs in testing mode, its outputs diverted into this directory.
+    testing: Option<PathBuf>,
 }
 
 /// The integrations this server runs.
@@ -110,8 +115,9 @@ impl Host {
         })
     }
 
-    /// Runs `spec` as `id` (stopping, draining, the version running now first). Blocks until
-    /// the new version started or failed to; call from a blocking context.
+    /// Runs `spec` as `id` (stopping, draining, the version running now first); in testing
+    /// mode when `testing` names the directory its outputs go to. Blocks until the new
+    /// version started or failed to; call from a blocking context.
     pub fn start(
         &self,
         id: &str,
@@ -119,21 +125,26 @@ impl Host {
         version: String,
         spec: PipelineSpec,
         health: super::health::Settings,
+        testing: Option<PathBuf>,
     ) -> Result<(), String> {
         self.stop(id);
         let (tx, rx) = std::sync::mpsc::channel();
         let rt = self.rt.clone();
         let settings = health.clone();
+        let divert = testing.clone();
         let thread = std::thread::Builder::new()
             .name(format!("integration-{id}"))
             .spawn(move || {
-                let plan = match rt.block_on(crate::plan::build(&spec)) {
+                let mut plan = match rt.block_on(crate::plan::build(&spec)) {
                     Ok(p) => p,
                     Err(e) => {
                         let _ = tx.send(Err(e.to_string()));
                         return Err("did not start".to_string());
                     }
                 };
+                if let Some(dir) = &divert {
+                    plan.divert_outputs(dir);
+                }
                 let targets = super::health::targets(&plan, &settings);
                 let options = StartOptions {
                     hosted: true,
@@ -169,13 +180,19 @@ impl Host {
             last_run: None,
             refused: None,
             health: None,
+            testing: None,
         });
         entry.origin = origin;
         entry.version = version;
         entry.refused = None;
         match started {
             Ok((stop, telemetry, tap, targets)) => {
-                entry.status = Status::Active;
+                entry.status = if testing.is_some() {
+                    Status::Testing
+                } else {
+                    Status::Active
+                };
+                entry.testing = testing;
                 entry.reason = None;
                 entry.started_at = Some(super::registry::now_ms());
                 entry.health = None;
@@ -216,6 +233,7 @@ impl Host {
         let mut items = self.items.lock().expect("host");
         let entry = items.get_mut(id)?;
         entry.started_at = None;
+        entry.testing = None;
         match ended {
             Ok(summary) => {
                 entry.status = Status::Inactive;
@@ -249,6 +267,7 @@ impl Host {
             last_run: None,
             refused: None,
             health: None,
+            testing: None,
         });
         if entry.run.is_none() {
             entry.status = Status::Error;
@@ -273,7 +292,8 @@ impl Host {
         }
     }
 
-    pub fn ids(&self) -> Vec<(String, Origin, String, bool)> {
+    /// What is hosted: id, origin, version, running, in testing mode.
+    pub fn ids(&self) -> Vec<(String, Origin, String, bool, bool)> {
         let items = self.items.lock().expect("host");
         items
             .iter()
@@ -283,9 +303,16 @@ impl Host {
                     h.origin.clone(),
                     h.version.clone(),
                     h.run.is_some(),
+                    h.testing.is_some(),
                 )
             })
             .collect()
+    }
+
+    /// Where `id`'s outputs go while it runs in testing mode.
+    pub fn testing_dir(&self, id: &str) -> Option<PathBuf> {
+        let items = self.items.lock().expect("host");
+        items.get(id).and_then(|h| h.testing.clone())
     }
 
     /// Whether `version` of `id` was refused already (its pipeline does not plan).
@@ -410,7 +437,7 @@ fn snapshot(h: &Hosted) -> Snapshot {
     let unhealthy = h
         .health
         .as_ref()
-        .filter(|r| !r.healthy && h.run.is_some() && h.status == Status::Active);
+        .filter(|r| !r.healthy && h.run.is_some() && h.status != Status::Inactive);
     Snapshot {
         status: if unhealthy.is_some() {
             Status::Error

@@ -204,6 +204,16 @@ pub fn pipeline_path(server: &Server, id: &str) -> PathBuf {
         .join("pipeline.yaml")
 }
 
+/// Where integration `id`'s outputs go in testing mode (sinks, dead letters, metrics).
+pub fn testing_dir(server: &Server, id: &str) -> PathBuf {
+    server
+        .options
+        .state
+        .join("integrations")
+        .join(id)
+        .join("testing")
+}
+
 /// Parses and plans `text` as integration `id`'s pipeline; every problem, located.
 pub async fn plan_check(
     path: &std::path::Path,

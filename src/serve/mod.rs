@@ -26,6 +26,7 @@ pub mod keys;
 pub mod ops;
 pub mod registry;
 pub mod secrets;
+pub mod testing;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -251,6 +252,8 @@ struct Wanted {
     health: health::Settings,
     path: PathBuf,
     text: String,
+    /// Testing mode: outputs diverted into this directory.
+    testing: Option<PathBuf>,
 }
 
 /// Brings what runs in line with the registry and the pipelines directory.
@@ -282,6 +285,7 @@ pub async fn reconcile(server: &Arc<Server>) {
                 ),
                 path: integration::pipeline_path(server, &s.id),
                 text: s.pipeline.clone(),
+                testing: s.testing.then(|| integration::testing_dir(server, &s.id)),
             },
         );
     }
@@ -307,12 +311,13 @@ pub async fn reconcile(server: &Arc<Server>) {
                     health: health::Settings::of(None, server.options.health_every),
                     path,
                     text,
+                    testing: None,
                 },
             );
         }
     }
     let hosted = server.host.ids();
-    for (id, origin, _, running) in &hosted {
+    for (id, origin, _, running, _) in &hosted {
         if wanted.contains_key(id) {
             continue;
         }
@@ -334,9 +339,10 @@ pub async fn reconcile(server: &Arc<Server>) {
     }
     for (id, w) in wanted {
         let current = hosted.iter().find(|h| h.0 == id);
-        let unchanged = current.is_some_and(|(_, o, v, running)| {
+        let unchanged = current.is_some_and(|(_, o, v, running, testing)| {
             *o == w.origin
                 && *v == w.version
+                && *testing == w.testing.is_some()
                 && (*running
                     || server
                         .host
@@ -377,7 +383,7 @@ pub async fn reconcile(server: &Arc<Server>) {
         }
         let host = server.host.clone();
         let started = tokio::task::spawn_blocking(move || {
-            host.start(&id, w.origin, w.version, spec, w.health)
+            host.start(&id, w.origin, w.version, spec, w.health, w.testing)
         })
         .await;
         if let Ok(Err(e)) = started {

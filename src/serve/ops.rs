@@ -52,6 +52,29 @@ async fn spec_of(server: &Server, id: &str) -> Result<PipelineSpec, ApiError> {
     }
 }
 
+/// Where `id`'s dead letters are: in testing mode, the file its diverted run writes.
+fn dlq_location(server: &Server, id: &str, spec: &PipelineSpec) -> Result<DlqLocation, ApiError> {
+    match server.host.testing_dir(id) {
+        Some(dir) => Ok(DlqLocation::File {
+            path: dir.join(format!("{}.dlq.ndjson", spec.name.as_str())),
+            format: Some(spec.source.format().to_string()),
+        }),
+        None => DlqLocation::of(spec, None).map_err(unavailable),
+    }
+}
+
+/// `id`'s plan with its outputs where its run writes them (diverted in testing mode).
+async fn plan_of(server: &Server, id: &str) -> Result<crate::plan::Plan, ApiError> {
+    let spec = spec_of(server, id).await?;
+    let mut plan = crate::plan::build(&spec)
+        .await
+        .map_err(|e| ApiError::invalid(e.to_string(), Vec::new()))?;
+    if let Some(dir) = server.host.testing_dir(id) {
+        plan.divert_outputs(&dir);
+    }
+    Ok(plan)
+}
+
 fn not_found(id: &str) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, format!("integration {id} not found"))
 }
@@ -325,10 +348,7 @@ async fn run_query(
     sql: &str,
     max_rows: usize,
 ) -> Result<QueryOut, ApiError> {
-    let spec = spec_of(server, id).await?;
-    let plan = crate::plan::build(&spec)
-        .await
-        .map_err(|e| ApiError::invalid(e.to_string(), Vec::new()))?;
+    let plan = plan_of(server, id).await?;
     let loc = crate::runtime::query::Locations::of(&plan, None).map_err(unavailable)?;
     drop(plan);
     let ctx = crate::runtime::query::context(&loc)
@@ -465,7 +485,7 @@ async fn dead_letters_of(
     id: &str,
 ) -> Result<(Arc<DlqLocation>, Vec<DeadLetter>), ApiError> {
     let spec = spec_of(server, id).await?;
-    let loc = Arc::new(DlqLocation::of(&spec, None).map_err(unavailable)?);
+    let loc = Arc::new(dlq_location(server, id, &spec)?);
     let l = loc.clone();
     let all = blocking(move || l.read()).await?;
     Ok((loc, all))
@@ -619,7 +639,7 @@ pub async fn replay(
     let Json(body) = body.map_err(rejected)?;
     let body: ReplayIn = object(body)?;
     let spec = spec_of(&server, &id).await?;
-    let loc = DlqLocation::of(&spec, None).map_err(unavailable)?;
+    let loc = dlq_location(&server, &id, &spec)?;
     if let (DlqLocation::File { .. }, Some(_)) = (&loc, &body.to_topic) {
         return Err(bad_body(
             "toTopic: this integration's dead letters are in a file",
@@ -673,10 +693,7 @@ pub struct ConflictList {
 }
 
 async fn sync_target(server: &Server, id: &str) -> Result<SyncTarget, ApiError> {
-    let spec = spec_of(server, id).await?;
-    let plan = crate::plan::build(&spec)
-        .await
-        .map_err(|e| ApiError::invalid(e.to_string(), Vec::new()))?;
+    let plan = plan_of(server, id).await?;
     SyncTarget::of(&plan, None).map_err(unavailable)
 }
 

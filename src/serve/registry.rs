@@ -67,10 +67,22 @@ pub struct Stored {
     pub config: serde_json::Value,
     /// The pipeline's YAML, as written.
     pub pipeline: String,
+    /// Runs (live, or in testing mode).
     pub active: bool,
+    /// Runs in testing mode: live input, every output diverted to files (`Plan::divert_outputs`).
+    #[serde(default)]
+    pub testing: bool,
     pub created_at: i64,
     pub updated_at: i64,
     pub updated_by: String,
+}
+
+/// Whether an integration runs, stored as the `active` column's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Inactive = 0,
+    Active = 1,
+    Testing = 2,
 }
 
 /// One version in an integration's history.
@@ -303,17 +315,12 @@ impl Registry {
         self.get(id).await
     }
 
-    pub async fn set_active(
-        &self,
-        id: &str,
-        active: bool,
-        by: &str,
-    ) -> Result<Stored, RegistryError> {
+    pub async fn set_mode(&self, id: &str, mode: Mode, by: &str) -> Result<Stored, RegistryError> {
         let done = sqlx::query(self.q(
             "UPDATE plexus_integrations SET active = $2, updated_at = $3, updated_by = $4 WHERE id = $1",
         ))
         .bind(id)
-        .bind(active as i64)
+        .bind(mode as i64)
         .bind(now_ms())
         .bind(by)
         .execute(&self.pool)
@@ -571,6 +578,7 @@ fn stored(r: &sqlx::any::AnyRow) -> Result<Stored, RegistryError> {
         config: serde_json::from_str(&config).unwrap_or_default(),
         pipeline: r.try_get(3).map_err(e)?,
         active: active != 0,
+        testing: active == Mode::Testing as i64,
         created_at: r.try_get(5).map_err(e)?,
         updated_at: r.try_get(6).map_err(e)?,
         updated_by: r.try_get(7).map_err(e)?,
