@@ -320,6 +320,7 @@ fn every_route_checks_keys_and_roles() {
             "admin",
         ),
         ("GET", "/api/v1/integrations/none/versions", None, "viewer"),
+        ("GET", "/api/v1/integrations/none/diff", None, "viewer"),
         (
             "POST",
             "/api/v1/integrations/none/rollback",
@@ -682,6 +683,50 @@ fn an_integration_lives_from_a_refused_draft_to_an_update_under_load() {
     )
     .json();
     assert_eq!(v["versions"].as_array().unwrap().len(), 2);
+    // What the update changed: the pipeline as a unified diff, line by line.
+    let diff = |q: &str| {
+        let r = call(
+            port,
+            "GET",
+            &format!("/api/v1/integrations/{id}/diff{q}"),
+            Some(&viewer),
+            None,
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()
+    };
+    let d = diff("");
+    assert_eq!((d["from"].as_i64(), d["to"].as_i64()), (Some(1), Some(2)));
+    let text = d["pipeline"].as_str().unwrap();
+    assert!(
+        text.starts_with("--- revision 1\n+++ revision 2\n"),
+        "{text}"
+    );
+    let added: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with('+') && !l.starts_with("+++"))
+        .collect();
+    assert!(
+        !added.is_empty() && added.iter().all(|l| l.contains("family")),
+        "{text}"
+    );
+    assert!(
+        diff("?from=2&to=2")["pipeline"]
+            .as_str()
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        call(
+            port,
+            "GET",
+            &format!("/api/v1/integrations/{id}/diff?from=9"),
+            Some(&viewer),
+            None
+        )
+        .status,
+        404
+    );
     let r = call(
         port,
         "POST",
@@ -708,6 +753,15 @@ fn an_integration_lives_from_a_refused_draft_to_an_update_under_load() {
             r.json()["pipeline"].as_str().map(|p| p.contains("family"))
         ),
         (Some(3), Some(false))
+    );
+    let d = diff("");
+    assert!(
+        d["pipeline"]
+            .as_str()
+            .unwrap()
+            .lines()
+            .any(|l| l.starts_with('-') && l.contains("family")),
+        "the rollback took the column out again: {d}"
     );
     let audit = call(
         port,
@@ -907,7 +961,7 @@ fn schemathesis_finds_every_route_as_documented() {
     assert_eq!(doc["openapi"], "3.1.0");
     assert_eq!(
         doc["paths"].as_object().unwrap().len(),
-        29,
+        30,
         "{}",
         doc["paths"]
     );
@@ -946,7 +1000,7 @@ fn schemathesis_finds_every_route_as_documented() {
         "{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(text.contains("Tested: 34"), "{text}");
+    assert!(text.contains("Tested: 35"), "{text}");
     let (code, _) = stop_server(server);
     assert_eq!(code, Some(0));
 }

@@ -28,7 +28,9 @@ pub enum CaseError {
     Run(anyhow::Error),
 }
 
-/// Plans `spec` afresh and runs `case` through it.
+/// Plans `spec` afresh and runs `case` through it. Afresh on purpose: a run consumes its
+/// plan, and operators hold state (dedup keys, open windows) that must not carry from one
+/// case into the next.
 pub async fn run_case(spec: &PipelineSpec, case: &TestCaseSpec) -> Result<CaseResult, CaseError> {
     let plan = crate::plan::build(spec).await.map_err(CaseError::Plan)?;
     let sink_names: Vec<String> = plan.sinks.iter().map(|s| s.name.clone()).collect();

@@ -19,10 +19,10 @@ use serde_json::json;
 use utoipa::ToSchema;
 
 use super::host::Status;
-use super::integration::{self, IntegrationIn, IntegrationView, Located, SeedFields};
+use super::integration::{self, IntegrationIn, IntegrationView, Located};
 use super::keys::{self, Caller, Role};
 use super::registry::{AuditEntry, KeyRow, Mode, RegistryError};
-use super::{Server, ops, testing};
+use super::{Server, ops, testing, versions};
 use crate::connectors::http::https::Peer;
 
 /// An error answer: a status and a JSON body `{"error": …, "errors": [{line, column,
@@ -118,8 +118,15 @@ pub fn router(server: Arc<Server>) -> axum::Router {
         )
         .route("/api/v1/integrations/{id}/activate", post(activate))
         .route("/api/v1/integrations/{id}/deactivate", post(deactivate))
-        .route("/api/v1/integrations/{id}/versions", get(versions))
-        .route("/api/v1/integrations/{id}/rollback", post(rollback))
+        .route(
+            "/api/v1/integrations/{id}/versions",
+            get(versions::versions),
+        )
+        .route("/api/v1/integrations/{id}/diff", get(versions::diff))
+        .route(
+            "/api/v1/integrations/{id}/rollback",
+            post(versions::rollback),
+        )
         .route("/api/v1/integrations/{id}/test", post(dry_run))
         .route(
             "/api/v1/integrations/{id}/testing",
@@ -356,22 +363,6 @@ pub struct Readiness {
 #[derive(Serialize, ToSchema)]
 pub struct IntegrationList {
     pub integrations: Vec<IntegrationView>,
-}
-
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct VersionView {
-    pub revision: i64,
-    pub config: SeedFields,
-    pub pipeline: String,
-    pub created_at: i64,
-    pub created_by: String,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct VersionList {
-    pub id: String,
-    pub versions: Vec<VersionView>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -645,75 +636,6 @@ pub async fn deactivate(
     Path(id): Path<String>,
 ) -> ApiResult {
     set_mode(server, cx.0, id, Mode::Inactive).await
-}
-
-/// Every stored revision (viewer).
-#[utoipa::path(get, path = "/api/v1/integrations/{id}/versions", tag = "integrations", security(("bearer" = [])),
-    params(("id" = String, Path)),
-    responses((status = 200, body = VersionList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
-pub async fn versions(
-    State(server): State<Arc<Server>>,
-    cx: axum::Extension<Ctx>,
-    Path(id): Path<String>,
-) -> ApiResult {
-    cx.need(Role::Viewer)?;
-    server.registry.get(&id).await?;
-    let versions = server
-        .registry
-        .versions(&id)
-        .await?
-        .into_iter()
-        .map(|v| VersionView {
-            revision: v.version,
-            config: serde_json::from_value(v.config).unwrap_or_default(),
-            pipeline: v.pipeline,
-            created_at: v.created_at,
-            created_by: v.created_by,
-        })
-        .collect();
-    ok(StatusCode::OK, VersionList { id, versions })
-}
-
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RollbackIn {
-    /// The revision whose configuration and pipeline become the next revision.
-    pub revision: i64,
-}
-
-/// Makes an earlier revision's configuration and pipeline the next revision (admin).
-#[utoipa::path(post, path = "/api/v1/integrations/{id}/rollback", tag = "integrations", security(("bearer" = [])),
-    params(("id" = String, Path)), request_body = RollbackIn,
-    responses((status = 200, body = IntegrationView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
-        (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
-pub async fn rollback(
-    State(server): State<Arc<Server>>,
-    cx: axum::Extension<Ctx>,
-    Path(id): Path<String>,
-    body: Result<Json<RollbackIn>, JsonRejection>,
-) -> ApiResult {
-    cx.need(Role::Admin)?;
-    let Json(body) = body.map_err(rejected)?;
-    let old = server.registry.version(&id, body.revision).await?;
-    let stored = server
-        .registry
-        .update(&id, &old.config, &old.pipeline, &cx.caller.actor())
-        .await?;
-    audit_entry(
-        &server,
-        &cx,
-        "integration.rollback",
-        &id,
-        &format!(
-            "revision {} from revision {}",
-            stored.version, body.revision
-        ),
-    )
-    .await;
-    super::reconcile(&server).await;
-    ok(StatusCode::OK, integration::show(&server, &id).await?)
 }
 
 /// A test case: raw input in the source's format, and the rows each sink (or `dlq`) must get.
@@ -1116,7 +1038,8 @@ pub(super) fn rejected(e: JsonRejection) -> ApiError {
 #[openapi(
     info(title = "plexus serve", description = "Integrations, keys and the audit log of a plexus server."),
     paths(health, ready, metrics, list_integrations, get_integration, create_integration,
-        update_integration, delete_integration, activate, deactivate, versions, rollback, dry_run,
+        update_integration, delete_integration, activate, deactivate, versions::versions,
+        versions::rollback, versions::diff, dry_run,
         list_keys, create_key, revoke_key, list_secrets, put_secret, delete_secret, audit, events,
         ops::health, ops::breakers, ops::open_breaker, ops::reset_breaker, ops::alerts, ops::query,
         ops::dead_letters, ops::dead_letter, ops::replay, ops::conflicts, ops::resolve,

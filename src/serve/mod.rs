@@ -27,6 +27,7 @@ pub mod ops;
 pub mod registry;
 pub mod secrets;
 pub mod testing;
+pub mod versions;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
