@@ -1409,29 +1409,29 @@ fn a_dry_run_tests_an_integration_without_running_it() {
     assert_eq!(stop_server(server).0, Some(0));
 }
 
-#[test]
-fn operators_hold_breakers_query_metrics_and_read_dead_letters_by_scope() {
-    use support::webhook::Receiver;
-    let (rx, url) = Receiver::start("s3cret", vec![]);
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let admin = new_key(&state, "admin", "ada");
-    let operator = new_key(&state, "operator", "otto");
-    let viewer = new_key(&state, "viewer", "vic");
-    let clinician = new_key_with(&state, "viewer", "cleo", &["--phi"]);
-    let (port, ingest_port) = (free_port(), free_port());
-    let server = start_server(&state, port, &[]);
-    let id = "ops";
+/// Stores the webhook receivers' secret as `secret:hook`.
+fn put_hook_secret(port: u16, admin: &str) {
     let r = call(
         port,
         "PUT",
         "/api/v1/secrets/hook",
-        Some(&admin),
+        Some(admin),
         Some(json!({"value": "s3cret"})),
     );
     assert!(r.status < 300, "{}", r.body);
-    // MRNs ending in 3 fail validation: dead letters.
-    let pipeline = format!(
+}
+
+/// HTTP ingest → parse the MRN → validate (MRNs ending in 3 are dead letters) → a webhook
+/// sink `ehr` signed with `secret:hook` (plus `ehr_keys`) and `more_sinks`, with an outcome
+/// window `calls`.
+fn webhook_pipeline(
+    id: &str,
+    ingest_port: u16,
+    url: &str,
+    ehr_keys: &str,
+    more_sinks: &str,
+) -> String {
+    format!(
         r#"name: {id}
 integration: {{id: {id}}}
 source: {{type: http, listen: "127.0.0.1:{ingest_port}", path: /hl7, format: hl7, spool: spool}}
@@ -1452,15 +1452,36 @@ sinks:
     type: http
     url: {url}
     secret: secret:hook
-    concurrency: 1
-    retry: {{max_attempts: 3, backoff: linear, base: 100ms, max_delay: 200ms, jitter: 0}}
-    breaker: {{wait: 30s}}
-dlq: {{path: dlq.ndjson}}
+{ehr_keys}{more_sinks}dlq: {{path: dlq.ndjson}}
 windows:
   - name: calls
     input: outcomes
     size: 1s
 "#
+    )
+}
+
+#[test]
+fn operators_hold_breakers_query_metrics_and_read_dead_letters_by_scope() {
+    use support::webhook::Receiver;
+    let (rx, url) = Receiver::start("s3cret", vec![]);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let admin = new_key(&state, "admin", "ada");
+    let operator = new_key(&state, "operator", "otto");
+    let viewer = new_key(&state, "viewer", "vic");
+    let clinician = new_key_with(&state, "viewer", "cleo", &["--phi"]);
+    let (port, ingest_port) = (free_port(), free_port());
+    let server = start_server(&state, port, &[]);
+    let id = "ops";
+    put_hook_secret(port, &admin);
+    // MRNs ending in 3 fail validation: dead letters.
+    let pipeline = webhook_pipeline(
+        id,
+        ingest_port,
+        &url,
+        "    concurrency: 1\n    retry: {max_attempts: 3, backoff: linear, base: 100ms, max_delay: 200ms, jitter: 0}\n    breaker: {wait: 30s}\n",
+        "",
     );
     let r = call(
         port,
@@ -2250,44 +2271,14 @@ fn testing_mode_runs_live_input_into_files_and_leaves_the_live_outputs_alone() {
     let server = start_server(&state, port, &[]);
     let id = "trial";
     let base = format!("/api/v1/integrations/{id}");
-    let r = call(
-        port,
-        "PUT",
-        "/api/v1/secrets/hook",
-        Some(&admin),
-        Some(json!({"value": "s3cret"})),
-    );
-    assert!(r.status < 300, "{}", r.body);
+    put_hook_secret(port, &admin);
     // MRNs ending in 3 fail validation; the rest go to a webhook and a file.
-    let pipeline = format!(
-        r#"name: {id}
-integration: {{id: {id}}}
-source: {{type: http, listen: "127.0.0.1:{ingest_port}", path: /hl7, format: hl7, spool: spool}}
-batch: {{max_rows: 50, max_delay: 50ms}}
-stages:
-  - name: parse
-    type: parse
-    format: hl7
-    columns:
-      - {{name: mrn, path: PID-3.1}}
-  - name: checks
-    type: validate
-    rules:
-      - {{name: mrn_allowed, check: "mrn NOT LIKE '%3'"}}
-sinks:
-  - name: ehr
-    input: checks
-    type: http
-    url: {url}
-    secret: secret:hook
-    retry: {{max_attempts: 2, backoff: linear, base: 100ms, max_delay: 200ms, jitter: 0}}
-  - {{name: archive, input: checks, type: file, format: ndjson, path: archive.ndjson}}
-dlq: {{path: dlq.ndjson}}
-windows:
-  - name: calls
-    input: outcomes
-    size: 1s
-"#
+    let pipeline = webhook_pipeline(
+        id,
+        ingest_port,
+        &url,
+        "    retry: {max_attempts: 2, backoff: linear, base: 100ms, max_delay: 200ms, jitter: 0}\n",
+        "  - {name: archive, input: checks, type: file, format: ndjson, path: archive.ndjson}\n",
     );
     let r = call(
         port,

@@ -15,6 +15,7 @@
 //! - `events`: the live event stream (status, breakers, alerts, counts).
 //! - `api`: routes, authentication, rate limits, request ids.
 
+pub mod access;
 pub mod api;
 pub mod config;
 pub mod events;
