@@ -49,9 +49,7 @@ pub async fn outputs(
 ) -> ApiResult {
     cx.need(Role::Viewer)?;
     let dir = dir_of(&server, &id).await?;
-    let outputs = tokio::task::spawn_blocking(move || list(&dir))
-        .await
-        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the task failed"))?;
+    let outputs = blocking(move || Ok(list(&dir))).await?;
     ok(
         StatusCode::OK,
         TestingOutputs {
@@ -105,9 +103,7 @@ pub async fn read(
     // Only a file the listing shows: a name is never a path.
     let listed = {
         let dir = dir.clone();
-        tokio::task::spawn_blocking(move || list(&dir))
-            .await
-            .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the task failed"))?
+        blocking(move || Ok(list(&dir))).await?
     };
     if !is_plain_name(&file, false) || !listed.iter().any(|o| o.file == file) {
         return Err(ApiError::new(
@@ -117,10 +113,7 @@ pub async fn read(
     }
     let (offset, limit) = (q.offset.unwrap_or(0), q.limit.unwrap_or(100).min(1000));
     let path = dir.join(&file);
-    let (total, records) = tokio::task::spawn_blocking(move || page(&path, offset, limit))
-        .await
-        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the task failed"))?
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    let (total, records) = blocking(move || page(&path, offset, limit)).await?;
     // A privileged read: who saw which test output, when, from where.
     let detail = format!("{file} records {offset}..{}", offset + records.len());
     audit_entry(&server, &cx, "testing.read_output", &id, &detail).await;
@@ -161,13 +154,20 @@ pub async fn clear(
             format!("integration {id} runs in testing mode: deactivate it first"),
         ));
     }
-    let removed = tokio::task::spawn_blocking(move || remove(&dir))
-        .await
-        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the task failed"))?
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    let removed = blocking(move || remove(&dir)).await?;
     let detail = format!("{} file(s)", removed.len());
     audit_entry(&server, &cx, "testing.clear", &id, &detail).await;
     ok(StatusCode::OK, TestingCleared { removed })
+}
+
+/// Runs file work off the async threads; its failure is a 503 naming the file.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the task failed"))?
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))
 }
 
 /// The testing directory of a stored integration (404 for an unknown one).
