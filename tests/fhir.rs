@@ -249,14 +249,14 @@ fn unmappable_and_broken_messages_are_reported_with_where_and_the_rest_converted
     let dir = tempfile::tempdir().unwrap();
     let good = std::fs::read_to_string(corpus("ADT01-23.hl7")).unwrap();
     let good = good.trim_start_matches('\u{feff}').to_string();
-    // A birth date that is no date, and an ORU (no FHIR mapping here).
+    // A birth date that is no date, and a VXU (no FHIR mapping yet).
     let bad_dob = good
         .replace("|19241010|M|", "|1924131|M|")
         .replace("599102", "BADDOB");
-    let oru = std::fs::read_to_string(corpus("ORU-R01-01.hl7")).unwrap();
+    let vxu = std::fs::read_to_string(corpus("VXU-V04-01.hl7")).unwrap();
     let input = dir.path().join("mixed.hl7");
     // The corpus files do not end in a segment terminator.
-    std::fs::write(&input, format!("{good}\n{bad_dob}\n{oru}\n")).unwrap();
+    std::fs::write(&input, format!("{good}\n{bad_dob}\n{vxu}\n")).unwrap();
     let (code, out, err) = convert(&[input.to_str().unwrap()]);
     assert_eq!(code, 1, "{err}");
     assert_eq!(out.len(), 2, "the good message's two resources: {out:#?}");
@@ -265,7 +265,7 @@ fn unmappable_and_broken_messages_are_reported_with_where_and_the_rest_converted
         "{err}"
     );
     assert!(
-        err.contains("ORU^R01") && err.contains("no FHIR mapping"),
+        err.contains("VXU^V04") && err.contains("no FHIR mapping"),
         "{err}"
     );
     assert!(
@@ -300,12 +300,13 @@ fn validate(ndjson: &[Value]) -> (bool, String) {
     )
 }
 
-const MAPPED: [&str; 5] = [
+const MAPPED: [&str; 6] = [
     "ADT-A01-01.hl7",
     "ADT-A04-01.hl7",
     "ADT-A08-01.hl7",
     "ADT01-23.hl7",
     "SIU-S12-01.hl7",
+    "LAB-ORU-1.hl7",
 ];
 
 /// #15 item 17: times without an offset take the integration's IANA zone, per date (CDT in
@@ -433,7 +434,7 @@ fn every_resource_and_bundle_validates_against_the_fhir_r4_models() {
     let counts: Value = serde_json::from_str(report.trim()).unwrap();
     assert_eq!(
         counts,
-        json!({"Appointment": 1, "Encounter": 4, "Patient": 5})
+        json!({"Appointment": 1, "DiagnosticReport": 2, "Encounter": 4, "Observation": 10, "Patient": 6})
     );
     let (ok, report) = validate(&bundles);
     assert!(ok, "{report}");
@@ -553,7 +554,7 @@ fn a_fhir_stage_maps_a_feed_in_a_pipeline_and_dead_letters_what_it_cannot_map() 
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let mut feed = String::new();
-    for f in ["ADT-A01-01.hl7", "ORU-R01-01.hl7", "SIU-S12-01.hl7"] {
+    for f in ["ADT-A01-01.hl7", "VXU-V04-01.hl7", "SIU-S12-01.hl7"] {
         // The corpus files do not end in a segment terminator.
         feed.push_str(
             std::fs::read_to_string(corpus(f))
@@ -615,7 +616,7 @@ sinks:
         dead[0]["reason"]
             .as_str()
             .unwrap()
-            .contains("no FHIR mapping for ORU^R01"),
+            .contains("no FHIR mapping for VXU^V04"),
         "{}",
         dead[0]
     );

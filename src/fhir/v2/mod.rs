@@ -3,7 +3,8 @@
 //! Messages: ADT A01/A04/A08/A13 (the IG's ADT_A01 map), A03 (no IG map: handled like A01,
 //! with the discharge setting the encounter finished), A02/A05/A11 and A28/A31 (ADT_A05, the
 //! person-only events: no Encounter unless a real visit is sent) → Patient (+ Encounter);
-//! SIU S12–S26 (the IG's SIU_S12 map) → Patient + Appointment.
+//! SIU S12–S26 (the IG's SIU_S12 map) → Patient + Appointment; ORU^R01 (the IG's ORU_R01
+//! map) → Patient + a DiagnosticReport per OBR and an Observation per OBX.
 //!
 //! Every resource gets a deterministic id (a UUID derived from its business identifier) and
 //! names that identifier, so that writers can use conditional updates
@@ -15,6 +16,7 @@ pub mod datatypes;
 
 mod appointment;
 mod encounter;
+mod observation;
 mod patient;
 
 use std::collections::HashMap;
@@ -208,13 +210,19 @@ pub fn convert(msg: &Message<'_>, opts: &Options) -> Result<Vec<Resource>, Mappi
             out.extend(encounter);
             Ok(out)
         }
+        ("ORU", "R01") => {
+            let patient = tagged(patient::map(&cx)?, zone);
+            let mut out = observation::map(&cx, &patient)?;
+            out.insert(0, patient);
+            Ok(out)
+        }
         ("SIU", e) if is_siu_event(e) => {
             let patient = tagged(patient::map(&cx)?, zone);
             let appointment = tagged(appointment::map(&cx, &patient)?, zone);
             Ok(vec![patient, appointment])
         }
         _ => Err(cx.error(format!(
-            "no FHIR mapping for {code}^{event} (mapped: ADT A01–A05, A08, A11, A13, A28, A31; SIU S12–S26)"
+            "no FHIR mapping for {code}^{event} (mapped: ADT A01–A05, A08, A11, A13, A28, A31; ORU R01; SIU S12–S26)"
         ))),
     }
 }

@@ -1,0 +1,473 @@
+//! ORU^R01 → a DiagnosticReport per OBR and an Observation per OBX under it: the IG's
+//! `OBR(DiagnosticReport)` and `OBX(Observation)` maps, value[x] chosen by OBX-2.
+//!
+//! Ids are derived from the order's filler number (OBR-3, else the placer's OBR-2) and the
+//! OBX's set and sub ids (OBX-1/OBX-4, else its place under the OBR), so a result feed sent
+//! twice addresses the same resources: each Observation is created once.
+
+use serde_json::{Value, json};
+
+use super::datatypes::{Obj, codeable_concept, date_time, entity_identifier, instant, text};
+use super::{Ctx, MappingError, Resource, stable_id, tagged};
+use crate::formats::hl7::{Segment, Ts};
+
+const UCUM: &str = "http://unitsofmeasure.org";
+
+/// The report being built and the observations found under it so far.
+struct Report {
+    key: (String, String),
+    body: Obj,
+    effective: Option<String>,
+    results: Vec<Value>,
+    observations: Vec<Resource>,
+}
+
+pub(super) fn map(cx: &Ctx<'_, '_>, patient: &Resource) -> Result<Vec<Resource>, MappingError> {
+    let subject = json!({"reference": format!("Patient/{}", patient.id)});
+    let mut out = Vec::new();
+    let mut report: Option<Report> = None;
+    // Where an NTE's text goes: the last OBX when one follows the OBR, else the OBR.
+    let mut last_obx = false;
+    for seg in cx.msg.segments() {
+        match seg.id() {
+            "OBR" => {
+                if let Some(r) = report.take() {
+                    finish(cx, r, &mut out);
+                }
+                report = Some(start(cx, &seg, &subject)?);
+                last_obx = false;
+            }
+            "OBX" => {
+                let r = report
+                    .as_mut()
+                    .ok_or_else(|| cx.error("an OBX before any OBR: no order to report under"))?;
+                let obs = observation(cx, &seg, r, &subject)?;
+                r.results
+                    .push(json!({"reference": format!("Observation/{}", obs.id)}));
+                r.observations.push(obs);
+                last_obx = true;
+            }
+            "NTE" => {
+                let Some(r) = report.as_mut() else { continue };
+                let Some(note) = text(&seg.field(3)).map_err(cx.at("NTE-3"))? else {
+                    continue;
+                };
+                let note = json!({"text": note});
+                match r.observations.last_mut().filter(|_| last_obx) {
+                    // OBX NTE → Observation.note; OBR NTE → DiagnosticReport conclusion.
+                    Some(o) => push_note(&mut o.body, note),
+                    None => r.body.push("extension", note_extension(note)),
+                }
+            }
+            "SPM" => last_obx = false,
+            _ => {}
+        }
+    }
+    match report {
+        Some(r) => finish(cx, r, &mut out),
+        None => return Err(cx.error("no OBR segment: nothing describes the result")),
+    }
+    Ok(out)
+}
+
+fn push_note(body: &mut Value, note: Value) {
+    match body.get_mut("note").and_then(Value::as_array_mut) {
+        Some(notes) => notes.push(note),
+        None => body["note"] = Value::Array(vec![note]),
+    }
+}
+
+/// DiagnosticReport has no `note` in R4: an OBR's comments keep the R5 element's meaning
+/// through its cross-version extension.
+fn note_extension(note: Value) -> Value {
+    json!({
+        "url": "http://hl7.org/fhir/5.0/StructureDefinition/extension-DiagnosticReport.note",
+        "valueAnnotation": note,
+    })
+}
+
+fn start(cx: &Ctx<'_, '_>, obr: &Segment<'_>, subject: &Value) -> Result<Report, MappingError> {
+    let at = |n: usize| cx.at(format!("OBR-{n}"));
+    let zone = cx.opts.default_zone;
+    let mut r = Obj::new();
+    // OBR-3 filler and OBR-2 placer order numbers (r3, r2): the filler's names the report.
+    let mut key = None;
+    for (n, kind, code) in [(3, "order-filler", "FILL"), (2, "order-placer", "PLAC")] {
+        if let Some(mut v) = entity_identifier(&obr.field(n), &cx.systems).map_err(at(n))? {
+            if v.get("system").is_none() {
+                v["system"] = Value::from(cx.local_system(kind));
+            }
+            v["type"] = json!({"coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": code}]});
+            if key.is_none() {
+                key = Some((
+                    v["system"].as_str().unwrap_or_default().to_string(),
+                    v["value"].as_str().unwrap_or_default().to_string(),
+                ));
+            }
+            r.push("identifier", v);
+        }
+    }
+    let key =
+        key.ok_or_else(|| cx.error("OBR-2/OBR-3: the order has no placer or filler number"))?;
+    // OBR-25 result status (r30); a report's status is required.
+    let status = text(&obr.field(25).component(1))
+        .map_err(at(25))?
+        .and_then(|c| report_status(&c))
+        .unwrap_or("unknown");
+    r.put("status", Some(Value::from(status)));
+    // OBR-4 universal service id (r4): what was examined; required.
+    let code = cx
+        .cwe(obr, 4)?
+        .and_then(|c| codeable_concept(&c))
+        .ok_or_else(|| cx.error("OBR-4: the order names no test"))?;
+    r.put("code", Some(code));
+    r.put("subject", Some(subject.clone()));
+    // OBR-7 observation time (r7) and OBR-22 results reported (r22).
+    let effective = Ts::from_element(&obr.field(7))
+        .map_err(at(7))?
+        .map(|t| date_time(&t, zone));
+    r.put("effectiveDateTime", effective.clone().map(Value::from));
+    let issued = Ts::from_element(&obr.field(22))
+        .map_err(at(22))?
+        .map(|t| instant(&t, zone));
+    r.put("issued", issued.map(Value::from));
+    Ok(Report {
+        key,
+        body: r,
+        effective,
+        results: Vec::new(),
+        observations: Vec::new(),
+    })
+}
+
+fn finish(cx: &Ctx<'_, '_>, r: Report, out: &mut Vec<Resource>) {
+    let zone = cx.opts.default_zone;
+    let mut body = r.body;
+    if !r.results.is_empty() {
+        body.put("result", Some(Value::Array(r.results)));
+    }
+    let id = stable_id(&["DiagnosticReport", &r.key.0, &r.key.1]);
+    out.push(tagged(
+        Resource::new("DiagnosticReport", id, Some(r.key), body),
+        zone,
+    ));
+    out.extend(r.observations);
+}
+
+fn observation(
+    cx: &Ctx<'_, '_>,
+    obx: &Segment<'_>,
+    r: &Report,
+    subject: &Value,
+) -> Result<Resource, MappingError> {
+    let at = |n: usize| cx.at(format!("OBX-{n}"));
+    let zone = cx.opts.default_zone;
+    let mut o = Obj::new();
+    // The set id (OBX-1) and sub id (OBX-4) within the order; without a set id, the place.
+    let set = text(&obx.field(1))
+        .map_err(at(1))?
+        .unwrap_or_else(|| (r.observations.len() + 1).to_string());
+    let sub = text(&obx.field(4)).map_err(at(4))?.unwrap_or_default();
+    let value = format!("{}-{set}-{sub}", r.key.1);
+    let key = (format!("{}/observation", r.key.0), value);
+    o.push(
+        "identifier",
+        json!({"system": key.0.clone(), "value": key.1.clone()}),
+    );
+    // OBX-11 (r13): required in FHIR; "unknown" when not sent.
+    let status = text(&obx.field(11).component(1))
+        .map_err(at(11))?
+        .and_then(|c| observation_status(&c))
+        .unwrap_or("unknown");
+    o.put("status", Some(Value::from(status)));
+    let code = cx
+        .cwe(obx, 3)?
+        .and_then(|c| codeable_concept(&c))
+        .ok_or_else(|| cx.error(format!("OBX-3 (set {set}): the observation names no code")))?;
+    o.put("code", Some(code));
+    o.put("subject", Some(subject.clone()));
+    // OBX-14 (r16), else the order's observation time.
+    let effective = Ts::from_element(&obx.field(14))
+        .map_err(at(14))?
+        .map(|t| date_time(&t, zone))
+        .or_else(|| r.effective.clone());
+    o.put("effectiveDateTime", effective.map(Value::from));
+    let unit = unit(cx, obx)?;
+    let kind = text(&obx.field(2)).map_err(at(2))?.unwrap_or_default();
+    let (element, v) = value_of(cx, obx, &kind, unit.as_ref(), &set)?;
+    if let (Some(element), Some(v)) = (element, v) {
+        o.put(element, Some(v));
+    }
+    // OBX-7 reference range (r9): `low-high`, else the text as sent.
+    if let Some(range) = text(&obx.field(7)).map_err(at(7))? {
+        o.push("referenceRange", reference_range(&range, unit.as_ref()));
+    }
+    // OBX-8 interpretation (r10), each repetition a code of table 0078.
+    for rep in obx.field(8).repetitions() {
+        if let Some(code) = text(&rep.component(1)).map_err(at(8))? {
+            o.push(
+                "interpretation",
+                json!({"coding": [{
+                    "system": "http://terminology.hl7.org/CodeSystem/v2-0078", "code": code}]}),
+            );
+        }
+    }
+    let id = stable_id(&["Observation", &key.0, &key.1]);
+    Ok(tagged(Resource::new("Observation", id, Some(key), o), zone))
+}
+
+/// OBX-6 units: a Quantity's `unit` (and `system`/`code` when the sender says UCUM).
+fn unit(cx: &Ctx<'_, '_>, obx: &Segment<'_>) -> Result<Option<Value>, MappingError> {
+    let Some(u) = cx.cwe(obx, 6)? else {
+        return Ok(None);
+    };
+    let Some(code) = u.identifier.clone().or_else(|| u.text.clone()) else {
+        return Ok(None);
+    };
+    let mut q = Obj::new().set("unit", Value::from(u.text.clone().unwrap_or(code.clone())));
+    if u.coding_system
+        .as_deref()
+        .is_some_and(|s| s.eq_ignore_ascii_case("UCUM"))
+    {
+        q.put("system", Some(Value::from(UCUM)));
+        q.put("code", Some(Value::from(code)));
+    }
+    Ok(q.build())
+}
+
+/// value[x] by OBX-2 (the IG's OBX-5 rows): the element's name and value; none when OBX-5
+/// is empty, a `dataAbsentReason` for a type R4's Observation cannot hold.
+fn value_of(
+    cx: &Ctx<'_, '_>,
+    obx: &Segment<'_>,
+    kind: &str,
+    unit: Option<&Value>,
+    set: &str,
+) -> Result<(Option<&'static str>, Option<Value>), MappingError> {
+    let field = obx.field(5).repetition(1);
+    let label = format!("OBX-5 (set {set}, {kind})");
+    let raw = text(&field).map_err(cx.at(label.clone()))?;
+    let Some(raw) = raw else {
+        return Ok((None, None));
+    };
+    let bad = |why: String| cx.error(format!("{label}: {why}"));
+    let quantity = |n: f64, comparator: Option<&str>| {
+        let mut q = unit.cloned().unwrap_or_else(|| json!({}));
+        q["value"] = number(n);
+        if let Some(c) = comparator {
+            q["comparator"] = Value::from(c);
+        }
+        q
+    };
+    Ok(match kind {
+        "NM" => {
+            let n = crate::formats::hl7::datatypes::parse_nm(&raw).map_err(bad)?;
+            (Some("valueQuantity"), Some(quantity(n, None)))
+        }
+        "ST" | "TX" | "FT" => (Some("valueString"), Some(Value::from(raw))),
+        "CWE" | "CE" | "CNE" | "CF" => {
+            let c = cx.cwe(obx, 5)?;
+            (
+                Some("valueCodeableConcept"),
+                c.and_then(|c| codeable_concept(&c)),
+            )
+        }
+        "DT" | "TS" | "DTM" => {
+            let t = Ts::parse(&raw).map_err(bad)?;
+            (
+                Some("valueDateTime"),
+                Some(Value::from(date_time(&t, cx.opts.default_zone))),
+            )
+        }
+        "SN" => {
+            let part = |n: usize| text(&field.component(n)).map_err(cx.at(label.clone()));
+            let num = |s: Option<String>| -> Result<Option<f64>, MappingError> {
+                s.map(|s| crate::formats::hl7::datatypes::parse_nm(&s).map_err(bad))
+                    .transpose()
+            };
+            let (comparator, n1, sep, n2) = (part(1)?, num(part(2)?)?, part(3)?, num(part(4)?)?);
+            match (sep.as_deref(), n1, n2) {
+                (Some("-"), Some(a), Some(b)) => (
+                    Some("valueRange"),
+                    Some(json!({"low": quantity(a, None), "high": quantity(b, None)})),
+                ),
+                (Some(":" | "/"), Some(a), Some(b)) => (
+                    Some("valueRatio"),
+                    Some(json!({"numerator": {"value": number(a)},
+                        "denominator": {"value": number(b)}})),
+                ),
+                (None, Some(a), None) => {
+                    let c = comparator
+                        .as_deref()
+                        .filter(|c| ["<", "<=", ">=", ">"].contains(c));
+                    (Some("valueQuantity"), Some(quantity(a, c)))
+                }
+                _ => return Err(bad(format!("not a structured numeric: {raw:?}"))),
+            }
+        }
+        _ => (
+            Some("dataAbsentReason"),
+            Some(json!({"coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/data-absent-reason",
+                "code": "unsupported"}],
+                "text": format!("OBX-2 {kind} has no Observation.value[x] in R4")})),
+        ),
+    })
+}
+
+/// A JSON number: integral values without a fraction (`72`, not `72.0`).
+fn number(n: f64) -> Value {
+    if n.fract() == 0.0 && n.abs() < 1e15 {
+        Value::from(n as i64)
+    } else {
+        Value::from(n)
+    }
+}
+
+fn reference_range(range: &str, unit: Option<&Value>) -> Value {
+    let bound = |s: &str| {
+        crate::formats::hl7::datatypes::parse_nm(s.trim())
+            .ok()
+            .map(|n| {
+                let mut q = unit.cloned().unwrap_or_else(|| json!({}));
+                q["value"] = number(n);
+                q
+            })
+    };
+    // A leading minus is a negative low bound, not the separator.
+    if let Some(i) = range
+        .char_indices()
+        .skip(1)
+        .find(|(_, c)| *c == '-')
+        .map(|(i, _)| i)
+        && let (Some(low), Some(high)) = (bound(&range[..i]), bound(&range[i + 1..]))
+    {
+        return json!({"low": low, "high": high});
+    }
+    json!({"text": range})
+}
+
+/// OBR-25 (HL7 table 0123) → DiagnosticReport.status (the IG's ResultStatus map).
+fn report_status(code: &str) -> Option<&'static str> {
+    Some(match code {
+        "O" | "I" | "S" => "registered",
+        "A" | "R" => "partial",
+        "P" => "preliminary",
+        "C" => "corrected",
+        "F" => "final",
+        "X" => "cancelled",
+        _ => return None,
+    })
+}
+
+/// OBX-11 (HL7 table 0085) → Observation.status (the IG's ObservationResultStatus map).
+fn observation_status(code: &str) -> Option<&'static str> {
+    Some(match code {
+        "C" => "corrected",
+        "D" | "W" => "entered-in-error",
+        "F" | "U" => "final",
+        "I" | "O" => "registered",
+        "P" | "R" | "S" => "preliminary",
+        "X" => "cancelled",
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Options, convert};
+    use crate::formats::hl7::Message;
+
+    fn lab() -> Vec<u8> {
+        std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/corpus/LAB-ORU-1.hl7"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn each_obr_is_a_report_of_its_own_observations() {
+        let raw = lab();
+        let m = Message::parse(&raw).unwrap();
+        let rs = convert(&m, &Options::default()).unwrap();
+        let kinds: Vec<&str> = rs.iter().map(|r| r.resource_type).collect();
+        let expected = [
+            "Patient",
+            "DiagnosticReport",
+            "Observation",
+            "Observation",
+            "Observation",
+            "Observation",
+            "Observation",
+            "DiagnosticReport",
+            "Observation",
+            "Observation",
+            "Observation",
+            "Observation",
+            "Observation",
+        ];
+        assert_eq!(kinds, expected);
+        let cbc = &rs[1].body;
+        assert_eq!(cbc["code"]["coding"][0]["code"], "24317-0");
+        assert_eq!(cbc["status"], "final");
+        assert_eq!(cbc["subject"]["reference"], format!("Patient/{}", rs[0].id));
+        let results = cbc["result"].as_array().unwrap();
+        assert_eq!(results.len(), 5);
+        assert_eq!(results[1]["reference"], format!("Observation/{}", rs[3].id));
+        // OBX|2|NM|11273-0^ERYTHROCYTES^LN||4.06|tera.l-1||N|||P|||20141006062700+0700
+        let rbc = &rs[3].body;
+        assert_eq!(rbc["valueQuantity"]["value"], 4.06);
+        assert_eq!(rbc["valueQuantity"]["unit"], "tera.l-1");
+        assert_eq!(rbc["status"], "preliminary");
+        assert_eq!(rbc["interpretation"][0]["coding"][0]["code"], "N");
+        assert_eq!(rbc["effectiveDateTime"], "2014-10-06T06:27:00+07:00");
+        // A result not yet in (OBX-11 I, no value): registered, without value[x].
+        assert_eq!(rs[2].body["status"], "registered");
+        assert!(rs[2].body.get("valueQuantity").is_none());
+        // Ids follow the order and set ids: the same feed twice names the same resources.
+        let again = convert(&m, &Options::default()).unwrap();
+        assert_eq!(again[3].id, rs[3].id);
+        assert_ne!(
+            rs[3].id, rs[9].id,
+            "set 2 of another order is another result"
+        );
+    }
+
+    #[test]
+    fn value_types_follow_obx_2() {
+        let msg = "MSH|^~\\&|LAB|GHH|B|C|20260101120000+0000||ORU^R01|X9|P|2.5.1\r\
+PID|1||123^^^GHH^MR||DOE^JANE||19800102|F\r\
+OBR|1|P1|F1^LAB|2951-2^Sodium^LN|||20260101110000+0000|||||||||||||||20260101115000+0000||CH|F\r\
+OBX|1|NM|2951-2^Sodium^LN||140|mmol/L^millimole per liter^UCUM|135-145|N|||F\r\
+OBX|2|SN|1234-5^Titer^LN||^1^:^128||||||F\r\
+OBX|3|SN|5678-9^Glucose^LN||<^5|mg/dL||||F\r\
+OBX|4|ST|8251-1^Comment^LN||Hemolyzed \\T\\ lipemic||||||F\r\
+NTE|1||Redrawn at 11:30\r\
+OBX|5|CWE|600-7^Culture^LN||27268008^Salmonella^SCT||||||F\r\
+OBX|6|NM|2345-7^Glucose^LN||high||||||F\r";
+        let m = Message::parse(msg.as_bytes()).unwrap();
+        let err = convert(&m, &Options::default()).unwrap_err();
+        assert!(err.reason.contains("OBX-5 (set 6, NM)"), "{err}");
+        let ok = msg.replace("OBX|6|NM|2345-7^Glucose^LN||high||||||F\r", "");
+        let m = Message::parse(ok.as_bytes()).unwrap();
+        let rs = convert(&m, &Options::default()).unwrap();
+        let obs = |i: usize| &rs[i + 1].body;
+        assert_eq!(rs[1].body["issued"], "2026-01-01T11:50:00+00:00");
+        assert_eq!(rs[1].body["status"], "final");
+        assert_eq!(
+            obs(1)["valueQuantity"],
+            serde_json::json!({"unit": "millimole per liter", "system": super::UCUM, "code": "mmol/L", "value": 140})
+        );
+        assert_eq!(obs(1)["referenceRange"][0]["low"]["value"], 135);
+        assert_eq!(obs(2)["valueRatio"]["denominator"]["value"], 128);
+        assert_eq!(obs(3)["valueQuantity"]["comparator"], "<");
+        assert_eq!(obs(4)["valueString"], "Hemolyzed & lipemic");
+        assert_eq!(obs(4)["note"][0]["text"], "Redrawn at 11:30");
+        assert_eq!(
+            obs(5)["valueCodeableConcept"]["coding"][0]["code"],
+            "27268008"
+        );
+    }
+}
