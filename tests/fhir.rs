@@ -274,18 +274,37 @@ fn unmappable_and_broken_messages_are_reported_with_where_and_the_rest_converted
     );
 }
 
-/// The validator's interpreter (installed by `scripts/dev-services up`).
-fn validator() -> PathBuf {
-    support::venv_python("fhir-validator-venv")
+/// The two independent validators (installed by `scripts/dev-services up`): the FHIR 4.0.1
+/// models of fhir.resources (Python) and the official R4 JSON Schema run by ajv (Node).
+#[derive(Clone, Copy, Debug)]
+enum Validator {
+    Models,
+    JsonSchema,
 }
 
-fn validate(ndjson: &[Value]) -> (bool, String) {
-    let mut child = Command::new(validator())
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fhir-validate"))
+const VALIDATORS: [Validator; 2] = [Validator::Models, Validator::JsonSchema];
+
+fn validate_with(which: Validator, ndjson: &[Value]) -> (bool, String) {
+    let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts");
+    let mut cmd = match which {
+        Validator::Models => {
+            let mut c = Command::new(support::venv_python("fhir-validator-venv"));
+            c.arg(scripts.join("fhir-validate"));
+            c
+        }
+        Validator::JsonSchema => {
+            let mut c = Command::new("node");
+            c.arg(scripts.join("fhir-schema-validate"));
+            c
+        }
+    };
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
-        .expect("validator (scripts/dev-services up installs it)");
+        .unwrap_or_else(|e| {
+            panic!("{which:?} validator (scripts/dev-services up installs it): {e}")
+        });
     {
         use std::io::Write;
         let mut stdin = child.stdin.take().unwrap();
@@ -298,6 +317,21 @@ fn validate(ndjson: &[Value]) -> (bool, String) {
         o.status.success(),
         String::from_utf8_lossy(&o.stdout).to_string(),
     )
+}
+
+/// Both validators pass `ndjson`; their (identical) count of resources per type.
+fn validate(ndjson: &[Value]) -> Value {
+    let mut counts = Vec::new();
+    for which in VALIDATORS {
+        let (ok, report) = validate_with(which, ndjson);
+        assert!(ok, "{which:?}: {report}");
+        counts.push(serde_json::from_str::<Value>(report.trim()).unwrap());
+    }
+    assert_eq!(
+        counts[0], counts[1],
+        "the validators saw the same resources"
+    );
+    counts.remove(0)
 }
 
 const MAPPED: [&str; 6] = [
@@ -417,7 +451,7 @@ fn identifier_systems_are_absolute_uris_and_languages_bcp47() {
 }
 
 #[test]
-fn every_resource_and_bundle_validates_against_the_fhir_r4_models() {
+fn every_resource_and_bundle_passes_two_independent_fhir_r4_validators() {
     support::need_fhir();
     let mut all = Vec::new();
     let mut bundles = Vec::new();
@@ -429,20 +463,31 @@ fn every_resource_and_bundle_validates_against_the_fhir_r4_models() {
             bundles.extend(b);
         }
     }
-    let (ok, report) = validate(&all);
-    assert!(ok, "{report}");
-    let counts: Value = serde_json::from_str(report.trim()).unwrap();
     assert_eq!(
-        counts,
+        validate(&all),
         json!({"Appointment": 1, "DiagnosticReport": 2, "Encounter": 4, "Observation": 10, "Patient": 6})
     );
-    let (ok, report) = validate(&bundles);
-    assert!(ok, "{report}");
-    // The validator really rejects what FHIR forbids (so the passes above mean something).
+    validate(&bundles);
+    // Each validator really rejects what FHIR forbids (so the passes above mean something):
+    // a malformed date, and in a Bundle an Observation without its required code.
     let mut broken = all[0].clone();
     broken["birthDate"] = json!("18-08-1988");
-    let (ok, report) = validate(&[broken]);
-    assert!(!ok && report.contains("birthDate"), "{report}");
+    let mut bundle = bundles
+        .iter()
+        .find(|b| b.to_string().contains(r#""resourceType":"Observation""#))
+        .expect("a bundle of results")
+        .clone();
+    for e in bundle["entry"].as_array_mut().unwrap() {
+        if e["resource"]["resourceType"] == "Observation" {
+            e["resource"].as_object_mut().unwrap().remove("code");
+        }
+    }
+    for which in VALIDATORS {
+        let (ok, report) = validate_with(which, &[broken.clone()]);
+        assert!(!ok && report.contains("birthDate"), "{which:?}: {report}");
+        let (ok, report) = validate_with(which, &[bundle.clone()]);
+        assert!(!ok && report.contains("code"), "{which:?}: {report}");
+    }
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -538,6 +583,102 @@ fn transaction_bundles_are_accepted_by_a_fhir_server_and_a_replay_changes_nothin
     );
     // The second write was an update of the same resource: version 2.
     assert_eq!(entries[0]["resource"]["meta"]["versionId"], "2", "{found}");
+}
+
+/// POSTs a Bundle to the FHIR server; its answer (a 2xx, or the test fails).
+fn post_bundle(b: &Value) -> Value {
+    rt().block_on(async {
+        let r = reqwest::Client::new()
+            .post(FHIR)
+            .header("content-type", "application/fhir+json")
+            .json(b)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let body: Value = r.json().await.unwrap();
+        assert!(status.is_success(), "{status}: {body}");
+        body
+    })
+}
+
+/// The resources a FHIR search finds.
+fn search_server(q: &str) -> Vec<Value> {
+    let found: Value = rt().block_on(async {
+        reqwest::get(format!("{FHIR}/{q}"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    });
+    found["entry"]
+        .as_array()
+        .map(|es| es.iter().map(|e| e["resource"].clone()).collect())
+        .unwrap_or_default()
+}
+
+/// #19: a lab feed posted twice creates each Observation once — conditional updates on the
+/// filler order number (OBR-3) and OBX set/sub id — and the reports point at the server's
+/// observations.
+#[test]
+fn a_lab_result_feed_posted_twice_creates_each_observation_once() {
+    support::need_fhir();
+    // Order numbers and an MRN of our own, so repeated runs start clean.
+    let tag = support::unique("L").replace('-', "");
+    let msg = std::fs::read_to_string(corpus("LAB-ORU-1.hl7"))
+        .unwrap()
+        .replace("|82503246|", &format!("|F1{tag}|"))
+        .replace("|890775544|", &format!("|F2{tag}|"))
+        .replace("10006579^^^1^MR", &format!("M{tag}^^^1^MR"));
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("oru.hl7");
+    std::fs::write(&input, msg).unwrap();
+    let (code, bundles, err) = convert(&[input.to_str().unwrap(), "--bundle", "transaction"]);
+    assert_eq!(code, 0, "{err}");
+    let statuses = |b: &Value| -> Vec<String> {
+        b["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["response"]["status"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let first = post_bundle(&bundles[0]);
+    assert_eq!(statuses(&first).len(), 13, "patient, 2 reports, 10 results");
+    assert!(
+        statuses(&first).iter().all(|s| s.starts_with("201")),
+        "{first}"
+    );
+    let second = post_bundle(&bundles[0]);
+    assert!(
+        statuses(&second).iter().all(|s| s.starts_with("200")),
+        "{second}"
+    );
+
+    let system = "urn:plexus:v2:SomeSystem:order-filler";
+    for (order, n) in [(format!("F1{tag}"), 5), (format!("F2{tag}"), 5)] {
+        let reports = search_server(&format!("DiagnosticReport?identifier={system}|{order}"));
+        assert_eq!(reports.len(), 1, "{reports:?}");
+        let results = reports[0]["result"].as_array().unwrap();
+        assert_eq!(results.len(), n);
+        for set in 1..=n {
+            let obs = search_server(&format!(
+                "Observation?identifier={system}/observation|{order}-{set}"
+            ));
+            assert_eq!(obs.len(), 1, "{order}-{set}: {obs:?}");
+            assert_eq!(obs[0]["meta"]["versionId"], "2", "updated, not duplicated");
+            // The report's reference was rewritten to the server's id of this observation.
+            let id = obs[0]["id"].as_str().unwrap();
+            assert_eq!(results[set - 1]["reference"], format!("Observation/{id}"));
+        }
+    }
+    // A value as sent: the second order's OBX-1 NEUTROPHILS 72 %.
+    let neut = search_server(&format!(
+        "Observation?identifier={system}/observation|F2{tag}-1"
+    ));
+    assert_eq!(neut[0]["valueQuantity"]["value"], json!(72));
+    assert_eq!(neut[0]["code"]["coding"][0]["code"], "23761-0");
 }
 
 fn ndjson(path: &Path) -> Vec<Value> {

@@ -169,7 +169,10 @@ fn observation(
         .map_err(at(1))?
         .unwrap_or_else(|| (r.observations.len() + 1).to_string());
     let sub = text(&obx.field(4)).map_err(at(4))?.unwrap_or_default();
-    let value = format!("{}-{set}-{sub}", r.key.1);
+    let value = match sub.as_str() {
+        "" => format!("{}-{set}", r.key.1),
+        _ => format!("{}-{set}-{sub}", r.key.1),
+    };
     let key = (format!("{}/observation", r.key.0), value);
     o.push(
         "identifier",
