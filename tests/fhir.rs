@@ -249,14 +249,14 @@ fn unmappable_and_broken_messages_are_reported_with_where_and_the_rest_converted
     let dir = tempfile::tempdir().unwrap();
     let good = std::fs::read_to_string(corpus("ADT01-23.hl7")).unwrap();
     let good = good.trim_start_matches('\u{feff}').to_string();
-    // A birth date that is no date, and a VXU (no FHIR mapping yet).
+    // A birth date that is no date, and a DFT (financial: no FHIR mapping).
     let bad_dob = good
         .replace("|19241010|M|", "|1924131|M|")
         .replace("599102", "BADDOB");
-    let vxu = std::fs::read_to_string(corpus("VXU-V04-01.hl7")).unwrap();
+    let dft = std::fs::read_to_string(corpus("DFT-P03-01.hl7")).unwrap();
     let input = dir.path().join("mixed.hl7");
     // The corpus files do not end in a segment terminator.
-    std::fs::write(&input, format!("{good}\n{bad_dob}\n{vxu}\n")).unwrap();
+    std::fs::write(&input, format!("{good}\n{bad_dob}\n{dft}\n")).unwrap();
     let (code, out, err) = convert(&[input.to_str().unwrap()]);
     assert_eq!(code, 1, "{err}");
     assert_eq!(out.len(), 2, "the good message's two resources: {out:#?}");
@@ -265,7 +265,7 @@ fn unmappable_and_broken_messages_are_reported_with_where_and_the_rest_converted
         "{err}"
     );
     assert!(
-        err.contains("VXU^V04") && err.contains("no FHIR mapping"),
+        err.contains("DFT^P03") && err.contains("no FHIR mapping"),
         "{err}"
     );
     assert!(
@@ -334,13 +334,14 @@ fn validate(ndjson: &[Value]) -> Value {
     counts.remove(0)
 }
 
-const MAPPED: [&str; 6] = [
+const MAPPED: [&str; 7] = [
     "ADT-A01-01.hl7",
     "ADT-A04-01.hl7",
     "ADT-A08-01.hl7",
     "ADT01-23.hl7",
     "SIU-S12-01.hl7",
     "LAB-ORU-1.hl7",
+    "VXU-V04-01.hl7",
 ];
 
 /// #15 item 17: times without an offset take the integration's IANA zone, per date (CDT in
@@ -465,7 +466,8 @@ fn every_resource_and_bundle_passes_two_independent_fhir_r4_validators() {
     }
     assert_eq!(
         validate(&all),
-        json!({"Appointment": 1, "DiagnosticReport": 2, "Encounter": 4, "Observation": 10, "Patient": 6})
+        json!({"Appointment": 1, "DiagnosticReport": 2, "Encounter": 4, "Immunization": 1,
+            "Observation": 11, "Patient": 7})
     );
     validate(&bundles);
     // Each validator really rejects what FHIR forbids (so the passes above mean something):
@@ -663,9 +665,7 @@ fn a_lab_result_feed_posted_twice_creates_each_observation_once() {
         let results = reports[0]["result"].as_array().unwrap();
         assert_eq!(results.len(), n);
         for set in 1..=n {
-            let obs = search_server(&format!(
-                "Observation?identifier={system}/observation|{order}-{set}"
-            ));
+            let obs = search_server(&format!("Observation?identifier={system}|{order}-{set}"));
             assert_eq!(obs.len(), 1, "{order}-{set}: {obs:?}");
             assert_eq!(obs[0]["meta"]["versionId"], "2", "updated, not duplicated");
             // The report's reference was rewritten to the server's id of this observation.
@@ -674,9 +674,7 @@ fn a_lab_result_feed_posted_twice_creates_each_observation_once() {
         }
     }
     // A value as sent: the second order's OBX-1 NEUTROPHILS 72 %.
-    let neut = search_server(&format!(
-        "Observation?identifier={system}/observation|F2{tag}-1"
-    ));
+    let neut = search_server(&format!("Observation?identifier={system}|F2{tag}-1"));
     assert_eq!(neut[0]["valueQuantity"]["value"], json!(72));
     assert_eq!(neut[0]["code"]["coding"][0]["code"], "23761-0");
 }
@@ -695,7 +693,7 @@ fn a_fhir_stage_maps_a_feed_in_a_pipeline_and_dead_letters_what_it_cannot_map() 
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let mut feed = String::new();
-    for f in ["ADT-A01-01.hl7", "VXU-V04-01.hl7", "SIU-S12-01.hl7"] {
+    for f in ["ADT-A01-01.hl7", "DFT-P03-01.hl7", "SIU-S12-01.hl7"] {
         // The corpus files do not end in a segment terminator.
         feed.push_str(
             std::fs::read_to_string(corpus(f))
@@ -757,7 +755,7 @@ sinks:
         dead[0]["reason"]
             .as_str()
             .unwrap()
-            .contains("no FHIR mapping for VXU^V04"),
+            .contains("no FHIR mapping for DFT^P03"),
         "{}",
         dead[0]
     );

@@ -4,9 +4,7 @@
 use chrono::Duration;
 use serde_json::{Value, json};
 
-use super::datatypes::{
-    Obj, codeable_concept, entity_identifier, instant, location_display, practitioner_ref, text,
-};
+use super::datatypes::{Obj, codeable_concept, instant, location_display, practitioner_ref, text};
 use super::{Ctx, MappingError, Resource, concepts, stable_id};
 use crate::formats::hl7::{Segment, Ts};
 
@@ -14,27 +12,20 @@ pub(super) fn map(cx: &Ctx<'_, '_>, patient: &Resource) -> Result<Resource, Mapp
     let sch = cx
         .segment("SCH")
         .ok_or_else(|| cx.error("no SCH segment: nothing describes the appointment"))?;
-    let at = |n: usize| cx.at(format!("SCH-{n}"));
-    let systems = &cx.systems;
     let offset = cx.opts.default_zone;
     let mut a = Obj::new();
 
     // Identifiers: SCH-1 placer, SCH-2 filler (r3–4). The filler's id names the appointment
     // (the filler owns it); without an assigning authority it is scoped to the sender.
-    let mut key = None;
-    for (n, kind) in [(2, "appointment-filler"), (1, "appointment-placer")] {
-        if let Some(mut v) = entity_identifier(&sch.field(n), systems).map_err(at(n))? {
-            if v.get("system").is_none() {
-                v["system"] = Value::from(cx.local_system(kind));
-            }
-            if key.is_none() {
-                key = Some((
-                    v["system"].as_str().unwrap_or_default().to_string(),
-                    v["value"].as_str().unwrap_or_default().to_string(),
-                ));
-            }
-            a.push("identifier", v);
-        }
+    let (ids, key) = cx.business_ids(
+        &sch,
+        &[
+            (2, "appointment-filler", None),
+            (1, "appointment-placer", None),
+        ],
+    )?;
+    for v in ids {
+        a.push("identifier", v);
     }
     let key =
         key.ok_or_else(|| cx.error("SCH-1/SCH-2: the appointment has no placer or filler id"))?;

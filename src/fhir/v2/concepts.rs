@@ -247,6 +247,8 @@ pub fn coding_system(name: &str) -> Option<String> {
         "ISO639" => "urn:ietf:bcp:47",
         "NDC" => "http://hl7.org/fhir/sid/ndc",
         "CVX" => "http://hl7.org/fhir/sid/cvx",
+        "MVX" => "http://terminology.hl7.org/CodeSystem/MVX",
+        "NCIT" => "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl",
         _ => {
             let digits = name
                 .strip_prefix("HL7")

@@ -4,7 +4,8 @@
 //! with the discharge setting the encounter finished), A02/A05/A11 and A28/A31 (ADT_A05, the
 //! person-only events: no Encounter unless a real visit is sent) → Patient (+ Encounter);
 //! SIU S12–S26 (the IG's SIU_S12 map) → Patient + Appointment; ORU^R01 (the IG's ORU_R01
-//! map) → Patient + a DiagnosticReport per OBR and an Observation per OBX.
+//! map) → Patient + a DiagnosticReport per OBR and an Observation per OBX; VXU^V04 (the IG's
+//! VXU_V04 map) → Patient + an Immunization per order.
 //!
 //! Every resource gets a deterministic id (a UUID derived from its business identifier) and
 //! names that identifier, so that writers can use conditional updates
@@ -16,6 +17,7 @@ pub mod datatypes;
 
 mod appointment;
 mod encounter;
+mod immunization;
 mod observation;
 mod patient;
 
@@ -140,6 +142,42 @@ impl Ctx<'_, '_> {
             .map_err(self.at(format!("{}-{n}", seg.id())))
     }
 
+    /// Business identifiers from EI fields of `seg`, in order of precedence: `(field, kind,
+    /// v2-0203 type)` each, e.g. `(3, "order-filler", Some("FILL"))`. An id without an
+    /// assigning authority is scoped to the sender (`local_system(kind)`). Returns the
+    /// identifiers and the key (system, value) of the first one sent, which names the resource.
+    pub fn business_ids(
+        &self,
+        seg: &Segment<'_>,
+        fields: &[(usize, &str, Option<&str>)],
+    ) -> Result<(Vec<Value>, Option<(String, String)>), MappingError> {
+        let mut ids = Vec::new();
+        let mut key = None;
+        for &(n, kind, code) in fields {
+            let el = seg.field(n);
+            let Some(mut v) = datatypes::entity_identifier(&el, &self.systems)
+                .map_err(self.at(format!("{}-{n}", seg.id())))?
+            else {
+                continue;
+            };
+            if v.get("system").is_none() {
+                v["system"] = Value::from(self.local_system(kind));
+            }
+            if let Some(code) = code {
+                v["type"] = serde_json::json!({"coding": [{
+                    "system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": code}]});
+            }
+            if key.is_none() {
+                key = Some((
+                    v["system"].as_str().unwrap_or_default().to_string(),
+                    v["value"].as_str().unwrap_or_default().to_string(),
+                ));
+            }
+            ids.push(v);
+        }
+        Ok((ids, key))
+    }
+
     pub fn segment(&self, id: &str) -> Option<Segment<'_>> {
         self.msg.segment(id, 1)
     }
@@ -216,13 +254,19 @@ pub fn convert(msg: &Message<'_>, opts: &Options) -> Result<Vec<Resource>, Mappi
             out.insert(0, patient);
             Ok(out)
         }
+        ("VXU", "V04") => {
+            let patient = tagged(patient::map(&cx)?, zone);
+            let mut out = immunization::map(&cx, &patient)?;
+            out.insert(0, patient);
+            Ok(out)
+        }
         ("SIU", e) if is_siu_event(e) => {
             let patient = tagged(patient::map(&cx)?, zone);
             let appointment = tagged(appointment::map(&cx, &patient)?, zone);
             Ok(vec![patient, appointment])
         }
         _ => Err(cx.error(format!(
-            "no FHIR mapping for {code}^{event} (mapped: ADT A01–A05, A08, A11, A13, A28, A31; ORU R01; SIU S12–S26)"
+            "no FHIR mapping for {code}^{event} (mapped: ADT A01–A05, A08, A11, A13, A28, A31; ORU R01; SIU S12–S26; VXU V04)"
         ))),
     }
 }

@@ -7,7 +7,7 @@
 
 use serde_json::{Value, json};
 
-use super::datatypes::{Obj, codeable_concept, date_time, entity_identifier, instant, text};
+use super::datatypes::{Obj, codeable_concept, date_time, instant, text};
 use super::{Ctx, MappingError, Resource, stable_id, tagged};
 use crate::formats::hl7::{Segment, Ts};
 
@@ -41,7 +41,12 @@ pub(super) fn map(cx: &Ctx<'_, '_>, patient: &Resource) -> Result<Vec<Resource>,
                 let r = report
                     .as_mut()
                     .ok_or_else(|| cx.error("an OBX before any OBR: no order to report under"))?;
-                let obs = observation(cx, &seg, r, &subject)?;
+                let under = Under {
+                    key: &r.key,
+                    index: r.observations.len(),
+                    effective: r.effective.as_deref(),
+                };
+                let obs = observation(cx, &seg, &under, &subject)?;
                 r.results
                     .push(json!({"reference": format!("Observation/{}", obs.id)}));
                 r.observations.push(obs);
@@ -91,22 +96,15 @@ fn start(cx: &Ctx<'_, '_>, obr: &Segment<'_>, subject: &Value) -> Result<Report,
     let zone = cx.opts.default_zone;
     let mut r = Obj::new();
     // OBR-3 filler and OBR-2 placer order numbers (r3, r2): the filler's names the report.
-    let mut key = None;
-    for (n, kind, code) in [(3, "order-filler", "FILL"), (2, "order-placer", "PLAC")] {
-        if let Some(mut v) = entity_identifier(&obr.field(n), &cx.systems).map_err(at(n))? {
-            if v.get("system").is_none() {
-                v["system"] = Value::from(cx.local_system(kind));
-            }
-            v["type"] = json!({"coding": [{
-                "system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": code}]});
-            if key.is_none() {
-                key = Some((
-                    v["system"].as_str().unwrap_or_default().to_string(),
-                    v["value"].as_str().unwrap_or_default().to_string(),
-                ));
-            }
-            r.push("identifier", v);
-        }
+    let (ids, key) = cx.business_ids(
+        obr,
+        &[
+            (3, "order-filler", Some("FILL")),
+            (2, "order-placer", Some("PLAC")),
+        ],
+    )?;
+    for v in ids {
+        r.push("identifier", v);
     }
     let key =
         key.ok_or_else(|| cx.error("OBR-2/OBR-3: the order has no placer or filler number"))?;
@@ -155,10 +153,18 @@ fn finish(cx: &Ctx<'_, '_>, r: Report, out: &mut Vec<Resource>) {
     out.extend(r.observations);
 }
 
-fn observation(
+/// What an OBX is a result of: the business key its identifier extends (a report's filler
+/// number, an immunization's order number), its place there, and the time it defaults to.
+pub(super) struct Under<'k> {
+    pub key: &'k (String, String),
+    pub index: usize,
+    pub effective: Option<&'k str>,
+}
+
+pub(super) fn observation(
     cx: &Ctx<'_, '_>,
     obx: &Segment<'_>,
-    r: &Report,
+    r: &Under<'_>,
     subject: &Value,
 ) -> Result<Resource, MappingError> {
     let at = |n: usize| cx.at(format!("OBX-{n}"));
@@ -167,13 +173,14 @@ fn observation(
     // The set id (OBX-1) and sub id (OBX-4) within the order; without a set id, the place.
     let set = text(&obx.field(1))
         .map_err(at(1))?
-        .unwrap_or_else(|| (r.observations.len() + 1).to_string());
+        .unwrap_or_else(|| (r.index + 1).to_string());
     let sub = text(&obx.field(4)).map_err(at(4))?.unwrap_or_default();
     let value = match sub.as_str() {
         "" => format!("{}-{set}", r.key.1),
         _ => format!("{}-{set}-{sub}", r.key.1),
     };
-    let key = (format!("{}/observation", r.key.0), value);
+    // The order's system: an observation's number is its order's, extended.
+    let key = (r.key.0.clone(), value);
     o.push(
         "identifier",
         json!({"system": key.0.clone(), "value": key.1.clone()}),
@@ -194,13 +201,31 @@ fn observation(
     let effective = Ts::from_element(&obx.field(14))
         .map_err(at(14))?
         .map(|t| date_time(&t, zone))
-        .or_else(|| r.effective.clone());
+        .or_else(|| r.effective.map(str::to_string));
     o.put("effectiveDateTime", effective.map(Value::from));
-    let unit = unit(cx, obx)?;
+    let unit = unit(cx, obx, 6)?;
     let kind = text(&obx.field(2)).map_err(at(2))?.unwrap_or_default();
-    let (element, v) = value_of(cx, obx, &kind, unit.as_ref(), &set)?;
-    if let (Some(element), Some(v)) = (element, v) {
-        o.put(element, Some(v));
+    let reps = obx.field(5).repetitions().count();
+    if reps <= 1 {
+        let (element, v) = value_of(cx, obx, 1, &kind, unit.as_ref(), &set)?;
+        if let (Some(element), Some(v)) = (element, v) {
+            o.put(element, Some(v));
+        }
+    } else {
+        // Several values (the IG's OBX[Observation-Component]): a component each, coded as
+        // the observation.
+        let code = o.0.get("code").cloned();
+        for rep in 1..=reps {
+            if let (Some(element), Some(v)) = value_of(cx, obx, rep, &kind, unit.as_ref(), &set)? {
+                o.push(
+                    "component",
+                    Obj::new()
+                        .set("code", code.clone())
+                        .set(element, Some(v))
+                        .build(),
+                );
+            }
+        }
     }
     // OBX-7 reference range (r9): `low-high`, else the text as sent.
     if let Some(range) = text(&obx.field(7)).map_err(at(7))? {
@@ -220,9 +245,13 @@ fn observation(
     Ok(tagged(Resource::new("Observation", id, Some(key), o), zone))
 }
 
-/// OBX-6 units: a Quantity's `unit` (and `system`/`code` when the sender says UCUM).
-fn unit(cx: &Ctx<'_, '_>, obx: &Segment<'_>) -> Result<Option<Value>, MappingError> {
-    let Some(u) = cx.cwe(obx, 6)? else {
+/// Units (OBX-6, RXA-7): a Quantity's `unit` (and `system`/`code` when the sender says UCUM).
+pub(super) fn unit(
+    cx: &Ctx<'_, '_>,
+    seg: &Segment<'_>,
+    n: usize,
+) -> Result<Option<Value>, MappingError> {
+    let Some(u) = cx.cwe(seg, n)? else {
         return Ok(None);
     };
     let Some(code) = u.identifier.clone().or_else(|| u.text.clone()) else {
@@ -244,11 +273,12 @@ fn unit(cx: &Ctx<'_, '_>, obx: &Segment<'_>) -> Result<Option<Value>, MappingErr
 fn value_of(
     cx: &Ctx<'_, '_>,
     obx: &Segment<'_>,
+    rep: usize,
     kind: &str,
     unit: Option<&Value>,
     set: &str,
 ) -> Result<(Option<&'static str>, Option<Value>), MappingError> {
-    let field = obx.field(5).repetition(1);
+    let field = obx.field(5).repetition(rep);
     let label = format!("OBX-5 (set {set}, {kind})");
     let raw = text(&field).map_err(cx.at(label.clone()))?;
     let Some(raw) = raw else {
@@ -270,11 +300,8 @@ fn value_of(
         }
         "ST" | "TX" | "FT" => (Some("valueString"), Some(Value::from(raw))),
         "CWE" | "CE" | "CNE" | "CF" => {
-            let c = cx.cwe(obx, 5)?;
-            (
-                Some("valueCodeableConcept"),
-                c.and_then(|c| codeable_concept(&c)),
-            )
+            let c = crate::formats::hl7::Cwe::from_element(&field).map_err(cx.at(label.clone()))?;
+            (Some("valueCodeableConcept"), codeable_concept(&c))
         }
         "DT" | "TS" | "DTM" => {
             let t = Ts::parse(&raw).map_err(bad)?;
@@ -320,7 +347,7 @@ fn value_of(
 }
 
 /// A JSON number: integral values without a fraction (`72`, not `72.0`).
-fn number(n: f64) -> Value {
+pub(super) fn number(n: f64) -> Value {
     if n.fract() == 0.0 && n.abs() < 1e15 {
         Value::from(n as i64)
     } else {
