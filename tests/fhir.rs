@@ -334,7 +334,7 @@ fn validate(ndjson: &[Value]) -> Value {
     counts.remove(0)
 }
 
-const MAPPED: [&str; 7] = [
+const MAPPED: [&str; 9] = [
     "ADT-A01-01.hl7",
     "ADT-A04-01.hl7",
     "ADT-A08-01.hl7",
@@ -342,6 +342,8 @@ const MAPPED: [&str; 7] = [
     "SIU-S12-01.hl7",
     "LAB-ORU-1.hl7",
     "VXU-V04-01.hl7",
+    "ORM-O01-01.hl7",
+    "OML-O21-01.hl7",
 ];
 
 /// #15 item 17: times without an offset take the integration's IANA zone, per date (CDT in
@@ -466,8 +468,8 @@ fn every_resource_and_bundle_passes_two_independent_fhir_r4_validators() {
     }
     assert_eq!(
         validate(&all),
-        json!({"Appointment": 1, "DiagnosticReport": 2, "Encounter": 4, "Immunization": 1,
-            "Observation": 11, "Patient": 7})
+        json!({"Appointment": 1, "DiagnosticReport": 2, "Encounter": 6, "Immunization": 1,
+            "Observation": 16, "Patient": 9, "ServiceRequest": 2, "Specimen": 2})
     );
     validate(&bundles);
     // Each validator really rejects what FHIR forbids (so the passes above mean something):
@@ -647,7 +649,11 @@ fn a_lab_result_feed_posted_twice_creates_each_observation_once() {
             .collect()
     };
     let first = post_bundle(&bundles[0]);
-    assert_eq!(statuses(&first).len(), 13, "patient, 2 reports, 10 results");
+    assert_eq!(
+        statuses(&first).len(),
+        14,
+        "patient, 2 reports, their one specimen, 10 results"
+    );
     assert!(
         statuses(&first).iter().all(|s| s.starts_with("201")),
         "{first}"

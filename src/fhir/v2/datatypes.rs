@@ -518,14 +518,16 @@ pub fn practitioner_ref(el: &Element<'_>, systems: &Systems) -> Result<Option<Va
 }
 
 /// EI[Identifier]: value EI-1, system from EI-2/EI-3/EI-4 (HD rules).
+/// An EI inside another type (EIP's placer and filler parts) is read from its sub-components.
 pub fn entity_identifier(el: &Element<'_>, systems: &Systems) -> Result<Option<Value>, Hl7Error> {
-    let Some(value) = text(&el.component(1))? else {
+    let part = crate::formats::hl7::datatypes::embedded_reader(el);
+    let Some(value) = text(&part(1))? else {
         return Ok(None);
     };
     let hd = Hd {
-        namespace_id: text(&el.component(2))?,
-        universal_id: text(&el.component(3))?,
-        universal_id_type: text(&el.component(4))?,
+        namespace_id: text(&part(2))?,
+        universal_id: text(&part(3))?,
+        universal_id_type: text(&part(4))?,
     };
     Ok(Obj::new()
         .set("system", systems.system(&hd).map(Value::from))

@@ -64,6 +64,7 @@ pub(super) fn map(cx: &Ctx<'_, '_>, patient: &Resource) -> Result<Vec<Resource>,
                         key: &patient_key,
                         index: person_obs,
                         effective: None,
+                        siblings: &out,
                     };
                     out.push(observation(cx, &seg, &under, &subject)?);
                     person_obs += 1;
@@ -303,6 +304,7 @@ fn order_observation(
                 key: &o.key,
                 index: o.observations.len(),
                 effective: None,
+                siblings: &o.observations,
             };
             let mut obs = observation(cx, obx, &under, subject)?;
             let id = stable_id(&["Immunization", &o.key.0, &o.key.1]);

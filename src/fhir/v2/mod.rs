@@ -5,7 +5,9 @@
 //! person-only events: no Encounter unless a real visit is sent) → Patient (+ Encounter);
 //! SIU S12–S26 (the IG's SIU_S12 map) → Patient + Appointment; ORU^R01 (the IG's ORU_R01
 //! map) → Patient + a DiagnosticReport per OBR and an Observation per OBX; VXU^V04 (the IG's
-//! VXU_V04 map) → Patient + an Immunization per order.
+//! VXU_V04 map) → Patient + an Immunization per order; ORM^O01/OML^O21 (the IG's ORM_O01 and
+//! OML_O21 maps) → Patient (+ Encounter) + a ServiceRequest per order, its Specimens (SPM)
+//! and supporting Observations.
 //!
 //! Every resource gets a deterministic id (a UUID derived from its business identifier) and
 //! names that identifier, so that writers can use conditional updates
@@ -20,6 +22,8 @@ mod encounter;
 mod immunization;
 mod observation;
 mod patient;
+mod service_request;
+mod specimen;
 
 use std::collections::HashMap;
 
@@ -237,36 +241,53 @@ pub fn convert(msg: &Message<'_>, opts: &Options) -> Result<Vec<Resource>, Mappi
             sender,
         },
     };
-    let zone = opts.default_zone;
+    let mut out = map_message(&cx, &code, &event)?;
+    // A resource two parts of a message name (one specimen for two orders) is sent once.
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|r| seen.insert((r.resource_type, r.id.clone())));
+    Ok(out)
+}
+
+fn map_message(cx: &Ctx<'_, '_>, code: &str, event: &str) -> Result<Vec<Resource>, MappingError> {
+    let zone = cx.opts.default_zone;
     datatypes::take_assumed_zone();
-    match (code.as_str(), event.as_str()) {
+    match (code, event) {
         ("ADT", "A01" | "A02" | "A03" | "A04" | "A05" | "A08" | "A11" | "A13" | "A28" | "A31") => {
-            let patient = tagged(patient::map(&cx)?, zone);
+            let patient = tagged(patient::map(cx)?, zone);
             let mut out = Vec::with_capacity(2);
-            let encounter = encounter::map(&cx, &patient)?.map(|e| tagged(e, zone));
+            let encounter = encounter::map(cx, &patient)?.map(|e| tagged(e, zone));
             out.push(patient);
             out.extend(encounter);
             Ok(out)
         }
         ("ORU", "R01") => {
-            let patient = tagged(patient::map(&cx)?, zone);
-            let mut out = observation::map(&cx, &patient)?;
+            let patient = tagged(patient::map(cx)?, zone);
+            let mut out = observation::map(cx, &patient)?;
             out.insert(0, patient);
             Ok(out)
         }
+        ("ORM", "O01") | ("OML", "O21") => {
+            let patient = tagged(patient::map(cx)?, zone);
+            let encounter = encounter::map(cx, &patient)?.map(|e| tagged(e, zone));
+            let requests = service_request::map(cx, &patient, encounter.as_ref())?;
+            let mut out = vec![patient];
+            out.extend(encounter);
+            out.extend(requests);
+            Ok(out)
+        }
         ("VXU", "V04") => {
-            let patient = tagged(patient::map(&cx)?, zone);
-            let mut out = immunization::map(&cx, &patient)?;
+            let patient = tagged(patient::map(cx)?, zone);
+            let mut out = immunization::map(cx, &patient)?;
             out.insert(0, patient);
             Ok(out)
         }
         ("SIU", e) if is_siu_event(e) => {
-            let patient = tagged(patient::map(&cx)?, zone);
-            let appointment = tagged(appointment::map(&cx, &patient)?, zone);
+            let patient = tagged(patient::map(cx)?, zone);
+            let appointment = tagged(appointment::map(cx, &patient)?, zone);
             Ok(vec![patient, appointment])
         }
         _ => Err(cx.error(format!(
-            "no FHIR mapping for {code}^{event} (mapped: ADT A01–A05, A08, A11, A13, A28, A31; ORU R01; SIU S12–S26; VXU V04)"
+            "no FHIR mapping for {code}^{event} (mapped: ADT A01–A05, A08, A11, A13, A28, A31; ORU R01; ORM O01; OML O21; SIU S12–S26; VXU V04)"
         ))),
     }
 }

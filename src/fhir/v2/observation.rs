@@ -8,7 +8,7 @@
 use serde_json::{Value, json};
 
 use super::datatypes::{Obj, codeable_concept, date_time, instant, text};
-use super::{Ctx, MappingError, Resource, stable_id, tagged};
+use super::{Ctx, MappingError, Resource, specimen, stable_id, tagged};
 use crate::formats::hl7::{Segment, Ts};
 
 const UCUM: &str = "http://unitsofmeasure.org";
@@ -20,6 +20,7 @@ struct Report {
     effective: Option<String>,
     results: Vec<Value>,
     observations: Vec<Resource>,
+    specimens: Vec<Resource>,
 }
 
 pub(super) fn map(cx: &Ctx<'_, '_>, patient: &Resource) -> Result<Vec<Resource>, MappingError> {
@@ -45,6 +46,7 @@ pub(super) fn map(cx: &Ctx<'_, '_>, patient: &Resource) -> Result<Vec<Resource>,
                     key: &r.key,
                     index: r.observations.len(),
                     effective: r.effective.as_deref(),
+                    siblings: &r.observations,
                 };
                 let obs = observation(cx, &seg, &under, &subject)?;
                 r.results
@@ -64,7 +66,17 @@ pub(super) fn map(cx: &Ctx<'_, '_>, patient: &Resource) -> Result<Vec<Resource>,
                     None => r.body.push("extension", note_extension(note)),
                 }
             }
-            "SPM" => last_obx = false,
+            "SPM" => {
+                last_obx = false;
+                if let Some(r) = report.as_mut() {
+                    let sp = specimen::map(cx, &seg, &r.key, r.specimens.len(), &subject)?;
+                    r.body.push(
+                        "specimen",
+                        json!({"reference": format!("Specimen/{}", sp.id)}),
+                    );
+                    r.specimens.push(sp);
+                }
+            }
             _ => {}
         }
     }
@@ -136,6 +148,7 @@ fn start(cx: &Ctx<'_, '_>, obr: &Segment<'_>, subject: &Value) -> Result<Report,
         effective,
         results: Vec::new(),
         observations: Vec::new(),
+        specimens: Vec::new(),
     })
 }
 
@@ -150,7 +163,15 @@ fn finish(cx: &Ctx<'_, '_>, r: Report, out: &mut Vec<Resource>) {
         Resource::new("DiagnosticReport", id, Some(r.key), body),
         zone,
     ));
-    out.extend(r.observations);
+    // One specimen for the order: every result was measured on it.
+    let mut observations = r.observations;
+    if let [sp] = r.specimens.as_slice() {
+        for o in &mut observations {
+            o.body["specimen"] = json!({"reference": format!("Specimen/{}", sp.id)});
+        }
+    }
+    out.extend(r.specimens);
+    out.extend(observations);
 }
 
 /// What an OBX is a result of: the business key its identifier extends (a report's filler
@@ -159,6 +180,8 @@ pub(super) struct Under<'k> {
     pub key: &'k (String, String),
     pub index: usize,
     pub effective: Option<&'k str>,
+    /// The group's resources mapped so far.
+    pub siblings: &'k [Resource],
 }
 
 pub(super) fn observation(
@@ -179,8 +202,15 @@ pub(super) fn observation(
         "" => format!("{}-{set}", r.key.1),
         _ => format!("{}-{set}-{sub}", r.key.1),
     };
-    // The order's system: an observation's number is its order's, extended.
-    let key = (r.key.0.clone(), value);
+    // The order's system: an observation's number is its order's, extended. A set id the
+    // sender repeated within the group gets the OBX's place too, so no result replaces another.
+    let mut key = (r.key.0.clone(), value);
+    if r.siblings
+        .iter()
+        .any(|o| o.resource_type == "Observation" && o.identifier.as_ref() == Some(&key))
+    {
+        key.1 = format!("{}-{}", key.1, r.index + 1);
+    }
     o.push(
         "identifier",
         json!({"system": key.0.clone(), "value": key.1.clone()}),
@@ -423,9 +453,11 @@ mod tests {
         let m = Message::parse(&raw).unwrap();
         let rs = convert(&m, &Options::default()).unwrap();
         let kinds: Vec<&str> = rs.iter().map(|r| r.resource_type).collect();
+        // Both orders were run on the same specimen (SPM-2 "SpecimenID"): one Specimen.
         let expected = [
             "Patient",
             "DiagnosticReport",
+            "Specimen",
             "Observation",
             "Observation",
             "Observation",
@@ -445,22 +477,37 @@ mod tests {
         assert_eq!(cbc["subject"]["reference"], format!("Patient/{}", rs[0].id));
         let results = cbc["result"].as_array().unwrap();
         assert_eq!(results.len(), 5);
-        assert_eq!(results[1]["reference"], format!("Observation/{}", rs[3].id));
+        assert_eq!(results[1]["reference"], format!("Observation/{}", rs[4].id));
+        let specimen = format!("Specimen/{}", rs[2].id);
+        assert_eq!(cbc["specimen"][0]["reference"], specimen);
+        assert_eq!(rs[9].body["specimen"]["reference"], specimen);
+        // SPM|1|SpecimenID||BLD|…|20141006053500+0700|20141006082100+0700||Y
+        let sp = &rs[2].body;
+        assert_eq!(sp["type"]["coding"][0]["code"], "BLD");
+        assert_eq!(sp["identifier"][0]["value"], "SpecimenID");
+        assert_eq!(sp["identifier"][0]["type"]["coding"][0]["code"], "PGN");
+        assert_eq!(
+            sp["collection"]["collectedDateTime"],
+            "2014-10-06T05:35:00+07:00"
+        );
+        assert_eq!(sp["receivedTime"], "2014-10-06T08:21:00+07:00");
+        assert_eq!(sp["status"], "available");
         // OBX|2|NM|11273-0^ERYTHROCYTES^LN||4.06|tera.l-1||N|||P|||20141006062700+0700
-        let rbc = &rs[3].body;
+        let rbc = &rs[4].body;
+        assert_eq!(rbc["specimen"]["reference"], specimen);
         assert_eq!(rbc["valueQuantity"]["value"], 4.06);
         assert_eq!(rbc["valueQuantity"]["unit"], "tera.l-1");
         assert_eq!(rbc["status"], "preliminary");
         assert_eq!(rbc["interpretation"][0]["coding"][0]["code"], "N");
         assert_eq!(rbc["effectiveDateTime"], "2014-10-06T06:27:00+07:00");
         // A result not yet in (OBX-11 I, no value): registered, without value[x].
-        assert_eq!(rs[2].body["status"], "registered");
-        assert!(rs[2].body.get("valueQuantity").is_none());
+        assert_eq!(rs[3].body["status"], "registered");
+        assert!(rs[3].body.get("valueQuantity").is_none());
         // Ids follow the order and set ids: the same feed twice names the same resources.
         let again = convert(&m, &Options::default()).unwrap();
-        assert_eq!(again[3].id, rs[3].id);
+        assert_eq!(again[4].id, rs[4].id);
         assert_ne!(
-            rs[3].id, rs[9].id,
+            rs[4].id, rs[10].id,
             "set 2 of another order is another result"
         );
     }

@@ -610,7 +610,7 @@ impl Cwe {
 /// For types that are both fields and parts of other types (HD, CWE): a component-level element
 /// has no component 2, so its parts are sub-components. A field whose only component holds
 /// sub-components is read the same way, which is what such a sender means.
-fn embedded_reader<'a>(element: &Element<'a>) -> impl Fn(usize) -> Element<'a> + use<'a> {
+pub fn embedded_reader<'a>(element: &Element<'a>) -> impl Fn(usize) -> Element<'a> + use<'a> {
     let el = *element;
     let embedded = !el.component(2).is_present();
     move |n| {
