@@ -334,7 +334,7 @@ fn validate(ndjson: &[Value]) -> Value {
     counts.remove(0)
 }
 
-const MAPPED: [&str; 9] = [
+const MAPPED: [&str; 10] = [
     "ADT-A01-01.hl7",
     "ADT-A04-01.hl7",
     "ADT-A08-01.hl7",
@@ -344,6 +344,7 @@ const MAPPED: [&str; 9] = [
     "VXU-V04-01.hl7",
     "ORM-O01-01.hl7",
     "OML-O21-01.hl7",
+    "ADT-A40-01.hl7",
 ];
 
 /// #15 item 17: times without an offset take the integration's IANA zone, per date (CDT in
@@ -469,7 +470,7 @@ fn every_resource_and_bundle_passes_two_independent_fhir_r4_validators() {
     assert_eq!(
         validate(&all),
         json!({"Appointment": 1, "DiagnosticReport": 2, "Encounter": 6, "Immunization": 1,
-            "Observation": 16, "Patient": 9, "ServiceRequest": 2, "Specimen": 2})
+            "Observation": 16, "Patient": 11, "ServiceRequest": 2, "Specimen": 2})
     );
     validate(&bundles);
     // Each validator really rejects what FHIR forbids (so the passes above mean something):
@@ -634,7 +635,8 @@ fn a_lab_result_feed_posted_twice_creates_each_observation_once() {
         .unwrap()
         .replace("|82503246|", &format!("|F1{tag}|"))
         .replace("|890775544|", &format!("|F2{tag}|"))
-        .replace("10006579^^^1^MR", &format!("M{tag}^^^1^MR"));
+        .replace("10006579^^^1^MR", &format!("M{tag}^^^1^MR"))
+        .replace("|SpecimenID|", &format!("|S{tag}|"));
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("oru.hl7");
     std::fs::write(&input, msg).unwrap();
@@ -683,6 +685,50 @@ fn a_lab_result_feed_posted_twice_creates_each_observation_once() {
     let neut = search_server(&format!("Observation?identifier={system}|F2{tag}-1"));
     assert_eq!(neut[0]["valueQuantity"]["value"], json!(72));
     assert_eq!(neut[0]["code"]["coding"][0]["code"], "23761-0");
+}
+
+/// #19: ADT^A40 merges a prior record into the survivor — on the FHIR server the survivor
+/// `replaces` the prior patient, which is inactive and `replaced-by` the survivor; a replay
+/// changes nothing.
+#[test]
+fn a_merge_links_the_prior_patient_to_the_survivor_on_the_server() {
+    support::need_fhir();
+    let tag = support::unique("A").replace('-', "");
+    let (survivor, prior) = (format!("S{tag}"), format!("P{tag}"));
+    let msg = std::fs::read_to_string(corpus("ADT-A40-01.hl7"))
+        .unwrap()
+        .replace("12345^^^BCBS^MR", &format!("{survivor}^^^BCBS^MR"))
+        .replace("56789^^^BCBS^MR", &format!("{prior}^^^BCBS^MR"));
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("a40.hl7");
+    std::fs::write(&input, msg).unwrap();
+    let (code, bundles, err) = convert(&[input.to_str().unwrap(), "--bundle", "transaction"]);
+    assert_eq!(code, 0, "{err}");
+    post_bundle(&bundles[0]);
+    post_bundle(&bundles[0]);
+    let system = "urn:plexus:v2:Ntierprise_Clinic:authority:BCBS";
+    let s = search_server(&format!("Patient?identifier={system}|{survivor}"));
+    let p = search_server(&format!("Patient?identifier={system}|{prior}"));
+    assert_eq!((s.len(), p.len()), (1, 1), "{s:?} {p:?}");
+    let (s, p) = (&s[0], &p[0]);
+    assert_eq!(s["active"], true);
+    assert_eq!(s["link"][0]["type"], "replaces");
+    assert_eq!(
+        s["link"][0]["other"]["reference"],
+        format!("Patient/{}", p["id"].as_str().unwrap())
+    );
+    assert_eq!(p["active"], false);
+    assert_eq!(p["link"][0]["type"], "replaced-by");
+    assert_eq!(
+        p["link"][0]["other"]["reference"],
+        format!("Patient/{}", s["id"].as_str().unwrap())
+    );
+    assert_eq!(
+        p["identifier"].as_array().unwrap().len(),
+        1,
+        "only the prior id: {p}"
+    );
+    assert_eq!(s["meta"]["versionId"], "2");
 }
 
 fn ndjson(path: &Path) -> Vec<Value> {

@@ -3,6 +3,7 @@
 //! Messages: ADT A01/A04/A08/A13 (the IG's ADT_A01 map), A03 (no IG map: handled like A01,
 //! with the discharge setting the encounter finished), A02/A05/A11 and A28/A31 (ADT_A05, the
 //! person-only events: no Encounter unless a real visit is sent) → Patient (+ Encounter);
+//! A40 (merge) → the surviving Patient and the prior one, linked;
 //! SIU S12–S26 (the IG's SIU_S12 map) → Patient + Appointment; ORU^R01 (the IG's ORU_R01
 //! map) → Patient + a DiagnosticReport per OBR and an Observation per OBX; VXU^V04 (the IG's
 //! VXU_V04 map) → Patient + an Immunization per order; ORM^O01/OML^O21 (the IG's ORM_O01 and
@@ -266,6 +267,13 @@ fn map_message(cx: &Ctx<'_, '_>, code: &str, event: &str) -> Result<Vec<Resource
             out.insert(0, patient);
             Ok(out)
         }
+        ("ADT", "A40") => {
+            let mut patient = tagged(patient::map(cx)?, zone);
+            let prior = patient::merged(cx, &mut patient)?;
+            let mut out = vec![patient];
+            out.extend(prior);
+            Ok(out)
+        }
         ("ORM", "O01") | ("OML", "O21") => {
             let patient = tagged(patient::map(cx)?, zone);
             let encounter = encounter::map(cx, &patient)?.map(|e| tagged(e, zone));
@@ -287,7 +295,7 @@ fn map_message(cx: &Ctx<'_, '_>, code: &str, event: &str) -> Result<Vec<Resource
             Ok(vec![patient, appointment])
         }
         _ => Err(cx.error(format!(
-            "no FHIR mapping for {code}^{event} (mapped: ADT A01–A05, A08, A11, A13, A28, A31; ORU R01; ORM O01; OML O21; SIU S12–S26; VXU V04)"
+            "no FHIR mapping for {code}^{event} (mapped: ADT A01–A05, A08, A11, A13, A28, A31, A40; ORU R01; ORM O01; OML O21; SIU S12–S26; VXU V04)"
         ))),
     }
 }

@@ -129,6 +129,65 @@ pub(super) fn map(cx: &Ctx<'_, '_>) -> Result<Resource, MappingError> {
     Ok(r)
 }
 
+/// ADT^A40 (merge patient — patient identifier list): the IG has no ADT_A39 map, so this
+/// follows FHIR's Patient.link semantics. The survivor (PID) `replaces` each record MRG-1
+/// names; that record is written as an inactive Patient `replaced-by` the survivor. It keeps
+/// the survivor's demographics (the merge says they are one person, and the survivor's are
+/// current) so that the conditional update on its identifier leaves no stale copy behind.
+pub(super) fn merged(
+    cx: &Ctx<'_, '_>,
+    survivor: &mut Resource,
+) -> Result<Vec<Resource>, MappingError> {
+    let mut out = Vec::new();
+    for mrg in cx.msg.segments_named(*b"MRG") {
+        let mut ids = Vec::new();
+        for rep in mrg.field(1).repetitions() {
+            let c = Cx::from_element(&rep).map_err(cx.at("MRG-1"))?;
+            if let Some(mut v) = identifier(&c, &cx.systems) {
+                if v.get("system").is_none() {
+                    v["system"] = Value::from(cx.local_system("patient"));
+                }
+                ids.push((c.identifier_type_code.as_deref() != Some("MR"), v));
+            }
+        }
+        ids.sort_by_key(|(not_mr, _)| *not_mr);
+        let Some((_, first)) = ids.first() else {
+            return Err(cx.error("MRG-1: the merge names no prior patient identifier"));
+        };
+        let key = (
+            first["system"].as_str().unwrap_or_default().to_string(),
+            first["value"].as_str().unwrap_or_default().to_string(),
+        );
+        if survivor.identifier.as_ref() == Some(&key) {
+            return Err(cx.error("MRG-1: the prior identifier is the survivor's own (PID-3)"));
+        }
+        let id = stable_id(&["Patient", &key.0, &key.1]);
+        let mut old = survivor.body.clone();
+        old["id"] = Value::from(id.as_str());
+        old["identifier"] = Value::Array(ids.into_iter().map(|(_, v)| v).collect());
+        old["active"] = Value::from(false);
+        old["link"] = json!([{"other": {"reference": format!("Patient/{}", survivor.id)},
+            "type": "replaced-by"}]);
+        let link = json!({"other": {"reference": format!("Patient/{id}")}, "type": "replaces"});
+        match survivor.body.get_mut("link").and_then(Value::as_array_mut) {
+            Some(links) => links.push(link),
+            None => survivor.body["link"] = Value::Array(vec![link]),
+        }
+        survivor.body["active"] = Value::from(true);
+        out.push(Resource {
+            resource_type: "Patient",
+            id,
+            identifier: Some(key),
+            body: old,
+            deleted: Vec::new(),
+        });
+    }
+    if out.is_empty() {
+        return Err(cx.error("no MRG segment: a merge names the record it merges"));
+    }
+    Ok(out)
+}
+
 /// The Patient's identifiers, and the one a conditional update matches on (system, value).
 fn identifiers(
     cx: &Ctx<'_, '_>,
