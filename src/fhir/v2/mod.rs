@@ -102,6 +102,9 @@ pub struct MappingError {
     pub reason: String,
 }
 
+/// A business identifier (system, value) that names a resource.
+pub(crate) type Key = (String, String);
+
 /// What the mappers share about the message at hand.
 pub(crate) struct Ctx<'m, 'a> {
     pub msg: &'m Message<'a>,
@@ -155,7 +158,7 @@ impl Ctx<'_, '_> {
         &self,
         seg: &Segment<'_>,
         fields: &[(usize, &str, Option<&str>)],
-    ) -> Result<(Vec<Value>, Option<(String, String)>), MappingError> {
+    ) -> Result<(Vec<Value>, Option<Key>), MappingError> {
         let mut ids = Vec::new();
         let mut key = None;
         for &(n, kind, code) in fields {
