@@ -523,71 +523,32 @@ fn transaction_bundles_are_accepted_by_a_fhir_server_and_a_replay_changes_nothin
         bundles[0]["entry"][0]["request"]["url"],
         format!("Patient?identifier=urn:oid:2.16.840.1.113883.19.5|{mrn}")
     );
-    let client = reqwest::Client::new();
-    let rt = rt();
-    let post = |b: &Value| {
-        rt.block_on(async {
-            let r = client
-                .post(FHIR)
-                .header("content-type", "application/fhir+json")
-                .json(b)
-                .send()
-                .await
-                .unwrap();
-            let status = r.status();
-            let body: Value = r.json().await.unwrap();
-            assert!(status.is_success(), "{status}: {body}");
-            body
-        })
-    };
-    let first = post(&bundles[0]);
+    let first = post_bundle(&bundles[0]);
     assert_eq!(first["type"], "transaction-response", "{first}");
-    let statuses = |b: &Value| -> Vec<String> {
-        b["entry"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["response"]["status"].as_str().unwrap().to_string())
-            .collect()
-    };
     assert!(
         statuses(&first).iter().all(|s| s.starts_with("201")),
         "{first}"
     );
-    let second = post(&bundles[0]);
+    let second = post_bundle(&bundles[0]);
     assert!(
         statuses(&second).iter().all(|s| s.starts_with("200")),
         "{second}"
     );
-    let search = |q: &str| -> Value {
-        rt.block_on(async {
-            client
-                .get(format!("{FHIR}/{q}"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap()
-        })
-    };
     // One patient with that MRN (not two), and its encounter points at it.
-    let found = search(&format!(
+    let found = search_server(&format!(
         "Patient?identifier=urn:oid:2.16.840.1.113883.19.5|{mrn}"
     ));
-    let entries = found["entry"].as_array().cloned().unwrap_or_default();
-    assert_eq!(entries.len(), 1, "{found}");
-    let server_id = entries[0]["resource"]["id"].as_str().unwrap().to_string();
-    assert_eq!(entries[0]["resource"]["name"][0]["family"], "EVERYMAN");
-    let enc = search(&format!("Encounter?identifier={ACCMNG}|V{mrn}"));
-    let enc_entries = enc["entry"].as_array().cloned().unwrap_or_default();
-    assert_eq!(enc_entries.len(), 1, "{enc}");
+    assert_eq!(found.len(), 1, "{found:?}");
+    let server_id = found[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(found[0]["name"][0]["family"], "EVERYMAN");
+    let enc = search_server(&format!("Encounter?identifier={ACCMNG}|V{mrn}"));
+    assert_eq!(enc.len(), 1, "{enc:?}");
     assert_eq!(
-        enc_entries[0]["resource"]["subject"]["reference"],
+        enc[0]["subject"]["reference"],
         format!("Patient/{server_id}")
     );
     // The second write was an update of the same resource: version 2.
-    assert_eq!(entries[0]["resource"]["meta"]["versionId"], "2", "{found}");
+    assert_eq!(found[0]["meta"]["versionId"], "2", "{found:?}");
 }
 
 /// POSTs a Bundle to the FHIR server; its answer (a 2xx, or the test fails).
@@ -605,6 +566,16 @@ fn post_bundle(b: &Value) -> Value {
         assert!(status.is_success(), "{status}: {body}");
         body
     })
+}
+
+/// The status of each entry of a transaction-response.
+fn statuses(b: &Value) -> Vec<String> {
+    b["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["response"]["status"].as_str().unwrap().to_string())
+        .collect()
 }
 
 /// The resources a FHIR search finds.
@@ -642,14 +613,6 @@ fn a_lab_result_feed_posted_twice_creates_each_observation_once() {
     std::fs::write(&input, msg).unwrap();
     let (code, bundles, err) = convert(&[input.to_str().unwrap(), "--bundle", "transaction"]);
     assert_eq!(code, 0, "{err}");
-    let statuses = |b: &Value| -> Vec<String> {
-        b["entry"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["response"]["status"].as_str().unwrap().to_string())
-            .collect()
-    };
     let first = post_bundle(&bundles[0]);
     assert_eq!(
         statuses(&first).len(),

@@ -19,7 +19,8 @@ fn corpus_files() -> Vec<(String, Vec<u8>)> {
         })
         .collect();
     files.sort();
-    assert_eq!(files.len(), 9, "corpus is complete");
+    // SOURCES.txt lists each file; a file added or lost changes this count.
+    assert_eq!(files.len(), 13, "corpus is complete");
     files
 }
 
@@ -232,7 +233,7 @@ fn every_value_matches_a_naive_split() {
 }
 
 #[test]
-fn whole_corpus_concatenated_splits_into_nine() {
+fn whole_corpus_concatenated_splits_into_one_message_per_file() {
     let mut all = Vec::new();
     for (_, b) in corpus_files() {
         all.extend(b);
@@ -243,7 +244,8 @@ fn whole_corpus_concatenated_splits_into_nine() {
         .by_ref()
         .map(|r| r.unwrap().message.control_id().into_owned())
         .collect();
-    assert_eq!(ids.len(), 9);
-    assert_eq!(ids[3], "599102");
+    assert_eq!(ids.len(), 13);
+    // ADT01-23 (v2.3, a BOM) comes out whole between its neighbours.
+    assert!(ids.iter().any(|i| i == "599102"), "{ids:?}");
     assert!(s.diagnostics().is_empty());
 }

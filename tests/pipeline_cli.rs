@@ -426,8 +426,8 @@ fn run_over_a_glob_of_the_third_party_corpus() {
     let n = |k: &str| summary[k].as_u64().unwrap();
     assert_eq!(
         n("records_in"),
-        4,
-        "ADT-A01-01, ADT-A04-01, ADT-A08-01, ADT01-23"
+        5,
+        "ADT-A01-01, ADT-A04-01, ADT-A08-01, ADT-A40-01, ADT01-23"
     );
     assert_eq!(
         n("records_in"),

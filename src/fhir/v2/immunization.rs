@@ -347,11 +347,7 @@ mod tests {
     use crate::formats::hl7::Message;
 
     fn vxu() -> Vec<u8> {
-        std::fs::read(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/data/corpus/VXU-V04-01.hl7"
-        ))
-        .unwrap()
+        super::super::corpus("VXU-V04-01.hl7")
     }
 
     #[test]

@@ -321,6 +321,13 @@ fn is_siu_event(e: &str) -> bool {
         .is_some_and(|n| (12..=26).contains(&n))
 }
 
+/// A sample message of `tests/data/corpus` (the mappers' unit tests).
+#[cfg(test)]
+pub(crate) fn corpus(name: &str) -> Vec<u8> {
+    let path = format!("{}/tests/data/corpus/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

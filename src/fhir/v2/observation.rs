@@ -440,11 +440,7 @@ mod tests {
     use crate::formats::hl7::Message;
 
     fn lab() -> Vec<u8> {
-        std::fs::read(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/data/corpus/LAB-ORU-1.hl7"
-        ))
-        .unwrap()
+        super::super::corpus("LAB-ORU-1.hl7")
     }
 
     #[test]

@@ -292,11 +292,7 @@ mod tests {
     use crate::formats::hl7::Message;
 
     fn corpus(name: &str) -> String {
-        std::fs::read_to_string(format!(
-            "{}/tests/data/corpus/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap()
+        String::from_utf8(super::super::corpus(name)).unwrap()
     }
 
     #[test]
