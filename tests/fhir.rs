@@ -334,7 +334,7 @@ fn validate(ndjson: &[Value]) -> Value {
     counts.remove(0)
 }
 
-const MAPPED: [&str; 10] = [
+const MAPPED: [&str; 11] = [
     "ADT-A01-01.hl7",
     "ADT-A04-01.hl7",
     "ADT-A08-01.hl7",
@@ -345,6 +345,7 @@ const MAPPED: [&str; 10] = [
     "ORM-O01-01.hl7",
     "OML-O21-01.hl7",
     "ADT-A40-01.hl7",
+    "MDM-T02-01.hl7",
 ];
 
 /// #15 item 17: times without an offset take the integration's IANA zone, per date (CDT in
@@ -469,8 +470,9 @@ fn every_resource_and_bundle_passes_two_independent_fhir_r4_validators() {
     }
     assert_eq!(
         validate(&all),
-        json!({"Appointment": 1, "DiagnosticReport": 2, "Encounter": 6, "Immunization": 1,
-            "Observation": 16, "Patient": 11, "ServiceRequest": 2, "Specimen": 2})
+        json!({"Appointment": 1, "DiagnosticReport": 2, "DocumentReference": 1, "Encounter": 7,
+            "Immunization": 1, "Observation": 16, "Patient": 12, "ServiceRequest": 2,
+            "Specimen": 2})
     );
     validate(&bundles);
     // Each validator really rejects what FHIR forbids (so the passes above mean something):

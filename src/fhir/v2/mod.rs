@@ -8,7 +8,8 @@
 //! map) → Patient + a DiagnosticReport per OBR and an Observation per OBX; VXU^V04 (the IG's
 //! VXU_V04 map) → Patient + an Immunization per order; ORM^O01/OML^O21 (the IG's ORM_O01 and
 //! OML_O21 maps) → Patient (+ Encounter) + a ServiceRequest per order, its Specimens (SPM)
-//! and supporting Observations.
+//! and supporting Observations; MDM T01–T11 (the IG's MDM_T02 map) → Patient (+ Encounter) +
+//! DocumentReference.
 //!
 //! Every resource gets a deterministic id (a UUID derived from its business identifier) and
 //! names that identifier, so that writers can use conditional updates
@@ -19,6 +20,7 @@ pub mod concepts;
 pub mod datatypes;
 
 mod appointment;
+mod document;
 mod encounter;
 mod immunization;
 mod observation;
@@ -277,6 +279,15 @@ fn map_message(cx: &Ctx<'_, '_>, code: &str, event: &str) -> Result<Vec<Resource
             out.extend(prior);
             Ok(out)
         }
+        ("MDM", e) if is_mdm_event(e) => {
+            let patient = tagged(patient::map(cx)?, zone);
+            let encounter = encounter::map(cx, &patient)?.map(|e| tagged(e, zone));
+            let document = document::map(cx, &patient, encounter.as_ref())?;
+            let mut out = vec![patient];
+            out.extend(encounter);
+            out.push(document);
+            Ok(out)
+        }
         ("ORM", "O01") | ("OML", "O21") => {
             let patient = tagged(patient::map(cx)?, zone);
             let encounter = encounter::map(cx, &patient)?.map(|e| tagged(e, zone));
@@ -298,7 +309,7 @@ fn map_message(cx: &Ctx<'_, '_>, code: &str, event: &str) -> Result<Vec<Resource
             Ok(vec![patient, appointment])
         }
         _ => Err(cx.error(format!(
-            "no FHIR mapping for {code}^{event} (mapped: ADT A01–A05, A08, A11, A13, A28, A31, A40; ORU R01; ORM O01; OML O21; SIU S12–S26; VXU V04)"
+            "no FHIR mapping for {code}^{event} (mapped: ADT A01–A05, A08, A11, A13, A28, A31, A40; ORU R01; ORM O01; OML O21; MDM T01–T11; SIU S12–S26; VXU V04)"
         ))),
     }
 }
@@ -313,6 +324,12 @@ fn tagged(mut r: Resource, zone: Zone) -> Resource {
         }]});
     }
     r
+}
+
+fn is_mdm_event(e: &str) -> bool {
+    e.strip_prefix('T')
+        .and_then(|n| n.parse::<u32>().ok())
+        .is_some_and(|n| (1..=11).contains(&n))
 }
 
 fn is_siu_event(e: &str) -> bool {
