@@ -121,42 +121,7 @@ fn finish(
     }
     let key =
         key.ok_or_else(|| cx.error("ORC-2/3, OBR-2/3: the order has no placer or filler number"))?;
-    // Status: ORC-5 order status (r5, OrderStatus) when sent, else ORC-1 order control (r1,
-    // OrderControlCode[ServiceRequest.status]); "unknown" when neither maps.
-    let control = match &o.orc {
-        Some(orc) => text(&orc.field(1)).map_err(cx.at("ORC-1"))?,
-        None => None,
-    };
-    let order_status = match &o.orc {
-        Some(orc) => text(&orc.field(5)).map_err(cx.at("ORC-5"))?,
-        None => None,
-    };
-    let status = match &order_status {
-        Some(s) => order_status_code(s),
-        None => control.as_deref().and_then(control_status),
-    };
-    r.put("status", Some(Value::from(status.unwrap_or("unknown"))));
-    // Intent (OBR r0/r11): a reflex test (OBR-11 G) is a reflex order.
-    let reflex = match &o.obr {
-        Some(obr) => text(&obr.field(11)).map_err(cx.at("OBR-11"))?.as_deref() == Some("G"),
-        None => false,
-    };
-    r.put(
-        "intent",
-        Some(Value::from(if reflex { "reflex-order" } else { "order" })),
-    );
-    // TQ1-9 priority (S stat, A asap, R routine; request-priority).
-    if let Some(tq1) = &o.tq1
-        && let Some(p) = text(&tq1.field(9).component(1)).map_err(cx.at("TQ1-9"))?
-    {
-        let p = match p.as_str() {
-            "S" => Some("stat"),
-            "A" => Some("asap"),
-            "R" => Some("routine"),
-            _ => None,
-        };
-        r.put("priority", p.map(Value::from));
-    }
+    let control = status_intent_priority(cx, &o, &mut r)?;
     // OBR-4 universal service id (r4).
     if let Some(obr) = &o.obr
         && let Some(code) = cx.cwe(obr, 4)?
@@ -260,6 +225,51 @@ fn finish(
     ));
     out.extend(extra);
     Ok(())
+}
+
+/// ServiceRequest.status, intent and priority; returns the order control code (ORC-1).
+fn status_intent_priority(
+    cx: &Ctx<'_, '_>,
+    o: &Order<'_>,
+    r: &mut Obj,
+) -> Result<Option<String>, MappingError> {
+    // Status: ORC-5 order status (r5, OrderStatus) when sent, else ORC-1 order control (r1,
+    // OrderControlCode[ServiceRequest.status]); "unknown" when neither maps.
+    let control = match &o.orc {
+        Some(orc) => text(&orc.field(1)).map_err(cx.at("ORC-1"))?,
+        None => None,
+    };
+    let order_status = match &o.orc {
+        Some(orc) => text(&orc.field(5)).map_err(cx.at("ORC-5"))?,
+        None => None,
+    };
+    let status = match &order_status {
+        Some(s) => order_status_code(s),
+        None => control.as_deref().and_then(control_status),
+    };
+    r.put("status", Some(Value::from(status.unwrap_or("unknown"))));
+    // Intent (OBR r0/r11): a reflex test (OBR-11 G) is a reflex order.
+    let reflex = match &o.obr {
+        Some(obr) => text(&obr.field(11)).map_err(cx.at("OBR-11"))?.as_deref() == Some("G"),
+        None => false,
+    };
+    r.put(
+        "intent",
+        Some(Value::from(if reflex { "reflex-order" } else { "order" })),
+    );
+    // TQ1-9 priority (S stat, A asap, R routine; request-priority).
+    if let Some(tq1) = &o.tq1
+        && let Some(p) = text(&tq1.field(9).component(1)).map_err(cx.at("TQ1-9"))?
+    {
+        let p = match p.as_str() {
+            "S" => Some("stat"),
+            "A" => Some("asap"),
+            "R" => Some("routine"),
+            _ => None,
+        };
+        r.put("priority", p.map(Value::from));
+    }
+    Ok(control)
 }
 
 /// ORC-5 (HL7 table 0038) → request-status (the IG's OrderStatus map).
