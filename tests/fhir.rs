@@ -48,6 +48,32 @@ fn one(file: &str) -> Vec<Value> {
     out
 }
 
+/// The resources a message names rather than records (conditional creates).
+const DIRECTORY: [&str; 3] = ["Practitioner", "Location", "Organization"];
+
+/// The message's own resources: all but the Practitioners, Locations and Organizations.
+fn clinical(rs: &[Value]) -> Vec<&Value> {
+    rs.iter()
+        .filter(|r| !DIRECTORY.contains(&r["resourceType"].as_str().unwrap_or_default()))
+        .collect()
+}
+
+/// The resource a Reference (`{"reference": "Type/id"}`) names among `rs`.
+fn resolve<'a>(rs: &'a [Value], reference: &Value) -> &'a Value {
+    let name = reference["reference"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{reference}"));
+    rs.iter()
+        .find(|r| {
+            format!(
+                "{}/{}",
+                r["resourceType"].as_str().unwrap(),
+                r["id"].as_str().unwrap()
+            ) == name
+        })
+        .unwrap_or_else(|| panic!("{name} is not among the resources"))
+}
+
 fn of_type<'a>(rs: &'a [Value], t: &str) -> &'a Value {
     rs.iter()
         .find(|r| r["resourceType"] == t)
@@ -58,7 +84,7 @@ fn of_type<'a>(rs: &'a [Value], t: &str) -> &'a Value {
 fn adt_a01_maps_patient_and_encounter_field_by_field() {
     support::need_fhir();
     let rs = one("ADT-A01-01.hl7");
-    assert_eq!(rs.len(), 2);
+    assert_eq!(clinical(&rs).len(), 2);
     let p = of_type(&rs, "Patient");
     // PID-3 (r5): CX-4 `test1&2.16.1&HCD`: the universal id is an OID (whatever HD-3
     // says), so the system is `urn:oid:` (an absolute URI, as FHIR requires), CX-5 MR.
@@ -131,8 +157,9 @@ fn adt_a01_maps_patient_and_encounter_field_by_field() {
         c["period"],
         json!({"start": "2021-08-18", "end": "2021-12-18"})
     );
-    // PD1-4 → generalPractitioner as a logical reference.
-    assert_eq!(p["generalPractitioner"][0]["identifier"]["value"], "88");
+    // PD1-4 → generalPractitioner: a Practitioner (XCN[Practitioner]).
+    let gp = resolve(&rs, &p["generalPractitioner"][0]);
+    assert_eq!(gp["identifier"][0]["value"], "88");
 
     let e = of_type(&rs, "Encounter");
     assert_eq!(
@@ -158,10 +185,10 @@ fn adt_a01_maps_patient_and_encounter_field_by_field() {
         .map(|p| p["type"][0]["coding"][0]["code"].as_str().unwrap())
         .collect();
     assert_eq!(codes, ["ATND", "REF", "CON", "ADM"]);
-    assert_eq!(
-        e["participant"][0]["individual"]["identifier"]["value"],
-        "1122334"
-    );
+    let attender = resolve(&rs, &e["participant"][0]["individual"]);
+    assert_eq!(attender["identifier"][0]["value"], "1122334");
+    assert_eq!(attender["identifier"][0]["system"], "urn:oid:1.23");
+    assert_eq!(attender["name"][0]["family"], "Alaz");
     // PV1-3 (r6–7: planned for a pre-admit), PV1-6 prior (completed), PV1-42 (reserved).
     let loc = e["location"].as_array().unwrap();
     assert_eq!(loc[0]["status"], "planned");
@@ -171,6 +198,7 @@ fn adt_a01_maps_patient_and_encounter_field_by_field() {
             .unwrap()
             .contains("bed Bed 03")
     );
+    assert_eq!(resolve(&rs, &loc[0]["location"])["name"], "Bed 03");
     assert!(loc.iter().any(|l| l["status"] == "completed"));
     assert!(loc.iter().any(|l| l["status"] == "reserved"));
     // PV2-3 admit reason (SNOMED).
@@ -229,7 +257,10 @@ fn siu_s12_maps_to_an_appointment() {
         parts[0]["actor"]["reference"],
         format!("Patient/{}", p["id"].as_str().unwrap())
     );
-    assert_eq!(parts[1]["actor"]["identifier"]["value"], "1210");
+    assert_eq!(
+        resolve(&rs, &parts[1]["actor"])["identifier"][0]["value"],
+        "1210"
+    );
     assert_eq!(
         parts[1]["type"][0]["coding"][0]["display"],
         "Gastroenterologist"
@@ -241,6 +272,13 @@ fn siu_s12_maps_to_an_appointment() {
             .contains("Room01")
     );
     assert!(parts.iter().all(|p| p["status"] == "accepted"));
+    // The PV1 is the appointment's visit (SIU_S12 4.2), planned for S12.
+    let e = of_type(&rs, "Encounter");
+    assert_eq!(e["status"], "planned");
+    assert_eq!(
+        e["appointment"][0]["reference"],
+        format!("Appointment/{}", a["id"].as_str().unwrap())
+    );
 }
 
 #[test]
@@ -259,7 +297,11 @@ fn unmappable_and_broken_messages_are_reported_with_where_and_the_rest_converted
     std::fs::write(&input, format!("{good}\n{bad_dob}\n{dft}\n")).unwrap();
     let (code, out, err) = convert(&[input.to_str().unwrap()]);
     assert_eq!(code, 1, "{err}");
-    assert_eq!(out.len(), 2, "the good message's two resources: {out:#?}");
+    assert_eq!(
+        clinical(&out).len(),
+        2,
+        "the good message's two resources: {out:#?}"
+    );
     assert!(
         err.contains("message 1 at byte") && err.contains("BADDOB") && err.contains("PID-7"),
         "{err}"
@@ -269,7 +311,10 @@ fn unmappable_and_broken_messages_are_reported_with_where_and_the_rest_converted
         "{err}"
     );
     assert!(
-        err.contains("1 messages converted to 2 resources, 2 failed"),
+        err.contains(&format!(
+            "1 messages converted to {} resources, 2 failed",
+            out.len()
+        )),
         "{err}"
     );
 }
@@ -334,7 +379,7 @@ fn validate(ndjson: &[Value]) -> Value {
     counts.remove(0)
 }
 
-const MAPPED: [&str; 11] = [
+const MAPPED: [&str; 13] = [
     "ADT-A01-01.hl7",
     "ADT-A04-01.hl7",
     "ADT-A08-01.hl7",
@@ -346,6 +391,9 @@ const MAPPED: [&str; 11] = [
     "OML-O21-01.hl7",
     "ADT-A40-01.hl7",
     "MDM-T02-01.hl7",
+    "RDE-O11-01.hl7",
+    // plexus's own sample (no third-party RAS was at hand).
+    "../messages/RAS-O17.hl7",
 ];
 
 /// #15 item 17: times without an offset take the integration's IANA zone, per date (CDT in
@@ -470,9 +518,10 @@ fn every_resource_and_bundle_passes_two_independent_fhir_r4_validators() {
     }
     assert_eq!(
         validate(&all),
-        json!({"Appointment": 1, "DiagnosticReport": 2, "DocumentReference": 1, "Encounter": 7,
-            "Immunization": 1, "Observation": 16, "Patient": 12, "ServiceRequest": 2,
-            "Specimen": 2})
+        json!({"Appointment": 1, "DiagnosticReport": 2, "DocumentReference": 1, "Encounter": 10,
+            "Immunization": 1, "Location": 109, "MedicationAdministration": 2,
+            "MedicationRequest": 2, "Observation": 16, "Organization": 7, "Patient": 14,
+            "Practitioner": 45, "ServiceRequest": 2, "Specimen": 2})
     );
     validate(&bundles);
     // Each validator really rejects what FHIR forbids (so the passes above mean something):
@@ -562,13 +611,19 @@ fn post_bundle(b: &Value) -> Value {
 }
 
 /// Posts a transaction twice: every entry is created (201) by the first post and found and
-/// updated (200) by the replay. The first response.
+/// updated (200) by the replay. The first response. Directory entries (Practitioner,
+/// Location, Organization: conditional creates) may exist from an earlier message or run.
 fn post_twice(bundle: &Value) -> Value {
     let first = post_bundle(bundle);
-    assert!(
-        statuses(&first).iter().all(|s| s.starts_with("201")),
-        "{first}"
-    );
+    let entries = bundle["entry"].as_array().unwrap();
+    for (status, e) in statuses(&first).iter().zip(entries) {
+        let once = e["request"]["method"] == "POST";
+        assert!(
+            status.starts_with("201") || (once && status.starts_with("200")),
+            "{status} for {}: {first}",
+            e["request"]
+        );
+    }
     let second = post_bundle(bundle);
     assert!(
         statuses(&second).iter().all(|s| s.starts_with("200")),
@@ -693,6 +748,85 @@ fn a_merge_links_the_prior_patient_to_the_survivor_on_the_server() {
     assert_eq!(s["meta"]["versionId"], "2");
 }
 
+/// #19: Practitioners and Locations are conditional creates (`ifNoneExist`): two messages
+/// naming the same doctor make one Practitioner, which the second message does not
+/// overwrite, and both visits reference it; a bed named by every run of this test exists
+/// once on the server however often the test has run.
+#[test]
+fn practitioners_and_locations_are_created_once_across_messages() {
+    support::need_fhir();
+    let tag = support::unique("D").replace('-', "");
+    let message = |n: u32, family: &str| {
+        let msg = std::fs::read_to_string(corpus("ADT-A01-01.hl7"))
+            .unwrap()
+            .replace(
+                "PATID1234^5^M11^test1&2.16.1&HCD^MR",
+                &format!("M{n}{tag}^5^M11^&2.16.840.1.113883.19.5&ISO^MR"),
+            )
+            .replace("40007716^^^AccMng", &format!("V{n}{tag}^^^AccMng"))
+            .replace(
+                "1122334^Alaz^Mohammed",
+                &format!("D{tag}^{family}^Mohammed"),
+            );
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("a01.hl7");
+        std::fs::write(&input, msg).unwrap();
+        let (code, bundles, err) = convert(&[input.to_str().unwrap(), "--bundle", "transaction"]);
+        assert_eq!(code, 0, "{err}");
+        bundles[0].clone()
+    };
+    post_twice(&message(1, "Alaz"));
+    post_twice(&message(2, "Renamed"));
+    let doctors = search_server(&format!("Practitioner?identifier=urn:oid:1.23|D{tag}"));
+    assert_eq!(doctors.len(), 1, "{doctors:?}");
+    let doctor = &doctors[0];
+    assert_eq!(
+        doctor["name"][0]["family"], "Alaz",
+        "created once, not overwritten"
+    );
+    assert_eq!(doctor["meta"]["versionId"], "1");
+    let doctor = format!("Practitioner/{}", doctor["id"].as_str().unwrap());
+    let mut beds = Vec::new();
+    for n in [1, 2] {
+        let enc = search_server(&format!("Encounter?identifier={ACCMNG}|V{n}{tag}"));
+        assert_eq!(enc.len(), 1, "{enc:?}");
+        let attender = enc[0]["participant"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["type"][0]["coding"][0]["code"] == "ATND")
+            .unwrap();
+        assert_eq!(attender["individual"]["reference"], doctor);
+        beds.push(enc[0]["location"][0]["location"]["reference"].clone());
+    }
+    assert_eq!(beds[0], beds[1], "both visits are in the same bed resource");
+    let path = "facility:HOMERTON UNIVER/building:Homerton UH/point-of-care:HUH AE OMU/\
+                floor:Floor5/room:OMU B/bed:Bed 03";
+    let found = search_server(&format!(
+        "Location?identifier=urn:plexus:v2:GHHSFacility:location|{}",
+        path.replace(' ', "%20")
+    ));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(
+        beds[0],
+        format!("Location/{}", found[0]["id"].as_str().unwrap())
+    );
+    // The bed is part of its room, on the server too.
+    let room = found[0]["partOf"]["reference"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let room: Value = rt().block_on(async {
+        reqwest::get(format!("{FHIR}/{room}"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    });
+    assert_eq!(room["name"], "OMU B");
+}
+
 fn ndjson(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -752,9 +886,23 @@ sinks:
     let kinds: Vec<&str> = rows
         .iter()
         .map(|r| r["resource_type"].as_str().unwrap())
+        .filter(|k| !DIRECTORY.contains(k))
         .collect();
-    assert_eq!(kinds, ["Patient", "Encounter", "Patient", "Appointment"]);
+    assert_eq!(
+        kinds,
+        [
+            "Patient",
+            "Encounter",
+            "Patient",
+            "Encounter",
+            "Appointment"
+        ]
+    );
     // The systems map applies: the visit number's authority AccMng is an OID now.
+    let rows: Vec<&Value> = rows
+        .iter()
+        .filter(|r| !DIRECTORY.contains(&r["resource_type"].as_str().unwrap()))
+        .collect();
     let enc: Value = serde_json::from_str(rows[1]["resource"].as_str().unwrap()).unwrap();
     assert_eq!(enc["identifier"][0]["system"], "urn:oid:1.2.840.99.1");
     assert_eq!(

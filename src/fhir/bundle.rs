@@ -1,13 +1,14 @@
 //! Transaction and batch Bundles whose entries are conditional updates on business
 //! identifiers (`PUT Patient?identifier=system|value`): the receiving server creates a
 //! resource the first time and updates the same one after, so a replayed message changes
-//! nothing and never duplicates a patient.
+//! nothing and never duplicates a patient. Practitioners, Locations and Organizations are
+//! conditional creates (`ifNoneExist`) in a transaction: made once, never overwritten.
 
 use std::collections::HashMap;
 
 use serde_json::{Value, json};
 
-use super::v2::Resource;
+use super::v2::{Resource, Write};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BundleType {
@@ -30,15 +31,21 @@ impl BundleType {
 
 /// The request URL of a resource's conditional update (or update by id without one).
 pub fn request_url(r: &Resource) -> String {
-    match &r.identifier {
-        Some((system, value)) => format!(
-            "{}?identifier={}|{}",
-            r.resource_type,
-            encode(system),
-            encode(&escape_token(value))
-        ),
+    match search_query(r) {
+        Some(q) => format!("{}?{q}", r.resource_type),
         None => format!("{}/{}", r.resource_type, r.id),
     }
+}
+
+/// The search that finds a resource by its business identifier (`identifier=system|value`,
+/// encoded): what a conditional update or create matches on.
+pub fn search_query(r: &Resource) -> Option<String> {
+    let (system, value) = r.identifier.as_ref()?;
+    Some(format!(
+        "identifier={}|{}",
+        encode(system),
+        encode(&escape_token(value))
+    ))
 }
 
 /// One Bundle of the resources of a message (taken, not copied: a Bundle is built once per
@@ -61,23 +68,26 @@ pub fn bundle(resources: Vec<Resource>, kind: BundleType) -> Value {
     let entries: Vec<Value> = resources
         .into_iter()
         .map(|r| {
-            let url = request_url(&r);
+            // Directory resources are created once (`Write::CreateOnce`); a batch entry
+            // stands alone and is referenced by its deterministic id, so it stays an update.
+            let request = match (kind, r.write(), search_query(&r)) {
+                (BundleType::Transaction, Write::CreateOnce, Some(q)) => {
+                    json!({"method": "POST", "url": r.resource_type, "ifNoneExist": q})
+                }
+                _ => json!({"method": "PUT", "url": request_url(&r)}),
+            };
             let full_url = format!("urn:uuid:{}", r.id);
             let mut body = r.body;
             if kind == BundleType::Transaction {
                 if let Value::Object(o) = &mut body {
-                    // A conditional update must not carry an id the match might contradict.
+                    // A conditional write must not carry an id the match might contradict.
                     if r.identifier.is_some() {
                         o.remove("id");
                     }
                 }
                 rewrite_references(&mut body, &urns);
             }
-            json!({
-                "fullUrl": full_url,
-                "resource": body,
-                "request": {"method": "PUT", "url": url}
-            })
+            json!({"fullUrl": full_url, "resource": body, "request": request})
         })
         .collect();
     json!({"resourceType": "Bundle", "type": kind.as_str(), "entry": entries})

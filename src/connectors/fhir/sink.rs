@@ -164,16 +164,20 @@ impl FhirSyncSink {
             ref deleted,
         } = *row;
         let resource_type: &'static str = match kind {
-            "Patient" => "Patient",
-            "Encounter" => "Encounter",
-            "Appointment" => "Appointment",
             "Bundle" => {
                 return Err((
                     "sync",
                     "a Bundle row cannot be synced: use a `fhir` stage without `bundle:`".into(),
                 ));
             }
-            other => return Err(("sync", format!("no sync for {other} resources"))),
+            k => match crate::fhir::v2::RESOURCE_TYPES
+                .iter()
+                .copied()
+                .find(|t| *t == k)
+            {
+                Some(t) => t,
+                None => return Err(("sync", format!("no sync for {k} resources"))),
+            },
         };
         let mut json: Value =
             serde_json::from_str(body).map_err(|e| ("sync", format!("resource JSON: {e}")))?;

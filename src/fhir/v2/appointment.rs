@@ -4,7 +4,7 @@
 use chrono::Duration;
 use serde_json::{Value, json};
 
-use super::datatypes::{Obj, codeable_concept, instant, location_display, practitioner_ref, text};
+use super::datatypes::{Obj, codeable_concept, instant, text};
 use super::{Ctx, MappingError, Resource, concepts, stable_id};
 use crate::formats::hl7::{Segment, Ts};
 
@@ -210,7 +210,7 @@ fn participants(cx: &Ctx<'_, '_>, a: &mut Obj, patient: &Resource) -> Result<(),
     );
     for aip in cx.msg.segments_named(*b"AIP") {
         for rep in aip.field(3).repetitions() {
-            let Some(who) = practitioner_ref(&rep, &cx.systems).map_err(cx.at("AIP-3"))? else {
+            let Some(who) = cx.practitioner(&rep).map_err(cx.at("AIP-3"))? else {
                 continue;
             };
             let role = cx.cwe(&aip, 4)?.as_ref().and_then(codeable_concept);
@@ -231,12 +231,12 @@ fn participants(cx: &Ctx<'_, '_>, a: &mut Obj, patient: &Resource) -> Result<(),
         }
     }
     for ail in cx.msg.segments_named(*b"AIL") {
-        if let Some(display) = location_display(&ail.field(3)).map_err(cx.at("AIL-3"))? {
+        if let Some(place) = cx.location(&ail.field(3)).map_err(cx.at("AIL-3"))? {
             let st = text(&ail.field(12).component(1)).map_err(cx.at("AIL-12"))?;
             a.push(
                 "participant",
                 json!({
-                    "actor": {"type": "Location", "display": display},
+                    "actor": place,
                     "status": concepts::participant_status(st.as_deref().unwrap_or("booked"))
                 }),
             );

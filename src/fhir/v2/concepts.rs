@@ -65,6 +65,10 @@ pub fn encounter_status_from_event(event: &str) -> Option<&'static str> {
         "A03" => "finished",
         "A04" | "A05" => "planned",
         "A11" => "cancelled",
+        // SIU: a booked, rescheduled or modified appointment's visit is still to come; a
+        // cancelled, discontinued, deleted or missed one will not happen.
+        "S12" | "S13" | "S14" => "planned",
+        "S15" | "S16" | "S17" | "S26" => "cancelled",
         _ => return None,
     })
 }

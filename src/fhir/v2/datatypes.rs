@@ -1,6 +1,6 @@
 //! v2 data types → FHIR data types (the IG's `datatypes/` maps): CX→Identifier,
-//! XPN→HumanName, XAD→Address, XTN→ContactPoint, CWE→CodeableConcept/Coding, XCN→a
-//! logical Reference, TS/DTM→date/dateTime/instant, EI→Identifier.
+//! XPN→HumanName, XAD→Address, XTN→ContactPoint, CWE→CodeableConcept/Coding,
+//! TS/DTM→date/dateTime/instant, EI→Identifier.
 //!
 //! FHIR forbids empty values (`""`, `[]`, `{}`): every builder here leaves out what was not
 //! sent, and returns `None` when nothing was.
@@ -470,51 +470,6 @@ pub fn mapped_concept(
         .set("coding", Value::Array(codings))
         .set("text", s(&c.text))
         .build()
-}
-
-/// An XCN (person with identifier) as a logical Reference: `identifier` (XCN-1, system from
-/// XCN-9, type XCN-13) and `display` (the name). The IG creates a Practitioner per XCN
-/// (XCN[Practitioner]); without a practitioner registry that would mint duplicates on every
-/// message, so the reference names the person by identifier for the receiver to resolve.
-pub fn practitioner_ref(el: &Element<'_>, systems: &Systems) -> Result<Option<Value>, Hl7Error> {
-    let id = text(&el.component(1))?;
-    let name = Xpn {
-        family: text(&el.component(2).subcomponent(1))?,
-        given: text(&el.component(3))?,
-        middle: text(&el.component(4))?,
-        suffix: text(&el.component(5))?,
-        prefix: text(&el.component(6))?,
-        degree: text(&el.component(7))?,
-        name_type_code: None,
-    };
-    let authority = Hd {
-        namespace_id: text(&el.component(9).subcomponent(1))?,
-        universal_id: text(&el.component(9).subcomponent(2))?,
-        universal_id_type: text(&el.component(9).subcomponent(3))?,
-    };
-    let display = name.display();
-    let identifier = id.map(|v| {
-        Obj::new()
-            .set(
-                "type",
-                text(&el.component(13))
-                    .ok()
-                    .flatten()
-                    .map(|t| identifier_type(&t)),
-            )
-            .set("system", systems.system(&authority).map(Value::from))
-            .set("value", Value::from(v))
-            .into_value()
-    });
-    Ok(Obj::new()
-        .set("type", Some(Value::from("Practitioner")))
-        .set("identifier", identifier)
-        .set(
-            "display",
-            (!display.is_empty()).then(|| Value::from(display)),
-        )
-        .build()
-        .filter(|r| r.get("identifier").is_some() || r.get("display").is_some()))
 }
 
 /// EI[Identifier]: value EI-1, system from EI-2/EI-3/EI-4 (HD rules).

@@ -5,10 +5,10 @@
 use base64::Engine;
 use serde_json::{Value, json};
 
-use super::datatypes::{Obj, codeable_concept, instant, practitioner_ref, text};
+use super::datatypes::{Obj, codeable_concept, instant, text};
 use super::{Ctx, MappingError, Resource, stable_id, tagged};
 use crate::formats::hl7::datatypes::Precision;
-use crate::formats::hl7::{Segment, Ts};
+use crate::formats::hl7::{Element, Segment, Ts};
 
 pub(super) fn map(
     cx: &Ctx<'_, '_>,
@@ -76,14 +76,12 @@ pub(super) fn map(
     }
     // TXA-9 originator (r9) → author; TXA-10 assigned authenticator (r10).
     for rep in txa.field(9).repetitions() {
-        d.push(
-            "author",
-            practitioner_ref(&rep, &cx.systems).map_err(at(9))?,
-        );
+        d.push("author", cx.practitioner(&rep).map_err(at(9))?);
     }
     d.put(
         "authenticator",
-        practitioner_ref(&txa.field(10).repetition(1), &cx.systems).map_err(at(10))?,
+        cx.practitioner(&txa.field(10).repetition(1))
+            .map_err(at(10))?,
     );
     // TXA-25 document title (r25) → description; TXA-18 confidentiality (r18, table 0272).
     d.put(
@@ -139,6 +137,39 @@ pub(super) fn map(
     ))
 }
 
+/// An ED value as an Attachment: ED-2/3 type and subtype → contentType, ED-5 data as
+/// base64 (ED-4 Base64 kept, Hex decoded, anything else taken as text); `None` when empty.
+pub(super) fn ed_attachment(
+    cx: &Ctx<'_, '_>,
+    rep: &Element<'_>,
+    label: &str,
+) -> Result<Option<Value>, MappingError> {
+    let at = cx.at(label);
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let (kind, sub) = (
+        text(&rep.component(2)).map_err(&at)?,
+        text(&rep.component(3)).map_err(&at)?,
+    );
+    let encoding = text(&rep.component(4)).map_err(&at)?;
+    let data = text(&rep.component(5)).map_err(&at)?;
+    let data = match (encoding.as_deref(), data) {
+        (_, None) => None,
+        (Some("Base64") | Some("BASE64"), Some(d)) => Some(d),
+        (Some("Hex"), Some(d)) => Some(b64.encode(
+            hex::decode(&d).map_err(|e| cx.error(format!("{label}: not hexadecimal: {e}")))?,
+        )),
+        (_, Some(d)) => Some(b64.encode(d)),
+    };
+    let content_type = match (kind, sub) {
+        (Some(k), Some(s)) => Some(format!("{}/{}", k.to_lowercase(), s.to_lowercase())),
+        _ => None,
+    };
+    Ok(Obj::new()
+        .set("contentType", content_type.map(Value::from))
+        .set("data", data.map(Value::from))
+        .build())
+}
+
 /// One OBX of the document: ED → an attachment (data as base64), TX/FT/ST → text, RP → a
 /// URL, HD (a DICOM study uid) → a related study; any other type is an error, not a loss.
 fn content(
@@ -157,33 +188,7 @@ fn content(
     match kind.as_str() {
         "ED" => {
             for rep in reps {
-                let (kind, sub) = (
-                    text(&rep.component(2)).map_err(&at)?,
-                    text(&rep.component(3)).map_err(&at)?,
-                );
-                let encoding = text(&rep.component(4)).map_err(&at)?;
-                let data = text(&rep.component(5)).map_err(&at)?;
-                let data = match (encoding.as_deref(), data) {
-                    (_, None) => None,
-                    (Some("Base64") | Some("BASE64"), Some(d)) => Some(d),
-                    (Some("Hex"), Some(d)) => Some(
-                        b64.encode(
-                            hex::decode(&d)
-                                .map_err(|e| cx.error(format!("{label}: not hexadecimal: {e}")))?,
-                        ),
-                    ),
-                    (_, Some(d)) => Some(b64.encode(d)),
-                };
-                let content_type = match (kind, sub) {
-                    (Some(k), Some(s)) => {
-                        Some(format!("{}/{}", k.to_lowercase(), s.to_lowercase()))
-                    }
-                    _ => None,
-                };
-                let attachment = Obj::new()
-                    .set("contentType", content_type.map(Value::from))
-                    .set("data", data.map(Value::from))
-                    .build()
+                let attachment = ed_attachment(cx, &rep, &label)?
                     .unwrap_or_else(|| json!({"title": "empty attachment"}));
                 d.push("content", json!({"attachment": attachment}));
             }
@@ -245,7 +250,7 @@ mod tests {
     fn a_document_maps_txa_and_its_content() {
         let raw = super::super::corpus("MDM-T02-01.hl7");
         let m = Message::parse(&raw).unwrap();
-        let rs = convert(&m, &Options::default()).unwrap();
+        let (rs, dir) = super::super::split_directory(convert(&m, &Options::default()).unwrap());
         let kinds: Vec<&str> = rs.iter().map(|r| r.resource_type).collect();
         assert_eq!(kinds, ["Patient", "Encounter", "DocumentReference"]);
         let d = &rs[2].body;
@@ -261,7 +266,8 @@ mod tests {
             "http://terminology.hl7.org/CodeSystem/v2-0270"
         );
         assert_eq!(d["date"], "2008-01-31T16:00:00+02:15");
-        assert_eq!(d["author"][0]["identifier"]["value"], "IvanDoctorovich");
+        let author = super::super::resolve(&dir, &d["author"][0]);
+        assert_eq!(author["identifier"][0]["value"], "IvanDoctorovich");
         // TXA-14/15 name the order (placer 00012345, filler 1-1); OBX-2 HD the DICOM study.
         let related = d["context"]["related"].as_array().unwrap();
         assert_eq!(related[0]["identifier"]["value"], "00012345");
@@ -286,7 +292,7 @@ mod tests {
             "OBX|2|TX|02585^TransthoracicEcho^PCV4||Normal study.~No effusion.",
         );
         let m = Message::parse(text.as_bytes()).unwrap();
-        let rs = convert(&m, &Options::default()).unwrap();
+        let (rs, _) = super::super::split_directory(convert(&m, &Options::default()).unwrap());
         let a = &rs[2].body["content"][0]["attachment"];
         let data = base64::engine::general_purpose::STANDARD
             .decode(a["data"].as_str().unwrap())

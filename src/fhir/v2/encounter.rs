@@ -3,8 +3,7 @@
 use serde_json::{Value, json};
 
 use super::datatypes::{
-    Obj, codeable_concept, date_time, identifier, identifier_type, location_display,
-    mapped_concept, practitioner_ref, text,
+    Obj, codeable_concept, date_time, identifier, identifier_type, mapped_concept, text,
 };
 use super::{Ctx, MappingError, Resource, concepts, stable_id};
 use crate::formats::hl7::{Cwe, Cx, Ts};
@@ -117,8 +116,7 @@ pub(super) fn map(cx: &Ctx<'_, '_>, patient: &Resource) -> Result<Option<Resourc
     e.put("hospitalization", hospitalization(cx, &pv1)?);
     // Locations: PV1-3 assigned (r6–8: active, or planned for pre-admits), PV1-6 prior
     // (r11–12: completed), PV1-11 temporary (r26–27: active), PV1-42 pending (r67: reserved).
-    // Each as a display of its components (the IG's Location-per-component hierarchy needs a
-    // location registry to be idempotent).
+    // Each a Location per component, the most granular referenced (PL[Location]).
     let planned = class_code.as_deref() == Some("P");
     for (n, status) in [
         (3, if planned { "planned" } else { "active" }),
@@ -126,11 +124,8 @@ pub(super) fn map(cx: &Ctx<'_, '_>, patient: &Resource) -> Result<Option<Resourc
         (11, "active"),
         (42, "reserved"),
     ] {
-        if let Some(display) = location_display(&pv1.field(n)).map_err(at(n))? {
-            e.push(
-                "location",
-                json!({"location": {"display": display}, "status": status}),
-            );
+        if let Some(place) = cx.location(&pv1.field(n)).map_err(at(n))? {
+            e.push("location", json!({"location": place, "status": status}));
         }
     }
 
@@ -225,7 +220,7 @@ fn participants(
         (17, "ADM", "admitter"),
     ] {
         for rep in pv1.field(n).repetitions() {
-            if let Some(who) = practitioner_ref(&rep, &cx.systems).map_err(at(n))? {
+            if let Some(who) = cx.practitioner(&rep).map_err(at(n))? {
                 e.push(
                     "participant",
                     json!({

@@ -9,9 +9,7 @@
 
 use serde_json::{Value, json};
 
-use super::datatypes::{
-    Obj, codeable_concept, date, date_time, location_display, practitioner_ref, text,
-};
+use super::datatypes::{Obj, codeable_concept, date, date_time, text};
 use super::observation::{Under, observation};
 use super::{Ctx, MappingError, Resource, stable_id, tagged};
 use crate::formats::hl7::{Segment, Ts};
@@ -102,8 +100,9 @@ fn start(cx: &Ctx<'_, '_>, orc: &Segment<'_>, subject: &Value) -> Result<Order, 
         .map(|t| date_time(&t, cx.opts.default_zone));
     body.put("recorded", recorded.map(Value::from));
     // ORC-12 ordering provider (r12): performer with function OP.
-    if let Some(who) =
-        practitioner_ref(&orc.field(12).repetition(1), &cx.systems).map_err(cx.at("ORC-12"))?
+    if let Some(who) = cx
+        .practitioner(&orc.field(12).repetition(1))
+        .map_err(cx.at("ORC-12"))?
     {
         body.push("performer", performer(who, "OP", "Ordering Provider"));
     }
@@ -131,21 +130,8 @@ fn administration(cx: &Ctx<'_, '_>, rxa: &Segment<'_>, o: &mut Order) -> Result<
     let zone = cx.opts.default_zone;
     let b = &mut o.body;
     o.has_rxa = true;
-    // RXA-21 action code D (r21) → entered-in-error; else RXA-20 completion status (r20,
-    // table 0322 → event-status), "completed" when not sent.
     let action = text(&rxa.field(21)).map_err(at(21))?;
-    let completion = text(&rxa.field(20)).map_err(at(20))?;
-    let status = match (action.as_deref(), completion.as_deref()) {
-        (Some("D"), _) => "entered-in-error",
-        (_, Some("RE" | "NA")) => "not-done",
-        (_, Some("CP" | "PA") | None) => "completed",
-        (_, Some(other)) => {
-            return Err(cx.error(format!(
-                "RXA-20: completion status {other:?} is not a code of table 0322 (CP, RE, NA, PA)"
-            )));
-        }
-    };
-    b.put("status", Some(Value::from(status)));
+    b.put("status", Some(Value::from(completion_status(cx, rxa)?)));
     // RXA-18 substance refusal reason (r18): why it was not done.
     if let Some(reason) = cx.cwe(rxa, 18)? {
         b.put("statusReason", codeable_concept(&reason));
@@ -194,25 +180,7 @@ fn administration(cx: &Ctx<'_, '_>, rxa: &Segment<'_>, o: &mut Order) -> Result<
     );
     // RXA-17 manufacturer (r17): CWE[Organization], MVX codes named as sent.
     if let Some(m) = cx.cwe(rxa, 17)? {
-        let identifier = m.identifier.as_ref().map(|v| {
-            Obj::new()
-                .set(
-                    "system",
-                    m.coding_system
-                        .as_deref()
-                        .and_then(super::concepts::coding_system)
-                        .map(Value::from),
-                )
-                .set("value", Value::from(v.as_str()))
-                .into_value()
-        });
-        b.put(
-            "manufacturer",
-            Obj::new()
-                .set("identifier", identifier)
-                .set("display", m.text.clone().map(Value::from))
-                .build(),
-        );
+        b.put("manufacturer", cx.organization_coded(&m));
     }
     // RXA-6 amount (r6; 999 = unknown per the CDC IG) with RXA-7 units (r7, CWE[Quantity]).
     if let Some(amount) = text(&rxa.field(6)).map_err(at(6))?
@@ -225,18 +193,40 @@ fn administration(cx: &Ctx<'_, '_>, rxa: &Segment<'_>, o: &mut Order) -> Result<
         b.put("doseQuantity", Some(q));
     }
     // RXA-10 administering provider (r10): performer with function AP.
-    if let Some(who) =
-        practitioner_ref(&rxa.field(10).repetition(1), &cx.systems).map_err(at(10))?
+    if let Some(who) = cx
+        .practitioner(&rxa.field(10).repetition(1))
+        .map_err(at(10))?
     {
         b.push("performer", performer(who, "AP", "Administering Provider"));
     }
     // RXA-27 administered-at location (r27); RXA-11 (v2.5's field) when RXA-27 is empty.
-    let place = match location_display(&rxa.field(27)).map_err(at(27))? {
+    let place = match cx.location(&rxa.field(27)).map_err(at(27))? {
         Some(p) => Some(p),
-        None => location_display(&rxa.field(11).component(4)).map_err(at(11))?,
+        None => cx.location_la2(&rxa.field(11)).map_err(at(11))?,
     };
-    b.put("location", place.map(|p| json!({"display": p})));
+    b.put("location", place);
     Ok(())
+}
+
+/// RXA-21 action code D (r21) → entered-in-error; else RXA-20 completion status (r20,
+/// table 0322 → event-status), "completed" when not sent. Shared by Immunization and
+/// MedicationAdministration, whose status codes agree on these.
+pub(super) fn completion_status(
+    cx: &Ctx<'_, '_>,
+    rxa: &Segment<'_>,
+) -> Result<&'static str, MappingError> {
+    let action = text(&rxa.field(21)).map_err(cx.at("RXA-21"))?;
+    let completion = text(&rxa.field(20)).map_err(cx.at("RXA-20"))?;
+    Ok(match (action.as_deref(), completion.as_deref()) {
+        (Some("D"), _) => "entered-in-error",
+        (_, Some("RE" | "NA")) => "not-done",
+        (_, Some("CP" | "PA") | None) => "completed",
+        (_, Some(other)) => {
+            return Err(cx.error(format!(
+                "RXA-20: completion status {other:?} is not a code of table 0322 (CP, RE, NA, PA)"
+            )));
+        }
+    })
 }
 
 /// RXR route (r1, table 0162) and site (r2).
@@ -354,7 +344,7 @@ mod tests {
     fn a_vaccination_record_maps_rxa_rxr_and_the_cdc_observations() {
         let raw = vxu();
         let m = Message::parse(&raw).unwrap();
-        let rs = convert(&m, &Options::default()).unwrap();
+        let (rs, dir) = super::super::split_directory(convert(&m, &Options::default()).unwrap());
         let kinds: Vec<&str> = rs.iter().map(|r| r.resource_type).collect();
         // The patient, its heart-rate OBX, the immunization (its four OBX are CDC elements).
         assert_eq!(kinds, ["Patient", "Observation", "Immunization"]);
@@ -369,7 +359,13 @@ mod tests {
         assert_eq!(i["primarySource"], true);
         assert_eq!(i["lotNumber"], "315841");
         assert_eq!(i["expirationDate"], "2021-12-16");
-        assert_eq!(i["manufacturer"]["identifier"]["value"], "PMC");
+        let maker = super::super::resolve(&dir, &i["manufacturer"]);
+        assert_eq!(maker["identifier"][0]["value"], "PMC");
+        assert_eq!(
+            maker["identifier"][0]["system"],
+            "http://terminology.hl7.org/CodeSystem/MVX"
+        );
+        assert_eq!(maker["name"], "Sanofi Pasteur");
         assert_eq!(i["manufacturer"]["display"], "Sanofi Pasteur");
         assert_eq!(i["doseQuantity"]["value"], 0.5);
         assert_eq!(i["doseQuantity"]["code"], "mL");
@@ -377,9 +373,11 @@ mod tests {
         assert_eq!(i["route"]["coding"][0]["code"], "C28161");
         assert_eq!(i["site"]["coding"][0]["code"], "RD");
         assert_eq!(i["performer"][0]["function"]["coding"][0]["code"], "OP");
-        assert_eq!(i["performer"][0]["actor"]["identifier"]["value"], "654");
+        let op = super::super::resolve(&dir, &i["performer"][0]["actor"]);
+        assert_eq!(op["identifier"][0]["value"], "654");
         assert_eq!(i["performer"][1]["function"]["coding"][0]["code"], "AP");
-        assert_eq!(i["performer"][1]["actor"]["identifier"]["value"], "7824");
+        let ap = super::super::resolve(&dir, &i["performer"][1]["actor"]);
+        assert_eq!(ap["identifier"][0]["value"], "7824");
         assert_eq!(i["fundingSource"]["coding"][0]["code"], "PHC70");
         assert_eq!(i["programEligibility"][0]["coding"][0]["code"], "V01");
         assert_eq!(

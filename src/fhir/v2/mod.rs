@@ -4,12 +4,15 @@
 //! with the discharge setting the encounter finished), A02/A05/A11 and A28/A31 (ADT_A05, the
 //! person-only events: no Encounter unless a real visit is sent) → Patient (+ Encounter);
 //! A40 (merge) → the surviving Patient and the prior one, linked;
-//! SIU S12–S26 (the IG's SIU_S12 map) → Patient + Appointment; ORU^R01 (the IG's ORU_R01
+//! SIU S12–S26 (the IG's SIU_S12 map) → Patient (+ Encounter) + Appointment; ORU^R01 (the IG's ORU_R01
 //! map) → Patient + a DiagnosticReport per OBR and an Observation per OBX; VXU^V04 (the IG's
 //! VXU_V04 map) → Patient + an Immunization per order; ORM^O01/OML^O21 (the IG's ORM_O01 and
 //! OML_O21 maps) → Patient (+ Encounter) + a ServiceRequest per order, its Specimens (SPM)
 //! and supporting Observations; MDM T01–T11 (the IG's MDM_T02 map) → Patient (+ Encounter) +
-//! DocumentReference.
+//! DocumentReference; RDE^O11 → Patient (+ Encounter) + a MedicationRequest per order;
+//! RAS^O17 → Patient (+ Encounter) + a MedicationAdministration per RXA (`medication`).
+//! Practitioners, Locations and Organizations the message names are resources of their own
+//! (`directory`).
 //!
 //! Every resource gets a deterministic id (a UUID derived from its business identifier) and
 //! names that identifier, so that writers can use conditional updates
@@ -20,9 +23,11 @@ pub mod concepts;
 pub mod datatypes;
 
 mod appointment;
+mod directory;
 mod document;
 mod encounter;
 mod immunization;
+mod medication;
 mod observation;
 mod patient;
 mod service_request;
@@ -30,7 +35,7 @@ mod specimen;
 
 use std::collections::HashMap;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::formats::hl7::{Cwe, Hl7Error, Message, Segment, Zone};
@@ -73,6 +78,46 @@ pub struct Resource {
     pub deleted: Vec<String>,
 }
 
+/// Every resource type the mappers emit.
+pub const RESOURCE_TYPES: &[&str] = &[
+    "Appointment",
+    "DiagnosticReport",
+    "DocumentReference",
+    "Encounter",
+    "Immunization",
+    "Location",
+    "MedicationAdministration",
+    "MedicationRequest",
+    "Observation",
+    "Organization",
+    "Patient",
+    "Practitioner",
+    "ServiceRequest",
+    "Specimen",
+];
+
+/// How a transaction Bundle writes a resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Write {
+    /// A conditional update on the business identifier: the message's content is current.
+    #[default]
+    Update,
+    /// A conditional create (`ifNoneExist` on the identifier): directory resources
+    /// (Practitioner, Location, Organization) that many messages name are created by the
+    /// first and left to their owner after (`directory`).
+    CreateOnce,
+}
+
+impl Write {
+    /// By resource type: the same for a resource built here and a row read back.
+    pub fn of(resource_type: &str) -> Write {
+        match resource_type {
+            "Practitioner" | "Location" | "Organization" => Write::CreateOnce,
+            _ => Write::Update,
+        }
+    }
+}
+
 impl Resource {
     /// A resource of `kind` with `id` first, then the mapped `fields`.
     pub(crate) fn new(
@@ -92,6 +137,11 @@ impl Resource {
             body: Value::Object(body),
             deleted: Vec::new(),
         }
+    }
+
+    /// How a writer sends it: directory resources once, the rest as the message says.
+    pub fn write(&self) -> Write {
+        Write::of(self.resource_type)
     }
 }
 
@@ -115,6 +165,8 @@ pub(crate) struct Ctx<'m, 'a> {
     pub event: String,
     /// The options' systems, scoped to this message's sender.
     pub systems: datatypes::Systems,
+    /// Practitioners, Locations and Organizations the mappers referenced (`directory`).
+    pub shared: std::cell::RefCell<Vec<Resource>>,
 }
 
 impl Ctx<'_, '_> {
@@ -150,6 +202,17 @@ impl Ctx<'_, '_> {
         Cwe::from_element(&f.repetition(1))
             .map(Some)
             .map_err(self.at(format!("{}-{n}", seg.id())))
+    }
+
+    /// Every repetition of field `n` of `seg` that was sent, as a CWE.
+    pub fn cwes(&self, seg: &Segment<'_>, n: usize) -> Result<Vec<Cwe>, MappingError> {
+        let mut out = Vec::new();
+        for rep in seg.field(n).repetitions() {
+            if rep.is_present() && !rep.raw().is_empty() {
+                out.push(Cwe::from_element(&rep).map_err(self.at(format!("{}-{n}", seg.id())))?);
+            }
+        }
+        Ok(out)
     }
 
     /// Business identifiers from EI fields of `seg`, in order of precedence: `(field, kind,
@@ -217,7 +280,8 @@ pub fn stable_id(parts: &[&str]) -> String {
     )
 }
 
-/// Maps one message to its resources (Patient first).
+/// Maps one message to its resources: the Patient first, then the Practitioners, Locations
+/// and Organizations it names, then the rest.
 pub fn convert(msg: &Message<'_>, opts: &Options) -> Result<Vec<Resource>, MappingError> {
     let code = msg.message_code().into_owned();
     // MSH-9.2; EVN-1 only when it is missing (EVN-1 is kept for backward compatibility
@@ -246,8 +310,14 @@ pub fn convert(msg: &Message<'_>, opts: &Options) -> Result<Vec<Resource>, Mappi
             by_namespace: opts.systems.by_namespace.clone(),
             sender,
         },
+        shared: Default::default(),
     };
     let mut out = map_message(&cx, &code, &event)?;
+    // Directory resources right after the patient: a writer that sends rows in order
+    // creates them before the resources that reference them.
+    let shared = cx.shared.take();
+    let at = out.len().min(1);
+    out.splice(at..at, shared);
     // A resource two parts of a message name (one specimen for two orders) is sent once.
     let mut seen = std::collections::HashSet::new();
     out.retain(|r| seen.insert((r.resource_type, r.id.clone())));
@@ -297,6 +367,15 @@ fn map_message(cx: &Ctx<'_, '_>, code: &str, event: &str) -> Result<Vec<Resource
             out.extend(requests);
             Ok(out)
         }
+        ("RDE", "O11") | ("RAS", "O17") => {
+            let patient = tagged(patient::map(cx)?, zone);
+            let encounter = encounter::map(cx, &patient)?.map(|e| tagged(e, zone));
+            let meds = medication::map(cx, &patient, encounter.as_ref())?;
+            let mut out = vec![patient];
+            out.extend(encounter);
+            out.extend(meds);
+            Ok(out)
+        }
         ("VXU", "V04") => {
             let patient = tagged(patient::map(cx)?, zone);
             let mut out = immunization::map(cx, &patient)?;
@@ -304,12 +383,21 @@ fn map_message(cx: &Ctx<'_, '_>, code: &str, event: &str) -> Result<Vec<Resource
             Ok(out)
         }
         ("SIU", e) if is_siu_event(e) => {
+            // PV1 → Encounter (SIU_S12 4.2), which names the appointment it is for.
             let patient = tagged(patient::map(cx)?, zone);
             let appointment = tagged(appointment::map(cx, &patient)?, zone);
-            Ok(vec![patient, appointment])
+            let mut encounter = encounter::map(cx, &patient)?.map(|e| tagged(e, zone));
+            if let Some(e) = &mut encounter {
+                e.body["appointment"] =
+                    json!([{"reference": format!("Appointment/{}", appointment.id)}]);
+            }
+            let mut out = vec![patient];
+            out.extend(encounter);
+            out.push(appointment);
+            Ok(out)
         }
         _ => Err(cx.error(format!(
-            "no FHIR mapping for {code}^{event} (mapped: ADT A01–A05, A08, A11, A13, A28, A31, A40; ORU R01; ORM O01; OML O21; MDM T01–T11; SIU S12–S26; VXU V04)"
+            "no FHIR mapping for {code}^{event} (mapped: ADT A01–A05, A08, A11, A13, A28, A31, A40; ORU R01; ORM O01; OML O21; RDE O11; RAS O17; MDM T01–T11; SIU S12–S26; VXU V04)"
         ))),
     }
 }
@@ -336,6 +424,25 @@ fn is_siu_event(e: &str) -> bool {
     e.strip_prefix('S')
         .and_then(|n| n.parse::<u32>().ok())
         .is_some_and(|n| (12..=26).contains(&n))
+}
+
+/// The mappers' unit tests: a message's resources apart from the Practitioners, Locations
+/// and Organizations it names (the second list), in order.
+#[cfg(test)]
+pub(crate) fn split_directory(rs: Vec<Resource>) -> (Vec<Resource>, Vec<Resource>) {
+    rs.into_iter().partition(|r| r.write() == Write::Update)
+}
+
+/// The mappers' unit tests: the body of the resource a Reference (`{"reference": …}`) names.
+#[cfg(test)]
+pub(crate) fn resolve<'r>(rs: &'r [Resource], reference: &Value) -> &'r Value {
+    let name = reference["reference"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not a reference: {reference}"));
+    rs.iter()
+        .find(|r| format!("{}/{}", r.resource_type, r.id) == name)
+        .map(|r| &r.body)
+        .unwrap_or_else(|| panic!("{name} is not among the resources"))
 }
 
 /// A sample message of `tests/data/corpus` (the mappers' unit tests).

@@ -42,6 +42,12 @@ pub(super) fn map(cx: &Ctx<'_, '_>, patient: &Resource) -> Result<Vec<Resource>,
                 let r = report
                     .as_mut()
                     .ok_or_else(|| cx.error("an OBX before any OBR: no order to report under"))?;
+                // An ED (a report as a document, e.g. a PDF) or RP (a pointer to one) is the
+                // report's presented form, which R4 has no Observation.value[x] for.
+                if presented_form(cx, &seg, &mut r.body)? {
+                    last_obx = false;
+                    continue;
+                }
                 let under = Under {
                     key: &r.key,
                     index: r.observations.len(),
@@ -85,6 +91,34 @@ pub(super) fn map(cx: &Ctx<'_, '_>, patient: &Resource) -> Result<Vec<Resource>,
         None => return Err(cx.error("no OBR segment: nothing describes the result")),
     }
     Ok(out)
+}
+
+/// OBX-5 of type ED or RP → DiagnosticReport.presentedForm; false for any other type.
+fn presented_form(
+    cx: &Ctx<'_, '_>,
+    obx: &Segment<'_>,
+    report: &mut Obj,
+) -> Result<bool, MappingError> {
+    let kind = text(&obx.field(2)).map_err(cx.at("OBX-2"))?;
+    let label = format!("OBX-5 ({})", kind.as_deref().unwrap_or_default());
+    match kind.as_deref() {
+        Some("ED") => {
+            for rep in obx.field(5).repetitions() {
+                report.push(
+                    "presentedForm",
+                    super::document::ed_attachment(cx, &rep, &label)?,
+                );
+            }
+        }
+        Some("RP") => {
+            for rep in obx.field(5).repetitions() {
+                let url = text(&rep.component(1)).map_err(cx.at(label.as_str()))?;
+                report.push("presentedForm", url.map(|u| json!({"url": u})));
+            }
+        }
+        _ => return Ok(false),
+    }
+    Ok(true)
 }
 
 fn push_note(body: &mut Value, note: Value) {
@@ -142,6 +176,11 @@ fn start(cx: &Ctx<'_, '_>, obr: &Segment<'_>, subject: &Value) -> Result<Report,
         .map_err(at(22))?
         .map(|t| instant(&t, zone));
     r.put("issued", issued.map(Value::from));
+    // OBR-32 principal result interpreter → resultsInterpreter.
+    for rep in obr.field(32).repetitions() {
+        let who = cx.practitioner_cnn(&rep.component(1)).map_err(at(32))?;
+        r.push("resultsInterpreter", who);
+    }
     Ok(Report {
         key,
         body: r,
@@ -271,6 +310,18 @@ pub(super) fn observation(
             );
         }
     }
+    // OBX-17 method (r55).
+    o.put(
+        "method",
+        cx.cwe(obx, 17)?.and_then(|c| codeable_concept(&c)),
+    );
+    // OBX-16 responsible observer (r52: a Practitioner, without the IG's PractitionerRole
+    // wrapper) and OBX-23 performing organization (r63).
+    for rep in obx.field(16).repetitions() {
+        o.push("performer", cx.practitioner(&rep).map_err(at(16))?);
+    }
+    let lab = cx.organization(&obx.field(23).repetition(1));
+    o.push("performer", lab.map_err(at(23))?);
     let id = stable_id(&["Observation", &key.0, &key.1]);
     Ok(tagged(Resource::new("Observation", id, Some(key), o), zone))
 }
@@ -506,6 +557,50 @@ mod tests {
             rs[4].id, rs[10].id,
             "set 2 of another order is another result"
         );
+    }
+
+    /// An ED (the report as a PDF) and an RP (a link to an image) are the report's
+    /// presented form, not Observations; OBX-16/23 are performers, OBR-32 the interpreter.
+    #[test]
+    fn documents_in_a_result_are_the_reports_presented_form() {
+        let msg = "MSH|^~\\&|LAB|GHH|B|C|20260101120000+0000||ORU^R01|X8|P|2.5.1\r\
+PID|1||123^^^GHH^MR||DOE^JANE||19800102|F\r\
+OBR|1|P1|F1^LAB|11502-2^Lab report^LN|||20260101110000+0000|||||||||||||||20260101115000+0000||LAB|F|||||||77&Reader&Rita&&&&&&NPI\r\
+OBX|1|ED|11502-2^Lab report^LN||^application^pdf^Base64^JVBERi0xLjQ=||||||F\r\
+OBX|2|RP|18748-4^Image^LN||https://pacs.example.org/studies/1^PACS^IMAGE^JPEG||||||F\r\
+OBX|3|NM|2951-2^Sodium^LN||140|mmol/L^^UCUM|||||F|||||55^Tech^Tom^^^^^^GHH|||||||Main Lab^^LAB01\r";
+        let m = Message::parse(msg.as_bytes()).unwrap();
+        let rs = convert(&m, &Options::default()).unwrap();
+        let report = rs
+            .iter()
+            .find(|r| r.resource_type == "DiagnosticReport")
+            .unwrap();
+        let forms = &report.body["presentedForm"];
+        assert_eq!(forms[0]["contentType"], "application/pdf");
+        assert_eq!(forms[0]["data"], "JVBERi0xLjQ=");
+        assert_eq!(forms[1]["url"], "https://pacs.example.org/studies/1");
+        assert_eq!(report.body["result"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            report.body["resultsInterpreter"][0]["display"],
+            "Rita Reader"
+        );
+        let obs: Vec<_> = rs
+            .iter()
+            .filter(|r| r.resource_type == "Observation")
+            .collect();
+        assert_eq!(obs.len(), 1);
+        let performers = &obs[0].body["performer"];
+        let named = |i: usize| {
+            let r = performers[i]["reference"].as_str().unwrap();
+            rs.iter()
+                .find(|x| format!("{}/{}", x.resource_type, x.id) == r)
+                .unwrap()
+        };
+        assert_eq!(named(0).resource_type, "Practitioner");
+        assert_eq!(named(0).body["identifier"][0]["value"], "55");
+        assert_eq!(named(1).resource_type, "Organization");
+        assert_eq!(named(1).body["name"], "Main Lab");
+        assert_eq!(named(1).body["identifier"][0]["value"], "LAB01");
     }
 
     #[test]

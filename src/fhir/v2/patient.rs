@@ -4,7 +4,7 @@ use serde_json::{Value, json};
 
 use super::datatypes::{
     Obj, address, codeable_concept, contact_point, date, date_time, human_name, identifier,
-    identifier_type, language, mapped_concept, practitioner_ref, text,
+    identifier_type, language, mapped_concept, text,
 };
 use super::{Ctx, MappingError, Resource, concepts, stable_id};
 use crate::formats::hl7::{Cwe, Cx, Segment, Ts, Xad, Xpn, Xtn};
@@ -108,14 +108,12 @@ pub(super) fn map(cx: &Ctx<'_, '_>) -> Result<Resource, MappingError> {
     // PD1-4 primary care provider (PD1(Patient) r6), PD1-3 their organization (r5).
     if let Some(pd1) = cx.segment("PD1") {
         for rep in pd1.field(4).repetitions() {
-            let r = practitioner_ref(&rep, &cx.systems).map_err(cx.at("PD1-4"))?;
+            let r = cx.practitioner(&rep).map_err(cx.at("PD1-4"))?;
             p.push("generalPractitioner", r);
         }
-        if let Some(org) = text(&pd1.field(3).component(1)).map_err(cx.at("PD1-3"))? {
-            p.push(
-                "generalPractitioner",
-                json!({"type": "Organization", "display": org}),
-            );
+        for rep in pd1.field(3).repetitions() {
+            let r = cx.organization(&rep).map_err(cx.at("PD1-3"))?;
+            p.push("generalPractitioner", r);
         }
     }
 

@@ -7,7 +7,7 @@
 
 use serde_json::{Value, json};
 
-use super::datatypes::{Obj, codeable_concept, date_time, practitioner_ref, text};
+use super::datatypes::{Obj, codeable_concept, date_time, text};
 use super::observation::{Under, observation};
 use super::{Ctx, MappingError, Resource, specimen, stable_id, tagged};
 use crate::formats::hl7::{Segment, Ts};
@@ -157,7 +157,8 @@ fn finish(
         if let Some(seg) = seg
             && requester.is_none()
         {
-            requester = practitioner_ref(&seg.field(n).repetition(1), &cx.systems)
+            requester = cx
+                .practitioner(&seg.field(n).repetition(1))
                 .map_err(cx.at(format!("{}-{n}", seg.id())))?;
         }
     }
@@ -261,19 +262,23 @@ fn status_intent_priority(
     if let Some(tq1) = &o.tq1
         && let Some(p) = text(&tq1.field(9).component(1)).map_err(cx.at("TQ1-9"))?
     {
-        let p = match p.as_str() {
-            "S" => Some("stat"),
-            "A" => Some("asap"),
-            "R" => Some("routine"),
-            _ => None,
-        };
-        r.put("priority", p.map(Value::from));
+        r.put("priority", priority(&p).map(Value::from));
     }
     Ok(control)
 }
 
+/// TQ1-9 (table 0485) → request-priority: S stat, A asap, R routine.
+pub(super) fn priority(code: &str) -> Option<&'static str> {
+    Some(match code {
+        "S" => "stat",
+        "A" => "asap",
+        "R" => "routine",
+        _ => return None,
+    })
+}
+
 /// ORC-5 (HL7 table 0038) → request-status (the IG's OrderStatus map).
-fn order_status_code(code: &str) -> Option<&'static str> {
+pub(super) fn order_status_code(code: &str) -> Option<&'static str> {
     Some(match code {
         "CA" | "DC" | "RP" => "revoked",
         "CM" => "completed",
@@ -286,7 +291,7 @@ fn order_status_code(code: &str) -> Option<&'static str> {
 
 /// ORC-1 (HL7 table 0119) → request-status (the IG's OrderControlCode[ServiceRequest.status]
 /// map). The IG maps CA (cancel request) to active: the cancellation is only asked for.
-fn control_status(code: &str) -> Option<&'static str> {
+pub(super) fn control_status(code: &str) -> Option<&'static str> {
     Some(match code {
         "NW" | "OK" | "CA" | "HD" | "RL" | "RO" | "RQ" | "PR" | "PY" | "AF" => "active",
         "DC" | "OC" | "OD" | "CR" | "DR" | "DF" => "revoked",
@@ -309,7 +314,7 @@ mod tests {
     fn a_lab_order_maps_orc_obr_tq1_and_its_specimen() {
         let raw = corpus("OML-O21-01.hl7");
         let m = Message::parse(raw.as_bytes()).unwrap();
-        let rs = convert(&m, &Options::default()).unwrap();
+        let (rs, dir) = super::super::split_directory(convert(&m, &Options::default()).unwrap());
         let kinds: Vec<&str> = rs.iter().map(|r| r.resource_type).collect();
         assert_eq!(
             kinds,
@@ -335,7 +340,8 @@ mod tests {
         assert_eq!(sr["code"]["coding"][0]["code"], "57698-3");
         assert_eq!(sr["authoredOn"], "2021-10-20T11:26:00+02:15");
         assert_eq!(sr["occurrenceDateTime"], "2021-10-20T12:00:00+02:15");
-        assert_eq!(sr["requester"]["identifier"]["value"], "3850");
+        let requester = super::super::resolve(&dir, &sr["requester"]);
+        assert_eq!(requester["identifier"][0]["value"], "3850");
         assert_eq!(sr["locationCode"][0]["coding"][0]["code"], "OF");
         assert_eq!(sr["reasonCode"][0]["coding"][0]["code"], "E10.9");
         assert_eq!(sr["note"][0]["text"], "Urgent");

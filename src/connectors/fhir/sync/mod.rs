@@ -422,6 +422,35 @@ impl Syncer {
         })
     }
 
+    /// The server's version is the agreed one.
+    async fn adopt(
+        &self,
+        key: (&str, &str, &str),
+        ext_id: String,
+        ext_version: Option<String>,
+    ) -> Result<SyncOutcome, SyncError> {
+        self.store
+            .save(
+                key,
+                &self.owner,
+                &Update {
+                    status: Status::InSync,
+                    local_hash: None,
+                    local_resource: None,
+                    external_id: Some(&ext_id),
+                    external_version: ext_version.as_deref(),
+                    conflict: None,
+                    synced: true,
+                    retry_in: None,
+                },
+            )
+            .await?;
+        Ok(SyncOutcome::AdoptedExternal {
+            id: ext_id,
+            version: ext_version,
+        })
+    }
+
     async fn sync_held(
         &self,
         resource: &Resource,
@@ -433,13 +462,8 @@ impl Syncer {
         let state = self.store.get(key).await?.unwrap_or_default();
         let local = content(&resource.body);
         let local_hash = message_hash(&local, &resource.deleted);
-        let query = format!(
-            "identifier={}",
-            crate::fhir::bundle::request_url(resource)
-                .split_once("identifier=")
-                .map(|(_, q)| q.to_string())
-                .unwrap_or_default()
-        );
+        let query = crate::fhir::bundle::search_query(resource)
+            .ok_or_else(|| SyncError::Invalid(format!("a {kind} without an identifier")))?;
         let found = self.client.search(kind, &query).await?;
         if found.len() > 1 {
             return Err(SyncError::Invalid(format!(
@@ -457,6 +481,11 @@ impl Syncer {
         };
         let ext_id = external["id"].as_str().unwrap_or_default().to_string();
         let ext_version = external["meta"]["versionId"].as_str().map(str::to_string);
+        if resource.write() == crate::fhir::v2::Write::CreateOnce {
+            // A directory resource (Practitioner, Location, Organization) belongs to the
+            // server once it exists: adopt it, never overwrite it.
+            return self.adopt(key, ext_id, ext_version).await;
+        }
         // v2 update semantics: the message applied to the server's version — what it does
         // not carry stays, what it nulls goes (`crate::fhir::merge`) — and the elements that
         // would change on the server.
@@ -483,29 +512,8 @@ impl Syncer {
                 self.push(key, &merged, &local, &local_hash, &ext_id, base.as_deref())
                     .await
             }
-            (false, true) => {
-                // The server moved on; our side did not: its version is the agreed one.
-                self.store
-                    .save(
-                        key,
-                        &self.owner,
-                        &Update {
-                            status: Status::InSync,
-                            local_hash: None,
-                            local_resource: None,
-                            external_id: Some(&ext_id),
-                            external_version: ext_version.as_deref(),
-                            conflict: None,
-                            synced: true,
-                            retry_in: None,
-                        },
-                    )
-                    .await?;
-                Ok(SyncOutcome::AdoptedExternal {
-                    id: ext_id,
-                    version: ext_version,
-                })
-            }
+            // The server moved on; our side did not: its version is the agreed one.
+            (false, true) => self.adopt(key, ext_id, ext_version).await,
             (true, true) if would_change.is_empty() => {
                 // Both moved, but the server already holds what the message says: no conflict.
                 self.agreed(key, &local_hash, &local, ext_id, ext_version.as_deref())
