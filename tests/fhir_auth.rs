@@ -109,6 +109,9 @@ fn oauth_ehr() -> (Arc<Ehr>, String) {
     (ehr, url)
 }
 
+/// The rows of the six messages of `adt`: Patient, Encounter, 4 Locations each.
+const ROWS: usize = 6 * 6;
+
 fn adt(n: usize) -> String {
     support::adt(&format!("C{n}"), &format!("M{n}"))
 }
@@ -150,20 +153,21 @@ sinks:
                 .unwrap(),
         )
     };
-    // 6 messages → 6 patients + 6 encounters (12 requests), one token for the whole run.
+    // 6 messages → 6 patients, 6 encounters and the 4 Locations of each PV1-3 (`4E^1^A^GHH`:
+    // facility, point of care, room, bed): 36 rows, one token for the whole run.
     let s = run();
     assert_eq!(
         (s["delivered"].as_u64(), s["dead_lettered"].as_u64()),
         (Some(6), Some(0)),
         "{s}"
     );
-    assert_eq!(s["sinks"][0], json!(["ehr", 12]), "{s}");
+    assert_eq!(s["sinks"][0], json!(["ehr", ROWS]), "{s}");
     assert_eq!(ehr.token_requests.load(Ordering::SeqCst), 1);
     assert!(ehr.seen.lock().unwrap().iter().all(|(st, _)| *st == 200));
-    // Each Patient: a search (nothing found), then the conditional PUT; each Encounter (no
-    // visit number: addressed by its id) a PUT.
+    // Each Patient and Location: a search (nothing found), then the conditional PUT; each
+    // Encounter (no visit number: addressed by its id) a PUT.
     let first_run = ehr.seen.lock().unwrap().len();
-    assert_eq!(first_run, 18);
+    assert_eq!(first_run, 6 * (2 + 1 + 4 * 2));
 
     // Midway through the next run the EHR revokes the token: that call gets 401, a new
     // token is fetched, the call is sent again; nothing is dead-lettered.
@@ -174,7 +178,7 @@ sinks:
         (Some(6), Some(0)),
         "{s}"
     );
-    assert_eq!(s["sinks"][0], json!(["ehr", 12]), "{s}");
+    assert_eq!(s["sinks"][0], json!(["ehr", ROWS]), "{s}");
     assert_eq!(
         ehr.token_requests.load(Ordering::SeqCst),
         3,
@@ -191,7 +195,7 @@ sinks:
             .filter(|(s, what)| *s == st && what.starts_with("PUT"))
             .count()
     };
-    assert_eq!(writes(200), 24, "{seen:?}");
+    assert_eq!(writes(200), 2 * ROWS, "{seen:?}");
     // The refused call came after the fifth write of the run; it went through, the same
     // request, on the new token.
     let refused = seen.iter().position(|(st, _)| *st == 401).unwrap();
@@ -212,7 +216,7 @@ sinks:
         (Some(0), Some(6)),
         "{s}"
     );
-    assert_eq!(s["dead_letter_rows"], 12, "{s}");
+    assert_eq!(s["dead_letter_rows"], ROWS, "{s}");
     let dlq = std::fs::read_to_string(dir.path().join("bad/oauth.dlq.ndjson")).unwrap();
     assert!(dlq.contains("refused (401): invalid_client"), "{dlq}");
     let everything = format!(
@@ -449,7 +453,8 @@ sinks:
         (Some(1), Some(0)),
         "{s} {dlq}"
     );
-    assert_eq!(s["sinks"][0], json!(["ehr", 2]), "{s}");
+    // The patient, its encounter and the 6 Practitioners and Locations the corpus A01 names.
+    assert_eq!(s["sinks"][0], json!(["ehr", 8]), "{s}");
     let found: Vec<Value> = on_server();
     assert_eq!(found.len(), 1);
     assert_eq!(found[0]["name"][0]["family"], "DUCK");

@@ -672,10 +672,11 @@ sinks:
             .output()
             .unwrap(),
     );
+    let dlq = std::fs::read_to_string(dir.path().join("out/par.dlq.ndjson")).unwrap_or_default();
     assert_eq!(
         (s["delivered"].as_u64(), s["dead_lettered"].as_u64()),
         (Some(20), Some(0)),
-        "{s}"
+        "{s} {dlq}"
     );
     let rt = rt();
     let c = FhirClient::new(ClientConfig::new(FHIR)).unwrap();

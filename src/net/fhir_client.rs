@@ -284,6 +284,23 @@ impl FhirClient {
         .await
     }
 
+    /// `POST Type` with `If-None-Exist: query`: creates unless the query matches, in which
+    /// case the server answers with the one it has (412 when several).
+    pub async fn conditional_create(
+        &self,
+        resource: &Value,
+        query: &str,
+    ) -> Result<Versioned, FhirError> {
+        let kind = resource_type(resource)?;
+        self.send(
+            Method::POST,
+            &self.url(kind),
+            Some(resource),
+            &[("If-None-Exist", query)],
+        )
+        .await
+    }
+
     /// `PUT Type?query`: updates the one match, creates when none (412 when several).
     pub async fn conditional_update(
         &self,

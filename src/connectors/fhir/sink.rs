@@ -91,6 +91,10 @@ pub struct FhirSyncSink {
     /// Patients synced at once.
     concurrency: usize,
     delivered: u64,
+    /// One lock per directory resource (`Type/plexus-id`): many patients name the same
+    /// doctor or ward, and the tasks of this process share one lease owner, so they take
+    /// turns; the first syncs it, the rest reuse the server id it learnt.
+    directory: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// One row to sync.
@@ -131,6 +135,7 @@ impl FhirSyncSink {
             references: Mutex::new(HashMap::new()),
             concurrency: concurrency.max(1),
             delivered: 0,
+            directory: Mutex::new(HashMap::new()),
         }
     }
 
@@ -178,6 +183,26 @@ impl FhirSyncSink {
                 Some(t) => t,
                 None => return Err(("sync", format!("no sync for {k} resources"))),
             },
+        };
+        let _turn = match crate::fhir::v2::Write::of(resource_type) {
+            crate::fhir::v2::Write::CreateOnce => {
+                let name = format!("{resource_type}/{id}");
+                let lock = self
+                    .directory
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(name.clone())
+                    .or_default()
+                    .clone();
+                let turn = lock.lock_owned().await;
+                let known = self.references.lock().unwrap_or_else(|p| p.into_inner());
+                if known.contains_key(&name) {
+                    // Synced earlier in this run: the server has it; nothing to send.
+                    return Ok(());
+                }
+                Some(turn)
+            }
+            crate::fhir::v2::Write::Update => None,
         };
         let mut json: Value =
             serde_json::from_str(body).map_err(|e| ("sync", format!("resource JSON: {e}")))?;

@@ -422,6 +422,32 @@ impl Syncer {
         })
     }
 
+    /// A directory resource (Practitioner, Location, Organization) belongs to the server once
+    /// it exists: adopted, never overwritten. It is created with a conditional create
+    /// (`If-None-Exist`), which the server decides atomically, so integrations naming the
+    /// same doctor at once make one; duplicates made elsewhere are not this message's
+    /// failure: the oldest (lowest id) is adopted.
+    async fn sync_directory(
+        &self,
+        resource: &Resource,
+        key: (&str, &str, &str),
+        found: Vec<Value>,
+        query: &str,
+    ) -> Result<SyncOutcome, SyncError> {
+        let oldest = found
+            .into_iter()
+            .min_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+        if let Some(external) = oldest {
+            let ext_id = external["id"].as_str().unwrap_or_default().to_string();
+            let ext_version = external["meta"]["versionId"].as_str().map(str::to_string);
+            return self.adopt(key, ext_id, ext_version).await;
+        }
+        let local = content(&resource.body);
+        let v = self.client.conditional_create(&local, query).await?;
+        let ext_id = v.id().unwrap_or_default().to_string();
+        self.adopt(key, ext_id, v.version_id).await
+    }
+
     /// The server's version is the agreed one.
     async fn adopt(
         &self,
@@ -465,6 +491,9 @@ impl Syncer {
         let query = crate::fhir::bundle::search_query(resource)
             .ok_or_else(|| SyncError::Invalid(format!("a {kind} without an identifier")))?;
         let found = self.client.search(kind, &query).await?;
+        if resource.write() == crate::fhir::v2::Write::CreateOnce {
+            return self.sync_directory(resource, key, found, &query).await;
+        }
         if found.len() > 1 {
             return Err(SyncError::Invalid(format!(
                 "{} {kind} resources on the server share the identifier",
@@ -481,11 +510,6 @@ impl Syncer {
         };
         let ext_id = external["id"].as_str().unwrap_or_default().to_string();
         let ext_version = external["meta"]["versionId"].as_str().map(str::to_string);
-        if resource.write() == crate::fhir::v2::Write::CreateOnce {
-            // A directory resource (Practitioner, Location, Organization) belongs to the
-            // server once it exists: adopt it, never overwrite it.
-            return self.adopt(key, ext_id, ext_version).await;
-        }
         // v2 update semantics: the message applied to the server's version — what it does
         // not carry stays, what it nulls goes (`crate::fhir::merge`) — and the elements that
         // would change on the server.
