@@ -22,7 +22,7 @@ fn corpus(name: &str) -> Vec<u8> {
 fn bench(c: &mut Criterion) {
     let opts = Options::default();
     let mut g = c.benchmark_group("fhir_convert");
-    for name in ["ADT-A01-01.hl7", "SIU-S12-01.hl7"] {
+    for name in ["ADT-A01-01.hl7", "SIU-S12-01.hl7", "LAB-ORU-1.hl7"] {
         let raw = corpus(name);
         g.throughput(Throughput::Elements(1));
         g.bench_function(format!("{name}/resources"), |b| {
