@@ -257,9 +257,7 @@ impl FhirClient {
     }
 
     pub async fn create(&self, resource: &Value) -> Result<Versioned, FhirError> {
-        let kind = resource_type(resource)?;
-        self.send(Method::POST, &self.url(kind), Some(resource), &[])
-            .await
+        self.post(resource, &[]).await
     }
 
     /// Update by id; with `if_match`, only if the server's version is still that one
@@ -291,14 +289,17 @@ impl FhirClient {
         resource: &Value,
         query: &str,
     ) -> Result<Versioned, FhirError> {
+        self.post(resource, &[("If-None-Exist", query)]).await
+    }
+
+    async fn post(
+        &self,
+        resource: &Value,
+        headers: &[(&str, &str)],
+    ) -> Result<Versioned, FhirError> {
         let kind = resource_type(resource)?;
-        self.send(
-            Method::POST,
-            &self.url(kind),
-            Some(resource),
-            &[("If-None-Exist", query)],
-        )
-        .await
+        self.send(Method::POST, &self.url(kind), Some(resource), headers)
+            .await
     }
 
     /// `PUT Type?query`: updates the one match, creates when none (412 when several).

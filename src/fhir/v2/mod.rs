@@ -332,12 +332,7 @@ fn map_message(cx: &Ctx<'_, '_>, code: &str, event: &str) -> Result<Vec<Resource
     datatypes::take_assumed_zone();
     match (code, event) {
         ("ADT", "A01" | "A02" | "A03" | "A04" | "A05" | "A08" | "A11" | "A13" | "A28" | "A31") => {
-            let patient = tagged(patient::map(cx)?, zone);
-            let mut out = Vec::with_capacity(2);
-            let encounter = encounter::map(cx, &patient)?.map(|e| tagged(e, zone));
-            out.push(patient);
-            out.extend(encounter);
-            Ok(out)
+            with_visit(cx, |_, _| Ok(Vec::new()))
         }
         ("ORU", "R01") => {
             let patient = tagged(patient::map(cx)?, zone);
@@ -352,33 +347,9 @@ fn map_message(cx: &Ctx<'_, '_>, code: &str, event: &str) -> Result<Vec<Resource
             out.extend(prior);
             Ok(out)
         }
-        ("MDM", e) if is_mdm_event(e) => {
-            let patient = tagged(patient::map(cx)?, zone);
-            let encounter = encounter::map(cx, &patient)?.map(|e| tagged(e, zone));
-            let document = document::map(cx, &patient, encounter.as_ref())?;
-            let mut out = vec![patient];
-            out.extend(encounter);
-            out.push(document);
-            Ok(out)
-        }
-        ("ORM", "O01") | ("OML", "O21") => {
-            let patient = tagged(patient::map(cx)?, zone);
-            let encounter = encounter::map(cx, &patient)?.map(|e| tagged(e, zone));
-            let requests = service_request::map(cx, &patient, encounter.as_ref())?;
-            let mut out = vec![patient];
-            out.extend(encounter);
-            out.extend(requests);
-            Ok(out)
-        }
-        ("RDE", "O11") | ("RAS", "O17") => {
-            let patient = tagged(patient::map(cx)?, zone);
-            let encounter = encounter::map(cx, &patient)?.map(|e| tagged(e, zone));
-            let meds = medication::map(cx, &patient, encounter.as_ref())?;
-            let mut out = vec![patient];
-            out.extend(encounter);
-            out.extend(meds);
-            Ok(out)
-        }
+        ("MDM", e) if is_mdm_event(e) => with_visit(cx, |p, e| Ok(vec![document::map(cx, p, e)?])),
+        ("ORM", "O01") | ("OML", "O21") => with_visit(cx, |p, e| service_request::map(cx, p, e)),
+        ("RDE", "O11") | ("RAS", "O17") => with_visit(cx, |p, e| medication::map(cx, p, e)),
         ("VXU", "V04") => {
             let patient = tagged(patient::map(cx)?, zone);
             let mut out = immunization::map(cx, &patient)?;
@@ -403,6 +374,21 @@ fn map_message(cx: &Ctx<'_, '_>, code: &str, event: &str) -> Result<Vec<Resource
             "no FHIR mapping for {code}^{event} (mapped: ADT A01–A05, A08, A11, A13, A28, A31, A40; ORU R01; ORM O01; OML O21; RDE O11; RAS O17; MDM T01–T11; SIU S12–S26; VXU V04)"
         ))),
     }
+}
+
+/// The Patient, the Encounter of its PV1 (if any) and what `rest` maps for them.
+fn with_visit(
+    cx: &Ctx<'_, '_>,
+    rest: impl FnOnce(&Resource, Option<&Resource>) -> Result<Vec<Resource>, MappingError>,
+) -> Result<Vec<Resource>, MappingError> {
+    let zone = cx.opts.default_zone;
+    let patient = tagged(patient::map(cx)?, zone);
+    let encounter = encounter::map(cx, &patient)?.map(|e| tagged(e, zone));
+    let more = rest(&patient, encounter.as_ref())?;
+    let mut out = vec![patient];
+    out.extend(encounter);
+    out.extend(more);
+    Ok(out)
 }
 
 /// Tags a resource whose mapping assumed `zone` for a time sent without an offset.
