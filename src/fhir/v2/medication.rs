@@ -364,18 +364,16 @@ fn route(cx: &Ctx<'_, '_>, rxr: &Segment<'_>, d: &mut Obj) -> Result<(), Mapping
     Ok(())
 }
 
-/// A numeric field; text that is not a number is an error naming the field.
+/// A numeric field (NM, read as every NM is); text that is not a number is an error naming
+/// the field, not the value.
 fn amount(cx: &Ctx<'_, '_>, seg: &Segment<'_>, n: usize) -> Result<Option<f64>, MappingError> {
     let label = format!("{}-{n}", seg.id());
     let Some(t) = text(&seg.field(n).component(1)).map_err(cx.at(&label))? else {
         return Ok(None);
     };
-    t.trim()
-        .parse::<f64>()
-        .ok()
-        .filter(|v| v.is_finite())
+    crate::formats::hl7::datatypes::parse_nm(&t)
         .map(Some)
-        .ok_or_else(|| cx.error(format!("{label}: {t:?} is not a number")))
+        .map_err(|e| cx.error(format!("{label}: {e}")))
 }
 
 /// A count (refills): a whole number ≥ 0.
