@@ -12,6 +12,11 @@ use plexus::fhir::bundle::{BundleType, bundle};
 use plexus::fhir::v2::{Options, convert};
 use plexus::formats::hl7::Message;
 
+// The allocator of what users run (the `plexus` binary, src/main.rs): the mapper allocates
+// per element, so glibc's malloc would measure a cost users do not pay.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn corpus(name: &str) -> Vec<u8> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/data/corpus")

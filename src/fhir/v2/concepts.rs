@@ -93,6 +93,15 @@ pub fn marital_status(code: &str) -> Option<Target> {
     })
 }
 
+/// DiagnosisType (HL70052 → diagnosis-role): A admitting → AD; W working and F final have
+/// no target (kept as sent).
+pub fn diagnosis_type(code: &str) -> Option<Target> {
+    match code {
+        "A" => Some(("http://terminology.hl7.org/CodeSystem/diagnosis-role", "AD")),
+        _ => None,
+    }
+}
+
 /// NameType (HL70200 → name-use), rows 3–23; NOUSE and the rest have no target.
 pub fn name_use(code: &str) -> Option<&'static str> {
     Some(match code {

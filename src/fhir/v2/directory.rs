@@ -37,6 +37,17 @@ impl Ctx<'_, '_> {
         reference
     }
 
+    /// The reference to `kind/id` when the message has already shared it: messages name
+    /// the same doctor and ward many times over (PV1-7/8/9/17, PV1-3 and PV1-6 share their
+    /// facility), and the first naming builds it.
+    fn known(&self, kind: &str, id: &str) -> Option<Value> {
+        let shared = self.shared.borrow();
+        shared
+            .iter()
+            .any(|r| r.resource_type == kind && r.id == id)
+            .then(|| json!(format!("{kind}/{id}")))
+    }
+
     /// XCN → a Reference to a Practitioner (XCN[Practitioner]): identifier XCN-1 (r1) with
     /// system from XCN-9 (r9) and type XCN-13 (r13); name XCN-2..6, XCN-10 use, XCN-21
     /// professional suffix (r2–6, r10, r21); XCN-7 degree as qualification (r7). Without
@@ -95,6 +106,15 @@ impl Ctx<'_, '_> {
             .systems
             .system(&p.authority)
             .unwrap_or_else(|| self.local_system("practitioner"));
+        let id = stable_id(&["Practitioner", &system, &value]);
+        if let Some(reference) = self.known("Practitioner", &id) {
+            return Some(
+                Obj::new()
+                    .set("reference", reference)
+                    .set("display", display.map(Value::from))
+                    .into_value(),
+            );
+        }
         let body = Obj::new()
             .set(
                 "identifier",
@@ -110,7 +130,6 @@ impl Ctx<'_, '_> {
                 p.degree
                     .map(|d| json!([{"code": {"coding": [{"system": DEGREE, "code": d}]}}])),
             );
-        let id = stable_id(&["Practitioner", &system, &value]);
         let r = Resource::new("Practitioner", id, Some((system, value)), body);
         Some(
             Obj::new()
@@ -138,13 +157,17 @@ impl Ctx<'_, '_> {
 
     fn place(&self, el: &Element<'_>, pl: bool) -> Result<Option<Value>, Hl7Error> {
         let system = self.local_system("location");
+        let mut levels = Vec::with_capacity(PL_LEVELS.len());
+        for (n, level, physical) in PL_LEVELS {
+            if let Some(name) = text(&el.component(n).subcomponent(1))? {
+                levels.push((level, physical, name));
+            }
+        }
         let mut path = String::new();
         let mut parent: Option<Value> = None;
         let mut last: Option<Resource> = None;
-        for (n, level, physical) in PL_LEVELS {
-            let Some(name) = text(&el.component(n).subcomponent(1))? else {
-                continue;
-            };
+        let count = levels.len();
+        for (i, (level, physical, name)) in levels.into_iter().enumerate() {
             if let Some(done) = last.take() {
                 parent = Some(json!({"reference": self.share(done)}));
             }
@@ -154,6 +177,14 @@ impl Ctx<'_, '_> {
             path.push_str(level);
             path.push(':');
             path.push_str(&name);
+            let id = stable_id(&["Location", &system, &path]);
+            // A level above the one referenced, already in the message: its reference will do.
+            if i + 1 < count
+                && let Some(reference) = self.known("Location", &id)
+            {
+                parent = Some(json!({ "reference": reference }));
+                continue;
+            }
             let body = Obj::new()
                 .set(
                     "identifier",
@@ -167,7 +198,6 @@ impl Ctx<'_, '_> {
                         .map(|code| json!({"coding": [{"system": PHYSICAL_TYPE, "code": code}]})),
                 )
                 .set("partOf", parent.clone());
-            let id = stable_id(&["Location", &system, &path]);
             last = Some(Resource::new(
                 "Location",
                 id,
@@ -241,13 +271,19 @@ impl Ctx<'_, '_> {
         identifier: Value,
         name: Option<String>,
     ) -> Value {
-        let body = Obj::new()
-            .set("identifier", json!([identifier]))
-            .set("name", name.clone().map(Value::from));
         let id = stable_id(&["Organization", &system, &value]);
-        let r = Resource::new("Organization", id, Some((system, value)), body);
+        let reference = match self.known("Organization", &id) {
+            Some(reference) => reference,
+            None => {
+                let body = Obj::new()
+                    .set("identifier", json!([identifier]))
+                    .set("name", name.clone().map(Value::from));
+                let r = Resource::new("Organization", id, Some((system, value)), body);
+                self.share(r)
+            }
+        };
         Obj::new()
-            .set("reference", self.share(r))
+            .set("reference", reference)
             .set("display", name.map(Value::from))
             .into_value()
     }

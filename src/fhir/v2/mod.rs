@@ -1,6 +1,6 @@
 //! HL7v2 → FHIR R4, following the HL7 v2-to-FHIR IG (STU1) mapping tables.
 //!
-//! Messages: ADT A01/A04/A08/A13 (the IG's ADT_A01 map), A03 (no IG map: handled like A01,
+//! Messages: ADT A01/A04/A08/A13 (the IG's ADT_A01 map; each DG1 a Condition), A03 (no IG map: handled like A01,
 //! with the discharge setting the encounter finished), A02/A05/A11 and A28/A31 (ADT_A05, the
 //! person-only events: no Encounter unless a real visit is sent) → Patient (+ Encounter);
 //! A40 (merge) → the surviving Patient and the prior one, linked;
@@ -23,6 +23,7 @@ pub mod concepts;
 pub mod datatypes;
 
 mod appointment;
+mod condition;
 mod directory;
 mod document;
 mod encounter;
@@ -81,6 +82,7 @@ pub struct Resource {
 /// Every resource type the mappers emit.
 pub const RESOURCE_TYPES: &[&str] = &[
     "Appointment",
+    "Condition",
     "DiagnosticReport",
     "DocumentReference",
     "Encounter",
@@ -332,7 +334,14 @@ fn map_message(cx: &Ctx<'_, '_>, code: &str, event: &str) -> Result<Vec<Resource
     datatypes::take_assumed_zone();
     match (code, event) {
         ("ADT", "A01" | "A02" | "A03" | "A04" | "A05" | "A08" | "A11" | "A13" | "A28" | "A31") => {
-            with_visit(cx, |_, _| Ok(Vec::new()))
+            // DG1 → Condition (ADT_A01 rows 49–50), listed on the Encounter.
+            let patient = tagged(patient::map(cx)?, zone);
+            let mut encounter = encounter::map(cx, &patient)?.map(|e| tagged(e, zone));
+            let conditions = condition::map(cx, &patient, encounter.as_mut())?;
+            let mut out = vec![patient];
+            out.extend(conditions);
+            out.extend(encounter);
+            Ok(out)
         }
         ("ORU", "R01") => {
             let patient = tagged(patient::map(cx)?, zone);
@@ -365,7 +374,10 @@ fn map_message(cx: &Ctx<'_, '_>, code: &str, event: &str) -> Result<Vec<Resource
                 e.body["appointment"] =
                     json!([{"reference": format!("Appointment/{}", appointment.id)}]);
             }
+            // PATIENT.DG1 → Condition (SIU_S12 row 21).
+            let conditions = condition::map(cx, &patient, encounter.as_mut())?;
             let mut out = vec![patient];
+            out.extend(conditions);
             out.extend(encounter);
             out.push(appointment);
             Ok(out)
