@@ -84,7 +84,8 @@ fn of_type<'a>(rs: &'a [Value], t: &str) -> &'a Value {
 fn adt_a01_maps_patient_and_encounter_field_by_field() {
     support::need_fhir();
     let rs = one("ADT-A01-01.hl7");
-    assert_eq!(clinical(&rs).len(), 2);
+    // Patient, the DG1's Condition (tested in `fhir::v2::condition`), Encounter.
+    assert_eq!(clinical(&rs).len(), 3);
     let p = of_type(&rs, "Patient");
     // PID-3 (r5): CX-4 `test1&2.16.1&HCD`: the universal id is an OID (whatever HD-3
     // says), so the system is `urn:oid:` (an absolute URI, as FHIR requires), CX-5 MR.
@@ -299,8 +300,8 @@ fn unmappable_and_broken_messages_are_reported_with_where_and_the_rest_converted
     assert_eq!(code, 1, "{err}");
     assert_eq!(
         clinical(&out).len(),
-        2,
-        "the good message's two resources: {out:#?}"
+        3,
+        "the good message's three resources: {out:#?}"
     );
     assert!(
         err.contains("message 1 at byte") && err.contains("BADDOB") && err.contains("PID-7"),
@@ -518,10 +519,10 @@ fn every_resource_and_bundle_passes_two_independent_fhir_r4_validators() {
     }
     assert_eq!(
         validate(&all),
-        json!({"Appointment": 1, "DiagnosticReport": 2, "DocumentReference": 1, "Encounter": 10,
+        json!({"Appointment": 1, "Condition": 5, "DiagnosticReport": 2, "DocumentReference": 1, "Encounter": 10,
             "Immunization": 1, "Location": 109, "MedicationAdministration": 2,
             "MedicationRequest": 2, "Observation": 16, "Organization": 7, "Patient": 14,
-            "Practitioner": 45, "ServiceRequest": 2, "Specimen": 2})
+            "Practitioner": 49, "ServiceRequest": 2, "Specimen": 2})
     );
     validate(&bundles);
     // Each validator really rejects what FHIR forbids (so the passes above mean something):
@@ -892,8 +893,10 @@ sinks:
         kinds,
         [
             "Patient",
+            "Condition",
             "Encounter",
             "Patient",
+            "Condition",
             "Encounter",
             "Appointment"
         ]
@@ -903,10 +906,10 @@ sinks:
         .iter()
         .filter(|r| !DIRECTORY.contains(&r["resource_type"].as_str().unwrap()))
         .collect();
-    let enc: Value = serde_json::from_str(rows[1]["resource"].as_str().unwrap()).unwrap();
+    let enc: Value = serde_json::from_str(rows[2]["resource"].as_str().unwrap()).unwrap();
     assert_eq!(enc["identifier"][0]["system"], "urn:oid:1.2.840.99.1");
     assert_eq!(
-        rows[1]["url"],
+        rows[2]["url"],
         "Encounter?identifier=urn:oid:1.2.840.99.1|40007716"
     );
     let dead = ndjson(&out.join("to_fhir.dlq.ndjson"));

@@ -55,43 +55,39 @@ fn one(
     let zone = cx.opts.default_zone;
     let mut c = Obj::new();
     let code = cx.cwe(dg1, 3)?;
-    // DG1-20 (r23) names the diagnosis when the sender keeps ids for them. Without one, the
-    // diagnosis is the code within its encounter (else the patient): a re-sent A08 updates
-    // the same Condition, and no MRN goes into the key (the ids are hashes).
+    // DG1-20 (r23), the sender's id for the diagnosis, goes in as sent. The key a writer
+    // matches on is scoped to the visit (else the patient), by that id or else the code:
+    // senders reuse diagnosis ids across patients (FHIR-Converter's samples all send
+    // `DI20`), and a match on the id alone would overwrite another patient's Condition.
+    // The scope is a hashed id, so no MRN goes into the key.
     let sent = entity_identifier(&dg1.field(20).repetition(1), &cx.systems).map_err(at(20))?;
-    let key = match (&sent, &code) {
-        (Some(v), _) => {
-            let system = match v.get("system").and_then(Value::as_str) {
-                Some(s) => s.to_string(),
-                None => cx.local_system("diagnosis"),
-            };
-            let value = v["value"].as_str().unwrap_or_default().to_string();
-            let mut v = v.clone();
-            v["system"] = Value::from(system.as_str());
-            c.push("identifier", v);
-            (system, value)
-        }
-        (None, Some(code)) if code.identifier.is_some() => {
-            let scope = encounter.unwrap_or(patient);
-            let value = format!(
-                "{}:{}:{}",
-                scope.id,
-                code.coding_system.as_deref().unwrap_or(""),
-                code.identifier.as_deref().unwrap_or("")
-            );
-            let system = cx.local_system("diagnosis");
-            c.push(
-                "identifier",
-                json!({"system": system.as_str(), "value": value.as_str()}),
-            );
-            (system, value)
-        }
+    let names = match (&sent, &code) {
+        (Some(v), _) => format!(
+            "id:{}|{}",
+            v.get("system").and_then(Value::as_str).unwrap_or(""),
+            v["value"].as_str().unwrap_or("")
+        ),
+        (None, Some(code)) if code.identifier.is_some() => format!(
+            "code:{}|{}",
+            code.coding_system.as_deref().unwrap_or(""),
+            code.identifier.as_deref().unwrap_or("")
+        ),
         _ => {
             return Err(cx.error(
                 "DG1-3: a diagnosis without a code (or a DG1-20 identifier) cannot be matched across messages",
             ));
         }
     };
+    c.push("identifier", sent);
+    let scope = encounter.unwrap_or(patient);
+    let key = (
+        cx.local_system("diagnosis"),
+        format!("{}/{}/{names}", scope.resource_type, scope.id),
+    );
+    c.push(
+        "identifier",
+        json!({"system": key.0.as_str(), "value": key.1.as_str()}),
+    );
     // DG1-21 (r24): D (delete) is entered-in-error; A and U map to nothing.
     if text(&dg1.field(21)).map_err(at(21))?.as_deref() == Some("D") {
         c.put(
@@ -186,12 +182,20 @@ mod tests {
         let c = rs.iter().find(|r| r.resource_type == "Condition").unwrap();
         let enc = rs.iter().find(|r| r.resource_type == "Encounter").unwrap();
         let b = &c.body;
+        // DG1-20 as sent; the key is scoped to the visit.
         assert_eq!(
-            c.identifier,
-            Some((
-                "urn:oid:1.3.6.1.4.1.44750.1.2.2".to_string(),
-                "DI20".to_string()
-            ))
+            b["identifier"][0]["system"],
+            "urn:oid:1.3.6.1.4.1.44750.1.2.2"
+        );
+        assert_eq!(b["identifier"][0]["value"], "DI20");
+        let key = c.identifier.clone().unwrap();
+        assert_eq!(b["identifier"][1]["value"], key.1.as_str());
+        assert_eq!(
+            key.1,
+            format!(
+                "Encounter/{}/id:urn:oid:1.3.6.1.4.1.44750.1.2.2|DI20",
+                enc.id
+            )
         );
         assert_eq!(b["code"]["coding"][0]["code"], "422504002");
         assert_eq!(b["code"]["coding"][0]["system"], "http://snomed.info/sct");
@@ -203,7 +207,10 @@ mod tests {
         assert_eq!(resolve(&rs, &b["subject"])["resourceType"], "Patient");
         assert!(b.get("encounter").is_none());
         let at = |t: &str| rs.iter().position(|r| r.resource_type == t).unwrap();
-        assert!(at("Condition") < at("Encounter"), "written before what names it");
+        assert!(
+            at("Condition") < at("Encounter"),
+            "written before what names it"
+        );
         let asserter = resolve(&rs, &b["asserter"]);
         assert_eq!(asserter["identifier"][0]["value"], "005454");
         assert_eq!(asserter["name"][0]["family"], "DIAG");
@@ -235,6 +242,17 @@ mod tests {
         let a = id_of("DG1|1||I10^Hypertension^I10||20260101|W|||||||||0");
         assert_eq!(a, id_of("DG1|2||I10^High blood pressure^I10|||F"));
         assert_ne!(a, id_of("DG1|1||E11^Diabetes^I10"));
+        // A diagnosis id reused for another patient's visit is another Condition.
+        let with_id = "DG1|1||I10^Hypertension^I10|||A||||||||||||||DI20^^1.2.3^ISO";
+        let other = msg(with_id)
+            .replace("555^^^GHH", "556^^^GHH")
+            .replace("V1^", "V2^");
+        let theirs = map(other.as_bytes());
+        let theirs = theirs
+            .iter()
+            .find(|r| r.resource_type == "Condition")
+            .unwrap();
+        assert_ne!(id_of(with_id), theirs.id);
         // W and F have no diagnosis-role: kept as sent; priority 0 is no rank.
         let rs = map(msg("DG1|1||I10^Hypertension^I10||20260101|W|||||||||0||||||D").as_bytes());
         let enc = rs.iter().find(|r| r.resource_type == "Encounter").unwrap();
