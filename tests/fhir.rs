@@ -504,6 +504,69 @@ fn identifier_systems_are_absolute_uris_and_languages_bcp47() {
     assert_eq!(p["identifier"], again["identifier"], "stable across runs");
 }
 
+/// `--profile us-core`: race and ethnicity extensions and the Patient profile claim, on
+/// every mapped message, still valid R4 for both validators.
+#[test]
+fn the_us_core_option_adds_race_ethnicity_and_the_patient_profile() {
+    support::need_fhir();
+    let mut all = Vec::new();
+    for f in MAPPED {
+        let (code, rs, err) = convert(&[corpus(f).to_str().unwrap(), "--profile", "us-core"]);
+        assert_eq!(code, 0, "{err}");
+        all.extend(rs);
+    }
+    let patients: Vec<&Value> = all
+        .iter()
+        .filter(|r| r["resourceType"] == "Patient")
+        .collect();
+    let counts = validate(&all);
+    assert_eq!(counts["Patient"].as_u64(), Some(patients.len() as u64));
+    // ADT-A01-01: PID-10 `2106-3^White^HL70005~2028-9^Asian^HL70005`, PID-22 `N^NOT HISPANIC…`.
+    let (_, rs, _) = convert(&[
+        corpus("ADT-A01-01.hl7").to_str().unwrap(),
+        "--profile",
+        "us-core",
+    ]);
+    let p = of_type(&rs, "Patient");
+    assert_eq!(
+        p["meta"]["profile"][0],
+        "http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient|6.1.0"
+    );
+    let ext = |url: &str| {
+        p["extension"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["url"] == url)
+            .unwrap_or_else(|| panic!("no {url} in {p}"))
+            .clone()
+    };
+    let race = ext("http://hl7.org/fhir/us/core/StructureDefinition/us-core-race");
+    let omb: Vec<&str> = race["extension"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["url"] == "ombCategory")
+        .map(|e| e["valueCoding"]["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(omb, ["2106-3", "2028-9"]);
+    let eth = ext("http://hl7.org/fhir/us/core/StructureDefinition/us-core-ethnicity");
+    assert_eq!(eth["extension"][0]["valueCoding"]["code"], "2186-5");
+    // Every claimed Patient has what US Core requires; the rest are not claimed.
+    for p in &patients {
+        if p["meta"]["profile"].is_array() {
+            assert!(p["gender"].is_string() && p["name"].is_array(), "{p}");
+        }
+    }
+    assert!(
+        patients
+            .iter()
+            .filter(|p| p["meta"]["profile"].is_array())
+            .count()
+            >= 8
+    );
+}
+
 #[test]
 fn every_resource_and_bundle_passes_two_independent_fhir_r4_validators() {
     support::need_fhir();
@@ -860,7 +923,7 @@ name: to_fhir
 integration: {id: ghh-ehr}
 source: {type: file, path: in.hl7, format: hl7}
 stages:
-  - {name: fhir, type: fhir, systems: {AccMng: "urn:oid:1.2.840.99.1"}}
+  - {name: fhir, type: fhir, profile: us-core, systems: {AccMng: "urn:oid:1.2.840.99.1"}}
   - {name: keep, type: map, select: {resource_type: resource_type, url: request_url, resource: resource}}
 sinks:
   - {name: resources, type: file, format: ndjson, path: resources.ndjson}
@@ -906,6 +969,14 @@ sinks:
         .iter()
         .filter(|r| !DIRECTORY.contains(&r["resource_type"].as_str().unwrap()))
         .collect();
+    // `profile: us-core` reaches the mapper.
+    let patient: Value = serde_json::from_str(rows[0]["resource"].as_str().unwrap()).unwrap();
+    assert!(
+        patient["extension"].as_array().is_some_and(|e| e
+            .iter()
+            .any(|e| e["url"] == "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race")),
+        "{patient}"
+    );
     let enc: Value = serde_json::from_str(rows[2]["resource"].as_str().unwrap()).unwrap();
     assert_eq!(enc["identifier"][0]["system"], "urn:oid:1.2.840.99.1");
     assert_eq!(

@@ -37,6 +37,10 @@ pub enum FhirCommand {
         /// resources that needed this one are tagged (`meta.tag` assumed-timezone).
         #[arg(long, visible_alias = "default-offset", default_value = "UTC")]
         default_zone: String,
+        /// `us-core`: US Core 6.1.0 race/ethnicity extensions (PID-10/22) and
+        /// `meta.profile` on Patients that have what the profile requires.
+        #[arg(long, value_enum, default_value = "base")]
+        profile: ProfileArg,
     },
     /// Searches a FHIR server and prints the matches as flat rows (FHIR → local columns:
     /// MRN, names, birth date, visit number, times, statuses), every page.
@@ -54,6 +58,12 @@ pub enum FhirCommand {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ProfileArg {
+    Base,
+    UsCore,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum BundleKind {
     Transaction,
     Batch,
@@ -67,6 +77,7 @@ pub fn run(cmd: FhirCommand) -> Result<ExitCode> {
             output,
             systems,
             default_zone,
+            profile,
         } => {
             let mut map = HashMap::new();
             for s in &systems {
@@ -79,6 +90,10 @@ pub fn run(cmd: FhirCommand) -> Result<ExitCode> {
                 .map_err(|e| anyhow::anyhow!("--default-zone: {e}"))?;
             let opts = Options {
                 default_zone: zone,
+                profile: match profile {
+                    ProfileArg::Base => crate::fhir::v2::Profile::Base,
+                    ProfileArg::UsCore => crate::fhir::v2::Profile::UsCore,
+                },
                 ..Options::default()
             }
             .with_systems(map);

@@ -367,6 +367,9 @@ pub struct FhirStage {
     /// Where times sent without an offset are: an IANA zone (`America/Chicago`, DST-aware) or
     /// a fixed offset (`-0500`); default UTC. Resources that needed it are tagged.
     pub default_timezone: Option<Spanned<String>>,
+    /// `base` (default: R4 and the IG's maps) or `us-core` (US Core 6.1.0: race and
+    /// ethnicity extensions from PID-10/22, `meta.profile` on conforming Patients).
+    pub profile: Option<Spanned<String>>,
 }
 
 /// An HL7 column: `{name: mrn, path: PID-3.1, type: utf8}`.

@@ -33,6 +33,7 @@ mod observation;
 mod patient;
 mod service_request;
 mod specimen;
+mod us_core;
 
 use std::collections::HashMap;
 
@@ -48,6 +49,29 @@ pub struct Options {
     /// Where times sent without an offset are (FHIR requires an offset on every time).
     pub default_zone: Zone,
     pub systems: Systems,
+    /// Which FHIR profile the resources follow beyond base R4.
+    pub profile: Profile,
+}
+
+/// A profile set the mapping can follow (`profile:` in a `fhir` stage, `--profile`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Profile {
+    /// Base R4 and the IG's maps.
+    #[default]
+    Base,
+    /// US Core 6.1.0: race and ethnicity extensions, and `meta.profile` on a Patient that
+    /// has what the profile requires (`us_core`).
+    UsCore,
+}
+
+impl Profile {
+    pub fn parse(s: &str) -> Option<Profile> {
+        match s {
+            "base" => Some(Profile::Base),
+            "us-core" => Some(Profile::UsCore),
+            _ => None,
+        }
+    }
 }
 
 /// The tag a resource carries when one of its times was sent without an offset and the
@@ -406,11 +430,12 @@ fn with_visit(
 /// Tags a resource whose mapping assumed `zone` for a time sent without an offset.
 fn tagged(mut r: Resource, zone: Zone) -> Resource {
     if datatypes::take_assumed_zone() {
-        r.body["meta"] = serde_json::json!({"tag": [{
+        // Beside a profile claim, if any.
+        r.body["meta"]["tag"] = serde_json::json!([{
             "system": ASSUMED_ZONE_TAG,
             "code": "assumed-timezone",
             "display": format!("times sent without an offset are in {zone}"),
-        }]});
+        }]);
     }
     r
 }

@@ -122,7 +122,13 @@ pub(super) fn map(cx: &Ctx<'_, '_>) -> Result<Resource, MappingError> {
         p.push("contact", contact(cx, &nk1)?);
     }
 
+    if cx.opts.profile == super::Profile::UsCore {
+        super::us_core::demographics(cx, &pid, &mut p)?;
+    }
     let mut r = Resource::new("Patient", id, Some(key), p);
+    if cx.opts.profile == super::Profile::UsCore {
+        super::us_core::claim_patient(&mut r.body);
+    }
     r.deleted = explicit_nulls(&pid);
     Ok(r)
 }

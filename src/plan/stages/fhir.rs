@@ -31,8 +31,19 @@ pub(crate) fn plan(
         .iter()
         .map(|(k, v)| (k.clone(), v.to_string()))
         .collect();
+    let profile = match &f.profile {
+        None => crate::fhir::v2::Profile::Base,
+        Some(p) => match crate::fhir::v2::Profile::parse(p.as_str()) {
+            Some(p) => p,
+            None => {
+                cx.err(p, "profile is `base` or `us-core`");
+                return None;
+            }
+        },
+    };
     let opts = crate::fhir::v2::Options {
         default_zone: offset,
+        profile,
         ..Default::default()
     }
     .with_systems(systems);
