@@ -171,6 +171,39 @@ pub(super) fn ed_attachment(
 }
 
 /// One OBX of the document: ED → an attachment (data as base64), TX/FT/ST → text, RP → a
+/// Points `doc`'s related orders at the ServiceRequests of the message: the entry TXA-14/15
+/// made for an order's number gains the reference; an order TXA does not name is added.
+pub(super) fn relate(doc: &mut Resource, orders: &[Resource]) {
+    for sr in orders
+        .iter()
+        .filter(|r| r.resource_type == "ServiceRequest")
+    {
+        let reference = Value::from(format!("ServiceRequest/{}", sr.id));
+        let ids = sr.body["identifier"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let same = |e: &Value| {
+            ids.iter().any(|i| {
+                i["system"] == e["identifier"]["system"] && i["value"] == e["identifier"]["value"]
+            })
+        };
+        let related = &mut doc.body["context"]["related"];
+        if !related.is_array() {
+            *related = Value::Array(Vec::new());
+        }
+        let list = related.as_array_mut().expect("an array");
+        let mut named = false;
+        for e in list.iter_mut().filter(|e| same(e)) {
+            e["reference"] = reference.clone();
+            named = true;
+        }
+        if !named {
+            list.push(json!({ "reference": reference }));
+        }
+    }
+}
+
 /// URL, HD (a DICOM study uid) → a related study; any other type is an error, not a loss.
 fn content(
     cx: &Ctx<'_, '_>,
@@ -252,8 +285,16 @@ mod tests {
         let m = Message::parse(&raw).unwrap();
         let (rs, dir) = super::super::split_directory(convert(&m, &Options::default()).unwrap());
         let kinds: Vec<&str> = rs.iter().map(|r| r.resource_type).collect();
-        assert_eq!(kinds, ["Patient", "Encounter", "DocumentReference"]);
-        let d = &rs[2].body;
+        assert_eq!(
+            kinds,
+            [
+                "Patient",
+                "Encounter",
+                "ServiceRequest",
+                "DocumentReference"
+            ]
+        );
+        let d = &rs[3].body;
         assert_eq!(
             d["masterIdentifier"]["value"],
             "1.2.840.317.5947431.51.20080131160038"
@@ -273,6 +314,14 @@ mod tests {
         assert_eq!(related[0]["identifier"]["value"], "00012345");
         assert_eq!(related[1]["identifier"]["value"], "1-1");
         assert_eq!(related[1]["type"], "ServiceRequest");
+        // Both name the ORC/OBR's ServiceRequest, written before the document; its OBX
+        // are the document's content, not the order's results.
+        for r in &related[..2] {
+            assert_eq!(r["reference"], format!("ServiceRequest/{}", rs[2].id));
+        }
+        assert_eq!(rs[2].body["code"]["coding"][0]["code"], "02585");
+        assert!(rs[2].body.get("supportingInfo").is_none(), "{}", rs[2].body);
+        assert_eq!(rs.len(), 4);
         assert_eq!(
             d["content"][0]["attachment"]["contentType"],
             "application/pdf"
@@ -293,7 +342,7 @@ mod tests {
         );
         let m = Message::parse(text.as_bytes()).unwrap();
         let (rs, _) = super::super::split_directory(convert(&m, &Options::default()).unwrap());
-        let a = &rs[2].body["content"][0]["attachment"];
+        let a = &rs[3].body["content"][0]["attachment"];
         let data = base64::engine::general_purpose::STANDARD
             .decode(a["data"].as_str().unwrap())
             .unwrap();

@@ -380,8 +380,23 @@ fn map_message(cx: &Ctx<'_, '_>, code: &str, event: &str) -> Result<Vec<Resource
             out.extend(prior);
             Ok(out)
         }
-        ("MDM", e) if is_mdm_event(e) => with_visit(cx, |p, e| Ok(vec![document::map(cx, p, e)?])),
-        ("ORM", "O01") | ("OML", "O21") => with_visit(cx, |p, e| service_request::map(cx, p, e)),
+        ("MDM", e) if is_mdm_event(e) => with_visit(cx, |p, e| {
+            // The order the document answers (MDM_T02's COMMON_ORDER: ORC/OBR), written
+            // before the document that references it.
+            let sent = cx.segment("ORC").is_some() || cx.segment("OBR").is_some();
+            let mut out = if sent {
+                service_request::map(cx, p, e, false)?
+            } else {
+                Vec::new()
+            };
+            let mut doc = document::map(cx, p, e)?;
+            document::relate(&mut doc, &out);
+            out.push(doc);
+            Ok(out)
+        }),
+        ("ORM", "O01") | ("OML", "O21") => {
+            with_visit(cx, |p, e| service_request::map(cx, p, e, true))
+        }
         ("RDE", "O11") | ("RAS", "O17") => with_visit(cx, |p, e| medication::map(cx, p, e)),
         ("VXU", "V04") => {
             let patient = tagged(patient::map(cx)?, zone);

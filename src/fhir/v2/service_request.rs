@@ -24,10 +24,13 @@ struct Order<'m> {
     spm: Vec<Segment<'m>>,
 }
 
+/// `results`: whether OBX segments are the orders' observations (ORM/OML) or belong to
+/// something else (an MDM's OBX are the document's content).
 pub(super) fn map(
     cx: &Ctx<'_, '_>,
     patient: &Resource,
     encounter: Option<&Resource>,
+    results: bool,
 ) -> Result<Vec<Resource>, MappingError> {
     let subject = json!({"reference": format!("Patient/{}", patient.id)});
     let encounter = encounter.map(|e| json!({"reference": format!("Encounter/{}", e.id)}));
@@ -78,7 +81,7 @@ pub(super) fn map(
                     o.reasons.extend(codeable_concept(&c));
                 }
             }
-            "OBX" => {
+            "OBX" if results => {
                 if let Some(o) = order.as_mut() {
                     o.obx.push(seg);
                 }
