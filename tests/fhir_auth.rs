@@ -453,8 +453,9 @@ sinks:
         (Some(1), Some(0)),
         "{s} {dlq}"
     );
-    // The patient, its encounter and the 6 Practitioners and Locations the corpus A01 names.
-    assert_eq!(s["sinks"][0], json!(["ehr", 8]), "{s}");
+    // The patient, its DG1's Condition, its encounter and the 6 Practitioners and
+    // Locations the corpus A01 names.
+    assert_eq!(s["sinks"][0], json!(["ehr", 9]), "{s}");
     let found: Vec<Value> = on_server();
     assert_eq!(found.len(), 1);
     assert_eq!(found[0]["name"][0]["family"], "DUCK");
