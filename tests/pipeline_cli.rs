@@ -385,6 +385,38 @@ sinks:
     );
 }
 
+/// A `fhir` stage's options are checked where they are written: a profile that does not
+/// exist names its line and the ones that do.
+#[test]
+fn a_fhir_stage_with_an_unknown_profile_is_refused_at_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = root().display().to_string();
+    let spec = format!(
+        "name: f
+integration: {{id: f}}
+source: {{type: file, path: {r}/data/samples/adt_feed.hl7, format: hl7}}
+stages:
+  - name: fhir
+    type: fhir
+    profile: us-cor
+sinks:
+  - {{name: out, type: file, path: {r}/out/f.ndjson}}
+"
+    );
+    let path = dir.path().join("f.yaml");
+    std::fs::write(&path, &spec).unwrap();
+    let o = plexus(&["validate", path.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains(&format!("{}:7:", path.display())) && err.contains("`us-core`"),
+        "{err}"
+    );
+    std::fs::write(&path, spec.replace("us-cor\n", "us-core\n")).unwrap();
+    let o = plexus(&["validate", path.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+}
+
 /// `plexus validate pipelines/*.yaml`, as a user types it, meets the test-case files too:
 /// they are skipped (with a word), the pipelines validated.
 #[test]
