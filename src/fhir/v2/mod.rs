@@ -152,10 +152,10 @@ impl Resource {
         identifier: Option<(String, String)>,
         fields: datatypes::Obj,
     ) -> Self {
-        let mut body = serde_json::Map::new();
+        // Into the fields' own map: moving every field into a new one re-inserted each.
+        let mut body = fields.0;
         body.insert("resourceType".into(), Value::from(kind));
         body.insert("id".into(), Value::from(id.as_str()));
-        body.extend(fields.0);
         Resource {
             resource_type: kind,
             id,
