@@ -108,12 +108,7 @@ impl Ctx<'_, '_> {
             .unwrap_or_else(|| self.local_system("practitioner"));
         let id = stable_id(&["Practitioner", &system, &value]);
         if let Some(reference) = self.known("Practitioner", &id) {
-            return Some(
-                Obj::new()
-                    .set("reference", reference)
-                    .set("display", display.map(Value::from))
-                    .into_value(),
-            );
+            return Some(named(reference, display));
         }
         let body = Obj::new()
             .set(
@@ -131,12 +126,7 @@ impl Ctx<'_, '_> {
                     .map(|d| json!([{"code": {"coding": [{"system": DEGREE, "code": d}]}}])),
             );
         let r = Resource::new("Practitioner", id, Some((system, value)), body);
-        Some(
-            Obj::new()
-                .set("reference", self.share(r))
-                .set("display", display.map(Value::from))
-                .into_value(),
-        )
+        Some(named(self.share(r), display))
     }
 
     /// PL → a Reference to the most granular Location sent (PL[Location]): one Location per
@@ -219,12 +209,7 @@ impl Ctx<'_, '_> {
             }
         }
         let display = super::datatypes::location_display(el)?;
-        Ok(Some(
-            Obj::new()
-                .set("reference", self.share(most))
-                .set("display", display.map(Value::from))
-                .into_value(),
-        ))
+        Ok(Some(named(self.share(most), display)))
     }
 
     /// XON → a Reference to an Organization (XON[Organization]): name XON-1 (r1),
@@ -282,11 +267,16 @@ impl Ctx<'_, '_> {
                 self.share(r)
             }
         };
-        Obj::new()
-            .set("reference", reference)
-            .set("display", name.map(Value::from))
-            .into_value()
+        named(reference, name)
     }
+}
+
+/// A Reference to a shared resource, with the display the message gave it.
+fn named(reference: Value, display: Option<String>) -> Value {
+    Obj::new()
+        .set("reference", reference)
+        .set("display", display.map(Value::from))
+        .into_value()
 }
 
 /// A person as XCN and CNN carry one.

@@ -170,7 +170,6 @@ pub(super) fn ed_attachment(
         .build())
 }
 
-/// One OBX of the document: ED → an attachment (data as base64), TX/FT/ST → text, RP → a
 /// Points `doc`'s related orders at the ServiceRequests of the message: the entry TXA-14/15
 /// made for an order's number gains the reference; an order TXA does not name is added.
 pub(super) fn relate(doc: &mut Resource, orders: &[Resource]) {
@@ -204,6 +203,7 @@ pub(super) fn relate(doc: &mut Resource, orders: &[Resource]) {
     }
 }
 
+/// One OBX of the document: ED → an attachment (data as base64), TX/FT/ST → text, RP → a
 /// URL, HD (a DICOM study uid) → a related study; any other type is an error, not a loss.
 fn content(
     cx: &Ctx<'_, '_>,
