@@ -935,3 +935,126 @@ fn partial_updates_keep_what_the_message_does_not_carry_and_nulls_delete() {
         assert_eq!(nulled["id"], full["id"], "{what}: the same patient");
     }
 }
+
+/// #19: an ADT^A40 moves the sync state to the survivor. On the server the survivor
+/// `replaces` the prior record (by its server id: written first without the link, then with
+/// it) and the prior one is inactive, `replaced-by` the survivor; a replay writes nothing; a
+/// late message on the merged-away MRN leaves the retired record alone and its visit lands
+/// on the survivor. The embedded SQLite state remembers the merge, audited.
+#[test]
+fn a_merge_moves_the_sync_state_to_the_survivor() {
+    support::need_fhir();
+    let dir = tempfile::tempdir().unwrap();
+    let integration = support::unique("ehr-merge");
+    let tag = support::unique("M").replace(['-', '_'], "");
+    let (prior, survivor) = (format!("P{tag}"), format!("S{tag}"));
+    let oid = &SYSTEM[8..];
+    let a40 = format!(
+        "MSH|^~\\&|AccMgr|1|||20050112045504+0700||ADT^A40|{tag}M|P|2.3\r\
+         EVN|A40|20050112045502+0700\r\
+         PID|1||{survivor}^^^&{oid}&ISO^MR||DUCK^DONALD||19241010|M\r\
+         MRG|{prior}^^^&{oid}&ISO^MR\r"
+    );
+    let late = support::corpus_adt(&prior, "A08", "DUCK")
+        .replace(&format!("V{prior}^"), &format!("L{prior}^"));
+    for (file, text) in [
+        ("prior.hl7", support::corpus_adt(&prior, "A01", "DUCK")),
+        (
+            "survivor.hl7",
+            support::corpus_adt(&survivor, "A01", "DUCK"),
+        ),
+        ("a40.hl7", a40),
+        ("late.hl7", late),
+    ] {
+        std::fs::write(dir.path().join(file), text).unwrap();
+    }
+    let p = support::pipeline(
+        dir.path(),
+        "merge",
+        &format!(
+            "name: merge\nintegration: {{id: {integration}}}\nsource: {{type: file, path: prior.hl7, format: hl7}}\nstages:\n  - {{name: fhir, type: fhir}}\nsinks:\n  - {{name: ehr, type: fhir, url: \"{FHIR}\", sync: {{}}}}\ndlq: {{path: dlq.ndjson}}\n"
+        ),
+    );
+    let run = |input: &str| {
+        let s = support::summary(
+            &Command::new(support::BIN)
+                .args(["run", p.to_str().unwrap(), "--json", "--input"])
+                .arg(dir.path().join(input))
+                .env_remove("DATABASE_URL")
+                .output()
+                .unwrap(),
+        );
+        assert_eq!(
+            (s["delivered"].as_u64(), s["dead_lettered"].as_u64()),
+            (Some(1), Some(0)),
+            "{input}: {s}"
+        );
+    };
+    let rt = rt();
+    let c = FhirClient::new(ClientConfig::new(FHIR)).unwrap();
+    let both =
+        || rt.block_on(async { (on_server(&c, &survivor).await, on_server(&c, &prior).await) });
+    let visit = |v: &str| {
+        rt.block_on(async {
+            let found = c
+                .search(
+                    "Encounter",
+                    &format!("identifier={}|{v}", support::VISIT_SYSTEM),
+                )
+                .await
+                .unwrap();
+            assert_eq!(found.len(), 1, "{v}: {found:?}");
+            found[0]["subject"]["reference"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+    };
+    run("prior.hl7");
+    run("survivor.hl7");
+    run("a40.hl7");
+    let (s, p) = both();
+    let id = |v: &Value| format!("Patient/{}", v["id"].as_str().unwrap());
+    assert_eq!(s["active"], true);
+    assert_eq!(
+        s["link"],
+        json!([{"other": {"reference": id(&p)}, "type": "replaces"}])
+    );
+    assert_eq!(p["active"], false);
+    assert_eq!(
+        p["link"],
+        json!([{"other": {"reference": id(&s)}, "type": "replaced-by"}])
+    );
+    assert_eq!(
+        visit(&format!("V{prior}")),
+        id(&p),
+        "the old visit is left as it was"
+    );
+    // A replay of the merge writes nothing.
+    run("a40.hl7");
+    let (s2, p2) = both();
+    assert_eq!(
+        (&s2["meta"]["versionId"], &p2["meta"]["versionId"]),
+        (&s["meta"]["versionId"], &p["meta"]["versionId"]),
+        "a replayed merge wrote again"
+    );
+    // A late A08 on the prior MRN: the retired record is not written, and the new visit is
+    // the survivor's.
+    run("late.hl7");
+    let (_, p3) = both();
+    assert_eq!(p3["meta"]["versionId"], p["meta"]["versionId"]);
+    assert_eq!(p3["active"], false);
+    assert_eq!(visit(&format!("L{prior}")), id(&s));
+    let log = rt.block_on(async {
+        let store = SyncStore::connect(dir.path().join("merge.sync.db").to_str().unwrap())
+            .await
+            .unwrap();
+        store
+            .audit_log((&integration, "Patient", &format!("{SYSTEM}|{prior}")))
+            .await
+            .unwrap()
+    });
+    let actions: Vec<&str> = log.iter().map(|(a, _, _)| a.as_str()).collect();
+    assert_eq!(actions, ["merged_into", "followed_survivor"], "{log:?}");
+    assert_eq!(log[0].2["survivor"], format!("{SYSTEM}|{survivor}"));
+}

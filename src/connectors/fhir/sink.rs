@@ -14,9 +14,10 @@
 //! Concurrency: the rows of a batch are grouped by patient (a message's resources go with
 //! its Patient's identifier), and up to `concurrency` patients sync at once. Within a group
 //! rows keep their order, so one patient's messages reach the EHR in feed order and an
-//! encounter follows the patient it refers to.
+//! encounter follows the patient it refers to. An ADT^A40's Patients refer to each other:
+//! the survivor is written first without its `replaces` link, then again with it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -111,6 +112,57 @@ struct Row<'a> {
 /// Why a row is dead-lettered: (rule, reason).
 type Failure = (&'static str, String);
 
+/// The rows of a group not synced yet: `Type/plexus-id` → (type, business identifier).
+type Pending<'a> = HashMap<String, (&'a str, &'a (String, String))>;
+
+/// The references (`reference` values) in a resource.
+fn references(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(o) => {
+            for (k, child) in o {
+                match (k.as_str(), child) {
+                    ("reference", Value::String(r)) => out.push(r.clone()),
+                    _ => references(child, out),
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|c| references(c, out)),
+        _ => {}
+    }
+}
+
+/// Removes what holds a reference to one of `to`: the list entry it is in, or the element
+/// that is the Reference. Lists and elements left empty go too (FHIR has no empty ones).
+fn strip_references(v: &mut Value, to: &HashSet<String>) {
+    fn names(v: &Value, to: &HashSet<String>) -> bool {
+        v.get("reference")
+            .and_then(Value::as_str)
+            .is_some_and(|r| to.contains(r))
+    }
+    fn holds(v: &Value, to: &HashSet<String>) -> bool {
+        match v {
+            Value::Object(o) => names(v, to) || o.values().any(|c| holds(c, to)),
+            Value::Array(a) => a.iter().any(|c| holds(c, to)),
+            _ => false,
+        }
+    }
+    match v {
+        Value::Object(o) => {
+            o.retain(|_, c| !names(c, to));
+            for c in o.values_mut() {
+                strip_references(c, to);
+            }
+            o.retain(|_, c| match c {
+                Value::Array(a) => !a.is_empty(),
+                Value::Object(m) => !m.is_empty(),
+                _ => true,
+            });
+        }
+        Value::Array(a) => a.retain(|c| !holds(c, to)),
+        _ => {}
+    }
+}
+
 /// Rows synced one after the other: a patient's, or a message's without a patient.
 #[derive(Hash, PartialEq, Eq)]
 enum Group<'a> {
@@ -159,8 +211,46 @@ impl FhirSyncSink {
             );
     }
 
-    /// Syncs one row; `Err(rule, reason)` dead-letters it.
-    async fn sync_row(&self, row: &Row<'_>) -> Result<(), Failure> {
+    /// Resolves the references to rows of the group not synced yet (`pending`) from the sync
+    /// state of earlier runs; those it cannot resolve are removed, and `true` says the row is
+    /// to be synced again once they are. Only a merge refers forward (the survivor
+    /// `replaces` the prior record written after it); a server that checks references would
+    /// refuse a dangling one.
+    async fn forward_references(
+        &self,
+        json: &mut Value,
+        pending: &Pending<'_>,
+    ) -> Result<bool, Failure> {
+        let mut refs = Vec::new();
+        references(json, &mut refs);
+        let mut unresolved = HashSet::new();
+        for r in refs {
+            let Some((kind, (system, value))) = pending.get(r.as_str()) else {
+                continue;
+            };
+            let entity = format!("{system}|{value}");
+            match self.syncer.external_id(kind, &entity).await {
+                Ok(Some(server_id)) => {
+                    let (kind, id) = r.split_once('/').unwrap_or_default();
+                    self.learn(kind, id, &server_id);
+                }
+                Ok(None) => {
+                    unresolved.insert(r);
+                }
+                Err(e) => return Err(("sync", e.to_string())),
+            }
+        }
+        self.rewrite(json);
+        if unresolved.is_empty() {
+            return Ok(false);
+        }
+        strip_references(json, &unresolved);
+        Ok(true)
+    }
+
+    /// Syncs one row; `Ok(true)`: synced without its forward references (sync it again
+    /// after the rest of its group); `Err(rule, reason)` dead-letters it.
+    async fn sync_row(&self, row: &Row<'_>, pending: &Pending<'_>) -> Result<bool, Failure> {
         let Row {
             kind,
             id,
@@ -198,7 +288,7 @@ impl FhirSyncSink {
                 let known = self.references.lock().unwrap_or_else(|p| p.into_inner());
                 if known.contains_key(&name) {
                     // Synced earlier in this run: the server has it; nothing to send.
-                    return Ok(());
+                    return Ok(false);
                 }
                 Some(turn)
             }
@@ -207,6 +297,7 @@ impl FhirSyncSink {
         let mut json: Value =
             serde_json::from_str(body).map_err(|e| ("sync", format!("resource JSON: {e}")))?;
         self.rewrite(&mut json);
+        let forward = self.forward_references(&mut json, pending).await?;
         let resource = Resource {
             resource_type,
             id: id.to_string(),
@@ -263,10 +354,11 @@ impl FhirSyncSink {
                     ));
                 }
                 Ok(o) => {
+                    // A merged-away Patient: its references now mean the survivor.
                     if let Some(server_id) = o.external_id() {
                         self.learn(resource_type, id, server_id);
                     }
-                    return Ok(());
+                    return Ok(forward);
                 }
                 Err(e @ SyncError::Fhir(FhirError::Unavailable { .. })) => {
                     return Err(("sync:unavailable", e.to_string()));
@@ -363,8 +455,14 @@ impl BatchSink for FhirSyncSink {
             futures::stream::iter(groups.into_iter().map(|group| {
                 let mut failed = failed_early.clone();
                 async move {
+                    let mut pending: Pending<'_> = group
+                        .iter()
+                        .map(|(_, row)| (format!("{}/{}", row.kind, row.id), (row.kind, &row.key)))
+                        .collect();
                     let mut out = Vec::with_capacity(group.len());
-                    for (r, row) in group {
+                    let mut again = Vec::new();
+                    for (r, row) in &group {
+                        pending.remove(&format!("{}/{}", row.kind, row.id));
                         let m = message(*r);
                         if failed.contains(&m) {
                             out.push((
@@ -376,11 +474,21 @@ impl BatchSink for FhirSyncSink {
                             ));
                             continue;
                         }
-                        let result = this.sync_row(row).await;
-                        if result.is_err() {
-                            failed.insert(m);
+                        let result = this.sync_row(row, &pending).await;
+                        match result {
+                            Err(_) => {
+                                failed.insert(m);
+                            }
+                            Ok(true) => again.push((out.len(), row)),
+                            Ok(false) => {}
                         }
-                        out.push((*r, result));
+                        out.push((*r, result.map(|_| ())));
+                    }
+                    // What referred forward, now that the group's rows are on the server.
+                    for (i, row) in again {
+                        if out[i].1.is_ok() && !failed.contains(&message(out[i].0)) {
+                            out[i].1 = this.sync_row(row, &pending).await.map(|_| ());
+                        }
                     }
                     out
                 }
@@ -433,5 +541,38 @@ impl BatchSink for FhirSyncSink {
         }
         tracing::info!(sink = %self.name, synced = self.delivered, "fhir sync sink done");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn forward_references_are_found_and_stripped_with_what_holds_them() {
+        let mut v = json!({
+            "resourceType": "Patient",
+            "link": [{"other": {"reference": "Patient/prior"}, "type": "replaces"}],
+            "generalPractitioner": [{"reference": "Practitioner/known"}],
+            "managingOrganization": {"reference": "Patient/prior"},
+            "active": true
+        });
+        let mut refs = Vec::new();
+        references(&v, &mut refs);
+        assert_eq!(
+            refs,
+            ["Practitioner/known", "Patient/prior", "Patient/prior"]
+        );
+        strip_references(&mut v, &HashSet::from(["Patient/prior".to_string()]));
+        assert_eq!(
+            v,
+            json!({
+                "resourceType": "Patient",
+                "generalPractitioner": [{"reference": "Practitioner/known"}],
+                "active": true
+            }),
+            "the emptied link list goes too"
+        );
     }
 }

@@ -15,6 +15,12 @@
 //! A worker that cannot take the lease reports [`SyncOutcome::Contended`] (retry later, not
 //! an error); every resolution is written to the audit log; every outcome is an event
 //! (`integration.sync.completed|failed|conflict`).
+//!
+//! Merges (ADT^A40) move the state to the survivor. The merge's prior record is written
+//! once, inactive and `replaced-by` the survivor, and the state remembers the merge; a later
+//! message on the merged-away identifier (a feed that has not caught up) does not bring the
+//! retired record back or write under it: it reports [`SyncOutcome::Merged`] with the
+//! survivor's server id, so the rest of that message (visits, results) lands on the survivor.
 
 pub mod store;
 
@@ -152,6 +158,7 @@ impl SyncOutcome {
             | SyncOutcome::Updated { id, .. }
             | SyncOutcome::Unchanged { id }
             | SyncOutcome::AdoptedExternal { id, .. }
+            | SyncOutcome::Merged { id }
             | SyncOutcome::Conflict { id, .. } => Some(id),
             SyncOutcome::Contended => None,
         }
@@ -181,8 +188,41 @@ pub enum SyncOutcome {
         id: String,
         fields: Vec<String>,
     },
+    /// The entity was merged into another (ADT^A40): nothing written; `id` is the
+    /// survivor's server id, which references to this entity now mean.
+    Merged {
+        id: String,
+    },
     /// Another worker holds the entity: try again later.
     Contended,
+}
+
+/// The part a resource plays in a merge, read from its FHIR `link`s.
+#[derive(Debug, PartialEq)]
+enum MergeRole<'a> {
+    None,
+    /// It `replaces` records merged into it: whatever merged it away before is undone.
+    Survivor,
+    /// The merge's prior record, `replaced-by` the server's resource at this reference.
+    Prior(&'a str),
+}
+
+fn merge_role(body: &Value) -> MergeRole<'_> {
+    let links = body["link"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let of = |kind: &str| {
+        links
+            .iter()
+            .find(|l| l["type"] == kind)
+            .and_then(|l| l["other"]["reference"].as_str())
+    };
+    match (of("replaced-by"), of("replaces")) {
+        (Some(survivor), _) => MergeRole::Prior(survivor),
+        (None, Some(_)) => MergeRole::Survivor,
+        (None, None) => MergeRole::None,
+    }
 }
 
 pub struct Syncer {
@@ -294,12 +334,7 @@ impl Syncer {
         if !self.store.acquire(key, &self.owner, self.lease).await? {
             return Ok(SyncOutcome::Contended);
         }
-        // A 412 on our update means a write raced ours: the second pass sees the server's
-        // new version and records the conflict.
-        let mut result = self.sync_held(resource, &entity, local_time).await;
-        if matches!(&result, Err(SyncError::Fhir(e)) if e.is_conflict()) {
-            result = self.sync_held(resource, &entity, local_time).await;
-        }
+        let result = self.sync_merging(resource, &entity, local_time).await;
         let outcome = match &result {
             Ok(SyncOutcome::Conflict { fields, .. }) => {
                 self.event("conflict", kind, &entity, json!({"fields": fields}));
@@ -340,6 +375,107 @@ impl Syncer {
         };
         self.store.release(key, &self.owner).await?;
         outcome
+    }
+
+    /// `sync_held`, with the merges the resource takes part in (see the module docs).
+    async fn sync_merging(
+        &self,
+        resource: &Resource,
+        entity: &str,
+        local_time: chrono::DateTime<chrono::Utc>,
+    ) -> Result<SyncOutcome, SyncError> {
+        let kind = resource.resource_type;
+        let key = self.key(kind, entity);
+        let role = merge_role(&resource.body);
+        // Only Patients are merged (A40); other types skip the look-up.
+        if role == MergeRole::None
+            && kind == "Patient"
+            && let Some(survivor) = self.survivor(kind, entity).await?
+        {
+            let state = self.store.get(self.key(kind, &survivor)).await?;
+            let Some(id) = state.and_then(|s| s.external_id) else {
+                return Err(SyncError::Invalid(format!(
+                    "this {kind} was merged into one that is not on the server yet"
+                )));
+            };
+            let details = json!({"survivor": survivor, "survivor_id": id});
+            self.store
+                .audit(key, "followed_survivor", &self.owner, &details)
+                .await?;
+            return Ok(SyncOutcome::Merged { id });
+        }
+        // A 412 on our update means a write raced ours: the second pass sees the server's
+        // new version and records the conflict.
+        let mut result = self.sync_held(resource, entity, local_time).await;
+        if matches!(&result, Err(SyncError::Fhir(e)) if e.is_conflict()) {
+            result = self.sync_held(resource, entity, local_time).await;
+        }
+        let settled = matches!(
+            result,
+            Ok(SyncOutcome::Created { .. }
+                | SyncOutcome::Updated { .. }
+                | SyncOutcome::Unchanged { .. }
+                | SyncOutcome::AdoptedExternal { .. })
+        );
+        match role {
+            MergeRole::Survivor if settled && self.store.unmerge(key).await? => {
+                let details = json!({"reason": "it survives a later merge"});
+                self.store
+                    .audit(key, "unmerged", &self.owner, &details)
+                    .await?;
+            }
+            MergeRole::Prior(reference) if settled => {
+                // The survivor was synced first (the message's first Patient), so its
+                // reference is the server's id, which names its entity in the state.
+                let survivor = match reference.split_once('/') {
+                    Some((_, id)) => {
+                        self.store
+                            .by_external_id(&self.integration, kind, id)
+                            .await?
+                    }
+                    None => None,
+                };
+                let Some(survivor) = survivor else {
+                    return Err(SyncError::Invalid(format!(
+                        "the {kind} this one was merged into is not in the sync state"
+                    )));
+                };
+                if self.store.survivor(key).await?.as_deref() != Some(survivor.as_str()) {
+                    self.store.merge(key, &survivor).await?;
+                    let details = json!({"survivor": survivor});
+                    self.store
+                        .audit(key, "merged_into", &self.owner, &details)
+                        .await?;
+                }
+            }
+            _ => {}
+        }
+        result
+    }
+
+    /// The entity `entity` was last merged into, following merges of merges (none: it was
+    /// not merged away).
+    pub async fn survivor(&self, kind: &str, entity: &str) -> Result<Option<String>, SyncError> {
+        let mut seen = vec![entity.to_string()];
+        // A chain is as long as the merges of one person; the bound and `seen` stop a
+        // cycle written by hand.
+        for _ in 0..16 {
+            let at = seen.last().map(String::as_str).unwrap_or(entity);
+            match self.store.survivor(self.key(kind, at)).await? {
+                Some(next) if !seen.contains(&next) => seen.push(next),
+                _ => break,
+            }
+        }
+        Ok((seen.len() > 1).then(|| seen.pop()).flatten())
+    }
+
+    /// The server's id of an entity synced before (none: never synced).
+    pub async fn external_id(&self, kind: &str, entity: &str) -> Result<Option<String>, SyncError> {
+        Ok(self
+            .store
+            .get(self.key(kind, entity))
+            .await?
+            .and_then(|s| s.external_id))
     }
 
     /// Saves the message and the server's version as agreed: nothing to write.
@@ -769,6 +905,19 @@ impl Syncer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_merge_role_is_read_from_the_links() {
+        let link =
+            |kind: &str| json!({"link": [{"other": {"reference": "Patient/9"}, "type": kind}]});
+        assert_eq!(
+            merge_role(&link("replaced-by")),
+            MergeRole::Prior("Patient/9")
+        );
+        assert_eq!(merge_role(&link("replaces")), MergeRole::Survivor);
+        assert_eq!(merge_role(&link("seealso")), MergeRole::None);
+        assert_eq!(merge_role(&json!({"active": true})), MergeRole::None);
+    }
 
     #[test]
     fn hashes_ignore_key_order_and_server_fields() {

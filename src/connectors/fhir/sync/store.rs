@@ -1,6 +1,7 @@
 //! Sync state in a database: one row per (integration, entity type, entity key) with the
 //! versions last agreed on both sides, the status, retry bookkeeping, the open conflict and
-//! a lease; plus an append-only audit table of resolutions.
+//! a lease; an append-only audit table of resolutions; and the merges (ADT^A40) that point a
+//! merged-away entity at its survivor.
 //!
 //! Two backends behind one store: PostgreSQL (workers on several machines share it) and
 //! SQLite (the embedded default: a file beside the pipeline, for one machine's workers).
@@ -23,7 +24,7 @@ use super::{Status, SyncError};
 /// lease seconds); `save` (integration, type, key, owner, status, local hash, local
 /// resource, external id, external version, conflict, synced, retry-in seconds).
 struct Dialect {
-    create: [&'static str; 2],
+    create: [&'static str; 3],
     acquire: &'static str,
     release: &'static str,
     get: &'static str,
@@ -31,6 +32,10 @@ struct Dialect {
     audit: &'static str,
     audit_log: &'static str,
     list: &'static str,
+    merge: &'static str,
+    unmerge: &'static str,
+    survivor: &'static str,
+    by_external_id: &'static str,
 }
 
 const POSTGRES: Dialect = Dialect {
@@ -61,6 +66,13 @@ const POSTGRES: Dialect = Dialect {
             actor text NOT NULL,
             at timestamptz NOT NULL DEFAULT now(),
             details text NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS plexus_sync_merge (
+            integration text NOT NULL,
+            entity_type text NOT NULL,
+            entity_key text NOT NULL,
+            survivor_key text NOT NULL,
+            merged_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (integration, entity_type, entity_key))",
     ],
     acquire: "INSERT INTO plexus_sync_state (integration, entity_type, entity_key, lease_owner, lease_until)
         VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))
@@ -96,6 +108,17 @@ const POSTGRES: Dialect = Dialect {
         WHERE integration = $1 AND entity_type = $2 AND entity_key = $3 ORDER BY id",
     list: "SELECT entity_type, entity_key FROM plexus_sync_state
         WHERE integration = $1 AND status = $2 ORDER BY entity_type, entity_key",
+    merge: "INSERT INTO plexus_sync_merge (integration, entity_type, entity_key, survivor_key)
+        VALUES ($1, $2, $3, $4)
+        ON CONFLICT (integration, entity_type, entity_key) DO UPDATE
+          SET survivor_key = EXCLUDED.survivor_key, merged_at = now()",
+    unmerge: "DELETE FROM plexus_sync_merge
+        WHERE integration = $1 AND entity_type = $2 AND entity_key = $3",
+    survivor: "SELECT survivor_key FROM plexus_sync_merge
+        WHERE integration = $1 AND entity_type = $2 AND entity_key = $3",
+    by_external_id: "SELECT entity_key FROM plexus_sync_state
+        WHERE integration = $1 AND entity_type = $2 AND external_id = $3
+        ORDER BY entity_key LIMIT 1",
 };
 
 // SQLite: `?N` placeholders (numbered, so a parameter may be used twice); the lease clock is
@@ -128,6 +151,13 @@ const SQLITE: Dialect = Dialect {
             actor TEXT NOT NULL,
             at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
             details TEXT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS plexus_sync_merge (
+            integration TEXT NOT NULL,
+            entity_type TEXT NOT NULL,
+            entity_key TEXT NOT NULL,
+            survivor_key TEXT NOT NULL,
+            merged_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+            PRIMARY KEY (integration, entity_type, entity_key))",
     ],
     acquire: "INSERT INTO plexus_sync_state (integration, entity_type, entity_key, lease_owner, lease_until)
         VALUES (?1, ?2, ?3, ?4, ((julianday('now') - 2440587.5) * 86400.0) + ?5)
@@ -164,6 +194,18 @@ const SQLITE: Dialect = Dialect {
         WHERE integration = ?1 AND entity_type = ?2 AND entity_key = ?3 ORDER BY id",
     list: "SELECT entity_type, entity_key FROM plexus_sync_state
         WHERE integration = ?1 AND status = ?2 ORDER BY entity_type, entity_key",
+    merge: "INSERT INTO plexus_sync_merge (integration, entity_type, entity_key, survivor_key)
+        VALUES (?1, ?2, ?3, ?4)
+        ON CONFLICT (integration, entity_type, entity_key) DO UPDATE
+          SET survivor_key = excluded.survivor_key,
+              merged_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
+    unmerge: "DELETE FROM plexus_sync_merge
+        WHERE integration = ?1 AND entity_type = ?2 AND entity_key = ?3",
+    survivor: "SELECT survivor_key FROM plexus_sync_merge
+        WHERE integration = ?1 AND entity_type = ?2 AND entity_key = ?3",
+    by_external_id: "SELECT entity_key FROM plexus_sync_state
+        WHERE integration = ?1 AND entity_type = ?2 AND external_id = ?3
+        ORDER BY entity_key LIMIT 1",
 };
 
 /// One entity's sync state.
@@ -396,9 +438,62 @@ impl SyncStore {
             .map(|r| Ok((r.try_get(0).map_err(db)?, r.try_get(1).map_err(db)?)))
             .collect()
     }
+    /// Records that `key`'s entity was merged into `survivor` (an ADT^A40): later messages
+    /// on the merged-away identifier follow the survivor.
+    pub async fn merge(&self, key: (&str, &str, &str), survivor: &str) -> Result<(), SyncError> {
+        sqlx::query(self.sql.merge)
+            .bind(key.0)
+            .bind(key.1)
+            .bind(key.2)
+            .bind(survivor)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    /// Forgets `key`'s merge (it survives a later merge): whether there was one.
+    pub async fn unmerge(&self, key: (&str, &str, &str)) -> Result<bool, SyncError> {
+        let done = sqlx::query(self.sql.unmerge)
+            .bind(key.0)
+            .bind(key.1)
+            .bind(key.2)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// The entity `key`'s entity was merged into, one step (see `Syncer::survivor`).
+    pub async fn survivor(&self, key: (&str, &str, &str)) -> Result<Option<String>, SyncError> {
+        let row = sqlx::query(self.sql.survivor)
+            .bind(key.0)
+            .bind(key.1)
+            .bind(key.2)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        row.map(|r| r.try_get(0).map_err(db)).transpose()
+    }
+
+    /// The entity the server knows by `external_id`.
+    pub async fn by_external_id(
+        &self,
+        integration: &str,
+        entity_type: &str,
+        external_id: &str,
+    ) -> Result<Option<String>, SyncError> {
+        let row = sqlx::query(self.sql.by_external_id)
+            .bind(integration)
+            .bind(entity_type)
+            .bind(external_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        row.map(|r| r.try_get(0).map_err(db)).transpose()
+    }
 }
 
-/// The sqlx URL of a SQLite file, created when missing.
 #[cfg(test)]
 mod tests {
     use super::*;
