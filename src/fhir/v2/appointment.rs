@@ -185,7 +185,7 @@ fn minutes(
 fn comment(cx: &Ctx<'_, '_>) -> Result<Option<Value>, MappingError> {
     let mut notes = Vec::new();
     let mut after_sch = false;
-    for seg in cx.msg.segments() {
+    for seg in cx.segments() {
         match seg.id() {
             "SCH" => after_sch = true,
             "NTE" | "TQ1" if after_sch => {
@@ -208,7 +208,7 @@ fn participants(cx: &Ctx<'_, '_>, a: &mut Obj, patient: &Resource) -> Result<(),
         "participant",
         json!({"actor": {"reference": format!("Patient/{}", patient.id)}, "status": "accepted"}),
     );
-    for aip in cx.msg.segments_named(*b"AIP") {
+    for aip in cx.segments_named(*b"AIP") {
         for rep in aip.field(3).repetitions() {
             let Some(who) = cx.practitioner(&rep).map_err(cx.at("AIP-3"))? else {
                 continue;
@@ -218,7 +218,7 @@ fn participants(cx: &Ctx<'_, '_>, a: &mut Obj, patient: &Resource) -> Result<(),
             a.push(
                 "participant",
                 Obj::new()
-                    .set("type", role.map(|r| json!([r])))
+                    .set("type", role.map(|r| Value::Array(vec![r])))
                     .set("actor", Some(who))
                     .set(
                         "status",
@@ -230,7 +230,7 @@ fn participants(cx: &Ctx<'_, '_>, a: &mut Obj, patient: &Resource) -> Result<(),
             );
         }
     }
-    for ail in cx.msg.segments_named(*b"AIL") {
+    for ail in cx.segments_named(*b"AIL") {
         if let Some(place) = cx.location(&ail.field(3)).map_err(cx.at("AIL-3"))? {
             let st = text(&ail.field(12).component(1)).map_err(cx.at("AIL-12"))?;
             a.push(

@@ -26,7 +26,7 @@ pub(super) fn map(
     mut encounter: Option<&mut Resource>,
 ) -> Result<Vec<Resource>, MappingError> {
     let mut out = Vec::new();
-    for dg1 in cx.msg.segments().filter(|s| s.id() == "DG1") {
+    for dg1 in cx.segments_named(*b"DG1") {
         let context = encounter.as_deref();
         let (condition, entry) = one(cx, &dg1, patient, context)?;
         if let Some(e) = encounter.as_deref_mut()
@@ -35,7 +35,7 @@ pub(super) fn map(
             match body.get_mut("diagnosis") {
                 Some(Value::Array(list)) => list.push(entry),
                 _ => {
-                    body.insert("diagnosis".into(), json!([entry]));
+                    body.insert("diagnosis".into(), Value::Array(vec![entry]));
                 }
             }
         }

@@ -32,7 +32,7 @@ const PL_LEVELS: [(usize, &str, Option<&str>); 6] = [
 impl Ctx<'_, '_> {
     /// A directory resource of this message, sent once however often the message names it.
     fn share(&self, r: Resource) -> Value {
-        let reference = json!(format!("{}/{}", r.resource_type, r.id));
+        let reference = Value::String(format!("{}/{}", r.resource_type, r.id));
         self.shared.borrow_mut().push(r);
         reference
     }
@@ -45,7 +45,7 @@ impl Ctx<'_, '_> {
         shared
             .iter()
             .any(|r| r.resource_type == kind && r.id == id)
-            .then(|| json!(format!("{kind}/{id}")))
+            .then(|| Value::String(format!("{kind}/{id}")))
     }
 
     /// XCN → a Reference to a Practitioner (XCN[Practitioner]): identifier XCN-1 (r1) with
@@ -113,13 +113,15 @@ impl Ctx<'_, '_> {
         let body = Obj::new()
             .set(
                 "identifier",
-                json!([Obj::new()
-                    .set("type", p.id_type.map(|t| identifier_type(&t)))
-                    .set("system", Value::from(system.as_str()))
-                    .set("value", Value::from(value.as_str()))
-                    .into_value()]),
+                Value::Array(vec![
+                    Obj::new()
+                        .set("type", p.id_type.map(|t| identifier_type(&t)))
+                        .set("system", Value::from(system.as_str()))
+                        .set("value", Value::from(value.as_str()))
+                        .into_value(),
+                ]),
             )
-            .set("name", human_name(&p.name).map(|n| json!([n])))
+            .set("name", human_name(&p.name).map(|n| Value::Array(vec![n])))
             .set(
                 "qualification",
                 p.degree
@@ -159,7 +161,7 @@ impl Ctx<'_, '_> {
         let count = levels.len();
         for (i, (level, physical, name)) in levels.into_iter().enumerate() {
             if let Some(done) = last.take() {
-                parent = Some(json!({"reference": self.share(done)}));
+                parent = Some(reference_to(self.share(done)));
             }
             if !path.is_empty() {
                 path.push('/');
@@ -168,11 +170,18 @@ impl Ctx<'_, '_> {
             path.push(':');
             path.push_str(&name);
             let id = stable_id(&["Location", &system, &path]);
-            // A level above the one referenced, already in the message: its reference will do.
-            if i + 1 < count
-                && let Some(reference) = self.known("Location", &id)
-            {
-                parent = Some(json!({ "reference": reference }));
+            // A level already in the message: its reference will do. (For the one referenced,
+            // the first naming's PL-9/PL-10 stand: a message sends a resource once.)
+            if let Some(reference) = self.known("Location", &id) {
+                if i + 1 == count {
+                    // (Its levels were shared with it; a level built just now is kept.)
+                    if let Some(done) = last.take() {
+                        self.share(done);
+                    }
+                    let display = super::datatypes::location_display(el)?;
+                    return Ok(Some(named(reference, display)));
+                }
+                parent = Some(reference_to(reference));
                 continue;
             }
             let body = Obj::new()
@@ -261,7 +270,7 @@ impl Ctx<'_, '_> {
             Some(reference) => reference,
             None => {
                 let body = Obj::new()
-                    .set("identifier", json!([identifier]))
+                    .set("identifier", Value::Array(vec![identifier]))
                     .set("name", name.clone().map(Value::from));
                 let r = Resource::new("Organization", id, Some((system, value)), body);
                 self.share(r)
@@ -269,6 +278,13 @@ impl Ctx<'_, '_> {
         };
         named(reference, name)
     }
+}
+
+/// `{"reference": …}`, the reference moved in (`json!` would copy it).
+fn reference_to(reference: Value) -> Value {
+    let mut o = serde_json::Map::new();
+    o.insert("reference".into(), reference);
+    Value::Object(o)
 }
 
 /// A Reference to a shared resource, with the display the message gave it.

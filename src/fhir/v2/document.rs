@@ -109,7 +109,7 @@ pub(super) fn map(
         related.push(json!({"type": "ServiceRequest", "identifier": id}));
     }
     // Content: each OBX (OBX[DocumentReference] r5) by OBX-2.
-    for obx in cx.msg.segments_named(*b"OBX") {
+    for obx in cx.segments_named(*b"OBX") {
         content(cx, &obx, &mut d, &mut related)?;
     }
     if d.0.get("content").is_none() {

@@ -125,7 +125,10 @@ pub(super) fn map(cx: &Ctx<'_, '_>, patient: &Resource) -> Result<Option<Resourc
         (42, "reserved"),
     ] {
         if let Some(place) = cx.location(&pv1.field(n)).map_err(at(n))? {
-            e.push("location", json!({"location": place, "status": status}));
+            let mut entry = serde_json::Map::new();
+            entry.insert("location".into(), place);
+            entry.insert("status".into(), Value::from(status));
+            e.push("location", Value::Object(entry));
         }
     }
 

@@ -36,7 +36,7 @@ pub(super) fn map(cx: &Ctx<'_, '_>, patient: &Resource) -> Result<Vec<Resource>,
         Some((system, value)) => (system.clone(), format!("{value}-{control}")),
         None => (cx.local_system("message"), control),
     };
-    for seg in cx.msg.segments() {
+    for seg in cx.segments() {
         match seg.id() {
             "ORC" => {
                 if let Some(o) = order.take() {

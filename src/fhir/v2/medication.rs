@@ -47,7 +47,7 @@ pub(super) fn map(
         encounter: encounter.map(|e| json!({"reference": format!("Encounter/{}", e.id)})),
     };
     let mut orders: Vec<Order<'_>> = Vec::new();
-    for seg in cx.msg.segments() {
+    for seg in cx.segments() {
         if seg.id() == "ORC" {
             orders.push(Order {
                 orc: seg,
@@ -188,7 +188,7 @@ fn request(
     }
     r.put(
         "dosageInstruction",
-        dosage_instruction(cx, o, seg)?.map(|d| json!([d])),
+        dosage_instruction(cx, o, seg)?.map(|d| Value::Array(vec![d])),
     );
     let (amount, units, refills) = if rxe { (10, 11, 12) } else { (11, 12, 13) };
     let dispense = Obj::new()
@@ -241,7 +241,10 @@ fn dosage_instruction(
     if rxe {
         dose_and_rate.put("rateQuantity", quantity(cx, seg, 23, 24)?);
     }
-    d.put("doseAndRate", dose_and_rate.build().map(|x| json!([x])));
+    d.put(
+        "doseAndRate",
+        dose_and_rate.build().map(|x| Value::Array(vec![x])),
+    );
     for c in cx.cwes(seg, 7)? {
         d.push(
             "additionalInstruction",

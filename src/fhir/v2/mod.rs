@@ -277,8 +277,19 @@ impl Ctx<'_, '_> {
         Ok((ids, key))
     }
 
+    /// The first segment `id`, indexed: mappers read many of its fields.
     pub fn segment(&self, id: &str) -> Option<Segment<'_>> {
-        self.msg.segment(id, 1)
+        self.msg.segment(id, 1).map(Segment::indexed)
+    }
+
+    /// Every segment, indexed.
+    pub fn segments(&self) -> impl Iterator<Item = Segment<'_>> + '_ {
+        self.msg.segments().map(Segment::indexed)
+    }
+
+    /// Every segment `id`, indexed.
+    pub fn segments_named(&self, id: [u8; 3]) -> impl Iterator<Item = Segment<'_>> + '_ {
+        self.msg.segments_named(id).map(Segment::indexed)
     }
 }
 

@@ -29,7 +29,7 @@ pub(super) fn map(cx: &Ctx<'_, '_>, patient: &Resource) -> Result<Vec<Resource>,
     let mut report: Option<Report> = None;
     // Where an NTE's text goes: the last OBX when one follows the OBR, else the OBR.
     let mut last_obx = false;
-    for seg in cx.msg.segments() {
+    for seg in cx.segments() {
         match seg.id() {
             "OBR" => {
                 if let Some(r) = report.take() {

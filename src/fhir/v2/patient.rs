@@ -118,7 +118,7 @@ pub(super) fn map(cx: &Ctx<'_, '_>) -> Result<Resource, MappingError> {
     }
 
     // NK1 → contact (NK1(Patient)).
-    for nk1 in cx.msg.segments_named(*b"NK1") {
+    for nk1 in cx.segments_named(*b"NK1") {
         p.push("contact", contact(cx, &nk1)?);
     }
 
@@ -143,7 +143,7 @@ pub(super) fn merged(
     survivor: &mut Resource,
 ) -> Result<Vec<Resource>, MappingError> {
     let mut out = Vec::new();
-    for mrg in cx.msg.segments_named(*b"MRG") {
+    for mrg in cx.segments_named(*b"MRG") {
         let mut ids = Vec::new();
         for rep in mrg.field(1).repetitions() {
             let c = Cx::from_element(&rep).map_err(cx.at("MRG-1"))?;

@@ -36,7 +36,7 @@ pub(super) fn map(
     let encounter = encounter.map(|e| json!({"reference": format!("Encounter/{}", e.id)}));
     let mut out = Vec::new();
     let mut order: Option<Order<'_>> = None;
-    for seg in cx.msg.segments() {
+    for seg in cx.segments() {
         match seg.id() {
             // An ORC opens an order; an OBR opens one too when it follows another OBR (an
             // ORC may carry several requests in older feeds) or comes without an ORC.
