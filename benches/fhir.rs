@@ -36,11 +36,16 @@ fn bench(c: &mut Criterion) {
                 black_box(convert(&m, &opts).unwrap())
             })
         });
+        // Into a buffer kept across messages, as `plexus fhir convert` writes through its
+        // BufWriter: a fresh Vec per message would time its regrowth, which users do not pay.
+        let mut out = Vec::with_capacity(64 * 1024);
         g.bench_function(format!("{name}/transaction_bundle_json"), |b| {
             b.iter(|| {
                 let m = Message::parse(black_box(&raw)).unwrap();
                 let rs = convert(&m, &opts).unwrap();
-                black_box(serde_json::to_vec(&bundle(rs, BundleType::Transaction)).unwrap())
+                out.clear();
+                serde_json::to_writer(&mut out, &bundle(rs, BundleType::Transaction)).unwrap();
+                black_box(out.len())
             })
         });
     }

@@ -18,7 +18,8 @@ use crate::formats::hl7::Splitter;
 
 #[derive(Debug, Subcommand)]
 pub enum FhirCommand {
-    /// Converts HL7v2 messages (ADT, SIU) to FHIR R4 per the v2-to-FHIR IG.
+    /// Converts HL7v2 messages (ADT, SIU, ORU, ORM/OML, VXU, MDM, RDE/RAS) to FHIR R4 per the
+    /// v2-to-FHIR IG.
     Convert {
         /// HL7 file (plain messages or an FHS/BHS batch); `-` for stdin.
         file: String,
@@ -141,9 +142,15 @@ fn convert_file(
     };
     let mut splitter = Splitter::new(&input);
     let (mut good, mut bad, mut resources) = (0usize, 0usize, 0usize);
+    // Pages already converted go back to the kernel: a file of any size converts in the
+    // memory of a message.
+    let mut released = crate::connectors::file::mapped::Released::default();
     for item in splitter.by_ref() {
         let m = match item {
-            Ok(m) => m.message,
+            Ok(m) => {
+                released.upto(&input, m.message.offset());
+                m.message
+            }
             Err(b) => {
                 bad += 1;
                 eprintln!(

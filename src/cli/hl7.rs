@@ -179,6 +179,7 @@ fn extract(
     let mut writer = BatchWriter::new(format, sink, extractor.schema())?;
     let source = if file == "-" { "stdin" } else { file };
     let mut splitter = Splitter::new(&input);
+    let mut released = crate::connectors::file::mapped::Released::default();
     let mut chunk = Vec::with_capacity(batch_size.max(1));
     let mut bad = 0;
     loop {
@@ -198,6 +199,10 @@ fn extract(
                 eprintln!("warning: {file}: column {}: {}", e.column, e.error);
             }
             writer.write(&x.batch)?;
+            // What was extracted goes back to the kernel (a mapped file's pages).
+            if let Some(last) = chunk.last() {
+                released.upto(&input, last.offset());
+            }
             chunk.clear();
         }
         if done {

@@ -1,6 +1,5 @@
 //! Command-line interface: one file per command group.
 
-use std::io::Read;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -219,16 +218,15 @@ impl std::io::Write for LogWriter {
     }
 }
 
-/// Reads a whole input: a path, or `-` for stdin.
-pub(crate) fn read_input(path: &str) -> anyhow::Result<Vec<u8>> {
+/// An input read once, front to back: a path (mapped; see `connectors::file::mapped`), or
+/// `-` for stdin.
+pub(crate) fn read_input(path: &str) -> anyhow::Result<crate::connectors::file::mapped::Input> {
     use anyhow::Context;
-    if path == "-" {
-        let mut buf = Vec::new();
-        std::io::stdin()
-            .read_to_end(&mut buf)
-            .context("reading standard input")?;
-        Ok(buf)
-    } else {
-        std::fs::read(path).with_context(|| format!("reading {path}"))
-    }
+    crate::connectors::file::mapped::Input::open(std::path::Path::new(path)).with_context(|| {
+        if path == "-" {
+            "reading standard input".to_string()
+        } else {
+            format!("reading {path}")
+        }
+    })
 }

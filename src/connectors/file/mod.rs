@@ -1,6 +1,7 @@
 //! The file connector: the embedded default, no services needed.
 
 pub mod config;
+pub mod mapped;
 pub mod sink;
 pub mod source;
 

@@ -5,29 +5,14 @@
 //! dead-letters them instead of losing them); NDJSON by lines; CSV by records, honouring quoted
 //! fields that contain newlines (the first record of each file is the header).
 
-use std::io::Read;
 use std::path::PathBuf;
 
 use arrow::record_batch::RecordBatch;
 
 use super::super::{BatchSource, ConnectorError};
+use super::mapped::{Input, Released};
 use crate::formats::framing::{Framer, SourceFormat};
 use crate::record::raw_batch;
-
-/// A file's bytes: mapped (regular files), or read whole (stdin, pipes).
-enum Input {
-    Mapped(memmap2::Mmap),
-    Read(Vec<u8>),
-}
-
-impl Input {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Input::Mapped(m) => m,
-            Input::Read(v) => v,
-        }
-    }
-}
 
 self_cell::self_cell!(
     /// A file and the framer reading it (which borrows its bytes).
@@ -44,37 +29,19 @@ struct OpenFile {
     framed: Framed,
     /// Bytes before this were handed out in batches (what progress counts).
     consumed: usize,
-    /// Pages before this were given back to the kernel.
-    released: usize,
+    /// Pages given back to the kernel.
+    released: Released,
 }
 
 impl OpenFile {
-    /// Tells the kernel the pages before `consumed` are not needed any more: they leave the
-    /// process's resident set, so it stays the size of a batch, not of the file. Safe for a
-    /// private read-only file mapping: a later read of those bytes (an HL7 batch header the
-    /// splitter kept) faults them in again from the file.
+    /// Gives the pages before `consumed` back: the process's resident set stays the size of
+    /// a batch, not of the file.
     fn release(&mut self) {
-        const CHUNK: usize = 4 << 20;
-        let Input::Mapped(m) = self.framed.borrow_owner() else {
-            return;
-        };
-        let page = 4096;
-        let upto = self.consumed / page * page;
-        if upto < self.released + CHUNK {
-            return;
-        }
-        // The kernel maps a fault's neighbours too ("fault-around", 64 KiB by default), so
-        // pages just before `released` come back when the next pages are read: go back a
-        // little each time, or they pile up (measured: ~10 pages per release).
-        let from = self.released.saturating_sub(1 << 20);
-        // SAFETY: DontNeed on a read-only private file mapping only drops clean pages; the
-        // bytes stay readable (refaulted from the file).
-        let dropped = unsafe {
-            m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, from, upto - from)
-        };
-        if dropped.is_ok() {
-            self.released = upto;
-        }
+        let consumed = self.consumed;
+        let OpenFile {
+            framed, released, ..
+        } = self;
+        released.upto(framed.borrow_owner(), consumed);
     }
 }
 
@@ -152,26 +119,7 @@ impl FileSource {
             },
             source,
         };
-        let input = if name == "-" {
-            let mut buf = Vec::new();
-            std::io::stdin().read_to_end(&mut buf).map_err(io)?;
-            Input::Read(buf)
-        } else {
-            let file = std::fs::File::open(&path).map_err(io)?;
-            let meta = file.metadata().map_err(io)?;
-            if meta.is_file() && meta.len() > 0 {
-                // SAFETY: the mapping is read-only and private. A file truncated by another
-                // process while it is read would fault (SIGBUS): inputs are files at rest.
-                let m = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
-                let _ = m.advise(memmap2::Advice::Sequential);
-                Input::Mapped(m)
-            } else {
-                // Pipes, devices, empty files: read what there is.
-                let mut buf = Vec::new();
-                (&file).read_to_end(&mut buf).map_err(io)?;
-                Input::Read(buf)
-            }
-        };
+        let input = Input::open(&path).map_err(io)?;
         let format = self.format;
         let framed = Framed::new(input, |input| Framer::new(input.bytes(), format));
         let name = if name == "-" {
@@ -183,7 +131,7 @@ impl FileSource {
             name,
             framed,
             consumed: 0,
-            released: 0,
+            released: Released::default(),
         });
         Ok(true)
     }
