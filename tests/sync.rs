@@ -1058,3 +1058,110 @@ fn a_merge_moves_the_sync_state_to_the_survivor() {
     assert_eq!(actions, ["merged_into", "followed_survivor"], "{log:?}");
     assert_eq!(log[0].2["survivor"], format!("{SYSTEM}|{survivor}"));
 }
+
+/// #19: merges of merges. P is merged into S, then S into T: a late message on P follows
+/// the chain to T. Then T is merged into P (the merge undone the other way): P is live
+/// again (`unmerged`), and a late message on S now lands on P.
+#[test]
+fn merges_of_merges_follow_the_last_survivor_and_a_survivor_is_live_again() {
+    support::need_fhir();
+    let dir = tempfile::tempdir().unwrap();
+    let integration = support::unique("ehr-merge2");
+    let tag = support::unique("C").replace(['-', '_'], "");
+    let [p, s, t] = ["P", "S", "T"].map(|x| format!("{x}{tag}"));
+    let oid = &SYSTEM[8..];
+    let a40 = |n: u32, survivor: &str, prior: &str| {
+        format!(
+            "MSH|^~\\&|AccMgr|1|||2005011204550{n}+0700||ADT^A40|{tag}M{n}|P|2.3\r\
+             EVN|A40|20050112045502+0700\r\
+             PID|1||{survivor}^^^&{oid}&ISO^MR||DUCK^DONALD||19241010|M\r\
+             MRG|{prior}^^^&{oid}&ISO^MR\r"
+        )
+    };
+    let late = |mrn: &str, visit: &str| {
+        support::corpus_adt(mrn, "A08", "DUCK").replace(&format!("V{mrn}^"), &format!("{visit}^"))
+    };
+    // The pipeline names a file that exists; each run reads the one given with --input.
+    std::fs::write(
+        dir.path().join("x.hl7"),
+        support::corpus_adt(&p, "A01", "DUCK"),
+    )
+    .unwrap();
+    let p_yaml = support::pipeline(
+        dir.path(),
+        "chain",
+        &format!(
+            "name: chain\nintegration: {{id: {integration}}}\nsource: {{type: file, path: x.hl7, format: hl7}}\nstages:\n  - {{name: fhir, type: fhir}}\nsinks:\n  - {{name: ehr, type: fhir, url: \"{FHIR}\", sync: {{}}}}\ndlq: {{path: dlq.ndjson}}\n"
+        ),
+    );
+    let run = |name: &str, text: String| {
+        let file = dir.path().join(name);
+        std::fs::write(&file, text).unwrap();
+        let s = support::summary(
+            &Command::new(support::BIN)
+                .args(["run", p_yaml.to_str().unwrap(), "--json", "--input"])
+                .arg(&file)
+                .env_remove("DATABASE_URL")
+                .output()
+                .unwrap(),
+        );
+        assert_eq!(
+            (s["delivered"].as_u64(), s["dead_lettered"].as_u64()),
+            (Some(1), Some(0)),
+            "{name}: {s}"
+        );
+    };
+    let rt = rt();
+    let c = FhirClient::new(ClientConfig::new(FHIR)).unwrap();
+    let patient_ref = |mrn: &str| {
+        let v = rt.block_on(on_server(&c, mrn));
+        format!("Patient/{}", v["id"].as_str().unwrap())
+    };
+    let subject = |visit: &str| {
+        rt.block_on(async {
+            let found = c
+                .search(
+                    "Encounter",
+                    &format!("identifier={}|{visit}", support::VISIT_SYSTEM),
+                )
+                .await
+                .unwrap();
+            assert_eq!(found.len(), 1, "{visit}: {found:?}");
+            found[0]["subject"]["reference"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+    };
+    for mrn in [&p, &s, &t] {
+        run(
+            &format!("{mrn}.hl7"),
+            support::corpus_adt(mrn, "A01", "DUCK"),
+        );
+    }
+    run("a40-1.hl7", a40(1, &s, &p));
+    run("a40-2.hl7", a40(2, &t, &s));
+    run("late-p.hl7", late(&p, &format!("L1{tag}")));
+    assert_eq!(subject(&format!("L1{tag}")), patient_ref(&t), "P → S → T");
+    // T merged into P: P survives, so it is live again, and S's chain now ends at P.
+    run("a40-3.hl7", a40(3, &p, &t));
+    let back = rt.block_on(on_server(&c, &p));
+    assert_eq!(back["active"], true, "{back}");
+    run("late-s.hl7", late(&s, &format!("L2{tag}")));
+    assert_eq!(subject(&format!("L2{tag}")), patient_ref(&p), "S → T → P");
+    let log = rt.block_on(async {
+        let store = SyncStore::connect(dir.path().join("chain.sync.db").to_str().unwrap())
+            .await
+            .unwrap();
+        store
+            .audit_log((&integration, "Patient", &format!("{SYSTEM}|{p}")))
+            .await
+            .unwrap()
+    });
+    let actions: Vec<&str> = log.iter().map(|(a, _, _)| a.as_str()).collect();
+    assert_eq!(
+        actions,
+        ["merged_into", "followed_survivor", "unmerged"],
+        "{log:?}"
+    );
+}
