@@ -48,6 +48,68 @@ fn one(file: &str) -> Vec<Value> {
     out
 }
 
+/// `fhir convert` converts on every core a round at a time: whatever the number of threads,
+/// the output is the same bytes in input order, and a bad message is reported at its place
+/// with the rest converted (exit 1). 600 messages: more than one round of 256 per thread.
+#[test]
+fn convert_keeps_input_order_on_any_number_of_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut input = Vec::new();
+    for i in 0..600 {
+        let name = MAPPED[i % MAPPED.len()];
+        let msg = std::fs::read_to_string(corpus(name)).unwrap();
+        input.extend_from_slice(msg.trim_start_matches('\u{feff}').trim_end().as_bytes());
+        input.extend_from_slice(b"\r");
+        if i == 301 {
+            // No mapping for this message type: reported, the rest go on.
+            input.extend_from_slice(
+                b"MSH|^~\\&|A|B|C|D|20240101||ZZZ^Z01|BAD301|P|2.5\rPID|1||1^^^H^MR\r",
+            );
+        }
+    }
+    let file = dir.path().join("mixed.hl7");
+    std::fs::write(&file, &input).unwrap();
+    let run = |threads: &str, bundle: bool| {
+        let mut c = Command::new(BIN);
+        c.args([
+            "fhir",
+            "convert",
+            file.to_str().unwrap(),
+            "--threads",
+            threads,
+        ]);
+        if bundle {
+            c.args(["--bundle", "transaction"]);
+        }
+        c.output().unwrap()
+    };
+    for bundle in [false, true] {
+        let one = run("1", bundle);
+        assert_eq!(
+            one.status.code(),
+            Some(1),
+            "{}",
+            String::from_utf8_lossy(&one.stderr)
+        );
+        let err = String::from_utf8_lossy(&one.stderr);
+        assert_eq!(err.matches("error:").count(), 1, "{err}");
+        assert!(err.contains("message 302 at byte"), "{err}");
+        assert!(err.contains("600 messages converted"), "{err}");
+        if bundle {
+            assert_eq!(one.stdout.iter().filter(|&&b| b == b'\n').count(), 600);
+        }
+        for threads in ["2", "3"] {
+            let many = run(threads, bundle);
+            assert_eq!(many.status.code(), Some(1));
+            assert!(
+                many.stdout == one.stdout,
+                "--threads {threads}: another output"
+            );
+            assert_eq!(String::from_utf8_lossy(&many.stderr), err);
+        }
+    }
+}
+
 /// The resources a message names rather than records (conditional creates).
 const DIRECTORY: [&str; 3] = ["Practitioner", "Location", "Organization"];
 
