@@ -48,9 +48,9 @@ fn one(file: &str) -> Vec<Value> {
     out
 }
 
-/// `fhir convert` converts on every core a round at a time: whatever the number of threads,
+/// `fhir convert` converts chunks of messages on every core: whatever the number of threads,
 /// the output is the same bytes in input order, and a bad message is reported at its place
-/// with the rest converted (exit 1). 600 messages: more than one round of 256 per thread.
+/// with the rest converted (exit 1). 600 messages: 19 chunks of 32, several per worker.
 #[test]
 fn convert_keeps_input_order_on_any_number_of_threads() {
     let dir = tempfile::tempdir().unwrap();

@@ -135,9 +135,9 @@ pub fn run(cmd: FhirCommand) -> Result<ExitCode> {
     }
 }
 
-/// Messages per worker and round: enough to amortize a thread's start (tens of µs against
-/// ~100 µs a message), few enough that a round's output stays a few MB.
-const ROUND: usize = 256;
+/// Messages handed to a worker at once: enough to amortize the hand-over, few enough that
+/// what is in flight (two chunks per worker) stays a few MB of output.
+const CHUNK: usize = 32;
 
 /// What one message came to: its output lines and resource count, or the error to report.
 type Converted = std::result::Result<(Vec<u8>, usize), String>;
@@ -198,54 +198,10 @@ fn convert_file(
     // memory of a round of messages.
     let mut released = crate::connectors::file::mapped::Released::default();
     let threads = threads.max(1);
-    loop {
-        // A round: up to ROUND messages per worker, converted at once, written in input order.
-        let items: Vec<_> = splitter.by_ref().take(ROUND * threads).collect();
-        let Some(last) = items.last() else { break };
-        let upto = match last {
-            Ok(m) => m.message.offset(),
-            Err(b) => b.offset,
-        };
-        let mut parts: Vec<Vec<_>> = Vec::with_capacity(threads);
-        let mut items = items.into_iter();
-        let per = items.len().div_ceil(threads);
-        loop {
-            let part: Vec<_> = items.by_ref().take(per).collect();
-            if part.is_empty() {
-                break;
-            }
-            parts.push(part);
-        }
-        let results: Vec<Vec<Converted>> = if parts.len() == 1 {
-            let part = parts.pop().unwrap_or_default();
-            vec![
-                part.into_iter()
-                    .map(|i| convert_one(i, file, kind, opts))
-                    .collect(),
-            ]
-        } else {
-            std::thread::scope(|s| {
-                let workers: Vec<_> = parts
-                    .into_iter()
-                    .map(|part| {
-                        s.spawn(move || {
-                            part.into_iter()
-                                .map(|i| convert_one(i, file, kind, opts))
-                                .collect::<Vec<Converted>>()
-                        })
-                    })
-                    .collect();
-                workers
-                    .into_iter()
-                    .map(|w| {
-                        w.join().unwrap_or_else(|_| {
-                            vec![Err(format!("error: {file}: a conversion worker panicked"))]
-                        })
-                    })
-                    .collect()
-            })
-        };
-        for r in results.into_iter().flatten() {
+    // Workers convert chunks; this thread reads the next ones and writes the converted in
+    // input order (by sequence number) as they come back.
+    let mut report = |converted: Vec<Converted>, upto: usize| -> Result<()> {
+        for r in converted {
             match r {
                 Ok((bytes, n)) => {
                     good += 1;
@@ -259,6 +215,87 @@ fn convert_file(
             }
         }
         released.upto(&input, upto);
+        Ok(())
+    };
+    let chunks = std::iter::from_fn(|| {
+        let items: Vec<_> = splitter.by_ref().take(CHUNK).collect();
+        let upto = match items.last()? {
+            Ok(m) => m.message.offset(),
+            Err(b) => b.offset,
+        };
+        Some((items, upto))
+    });
+    if threads == 1 {
+        for (items, upto) in chunks {
+            let converted = items
+                .into_iter()
+                .map(|i| convert_one(i, file, kind, opts))
+                .collect();
+            report(converted, upto)?;
+        }
+    } else {
+        std::thread::scope(|s| -> Result<()> {
+            let (done_tx, done_rx) = std::sync::mpsc::channel::<(usize, Vec<Converted>)>();
+            let mut work = Vec::with_capacity(threads);
+            for _ in 0..threads {
+                let (tx, rx) = std::sync::mpsc::channel::<(usize, Vec<_>)>();
+                let done = done_tx.clone();
+                s.spawn(move || {
+                    for (seq, items) in rx {
+                        // A panic would leave this thread waiting for a result that never
+                        // comes: it becomes the message's error instead.
+                        let converted = items
+                            .into_iter()
+                            .map(|i| {
+                                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                    convert_one(i, file, kind, opts)
+                                }))
+                                .unwrap_or_else(|_| {
+                                    Err(format!("error: {file}: a message failed to convert (internal error)"))
+                                })
+                            })
+                            .collect();
+                        if done.send((seq, converted)).is_err() {
+                            return;
+                        }
+                    }
+                });
+                work.push(tx);
+            }
+            drop(done_tx);
+            let mut waiting = std::collections::BTreeMap::new();
+            let (mut sent, mut next) = (0usize, 0usize);
+            let mut upto_of = std::collections::VecDeque::new();
+            let mut chunks = chunks.fuse();
+            loop {
+                // Two chunks per worker in flight: workers never wait for this thread's
+                // writing, and memory stays bounded.
+                while sent - next < 2 * threads {
+                    let Some((items, upto)) = chunks.next() else {
+                        break;
+                    };
+                    upto_of.push_back(upto);
+                    if work[sent % threads].send((sent, items)).is_err() {
+                        anyhow::bail!("a conversion worker stopped");
+                    }
+                    sent += 1;
+                }
+                if next == sent {
+                    break;
+                }
+                let (seq, converted) = done_rx
+                    .recv()
+                    .map_err(|_| anyhow::anyhow!("a conversion worker stopped"))?;
+                waiting.insert(seq, converted);
+                while let Some(converted) = waiting.remove(&next) {
+                    let upto = upto_of.pop_front().unwrap_or_default();
+                    report(converted, upto)?;
+                    next += 1;
+                }
+            }
+            drop(work);
+            Ok(())
+        })?;
     }
     out.flush()?;
     for d in splitter.diagnostics() {
