@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -936,6 +937,92 @@ fn partial_updates_keep_what_the_message_does_not_carry_and_nulls_delete() {
     }
 }
 
+/// A pipeline syncing to the FHIR server on the embedded SQLite state (`<name>.sync.db` in
+/// `dir`); each run reads the file given with `--input`.
+fn merge_pipeline(dir: &Path, name: &str, integration: &str) -> PathBuf {
+    // The pipeline names a file that exists.
+    std::fs::write(dir.join("x.hl7"), "").unwrap();
+    support::pipeline(
+        dir,
+        name,
+        &format!(
+            "name: {name}\nintegration: {{id: {integration}}}\nsource: {{type: file, path: x.hl7, format: hl7}}\nstages:\n  - {{name: fhir, type: fhir}}\nsinks:\n  - {{name: ehr, type: fhir, url: \"{FHIR}\", sync: {{}}}}\ndlq: {{path: dlq.ndjson}}\n"
+        ),
+    )
+}
+
+/// Writes one message to `dir/file` and runs the pipeline on it: delivered, nothing dead.
+fn run_message(pipeline: &Path, file: &str, text: &str) {
+    let input = pipeline.with_file_name(file);
+    std::fs::write(&input, text).unwrap();
+    let s = support::summary(
+        &Command::new(support::BIN)
+            .args(["run", pipeline.to_str().unwrap(), "--json", "--input"])
+            .arg(&input)
+            .env_remove("DATABASE_URL")
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(
+        (s["delivered"].as_u64(), s["dead_lettered"].as_u64()),
+        (Some(1), Some(0)),
+        "{file}: {s}"
+    );
+}
+
+/// An ADT^A40 merging `prior` into `survivor` (MRNs in the corpus A01's system).
+fn a40(id: &str, survivor: &str, prior: &str) -> String {
+    let oid = &SYSTEM[8..];
+    format!(
+        "MSH|^~\\&|AccMgr|1|||20050112045504+0700||ADT^A40|{id}|P|2.3\r\
+         EVN|A40|20050112045502+0700\r\
+         PID|1||{survivor}^^^&{oid}&ISO^MR||DUCK^DONALD||19241010|M\r\
+         MRG|{prior}^^^&{oid}&ISO^MR\r"
+    )
+}
+
+/// The corpus A08 for `mrn`, with visit number `visit`: a feed that has not caught up.
+fn late_a08(mrn: &str, visit: &str) -> String {
+    support::corpus_adt(mrn, "A08", "DUCK").replace(&format!("V{mrn}^"), &format!("{visit}^"))
+}
+
+/// The server's reference of the one Encounter with this visit number's subject.
+fn visit_subject(c: &FhirClient, visit: &str) -> String {
+    rt().block_on(async {
+        let found = c
+            .search(
+                "Encounter",
+                &format!("identifier={}|{visit}", support::VISIT_SYSTEM),
+            )
+            .await
+            .unwrap();
+        assert_eq!(found.len(), 1, "{visit}: {found:?}");
+        found[0]["subject"]["reference"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    })
+}
+
+/// `Patient/<server id>` of the patient with this MRN.
+fn patient_ref(c: &FhirClient, mrn: &str) -> String {
+    let p = rt().block_on(on_server(c, mrn));
+    format!("Patient/{}", p["id"].as_str().unwrap())
+}
+
+/// The audit actions of one patient in the SQLite sync state, and the first one's details.
+fn audit_actions(db: &Path, integration: &str, mrn: &str) -> (Vec<String>, Value) {
+    let log = rt().block_on(async {
+        let store = SyncStore::connect(db.to_str().unwrap()).await.unwrap();
+        store
+            .audit_log((integration, "Patient", &format!("{SYSTEM}|{mrn}")))
+            .await
+            .unwrap()
+    });
+    let first = log.first().map(|(_, _, d)| d.clone()).unwrap_or_default();
+    (log.into_iter().map(|(a, _, _)| a).collect(), first)
+}
+
 /// #19: an ADT^A40 moves the sync state to the survivor. On the server the survivor
 /// `replaces` the prior record (by its server id: written first without the link, then with
 /// it) and the prior one is inactive, `replaced-by` the survivor; a replay writes nothing; a
@@ -948,115 +1035,52 @@ fn a_merge_moves_the_sync_state_to_the_survivor() {
     let integration = support::unique("ehr-merge");
     let tag = support::unique("M").replace(['-', '_'], "");
     let (prior, survivor) = (format!("P{tag}"), format!("S{tag}"));
-    let oid = &SYSTEM[8..];
-    let a40 = format!(
-        "MSH|^~\\&|AccMgr|1|||20050112045504+0700||ADT^A40|{tag}M|P|2.3\r\
-         EVN|A40|20050112045502+0700\r\
-         PID|1||{survivor}^^^&{oid}&ISO^MR||DUCK^DONALD||19241010|M\r\
-         MRG|{prior}^^^&{oid}&ISO^MR\r"
-    );
-    let late = support::corpus_adt(&prior, "A08", "DUCK")
-        .replace(&format!("V{prior}^"), &format!("L{prior}^"));
-    for (file, text) in [
-        ("prior.hl7", support::corpus_adt(&prior, "A01", "DUCK")),
-        (
-            "survivor.hl7",
-            support::corpus_adt(&survivor, "A01", "DUCK"),
-        ),
-        ("a40.hl7", a40),
-        ("late.hl7", late),
-    ] {
-        std::fs::write(dir.path().join(file), text).unwrap();
-    }
-    let p = support::pipeline(
-        dir.path(),
-        "merge",
-        &format!(
-            "name: merge\nintegration: {{id: {integration}}}\nsource: {{type: file, path: prior.hl7, format: hl7}}\nstages:\n  - {{name: fhir, type: fhir}}\nsinks:\n  - {{name: ehr, type: fhir, url: \"{FHIR}\", sync: {{}}}}\ndlq: {{path: dlq.ndjson}}\n"
-        ),
-    );
-    let run = |input: &str| {
-        let s = support::summary(
-            &Command::new(support::BIN)
-                .args(["run", p.to_str().unwrap(), "--json", "--input"])
-                .arg(dir.path().join(input))
-                .env_remove("DATABASE_URL")
-                .output()
-                .unwrap(),
-        );
-        assert_eq!(
-            (s["delivered"].as_u64(), s["dead_lettered"].as_u64()),
-            (Some(1), Some(0)),
-            "{input}: {s}"
-        );
-    };
-    let rt = rt();
+    let p = merge_pipeline(dir.path(), "merge", &integration);
     let c = FhirClient::new(ClientConfig::new(FHIR)).unwrap();
     let both =
-        || rt.block_on(async { (on_server(&c, &survivor).await, on_server(&c, &prior).await) });
-    let visit = |v: &str| {
-        rt.block_on(async {
-            let found = c
-                .search(
-                    "Encounter",
-                    &format!("identifier={}|{v}", support::VISIT_SYSTEM),
-                )
-                .await
-                .unwrap();
-            assert_eq!(found.len(), 1, "{v}: {found:?}");
-            found[0]["subject"]["reference"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-    };
-    run("prior.hl7");
-    run("survivor.hl7");
-    run("a40.hl7");
-    let (s, p) = both();
+        || rt().block_on(async { (on_server(&c, &survivor).await, on_server(&c, &prior).await) });
+    run_message(&p, "prior.hl7", &support::corpus_adt(&prior, "A01", "DUCK"));
+    run_message(
+        &p,
+        "survivor.hl7",
+        &support::corpus_adt(&survivor, "A01", "DUCK"),
+    );
+    run_message(&p, "a40.hl7", &a40(&format!("{tag}M"), &survivor, &prior));
+    let (s, pr) = both();
     let id = |v: &Value| format!("Patient/{}", v["id"].as_str().unwrap());
     assert_eq!(s["active"], true);
     assert_eq!(
         s["link"],
-        json!([{"other": {"reference": id(&p)}, "type": "replaces"}])
+        json!([{"other": {"reference": id(&pr)}, "type": "replaces"}])
     );
-    assert_eq!(p["active"], false);
+    assert_eq!(pr["active"], false);
     assert_eq!(
-        p["link"],
+        pr["link"],
         json!([{"other": {"reference": id(&s)}, "type": "replaced-by"}])
     );
     assert_eq!(
-        visit(&format!("V{prior}")),
-        id(&p),
+        visit_subject(&c, &format!("V{prior}")),
+        id(&pr),
         "the old visit is left as it was"
     );
     // A replay of the merge writes nothing.
-    run("a40.hl7");
+    run_message(&p, "a40.hl7", &a40(&format!("{tag}M"), &survivor, &prior));
     let (s2, p2) = both();
     assert_eq!(
         (&s2["meta"]["versionId"], &p2["meta"]["versionId"]),
-        (&s["meta"]["versionId"], &p["meta"]["versionId"]),
+        (&s["meta"]["versionId"], &pr["meta"]["versionId"]),
         "a replayed merge wrote again"
     );
     // A late A08 on the prior MRN: the retired record is not written, and the new visit is
     // the survivor's.
-    run("late.hl7");
+    run_message(&p, "late.hl7", &late_a08(&prior, &format!("L{prior}")));
     let (_, p3) = both();
-    assert_eq!(p3["meta"]["versionId"], p["meta"]["versionId"]);
+    assert_eq!(p3["meta"]["versionId"], pr["meta"]["versionId"]);
     assert_eq!(p3["active"], false);
-    assert_eq!(visit(&format!("L{prior}")), id(&s));
-    let log = rt.block_on(async {
-        let store = SyncStore::connect(dir.path().join("merge.sync.db").to_str().unwrap())
-            .await
-            .unwrap();
-        store
-            .audit_log((&integration, "Patient", &format!("{SYSTEM}|{prior}")))
-            .await
-            .unwrap()
-    });
-    let actions: Vec<&str> = log.iter().map(|(a, _, _)| a.as_str()).collect();
-    assert_eq!(actions, ["merged_into", "followed_survivor"], "{log:?}");
-    assert_eq!(log[0].2["survivor"], format!("{SYSTEM}|{survivor}"));
+    assert_eq!(visit_subject(&c, &format!("L{prior}")), id(&s));
+    let (actions, first) = audit_actions(&dir.path().join("merge.sync.db"), &integration, &prior);
+    assert_eq!(actions, ["merged_into", "followed_survivor"]);
+    assert_eq!(first["survivor"], format!("{SYSTEM}|{survivor}"));
 }
 
 /// #19: merges of merges. P is merged into S, then S into T: a late message on P follows
@@ -1069,99 +1093,33 @@ fn merges_of_merges_follow_the_last_survivor_and_a_survivor_is_live_again() {
     let integration = support::unique("ehr-merge2");
     let tag = support::unique("C").replace(['-', '_'], "");
     let [p, s, t] = ["P", "S", "T"].map(|x| format!("{x}{tag}"));
-    let oid = &SYSTEM[8..];
-    let a40 = |n: u32, survivor: &str, prior: &str| {
-        format!(
-            "MSH|^~\\&|AccMgr|1|||2005011204550{n}+0700||ADT^A40|{tag}M{n}|P|2.3\r\
-             EVN|A40|20050112045502+0700\r\
-             PID|1||{survivor}^^^&{oid}&ISO^MR||DUCK^DONALD||19241010|M\r\
-             MRG|{prior}^^^&{oid}&ISO^MR\r"
-        )
-    };
-    let late = |mrn: &str, visit: &str| {
-        support::corpus_adt(mrn, "A08", "DUCK").replace(&format!("V{mrn}^"), &format!("{visit}^"))
-    };
-    // The pipeline names a file that exists; each run reads the one given with --input.
-    std::fs::write(
-        dir.path().join("x.hl7"),
-        support::corpus_adt(&p, "A01", "DUCK"),
-    )
-    .unwrap();
-    let p_yaml = support::pipeline(
-        dir.path(),
-        "chain",
-        &format!(
-            "name: chain\nintegration: {{id: {integration}}}\nsource: {{type: file, path: x.hl7, format: hl7}}\nstages:\n  - {{name: fhir, type: fhir}}\nsinks:\n  - {{name: ehr, type: fhir, url: \"{FHIR}\", sync: {{}}}}\ndlq: {{path: dlq.ndjson}}\n"
-        ),
-    );
-    let run = |name: &str, text: String| {
-        let file = dir.path().join(name);
-        std::fs::write(&file, text).unwrap();
-        let s = support::summary(
-            &Command::new(support::BIN)
-                .args(["run", p_yaml.to_str().unwrap(), "--json", "--input"])
-                .arg(&file)
-                .env_remove("DATABASE_URL")
-                .output()
-                .unwrap(),
-        );
-        assert_eq!(
-            (s["delivered"].as_u64(), s["dead_lettered"].as_u64()),
-            (Some(1), Some(0)),
-            "{name}: {s}"
-        );
-    };
-    let rt = rt();
+    let pipeline = merge_pipeline(dir.path(), "chain", &integration);
     let c = FhirClient::new(ClientConfig::new(FHIR)).unwrap();
-    let patient_ref = |mrn: &str| {
-        let v = rt.block_on(on_server(&c, mrn));
-        format!("Patient/{}", v["id"].as_str().unwrap())
-    };
-    let subject = |visit: &str| {
-        rt.block_on(async {
-            let found = c
-                .search(
-                    "Encounter",
-                    &format!("identifier={}|{visit}", support::VISIT_SYSTEM),
-                )
-                .await
-                .unwrap();
-            assert_eq!(found.len(), 1, "{visit}: {found:?}");
-            found[0]["subject"]["reference"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-    };
     for mrn in [&p, &s, &t] {
-        run(
+        run_message(
+            &pipeline,
             &format!("{mrn}.hl7"),
-            support::corpus_adt(mrn, "A01", "DUCK"),
+            &support::corpus_adt(mrn, "A01", "DUCK"),
         );
     }
-    run("a40-1.hl7", a40(1, &s, &p));
-    run("a40-2.hl7", a40(2, &t, &s));
-    run("late-p.hl7", late(&p, &format!("L1{tag}")));
-    assert_eq!(subject(&format!("L1{tag}")), patient_ref(&t), "P → S → T");
-    // T merged into P: P survives, so it is live again, and S's chain now ends at P.
-    run("a40-3.hl7", a40(3, &p, &t));
-    let back = rt.block_on(on_server(&c, &p));
-    assert_eq!(back["active"], true, "{back}");
-    run("late-s.hl7", late(&s, &format!("L2{tag}")));
-    assert_eq!(subject(&format!("L2{tag}")), patient_ref(&p), "S → T → P");
-    let log = rt.block_on(async {
-        let store = SyncStore::connect(dir.path().join("chain.sync.db").to_str().unwrap())
-            .await
-            .unwrap();
-        store
-            .audit_log((&integration, "Patient", &format!("{SYSTEM}|{p}")))
-            .await
-            .unwrap()
-    });
-    let actions: Vec<&str> = log.iter().map(|(a, _, _)| a.as_str()).collect();
+    run_message(&pipeline, "a40-1.hl7", &a40(&format!("{tag}1"), &s, &p));
+    run_message(&pipeline, "a40-2.hl7", &a40(&format!("{tag}2"), &t, &s));
+    run_message(&pipeline, "late-p.hl7", &late_a08(&p, &format!("L1{tag}")));
     assert_eq!(
-        actions,
-        ["merged_into", "followed_survivor", "unmerged"],
-        "{log:?}"
+        visit_subject(&c, &format!("L1{tag}")),
+        patient_ref(&c, &t),
+        "P → S → T"
     );
+    // T merged into P: P survives, so it is live again, and S's chain now ends at P.
+    run_message(&pipeline, "a40-3.hl7", &a40(&format!("{tag}3"), &p, &t));
+    let back = rt().block_on(on_server(&c, &p));
+    assert_eq!(back["active"], true, "{back}");
+    run_message(&pipeline, "late-s.hl7", &late_a08(&s, &format!("L2{tag}")));
+    assert_eq!(
+        visit_subject(&c, &format!("L2{tag}")),
+        patient_ref(&c, &p),
+        "S → T → P"
+    );
+    let (actions, _) = audit_actions(&dir.path().join("chain.sync.db"), &integration, &p);
+    assert_eq!(actions, ["merged_into", "followed_survivor", "unmerged"]);
 }

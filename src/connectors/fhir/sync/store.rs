@@ -267,6 +267,14 @@ pub struct SyncStore {
     sql: &'static Dialect,
 }
 
+/// A statement whose first three parameters are the entity's key (integration, type, key).
+fn keyed<'q>(
+    sql: &'q str,
+    key: (&'q str, &'q str, &'q str),
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    sqlx::query(sql).bind(key.0).bind(key.1).bind(key.2)
+}
+
 fn db(e: sqlx::Error) -> SyncError {
     SyncError::Store(e.to_string())
 }
@@ -299,10 +307,7 @@ impl SyncStore {
         owner: &str,
         ttl: Duration,
     ) -> Result<bool, SyncError> {
-        let row = sqlx::query(self.sql.acquire)
-            .bind(key.0)
-            .bind(key.1)
-            .bind(key.2)
+        let row = keyed(self.sql.acquire, key)
             .bind(owner)
             .bind(ttl.as_secs_f64())
             .fetch_optional(&self.pool)
@@ -313,10 +318,7 @@ impl SyncStore {
 
     /// Gives the lease back (only if still ours).
     pub async fn release(&self, key: (&str, &str, &str), owner: &str) -> Result<(), SyncError> {
-        sqlx::query(self.sql.release)
-            .bind(key.0)
-            .bind(key.1)
-            .bind(key.2)
+        keyed(self.sql.release, key)
             .bind(owner)
             .execute(&self.pool)
             .await
@@ -325,10 +327,7 @@ impl SyncStore {
     }
 
     pub async fn get(&self, key: (&str, &str, &str)) -> Result<Option<SyncRecord>, SyncError> {
-        let row = sqlx::query(self.sql.get)
-            .bind(key.0)
-            .bind(key.1)
-            .bind(key.2)
+        let row = keyed(self.sql.get, key)
             .fetch_optional(&self.pool)
             .await
             .map_err(db)?;
@@ -355,10 +354,7 @@ impl SyncStore {
         u: &Update<'_>,
     ) -> Result<(), SyncError> {
         let text = |v: Option<&Value>| v.map(|v| v.to_string());
-        let done = sqlx::query(self.sql.save)
-            .bind(key.0)
-            .bind(key.1)
-            .bind(key.2)
+        let done = keyed(self.sql.save, key)
             .bind(owner)
             .bind(u.status.as_str())
             .bind(u.local_hash)
@@ -385,10 +381,7 @@ impl SyncStore {
         actor: &str,
         details: &Value,
     ) -> Result<(), SyncError> {
-        sqlx::query(self.sql.audit)
-            .bind(key.0)
-            .bind(key.1)
-            .bind(key.2)
+        keyed(self.sql.audit, key)
             .bind(action)
             .bind(actor)
             .bind(details.to_string())
@@ -403,10 +396,7 @@ impl SyncStore {
         &self,
         key: (&str, &str, &str),
     ) -> Result<Vec<(String, String, Value)>, SyncError> {
-        let rows = sqlx::query(self.sql.audit_log)
-            .bind(key.0)
-            .bind(key.1)
-            .bind(key.2)
+        let rows = keyed(self.sql.audit_log, key)
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
@@ -441,10 +431,7 @@ impl SyncStore {
     /// Records that `key`'s entity was merged into `survivor` (an ADT^A40): later messages
     /// on the merged-away identifier follow the survivor.
     pub async fn merge(&self, key: (&str, &str, &str), survivor: &str) -> Result<(), SyncError> {
-        sqlx::query(self.sql.merge)
-            .bind(key.0)
-            .bind(key.1)
-            .bind(key.2)
+        keyed(self.sql.merge, key)
             .bind(survivor)
             .execute(&self.pool)
             .await
@@ -454,10 +441,7 @@ impl SyncStore {
 
     /// Forgets `key`'s merge (it survives a later merge): whether there was one.
     pub async fn unmerge(&self, key: (&str, &str, &str)) -> Result<bool, SyncError> {
-        let done = sqlx::query(self.sql.unmerge)
-            .bind(key.0)
-            .bind(key.1)
-            .bind(key.2)
+        let done = keyed(self.sql.unmerge, key)
             .execute(&self.pool)
             .await
             .map_err(db)?;
@@ -466,10 +450,7 @@ impl SyncStore {
 
     /// The entity `key`'s entity was merged into, one step (see `Syncer::survivor`).
     pub async fn survivor(&self, key: (&str, &str, &str)) -> Result<Option<String>, SyncError> {
-        let row = sqlx::query(self.sql.survivor)
-            .bind(key.0)
-            .bind(key.1)
-            .bind(key.2)
+        let row = keyed(self.sql.survivor, key)
             .fetch_optional(&self.pool)
             .await
             .map_err(db)?;
