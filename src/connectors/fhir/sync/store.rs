@@ -269,9 +269,9 @@ pub struct SyncStore {
 
 /// A statement whose first three parameters are the entity's key (integration, type, key).
 fn keyed<'q>(
-    sql: &'q str,
+    sql: &'static str,
     key: (&'q str, &'q str, &'q str),
-) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
     sqlx::query(sql).bind(key.0).bind(key.1).bind(key.2)
 }
 
