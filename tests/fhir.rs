@@ -50,12 +50,13 @@ fn one(file: &str) -> Vec<Value> {
 
 /// `fhir convert` converts chunks of messages on every core: whatever the number of threads,
 /// the output is the same bytes in input order, and a bad message is reported at its place
-/// with the rest converted (exit 1). 600 messages: 19 chunks of 32, several per worker.
+/// with the rest converted (exit 1). 4,000 messages, over 8 MB: many chunks of 32 per worker,
+/// and the pages already converted are given back (every 4 MB) while later ones are read.
 #[test]
 fn convert_keeps_input_order_on_any_number_of_threads() {
     let dir = tempfile::tempdir().unwrap();
     let mut input = Vec::new();
-    for i in 0..600 {
+    for i in 0..4000 {
         let name = MAPPED[i % MAPPED.len()];
         let msg = std::fs::read_to_string(corpus(name)).unwrap();
         input.extend_from_slice(msg.trim_start_matches('\u{feff}').trim_end().as_bytes());
@@ -67,6 +68,7 @@ fn convert_keeps_input_order_on_any_number_of_threads() {
             );
         }
     }
+    assert!(input.len() > 8 << 20, "{} bytes", input.len());
     let file = dir.path().join("mixed.hl7");
     std::fs::write(&file, &input).unwrap();
     let run = |threads: &str, bundle: bool| {
@@ -94,9 +96,9 @@ fn convert_keeps_input_order_on_any_number_of_threads() {
         let err = String::from_utf8_lossy(&one.stderr);
         assert_eq!(err.matches("error:").count(), 1, "{err}");
         assert!(err.contains("message 302 at byte"), "{err}");
-        assert!(err.contains("600 messages converted"), "{err}");
+        assert!(err.contains("4000 messages converted"), "{err}");
         if bundle {
-            assert_eq!(one.stdout.iter().filter(|&&b| b == b'\n').count(), 600);
+            assert_eq!(one.stdout.iter().filter(|&&b| b == b'\n').count(), 4000);
         }
         for threads in ["2", "3"] {
             let many = run(threads, bundle);
