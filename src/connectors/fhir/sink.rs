@@ -115,18 +115,22 @@ type Failure = (&'static str, String);
 /// The rows of a group not synced yet: `Type/plexus-id` → (type, business identifier).
 type Pending<'a> = HashMap<String, (&'a str, &'a (String, String))>;
 
-/// The references (`reference` values) in a resource.
-fn references(v: &Value, out: &mut Vec<String>) {
+/// The references (`reference` values) in a resource that `keep` picks.
+fn references(v: &Value, keep: &dyn Fn(&str) -> bool, out: &mut Vec<String>) {
     match v {
         Value::Object(o) => {
             for (k, child) in o {
                 match (k.as_str(), child) {
-                    ("reference", Value::String(r)) => out.push(r.clone()),
-                    _ => references(child, out),
+                    ("reference", Value::String(r)) => {
+                        if keep(r) {
+                            out.push(r.clone());
+                        }
+                    }
+                    _ => references(child, keep, out),
                 }
             }
         }
-        Value::Array(a) => a.iter().for_each(|c| references(c, out)),
+        Value::Array(a) => a.iter().for_each(|c| references(c, keep, out)),
         _ => {}
     }
 }
@@ -221,8 +225,13 @@ impl FhirSyncSink {
         json: &mut Value,
         pending: &Pending<'_>,
     ) -> Result<bool, Failure> {
+        // Nearly every row refers only backwards: nothing to look up, nothing to rewrite.
         let mut refs = Vec::new();
-        references(json, &mut refs);
+        references(json, &|r| pending.contains_key(r), &mut refs);
+        if refs.is_empty() {
+            return Ok(false);
+        }
+        let refs: HashSet<String> = refs.into_iter().collect();
         let mut unresolved = HashSet::new();
         for r in refs {
             let Some((kind, (system, value))) = pending.get(r.as_str()) else {
@@ -559,7 +568,7 @@ mod tests {
             "active": true
         });
         let mut refs = Vec::new();
-        references(&v, &mut refs);
+        references(&v, &|_| true, &mut refs);
         assert_eq!(
             refs,
             ["Practitioner/known", "Patient/prior", "Patient/prior"]
