@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 
+use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 use serde_json::Value;
 
 use super::v2::{Resource, Write};
@@ -49,72 +50,183 @@ pub fn search_query(r: &Resource) -> Option<String> {
 }
 
 /// One Bundle of the resources of a message (taken, not copied: a Bundle is built once per
-/// message on the hot path).
-pub fn bundle(resources: Vec<Resource>, kind: BundleType) -> Value {
-    // Transactions refer to entries by their `urn:uuid:` full URLs: one map, one pass over
-    // each resource.
-    let urns: HashMap<String, String> = match kind {
-        BundleType::Transaction => resources
-            .iter()
-            .map(|r| {
-                (
-                    format!("{}/{}", r.resource_type, r.id),
-                    format!("urn:uuid:{}", r.id),
-                )
-            })
-            .collect(),
-        BundleType::Batch => HashMap::new(),
-    };
-    let entries: Vec<Value> = resources
-        .into_iter()
-        .map(|r| {
-            // Directory resources are created once (`Write::CreateOnce`); a batch entry
-            // stands alone and is referenced by its deterministic id, so it stays an update.
-            let request = match (kind, r.write(), search_query(&r)) {
-                (BundleType::Transaction, Write::CreateOnce, Some(q)) => object([
-                    ("method", Value::from("POST")),
-                    ("url", Value::from(r.resource_type)),
-                    ("ifNoneExist", Value::String(q)),
-                ]),
-                _ => object([
-                    ("method", Value::from("PUT")),
-                    ("url", Value::String(request_url(&r))),
-                ]),
-            };
-            let full_url = format!("urn:uuid:{}", r.id);
-            let mut body = r.body;
-            if kind == BundleType::Transaction {
-                if let Value::Object(o) = &mut body {
-                    // A conditional write must not carry an id the match might contradict.
-                    if r.identifier.is_some() {
-                        o.remove("id");
-                    }
-                }
-                rewrite_references(&mut body, &urns);
-            }
-            // Moved in, not through `json!`: that serializes its values, a deep copy of
-            // every resource (it was two thirds of the Bundle's cost).
-            object([
-                ("fullUrl", Value::String(full_url)),
-                ("resource", body),
-                ("request", request),
-            ])
-        })
-        .collect();
-    object([
-        ("resourceType", Value::from("Bundle")),
-        ("type", Value::from(kind.as_str())),
-        ("entry", Value::Array(entries)),
-    ])
+/// message on the hot path). It is written by serializing it: entries, requests and the
+/// transaction's `urn:uuid:` references are produced while writing, not built as a tree
+/// first (building it was most of the Bundle's cost).
+pub fn bundle(resources: Vec<Resource>, kind: BundleType) -> Bundle {
+    Bundle { resources, kind }
 }
 
-fn object<const N: usize>(fields: [(&str, Value); N]) -> Value {
-    Value::Object(
-        fields
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect(),
-    )
+/// A Bundle of one message's resources, written by `Serialize` (`serde_json::to_writer`).
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    pub resources: Vec<Resource>,
+    pub kind: BundleType,
+}
+
+impl Bundle {
+    /// The Bundle as a JSON tree (for readers that walk it; writers serialize it directly).
+    pub fn to_value(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+}
+
+impl Serialize for Bundle {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // Transactions refer to entries by their `urn:uuid:` full URLs: id → type, borrowed.
+        let urns: HashMap<&str, &str> = match self.kind {
+            BundleType::Transaction => self
+                .resources
+                .iter()
+                .map(|r| (r.id.as_str(), r.resource_type))
+                .collect(),
+            BundleType::Batch => HashMap::new(),
+        };
+        let entries = Entries {
+            resources: &self.resources,
+            kind: self.kind,
+            urns: &urns,
+        };
+        // Keys in the order a serialized JSON tree had them (sorted), so output is unchanged.
+        let mut m = s.serialize_map(Some(3))?;
+        m.serialize_entry("entry", &entries)?;
+        m.serialize_entry("resourceType", "Bundle")?;
+        m.serialize_entry("type", self.kind.as_str())?;
+        m.end()
+    }
+}
+
+struct Entries<'b> {
+    resources: &'b [Resource],
+    kind: BundleType,
+    urns: &'b HashMap<&'b str, &'b str>,
+}
+
+impl Serialize for Entries<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(self.resources.len()))?;
+        for r in self.resources {
+            seq.serialize_element(&Entry {
+                r,
+                kind: self.kind,
+                urns: self.urns,
+            })?;
+        }
+        seq.end()
+    }
+}
+
+struct Entry<'b> {
+    r: &'b Resource,
+    kind: BundleType,
+    urns: &'b HashMap<&'b str, &'b str>,
+}
+
+impl Serialize for Entry<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let (r, transaction) = (self.r, self.kind == BundleType::Transaction);
+        let mut m = s.serialize_map(Some(3))?;
+        m.serialize_entry("fullUrl", &format_args!("urn:uuid:{}", r.id))?;
+        // A conditional write must not carry an id the match might contradict.
+        let resource = Rewritten {
+            v: &r.body,
+            urns: transaction.then_some(self.urns),
+            skip_id: transaction && r.identifier.is_some(),
+        };
+        // Directory resources are created once (`Write::CreateOnce`); a batch entry stands
+        // alone and is referenced by its deterministic id, so it stays an update.
+        match (transaction, r.write(), search_query(r)) {
+            (true, Write::CreateOnce, Some(q)) => {
+                m.serialize_entry("request", &Request::Create(r.resource_type, &q))?
+            }
+            _ => m.serialize_entry("request", &Request::Update(&request_url(r)))?,
+        }
+        m.serialize_entry("resource", &resource)?;
+        m.end()
+    }
+}
+
+enum Request<'b> {
+    Create(&'b str, &'b str),
+    Update(&'b str),
+}
+
+impl Serialize for Request<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match *self {
+            Request::Create(kind, query) => {
+                let mut m = s.serialize_map(Some(3))?;
+                m.serialize_entry("ifNoneExist", query)?;
+                m.serialize_entry("method", "POST")?;
+                m.serialize_entry("url", kind)?;
+                m.end()
+            }
+            Request::Update(url) => {
+                let mut m = s.serialize_map(Some(2))?;
+                m.serialize_entry("method", "PUT")?;
+                m.serialize_entry("url", url)?;
+                m.end()
+            }
+        }
+    }
+}
+
+/// A resource's JSON as a transaction entry holds it: references to the Bundle's entries as
+/// their `urn:uuid:`s, and (for conditional writes) no `id`.
+struct Rewritten<'b> {
+    v: &'b Value,
+    urns: Option<&'b HashMap<&'b str, &'b str>>,
+    skip_id: bool,
+}
+
+impl Rewritten<'_> {
+    fn child<'c>(&'c self, v: &'c Value) -> Rewritten<'c> {
+        Rewritten {
+            v,
+            urns: self.urns,
+            skip_id: false,
+        }
+    }
+
+    /// `Type/id` of an entry → that entry's id.
+    fn entry_id<'r>(&self, reference: &'r str) -> Option<&'r str> {
+        let (kind, id) = reference.split_once('/')?;
+        (self.urns?.get(id)? == &kind).then_some(id)
+    }
+}
+
+impl Serialize for Rewritten<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.urns.is_none() && !self.skip_id {
+            return self.v.serialize(s);
+        }
+        match self.v {
+            Value::Object(o) => {
+                let skip = self.skip_id && o.contains_key("id");
+                let mut m = s.serialize_map(Some(o.len() - usize::from(skip)))?;
+                for (k, v) in o {
+                    if skip && k == "id" {
+                        continue;
+                    }
+                    match (k.as_str(), v.as_str().and_then(|r| self.entry_id(r))) {
+                        ("reference", Some(id)) => {
+                            m.serialize_entry(k, &format_args!("urn:uuid:{id}"))?
+                        }
+                        _ => m.serialize_entry(k, &self.child(v))?,
+                    }
+                }
+                m.end()
+            }
+            Value::Array(a) => {
+                let mut seq = s.serialize_seq(Some(a.len()))?;
+                for v in a {
+                    seq.serialize_element(&self.child(v))?;
+                }
+                seq.end()
+            }
+            v => v.serialize(s),
+        }
+    }
 }
 
 /// Replaces every `reference` found in `to` (e.g. `Patient/<plexus id>` → the server's id
@@ -194,7 +306,7 @@ mod tests {
             None,
             json!({"resourceType": "Encounter", "id": "e1", "subject": {"reference": "Patient/p1"}}),
         );
-        let b = bundle(vec![p.clone(), e.clone()], BundleType::Transaction);
+        let b = bundle(vec![p.clone(), e.clone()], BundleType::Transaction).to_value();
         assert_eq!(
             b["entry"][0]["request"]["url"],
             "Patient?identifier=urn:oid:1.2|A%5C%7C1%202"
@@ -206,7 +318,7 @@ mod tests {
             b["entry"][1]["resource"]["subject"]["reference"],
             "urn:uuid:p1"
         );
-        let b = bundle(vec![p, e], BundleType::Batch);
+        let b = bundle(vec![p, e], BundleType::Batch).to_value();
         assert_eq!(
             b["entry"][1]["resource"]["subject"]["reference"],
             "Patient/p1"

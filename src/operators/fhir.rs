@@ -120,9 +120,6 @@ impl Operator for ToFhir {
                     continue;
                 }
             };
-            let json = |v: &serde_json::Value| {
-                serde_json::to_string(v).map_err(|e| OperatorError::Other(e.to_string()))
-            };
             let mut row = |kind: &str,
                            id: &str,
                            key: Option<&(String, String)>,
@@ -188,4 +185,8 @@ impl Operator for ToFhir {
             filtered: 0,
         })
     }
+}
+
+fn json(v: &impl serde::Serialize) -> Result<String, OperatorError> {
+    serde_json::to_string(v).map_err(|e| OperatorError::Other(e.to_string()))
 }

@@ -430,7 +430,7 @@ mod tests {
     #[test]
     fn transactions_create_directory_resources_once() {
         let rs = map(&super::super::corpus("ADT-A01-01.hl7"));
-        let b = bundle(rs, BundleType::Transaction);
+        let b = bundle(rs, BundleType::Transaction).to_value();
         let entries = b["entry"].as_array().unwrap();
         let doc = entries
             .iter()
