@@ -34,7 +34,7 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 /// The Patient of the corpus A01 with our MRN and a family name.
-fn patient(mrn: &str, family: &str) -> Resource {
+fn patient(mrn: &str, family: &str) -> Resource<Value> {
     let raw = support::corpus_adt(mrn, "A01", family);
     let m = Message::parse(raw.as_bytes()).unwrap();
     convert(&m, &Options::default())
@@ -42,6 +42,7 @@ fn patient(mrn: &str, family: &str) -> Resource {
         .into_iter()
         .find(|r| r.resource_type == "Patient")
         .unwrap()
+        .into_value()
 }
 
 async fn syncer(integration: &str, owner: &str, policy: ConflictPolicy) -> Syncer {

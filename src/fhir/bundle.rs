@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 use serde_json::Value;
 
+use super::json::Json;
 use super::v2::{Resource, Write};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,7 +32,7 @@ impl BundleType {
 }
 
 /// The request URL of a resource's conditional update (or update by id without one).
-pub fn request_url(r: &Resource) -> String {
+pub fn request_url<B>(r: &Resource<B>) -> String {
     match search_query(r) {
         Some(q) => format!("{}?{q}", r.resource_type),
         None => format!("{}/{}", r.resource_type, r.id),
@@ -40,7 +41,7 @@ pub fn request_url(r: &Resource) -> String {
 
 /// The search that finds a resource by its business identifier (`identifier=system|value`,
 /// encoded): what a conditional update or create matches on.
-pub fn search_query(r: &Resource) -> Option<String> {
+pub fn search_query<B>(r: &Resource<B>) -> Option<String> {
     let (system, value) = r.identifier.as_ref()?;
     Some(format!(
         "identifier={}|{}",
@@ -174,13 +175,13 @@ impl Serialize for Request<'_> {
 /// A resource's JSON as a transaction entry holds it: references to the Bundle's entries as
 /// their `urn:uuid:`s, and (for conditional writes) no `id`.
 struct Rewritten<'b> {
-    v: &'b Value,
+    v: &'b Json,
     urns: Option<&'b HashMap<&'b str, &'b str>>,
     skip_id: bool,
 }
 
 impl Rewritten<'_> {
-    fn child<'c>(&'c self, v: &'c Value) -> Rewritten<'c> {
+    fn child<'c>(&'c self, v: &'c Json) -> Rewritten<'c> {
         Rewritten {
             v,
             urns: self.urns,
@@ -201,14 +202,14 @@ impl Serialize for Rewritten<'_> {
             return self.v.serialize(s);
         }
         match self.v {
-            Value::Object(o) => {
+            Json::Object(o) => {
                 let skip = self.skip_id && o.contains_key("id");
                 let mut m = s.serialize_map(Some(o.len() - usize::from(skip)))?;
-                for (k, v) in o {
+                for (k, v) in o.iter() {
                     if skip && k == "id" {
                         continue;
                     }
-                    match (k.as_str(), v.as_str().and_then(|r| self.entry_id(r))) {
+                    match (k, v.as_str().and_then(|r| self.entry_id(r))) {
                         ("reference", Some(id)) => {
                             m.serialize_entry(k, &format_args!("urn:uuid:{id}"))?
                         }
@@ -217,7 +218,7 @@ impl Serialize for Rewritten<'_> {
                 }
                 m.end()
             }
-            Value::Array(a) => {
+            Json::Array(a) => {
                 let mut seq = s.serialize_seq(Some(a.len()))?;
                 for v in a {
                     seq.serialize_element(&self.child(v))?;
@@ -287,7 +288,7 @@ mod tests {
             resource_type: t,
             id: id.into(),
             identifier: key.map(|(s, v)| (s.into(), v.into())),
-            body,
+            body: body.into(),
             deleted: Vec::new(),
         }
     }

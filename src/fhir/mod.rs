@@ -4,6 +4,7 @@
 //! (`rows`). The EHR client is `net::fhir_client`.
 
 pub mod bundle;
+pub mod json;
 pub mod merge;
 pub mod rows;
 pub mod v2;

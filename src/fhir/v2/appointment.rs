@@ -1,8 +1,8 @@
 //! SCH (+ TQ1, NTE, AIS, AIP, AIL) → Appointment: the IG's `SCH(Appointment)`,
 //! `AIS(Appointment)`, `AIP(Appointment)` and `AIL(Appointment)`.
 
+use crate::fhir::json::{Json, json};
 use chrono::Duration;
-use serde_json::{Value, json};
 
 use super::datatypes::{Obj, codeable_concept, instant, text};
 use super::{Ctx, MappingError, Resource, concepts, stable_id};
@@ -86,7 +86,7 @@ pub(super) fn map(cx: &Ctx<'_, '_>, patient: &Resource) -> Result<Resource, Mapp
         },
     };
     if let Some(m) = duration.filter(|m| *m > 0) {
-        a.put("minutesDuration", Some(Value::from(m)));
+        a.put("minutesDuration", Some(Json::from(m)));
     }
     let start_text = start.map(|t| instant(&t, offset));
     let end_text = match (end, start, duration) {
@@ -135,9 +135,9 @@ pub(super) fn map(cx: &Ctx<'_, '_>, patient: &Resource) -> Result<Resource, Mapp
             "a {status} appointment needs a start and an end (TQ1-7/8, SCH-11.4/.5, or a start with a duration in SCH-9/10 or AIS-7/8)"
         )));
     }
-    a.put("status", Some(Value::from(status)));
-    a.put("start", start_text.map(Value::from));
-    a.put("end", end_text.map(Value::from));
+    a.put("status", Some(Json::from(status)));
+    a.put("start", start_text.map(Json::from));
+    a.put("end", end_text.map(Json::from));
 
     // AIS-3 service (AIS r5).
     if let Some(ais) = &ais
@@ -182,7 +182,7 @@ fn minutes(
 }
 
 /// NTE right after SCH → comment (SIU_S12 r10).
-fn comment(cx: &Ctx<'_, '_>) -> Result<Option<Value>, MappingError> {
+fn comment(cx: &Ctx<'_, '_>) -> Result<Option<Json>, MappingError> {
     let mut notes = Vec::new();
     let mut after_sch = false;
     for seg in cx.segments() {
@@ -198,7 +198,7 @@ fn comment(cx: &Ctx<'_, '_>) -> Result<Option<Value>, MappingError> {
             _ => after_sch = false,
         }
     }
-    Ok((!notes.is_empty()).then(|| Value::from(notes.join("\n"))))
+    Ok((!notes.is_empty()).then(|| Json::from(notes.join("\n"))))
 }
 
 /// Participants: the patient (PID(Appointment)), AIP-3 people with their role AIP-4 and
@@ -218,11 +218,11 @@ fn participants(cx: &Ctx<'_, '_>, a: &mut Obj, patient: &Resource) -> Result<(),
             a.push(
                 "participant",
                 Obj::new()
-                    .set("type", role.map(|r| Value::Array(vec![r])))
+                    .set("type", role.map(|r| Json::Array(vec![r])))
                     .set("actor", Some(who))
                     .set(
                         "status",
-                        Some(Value::from(concepts::participant_status(
+                        Some(Json::from(concepts::participant_status(
                             st.as_deref().unwrap_or("booked"),
                         ))),
                     )

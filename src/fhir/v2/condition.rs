@@ -5,7 +5,7 @@
 //! Encounter and a writer that sends resources in order (the sync sink) never leaves a
 //! reference to one it has not sent yet.
 
-use serde_json::{Value, json};
+use crate::fhir::json::{Json, json};
 
 use super::datatypes::{Obj, codeable_concept, date_time, entity_identifier, mapped_concept, text};
 use super::{Ctx, MappingError, Resource, concepts, stable_id, tagged};
@@ -30,12 +30,12 @@ pub(super) fn map(
         let context = encounter.as_deref();
         let (condition, entry) = one(cx, &dg1, patient, context)?;
         if let Some(e) = encounter.as_deref_mut()
-            && let Value::Object(body) = &mut e.body
+            && let Json::Object(body) = &mut e.body
         {
             match body.get_mut("diagnosis") {
-                Some(Value::Array(list)) => list.push(entry),
+                Some(Json::Array(list)) => list.push(entry),
                 _ => {
-                    body.insert("diagnosis".into(), Value::Array(vec![entry]));
+                    body.insert("diagnosis", Json::Array(vec![entry]));
                 }
             }
         }
@@ -50,7 +50,7 @@ fn one(
     dg1: &Segment<'_>,
     patient: &Resource,
     encounter: Option<&Resource>,
-) -> Result<(Resource, Value), MappingError> {
+) -> Result<(Resource, Json), MappingError> {
     let at = |n: usize| cx.at(format!("DG1-{n}"));
     let zone = cx.opts.default_zone;
     let mut c = Obj::new();
@@ -64,7 +64,7 @@ fn one(
     let names = match (&sent, &code) {
         (Some(v), _) => format!(
             "id:{}|{}",
-            v.get("system").and_then(Value::as_str).unwrap_or(""),
+            v.get("system").and_then(Json::as_str).unwrap_or(""),
             v["value"].as_str().unwrap_or("")
         ),
         (None, Some(code)) if code.identifier.is_some() => format!(
@@ -108,7 +108,7 @@ fn one(
     let mut concept = code.as_ref().and_then(codeable_concept);
     if let Some(d) = &description {
         let c = concept.get_or_insert_with(|| json!({}));
-        c["text"] = Value::from(d.as_str());
+        c["text"] = Json::from(d.as_str());
     }
     c.put("code", concept);
     c.put(
@@ -118,7 +118,7 @@ fn one(
     // DG1-5 onset (r5), DG1-19 attestation as recordedDate and the assertedDate extension
     // (r19).
     if let Some(ts) = Ts::from_element(&dg1.field(5)).map_err(at(5))? {
-        c.put("onsetDateTime", Some(Value::from(date_time(&ts, zone))));
+        c.put("onsetDateTime", Some(Json::from(date_time(&ts, zone))));
     }
     if let Some(ts) = Ts::from_element(&dg1.field(19)).map_err(at(19))? {
         let when = date_time(&ts, zone);
@@ -126,7 +126,7 @@ fn one(
             "extension",
             json!({"url": ASSERTED_DATE, "valueDateTime": when.as_str()}),
         );
-        c.put("recordedDate", Some(Value::from(when)));
+        c.put("recordedDate", Some(Json::from(when)));
     }
     // DG1-22 parent diagnosis (r22): a reference by its identifier.
     if let Some(parent) =
@@ -157,7 +157,7 @@ fn one(
             .parse()
             .map_err(|_| cx.error("DG1-15: the priority is not a whole number"))?;
         if n > 0 {
-            entry.put("rank", Some(Value::from(n)));
+            entry.put("rank", Some(Json::from(n)));
         }
     }
     let condition = tagged(Resource::new("Condition", id, Some(key), c), zone);

@@ -5,68 +5,58 @@
 //! FHIR forbids empty values (`""`, `[]`, `{}`): every builder here leaves out what was not
 //! sent, and returns `None` when nothing was.
 
+use crate::fhir::json::{Fields, Json, json};
 use chrono::{Datelike, Timelike};
-use serde_json::{Map, Value, json};
 
 use super::concepts;
 use crate::formats::hl7::{Cwe, Cx, Element, Hd, Hl7Error, Precision, Ts, Xad, Xpn, Xtn, Zone};
 
 /// A JSON object that skips empty values.
 #[derive(Debug, Default, Clone)]
-pub struct Obj(pub Map<String, Value>);
+pub struct Obj(pub Fields);
 
 impl Obj {
     pub fn new() -> Self {
-        Obj(Map::new())
+        Obj(Fields::new())
     }
 
     /// Sets `key` unless `value` is absent or empty.
-    pub fn set(mut self, key: &str, value: impl Into<Option<Value>>) -> Self {
+    pub fn set(mut self, key: &'static str, value: impl Into<Option<Json>>) -> Self {
         self.put(key, value);
         self
     }
 
-    pub fn put(&mut self, key: &str, value: impl Into<Option<Value>>) {
+    pub fn put(&mut self, key: &'static str, value: impl Into<Option<Json>>) {
         if let Some(v) = value.into()
-            && !is_empty(&v)
+            && !v.is_empty()
         {
-            self.0.insert(key.to_string(), v);
+            self.0.insert(key, v);
         }
     }
 
     /// Appends to the array at `key`.
-    pub fn push(&mut self, key: &str, value: impl Into<Option<Value>>) {
+    pub fn push(&mut self, key: &'static str, value: impl Into<Option<Json>>) {
         if let Some(v) = value.into()
-            && !is_empty(&v)
+            && !v.is_empty()
         {
-            match self.0.entry(key).or_insert_with(|| Value::Array(vec![])) {
-                Value::Array(a) => a.push(v),
-                other => *other = Value::Array(vec![other.take(), v]),
+            match self.0.entry(key, || Json::Array(vec![])) {
+                Json::Array(a) => a.push(v),
+                other => *other = Json::Array(vec![other.take(), v]),
             }
         }
     }
 
-    pub fn build(self) -> Option<Value> {
-        (!self.0.is_empty()).then_some(Value::Object(self.0))
+    pub fn build(self) -> Option<Json> {
+        (!self.0.is_empty()).then_some(Json::Object(self.0))
     }
 
-    pub fn into_value(self) -> Value {
-        Value::Object(self.0)
-    }
-}
-
-fn is_empty(v: &Value) -> bool {
-    match v {
-        Value::Null => true,
-        Value::String(s) => s.is_empty(),
-        Value::Array(a) => a.is_empty(),
-        Value::Object(o) => o.is_empty(),
-        _ => false,
+    pub fn into_value(self) -> Json {
+        Json::Object(self.0)
     }
 }
 
-fn s(v: &Option<String>) -> Option<Value> {
-    v.as_ref().map(|s| Value::String(s.clone()))
+fn s(v: &Option<String>) -> Option<Json> {
+    v.as_ref().map(|s| Json::String(s.clone()))
 }
 
 /// How identifier systems are chosen.
@@ -146,13 +136,13 @@ pub fn urn_safe(s: &str) -> String {
 }
 
 /// A `v2-0203` identifier type.
-pub fn identifier_type(code: &str) -> Value {
+pub fn identifier_type(code: &str) -> Json {
     json!({"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": code}]})
 }
 
 /// CX[Identifier]: value (r3), system from CX-4 (r9, HD[uri]) with the authority's name as
 /// assigner display (r8), type from CX-5 (r10).
-pub fn identifier(cx: &Cx, systems: &Systems) -> Option<Value> {
+pub fn identifier(cx: &Cx, systems: &Systems) -> Option<Json> {
     let value = cx.id.as_ref()?;
     let mut o = Obj::new()
         .set(
@@ -161,9 +151,9 @@ pub fn identifier(cx: &Cx, systems: &Systems) -> Option<Value> {
         )
         .set(
             "system",
-            systems.system(&cx.assigning_authority).map(Value::from),
+            systems.system(&cx.assigning_authority).map(Json::from),
         )
-        .set("value", Value::from(value.as_str()));
+        .set("value", Json::from(value.as_str()));
     o.put(
         "assigner",
         cx.assigning_authority.name().map(|n| json!({"display": n})),
@@ -173,28 +163,28 @@ pub fn identifier(cx: &Cx, systems: &Systems) -> Option<Value> {
 
 /// XPN[HumanName]: family (FN-1), given [XPN-2, XPN-3], prefix XPN-5, suffix [XPN-4,
 /// XPN-6 degree], use from NameType (r9).
-pub fn human_name(x: &Xpn) -> Option<Value> {
-    let given: Vec<Value> = [&x.given, &x.middle].into_iter().filter_map(s).collect();
-    let suffix: Vec<Value> = [&x.suffix, &x.degree].into_iter().filter_map(s).collect();
+pub fn human_name(x: &Xpn) -> Option<Json> {
+    let given: Vec<Json> = [&x.given, &x.middle].into_iter().filter_map(s).collect();
+    let suffix: Vec<Json> = [&x.suffix, &x.degree].into_iter().filter_map(s).collect();
     Obj::new()
         .set(
             "use",
             x.name_type_code
                 .as_deref()
                 .and_then(concepts::name_use)
-                .map(Value::from),
+                .map(Json::from),
         )
         .set("family", s(&x.family))
-        .set("given", Value::Array(given))
+        .set("given", Json::Array(given))
         .set("prefix", x.prefix.as_ref().map(|p| json!([p])))
-        .set("suffix", Value::Array(suffix))
+        .set("suffix", Json::Array(suffix))
         .build()
 }
 
 /// XAD[Address]: lines SAD-1..3 then XAD-2 (r3–4), city, state, postal code, country
 /// (r5–8), use or type from XAD-7 (r9–10), district from XAD-9 (r17).
-pub fn address(x: &Xad) -> Option<Value> {
-    let lines: Vec<Value> = [
+pub fn address(x: &Xad) -> Option<Json> {
+    let lines: Vec<Json> = [
         &x.street,
         &x.street_name,
         &x.dwelling_number,
@@ -205,12 +195,12 @@ pub fn address(x: &Xad) -> Option<Value> {
     .collect();
     let kind = x.address_type.as_deref();
     Obj::new()
-        .set("use", kind.and_then(concepts::address_use).map(Value::from))
+        .set("use", kind.and_then(concepts::address_use).map(Json::from))
         .set(
             "type",
-            kind.and_then(concepts::address_type).map(Value::from),
+            kind.and_then(concepts::address_type).map(Json::from),
         )
-        .set("line", Value::Array(lines))
+        .set("line", Json::Array(lines))
         .set("city", s(&x.city))
         .set("district", s(&x.county))
         .set("state", s(&x.state))
@@ -219,12 +209,12 @@ pub fn address(x: &Xad) -> Option<Value> {
         .build()
 }
 
-/// XTN[ContactPoint]. Value: XTN-4 for e-mail (r8); else composed `+5 6 7 X8` when area and
+/// XTN[ContactPoint]. Json: XTN-4 for e-mail (r8); else composed `+5 6 7 X8` when area and
 /// local number are sent (r15–18); else XTN-12 (r24); else XTN-1 (r3); a lone XTN-7 is used
 /// too (no IG row covers it). System from XTN-3 (r5), `email` when only XTN-4 is sent (r6),
 /// else `phone` (the IG's data-absent-reason would leave a value without a usable system).
 /// Use from XTN-2 (r4), else `default_use` (PID-13 home, PID-14 work).
-pub fn contact_point(x: &Xtn, default_use: Option<&str>) -> Option<Value> {
+pub fn contact_point(x: &Xtn, default_use: Option<&str>) -> Option<Json> {
     let (mut system, mut use_) = match x.equipment_type.as_deref() {
         Some(eq) => match concepts::telecom_system(eq) {
             Some((sys, u)) => (Some(sys), u),
@@ -266,9 +256,9 @@ pub fn contact_point(x: &Xtn, default_use: Option<&str>) -> Option<Value> {
         use_ = default_use;
     }
     Obj::new()
-        .set("system", system.map(Value::from))
-        .set("value", Value::from(value))
-        .set("use", use_.map(Value::from))
+        .set("system", system.map(Json::from))
+        .set("value", Json::from(value))
+        .set("use", use_.map(Json::from))
         .build()
 }
 
@@ -277,7 +267,7 @@ fn coding(
     code: &Option<String>,
     display: &Option<String>,
     system: &Option<String>,
-) -> Option<Value> {
+) -> Option<Json> {
     code.as_ref()?;
     Obj::new()
         .set(
@@ -285,7 +275,7 @@ fn coding(
             system
                 .as_deref()
                 .and_then(concepts::coding_system)
-                .map(Value::from),
+                .map(Json::from),
         )
         .set("code", s(code))
         .set("display", s(display))
@@ -294,16 +284,16 @@ fn coding(
 
 /// CWE[CodeableConcept]: the primary (r3–5) and alternate (r6–8) codings; `text` when only
 /// text was sent.
-pub fn codeable_concept(c: &Cwe) -> Option<Value> {
+pub fn codeable_concept(c: &Cwe) -> Option<Json> {
     concept_with(c, coding)
 }
 
 /// A CodeableConcept of the CWE's two codings, each made by `coding` (code, display, system).
 fn concept_with(
     c: &Cwe,
-    coding: impl Fn(&Option<String>, &Option<String>, &Option<String>) -> Option<Value>,
-) -> Option<Value> {
-    let codings: Vec<Value> = [
+    coding: impl Fn(&Option<String>, &Option<String>, &Option<String>) -> Option<Json>,
+) -> Option<Json> {
+    let codings: Vec<Json> = [
         coding(&c.identifier, &c.text, &c.coding_system),
         coding(
             &c.alternate_identifier,
@@ -320,8 +310,8 @@ fn concept_with(
         None
     };
     Obj::new()
-        .set("coding", Value::Array(codings))
-        .set("text", text.map(Value::from))
+        .set("coding", Json::Array(codings))
+        .set("text", text.map(Json::from))
         .build()
 }
 
@@ -329,12 +319,12 @@ fn concept_with(
 /// (`urn:ietf:bcp:47`); ISO 639-2 codes that have a two-letter form are converted (`ENG` →
 /// `en`), as BCP-47 requires; anything not shaped like a language tag is kept as sent (the
 /// sender's CWE-3 system), never claimed as BCP-47.
-pub fn language(c: &Cwe) -> Option<Value> {
+pub fn language(c: &Cwe) -> Option<Json> {
     concept_with(c, |code, text, system| {
         match code.as_deref().map(str::trim).and_then(bcp47) {
             Some(tag) => Obj::new()
-                .set("system", Value::from("urn:ietf:bcp:47"))
-                .set("code", Value::from(tag))
+                .set("system", Json::from("urn:ietf:bcp:47"))
+                .set("code", Json::from(tag))
                 .set("display", s(text))
                 .build(),
             None => coding(code, text, system),
@@ -444,14 +434,14 @@ pub fn mapped_concept(
     c: &Cwe,
     map: impl Fn(&str) -> Option<concepts::Target>,
     v2_table: &str,
-) -> Option<Value> {
+) -> Option<Json> {
     let code = c.identifier.as_deref()?;
     let mut codings = Vec::new();
     if let Some((system, mapped)) = map(code) {
         codings.push(
             Obj::new()
-                .set("system", Value::from(system))
-                .set("code", Value::from(mapped))
+                .set("system", Json::from(system))
+                .set("code", Json::from(mapped))
                 .set("display", s(&c.text))
                 .into_value(),
         );
@@ -467,14 +457,14 @@ pub fn mapped_concept(
         }
     }
     Obj::new()
-        .set("coding", Value::Array(codings))
+        .set("coding", Json::Array(codings))
         .set("text", s(&c.text))
         .build()
 }
 
 /// EI[Identifier]: value EI-1, system from EI-2/EI-3/EI-4 (HD rules).
 /// An EI inside another type (EIP's placer and filler parts) is read from its sub-components.
-pub fn entity_identifier(el: &Element<'_>, systems: &Systems) -> Result<Option<Value>, Hl7Error> {
+pub fn entity_identifier(el: &Element<'_>, systems: &Systems) -> Result<Option<Json>, Hl7Error> {
     let part = crate::formats::hl7::datatypes::embedded_reader(el);
     let Some(value) = text(&part(1))? else {
         return Ok(None);
@@ -485,8 +475,8 @@ pub fn entity_identifier(el: &Element<'_>, systems: &Systems) -> Result<Option<V
         universal_id_type: text(&part(4))?,
     };
     Ok(Obj::new()
-        .set("system", systems.system(&hd).map(Value::from))
-        .set("value", Value::from(value))
+        .set("system", systems.system(&hd).map(Json::from))
+        .set("value", Json::from(value))
         .build())
 }
 

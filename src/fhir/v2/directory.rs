@@ -8,7 +8,7 @@
 //! existing one and never overwrite what its owner curated. A person or place sent without
 //! an identifier cannot be matched across messages; it stays a reference with a display.
 
-use serde_json::{Value, json};
+use crate::fhir::json::{Json, json};
 
 use super::datatypes::{Obj, entity_identifier, human_name, identifier_type, text};
 use super::{Ctx, Resource, stable_id};
@@ -31,8 +31,8 @@ const PL_LEVELS: [(usize, &str, Option<&str>); 6] = [
 
 impl Ctx<'_, '_> {
     /// A directory resource of this message, sent once however often the message names it.
-    fn share(&self, r: Resource) -> Value {
-        let reference = Value::String(format!("{}/{}", r.resource_type, r.id));
+    fn share(&self, r: Resource) -> Json {
+        let reference = Json::String(format!("{}/{}", r.resource_type, r.id));
         self.shared.borrow_mut().push(r);
         reference
     }
@@ -40,19 +40,19 @@ impl Ctx<'_, '_> {
     /// The reference to `kind/id` when the message has already shared it: messages name
     /// the same doctor and ward many times over (PV1-7/8/9/17, PV1-3 and PV1-6 share their
     /// facility), and the first naming builds it.
-    fn known(&self, kind: &str, id: &str) -> Option<Value> {
+    fn known(&self, kind: &str, id: &str) -> Option<Json> {
         let shared = self.shared.borrow();
         shared
             .iter()
             .any(|r| r.resource_type == kind && r.id == id)
-            .then(|| Value::String(format!("{kind}/{id}")))
+            .then(|| Json::String(format!("{kind}/{id}")))
     }
 
     /// XCN → a Reference to a Practitioner (XCN[Practitioner]): identifier XCN-1 (r1) with
     /// system from XCN-9 (r9) and type XCN-13 (r13); name XCN-2..6, XCN-10 use, XCN-21
     /// professional suffix (r2–6, r10, r21); XCN-7 degree as qualification (r7). Without
     /// XCN-1 the person cannot be matched across messages: a display-only reference.
-    pub fn practitioner(&self, el: &Element<'_>) -> Result<Option<Value>, Hl7Error> {
+    pub fn practitioner(&self, el: &Element<'_>) -> Result<Option<Json>, Hl7Error> {
         let person = Person {
             id: text(&el.component(1))?,
             name: Xpn {
@@ -73,7 +73,7 @@ impl Ctx<'_, '_> {
 
     /// CNN (the person of an NDL, e.g. OBR-32, as sub-components of its first component):
     /// like XCN, with the assigning authority flattened into CNN-9..11.
-    pub fn practitioner_cnn(&self, el: &Element<'_>) -> Result<Option<Value>, Hl7Error> {
+    pub fn practitioner_cnn(&self, el: &Element<'_>) -> Result<Option<Json>, Hl7Error> {
         let part = crate::formats::hl7::datatypes::embedded_reader(el);
         let person = Person {
             id: text(&part(1))?,
@@ -97,7 +97,7 @@ impl Ctx<'_, '_> {
         Ok(self.practitioner_of(person))
     }
 
-    fn practitioner_of(&self, p: Person) -> Option<Value> {
+    fn practitioner_of(&self, p: Person) -> Option<Json> {
         let display = Some(p.name.display()).filter(|d| !d.is_empty());
         let Some(value) = p.id else {
             return display.map(|d| json!({"display": d}));
@@ -113,15 +113,15 @@ impl Ctx<'_, '_> {
         let body = Obj::new()
             .set(
                 "identifier",
-                Value::Array(vec![
+                Json::Array(vec![
                     Obj::new()
                         .set("type", p.id_type.map(|t| identifier_type(&t)))
-                        .set("system", Value::from(system.as_str()))
-                        .set("value", Value::from(value.as_str()))
+                        .set("system", Json::from(system.as_str()))
+                        .set("value", Json::from(value.as_str()))
                         .into_value(),
                 ]),
             )
-            .set("name", human_name(&p.name).map(|n| Value::Array(vec![n])))
+            .set("name", human_name(&p.name).map(|n| Json::Array(vec![n])))
             .set(
                 "qualification",
                 p.degree
@@ -137,17 +137,17 @@ impl Ctx<'_, '_> {
     /// (r34–r40). A component's own value ("bed 1") names many beds; its identifier is the
     /// path from the facility down (`facility:GHH/room:101/bed:1`) in the sender's location
     /// system, so each bed is one Location across messages.
-    pub fn location(&self, el: &Element<'_>) -> Result<Option<Value>, Hl7Error> {
+    pub fn location(&self, el: &Element<'_>) -> Result<Option<Json>, Hl7Error> {
         self.place(el, true)
     }
 
     /// LA2 (RXA-11: PL's first eight components, then an address) → a Reference to a
     /// Location, as `location` without PL-9/PL-10.
-    pub fn location_la2(&self, el: &Element<'_>) -> Result<Option<Value>, Hl7Error> {
+    pub fn location_la2(&self, el: &Element<'_>) -> Result<Option<Json>, Hl7Error> {
         self.place(el, false)
     }
 
-    fn place(&self, el: &Element<'_>, pl: bool) -> Result<Option<Value>, Hl7Error> {
+    fn place(&self, el: &Element<'_>, pl: bool) -> Result<Option<Json>, Hl7Error> {
         let system = self.local_system("location");
         let mut levels = Vec::with_capacity(PL_LEVELS.len());
         for (n, level, physical) in PL_LEVELS {
@@ -156,7 +156,7 @@ impl Ctx<'_, '_> {
             }
         }
         let mut path = String::new();
-        let mut parent: Option<Value> = None;
+        let mut parent: Option<Json> = None;
         let mut last: Option<Resource> = None;
         let count = levels.len();
         for (i, (level, physical, name)) in levels.into_iter().enumerate() {
@@ -189,8 +189,8 @@ impl Ctx<'_, '_> {
                     "identifier",
                     json!([{"system": system.as_str(), "value": path.as_str()}]),
                 )
-                .set("name", Value::from(name))
-                .set("mode", Value::from("instance"))
+                .set("name", Json::from(name))
+                .set("mode", Json::from("instance"))
                 .set(
                     "physicalType",
                     physical
@@ -207,12 +207,12 @@ impl Ctx<'_, '_> {
         let Some(mut most) = last else {
             return Ok(None);
         };
-        if pl && let Value::Object(o) = &mut most.body {
+        if pl && let Json::Object(o) = &mut most.body {
             if let Some(d) = text(&el.component(9))? {
-                o.insert("description".into(), Value::from(d));
+                o.insert("description", Json::from(d));
             }
             if let Some(ei) = entity_identifier(&el.component(10), &self.systems)?
-                && let Some(Value::Array(ids)) = o.get_mut("identifier")
+                && let Some(Json::Array(ids)) = o.get_mut("identifier")
             {
                 ids.push(ei);
             }
@@ -224,7 +224,7 @@ impl Ctx<'_, '_> {
     /// XON → a Reference to an Organization (XON[Organization]): name XON-1 (r1),
     /// identifier XON-10, else XON-3 (r3, r10), system from XON-6 (r6), type XON-7 (r7).
     /// Without an identifier: a display-only reference.
-    pub fn organization(&self, el: &Element<'_>) -> Result<Option<Value>, Hl7Error> {
+    pub fn organization(&self, el: &Element<'_>) -> Result<Option<Json>, Hl7Error> {
         let name = text(&el.component(1))?;
         let value = match text(&el.component(10))? {
             Some(v) => Some(v),
@@ -239,15 +239,15 @@ impl Ctx<'_, '_> {
             .unwrap_or_else(|| self.local_system("organization"));
         let identifier = Obj::new()
             .set("type", text(&el.component(7))?.map(|t| identifier_type(&t)))
-            .set("system", Value::from(system.as_str()))
-            .set("value", Value::from(value.as_str()))
+            .set("system", Json::from(system.as_str()))
+            .set("value", Json::from(value.as_str()))
             .into_value();
         Ok(Some(self.organization_of(system, value, identifier, name)))
     }
 
     /// CWE → a Reference to an Organization (CWE[Organization]: identifier CWE-1 in the
     /// system CWE-3 names, name CWE-2), e.g. a vaccine manufacturer by its MVX code.
-    pub fn organization_coded(&self, c: &Cwe) -> Option<Value> {
+    pub fn organization_coded(&self, c: &Cwe) -> Option<Json> {
         let value = c.identifier.clone()?;
         let system = c
             .coding_system
@@ -262,16 +262,16 @@ impl Ctx<'_, '_> {
         &self,
         system: String,
         value: String,
-        identifier: Value,
+        identifier: Json,
         name: Option<String>,
-    ) -> Value {
+    ) -> Json {
         let id = stable_id(&["Organization", &system, &value]);
         let reference = match self.known("Organization", &id) {
             Some(reference) => reference,
             None => {
                 let body = Obj::new()
-                    .set("identifier", Value::Array(vec![identifier]))
-                    .set("name", name.clone().map(Value::from));
+                    .set("identifier", Json::Array(vec![identifier]))
+                    .set("name", name.clone().map(Json::from));
                 let r = Resource::new("Organization", id, Some((system, value)), body);
                 self.share(r)
             }
@@ -281,17 +281,17 @@ impl Ctx<'_, '_> {
 }
 
 /// `{"reference": …}`, the reference moved in (`json!` would copy it).
-fn reference_to(reference: Value) -> Value {
-    let mut o = serde_json::Map::new();
-    o.insert("reference".into(), reference);
-    Value::Object(o)
+fn reference_to(reference: Json) -> Json {
+    let mut o = crate::fhir::json::Fields::new();
+    o.insert("reference", reference);
+    Json::Object(o)
 }
 
 /// A Reference to a shared resource, with the display the message gave it.
-fn named(reference: Value, display: Option<String>) -> Value {
+fn named(reference: Json, display: Option<String>) -> Json {
     Obj::new()
         .set("reference", reference)
-        .set("display", display.map(Value::from))
+        .set("display", display.map(Json::from))
         .into_value()
 }
 
@@ -323,7 +323,7 @@ mod tests {
         convert(&Message::parse(raw).unwrap(), &Options::default()).unwrap()
     }
 
-    fn find<'r>(rs: &'r [Resource], reference: &serde_json::Value) -> &'r Resource {
+    fn find<'r>(rs: &'r [Resource], reference: &crate::fhir::json::Json) -> &'r Resource {
         let reference = reference.as_str().unwrap();
         rs.iter()
             .find(|r| format!("{}/{}", r.resource_type, r.id) == reference)

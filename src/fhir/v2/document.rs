@@ -2,8 +2,8 @@
 //! `OBX(DocumentReference)` maps (MDM_T02); the T01-style notifications without content use
 //! the same map without the OBSERVATION group, as the IG suggests.
 
+use crate::fhir::json::{Json, json};
 use base64::Engine;
-use serde_json::{Value, json};
 
 use super::datatypes::{Obj, codeable_concept, instant, text};
 use super::{Ctx, MappingError, Resource, stable_id, tagged};
@@ -43,7 +43,7 @@ pub(super) fn map(
             )));
         }
     };
-    d.put("status", Some(Value::from(status)));
+    d.put("status", Some(Json::from(status)));
     // TXA-17 completion status (r17, table 0271 → composition-status; no IG map exists).
     if let Some(c) = text(&txa.field(17)).map_err(at(17))? {
         let doc_status = match c.as_str() {
@@ -51,7 +51,7 @@ pub(super) fn map(
             "DI" | "IP" | "IN" | "PA" => Some("preliminary"),
             _ => None,
         };
-        d.put("docStatus", doc_status.map(Value::from));
+        d.put("docStatus", doc_status.map(Json::from));
     }
     // TXA-2 document type (r2, table 0270).
     if let Some(t) = cx.cwe(&txa, 2)? {
@@ -72,7 +72,7 @@ pub(super) fn map(
             Precision::Year | Precision::Month | Precision::Day
         )
     {
-        d.put("date", Some(Value::from(instant(&t, zone))));
+        d.put("date", Some(Json::from(instant(&t, zone))));
     }
     // TXA-9 originator (r9) → author; TXA-10 assigned authenticator (r10).
     for rep in txa.field(9).repetitions() {
@@ -86,7 +86,7 @@ pub(super) fn map(
     // TXA-25 document title (r25) → description; TXA-18 confidentiality (r18, table 0272).
     d.put(
         "description",
-        text(&txa.field(25)).map_err(at(25))?.map(Value::from),
+        text(&txa.field(25)).map_err(at(25))?.map(Json::from),
     );
     if let Some(c) = text(&txa.field(18)).map_err(at(18))? {
         d.push(
@@ -127,7 +127,7 @@ pub(super) fn map(
         encounter.map(|e| json!([{"reference": format!("Encounter/{}", e.id)}])),
     );
     if !related.is_empty() {
-        context.put("related", Some(Value::Array(related)));
+        context.put("related", Some(Json::Array(related)));
     }
     d.put("context", context.build());
     let id = stable_id(&["DocumentReference", &key.0, &key.1]);
@@ -143,7 +143,7 @@ pub(super) fn ed_attachment(
     cx: &Ctx<'_, '_>,
     rep: &Element<'_>,
     label: &str,
-) -> Result<Option<Value>, MappingError> {
+) -> Result<Option<Json>, MappingError> {
     let at = cx.at(label);
     let b64 = base64::engine::general_purpose::STANDARD;
     let (kind, sub) = (
@@ -165,8 +165,8 @@ pub(super) fn ed_attachment(
         _ => None,
     };
     Ok(Obj::new()
-        .set("contentType", content_type.map(Value::from))
-        .set("data", data.map(Value::from))
+        .set("contentType", content_type.map(Json::from))
+        .set("data", data.map(Json::from))
         .build())
 }
 
@@ -177,19 +177,19 @@ pub(super) fn relate(doc: &mut Resource, orders: &[Resource]) {
         .iter()
         .filter(|r| r.resource_type == "ServiceRequest")
     {
-        let reference = Value::from(format!("ServiceRequest/{}", sr.id));
+        let reference = Json::from(format!("ServiceRequest/{}", sr.id));
         let ids = sr.body["identifier"]
             .as_array()
             .cloned()
             .unwrap_or_default();
-        let same = |e: &Value| {
+        let same = |e: &Json| {
             ids.iter().any(|i| {
                 i["system"] == e["identifier"]["system"] && i["value"] == e["identifier"]["value"]
             })
         };
         let related = &mut doc.body["context"]["related"];
         if !related.is_array() {
-            *related = Value::Array(Vec::new());
+            *related = Json::Array(Vec::new());
         }
         let list = related.as_array_mut().expect("an array");
         let mut named = false;
@@ -209,7 +209,7 @@ fn content(
     cx: &Ctx<'_, '_>,
     obx: &Segment<'_>,
     d: &mut Obj,
-    related: &mut Vec<Value>,
+    related: &mut Vec<Json>,
 ) -> Result<(), MappingError> {
     let kind = text(&obx.field(2))
         .map_err(cx.at("OBX-2"))?
@@ -258,7 +258,7 @@ fn content(
                                 Some(json!({"system": "urn:dicom:uid",
                                     "value": format!("urn:oid:{uid}")})),
                             )
-                            .set("display", code.map(Value::from))
+                            .set("display", code.map(Json::from))
                             .into_value(),
                     );
                 }

@@ -1,6 +1,6 @@
 //! PV1 (+ PV2) → Encounter: the IG's `PV1(Encounter)` and `PV2(Encounter)`.
 
-use serde_json::{Value, json};
+use crate::fhir::json::{Json, json};
 
 use super::datatypes::{
     Obj, codeable_concept, date_time, identifier, identifier_type, mapped_concept, text,
@@ -35,7 +35,7 @@ pub(super) fn map(cx: &Ctx<'_, '_>, patient: &Resource) -> Result<Option<Resourc
     let mut key = None;
     if let Some(mut v) = identifier(&visit, systems) {
         if v.get("system").is_none() {
-            v["system"] = Value::from(cx.local_system("visit"));
+            v["system"] = Json::from(cx.local_system("visit"));
         }
         if v.get("type").is_none() {
             v["type"] = identifier_type("VN");
@@ -63,7 +63,7 @@ pub(super) fn map(cx: &Ctx<'_, '_>, patient: &Resource) -> Result<Option<Resourc
             })
             .unwrap_or("unknown")
     };
-    e.put("status", Some(Value::from(status)));
+    e.put("status", Some(Json::from(status)));
     // Class (r4): required by FHIR; an unknown or missing code keeps what was sent.
     let class = match class_code.as_deref() {
         Some(c) => match concepts::encounter_class(c) {
@@ -80,11 +80,11 @@ pub(super) fn map(cx: &Ctx<'_, '_>, patient: &Resource) -> Result<Option<Resourc
         if let Some(c) = cx.cwe(&pv1, n)? {
             let v = codeable_concept(&c).map(|mut v| {
                 // A bare v2 code: its table is the field's (0007, 0069).
-                if let Some(Value::Array(codings)) = v.get_mut("coding") {
+                if let Some(Json::Array(codings)) = v.get_mut("coding") {
                     for coding in codings {
                         if coding.get("system").is_none() {
                             let table = if n == 4 { "0007" } else { "0069" };
-                            coding["system"] = Value::from(format!(
+                            coding["system"] = Json::from(format!(
                                 "http://terminology.hl7.org/CodeSystem/v2-{table}"
                             ));
                         }
@@ -108,8 +108,8 @@ pub(super) fn map(cx: &Ctx<'_, '_>, patient: &Resource) -> Result<Option<Resourc
     e.put(
         "period",
         Obj::new()
-            .set("start", admit.map(|t| Value::from(date_time(&t, offset))))
-            .set("end", discharge.map(|t| Value::from(date_time(&t, offset))))
+            .set("start", admit.map(|t| Json::from(date_time(&t, offset))))
+            .set("end", discharge.map(|t| Json::from(date_time(&t, offset))))
             .build(),
     );
     visit_details(cx, &mut e)?;
@@ -125,10 +125,10 @@ pub(super) fn map(cx: &Ctx<'_, '_>, patient: &Resource) -> Result<Option<Resourc
         (42, "reserved"),
     ] {
         if let Some(place) = cx.location(&pv1.field(n)).map_err(at(n))? {
-            let mut entry = serde_json::Map::new();
-            entry.insert("location".into(), place);
-            entry.insert("status".into(), Value::from(status));
-            e.push("location", Value::Object(entry));
+            let mut entry = crate::fhir::json::Fields::new();
+            entry.insert("location", place);
+            entry.insert("status", Json::from(status));
+            e.push("location", Json::Object(entry));
         }
     }
 
@@ -186,7 +186,7 @@ fn visit_details(cx: &Ctx<'_, '_>, e: &mut Obj) -> Result<(), MappingError> {
 fn hospitalization(
     cx: &Ctx<'_, '_>,
     pv1: &crate::formats::hl7::Segment<'_>,
-) -> Result<Option<Value>, MappingError> {
+) -> Result<Option<Json>, MappingError> {
     let at = |n: usize| cx.at(format!("PV1-{n}"));
     let mut h = Obj::new();
     let pre = Cx::from_element(&pv1.field(5).repetition(1)).map_err(at(5))?;

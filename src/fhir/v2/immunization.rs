@@ -7,7 +7,7 @@
 //! Immunization, and the OBX before the first ORC (the patient's observations) Observations
 //! of the patient, so nothing sent is dropped.
 
-use serde_json::{Value, json};
+use crate::fhir::json::{Json, json};
 
 use super::datatypes::{Obj, codeable_concept, date, date_time, text};
 use super::observation::{Under, observation};
@@ -20,7 +20,7 @@ struct Order {
     body: Obj,
     has_rxa: bool,
     /// The VIS document the next presentation date belongs to (`education` entries).
-    education: Vec<Value>,
+    education: Vec<Json>,
     observations: Vec<Resource>,
 }
 
@@ -78,7 +78,7 @@ pub(super) fn map(cx: &Ctx<'_, '_>, patient: &Resource) -> Result<Vec<Resource>,
     Ok(out)
 }
 
-fn start(cx: &Ctx<'_, '_>, orc: &Segment<'_>, subject: &Value) -> Result<Order, MappingError> {
+fn start(cx: &Ctx<'_, '_>, orc: &Segment<'_>, subject: &Json) -> Result<Order, MappingError> {
     let mut body = Obj::new();
     // ORC-3 filler and ORC-2 placer numbers (r3, r2); the filler's names the immunization.
     let (ids, key) = cx.business_ids(
@@ -98,7 +98,7 @@ fn start(cx: &Ctx<'_, '_>, orc: &Segment<'_>, subject: &Value) -> Result<Order, 
     let recorded = Ts::from_element(&orc.field(9))
         .map_err(cx.at("ORC-9"))?
         .map(|t| date_time(&t, cx.opts.default_zone));
-    body.put("recorded", recorded.map(Value::from));
+    body.put("recorded", recorded.map(Json::from));
     // ORC-12 ordering provider (r12): performer with function OP.
     if let Some(who) = cx
         .practitioner(&orc.field(12).repetition(1))
@@ -115,7 +115,7 @@ fn start(cx: &Ctx<'_, '_>, orc: &Segment<'_>, subject: &Value) -> Result<Order, 
     })
 }
 
-fn performer(actor: Value, code: &str, display: &str) -> Value {
+fn performer(actor: Json, code: &str, display: &str) -> Json {
     json!({
         "function": {"coding": [{
             "system": "http://terminology.hl7.org/CodeSystem/v2-0443",
@@ -131,7 +131,7 @@ fn administration(cx: &Ctx<'_, '_>, rxa: &Segment<'_>, o: &mut Order) -> Result<
     let b = &mut o.body;
     o.has_rxa = true;
     let action = text(&rxa.field(21)).map_err(at(21))?;
-    b.put("status", Some(Value::from(completion_status(cx, rxa)?)));
+    b.put("status", Some(Json::from(completion_status(cx, rxa)?)));
     // RXA-18 substance refusal reason (r18): why it was not done.
     if let Some(reason) = cx.cwe(rxa, 18)? {
         b.put("statusReason", codeable_concept(&reason));
@@ -148,19 +148,19 @@ fn administration(cx: &Ctx<'_, '_>, rxa: &Segment<'_>, o: &mut Order) -> Result<
         .ok_or_else(|| cx.error("RXA-3: the administration has no date"))?;
     b.put(
         "occurrenceDateTime",
-        Some(Value::from(date_time(&when, zone))),
+        Some(Json::from(date_time(&when, zone))),
     );
     // RXA-22 system entry time (r22) when the action code says A(dd); ORC-9 otherwise.
     if action.as_deref() == Some("A")
         && let Some(t) = Ts::from_element(&rxa.field(22)).map_err(at(22))?
     {
-        b.put("recorded", Some(Value::from(date_time(&t, zone))));
+        b.put("recorded", Some(Json::from(date_time(&t, zone))));
     }
     // RXA-9 administration notes: NIP001 "00" is a new record (this provider gave it);
     // other codes are historical, reported from elsewhere (US CDC IG).
     if let Some(note) = cx.cwe(rxa, 9)? {
         let new_record = note.identifier.as_deref() == Some("00");
-        b.put("primarySource", Some(Value::from(new_record)));
+        b.put("primarySource", Some(Json::from(new_record)));
         if !new_record {
             b.put("reportOrigin", codeable_concept(&note));
         }
@@ -170,13 +170,13 @@ fn administration(cx: &Ctx<'_, '_>, rxa: &Segment<'_>, o: &mut Order) -> Result<
         "lotNumber",
         text(&rxa.field(15).repetition(1))
             .map_err(at(15))?
-            .map(Value::from),
+            .map(Json::from),
     );
     b.put(
         "expirationDate",
         Ts::from_element(&rxa.field(16).repetition(1))
             .map_err(at(16))?
-            .map(|t| Value::from(date(&t))),
+            .map(|t| Json::from(date(&t))),
     );
     // RXA-17 manufacturer (r17): CWE[Organization], MVX codes named as sent.
     if let Some(m) = cx.cwe(rxa, 17)? {
@@ -246,13 +246,13 @@ fn order_observation(
     cx: &Ctx<'_, '_>,
     obx: &Segment<'_>,
     o: &mut Order,
-    subject: &Value,
+    subject: &Json,
 ) -> Result<(), MappingError> {
     let code = cx
         .cwe(obx, 3)?
         .and_then(|c| c.identifier)
         .unwrap_or_default();
-    let value_cwe = || -> Result<Option<Value>, MappingError> {
+    let value_cwe = || -> Result<Option<Json>, MappingError> {
         Ok(cx.cwe(obx, 5)?.and_then(|c| codeable_concept(&c)))
     };
     let value_date = || -> Result<Option<String>, MappingError> {
@@ -271,7 +271,7 @@ fn order_observation(
             let doc = doc.and_then(|c| c.identifier.or(c.text));
             o.education.push(
                 Obj::new()
-                    .set("documentType", doc.map(Value::from))
+                    .set("documentType", doc.map(Json::from))
                     .into_value(),
             );
         }
@@ -286,7 +286,7 @@ fn order_observation(
                 o.education.push(json!({}));
             }
             if let (Some(last), Some(d)) = (o.education.last_mut(), value_date()?) {
-                last[element] = Value::from(d);
+                last[element] = Json::from(d);
             }
         }
         _ => {
@@ -314,13 +314,13 @@ fn finish(cx: &Ctx<'_, '_>, o: Order, out: &mut Vec<Resource>) -> Result<(), Map
     }
     let mut body = o.body;
     // Education needs a document type or a reference; a lone date cannot stand.
-    let education: Vec<Value> = o
+    let education: Vec<Json> = o
         .education
         .into_iter()
         .filter(|e| e.get("documentType").is_some())
         .collect();
     if !education.is_empty() {
-        body.put("education", Some(Value::Array(education)));
+        body.put("education", Some(Json::Array(education)));
     }
     let id = stable_id(&["Immunization", &o.key.0, &o.key.1]);
     out.push(tagged(

@@ -9,7 +9,7 @@
 //! ServiceRequest; an administration is that number with its RXA-2 sub-id counter, so a
 //! replayed RAS updates the same administrations and the next dose is a new one.
 
-use serde_json::{Value, json};
+use crate::fhir::json::{Json, json};
 
 use super::datatypes::{Obj, codeable_concept, date_time, text};
 use super::immunization::completion_status;
@@ -33,8 +33,8 @@ struct Order<'m> {
 
 /// References every resource of the message shares.
 struct Context {
-    subject: Value,
-    encounter: Option<Value>,
+    subject: Json,
+    encounter: Option<Json>,
 }
 
 pub(super) fn map(
@@ -109,7 +109,7 @@ pub(super) fn map(
             for (i, (rxa, rxr)) in o.given.iter().enumerate() {
                 let by = match &request {
                     Some(r) => json!({"reference": format!("MedicationRequest/{}", r.id)}),
-                    None => json!({"type": "MedicationRequest", "identifier": ids[0]}),
+                    None => json!({"type": "MedicationRequest", "identifier": ids[0].clone()}),
                 };
                 out.push(administration(cx, rxa, rxr.as_ref(), (&key, i), by, &c)?);
             }
@@ -123,13 +123,13 @@ pub(super) fn map(
 fn request(
     cx: &Ctx<'_, '_>,
     o: &Order<'_>,
-    ids: Vec<Value>,
+    ids: Vec<Json>,
     key: &Key,
     c: &Context,
 ) -> Result<Resource, MappingError> {
     let zone = cx.opts.default_zone;
     let mut r = Obj::new();
-    r.put("identifier", Value::Array(ids));
+    r.put("identifier", Json::Array(ids));
     // Status: ORC-5 order status, else ORC-1 order control (as for ServiceRequest); R4's
     // MedicationRequest says "cancelled" where request-status says "revoked".
     let control = text(&o.orc.field(1)).map_err(cx.at("ORC-1"))?;
@@ -141,8 +141,8 @@ fn request(
         "revoked" => "cancelled",
         s => s,
     };
-    r.put("status", Some(Value::from(status)));
-    r.put("intent", Some(Value::from("order")));
+    r.put("status", Some(Json::from(status)));
+    r.put("intent", Some(Json::from("order")));
     // RXE-2 give code, else RXO-1 requested give code: the medication; required.
     let (seg, name) = match (&o.rxe, &o.rxo) {
         (Some(rxe), _) => (rxe, "RXE-2"),
@@ -161,7 +161,7 @@ fn request(
     let authored = Ts::from_element(&o.orc.field(9)).map_err(cx.at("ORC-9"))?;
     r.put(
         "authoredOn",
-        authored.map(|t| Value::from(date_time(&t, zone))),
+        authored.map(|t| Json::from(date_time(&t, zone))),
     );
     // ORC-12 ordering provider, else the order's prescriber (RXE-13, RXO-14).
     let mut requester = cx
@@ -181,14 +181,14 @@ fn request(
     // TQ1-9 priority.
     if let Some(tq1) = &o.tq1 {
         let p = text(&tq1.field(9).component(1)).map_err(cx.at("TQ1-9"))?;
-        r.put("priority", p.as_deref().and_then(priority).map(Value::from));
+        r.put("priority", p.as_deref().and_then(priority).map(Json::from));
     }
     for note in &o.notes {
         r.push("note", json!({"text": note}));
     }
     r.put(
         "dosageInstruction",
-        dosage_instruction(cx, o, seg)?.map(|d| Value::Array(vec![d])),
+        dosage_instruction(cx, o, seg)?.map(|d| Json::Array(vec![d])),
     );
     let (amount, units, refills) = if rxe { (10, 11, 12) } else { (11, 12, 13) };
     let dispense = Obj::new()
@@ -219,7 +219,7 @@ fn dosage_instruction(
     cx: &Ctx<'_, '_>,
     o: &Order<'_>,
     seg: &Segment<'_>,
-) -> Result<Option<Value>, MappingError> {
+) -> Result<Option<Json>, MappingError> {
     let zone = cx.opts.default_zone;
     let rxe = seg.id() == "RXE";
     let mut d = Obj::new();
@@ -243,7 +243,7 @@ fn dosage_instruction(
     }
     d.put(
         "doseAndRate",
-        dose_and_rate.build().map(|x| Value::Array(vec![x])),
+        dose_and_rate.build().map(|x| Json::Array(vec![x])),
     );
     for c in cx.cwes(seg, 7)? {
         d.push(
@@ -255,15 +255,15 @@ fn dosage_instruction(
         let at = |n: usize| cx.at(format!("TQ1-{n}"));
         d.put(
             "text",
-            text(&tq1.field(11)).map_err(at(11))?.map(Value::from),
+            text(&tq1.field(11)).map_err(at(11))?.map(Json::from),
         );
         let pattern = text(&tq1.field(3).repetition(1).component(1).subcomponent(1));
         let pattern = pattern.map_err(at(3))?;
         let start = Ts::from_element(&tq1.field(7)).map_err(at(7))?;
         let end = Ts::from_element(&tq1.field(8)).map_err(at(8))?;
         let bounds = Obj::new()
-            .set("start", start.map(|t| Value::from(date_time(&t, zone))))
-            .set("end", end.map(|t| Value::from(date_time(&t, zone))))
+            .set("start", start.map(|t| Json::from(date_time(&t, zone))))
+            .set("end", end.map(|t| Json::from(date_time(&t, zone))))
             .build();
         let timing = Obj::new()
             .set(
@@ -289,7 +289,7 @@ fn administration(
     rxa: &Segment<'_>,
     rxr: Option<&Segment<'_>>,
     (key, i): (&Key, usize),
-    request: Value,
+    request: Json,
     c: &Context,
 ) -> Result<Resource, MappingError> {
     let at = |n: usize| cx.at(format!("RXA-{n}"));
@@ -299,8 +299,11 @@ fn administration(
         .unwrap_or_else(|| (i + 1).to_string());
     let key = (key.0.clone(), format!("{}-{counter}", key.1));
     let mut a = Obj::new();
-    a.push("identifier", json!({"system": key.0, "value": key.1}));
-    a.put("status", Some(Value::from(completion_status(cx, rxa)?)));
+    a.push(
+        "identifier",
+        json!({"system": key.0.as_str(), "value": key.1.as_str()}),
+    );
+    a.put("status", Some(Json::from(completion_status(cx, rxa)?)));
     // RXA-18 refusal reason (statusReason) and RXA-19 indication (reasonCode), repeating.
     for (n, element) in [(18, "statusReason"), (19, "reasonCode")] {
         for c in cx.cwes(rxa, n)? {
@@ -327,7 +330,7 @@ fn administration(
         ),
         None => a.put(
             "effectiveDateTime",
-            Some(Value::from(date_time(&start, zone))),
+            Some(Json::from(date_time(&start, zone))),
         ),
     }
     // RXA-10 administering provider.
@@ -380,9 +383,9 @@ fn amount(cx: &Ctx<'_, '_>, seg: &Segment<'_>, n: usize) -> Result<Option<f64>, 
 }
 
 /// A count (refills): a whole number ≥ 0.
-fn count(cx: &Ctx<'_, '_>, seg: &Segment<'_>, n: usize) -> Result<Option<Value>, MappingError> {
+fn count(cx: &Ctx<'_, '_>, seg: &Segment<'_>, n: usize) -> Result<Option<Json>, MappingError> {
     match amount(cx, seg, n)? {
-        Some(v) if v >= 0.0 && v.fract() == 0.0 => Ok(Some(Value::from(v as u64))),
+        Some(v) if v >= 0.0 && v.fract() == 0.0 => Ok(Some(Json::from(v as u64))),
         Some(v) => Err(cx.error(format!("{}-{n}: {v} is not a count", seg.id()))),
         None => Ok(None),
     }
@@ -394,14 +397,14 @@ fn quantity(
     seg: &Segment<'_>,
     n: usize,
     u: usize,
-) -> Result<Option<Value>, MappingError> {
+) -> Result<Option<Json>, MappingError> {
     Ok(match amount(cx, seg, n)? {
         Some(v) => Some(with_value(unit(cx, seg, u)?, v)),
         None => None,
     })
 }
 
-fn with_value(unit: Option<Value>, v: f64) -> Value {
+fn with_value(unit: Option<Json>, v: f64) -> Json {
     let mut q = unit.unwrap_or_else(|| json!({}));
     q["value"] = number(v);
     q

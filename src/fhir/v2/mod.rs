@@ -37,7 +37,7 @@ mod us_core;
 
 use std::collections::HashMap;
 
-use serde_json::{Value, json};
+use crate::fhir::json::{Json, json};
 use sha2::{Digest, Sha256};
 
 use crate::formats::hl7::{Cwe, Hl7Error, Message, Segment, Zone};
@@ -87,9 +87,10 @@ impl Options {
     }
 }
 
-/// One FHIR resource mapped from a message.
+/// One FHIR resource mapped from a message. Its body is the mapper's `Json` tree; a writer
+/// that reads resources back from rows holds them as `serde_json::Value` (`B`).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Resource {
+pub struct Resource<B = Json> {
     pub resource_type: &'static str,
     /// Deterministic: the same business identifier always gives the same id.
     pub id: String,
@@ -97,7 +98,7 @@ pub struct Resource {
     pub identifier: Option<(String, String)>,
     /// The resource JSON, with `resourceType` and `id`; references to other resources of the
     /// same message are `Type/id`.
-    pub body: Value,
+    pub body: B,
     /// Elements the message deletes (fields sent as the explicit null `""`): an update
     /// removes them from the server's resource (`crate::fhir::merge`).
     pub deleted: Vec<String>,
@@ -145,26 +146,41 @@ impl Write {
 }
 
 impl Resource {
-    /// A resource of `kind` with `id` first, then the mapped `fields`.
+    /// A resource of `kind` with `resourceType` and `id` first, then the mapped `fields`.
     pub(crate) fn new(
         kind: &'static str,
         id: String,
         identifier: Option<(String, String)>,
         fields: datatypes::Obj,
     ) -> Self {
-        // Into the fields' own map: moving every field into a new one re-inserted each.
         let mut body = fields.0;
-        body.insert("resourceType".into(), Value::from(kind));
-        body.insert("id".into(), Value::from(id.as_str()));
+        body.insert_first("id", Json::from(id.as_str()));
+        body.insert_first("resourceType", Json::from(kind));
         Resource {
             resource_type: kind,
             id,
             identifier,
-            body: Value::Object(body),
+            body: Json::Object(body),
             deleted: Vec::new(),
         }
     }
+}
 
+impl Resource {
+    /// The same resource with its body as a `serde_json::Value`, as a writer reading rows
+    /// holds it (`connectors::fhir::sync`).
+    pub fn into_value(self) -> Resource<serde_json::Value> {
+        Resource {
+            resource_type: self.resource_type,
+            body: self.body.to_value(),
+            id: self.id,
+            identifier: self.identifier,
+            deleted: self.deleted,
+        }
+    }
+}
+
+impl<B> Resource<B> {
     /// How a writer sends it: directory resources once, the rest as the message says.
     pub fn write(&self) -> Write {
         Write::of(self.resource_type)
@@ -249,7 +265,7 @@ impl Ctx<'_, '_> {
         &self,
         seg: &Segment<'_>,
         fields: &[(usize, &str, Option<&str>)],
-    ) -> Result<(Vec<Value>, Option<Key>), MappingError> {
+    ) -> Result<(Vec<Json>, Option<Key>), MappingError> {
         let mut ids = Vec::new();
         let mut key = None;
         for &(n, kind, code) in fields {
@@ -260,10 +276,10 @@ impl Ctx<'_, '_> {
                 continue;
             };
             if v.get("system").is_none() {
-                v["system"] = Value::from(self.local_system(kind));
+                v["system"] = Json::from(self.local_system(kind));
             }
             if let Some(code) = code {
-                v["type"] = serde_json::json!({"coding": [{
+                v["type"] = json!({"coding": [{
                     "system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": code}]});
             }
             if key.is_none() {
@@ -457,7 +473,7 @@ fn with_visit(
 fn tagged(mut r: Resource, zone: Zone) -> Resource {
     if datatypes::take_assumed_zone() {
         // Beside a profile claim, if any.
-        r.body["meta"]["tag"] = serde_json::json!([{
+        r.body["meta"]["tag"] = json!([{
             "system": ASSUMED_ZONE_TAG,
             "code": "assumed-timezone",
             "display": format!("times sent without an offset are in {zone}"),
@@ -487,7 +503,7 @@ pub(crate) fn split_directory(rs: Vec<Resource>) -> (Vec<Resource>, Vec<Resource
 
 /// The mappers' unit tests: the body of the resource a Reference (`{"reference": …}`) names.
 #[cfg(test)]
-pub(crate) fn resolve<'r>(rs: &'r [Resource], reference: &Value) -> &'r Value {
+pub(crate) fn resolve<'r>(rs: &'r [Resource], reference: &Json) -> &'r Json {
     let name = reference["reference"]
         .as_str()
         .unwrap_or_else(|| panic!("not a reference: {reference}"));

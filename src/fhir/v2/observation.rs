@@ -5,7 +5,7 @@
 //! OBX's set and sub ids (OBX-1/OBX-4, else its place under the OBR), so a result feed sent
 //! twice addresses the same resources: each Observation is created once.
 
-use serde_json::{Value, json};
+use crate::fhir::json::{Json, json};
 
 use super::datatypes::{Obj, codeable_concept, date_time, instant, text};
 use super::{Ctx, MappingError, Resource, specimen, stable_id, tagged};
@@ -18,7 +18,7 @@ struct Report {
     key: (String, String),
     body: Obj,
     effective: Option<String>,
-    results: Vec<Value>,
+    results: Vec<Json>,
     observations: Vec<Resource>,
     specimens: Vec<Resource>,
 }
@@ -121,23 +121,23 @@ fn presented_form(
     Ok(true)
 }
 
-fn push_note(body: &mut Value, note: Value) {
-    match body.get_mut("note").and_then(Value::as_array_mut) {
+fn push_note(body: &mut Json, note: Json) {
+    match body.get_mut("note").and_then(Json::as_array_mut) {
         Some(notes) => notes.push(note),
-        None => body["note"] = Value::Array(vec![note]),
+        None => body["note"] = Json::Array(vec![note]),
     }
 }
 
 /// DiagnosticReport has no `note` in R4: an OBR's comments keep the R5 element's meaning
 /// through its cross-version extension.
-fn note_extension(note: Value) -> Value {
+fn note_extension(note: Json) -> Json {
     json!({
         "url": "http://hl7.org/fhir/5.0/StructureDefinition/extension-DiagnosticReport.note",
         "valueAnnotation": note,
     })
 }
 
-fn start(cx: &Ctx<'_, '_>, obr: &Segment<'_>, subject: &Value) -> Result<Report, MappingError> {
+fn start(cx: &Ctx<'_, '_>, obr: &Segment<'_>, subject: &Json) -> Result<Report, MappingError> {
     let at = |n: usize| cx.at(format!("OBR-{n}"));
     let zone = cx.opts.default_zone;
     let mut r = Obj::new();
@@ -159,7 +159,7 @@ fn start(cx: &Ctx<'_, '_>, obr: &Segment<'_>, subject: &Value) -> Result<Report,
         .map_err(at(25))?
         .and_then(|c| report_status(&c))
         .unwrap_or("unknown");
-    r.put("status", Some(Value::from(status)));
+    r.put("status", Some(Json::from(status)));
     // OBR-4 universal service id (r4): what was examined; required.
     let code = cx
         .cwe(obr, 4)?
@@ -171,11 +171,11 @@ fn start(cx: &Ctx<'_, '_>, obr: &Segment<'_>, subject: &Value) -> Result<Report,
     let effective = Ts::from_element(&obr.field(7))
         .map_err(at(7))?
         .map(|t| date_time(&t, zone));
-    r.put("effectiveDateTime", effective.clone().map(Value::from));
+    r.put("effectiveDateTime", effective.clone().map(Json::from));
     let issued = Ts::from_element(&obr.field(22))
         .map_err(at(22))?
         .map(|t| instant(&t, zone));
-    r.put("issued", issued.map(Value::from));
+    r.put("issued", issued.map(Json::from));
     // OBR-32 principal result interpreter → resultsInterpreter.
     for rep in obr.field(32).repetitions() {
         let who = cx.practitioner_cnn(&rep.component(1)).map_err(at(32))?;
@@ -195,7 +195,7 @@ fn finish(cx: &Ctx<'_, '_>, r: Report, out: &mut Vec<Resource>) {
     let zone = cx.opts.default_zone;
     let mut body = r.body;
     if !r.results.is_empty() {
-        body.put("result", Some(Value::Array(r.results)));
+        body.put("result", Some(Json::Array(r.results)));
     }
     let id = stable_id(&["DiagnosticReport", &r.key.0, &r.key.1]);
     out.push(tagged(
@@ -227,7 +227,7 @@ pub(super) fn observation(
     cx: &Ctx<'_, '_>,
     obx: &Segment<'_>,
     r: &Under<'_>,
-    subject: &Value,
+    subject: &Json,
 ) -> Result<Resource, MappingError> {
     let at = |n: usize| cx.at(format!("OBX-{n}"));
     let zone = cx.opts.default_zone;
@@ -259,7 +259,7 @@ pub(super) fn observation(
         .map_err(at(11))?
         .and_then(|c| observation_status(&c))
         .unwrap_or("unknown");
-    o.put("status", Some(Value::from(status)));
+    o.put("status", Some(Json::from(status)));
     let code = cx
         .cwe(obx, 3)?
         .and_then(|c| codeable_concept(&c))
@@ -271,7 +271,7 @@ pub(super) fn observation(
         .map_err(at(14))?
         .map(|t| date_time(&t, zone))
         .or_else(|| r.effective.map(str::to_string));
-    o.put("effectiveDateTime", effective.map(Value::from));
+    o.put("effectiveDateTime", effective.map(Json::from));
     let unit = unit(cx, obx, 6)?;
     let kind = text(&obx.field(2)).map_err(at(2))?.unwrap_or_default();
     let reps = obx.field(5).repetitions().count();
@@ -331,20 +331,20 @@ pub(super) fn unit(
     cx: &Ctx<'_, '_>,
     seg: &Segment<'_>,
     n: usize,
-) -> Result<Option<Value>, MappingError> {
+) -> Result<Option<Json>, MappingError> {
     let Some(u) = cx.cwe(seg, n)? else {
         return Ok(None);
     };
     let Some(code) = u.identifier.clone().or_else(|| u.text.clone()) else {
         return Ok(None);
     };
-    let mut q = Obj::new().set("unit", Value::from(u.text.clone().unwrap_or(code.clone())));
+    let mut q = Obj::new().set("unit", Json::from(u.text.clone().unwrap_or(code.clone())));
     if u.coding_system
         .as_deref()
         .is_some_and(|s| s.eq_ignore_ascii_case("UCUM"))
     {
-        q.put("system", Some(Value::from(UCUM)));
-        q.put("code", Some(Value::from(code)));
+        q.put("system", Some(Json::from(UCUM)));
+        q.put("code", Some(Json::from(code)));
     }
     Ok(q.build())
 }
@@ -356,9 +356,9 @@ fn value_of(
     obx: &Segment<'_>,
     rep: usize,
     kind: &str,
-    unit: Option<&Value>,
+    unit: Option<&Json>,
     set: &str,
-) -> Result<(Option<&'static str>, Option<Value>), MappingError> {
+) -> Result<(Option<&'static str>, Option<Json>), MappingError> {
     let field = obx.field(5).repetition(rep);
     let label = format!("OBX-5 (set {set}, {kind})");
     let raw = text(&field).map_err(cx.at(label.clone()))?;
@@ -370,7 +370,7 @@ fn value_of(
         let mut q = unit.cloned().unwrap_or_else(|| json!({}));
         q["value"] = number(n);
         if let Some(c) = comparator {
-            q["comparator"] = Value::from(c);
+            q["comparator"] = Json::from(c);
         }
         q
     };
@@ -379,7 +379,7 @@ fn value_of(
             let n = crate::formats::hl7::datatypes::parse_nm(&raw).map_err(bad)?;
             (Some("valueQuantity"), Some(quantity(n, None)))
         }
-        "ST" | "TX" | "FT" => (Some("valueString"), Some(Value::from(raw))),
+        "ST" | "TX" | "FT" => (Some("valueString"), Some(Json::from(raw))),
         "CWE" | "CE" | "CNE" | "CF" => {
             let c = crate::formats::hl7::Cwe::from_element(&field).map_err(cx.at(label.clone()))?;
             (Some("valueCodeableConcept"), codeable_concept(&c))
@@ -388,7 +388,7 @@ fn value_of(
             let t = Ts::parse(&raw).map_err(bad)?;
             (
                 Some("valueDateTime"),
-                Some(Value::from(date_time(&t, cx.opts.default_zone))),
+                Some(Json::from(date_time(&t, cx.opts.default_zone))),
             )
         }
         "SN" => {
@@ -428,15 +428,15 @@ fn value_of(
 }
 
 /// A JSON number: integral values without a fraction (`72`, not `72.0`).
-pub(super) fn number(n: f64) -> Value {
+pub(super) fn number(n: f64) -> Json {
     if n.fract() == 0.0 && n.abs() < 1e15 {
-        Value::from(n as i64)
+        Json::from(n as i64)
     } else {
-        Value::from(n)
+        Json::from(n)
     }
 }
 
-fn reference_range(range: &str, unit: Option<&Value>) -> Value {
+fn reference_range(range: &str, unit: Option<&Json>) -> Json {
     let bound = |s: &str| {
         crate::formats::hl7::datatypes::parse_nm(s.trim())
             .ok()

@@ -1,6 +1,6 @@
 //! PID (+ PD1, NK1) → Patient: the IG's `PID(Patient)`, `PD1(Patient)` and `NK1(Patient)`.
 
-use serde_json::{Value, json};
+use crate::fhir::json::{Json, json};
 
 use super::datatypes::{
     Obj, address, codeable_concept, contact_point, date, date_time, human_name, identifier,
@@ -37,11 +37,11 @@ pub(super) fn map(cx: &Ctx<'_, '_>) -> Result<Resource, MappingError> {
     }
     // PID-8 (r13, AdministrativeSex). An unmapped code leaves gender out rather than guess.
     if let Some(sex) = text(&pid.field(8).component(1)).map_err(cx.at("PID-8"))? {
-        p.put("gender", concepts::gender(&sex).map(Value::from));
+        p.put("gender", concepts::gender(&sex).map(Json::from));
     }
     // PID-7 (r10–12): the date at its precision; the time as the birthTime extension.
     if let Some(ts) = Ts::from_element(&pid.field(7)).map_err(cx.at("PID-7"))? {
-        p.put("birthDate", Some(Value::from(date(&ts))));
+        p.put("birthDate", Some(Json::from(date(&ts))));
         if ts.precision() > crate::formats::hl7::Precision::Day {
             p.put(
                 "_birthDate",
@@ -54,18 +54,15 @@ pub(super) fn map(cx: &Ctx<'_, '_>) -> Result<Resource, MappingError> {
     }
     // PID-29 / PID-30 (r49–50).
     match Ts::from_element(&pid.field(29)).map_err(cx.at("PID-29"))? {
-        Some(ts) => p.put(
-            "deceasedDateTime",
-            Some(Value::from(date_time(&ts, offset))),
-        ),
+        Some(ts) => p.put("deceasedDateTime", Some(Json::from(date_time(&ts, offset)))),
         None => {
             if let Some(flag) = text(&pid.field(30)).map_err(cx.at("PID-30"))? {
-                p.put("deceasedBoolean", concepts::yes_no(&flag).map(Value::from));
+                p.put("deceasedBoolean", concepts::yes_no(&flag).map(Json::from));
             }
         }
     }
     let addresses = addresses(cx, &pid)?;
-    p.put("address", Some(Value::Array(addresses)));
+    p.put("address", Some(Json::Array(addresses)));
     // Telecom: PID-13 home (r21–22), PID-14 work (r23–24), PID-40 (r66).
     for (n, default_use) in [(13, Some("home")), (14, Some("work")), (40, None)] {
         for rep in pid.field(n).repetitions() {
@@ -93,13 +90,13 @@ pub(super) fn map(cx: &Ctx<'_, '_>) -> Result<Resource, MappingError> {
     match text(&pid.field(25)).map_err(cx.at("PID-25"))? {
         Some(order) if order.parse::<i64>().is_ok() => p.put(
             "multipleBirthInteger",
-            Some(Value::from(order.parse::<i64>().unwrap_or(0))),
+            Some(Json::from(order.parse::<i64>().unwrap_or(0))),
         ),
         _ => {
             if let Some(flag) = text(&pid.field(24)).map_err(cx.at("PID-24"))? {
                 p.put(
                     "multipleBirthBoolean",
-                    concepts::yes_no(&flag).map(Value::from),
+                    concepts::yes_no(&flag).map(Json::from),
                 );
             }
         }
@@ -149,7 +146,7 @@ pub(super) fn merged(
             let c = Cx::from_element(&rep).map_err(cx.at("MRG-1"))?;
             if let Some(mut v) = identifier(&c, &cx.systems) {
                 if v.get("system").is_none() {
-                    v["system"] = Value::from(cx.local_system("patient"));
+                    v["system"] = Json::from(cx.local_system("patient"));
                 }
                 ids.push((c.identifier_type_code.as_deref() != Some("MR"), v));
             }
@@ -167,17 +164,17 @@ pub(super) fn merged(
         }
         let id = stable_id(&["Patient", &key.0, &key.1]);
         let mut old = survivor.body.clone();
-        old["id"] = Value::from(id.as_str());
-        old["identifier"] = Value::Array(ids.into_iter().map(|(_, v)| v).collect());
-        old["active"] = Value::from(false);
+        old["id"] = Json::from(id.as_str());
+        old["identifier"] = Json::Array(ids.into_iter().map(|(_, v)| v).collect());
+        old["active"] = Json::from(false);
         old["link"] = json!([{"other": {"reference": format!("Patient/{}", survivor.id)},
             "type": "replaced-by"}]);
         let link = json!({"other": {"reference": format!("Patient/{id}")}, "type": "replaces"});
-        match survivor.body.get_mut("link").and_then(Value::as_array_mut) {
+        match survivor.body.get_mut("link").and_then(Json::as_array_mut) {
             Some(links) => links.push(link),
-            None => survivor.body["link"] = Value::Array(vec![link]),
+            None => survivor.body["link"] = Json::Array(vec![link]),
         }
-        survivor.body["active"] = Value::from(true);
+        survivor.body["active"] = Json::from(true);
         out.push(Resource {
             resource_type: "Patient",
             id,
@@ -200,7 +197,7 @@ fn identifiers(
 ) -> Result<(String, String), MappingError> {
     let systems = &cx.systems;
     // Identifiers: PID-2, PID-3 (repeats), PID-4 (r4–6), PID-19 SSN (r30–34), PID-20 (r35).
-    let mut ids: Vec<(usize, Cx, Value)> = Vec::new();
+    let mut ids: Vec<(usize, Cx, Json)> = Vec::new();
     for n in [2, 3, 4] {
         for rep in pid.field(n).repetitions() {
             let c = Cx::from_element(&rep).map_err(cx.at(format!("PID-{n}")))?;
@@ -208,7 +205,7 @@ fn identifiers(
                 // PID-3 sent without an assigning authority: the sender's own patient
                 // identifiers, scoped to it (as visit numbers are), not a reason to reject.
                 if n == 3 && v.get("system").is_none() {
-                    v["system"] = Value::from(cx.local_system("patient"));
+                    v["system"] = Json::from(cx.local_system("patient"));
                 }
                 ids.push((n, c, v));
             }
@@ -246,7 +243,7 @@ fn identifiers(
 }
 
 /// PID-11 (r16) addresses; PID-12 county as the district of a single address (r17, r20).
-fn addresses(cx: &Ctx<'_, '_>, pid: &Segment<'_>) -> Result<Vec<Value>, MappingError> {
+fn addresses(cx: &Ctx<'_, '_>, pid: &Segment<'_>) -> Result<Vec<Json>, MappingError> {
     let mut addresses = Vec::new();
     for rep in pid.field(11).repetitions() {
         let x = Xad::from_element(&rep).map_err(cx.at("PID-11"))?;
@@ -256,7 +253,7 @@ fn addresses(cx: &Ctx<'_, '_>, pid: &Segment<'_>) -> Result<Vec<Value>, MappingE
         match addresses.as_mut_slice() {
             [] => addresses.push(json!({"district": county})),
             [only] if only.get("district").is_none() => {
-                only["district"] = Value::from(county);
+                only["district"] = Json::from(county);
             }
             _ => {}
         }
@@ -296,7 +293,7 @@ fn explicit_nulls(pid: &Segment<'_>) -> Vec<String> {
 
 /// One NK1 as a Patient.contact: name r4, relationship r5 (Relationship) and r10
 /// (ContactRole), address r6, telecom r7 and r8–9 (work), period r11–12, gender r18.
-fn contact(cx: &Ctx<'_, '_>, nk1: &Segment<'_>) -> Result<Option<Value>, MappingError> {
+fn contact(cx: &Ctx<'_, '_>, nk1: &Segment<'_>) -> Result<Option<Json>, MappingError> {
     let at = |n: usize| cx.at(format!("NK1-{n}"));
     let mut c = Obj::new();
     if nk1.field(3).is_present() && !nk1.field(3).raw().is_empty() {
@@ -322,9 +319,9 @@ fn contact(cx: &Ctx<'_, '_>, nk1: &Segment<'_>) -> Result<Option<Value>, Mapping
             let mut t = contact_point(&x, default_use);
             // r9: NK1-6 is the business number whatever XTN-2 says.
             if n == 6
-                && let Some(Value::Object(o)) = t.as_mut()
+                && let Some(Json::Object(o)) = t.as_mut()
             {
-                o.insert("use".into(), Value::from("work"));
+                o.insert("use", Json::from("work"));
             }
             c.push("telecom", t);
         }
@@ -334,7 +331,7 @@ fn contact(cx: &Ctx<'_, '_>, nk1: &Segment<'_>) -> Result<Option<Value>, Mapping
         c.put("address", address(&Xad::from_element(&rep).map_err(at(4))?));
     }
     if let Some(sex) = text(&nk1.field(15).component(1)).map_err(at(15))? {
-        c.put("gender", concepts::gender(&sex).map(Value::from));
+        c.put("gender", concepts::gender(&sex).map(Json::from));
     }
     let offset = cx.opts.default_zone;
     let start = Ts::from_element(&nk1.field(8)).map_err(at(8))?;
@@ -342,8 +339,8 @@ fn contact(cx: &Ctx<'_, '_>, nk1: &Segment<'_>) -> Result<Option<Value>, Mapping
     c.put(
         "period",
         Obj::new()
-            .set("start", start.map(|t| Value::from(date_time(&t, offset))))
-            .set("end", end.map(|t| Value::from(date_time(&t, offset))))
+            .set("start", start.map(|t| Json::from(date_time(&t, offset))))
+            .set("end", end.map(|t| Json::from(date_time(&t, offset))))
             .build(),
     );
     if let Some(org) = text(&nk1.field(13).component(1)).map_err(at(13))? {

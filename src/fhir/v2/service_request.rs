@@ -5,7 +5,7 @@
 //! The placer's number names the request: the placer owns an order, and a new order (NW)
 //! often has no filler number yet; later messages about it carry the same placer number.
 
-use serde_json::{Value, json};
+use crate::fhir::json::{Json, json};
 
 use super::datatypes::{Obj, codeable_concept, date_time, text};
 use super::observation::{Under, observation};
@@ -19,7 +19,7 @@ struct Order<'m> {
     obr: Option<Segment<'m>>,
     tq1: Option<Segment<'m>>,
     notes: Vec<String>,
-    reasons: Vec<Value>,
+    reasons: Vec<Json>,
     obx: Vec<Segment<'m>>,
     spm: Vec<Segment<'m>>,
 }
@@ -104,8 +104,8 @@ pub(super) fn map(
 fn finish(
     cx: &Ctx<'_, '_>,
     o: Order<'_>,
-    subject: &Value,
-    encounter: Option<&Value>,
+    subject: &Json,
+    encounter: Option<&Json>,
     out: &mut Vec<Resource>,
 ) -> Result<(), MappingError> {
     let zone = cx.opts.default_zone;
@@ -145,14 +145,14 @@ fn finish(
     }
     r.put(
         "occurrenceDateTime",
-        when.map(|t| Value::from(date_time(&t, zone))),
+        when.map(|t| Json::from(date_time(&t, zone))),
     );
     // ORC-9 (r9) is when a new order (NW) was authored.
     if let Some(orc) = &o.orc
         && control.as_deref() == Some("NW")
     {
         let t = Ts::from_element(&orc.field(9)).map_err(cx.at("ORC-9"))?;
-        r.put("authoredOn", t.map(|t| Value::from(date_time(&t, zone))));
+        r.put("authoredOn", t.map(|t| Json::from(date_time(&t, zone))));
     }
     // Requester: ORC-12 (r12), else OBR-16 (r16).
     let mut requester = None;
@@ -251,7 +251,7 @@ fn status_intent_priority(
         Some(s) => order_status_code(s),
         None => control.as_deref().and_then(control_status),
     };
-    r.put("status", Some(Value::from(status.unwrap_or("unknown"))));
+    r.put("status", Some(Json::from(status.unwrap_or("unknown"))));
     // Intent (OBR r0/r11): a reflex test (OBR-11 G) is a reflex order.
     let reflex = match &o.obr {
         Some(obr) => text(&obr.field(11)).map_err(cx.at("OBR-11"))?.as_deref() == Some("G"),
@@ -259,13 +259,13 @@ fn status_intent_priority(
     };
     r.put(
         "intent",
-        Some(Value::from(if reflex { "reflex-order" } else { "order" })),
+        Some(Json::from(if reflex { "reflex-order" } else { "order" })),
     );
     // TQ1-9 priority (S stat, A asap, R routine; request-priority).
     if let Some(tq1) = &o.tq1
         && let Some(p) = text(&tq1.field(9).component(1)).map_err(cx.at("TQ1-9"))?
     {
-        r.put("priority", priority(&p).map(Value::from));
+        r.put("priority", priority(&p).map(Json::from));
     }
     Ok(control)
 }

@@ -1,6 +1,6 @@
 //! SPM → Specimen: the IG's `SPM(Specimen)` map, for results (ORU_R01) and orders (OML_O21).
 
-use serde_json::{Value, json};
+use crate::fhir::json::{Json, json};
 
 use super::datatypes::{Obj, codeable_concept, date_time, entity_identifier, text};
 use super::{Ctx, MappingError, Resource, stable_id, tagged};
@@ -13,7 +13,7 @@ pub(super) fn map(
     spm: &Segment<'_>,
     order: &(String, String),
     index: usize,
-    subject: &Value,
+    subject: &Json,
 ) -> Result<Resource, MappingError> {
     let at = |n: usize| cx.at(format!("SPM-{n}"));
     let zone = cx.opts.default_zone;
@@ -24,7 +24,7 @@ pub(super) fn map(
     for (part, kind, code) in [(2, "specimen-filler", "FGN"), (1, "specimen-placer", "PGN")] {
         if let Some(mut v) = entity_identifier(&id.component(part), &cx.systems).map_err(at(2))? {
             if v.get("system").is_none() {
-                v["system"] = Value::from(cx.local_system(kind));
+                v["system"] = Json::from(cx.local_system(kind));
             }
             v["type"] = json!({"coding": [{
                 "system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": code}]});
@@ -47,7 +47,7 @@ pub(super) fn map(
         Some("N") => Some("unavailable"),
         _ => None,
     };
-    s.put("status", status.map(Value::from));
+    s.put("status", status.map(Json::from));
     // SPM-4 specimen type (r4).
     if let Some(t) = cx.cwe(spm, 4)? {
         s.put("type", codeable_concept(&t));
@@ -57,7 +57,7 @@ pub(super) fn map(
     let received = Ts::from_element(&spm.field(18))
         .map_err(at(18))?
         .map(|t| date_time(&t, zone));
-    s.put("receivedTime", received.map(Value::from));
+    s.put("receivedTime", received.map(Json::from));
     // Collection: SPM-17 (r17, a period when it has an end), SPM-7 method, SPM-8 site,
     // SPM-12 quantity (CQ: amount^units).
     let mut collection = Obj::new();
@@ -71,11 +71,11 @@ pub(super) fn map(
         (start, Some(end)) => collection.put(
             "collectedPeriod",
             Obj::new()
-                .set("start", start.map(Value::from))
-                .set("end", Value::from(end))
+                .set("start", start.map(Json::from))
+                .set("end", Json::from(end))
                 .build(),
         ),
-        (Some(start), None) => collection.put("collectedDateTime", Some(Value::from(start))),
+        (Some(start), None) => collection.put("collectedDateTime", Some(Json::from(start))),
         (None, None) => {}
     }
     if let Some(m) = cx.cwe(spm, 7)? {
@@ -95,7 +95,7 @@ pub(super) fn map(
             "quantity",
             Obj::new()
                 .set("value", super::observation::number(n))
-                .set("unit", unit.map(Value::from))
+                .set("unit", unit.map(Json::from))
                 .build(),
         );
     }
@@ -121,7 +121,10 @@ pub(super) fn map(
         Some(k) => k,
         None => {
             let k = (order.0.clone(), format!("{}-SPM-{}", order.1, index + 1));
-            s.push("identifier", json!({"system": k.0, "value": k.1}));
+            s.push(
+                "identifier",
+                json!({"system": k.0.as_str(), "value": k.1.as_str()}),
+            );
             k
         }
     };

@@ -4,7 +4,7 @@
 //! identifier with system and value, a name, a gender). A Patient without those is sent
 //! without the claim rather than with a false one.
 
-use serde_json::{Value, json};
+use crate::fhir::json::{Json, json};
 
 use super::datatypes::Obj;
 use super::{Ctx, MappingError};
@@ -54,7 +54,7 @@ pub(super) fn demographics(
 
 /// One race or ethnicity extension: each code an `ombCategory` (one of `omb`, or the null
 /// flavors UNK/ASKU), a `detailed` CDC code, or neither (text only); `text` is required.
-fn extension(url: &str, omb: &[(&str, &str)], ethnicity: bool, codes: &[Cwe]) -> Option<Value> {
+fn extension(url: &str, omb: &[(&str, &str)], ethnicity: bool, codes: &[Cwe]) -> Option<Json> {
     if codes.is_empty() {
         return None;
     }
@@ -90,9 +90,9 @@ fn extension(url: &str, omb: &[(&str, &str)], ethnicity: bool, codes: &[Cwe]) ->
         };
         if let Some((slice, system)) = part {
             let coding = Obj::new()
-                .set("system", Value::from(system))
-                .set("code", Value::from(code))
-                .set("display", display.map(Value::from))
+                .set("system", Json::from(system))
+                .set("code", Json::from(code))
+                .set("display", display.map(Json::from))
                 .into_value();
             parts.push(json!({"url": slice, "valueCoding": coding}));
         }
@@ -118,7 +118,7 @@ fn is_cdc_code(code: &str) -> bool {
 }
 
 /// `meta.profile` on a Patient body that has what the profile requires.
-pub(super) fn claim_patient(body: &mut Value) {
+pub(super) fn claim_patient(body: &mut Json) {
     let identified = body["identifier"].as_array().is_some_and(|ids| {
         ids.iter()
             .any(|i| i.get("system").is_some() && i.get("value").is_some())
@@ -128,9 +128,7 @@ pub(super) fn claim_patient(body: &mut Value) {
             .any(|n| n.get("family").is_some() || n.get("given").is_some())
     });
     if identified && named && body.get("gender").is_some() {
-        let meta = body
-            .as_object_mut()
-            .map(|o| o.entry("meta").or_insert_with(|| json!({})));
+        let meta = body.as_object_mut().map(|o| o.entry("meta", || json!({})));
         if let Some(meta) = meta {
             meta["profile"] = json!([PATIENT]);
         }
@@ -142,7 +140,7 @@ mod tests {
     use super::super::{Options, Profile, convert};
     use crate::formats::hl7::Message;
 
-    fn patient(pid: &str, profile: Profile) -> serde_json::Value {
+    fn patient(pid: &str, profile: Profile) -> crate::fhir::json::Json {
         let raw = format!("MSH|^~\\&|APP|GHH|B|C|20260101||ADT^A04|X1|P|2.5\r{pid}\r");
         let opts = Options {
             profile,

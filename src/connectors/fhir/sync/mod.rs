@@ -319,7 +319,7 @@ impl Syncer {
     /// (the message time), for `timestamp_wins`.
     pub async fn sync(
         &self,
-        resource: &Resource,
+        resource: &Resource<Value>,
         local_time: chrono::DateTime<chrono::Utc>,
     ) -> Result<SyncOutcome, SyncError> {
         let (system, value) = resource.identifier.as_ref().ok_or_else(|| {
@@ -380,7 +380,7 @@ impl Syncer {
     /// `sync_held`, with the merges the resource takes part in (see the module docs).
     async fn sync_merging(
         &self,
-        resource: &Resource,
+        resource: &Resource<Value>,
         entity: &str,
         local_time: chrono::DateTime<chrono::Utc>,
     ) -> Result<SyncOutcome, SyncError> {
@@ -513,7 +513,7 @@ impl Syncer {
     async fn conflict(
         &self,
         key: (&str, &str, &str),
-        resource: &Resource,
+        resource: &Resource<Value>,
         local: &Value,
         sides: Sides<'_>,
         fields: Vec<String>,
@@ -565,7 +565,7 @@ impl Syncer {
     /// failure: the oldest (lowest id) is adopted.
     async fn sync_directory(
         &self,
-        resource: &Resource,
+        resource: &Resource<Value>,
         key: (&str, &str, &str),
         found: Vec<Value>,
         query: &str,
@@ -615,7 +615,7 @@ impl Syncer {
 
     async fn sync_held(
         &self,
-        resource: &Resource,
+        resource: &Resource<Value>,
         entity: &str,
         local_time: chrono::DateTime<chrono::Utc>,
     ) -> Result<SyncOutcome, SyncError> {

@@ -1,0 +1,567 @@
+//! The JSON the mapper builds resources in: a tree like `serde_json::Value`, but its objects
+//! are vectors of fields in insertion order with `&'static str` keys, serialized directly.
+//!
+//! Why not `serde_json::Value`: its objects are `BTreeMap<String, Value>`, so every field of
+//! every resource allocated its key and paid a tree insert, and a profile of the converter put
+//! a third of its time there. A mapped resource is written once and read rarely, in the order
+//! the mapper built it — `resourceType` and `id` first, as FHIR's JSON examples are.
+//!
+//! Objects compare as maps (the order of their fields does not matter), and a tree converts
+//! to and from `serde_json::Value` for the readers that need one (the sync sink's merges).
+
+use std::borrow::Cow;
+use std::fmt;
+use std::ops::{Index, IndexMut};
+
+use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
+pub use serde_json::Number;
+
+/// A field name: nearly always a literal of the mapper, owned only when read from elsewhere.
+pub type Key = Cow<'static, str>;
+
+#[derive(Debug, Clone, Default)]
+pub enum Json {
+    #[default]
+    Null,
+    Bool(bool),
+    Number(Number),
+    String(String),
+    Array(Vec<Json>),
+    Object(Fields),
+}
+
+/// An object's fields in insertion order; keys are unique (`insert` replaces).
+#[derive(Debug, Clone, Default)]
+pub struct Fields(Vec<(Key, Json)>);
+
+static NULL: Json = Json::Null;
+
+impl Fields {
+    pub fn new() -> Self {
+        Fields(Vec::new())
+    }
+
+    pub fn with_capacity(n: usize) -> Self {
+        Fields(Vec::with_capacity(n))
+    }
+
+    fn position(&self, key: &str) -> Option<usize> {
+        self.0.iter().position(|(k, _)| k == key)
+    }
+
+    /// Sets `key`, replacing (in place) a value it had; returns that value.
+    pub fn insert(&mut self, key: impl Into<Key>, value: Json) -> Option<Json> {
+        let key = key.into();
+        match self.position(&key) {
+            Some(i) => Some(std::mem::replace(&mut self.0[i].1, value)),
+            None => {
+                self.0.push((key, value));
+                None
+            }
+        }
+    }
+
+    /// Sets `key` first (before every other field), replacing a value it had.
+    pub fn insert_first(&mut self, key: &'static str, value: Json) {
+        if let Some(i) = self.position(key) {
+            self.0.remove(i);
+        }
+        self.0.insert(0, (Key::Borrowed(key), value));
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Json> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    pub fn get_mut(&mut self, key: &str) -> Option<&mut Json> {
+        self.0.iter_mut().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    /// The value at `key`, inserted by `make` if absent.
+    pub fn entry(&mut self, key: &'static str, make: impl FnOnce() -> Json) -> &mut Json {
+        let i = match self.position(key) {
+            Some(i) => i,
+            None => {
+                self.0.push((Key::Borrowed(key), make()));
+                self.0.len() - 1
+            }
+        };
+        &mut self.0[i].1
+    }
+
+    pub fn remove(&mut self, key: &str) -> Option<Json> {
+        self.position(key).map(|i| self.0.remove(i).1)
+    }
+
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.position(key).is_some()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Json)> {
+        self.0.iter().map(|(k, v)| (k.as_ref(), v))
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&str, &mut Json)> {
+        self.0.iter_mut().map(|(k, v)| (&**k, v))
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(k, _)| k.as_ref())
+    }
+}
+
+impl<K: Into<Key>> FromIterator<(K, Json)> for Fields {
+    fn from_iter<I: IntoIterator<Item = (K, Json)>>(iter: I) -> Self {
+        let mut f = Fields::new();
+        for (k, v) in iter {
+            f.insert(k, v);
+        }
+        f
+    }
+}
+
+impl PartialEq for Fields {
+    /// As maps: the same keys with equal values, in any order.
+    fn eq(&self, other: &Fields) -> bool {
+        self.len() == other.len() && self.iter().all(|(k, v)| other.get(k) == Some(v))
+    }
+}
+
+impl Json {
+    pub fn get(&self, key: &str) -> Option<&Json> {
+        self.as_object()?.get(key)
+    }
+
+    pub fn get_mut(&mut self, key: &str) -> Option<&mut Json> {
+        self.as_object_mut()?.get_mut(key)
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Json::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_bool(&self) -> Option<bool> {
+        match self {
+            Json::Bool(b) => Some(*b),
+            _ => None,
+        }
+    }
+
+    pub fn as_i64(&self) -> Option<i64> {
+        match self {
+            Json::Number(n) => n.as_i64(),
+            _ => None,
+        }
+    }
+
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Json::Number(n) => n.as_f64(),
+            _ => None,
+        }
+    }
+
+    pub fn as_array(&self) -> Option<&Vec<Json>> {
+        match self {
+            Json::Array(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    pub fn as_array_mut(&mut self) -> Option<&mut Vec<Json>> {
+        match self {
+            Json::Array(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    pub fn as_object(&self) -> Option<&Fields> {
+        match self {
+            Json::Object(o) => Some(o),
+            _ => None,
+        }
+    }
+
+    pub fn as_object_mut(&mut self) -> Option<&mut Fields> {
+        match self {
+            Json::Object(o) => Some(o),
+            _ => None,
+        }
+    }
+
+    pub fn is_null(&self) -> bool {
+        matches!(self, Json::Null)
+    }
+
+    pub fn is_array(&self) -> bool {
+        matches!(self, Json::Array(_))
+    }
+
+    pub fn is_object(&self) -> bool {
+        matches!(self, Json::Object(_))
+    }
+
+    pub fn take(&mut self) -> Json {
+        std::mem::take(self)
+    }
+
+    /// FHIR forbids empty values: `null`, `""`, `[]` and `{}` are left out of what is built.
+    pub fn is_empty(&self) -> bool {
+        match self {
+            Json::Null => true,
+            Json::String(s) => s.is_empty(),
+            Json::Array(a) => a.is_empty(),
+            Json::Object(o) => o.is_empty(),
+            _ => false,
+        }
+    }
+
+    /// The same tree as a `serde_json::Value` (its objects sorted by key).
+    pub fn to_value(&self) -> serde_json::Value {
+        use serde_json::Value;
+        match self {
+            Json::Null => Value::Null,
+            Json::Bool(b) => Value::Bool(*b),
+            Json::Number(n) => Value::Number(n.clone()),
+            Json::String(s) => Value::String(s.clone()),
+            Json::Array(a) => Value::Array(a.iter().map(Json::to_value).collect()),
+            Json::Object(o) => Value::Object(
+                o.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_value()))
+                    .collect(),
+            ),
+        }
+    }
+}
+
+impl PartialEq for Json {
+    fn eq(&self, other: &Json) -> bool {
+        match (self, other) {
+            (Json::Null, Json::Null) => true,
+            (Json::Bool(a), Json::Bool(b)) => a == b,
+            (Json::Number(a), Json::Number(b)) => a == b,
+            (Json::String(a), Json::String(b)) => a == b,
+            (Json::Array(a), Json::Array(b)) => a == b,
+            (Json::Object(a), Json::Object(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+/// Tests compare a built tree with `serde_json::json!` literals.
+impl PartialEq<serde_json::Value> for Json {
+    fn eq(&self, other: &serde_json::Value) -> bool {
+        use serde_json::Value;
+        match (self, other) {
+            (Json::Null, Value::Null) => true,
+            (Json::Bool(a), Value::Bool(b)) => a == b,
+            (Json::Number(a), Value::Number(b)) => a == b,
+            (Json::String(a), Value::String(b)) => a == b,
+            (Json::Array(a), Value::Array(b)) => {
+                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
+            }
+            (Json::Object(a), Value::Object(b)) => {
+                a.len() == b.len() && a.iter().all(|(k, v)| b.get(k).is_some_and(|w| v == w))
+            }
+            _ => false,
+        }
+    }
+}
+
+impl PartialEq<str> for Json {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == Some(other)
+    }
+}
+
+impl PartialEq<&str> for Json {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == Some(*other)
+    }
+}
+
+impl PartialEq<String> for Json {
+    fn eq(&self, other: &String) -> bool {
+        self.as_str() == Some(other.as_str())
+    }
+}
+
+impl PartialEq<bool> for Json {
+    fn eq(&self, other: &bool) -> bool {
+        self.as_bool() == Some(*other)
+    }
+}
+
+macro_rules! number_eq {
+    ($($t:ty),*) => {$(
+        impl PartialEq<$t> for Json {
+            fn eq(&self, other: &$t) -> bool {
+                match self {
+                    Json::Number(n) => n.as_f64() == Some(*other as f64),
+                    _ => false,
+                }
+            }
+        }
+        impl From<$t> for Json {
+            fn from(n: $t) -> Json {
+                Json::Number(Number::from(n))
+            }
+        }
+    )*};
+}
+number_eq!(i32, i64, u32, u64, usize);
+
+impl PartialEq<f64> for Json {
+    fn eq(&self, other: &f64) -> bool {
+        self.as_f64() == Some(*other)
+    }
+}
+
+impl From<f64> for Json {
+    /// A non-finite number (never valid FHIR) is `null`, as in `serde_json`.
+    fn from(n: f64) -> Json {
+        Number::from_f64(n).map_or(Json::Null, Json::Number)
+    }
+}
+
+impl From<bool> for Json {
+    fn from(b: bool) -> Json {
+        Json::Bool(b)
+    }
+}
+
+impl From<&str> for Json {
+    fn from(s: &str) -> Json {
+        Json::String(s.to_string())
+    }
+}
+
+impl From<String> for Json {
+    fn from(s: String) -> Json {
+        Json::String(s)
+    }
+}
+
+impl From<&String> for Json {
+    fn from(s: &String) -> Json {
+        Json::String(s.clone())
+    }
+}
+
+impl From<Vec<Json>> for Json {
+    fn from(a: Vec<Json>) -> Json {
+        Json::Array(a)
+    }
+}
+
+impl From<Fields> for Json {
+    fn from(o: Fields) -> Json {
+        Json::Object(o)
+    }
+}
+
+impl<T: Into<Json>> From<Option<T>> for Json {
+    fn from(v: Option<T>) -> Json {
+        v.map_or(Json::Null, Into::into)
+    }
+}
+
+impl From<&serde_json::Value> for Json {
+    fn from(v: &serde_json::Value) -> Json {
+        use serde_json::Value;
+        match v {
+            Value::Null => Json::Null,
+            Value::Bool(b) => Json::Bool(*b),
+            Value::Number(n) => Json::Number(n.clone()),
+            Value::String(s) => Json::String(s.clone()),
+            Value::Array(a) => Json::Array(a.iter().map(Json::from).collect()),
+            Value::Object(o) => Json::Object(
+                o.iter()
+                    .map(|(k, v)| (Key::Owned(k.clone()), Json::from(v)))
+                    .collect(),
+            ),
+        }
+    }
+}
+
+impl From<serde_json::Value> for Json {
+    fn from(v: serde_json::Value) -> Json {
+        Json::from(&v)
+    }
+}
+
+impl Index<&str> for Json {
+    type Output = Json;
+    /// `null` where there is no such field, as `serde_json::Value` does.
+    fn index(&self, key: &str) -> &Json {
+        self.get(key).unwrap_or(&NULL)
+    }
+}
+
+impl Index<usize> for Json {
+    type Output = Json;
+    fn index(&self, i: usize) -> &Json {
+        self.as_array().and_then(|a| a.get(i)).unwrap_or(&NULL)
+    }
+}
+
+impl IndexMut<&'static str> for Json {
+    /// The field, inserted as `null` if absent; a `null` becomes an object first.
+    fn index_mut(&mut self, key: &'static str) -> &mut Json {
+        if self.is_null() {
+            *self = Json::Object(Fields::new());
+        }
+        match self {
+            Json::Object(o) => o.entry(key, || Json::Null),
+            other => panic!("cannot set field {key} of a non-object: {other}"),
+        }
+    }
+}
+
+impl IndexMut<usize> for Json {
+    fn index_mut(&mut self, i: usize) -> &mut Json {
+        match self {
+            Json::Array(a) => &mut a[i],
+            other => panic!("cannot index a non-array with {i}: {other}"),
+        }
+    }
+}
+
+impl Serialize for Json {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Json::Null => s.serialize_unit(),
+            Json::Bool(b) => s.serialize_bool(*b),
+            Json::Number(n) => n.serialize(s),
+            Json::String(v) => s.serialize_str(v),
+            Json::Array(a) => {
+                let mut seq = s.serialize_seq(Some(a.len()))?;
+                for v in a {
+                    seq.serialize_element(v)?;
+                }
+                seq.end()
+            }
+            Json::Object(o) => o.serialize(s),
+        }
+    }
+}
+
+impl Serialize for Fields {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.len()))?;
+        for (k, v) in self.iter() {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}
+
+impl fmt::Display for Json {
+    /// Compact JSON.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = serde_json::to_string(self).map_err(|_| fmt::Error)?;
+        f.write_str(&s)
+    }
+}
+
+/// A `Json` tree from JSON-like syntax, as `serde_json::json!`: `{"key": value, …}` with
+/// literal keys, `[value, …]`, `null`, or any expression with `Into<Json>`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! fhir_json {
+    (null) => { $crate::fhir::json::Json::Null };
+    ([]) => { $crate::fhir::json::Json::Array(Vec::new()) };
+    ([ $($tt:tt)+ ]) => {{
+        let mut a: Vec<$crate::fhir::json::Json> = Vec::new();
+        $crate::fhir_json!(@array a () $($tt)+);
+        $crate::fhir::json::Json::Array(a)
+    }};
+    ({}) => { $crate::fhir::json::Json::Object($crate::fhir::json::Fields::new()) };
+    ({ $($tt:tt)+ }) => {{
+        let mut o = $crate::fhir::json::Fields::new();
+        $crate::fhir_json!(@object o () () $($tt)+);
+        $crate::fhir::json::Json::Object(o)
+    }};
+    ($e:expr) => { $crate::fhir::json::Json::from($e) };
+
+    // Arrays: gather an element's tokens up to a top-level comma.
+    (@array $a:ident ($($v:tt)+) , $($rest:tt)*) => {
+        $a.push($crate::fhir_json!($($v)+));
+        $crate::fhir_json!(@array $a () $($rest)*);
+    };
+    (@array $a:ident ($($v:tt)*) $t:tt $($rest:tt)*) => {
+        $crate::fhir_json!(@array $a ($($v)* $t) $($rest)*);
+    };
+    (@array $a:ident ($($v:tt)+)) => { $a.push($crate::fhir_json!($($v)+)); };
+    (@array $a:ident ()) => {};
+
+    // Objects: a literal key, a colon, then the value's tokens up to a top-level comma.
+    (@object $o:ident () () $k:literal : $($rest:tt)*) => {
+        $crate::fhir_json!(@object $o ($k) () $($rest)*);
+    };
+    (@object $o:ident ($k:literal) ($($v:tt)+) , $($rest:tt)*) => {
+        $o.insert($k, $crate::fhir_json!($($v)+));
+        $crate::fhir_json!(@object $o () () $($rest)*);
+    };
+    (@object $o:ident ($k:literal) ($($v:tt)*) $t:tt $($rest:tt)*) => {
+        $crate::fhir_json!(@object $o ($k) ($($v)* $t) $($rest)*);
+    };
+    (@object $o:ident ($k:literal) ($($v:tt)+)) => {
+        $o.insert($k, $crate::fhir_json!($($v)+));
+    };
+    (@object $o:ident () ()) => {};
+}
+
+pub use crate::fhir_json as json;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_in_insertion_order_and_compares_as_a_map() {
+        let who = "Patient/1";
+        let a = json!({"b": 1, "a": [{"reference": format!("{who}")}, null, true], "c": {}});
+        assert_eq!(
+            a.to_string(),
+            r#"{"b":1,"a":[{"reference":"Patient/1"},null,true],"c":{}}"#
+        );
+        let b = json!({"c": {}, "a": [{"reference": who}, null, true], "b": 1});
+        assert_eq!(a, b);
+        assert_eq!(
+            a,
+            serde_json::json!({"a": [{"reference": who}, null, true], "b": 1, "c": {}})
+        );
+        assert_ne!(a, json!({"b": 1}));
+        assert_eq!(a["a"][0]["reference"], "Patient/1");
+        assert!(a["missing"][3].is_null());
+    }
+
+    #[test]
+    fn insert_replaces_in_place_and_converts_both_ways() {
+        let mut o = json!({"x": 1, "y": 2});
+        o["x"] = Json::from("one");
+        o["z"] = json!([1.5]);
+        o.as_object_mut()
+            .unwrap()
+            .insert_first("resourceType", "Patient".into());
+        assert_eq!(
+            o.to_string(),
+            r#"{"resourceType":"Patient","x":"one","y":2,"z":[1.5]}"#
+        );
+        let v = o.to_value();
+        assert_eq!(Json::from(&v), o);
+        assert_eq!(o, v);
+    }
+}
