@@ -53,20 +53,21 @@ impl Ctx<'_, '_> {
     /// professional suffix (r2–6, r10, r21); XCN-7 degree as qualification (r7). Without
     /// XCN-1 the person cannot be matched across messages: a display-only reference.
     pub fn practitioner(&self, el: &Element<'_>) -> Result<Option<Json>, Hl7Error> {
+        let c: [Element<'_>; 21] = el.components();
         let person = Person {
-            id: text(&el.component(1))?,
+            id: text(&c[0])?,
             name: Xpn {
-                family: text(&el.component(2).subcomponent(1))?,
-                given: text(&el.component(3))?,
-                middle: text(&el.component(4))?,
-                suffix: text(&el.component(5))?,
-                prefix: text(&el.component(6))?,
-                degree: text(&el.component(21))?,
-                name_type_code: text(&el.component(10))?,
+                family: text(&c[1].subcomponent(1))?,
+                given: text(&c[2])?,
+                middle: text(&c[3])?,
+                suffix: text(&c[4])?,
+                prefix: text(&c[5])?,
+                degree: text(&c[20])?,
+                name_type_code: text(&c[9])?,
             },
-            degree: text(&el.component(7))?,
-            authority: hd(&el.component(9), 1)?,
-            id_type: text(&el.component(13))?,
+            degree: text(&c[6])?,
+            authority: hd(&c[8], 1)?,
+            id_type: text(&c[12])?,
         };
         Ok(self.practitioner_of(person))
     }
@@ -150,8 +151,9 @@ impl Ctx<'_, '_> {
     fn place(&self, el: &Element<'_>, pl: bool) -> Result<Option<Json>, Hl7Error> {
         let system = self.local_system("location");
         let mut levels = Vec::with_capacity(PL_LEVELS.len());
+        let c: [Element<'_>; 8] = el.components();
         for (n, level, physical) in PL_LEVELS {
-            if let Some(name) = text(&el.component(n).subcomponent(1))? {
+            if let Some(name) = text(&c[n - 1].subcomponent(1))? {
                 levels.push((level, physical, name));
             }
         }

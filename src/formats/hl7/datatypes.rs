@@ -366,14 +366,14 @@ impl Hd {
     /// Reads components when given a field or repetition (MSH-4) and sub-components when given
     /// a component (CX-4, where HD is embedded).
     pub fn from_element(element: &Element<'_>) -> Result<Self, Hl7Error> {
-        Hd::read(embedded_reader(element))
+        Hd::read(embedded_parts(element))
     }
 
-    fn read<'a>(get: impl Fn(usize) -> Element<'a>) -> Result<Self, Hl7Error> {
+    fn read([namespace, universal, kind]: [Element<'_>; 3]) -> Result<Self, Hl7Error> {
         Ok(Hd {
-            namespace_id: opt(get(1))?,
-            universal_id: opt(get(2))?,
-            universal_id_type: opt(get(3))?,
+            namespace_id: opt(namespace)?,
+            universal_id: opt(universal)?,
+            universal_id_type: opt(kind)?,
         })
     }
 
@@ -406,14 +406,14 @@ pub struct Cx {
 impl Cx {
     /// Reads one repetition (given a field, its first repetition).
     pub fn from_element(element: &Element<'_>) -> Result<Self, Hl7Error> {
-        let c = |n| element.component(n);
+        let [id, check, scheme, authority, kind, facility] = element.components();
         Ok(Cx {
-            id: opt(c(1))?,
-            check_digit: opt(c(2))?,
-            check_digit_scheme: opt(c(3))?,
-            assigning_authority: Hd::read(|n| c(4).subcomponent(n))?,
-            identifier_type_code: opt(c(5))?,
-            assigning_facility: Hd::read(|n| c(6).subcomponent(n))?,
+            id: opt(id)?,
+            check_digit: opt(check)?,
+            check_digit_scheme: opt(scheme)?,
+            assigning_authority: Hd::read(authority.subcomponents())?,
+            identifier_type_code: opt(kind)?,
+            assigning_facility: Hd::read(facility.subcomponents())?,
         })
     }
 }
@@ -439,15 +439,15 @@ pub struct Xpn {
 impl Xpn {
     /// Reads one repetition (given a field, its first repetition).
     pub fn from_element(element: &Element<'_>) -> Result<Self, Hl7Error> {
-        let c = |n| element.component(n);
+        let [family, given, middle, suffix, prefix, degree, kind] = element.components();
         Ok(Xpn {
-            family: opt(c(1).subcomponent(1))?,
-            given: opt(c(2))?,
-            middle: opt(c(3))?,
-            suffix: opt(c(4))?,
-            prefix: opt(c(5))?,
-            degree: opt(c(6))?,
-            name_type_code: opt(c(7))?,
+            family: opt(family.subcomponent(1))?,
+            given: opt(given)?,
+            middle: opt(middle)?,
+            suffix: opt(suffix)?,
+            prefix: opt(prefix)?,
+            degree: opt(degree)?,
+            name_type_code: opt(kind)?,
         })
     }
 
@@ -492,19 +492,20 @@ pub struct Xad {
 impl Xad {
     /// Reads one repetition (given a field, its first repetition).
     pub fn from_element(element: &Element<'_>) -> Result<Self, Hl7Error> {
-        let c = |n| element.component(n);
+        let c: [Element<'_>; 9] = element.components();
+        let [street, street_name, dwelling] = c[0].subcomponents();
         Ok(Xad {
-            street: opt(c(1).subcomponent(1))?,
-            street_name: opt(c(1).subcomponent(2))?,
-            dwelling_number: opt(c(1).subcomponent(3))?,
-            other_designation: opt(c(2))?,
-            city: opt(c(3))?,
-            state: opt(c(4))?,
-            postal_code: opt(c(5))?,
-            country: opt(c(6))?,
-            address_type: opt(c(7))?,
-            other_geographic: opt(c(8))?,
-            county: opt(c(9).subcomponent(1))?,
+            street: opt(street)?,
+            street_name: opt(street_name)?,
+            dwelling_number: opt(dwelling)?,
+            other_designation: opt(c[1])?,
+            city: opt(c[2])?,
+            state: opt(c[3])?,
+            postal_code: opt(c[4])?,
+            country: opt(c[5])?,
+            address_type: opt(c[6])?,
+            other_geographic: opt(c[7])?,
+            county: opt(c[8].subcomponent(1))?,
         })
     }
 }
@@ -530,17 +531,17 @@ pub struct Xtn {
 impl Xtn {
     /// Reads one repetition (given a field, its first repetition).
     pub fn from_element(element: &Element<'_>) -> Result<Self, Hl7Error> {
-        let c = |n| element.component(n);
+        let c: [Element<'_>; 12] = element.components();
         Ok(Xtn {
-            telephone: opt(c(1))?,
-            use_code: opt(c(2))?,
-            equipment_type: opt(c(3))?,
-            email: opt(c(4))?,
-            country_code: opt(c(5))?,
-            area_code: opt(c(6))?,
-            local_number: opt(c(7))?,
-            extension: opt(c(8))?,
-            unformatted: opt(c(12))?,
+            telephone: opt(c[0])?,
+            use_code: opt(c[1])?,
+            equipment_type: opt(c[2])?,
+            email: opt(c[3])?,
+            country_code: opt(c[4])?,
+            area_code: opt(c[5])?,
+            local_number: opt(c[6])?,
+            extension: opt(c[7])?,
+            unformatted: opt(c[11])?,
         })
     }
 
@@ -595,14 +596,14 @@ impl Cwe {
     /// Reads components when given a field or repetition and sub-components when given a
     /// component (CWE embedded in another composite).
     pub fn from_element(element: &Element<'_>) -> Result<Self, Hl7Error> {
-        let get = embedded_reader(element);
+        let [id, text, system, alt_id, alt_text, alt_system] = embedded_parts(element);
         Ok(Cwe {
-            identifier: opt_code(get(1))?,
-            text: opt(get(2))?,
-            coding_system: opt_code(get(3))?,
-            alternate_identifier: opt_code(get(4))?,
-            alternate_text: opt(get(5))?,
-            alternate_coding_system: opt_code(get(6))?,
+            identifier: opt_code(id)?,
+            text: opt(text)?,
+            coding_system: opt_code(system)?,
+            alternate_identifier: opt_code(alt_id)?,
+            alternate_text: opt(alt_text)?,
+            alternate_coding_system: opt_code(alt_system)?,
         })
     }
 }
@@ -619,6 +620,16 @@ pub fn embedded_reader<'a>(element: &Element<'a>) -> impl Fn(usize) -> Element<'
         } else {
             el.component(n)
         }
+    }
+}
+
+/// `embedded_reader`'s parts 1..=N in one pass (N ≥ 2).
+pub fn embedded_parts<'a, const N: usize>(element: &Element<'a>) -> [Element<'a>; N] {
+    let components = element.components::<N>();
+    if components[1].is_present() {
+        components
+    } else {
+        element.subcomponents()
     }
 }
 

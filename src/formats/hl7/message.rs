@@ -847,6 +847,59 @@ impl<'a> Element<'a> {
         }
     }
 
+    /// Components 1..=N at once: `components::<N>()[i]` is `component(i + 1)`, split in one
+    /// pass (a composite's readers asked for each component in turn, rescanning from the
+    /// start every time).
+    pub fn components<const N: usize>(&self) -> [Element<'a>; N] {
+        match self.level {
+            Level::Field => self.repetition(1).components(),
+            Level::Repetition => self.pieces(self.delimiters.component, Level::Component),
+            _ => self.only_first(),
+        }
+    }
+
+    /// Sub-components 1..=N at once (as `components`).
+    pub fn subcomponents<const N: usize>(&self) -> [Element<'a>; N] {
+        match self.level {
+            Level::Field | Level::Repetition => self.component(1).subcomponents(),
+            Level::Component => match self.delimiters.subcomponent {
+                Some(sep) => self.pieces(sep, Level::SubComponent),
+                None => self.only_first(),
+            },
+            _ => self.only_first(),
+        }
+    }
+
+    /// `[self, absent, …]`: what `component(n)` gives on an element with no deeper parts.
+    fn only_first<const N: usize>(&self) -> [Element<'a>; N] {
+        let gone = self.gone();
+        std::array::from_fn(|i| if i == 0 { *self } else { gone })
+    }
+
+    /// The first N pieces between `sep`s, as `split(sep, i + 1, level)` gives each.
+    fn pieces<const N: usize>(&self, sep: u8, level: Level) -> [Element<'a>; N] {
+        let gone = self.gone();
+        let mut out = [gone; N];
+        if !self.present {
+            return out;
+        }
+        let mut start = 0;
+        for slot in out.iter_mut() {
+            let end = memchr::memchr(sep, &self.raw[start..]).map_or(self.raw.len(), |p| start + p);
+            *slot = Element {
+                raw: &self.raw[start..end],
+                offset: self.offset + start,
+                level,
+                ..*self
+            };
+            if end == self.raw.len() {
+                break;
+            }
+            start = end + 1;
+        }
+        out
+    }
+
     /// Sub-component `n` (1-based).
     pub fn subcomponent(&self, n: usize) -> Element<'a> {
         match self.level {
@@ -986,6 +1039,42 @@ OBX|3|ST|C||third\r";
                     "{}-{n}",
                     seg.id()
                 );
+            }
+        }
+    }
+
+    /// `components`/`subcomponents` (one pass) give what `component(n)`/`subcomponent(n)` do,
+    /// on fields, repetitions, components and absent elements, past the last part too.
+    #[test]
+    fn components_at_once_read_the_same_parts() {
+        let m = Message::parse(ADT).unwrap();
+        let same = |a: Element<'_>, b: Element<'_>, at: &str| {
+            assert_eq!(
+                (a.raw(), a.is_present(), a.offset(), a.level),
+                (b.raw(), b.is_present(), b.offset(), b.level),
+                "{at}"
+            )
+        };
+        for seg in m.segments() {
+            for f in 0..12 {
+                let field = seg.field(f);
+                let mut elements = vec![field, field.repetition(2)];
+                elements.extend((1..=4).map(|c| field.component(c)));
+                for (i, el) in elements.into_iter().enumerate() {
+                    let cs: [Element<'_>; 6] = el.components();
+                    let ss: [Element<'_>; 4] = el.subcomponents();
+                    for n in 1..=6 {
+                        same(
+                            cs[n - 1],
+                            el.component(n),
+                            &format!("{}-{f} #{i} c{n}", seg.id()),
+                        );
+                    }
+                    for n in 1..=4 {
+                        let at = format!("{}-{f} #{i} s{n}", seg.id());
+                        same(ss[n - 1], el.subcomponent(n), &at);
+                    }
+                }
             }
         }
     }
