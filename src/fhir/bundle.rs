@@ -43,11 +43,12 @@ pub fn request_url<B>(r: &Resource<B>) -> String {
 /// encoded): what a conditional update or create matches on.
 pub fn search_query<B>(r: &Resource<B>) -> Option<String> {
     let (system, value) = r.identifier.as_ref()?;
-    Some(format!(
-        "identifier={}|{}",
-        encode(system),
-        encode(&escape_token(value))
-    ))
+    let mut q = String::with_capacity(12 + system.len() + value.len() + 8);
+    q.push_str("identifier=");
+    encode_into(&mut q, system, false);
+    q.push('|');
+    encode_into(&mut q, value, true);
+    Some(q)
 }
 
 /// One Bundle of the resources of a message (taken, not copied: a Bundle is built once per
@@ -75,24 +76,26 @@ impl Bundle {
 impl Serialize for Bundle {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         // Transactions refer to entries by their `urn:uuid:` full URLs: id → type, borrowed.
-        let urns: HashMap<&str, &str> = match self.kind {
+        // Sorted by id for a binary search per reference (a message has tens of entries).
+        let mut urns: Vec<(&str, &str)> = match self.kind {
             BundleType::Transaction => self
                 .resources
                 .iter()
                 .map(|r| (r.id.as_str(), r.resource_type))
                 .collect(),
-            BundleType::Batch => HashMap::new(),
+            BundleType::Batch => Vec::new(),
         };
+        urns.sort_unstable();
         let entries = Entries {
             resources: &self.resources,
             kind: self.kind,
             urns: &urns,
         };
-        // Keys in the order a serialized JSON tree had them (sorted), so output is unchanged.
+        // In the order of FHIR's own JSON (`resourceType` first), as the resources are.
         let mut m = s.serialize_map(Some(3))?;
-        m.serialize_entry("entry", &entries)?;
         m.serialize_entry("resourceType", "Bundle")?;
         m.serialize_entry("type", self.kind.as_str())?;
+        m.serialize_entry("entry", &entries)?;
         m.end()
     }
 }
@@ -100,7 +103,7 @@ impl Serialize for Bundle {
 struct Entries<'b> {
     resources: &'b [Resource],
     kind: BundleType,
-    urns: &'b HashMap<&'b str, &'b str>,
+    urns: &'b [(&'b str, &'b str)],
 }
 
 impl Serialize for Entries<'_> {
@@ -120,7 +123,7 @@ impl Serialize for Entries<'_> {
 struct Entry<'b> {
     r: &'b Resource,
     kind: BundleType,
-    urns: &'b HashMap<&'b str, &'b str>,
+    urns: &'b [(&'b str, &'b str)],
 }
 
 impl Serialize for Entry<'_> {
@@ -136,13 +139,13 @@ impl Serialize for Entry<'_> {
         };
         // Directory resources are created once (`Write::CreateOnce`); a batch entry stands
         // alone and is referenced by its deterministic id, so it stays an update.
+        m.serialize_entry("resource", &resource)?;
         match (transaction, r.write(), search_query(r)) {
             (true, Write::CreateOnce, Some(q)) => {
                 m.serialize_entry("request", &Request::Create(r.resource_type, &q))?
             }
             _ => m.serialize_entry("request", &Request::Update(&request_url(r)))?,
         }
-        m.serialize_entry("resource", &resource)?;
         m.end()
     }
 }
@@ -157,9 +160,9 @@ impl Serialize for Request<'_> {
         match *self {
             Request::Create(kind, query) => {
                 let mut m = s.serialize_map(Some(3))?;
-                m.serialize_entry("ifNoneExist", query)?;
                 m.serialize_entry("method", "POST")?;
                 m.serialize_entry("url", kind)?;
+                m.serialize_entry("ifNoneExist", query)?;
                 m.end()
             }
             Request::Update(url) => {
@@ -176,7 +179,7 @@ impl Serialize for Request<'_> {
 /// their `urn:uuid:`s, and (for conditional writes) no `id`.
 struct Rewritten<'b> {
     v: &'b Json,
-    urns: Option<&'b HashMap<&'b str, &'b str>>,
+    urns: Option<&'b [(&'b str, &'b str)]>,
     skip_id: bool,
 }
 
@@ -191,8 +194,11 @@ impl Rewritten<'_> {
 
     /// `Type/id` of an entry → that entry's id.
     fn entry_id<'r>(&self, reference: &'r str) -> Option<&'r str> {
-        let (kind, id) = reference.split_once('/')?;
-        (self.urns?.get(id)? == &kind).then_some(id)
+        let slash = reference.bytes().position(|b| b == b'/')?;
+        let (kind, id) = (&reference[..slash], &reference[slash + 1..]);
+        let urns = self.urns?;
+        let i = urns.binary_search_by(|(u, _)| (*u).cmp(id)).ok()?;
+        (urns[i].1 == kind).then_some(id)
     }
 }
 
@@ -250,32 +256,26 @@ pub fn rewrite_references(v: &mut Value, to: &HashMap<String, String>) {
     }
 }
 
-/// FHIR search escaping of a token part: `\`, `|`, `,` and `$` are backslash-escaped.
-fn escape_token(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, '\\' | '|' | ',' | '$') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// Percent-encodes all but unreserved characters and `:`/`/` (kept for readable systems).
-fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
+/// Percent-encodes `s` onto `out`: all but unreserved characters and `:`/`/` (kept for
+/// readable systems). A token's value is FHIR-escaped first (`\`, `|`, `,` and `$` get a
+/// backslash), in the same pass.
+fn encode_into(out: &mut String, s: &str, token: bool) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let percent = |out: &mut String, b: u8| {
+        out.push('%');
+        out.push(HEX[usize::from(b >> 4)] as char);
+        out.push(HEX[usize::from(b & 0x0f)] as char);
+    };
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b':' | b'/') {
             out.push(b as char);
         } else {
-            const HEX: &[u8; 16] = b"0123456789ABCDEF";
-            out.push('%');
-            out.push(HEX[usize::from(b >> 4)] as char);
-            out.push(HEX[usize::from(b & 0x0f)] as char);
+            if token && matches!(b, b'\\' | b'|' | b',' | b'$') {
+                percent(out, b'\\');
+            }
+            percent(out, b);
         }
     }
-    out
 }
 
 #[cfg(test)]

@@ -482,7 +482,8 @@ pub fn entity_identifier(el: &Element<'_>, systems: &Systems) -> Result<Option<J
 
 /// PL (person location) as a display: point of care, room, bed, facility, building, floor.
 pub fn location_display(el: &Element<'_>) -> Result<Option<String>, Hl7Error> {
-    let mut parts = Vec::new();
+    let c: [Element<'_>; 8] = el.components();
+    let mut out = String::new();
     for (n, label) in [
         (1, ""),
         (2, "room "),
@@ -491,11 +492,15 @@ pub fn location_display(el: &Element<'_>) -> Result<Option<String>, Hl7Error> {
         (7, "building "),
         (8, "floor "),
     ] {
-        if let Some(v) = text(&el.component(n).subcomponent(1))? {
-            parts.push(format!("{label}{v}"));
+        if let Some(v) = text(&c[n - 1].subcomponent(1))? {
+            if !out.is_empty() {
+                out.push_str(", ");
+            }
+            out.push_str(label);
+            out.push_str(&v);
         }
     }
-    Ok((!parts.is_empty()).then(|| parts.join(", ")))
+    Ok((!out.is_empty()).then_some(out))
 }
 
 /// Decoded text of an element; `None` when absent, empty or null.

@@ -37,15 +37,21 @@ impl Ctx<'_, '_> {
         reference
     }
 
-    /// The reference to `kind/id` when the message has already shared it: messages name
-    /// the same doctor and ward many times over (PV1-7/8/9/17, PV1-3 and PV1-6 share their
-    /// facility), and the first naming builds it.
-    fn known(&self, kind: &str, id: &str) -> Option<Json> {
+    /// The reference to the `kind` with business identifier (system, value) when the
+    /// message has already shared it: messages name the same doctor and ward many times over
+    /// (PV1-7/8/9/17, PV1-3 and PV1-6 share their facility), and the first naming builds it.
+    /// Matched on the identifier the id is derived from, so a repeat is not hashed again.
+    fn known(&self, kind: &str, system: &str, value: &str) -> Option<Json> {
         let shared = self.shared.borrow();
         shared
             .iter()
-            .any(|r| r.resource_type == kind && r.id == id)
-            .then(|| Json::String(format!("{kind}/{id}")))
+            .find(|r| {
+                r.resource_type == kind
+                    && r.identifier
+                        .as_ref()
+                        .is_some_and(|(s, v)| s == system && v == value)
+            })
+            .map(|r| Json::String(format!("{kind}/{}", r.id)))
     }
 
     /// XCN → a Reference to a Practitioner (XCN[Practitioner]): identifier XCN-1 (r1) with
@@ -107,10 +113,10 @@ impl Ctx<'_, '_> {
             .systems
             .system(&p.authority)
             .unwrap_or_else(|| self.local_system("practitioner"));
-        let id = stable_id(&["Practitioner", &system, &value]);
-        if let Some(reference) = self.known("Practitioner", &id) {
+        if let Some(reference) = self.known("Practitioner", &system, &value) {
             return Some(named(reference, display));
         }
+        let id = stable_id(&["Practitioner", &system, &value]);
         let body = Obj::new()
             .set(
                 "identifier",
@@ -171,10 +177,9 @@ impl Ctx<'_, '_> {
             path.push_str(level);
             path.push(':');
             path.push_str(&name);
-            let id = stable_id(&["Location", &system, &path]);
             // A level already in the message: its reference will do. (For the one referenced,
             // the first naming's PL-9/PL-10 stand: a message sends a resource once.)
-            if let Some(reference) = self.known("Location", &id) {
+            if let Some(reference) = self.known("Location", &system, &path) {
                 if i + 1 == count {
                     // (Its levels were shared with it; a level built just now is kept.)
                     if let Some(done) = last.take() {
@@ -186,6 +191,7 @@ impl Ctx<'_, '_> {
                 parent = Some(reference_to(reference));
                 continue;
             }
+            let id = stable_id(&["Location", &system, &path]);
             let body = Obj::new()
                 .set(
                     "identifier",
@@ -267,10 +273,10 @@ impl Ctx<'_, '_> {
         identifier: Json,
         name: Option<String>,
     ) -> Json {
-        let id = stable_id(&["Organization", &system, &value]);
-        let reference = match self.known("Organization", &id) {
+        let reference = match self.known("Organization", &system, &value) {
             Some(reference) => reference,
             None => {
+                let id = stable_id(&["Organization", &system, &value]);
                 let body = Obj::new()
                     .set("identifier", Json::Array(vec![identifier]))
                     .set("name", name.clone().map(Json::from));

@@ -375,8 +375,13 @@ pub fn convert(msg: &Message<'_>, opts: &Options) -> Result<Vec<Resource>, Mappi
     let at = out.len().min(1);
     out.splice(at..at, shared);
     // A resource two parts of a message name (one specimen for two orders) is sent once.
-    let mut seen = std::collections::HashSet::new();
-    out.retain(|r| seen.insert((r.resource_type, r.id.clone())));
+    let mut seen = std::collections::HashSet::with_capacity(out.len());
+    let keep: Vec<bool> = out
+        .iter()
+        .map(|r| seen.insert((r.resource_type, r.id.as_str())))
+        .collect();
+    let mut keep = keep.into_iter();
+    out.retain(|_| keep.next().unwrap_or(true));
     Ok(out)
 }
 
