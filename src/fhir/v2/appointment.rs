@@ -112,7 +112,7 @@ pub(super) fn map(cx: &Ctx<'_, '_>, patient: &Resource) -> Result<Resource, Mapp
         if status.is_none()
             && let Some(seg) = seg
             && let Some(code) =
-                text(&seg.field(n).component(1)).map_err(cx.at(format!("{}-{n}", seg.id())))?
+                text(&seg.field(n).component(1)).map_err(cx.at(super::FieldAt(seg.id(), n)))?
         {
             status = concepts::appointment_status(&code);
         }

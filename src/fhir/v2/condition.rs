@@ -51,7 +51,7 @@ fn one(
     patient: &Resource,
     encounter: Option<&Resource>,
 ) -> Result<(Resource, Json), MappingError> {
-    let at = |n: usize| cx.at(format!("DG1-{n}"));
+    let at = |n: usize| cx.at(super::FieldAt("DG1", n));
     let zone = cx.opts.default_zone;
     let mut c = Obj::new();
     let code = cx.cwe(dg1, 3)?;

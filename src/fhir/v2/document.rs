@@ -18,7 +18,7 @@ pub(super) fn map(
     let txa = cx
         .segment("TXA")
         .ok_or_else(|| cx.error("no TXA segment: nothing describes the document"))?;
-    let at = |n: usize| cx.at(format!("TXA-{n}"));
+    let at = |n: usize| cx.at(super::FieldAt("TXA", n));
     let zone = cx.opts.default_zone;
     let mut d = Obj::new();
     // TXA-12 unique document number (r12) names the document; TXA-16 filler number (r16).

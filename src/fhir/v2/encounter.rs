@@ -16,7 +16,7 @@ pub(super) fn map(cx: &Ctx<'_, '_>, patient: &Resource) -> Result<Option<Resourc
     let Some(pv1) = cx.segment("PV1") else {
         return Ok(None);
     };
-    let at = |n: usize| cx.at(format!("PV1-{n}"));
+    let at = |n: usize| cx.at(super::FieldAt("PV1", n));
     let class_code = text(&pv1.field(2).component(1)).map_err(at(2))?;
     let visit = Cx::from_element(&pv1.field(19).repetition(1)).map_err(at(19))?;
     let admit = Ts::from_element(&pv1.field(44)).map_err(at(44))?;
@@ -187,7 +187,7 @@ fn hospitalization(
     cx: &Ctx<'_, '_>,
     pv1: &crate::formats::hl7::Segment<'_>,
 ) -> Result<Option<Json>, MappingError> {
-    let at = |n: usize| cx.at(format!("PV1-{n}"));
+    let at = |n: usize| cx.at(super::FieldAt("PV1", n));
     let mut h = Obj::new();
     let pre = Cx::from_element(&pv1.field(5).repetition(1)).map_err(at(5))?;
     h.put("preAdmissionIdentifier", identifier(&pre, &cx.systems));
@@ -215,7 +215,7 @@ fn participants(
     pv1: &crate::formats::hl7::Segment<'_>,
     e: &mut Obj,
 ) -> Result<(), MappingError> {
-    let at = |n: usize| cx.at(format!("PV1-{n}"));
+    let at = |n: usize| cx.at(super::FieldAt("PV1", n));
     for (n, code, display) in [
         (7, "ATND", "attender"),
         (8, "REF", "referrer"),

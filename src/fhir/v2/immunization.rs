@@ -126,7 +126,7 @@ fn performer(actor: Json, code: &str, display: &str) -> Json {
 
 /// RXA (the IG's RXA[Immunization] rows).
 fn administration(cx: &Ctx<'_, '_>, rxa: &Segment<'_>, o: &mut Order) -> Result<(), MappingError> {
-    let at = |n: usize| cx.at(format!("RXA-{n}"));
+    let at = |n: usize| cx.at(super::FieldAt("RXA", n));
     let zone = cx.opts.default_zone;
     let b = &mut o.body;
     o.has_rxa = true;

@@ -171,7 +171,7 @@ fn request(
         let n = if rxe { 13 } else { 14 };
         requester = cx
             .practitioner(&seg.field(n).repetition(1))
-            .map_err(cx.at(format!("{}-{n}", seg.id())))?;
+            .map_err(cx.at(super::FieldAt(seg.id(), n)))?;
     }
     r.put("requester", requester);
     // RXE-27 give indication / RXO-20 indication → reasonCode.
@@ -196,7 +196,7 @@ fn request(
         .set("numberOfRepeatsAllowed", count(cx, seg, refills)?);
     r.put("dispenseRequest", dispense.build());
     // RXE-9 substitution status / RXO-9 allow substitutions: N forbids, G and T allow.
-    let allowed = match text(&seg.field(9)).map_err(cx.at(format!("{}-9", seg.id())))? {
+    let allowed = match text(&seg.field(9)).map_err(cx.at(super::FieldAt(seg.id(), 9)))? {
         Some(s) if s == "N" => Some(false),
         Some(s) if s == "G" || s == "T" => Some(true),
         _ => None,
@@ -252,7 +252,7 @@ fn dosage_instruction(
         );
     }
     if let Some(tq1) = &o.tq1 {
-        let at = |n: usize| cx.at(format!("TQ1-{n}"));
+        let at = |n: usize| cx.at(super::FieldAt("TQ1", n));
         d.put(
             "text",
             text(&tq1.field(11)).map_err(at(11))?.map(Json::from),
@@ -292,7 +292,7 @@ fn administration(
     request: Json,
     c: &Context,
 ) -> Result<Resource, MappingError> {
-    let at = |n: usize| cx.at(format!("RXA-{n}"));
+    let at = |n: usize| cx.at(super::FieldAt("RXA", n));
     let zone = cx.opts.default_zone;
     let counter = text(&rxa.field(2))
         .map_err(at(2))?

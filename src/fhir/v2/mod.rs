@@ -196,6 +196,16 @@ pub struct MappingError {
     pub reason: String,
 }
 
+/// A field named in an error (`PV1-19`), formatted only when an error is.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FieldAt<'s>(pub &'s str, pub usize);
+
+impl std::fmt::Display for FieldAt<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.0, self.1)
+    }
+}
+
 /// A business identifier (system, value) that names a resource.
 pub(crate) type Key = (String, String);
 
@@ -221,8 +231,12 @@ impl Ctx<'_, '_> {
     }
 
     /// An error of the element at `label` (e.g. `PID-7`).
-    pub fn at(&self, label: impl Into<String>) -> impl Fn(Hl7Error) -> MappingError + '_ {
-        let label = label.into();
+    /// Where a read failed, formatted only when it did (a label built per read showed in the
+    /// profile): `.map_err(cx.at("PID-7"))`, or `cx.at(FieldAt("PID", n))`.
+    pub fn at<'s, L: std::fmt::Display + 's>(
+        &'s self,
+        label: L,
+    ) -> impl Fn(Hl7Error) -> MappingError + 's {
         move |e| self.error(format!("{label}: {e}"))
     }
 
@@ -243,7 +257,7 @@ impl Ctx<'_, '_> {
         }
         Cwe::from_element(&f.repetition(1))
             .map(Some)
-            .map_err(self.at(format!("{}-{n}", seg.id())))
+            .map_err(self.at(FieldAt(seg.id(), n)))
     }
 
     /// Every repetition of field `n` of `seg` that was sent, as a CWE.
@@ -251,7 +265,7 @@ impl Ctx<'_, '_> {
         let mut out = Vec::new();
         for rep in seg.field(n).repetitions() {
             if rep.is_present() && !rep.raw().is_empty() {
-                out.push(Cwe::from_element(&rep).map_err(self.at(format!("{}-{n}", seg.id())))?);
+                out.push(Cwe::from_element(&rep).map_err(self.at(FieldAt(seg.id(), n)))?);
             }
         }
         Ok(out)
@@ -271,7 +285,7 @@ impl Ctx<'_, '_> {
         for &(n, kind, code) in fields {
             let el = seg.field(n);
             let Some(mut v) = datatypes::entity_identifier(&el, &self.systems)
-                .map_err(self.at(format!("{}-{n}", seg.id())))?
+                .map_err(self.at(FieldAt(seg.id(), n)))?
             else {
                 continue;
             };

@@ -138,7 +138,7 @@ fn note_extension(note: Json) -> Json {
 }
 
 fn start(cx: &Ctx<'_, '_>, obr: &Segment<'_>, subject: &Json) -> Result<Report, MappingError> {
-    let at = |n: usize| cx.at(format!("OBR-{n}"));
+    let at = |n: usize| cx.at(super::FieldAt("OBR", n));
     let zone = cx.opts.default_zone;
     let mut r = Obj::new();
     // OBR-3 filler and OBR-2 placer order numbers (r3, r2): the filler's names the report.
@@ -229,7 +229,7 @@ pub(super) fn observation(
     r: &Under<'_>,
     subject: &Json,
 ) -> Result<Resource, MappingError> {
-    let at = |n: usize| cx.at(format!("OBX-{n}"));
+    let at = |n: usize| cx.at(super::FieldAt("OBX", n));
     let zone = cx.opts.default_zone;
     let mut o = Obj::new();
     // The set id (OBX-1) and sub id (OBX-4) within the order; without a set id, the place.

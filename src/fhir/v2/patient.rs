@@ -22,7 +22,7 @@ pub(super) fn map(cx: &Ctx<'_, '_>) -> Result<Resource, MappingError> {
     // Names: PID-5 (r7), then aliases PID-9 (r14).
     for n in [5, 9] {
         for rep in pid.field(n).repetitions() {
-            let x = Xpn::from_element(&rep).map_err(cx.at(format!("PID-{n}")))?;
+            let x = Xpn::from_element(&rep).map_err(cx.at(super::FieldAt("PID", n)))?;
             p.push("name", human_name(&x));
         }
     }
@@ -66,7 +66,7 @@ pub(super) fn map(cx: &Ctx<'_, '_>) -> Result<Resource, MappingError> {
     // Telecom: PID-13 home (r21–22), PID-14 work (r23–24), PID-40 (r66).
     for (n, default_use) in [(13, Some("home")), (14, Some("work")), (40, None)] {
         for rep in pid.field(n).repetitions() {
-            let x = Xtn::from_element(&rep).map_err(cx.at(format!("PID-{n}")))?;
+            let x = Xtn::from_element(&rep).map_err(cx.at(super::FieldAt("PID", n)))?;
             p.push("telecom", contact_point(&x, default_use));
         }
     }
@@ -200,7 +200,7 @@ fn identifiers(
     let mut ids: Vec<(usize, Cx, Json)> = Vec::new();
     for n in [2, 3, 4] {
         for rep in pid.field(n).repetitions() {
-            let c = Cx::from_element(&rep).map_err(cx.at(format!("PID-{n}")))?;
+            let c = Cx::from_element(&rep).map_err(cx.at(super::FieldAt("PID", n)))?;
             if let Some(mut v) = identifier(&c, systems) {
                 // PID-3 sent without an assigning authority: the sender's own patient
                 // identifiers, scoped to it (as visit numbers are), not a reason to reject.
@@ -294,7 +294,7 @@ fn explicit_nulls(pid: &Segment<'_>) -> Vec<String> {
 /// One NK1 as a Patient.contact: name r4, relationship r5 (Relationship) and r10
 /// (ContactRole), address r6, telecom r7 and r8–9 (work), period r11–12, gender r18.
 fn contact(cx: &Ctx<'_, '_>, nk1: &Segment<'_>) -> Result<Option<Json>, MappingError> {
-    let at = |n: usize| cx.at(format!("NK1-{n}"));
+    let at = |n: usize| cx.at(super::FieldAt("NK1", n));
     let mut c = Obj::new();
     if nk1.field(3).is_present() && !nk1.field(3).raw().is_empty() {
         let rel = Cwe::from_element(&nk1.field(3)).map_err(at(3))?;

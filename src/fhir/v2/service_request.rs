@@ -162,7 +162,7 @@ fn finish(
         {
             requester = cx
                 .practitioner(&seg.field(n).repetition(1))
-                .map_err(cx.at(format!("{}-{n}", seg.id())))?;
+                .map_err(cx.at(super::FieldAt(seg.id(), n)))?;
         }
     }
     r.put("requester", requester);

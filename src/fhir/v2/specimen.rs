@@ -15,7 +15,7 @@ pub(super) fn map(
     index: usize,
     subject: &Json,
 ) -> Result<Resource, MappingError> {
-    let at = |n: usize| cx.at(format!("SPM-{n}"));
+    let at = |n: usize| cx.at(super::FieldAt("SPM", n));
     let zone = cx.opts.default_zone;
     let mut s = Obj::new();
     // SPM-2 specimen id (r2, an EIP): the filler's part names the specimen, else the placer's.

@@ -42,7 +42,7 @@ pub(super) fn demographics(
     ] {
         let mut codes = Vec::new();
         for rep in pid.field(n).repetitions() {
-            let c = Cwe::from_element(&rep).map_err(cx.at(format!("PID-{n}")))?;
+            let c = Cwe::from_element(&rep).map_err(cx.at(super::FieldAt("PID", n)))?;
             if c.identifier.is_some() || c.text.is_some() {
                 codes.push(c);
             }
