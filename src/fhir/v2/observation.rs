@@ -100,6 +100,9 @@ fn presented_form(
     report: &mut Obj,
 ) -> Result<bool, MappingError> {
     let kind = text(&obx.field(2)).map_err(cx.at("OBX-2"))?;
+    if !matches!(kind.as_deref(), Some("ED" | "RP")) {
+        return Ok(false);
+    }
     let label = format!("OBX-5 ({})", kind.as_deref().unwrap_or_default());
     match kind.as_deref() {
         Some("ED") => {
@@ -119,6 +122,19 @@ fn presented_form(
         _ => return Ok(false),
     }
     Ok(true)
+}
+
+/// OBX-5 named in an error, with the set id and value type (formatted only for an error).
+#[derive(Clone, Copy)]
+struct Obx5<'a> {
+    set: &'a str,
+    kind: &'a str,
+}
+
+impl std::fmt::Display for Obx5<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "OBX-5 (set {}, {})", self.set, self.kind)
+    }
 }
 
 fn push_note(body: &mut Json, note: Json) {
@@ -360,8 +376,8 @@ fn value_of(
     set: &str,
 ) -> Result<(Option<&'static str>, Option<Json>), MappingError> {
     let field = obx.field(5).repetition(rep);
-    let label = format!("OBX-5 (set {set}, {kind})");
-    let raw = text(&field).map_err(cx.at(label.clone()))?;
+    let label = Obx5 { set, kind };
+    let raw = text(&field).map_err(cx.at(label))?;
     let Some(raw) = raw else {
         return Ok((None, None));
     };
@@ -381,7 +397,7 @@ fn value_of(
         }
         "ST" | "TX" | "FT" => (Some("valueString"), Some(Json::from(raw))),
         "CWE" | "CE" | "CNE" | "CF" => {
-            let c = crate::formats::hl7::Cwe::from_element(&field).map_err(cx.at(label.clone()))?;
+            let c = crate::formats::hl7::Cwe::from_element(&field).map_err(cx.at(label))?;
             (Some("valueCodeableConcept"), codeable_concept(&c))
         }
         "DT" | "TS" | "DTM" => {
@@ -392,7 +408,7 @@ fn value_of(
             )
         }
         "SN" => {
-            let part = |n: usize| text(&field.component(n)).map_err(cx.at(label.clone()));
+            let part = |n: usize| text(&field.component(n)).map_err(cx.at(label));
             let num = |s: Option<String>| -> Result<Option<f64>, MappingError> {
                 s.map(|s| crate::formats::hl7::datatypes::parse_nm(&s).map_err(bad))
                     .transpose()
