@@ -206,7 +206,7 @@ fn comment(cx: &Ctx<'_, '_>) -> Result<Option<Json>, MappingError> {
 fn participants(cx: &Ctx<'_, '_>, a: &mut Obj, patient: &Resource) -> Result<(), MappingError> {
     a.push(
         "participant",
-        json!({"actor": {"reference": format!("Patient/{}", patient.id)}, "status": "accepted"}),
+        json!({"actor": {"reference": patient.reference()}, "status": "accepted"}),
     );
     for aip in cx.segments_named(*b"AIP") {
         for rep in aip.field(3).repetitions() {

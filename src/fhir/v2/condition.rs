@@ -111,10 +111,7 @@ fn one(
         c["text"] = Json::from(d.as_str());
     }
     c.put("code", concept);
-    c.put(
-        "subject",
-        Some(json!({"reference": format!("Patient/{}", patient.id)})),
-    );
+    c.put("subject", Some(json!({"reference": patient.reference()})));
     // DG1-5 onset (r5), DG1-19 attestation as recordedDate and the assertedDate extension
     // (r19).
     if let Some(ts) = Ts::from_element(&dg1.field(5)).map_err(at(5))? {

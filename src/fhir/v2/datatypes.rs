@@ -515,12 +515,42 @@ pub fn text(el: &Element<'_>) -> Result<Option<String>, Hl7Error> {
 
 /// FHIR `date` at the value's precision (a birth year stays a year).
 pub fn date(ts: &Ts) -> String {
+    let mut out = String::with_capacity(10);
+    push_date(&mut out, ts, ts.precision());
+    out
+}
+
+/// `YYYY[-MM[-DD]]` to `precision` (years of HL7 times have four digits, 0000–9999).
+fn push_date(out: &mut String, ts: &Ts, precision: Precision) {
     let d = ts.datetime();
-    match ts.precision() {
-        Precision::Year => format!("{:04}", d.year()),
-        Precision::Month => format!("{:04}-{:02}", d.year(), d.month()),
-        _ => format!("{:04}-{:02}-{:02}", d.year(), d.month(), d.day()),
+    push_digits(out, d.year().max(0).unsigned_abs(), 4);
+    if precision >= Precision::Month {
+        out.push('-');
+        push_digits(out, d.month(), 2);
     }
+    if precision >= Precision::Day {
+        out.push('-');
+        push_digits(out, d.day(), 2);
+    }
+}
+
+/// `v` in decimal, zero-padded to `width` (dates and times are on every resource; `format!`
+/// with padding showed in the profile).
+fn push_digits(out: &mut String, mut v: u32, width: usize) {
+    let mut buf = [b'0'; 10];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    for _ in buf.len() - i..width {
+        out.push('0');
+    }
+    out.extend(buf[i..].iter().map(|&b| char::from(b)));
 }
 
 /// FHIR `dateTime`: a date at day precision or coarser; with a time, seconds and an offset
@@ -550,24 +580,29 @@ pub fn instant(ts: &Ts, zone: Zone) -> String {
         ASSUMED_ZONE.with(|c| c.set(true));
     }
     let offset = ts.offset_in(zone);
-    let mut out = format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
-        d.year(),
-        d.month(),
-        d.day(),
-        d.hour(),
-        d.minute(),
-        d.second()
-    );
+    let mut out = String::with_capacity(32);
+    push_date(&mut out, ts, Precision::Day);
+    out.push('T');
+    push_digits(&mut out, d.hour(), 2);
+    out.push(':');
+    push_digits(&mut out, d.minute(), 2);
+    out.push(':');
+    push_digits(&mut out, d.second(), 2);
     if let Precision::Fraction(n) = ts.precision() {
         let micros = d.nanosecond() / 1_000;
-        let v = micros / 10u32.pow(6 - u32::from(n));
-        out.push_str(&format!(".{v:0width$}", width = usize::from(n)));
+        out.push('.');
+        push_digits(
+            &mut out,
+            micros / 10u32.pow(6 - u32::from(n)),
+            usize::from(n),
+        );
     }
     let secs = offset.local_minus_utc();
-    let sign = if secs < 0 { '-' } else { '+' };
+    out.push(if secs < 0 { '-' } else { '+' });
     let secs = secs.unsigned_abs();
-    out.push_str(&format!("{sign}{:02}:{:02}", secs / 3600, secs / 60 % 60));
+    push_digits(&mut out, secs / 3600, 2);
+    out.push(':');
+    push_digits(&mut out, secs / 60 % 60, 2);
     out
 }
 
@@ -589,6 +624,11 @@ mod tests {
             instant(&t, Zone::Fixed(FixedOffset::west_opt(5 * 3600).unwrap())),
             "2021-08-17T15:19:43.4-05:00"
         );
+        // Zero padding everywhere: month precision, a fraction with leading zeros, an
+        // early year and a negative half-hour offset.
+        assert_eq!(date(&Ts::parse("198808").unwrap()), "1988-08");
+        let t = Ts::parse("00050102030405.0045-0930").unwrap();
+        assert_eq!(date_time(&t, utc), "0005-01-02T03:04:05.0045-09:30");
     }
 
     #[test]

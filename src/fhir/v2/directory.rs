@@ -32,7 +32,7 @@ const PL_LEVELS: [(usize, &str, Option<&str>); 6] = [
 impl Ctx<'_, '_> {
     /// A directory resource of this message, sent once however often the message names it.
     fn share(&self, r: Resource) -> Json {
-        let reference = Json::String(format!("{}/{}", r.resource_type, r.id));
+        let reference = Json::String(r.reference());
         self.shared.borrow_mut().push(r);
         reference
     }
@@ -51,7 +51,7 @@ impl Ctx<'_, '_> {
                         .as_ref()
                         .is_some_and(|(s, v)| s == system && v == value)
             })
-            .map(|r| Json::String(format!("{kind}/{}", r.id)))
+            .map(|r| Json::String(r.reference()))
     }
 
     /// XCN → a Reference to a Practitioner (XCN[Practitioner]): identifier XCN-1 (r1) with

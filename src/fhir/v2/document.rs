@@ -61,10 +61,7 @@ pub(super) fn map(
         }
         d.put("type", codeable_concept(&t));
     }
-    d.put(
-        "subject",
-        Some(json!({"reference": format!("Patient/{}", patient.id)})),
-    );
+    d.put("subject", Some(json!({"reference": patient.reference()})));
     // TXA-6 origination time (r6) when it has a time: `date` is an instant.
     if let Some(t) = Ts::from_element(&txa.field(6)).map_err(at(6))?
         && !matches!(
@@ -124,7 +121,7 @@ pub(super) fn map(
     let mut context = Obj::new();
     context.put(
         "encounter",
-        encounter.map(|e| json!([{"reference": format!("Encounter/{}", e.id)}])),
+        encounter.map(|e| json!([{"reference": e.reference()}])),
     );
     if !related.is_empty() {
         context.put("related", Some(Json::Array(related)));
@@ -177,7 +174,7 @@ pub(super) fn relate(doc: &mut Resource, orders: &[Resource]) {
         .iter()
         .filter(|r| r.resource_type == "ServiceRequest")
     {
-        let reference = Json::from(format!("ServiceRequest/{}", sr.id));
+        let reference = Json::from(sr.reference());
         let ids = sr.body["identifier"]
             .as_array()
             .cloned()
@@ -317,7 +314,7 @@ mod tests {
         // Both name the ORC/OBR's ServiceRequest, written before the document; its OBX
         // are the document's content, not the order's results.
         for r in &related[..2] {
-            assert_eq!(r["reference"], format!("ServiceRequest/{}", rs[2].id));
+            assert_eq!(r["reference"], rs[2].reference());
         }
         assert_eq!(rs[2].body["code"]["coding"][0]["code"], "02585");
         assert!(rs[2].body.get("supportingInfo").is_none(), "{}", rs[2].body);
@@ -330,10 +327,7 @@ mod tests {
             related[2]["identifier"]["value"],
             "urn:oid:1.2.840.317.5947431.51"
         );
-        assert_eq!(
-            d["context"]["encounter"][0]["reference"],
-            format!("Encounter/{}", rs[1].id)
-        );
+        assert_eq!(d["context"]["encounter"][0]["reference"], rs[1].reference());
         // Text content travels as base64 of the lines; an unknown OBX-2 is an error.
         let raw = String::from_utf8(raw).unwrap();
         let text = raw.replace(

@@ -99,10 +99,7 @@ pub(super) fn map(cx: &Ctx<'_, '_>, patient: &Resource) -> Result<Option<Resourc
             }
         }
     }
-    e.put(
-        "subject",
-        Some(json!({"reference": format!("Patient/{}", patient.id)})),
-    );
+    e.put("subject", Some(json!({"reference": patient.reference()})));
     participants(cx, &pv1, &mut e)?;
     // Period: PV1-44 admit (r70), PV1-45 discharge (r71).
     e.put(

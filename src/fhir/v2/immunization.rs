@@ -25,7 +25,7 @@ struct Order {
 }
 
 pub(super) fn map(cx: &Ctx<'_, '_>, patient: &Resource) -> Result<Vec<Resource>, MappingError> {
-    let subject = json!({"reference": format!("Patient/{}", patient.id)});
+    let subject = json!({"reference": patient.reference()});
     let mut out = Vec::new();
     let mut order: Option<Order> = None;
     let mut person_obs = 0;
@@ -386,7 +386,7 @@ mod tests {
         );
         assert_eq!(i["education"][0]["presentationDate"], "2021-08-18");
         assert_eq!(i["identifier"][0]["value"], "13696");
-        assert_eq!(i["patient"]["reference"], format!("Patient/{}", rs[0].id));
+        assert_eq!(i["patient"]["reference"], rs[0].reference());
         assert!(i["location"]["display"].as_str().unwrap().contains("OMU B"));
     }
 

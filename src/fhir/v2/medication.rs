@@ -43,8 +43,8 @@ pub(super) fn map(
     encounter: Option<&Resource>,
 ) -> Result<Vec<Resource>, MappingError> {
     let c = Context {
-        subject: json!({"reference": format!("Patient/{}", patient.id)}),
-        encounter: encounter.map(|e| json!({"reference": format!("Encounter/{}", e.id)})),
+        subject: json!({"reference": patient.reference()}),
+        encounter: encounter.map(|e| json!({"reference": e.reference()})),
     };
     let mut orders: Vec<Order<'_>> = Vec::new();
     for seg in cx.segments() {
@@ -108,7 +108,7 @@ pub(super) fn map(
             }
             for (i, (rxa, rxr)) in o.given.iter().enumerate() {
                 let by = match &request {
-                    Some(r) => json!({"reference": format!("MedicationRequest/{}", r.id)}),
+                    Some(r) => json!({"reference": r.reference()}),
                     None => json!({"type": "MedicationRequest", "identifier": ids[0].clone()}),
                 };
                 out.push(administration(cx, rxa, rxr.as_ref(), (&key, i), by, &c)?);
@@ -466,10 +466,10 @@ mod tests {
         // The RXR after the RXE (its site), not the RXO's.
         assert_eq!(d["route"]["coding"][0]["code"], "IV");
         assert_eq!(d["site"]["coding"][0]["code"], "HAND");
-        let subject = format!("Patient/{}", rs[0].id);
+        let subject = rs[0].reference();
         assert_eq!(b["subject"]["reference"], subject);
         let enc = of(&rs, "Encounter")[0];
-        assert_eq!(b["encounter"]["reference"], format!("Encounter/{}", enc.id));
+        assert_eq!(b["encounter"]["reference"], enc.reference());
     }
 
     #[test]
@@ -494,10 +494,7 @@ mod tests {
         assert_eq!(a["dosage"]["dose"]["code"], "g");
         assert_eq!(a["dosage"]["dose"]["system"], "http://unitsofmeasure.org");
         assert_eq!(a["dosage"]["site"]["coding"][0]["code"], "LA");
-        assert_eq!(
-            a["request"]["reference"],
-            format!("MedicationRequest/{}", mr.id)
-        );
+        assert_eq!(a["request"]["reference"], mr.reference());
         assert_eq!(a["performer"][0]["actor"]["display"], "Nina Nurse");
         // Refused: not-done with the reason; 999 (unknown amount) is no dose.
         assert_eq!(b["status"], "not-done");

@@ -181,6 +181,15 @@ impl Resource {
 }
 
 impl<B> Resource<B> {
+    /// `Type/id`: how resources of the same message refer to this one.
+    pub fn reference(&self) -> String {
+        let mut r = String::with_capacity(self.resource_type.len() + 1 + self.id.len());
+        r.push_str(self.resource_type);
+        r.push('/');
+        r.push_str(&self.id);
+        r
+    }
+
     /// How a writer sends it: directory resources once, the rest as the message says.
     pub fn write(&self) -> Write {
         Write::of(self.resource_type)
@@ -457,7 +466,7 @@ fn map_message(cx: &Ctx<'_, '_>, code: &str, event: &str) -> Result<Vec<Resource
             let mut encounter = encounter::map(cx, &patient)?.map(|e| tagged(e, zone));
             if let Some(e) = &mut encounter {
                 e.body["appointment"] =
-                    json!([{"reference": format!("Appointment/{}", appointment.id)}]);
+                    json!([{"reference": appointment.reference()}]);
             }
             // PATIENT.DG1 → Condition (SIU_S12 row 21).
             let conditions = condition::map(cx, &patient, encounter.as_mut())?;

@@ -24,7 +24,7 @@ struct Report {
 }
 
 pub(super) fn map(cx: &Ctx<'_, '_>, patient: &Resource) -> Result<Vec<Resource>, MappingError> {
-    let subject = json!({"reference": format!("Patient/{}", patient.id)});
+    let subject = json!({"reference": patient.reference()});
     let mut out = Vec::new();
     let mut report: Option<Report> = None;
     // Where an NTE's text goes: the last OBX when one follows the OBR, else the OBR.
@@ -55,8 +55,7 @@ pub(super) fn map(cx: &Ctx<'_, '_>, patient: &Resource) -> Result<Vec<Resource>,
                     siblings: &r.observations,
                 };
                 let obs = observation(cx, &seg, &under, &subject)?;
-                r.results
-                    .push(json!({"reference": format!("Observation/{}", obs.id)}));
+                r.results.push(json!({"reference": obs.reference()}));
                 r.observations.push(obs);
                 last_obx = true;
             }
@@ -76,10 +75,8 @@ pub(super) fn map(cx: &Ctx<'_, '_>, patient: &Resource) -> Result<Vec<Resource>,
                 last_obx = false;
                 if let Some(r) = report.as_mut() {
                     let sp = specimen::map(cx, &seg, &r.key, r.specimens.len(), &subject)?;
-                    r.body.push(
-                        "specimen",
-                        json!({"reference": format!("Specimen/{}", sp.id)}),
-                    );
+                    r.body
+                        .push("specimen", json!({"reference": sp.reference()}));
                     r.specimens.push(sp);
                 }
             }
@@ -222,7 +219,7 @@ fn finish(cx: &Ctx<'_, '_>, r: Report, out: &mut Vec<Resource>) {
     let mut observations = r.observations;
     if let [sp] = r.specimens.as_slice() {
         for o in &mut observations {
-            o.body["specimen"] = json!({"reference": format!("Specimen/{}", sp.id)});
+            o.body["specimen"] = json!({"reference": sp.reference()});
         }
     }
     out.extend(r.specimens);
@@ -537,11 +534,11 @@ mod tests {
         let cbc = &rs[1].body;
         assert_eq!(cbc["code"]["coding"][0]["code"], "24317-0");
         assert_eq!(cbc["status"], "final");
-        assert_eq!(cbc["subject"]["reference"], format!("Patient/{}", rs[0].id));
+        assert_eq!(cbc["subject"]["reference"], rs[0].reference());
         let results = cbc["result"].as_array().unwrap();
         assert_eq!(results.len(), 5);
-        assert_eq!(results[1]["reference"], format!("Observation/{}", rs[4].id));
-        let specimen = format!("Specimen/{}", rs[2].id);
+        assert_eq!(results[1]["reference"], rs[4].reference());
+        let specimen = rs[2].reference();
         assert_eq!(cbc["specimen"][0]["reference"], specimen);
         assert_eq!(rs[9].body["specimen"]["reference"], specimen);
         // SPM|1|SpecimenID||BLD|…|20141006053500+0700|20141006082100+0700||Y

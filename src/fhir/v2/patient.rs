@@ -167,7 +167,7 @@ pub(super) fn merged(
         old["id"] = Json::from(id.as_str());
         old["identifier"] = Json::Array(ids.into_iter().map(|(_, v)| v).collect());
         old["active"] = Json::from(false);
-        old["link"] = json!([{"other": {"reference": format!("Patient/{}", survivor.id)},
+        old["link"] = json!([{"other": {"reference": survivor.reference()},
             "type": "replaced-by"}]);
         let link = json!({"other": {"reference": format!("Patient/{id}")}, "type": "replaces"});
         match survivor.body.get_mut("link").and_then(Json::as_array_mut) {

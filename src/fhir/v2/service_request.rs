@@ -32,8 +32,8 @@ pub(super) fn map(
     encounter: Option<&Resource>,
     results: bool,
 ) -> Result<Vec<Resource>, MappingError> {
-    let subject = json!({"reference": format!("Patient/{}", patient.id)});
-    let encounter = encounter.map(|e| json!({"reference": format!("Encounter/{}", e.id)}));
+    let subject = json!({"reference": patient.reference()});
+    let encounter = encounter.map(|e| json!({"reference": e.reference()}));
     let mut out = Vec::new();
     let mut order: Option<Order<'_>> = None;
     for seg in cx.segments() {
@@ -202,10 +202,7 @@ fn finish(
     // SPM (OML) → Specimen, the request's `specimen`.
     for (i, spm) in o.spm.iter().enumerate() {
         let sp = specimen::map(cx, spm, &key, i, subject)?;
-        r.push(
-            "specimen",
-            json!({"reference": format!("Specimen/{}", sp.id)}),
-        );
+        r.push("specimen", json!({"reference": sp.reference()}));
         extra.push(sp);
     }
     // OBX → Observation (the request's `supportingInfo`), numbered within the order.
@@ -217,10 +214,7 @@ fn finish(
             siblings: &extra,
         };
         let obs = observation(cx, obx, &under, subject)?;
-        r.push(
-            "supportingInfo",
-            json!({"reference": format!("Observation/{}", obs.id)}),
-        );
+        r.push("supportingInfo", json!({"reference": obs.reference()}));
         extra.push(obs);
     }
     out.push(tagged(
@@ -348,14 +342,8 @@ mod tests {
         assert_eq!(sr["locationCode"][0]["coding"][0]["code"], "OF");
         assert_eq!(sr["reasonCode"][0]["coding"][0]["code"], "E10.9");
         assert_eq!(sr["note"][0]["text"], "Urgent");
-        assert_eq!(
-            sr["encounter"]["reference"],
-            format!("Encounter/{}", rs[1].id)
-        );
-        assert_eq!(
-            sr["specimen"][0]["reference"],
-            format!("Specimen/{}", rs[3].id)
-        );
+        assert_eq!(sr["encounter"]["reference"], rs[1].reference());
+        assert_eq!(sr["specimen"][0]["reference"], rs[3].reference());
         // Two OBX say set 1, sub id 1: both kept, the second numbered by its place.
         assert_eq!(sr["supportingInfo"].as_array().unwrap().len(), 4);
         assert_eq!(rs[4].body["identifier"][0]["value"], "1101-1-1");
