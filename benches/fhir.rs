@@ -44,7 +44,7 @@ fn bench(c: &mut Criterion) {
                 let m = Message::parse(black_box(&raw)).unwrap();
                 let rs = convert(&m, &opts).unwrap();
                 out.clear();
-                serde_json::to_writer(&mut out, &bundle(rs, BundleType::Transaction)).unwrap();
+                bundle(rs, BundleType::Transaction).write(&mut out);
                 black_box(out.len())
             })
         });

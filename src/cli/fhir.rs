@@ -166,15 +166,18 @@ fn convert_one(
     })?;
     let n = rs.len();
     let mut out = Vec::with_capacity(4096);
-    let written = match kind {
-        Some(k) => serde_json::to_writer(&mut out, &bundle(rs, k)).map(|()| out.push(b'\n')),
-        None => rs.iter().try_for_each(|r| {
-            serde_json::to_writer(&mut out, &r.body)?;
+    match kind {
+        Some(k) => {
+            bundle(rs, k).write(&mut out);
             out.push(b'\n');
-            Ok(())
-        }),
-    };
-    written.map_err(|e| format!("error: {file}: message {}: {e}", m.index()))?;
+        }
+        None => {
+            for r in &rs {
+                r.body.write(&mut out);
+                out.push(b'\n');
+            }
+        }
+    }
     Ok((out, n))
 }
 

@@ -6,10 +6,9 @@
 
 use std::collections::HashMap;
 
-use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 use serde_json::Value;
 
-use super::json::Json;
+use super::json::write_str;
 use super::v2::{Resource, Write};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,14 +51,14 @@ pub fn search_query<B>(r: &Resource<B>) -> Option<String> {
 }
 
 /// One Bundle of the resources of a message (taken, not copied: a Bundle is built once per
-/// message on the hot path). It is written by serializing it: entries, requests and the
-/// transaction's `urn:uuid:` references are produced while writing, not built as a tree
-/// first (building it was most of the Bundle's cost).
+/// message on the hot path). It is written straight to bytes (`Bundle::write`): entries,
+/// requests and the transaction's `urn:uuid:` references are produced while writing, not
+/// built as a tree first (building it was most of the Bundle's cost).
 pub fn bundle(resources: Vec<Resource>, kind: BundleType) -> Bundle {
     Bundle { resources, kind }
 }
 
-/// A Bundle of one message's resources, written by `Serialize` (`serde_json::to_writer`).
+/// A Bundle of one message's resources.
 #[derive(Debug, Clone)]
 pub struct Bundle {
     pub resources: Vec<Resource>,
@@ -67,16 +66,13 @@ pub struct Bundle {
 }
 
 impl Bundle {
-    /// The Bundle as a JSON tree (for readers that walk it; writers serialize it directly).
-    pub fn to_value(&self) -> Value {
-        serde_json::to_value(self).unwrap_or(Value::Null)
-    }
-}
-
-impl Serialize for Bundle {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        // Transactions refer to entries by their `urn:uuid:` full URLs: id → type, borrowed.
-        // Sorted by id for a binary search per reference (a message has tens of entries).
+    /// The Bundle as compact JSON appended to `out`, in the order of FHIR's own JSON
+    /// (`resourceType` first, then `type`, then the entries: `fullUrl`, `resource`,
+    /// `request`).
+    pub fn write(&self, out: &mut Vec<u8>) {
+        let transaction = self.kind == BundleType::Transaction;
+        // Transactions refer to entries by their `urn:uuid:` full URLs: id → type, borrowed,
+        // sorted by id for a binary search per reference (a message has tens of entries).
         let mut urns: Vec<(&str, &str)> = match self.kind {
             BundleType::Transaction => self
                 .resources
@@ -86,153 +82,71 @@ impl Serialize for Bundle {
             BundleType::Batch => Vec::new(),
         };
         urns.sort_unstable();
-        let entries = Entries {
-            resources: &self.resources,
-            kind: self.kind,
-            urns: &urns,
-        };
-        // In the order of FHIR's own JSON (`resourceType` first), as the resources are.
-        let mut m = s.serialize_map(Some(3))?;
-        m.serialize_entry("resourceType", "Bundle")?;
-        m.serialize_entry("type", self.kind.as_str())?;
-        m.serialize_entry("entry", &entries)?;
-        m.end()
-    }
-}
-
-struct Entries<'b> {
-    resources: &'b [Resource],
-    kind: BundleType,
-    urns: &'b [(&'b str, &'b str)],
-}
-
-impl Serialize for Entries<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut seq = s.serialize_seq(Some(self.resources.len()))?;
-        for r in self.resources {
-            seq.serialize_element(&Entry {
-                r,
-                kind: self.kind,
-                urns: self.urns,
-            })?;
-        }
-        seq.end()
-    }
-}
-
-struct Entry<'b> {
-    r: &'b Resource,
-    kind: BundleType,
-    urns: &'b [(&'b str, &'b str)],
-}
-
-impl Serialize for Entry<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let (r, transaction) = (self.r, self.kind == BundleType::Transaction);
-        let mut m = s.serialize_map(Some(3))?;
-        m.serialize_entry("fullUrl", &format_args!("urn:uuid:{}", r.id))?;
-        // A conditional write must not carry an id the match might contradict.
-        let resource = Rewritten {
-            v: &r.body,
-            urns: transaction.then_some(self.urns),
-            skip_id: transaction && r.identifier.is_some(),
-        };
-        // Directory resources are created once (`Write::CreateOnce`); a batch entry stands
-        // alone and is referenced by its deterministic id, so it stays an update.
-        m.serialize_entry("resource", &resource)?;
-        match (transaction, r.write(), search_query(r)) {
-            (true, Write::CreateOnce, Some(q)) => {
-                m.serialize_entry("request", &Request::Create(r.resource_type, &q))?
-            }
-            _ => m.serialize_entry("request", &Request::Update(&request_url(r)))?,
-        }
-        m.end()
-    }
-}
-
-enum Request<'b> {
-    Create(&'b str, &'b str),
-    Update(&'b str),
-}
-
-impl Serialize for Request<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match *self {
-            Request::Create(kind, query) => {
-                let mut m = s.serialize_map(Some(3))?;
-                m.serialize_entry("method", "POST")?;
-                m.serialize_entry("url", kind)?;
-                m.serialize_entry("ifNoneExist", query)?;
-                m.end()
-            }
-            Request::Update(url) => {
-                let mut m = s.serialize_map(Some(2))?;
-                m.serialize_entry("method", "PUT")?;
-                m.serialize_entry("url", url)?;
-                m.end()
-            }
-        }
-    }
-}
-
-/// A resource's JSON as a transaction entry holds it: references to the Bundle's entries as
-/// their `urn:uuid:`s, and (for conditional writes) no `id`.
-struct Rewritten<'b> {
-    v: &'b Json,
-    urns: Option<&'b [(&'b str, &'b str)]>,
-    skip_id: bool,
-}
-
-impl Rewritten<'_> {
-    fn child<'c>(&'c self, v: &'c Json) -> Rewritten<'c> {
-        Rewritten {
-            v,
-            urns: self.urns,
-            skip_id: false,
-        }
-    }
-
-    /// `Type/id` of an entry → that entry's id.
-    fn entry_id<'r>(&self, reference: &'r str) -> Option<&'r str> {
-        let slash = reference.bytes().position(|b| b == b'/')?;
-        let (kind, id) = (&reference[..slash], &reference[slash + 1..]);
-        let urns = self.urns?;
-        let i = urns.binary_search_by(|(u, _)| (*u).cmp(id)).ok()?;
-        (urns[i].1 == kind).then_some(id)
-    }
-}
-
-impl Serialize for Rewritten<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if self.urns.is_none() && !self.skip_id {
-            return self.v.serialize(s);
-        }
-        match self.v {
-            Json::Object(o) => {
-                let skip = self.skip_id && o.contains_key("id");
-                let mut m = s.serialize_map(Some(o.len() - usize::from(skip)))?;
-                for (k, v) in o.iter() {
-                    if skip && k == "id" {
-                        continue;
-                    }
-                    match (k, v.as_str().and_then(|r| self.entry_id(r))) {
-                        ("reference", Some(id)) => {
-                            m.serialize_entry(k, &format_args!("urn:uuid:{id}"))?
-                        }
-                        _ => m.serialize_entry(k, &self.child(v))?,
-                    }
+        // `Type/id` of an entry → `urn:uuid:id`.
+        let to_urn = |reference: &str, out: &mut Vec<u8>| {
+            let Some(slash) = reference.bytes().position(|b| b == b'/') else {
+                return false;
+            };
+            let (kind, id) = (&reference[..slash], &reference[slash + 1..]);
+            match urns.binary_search_by(|(u, _)| (*u).cmp(id)) {
+                Ok(i)
+                    if urns[i].1 == kind
+                        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') =>
+                {
+                    out.extend_from_slice(b"urn:uuid:");
+                    out.extend_from_slice(id.as_bytes());
+                    true
                 }
-                m.end()
+                _ => false,
             }
-            Json::Array(a) => {
-                let mut seq = s.serialize_seq(Some(a.len()))?;
-                for v in a {
-                    seq.serialize_element(&self.child(v))?;
+        };
+        let keep = |_: &str, _: &mut Vec<u8>| false;
+        out.extend_from_slice(br#"{"resourceType":"Bundle","type":"#);
+        write_str(out, self.kind.as_str());
+        out.extend_from_slice(br#","entry":["#);
+        for (i, r) in self.resources.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(br#"{"fullUrl":"#);
+            write_str(out, &format!("urn:uuid:{}", r.id));
+            out.extend_from_slice(br#","resource":"#);
+            // A conditional write must not carry an id the match might contradict.
+            if transaction {
+                r.body.write_entry(out, r.identifier.is_some(), &to_urn);
+            } else {
+                r.body.write_entry(out, false, &keep);
+            }
+            out.extend_from_slice(br#","request":{"method":"#);
+            // Directory resources are created once (`Write::CreateOnce`); a batch entry
+            // stands alone and is referenced by its deterministic id, so it stays an update.
+            match (transaction, r.write(), search_query(r)) {
+                (true, Write::CreateOnce, Some(q)) => {
+                    out.extend_from_slice(br#""POST","url":"#);
+                    write_str(out, r.resource_type);
+                    out.extend_from_slice(br#","ifNoneExist":"#);
+                    write_str(out, &q);
                 }
-                seq.end()
+                _ => {
+                    out.extend_from_slice(br#""PUT","url":"#);
+                    write_str(out, &request_url(r));
+                }
             }
-            v => v.serialize(s),
+            out.extend_from_slice(b"}}");
         }
+        out.extend_from_slice(b"]}");
+    }
+
+    /// The Bundle's JSON.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        self.write(&mut out);
+        out
+    }
+
+    /// The Bundle as a JSON tree (for readers that walk it; writers use `write`).
+    pub fn to_value(&self) -> Value {
+        serde_json::from_slice(&self.to_vec()).unwrap_or(Value::Null)
     }
 }
 

@@ -438,6 +438,116 @@ impl IndexMut<usize> for Json {
     }
 }
 
+impl Json {
+    /// Compact JSON appended to `out`, the bytes `serde_json::to_writer` gives for the same
+    /// tree (a test holds them equal), without serde's per-value dispatch: writing resources
+    /// is most of what `fhir convert` does after mapping them.
+    pub fn write(&self, out: &mut Vec<u8>) {
+        write_value(self, out, &|_, _| false);
+    }
+
+    /// As `write`, for a resource inside a Bundle: the root object's `id` left out when
+    /// `skip_id`, and each `reference` field's string offered to `reference`, which may write
+    /// a replacement (JSON-safe text, without quotes) and return true.
+    pub fn write_entry(
+        &self,
+        out: &mut Vec<u8>,
+        skip_id: bool,
+        reference: &dyn Fn(&str, &mut Vec<u8>) -> bool,
+    ) {
+        match self {
+            Json::Object(o) if skip_id => write_object(o, out, Some("id"), reference),
+            v => write_value(v, out, reference),
+        }
+    }
+}
+
+type OnReference<'f> = &'f dyn Fn(&str, &mut Vec<u8>) -> bool;
+
+fn write_value(v: &Json, out: &mut Vec<u8>, reference: OnReference<'_>) {
+    match v {
+        Json::Null => out.extend_from_slice(b"null"),
+        Json::Bool(true) => out.extend_from_slice(b"true"),
+        Json::Bool(false) => out.extend_from_slice(b"false"),
+        // Rare (quantities): serde_json's own formatting, so numbers read back the same.
+        Json::Number(n) => {
+            let _ = serde_json::to_writer(&mut *out, n);
+        }
+        Json::String(s) => write_str(out, s),
+        Json::Array(a) => {
+            out.push(b'[');
+            for (i, v) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_value(v, out, reference);
+            }
+            out.push(b']');
+        }
+        Json::Object(o) => write_object(o, out, None, reference),
+    }
+}
+
+fn write_object(o: &Fields, out: &mut Vec<u8>, skip: Option<&str>, reference: OnReference<'_>) {
+    out.push(b'{');
+    let mut first = true;
+    for (k, v) in o.iter() {
+        if skip == Some(k) {
+            continue;
+        }
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        write_str(out, k);
+        out.push(b':');
+        if let (true, Json::String(r)) = (k == "reference", v) {
+            let at = out.len();
+            out.push(b'"');
+            if reference(r, out) {
+                out.push(b'"');
+                continue;
+            }
+            out.truncate(at);
+        }
+        write_value(v, out, reference);
+    }
+    out.push(b'}');
+}
+
+/// A JSON string as serde_json writes it: `"` and `\` escaped, control characters as
+/// `\b \f \n \r \t` or `\u00XX`, everything else (UTF-8 included) as is.
+pub fn write_str(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let short: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        if short.is_empty() {
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(b >> 4)]);
+            out.push(HEX[usize::from(b & 0x0f)]);
+        } else {
+            out.extend_from_slice(short);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
 impl Serialize for Json {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
@@ -470,8 +580,9 @@ impl Serialize for Fields {
 impl fmt::Display for Json {
     /// Compact JSON.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = serde_json::to_string(self).map_err(|_| fmt::Error)?;
-        f.write_str(&s)
+        let mut out = Vec::new();
+        self.write(&mut out);
+        f.write_str(&String::from_utf8_lossy(&out))
     }
 }
 
@@ -546,6 +657,34 @@ mod tests {
         assert_ne!(a, json!({"b": 1}));
         assert_eq!(a["a"][0]["reference"], "Patient/1");
         assert!(a["missing"][3].is_null());
+    }
+
+    proptest::proptest! {
+        /// `write` gives serde_json's bytes: any text (quotes, backslashes, every control
+        /// character, non-ASCII), numbers, nesting.
+        #[test]
+        fn writes_what_serde_json_writes(text in "[\\x00-\\x7f\"\\\\é€😀]{0,40}", n in proptest::num::f64::NORMAL, i in proptest::num::i64::ANY) {
+            let mut t = json!({"a": text.as_str(), "n": n, "i": i, "l": [text.as_str(), null, true, {}], "o": {"x": false}});
+            t.as_object_mut().unwrap().insert(Key::Owned(text.clone()), json!([]));
+            let mut out = Vec::new();
+            t.write(&mut out);
+            proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), serde_json::to_string(&t).unwrap());
+        }
+    }
+
+    #[test]
+    fn entries_skip_the_root_id_and_rewrite_references() {
+        let r = json!({"id": "1", "subject": {"reference": "Patient/2", "id": "kept"}, "x": [{"reference": "Other/3"}]});
+        let mut out = Vec::new();
+        r.write_entry(&mut out, true, &|r, out| {
+            r.strip_prefix("Patient/")
+                .map(|id| out.extend_from_slice(format!("urn:uuid:{id}").as_bytes()))
+                .is_some()
+        });
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"subject":{"reference":"urn:uuid:2","id":"kept"},"x":[{"reference":"Other/3"}]}"#
+        );
     }
 
     #[test]

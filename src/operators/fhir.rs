@@ -143,7 +143,7 @@ impl Operator for ToFhir {
                     // The message's first resource (the patient) names the Bundle row.
                     let (id, key) = (resources[0].id.clone(), resources[0].identifier.clone());
                     let b = bundle(resources, kind);
-                    row("Bundle", &id, key.as_ref(), "", json(&b)?, &[]);
+                    row("Bundle", &id, key.as_ref(), "", utf8(b.to_vec())?, &[]);
                 }
                 None => {
                     for r in &resources {
@@ -153,7 +153,11 @@ impl Operator for ToFhir {
                             &r.id,
                             r.identifier.as_ref(),
                             &url,
-                            json(&r.body)?,
+                            utf8({
+                                let mut out = Vec::with_capacity(1024);
+                                r.body.write(&mut out);
+                                out
+                            })?,
                             &r.deleted,
                         );
                     }
@@ -187,6 +191,7 @@ impl Operator for ToFhir {
     }
 }
 
-fn json(v: &impl serde::Serialize) -> Result<String, OperatorError> {
-    serde_json::to_string(v).map_err(|e| OperatorError::Other(e.to_string()))
+/// Written JSON as a string column's value (the writers only write UTF-8).
+fn utf8(json: Vec<u8>) -> Result<String, OperatorError> {
+    String::from_utf8(json).map_err(|e| OperatorError::Other(e.to_string()))
 }
