@@ -593,11 +593,9 @@ impl fmt::Display for Json {
 macro_rules! fhir_json {
     (null) => { $crate::fhir::json::Json::Null };
     ([]) => { $crate::fhir::json::Json::Array(Vec::new()) };
-    ([ $($tt:tt)+ ]) => {{
-        let mut a: Vec<$crate::fhir::json::Json> = Vec::new();
-        $crate::fhir_json!(@array a () $($tt)+);
-        $crate::fhir::json::Json::Array(a)
-    }};
+    ([ $($tt:tt)+ ]) => {
+        $crate::fhir::json::Json::Array($crate::fhir_json!(@array [] () $($tt)+))
+    };
     ({}) => { $crate::fhir::json::Json::Object($crate::fhir::json::Fields::new()) };
     ({ $($tt:tt)+ }) => {{
         let mut o = $crate::fhir::json::Fields::new();
@@ -606,16 +604,18 @@ macro_rules! fhir_json {
     }};
     ($e:expr) => { $crate::fhir::json::Json::from($e) };
 
-    // Arrays: gather an element's tokens up to a top-level comma.
-    (@array $a:ident ($($v:tt)+) , $($rest:tt)*) => {
-        $a.push($crate::fhir_json!($($v)+));
-        $crate::fhir_json!(@array $a () $($rest)*);
+    // Arrays: gather an element's tokens up to a top-level comma; the built elements
+    // collect in `[…]` and become one `vec!`.
+    (@array [$($done:expr,)*] ($($v:tt)+) , $($rest:tt)*) => {
+        $crate::fhir_json!(@array [$($done,)* $crate::fhir_json!($($v)+),] () $($rest)*)
     };
-    (@array $a:ident ($($v:tt)*) $t:tt $($rest:tt)*) => {
-        $crate::fhir_json!(@array $a ($($v)* $t) $($rest)*);
+    (@array [$($done:expr,)*] ($($v:tt)*) $t:tt $($rest:tt)*) => {
+        $crate::fhir_json!(@array [$($done,)*] ($($v)* $t) $($rest)*)
     };
-    (@array $a:ident ($($v:tt)+)) => { $a.push($crate::fhir_json!($($v)+)); };
-    (@array $a:ident ()) => {};
+    (@array [$($done:expr,)*] ($($v:tt)+)) => {
+        vec![$($done,)* $crate::fhir_json!($($v)+)]
+    };
+    (@array [$($done:expr,)*] ()) => { vec![$($done),*] };
 
     // Objects: a literal key, a colon, then the value's tokens up to a top-level comma.
     (@object $o:ident () () $k:literal : $($rest:tt)*) => {
