@@ -569,6 +569,41 @@ mod tests {
         );
     }
 
+    /// Resources are written in FHIR's order, `resourceType` then `id` first, on every
+    /// corpus message that maps; a Bundle starts with its own `resourceType` and `type`.
+    #[test]
+    fn resources_are_written_resource_type_and_id_first() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/corpus");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let raw = std::fs::read(entry.unwrap().path()).unwrap();
+            let Ok(m) = Message::parse(&raw) else {
+                continue;
+            };
+            let Ok(rs) = convert(&m, &Options::default()) else {
+                continue;
+            };
+            for r in &rs {
+                let mut out = Vec::new();
+                r.body.write(&mut out);
+                let head = format!(r#"{{"resourceType":"{}","id":"{}","#, r.resource_type, r.id);
+                assert!(
+                    out.starts_with(head.as_bytes()),
+                    "{}",
+                    String::from_utf8_lossy(&out)
+                );
+                seen += 1;
+            }
+            let b = crate::fhir::bundle::bundle(rs, crate::fhir::bundle::BundleType::Batch);
+            assert!(
+                b.to_vec().starts_with(
+                    br#"{"resourceType":"Bundle","type":"batch","entry":[{"fullUrl":"#
+                )
+            );
+        }
+        assert!(seen > 100, "{seen} resources");
+    }
+
     #[test]
     fn stable_ids_are_uuid_shaped_and_stable() {
         let a = stable_id(&["Patient", "urn:oid:1.2", "123"]);
