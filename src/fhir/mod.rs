@@ -1,4 +1,5 @@
-//! FHIR R4: HL7v2 → FHIR mapping (`v2`, per the HL7 v2-to-FHIR IG), the Bundles that write
+//! FHIR R4: HL7v2 → FHIR mapping (`v2`, per the HL7 v2-to-FHIR IG), the JSON tree it builds
+//! resources in and writes them from (`json`), the Bundles that write
 //! its resources idempotently (`bundle`), v2 update semantics on
 //! the server's resources (`merge`) and the reverse direction, FHIR resources as flat rows
 //! (`rows`). The EHR client is `net::fhir_client`.

@@ -288,11 +288,9 @@ impl Ctx<'_, '_> {
     }
 }
 
-/// `{"reference": …}`, the reference moved in (`json!` would copy it).
+/// `{"reference": …}`.
 fn reference_to(reference: Json) -> Json {
-    let mut o = crate::fhir::json::Fields::new();
-    o.insert("reference", reference);
-    Json::Object(o)
+    json!({ "reference": reference })
 }
 
 /// A Reference to a shared resource, with the display the message gave it.
