@@ -41,10 +41,6 @@ impl Fields {
         Fields(Vec::new())
     }
 
-    pub fn with_capacity(n: usize) -> Self {
-        Fields(Vec::with_capacity(n))
-    }
-
     fn position(&self, key: &str) -> Option<usize> {
         self.0.iter().position(|(k, _)| k == key)
     }
@@ -111,10 +107,6 @@ impl Fields {
 
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (&str, &mut Json)> {
         self.0.iter_mut().map(|(k, v)| (&**k, v))
-    }
-
-    pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.0.iter().map(|(k, _)| k.as_ref())
     }
 }
 
@@ -206,10 +198,6 @@ impl Json {
 
     pub fn is_array(&self) -> bool {
         matches!(self, Json::Array(_))
-    }
-
-    pub fn is_object(&self) -> bool {
-        matches!(self, Json::Object(_))
     }
 
     pub fn take(&mut self) -> Json {

@@ -209,7 +209,7 @@ pub fn address(x: &Xad) -> Option<Json> {
         .build()
 }
 
-/// XTN[ContactPoint]. Json: XTN-4 for e-mail (r8); else composed `+5 6 7 X8` when area and
+/// XTN[ContactPoint]. Value: XTN-4 for e-mail (r8); else composed `+5 6 7 X8` when area and
 /// local number are sent (r15–18); else XTN-12 (r24); else XTN-1 (r3); a lone XTN-7 is used
 /// too (no IG row covers it). System from XTN-3 (r5), `email` when only XTN-4 is sent (r6),
 /// else `phone` (the IG's data-absent-reason would leave a value without a usable system).
