@@ -19,13 +19,17 @@ pub use serde_json::Number;
 /// A field name: nearly always a literal of the mapper, owned only when read from elsewhere.
 pub type Key = Cow<'static, str>;
 
+/// A string value: up to 24 bytes inline, a literal by reference (`Json::lit`), longer text
+/// on the heap. Most values of a resource (codes, short names, literals) allocate nothing.
+pub type Str = compact_str::CompactString;
+
 #[derive(Debug, Clone, Default)]
 pub enum Json {
     #[default]
     Null,
     Bool(bool),
     Number(Number),
-    String(String),
+    String(Str),
     Array(Vec<Json>),
     Object(Fields),
 }
@@ -55,6 +59,13 @@ impl Fields {
                 None
             }
         }
+    }
+
+    /// Appends `key`, which the caller knows is not set yet (builders and `json!` literals
+    /// set each key once): no search for a value to replace.
+    pub fn append(&mut self, key: &'static str, value: Json) {
+        debug_assert!(!self.contains_key(key), "{key} set twice");
+        self.0.push((Key::Borrowed(key), value));
     }
 
     /// Sets `key` first (before every other field), replacing a value it had.
@@ -222,7 +233,7 @@ impl Json {
             Json::Null => Value::Null,
             Json::Bool(b) => Value::Bool(*b),
             Json::Number(n) => Value::Number(n.clone()),
-            Json::String(s) => Value::String(s.clone()),
+            Json::String(s) => Value::String(s.to_string()),
             Json::Array(a) => Value::Array(a.iter().map(Json::to_value).collect()),
             Json::Object(o) => Value::Object(
                 o.iter()
@@ -331,19 +342,54 @@ impl From<bool> for Json {
 
 impl From<&str> for Json {
     fn from(s: &str) -> Json {
-        Json::String(s.to_string())
+        Json::String(Str::from(s))
     }
 }
 
 impl From<String> for Json {
     fn from(s: String) -> Json {
-        Json::String(s)
+        Json::String(Str::from(s))
     }
 }
 
 impl From<&String> for Json {
     fn from(s: &String) -> Json {
-        Json::String(s.clone())
+        Json::String(Str::from(s.as_str()))
+    }
+}
+
+impl From<Str> for Json {
+    fn from(s: Str) -> Json {
+        Json::String(s)
+    }
+}
+
+/// What a literal in `json!` becomes: a string literal is kept by reference (no copy).
+pub trait Lit {
+    fn lit(self) -> Json;
+}
+
+impl Lit for &'static str {
+    fn lit(self) -> Json {
+        Json::String(Str::const_new(self))
+    }
+}
+
+macro_rules! lit_by_from {
+    ($($t:ty),*) => {$(
+        impl Lit for $t {
+            fn lit(self) -> Json {
+                Json::from(self)
+            }
+        }
+    )*};
+}
+lit_by_from!(bool, i32, i64, u32, u64, usize, f64);
+
+impl Json {
+    /// A literal (`Lit`): string literals by reference.
+    pub fn lit(v: impl Lit) -> Json {
+        v.lit()
     }
 }
 
@@ -372,7 +418,7 @@ impl From<&serde_json::Value> for Json {
             Value::Null => Json::Null,
             Value::Bool(b) => Json::Bool(*b),
             Value::Number(n) => Json::Number(n.clone()),
-            Value::String(s) => Json::String(s.clone()),
+            Value::String(s) => Json::from(s.as_str()),
             Value::Array(a) => Json::Array(a.iter().map(Json::from).collect()),
             Value::Object(o) => Json::Object(
                 o.iter()
@@ -590,6 +636,7 @@ macro_rules! fhir_json {
         $crate::fhir_json!(@object o () () $($tt)+);
         $crate::fhir::json::Json::Object(o)
     }};
+    ($l:literal) => { $crate::fhir::json::Json::lit($l) };
     ($e:expr) => { $crate::fhir::json::Json::from($e) };
 
     // Arrays: gather an element's tokens up to a top-level comma; the built elements
@@ -610,14 +657,14 @@ macro_rules! fhir_json {
         $crate::fhir_json!(@object $o ($k) () $($rest)*);
     };
     (@object $o:ident ($k:literal) ($($v:tt)+) , $($rest:tt)*) => {
-        $o.insert($k, $crate::fhir_json!($($v)+));
+        $o.append($k, $crate::fhir_json!($($v)+));
         $crate::fhir_json!(@object $o () () $($rest)*);
     };
     (@object $o:ident ($k:literal) ($($v:tt)*) $t:tt $($rest:tt)*) => {
         $crate::fhir_json!(@object $o ($k) ($($v)* $t) $($rest)*);
     };
     (@object $o:ident ($k:literal) ($($v:tt)+)) => {
-        $o.insert($k, $crate::fhir_json!($($v)+));
+        $o.append($k, $crate::fhir_json!($($v)+));
     };
     (@object $o:ident () ()) => {};
 }

@@ -30,7 +30,7 @@ impl Obj {
         if let Some(v) = value.into()
             && !v.is_empty()
         {
-            self.0.insert(key, v);
+            self.0.append(key, v);
         }
     }
 
@@ -56,7 +56,7 @@ impl Obj {
 }
 
 fn s(v: &Option<String>) -> Option<Json> {
-    v.as_ref().map(|s| Json::String(s.clone()))
+    v.as_deref().map(Json::from)
 }
 
 /// How identifier systems are chosen.
@@ -64,8 +64,8 @@ fn s(v: &Option<String>) -> Option<Json> {
 pub struct Systems {
     /// Assigning-authority namespace (HD-1) → system URI, for authorities sent by local name.
     pub by_namespace: std::sync::Arc<std::collections::HashMap<String, String>>,
-    /// The sending facility (MSH-4, else MSH-3), made safe for a URN: local authority names
-    /// are scoped to it. Set per message by the converter.
+    /// The sending facility (MSH-4, else MSH-3), already made safe for a URN (`urn_safe`):
+    /// local authority names are scoped to it. Set per message by the converter.
     pub sender: String,
 }
 
@@ -97,7 +97,7 @@ impl Systems {
         }
         Some(format!(
             "urn:plexus:v2:{}:authority:{}",
-            urn_safe(&self.sender),
+            self.sender,
             urn_safe(local)
         ))
     }

@@ -32,7 +32,7 @@ const PL_LEVELS: [(usize, &str, Option<&str>); 6] = [
 impl Ctx<'_, '_> {
     /// A directory resource of this message, sent once however often the message names it.
     fn share(&self, r: Resource) -> Json {
-        let reference = Json::String(r.reference());
+        let reference = Json::from(r.reference());
         self.shared.borrow_mut().push(r);
         reference
     }
@@ -51,7 +51,7 @@ impl Ctx<'_, '_> {
                         .as_ref()
                         .is_some_and(|(s, v)| s == system && v == value)
             })
-            .map(|r| Json::String(r.reference()))
+            .map(|r| Json::from(r.reference()))
     }
 
     /// XCN → a Reference to a Practitioner (XCN[Practitioner]): identifier XCN-1 (r1) with

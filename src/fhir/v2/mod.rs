@@ -252,10 +252,7 @@ impl Ctx<'_, '_> {
     /// A system for identifiers the sender sent without an assigning authority: scoped to the
     /// sending facility (MSH-4, else MSH-3) so that two senders' visit numbers never collide.
     pub fn local_system(&self, kind: &str) -> String {
-        format!(
-            "urn:plexus:v2:{}:{kind}",
-            datatypes::urn_safe(&self.systems.sender)
-        )
+        format!("urn:plexus:v2:{}:{kind}", self.systems.sender)
     }
 
     /// The first repetition of field `n` of `seg` as a CWE; `None` when not sent.
@@ -387,7 +384,8 @@ pub fn convert(msg: &Message<'_>, opts: &Options) -> Result<Vec<Resource>, Mappi
         event: event.clone(),
         systems: datatypes::Systems {
             by_namespace: opts.systems.by_namespace.clone(),
-            sender,
+            // Once per message: every local system names it.
+            sender: datatypes::urn_safe(&sender),
         },
         shared: Default::default(),
     };
