@@ -68,6 +68,16 @@ impl Fields {
         self.0.push((Key::Borrowed(key), value));
     }
 
+    pub fn with_capacity(n: usize) -> Self {
+        Fields(Vec::with_capacity(n))
+    }
+
+    /// Appends `other`'s fields, whose keys are known not to be set here (as `append`).
+    pub fn extend_unique(&mut self, other: Fields) {
+        debug_assert!(other.0.iter().all(|(k, _)| !self.contains_key(k)));
+        self.0.extend(other.0);
+    }
+
     /// Sets `key` first (before every other field), replacing a value it had.
     pub fn insert_first(&mut self, key: &'static str, value: Json) {
         if let Some(i) = self.position(key) {

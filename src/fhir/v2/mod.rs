@@ -37,7 +37,7 @@ mod us_core;
 
 use std::collections::HashMap;
 
-use crate::fhir::json::{Json, json};
+use crate::fhir::json::{Fields, Json, json};
 use sha2::{Digest, Sha256};
 
 use crate::formats::hl7::{Cwe, Hl7Error, Message, Segment, Zone};
@@ -153,9 +153,11 @@ impl Resource {
         identifier: Option<(String, String)>,
         fields: datatypes::Obj,
     ) -> Self {
-        let mut body = fields.0;
-        body.insert_first("id", Json::from(id.as_str()));
-        body.insert_first("resourceType", Json::from(kind));
+        // Into a new vector sized once: inserting both in front moved every field twice.
+        let mut body = Fields::with_capacity(fields.0.len() + 2);
+        body.append("resourceType", Json::from(kind));
+        body.append("id", Json::from(id.as_str()));
+        body.extend_unique(fields.0);
         Resource {
             resource_type: kind,
             id,
