@@ -569,6 +569,16 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
     out.reserve(s.len() + 2);
     out.push(b'"');
     let bytes = s.as_bytes();
+    // Most keys and codes are shorter than a word: padded with spaces, one test clears them.
+    if bytes.len() < 8 {
+        let mut word = [b' '; 8];
+        word[..bytes.len()].copy_from_slice(bytes);
+        if !any_to_escape(u64::from_le_bytes(word)) {
+            out.extend_from_slice(bytes);
+            out.push(b'"');
+            return;
+        }
+    }
     let mut start = 0;
     let mut i = 0;
     while i < bytes.len() {
