@@ -63,6 +63,7 @@ impl Fields {
 
     /// Appends `key`, which the caller knows is not set yet (builders and `json!` literals
     /// set each key once): no search for a value to replace.
+    #[inline]
     pub fn append(&mut self, key: &'static str, value: Json) {
         debug_assert!(!self.contains_key(key), "{key} set twice");
         self.0.push((Key::Borrowed(key), value));
