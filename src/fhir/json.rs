@@ -73,6 +73,16 @@ impl Fields {
         Fields(Vec::with_capacity(n))
     }
 
+    /// How many more fields fit without regrowth.
+    pub fn spare(&self) -> usize {
+        self.0.capacity() - self.0.len()
+    }
+
+    /// Moves the last `n` fields to the front.
+    pub fn rotate_right(&mut self, n: usize) {
+        self.0.rotate_right(n);
+    }
+
     /// Appends `other`'s fields, whose keys are known not to be set here (as `append`).
     pub fn extend_unique(&mut self, other: Fields) {
         debug_assert!(other.0.iter().all(|(k, _)| !self.contains_key(k)));
@@ -518,7 +528,11 @@ fn write_value(v: &Json, out: &mut Vec<u8>, reference: OnReference<'_>) {
         Json::Number(n) => {
             let _ = serde_json::to_writer(&mut *out, n);
         }
-        Json::String(s) => write_str(out, s),
+        Json::String(s) => match s.as_static_str() {
+            // A literal of the mapper (`Json::lit`), clean by construction: no escape scan.
+            Some(lit) => write_clean(out, lit),
+            None => write_str(out, s),
+        },
         Json::Array(a) => {
             out.push(b'[');
             for (i, v) in a.iter().enumerate() {
@@ -536,17 +550,21 @@ fn write_value(v: &Json, out: &mut Vec<u8>, reference: OnReference<'_>) {
 fn write_object(o: &Fields, out: &mut Vec<u8>, skip: Option<&str>, reference: OnReference<'_>) {
     out.push(b'{');
     let mut first = true;
-    for (k, v) in o.iter() {
-        if skip == Some(k) {
+    for (k, v) in &o.0 {
+        if skip == Some(&**k) {
             continue;
         }
         if !first {
             out.push(b',');
         }
         first = false;
-        write_str(out, k);
+        match k {
+            // A field name of the mapper: FHIR element names need no escaping.
+            Key::Borrowed(k) => write_clean(out, k),
+            Key::Owned(k) => write_str(out, k),
+        }
         out.push(b':');
-        if let (true, Json::String(r)) = (k == "reference", v) {
+        if let (true, Json::String(r)) = (&**k == "reference", v) {
             let at = out.len();
             out.push(b'"');
             if reference(r, out) {
@@ -558,6 +576,16 @@ fn write_object(o: &Fields, out: &mut Vec<u8>, skip: Option<&str>, reference: On
         write_value(v, out, reference);
     }
     out.push(b'}');
+}
+
+/// A string known to need no escaping (a literal of the mapper), quoted.
+#[inline]
+fn write_clean(out: &mut Vec<u8>, s: &str) {
+    debug_assert!(!s.bytes().any(|b| ESCAPE[usize::from(b)] != 0), "{s:?} needs escaping");
+    out.reserve(s.len() + 2);
+    out.push(b'"');
+    out.extend_from_slice(s.as_bytes());
+    out.push(b'"');
 }
 
 /// A JSON string as serde_json writes it: `"` and `\` escaped, control characters as

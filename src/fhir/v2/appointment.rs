@@ -13,7 +13,7 @@ pub(super) fn map(cx: &Ctx<'_, '_>, patient: &Resource) -> Result<Resource, Mapp
         .segment("SCH")
         .ok_or_else(|| cx.error("no SCH segment: nothing describes the appointment"))?;
     let offset = cx.opts.default_zone;
-    let mut a = Obj::new();
+    let mut a = Obj::resource(14);
 
     // Identifiers: SCH-1 placer, SCH-2 filler (r3–4). The filler's id names the appointment
     // (the filler owns it); without an assigning authority it is scoped to the sender.

@@ -53,7 +53,7 @@ fn one(
 ) -> Result<(Resource, Json), MappingError> {
     let at = |n: usize| cx.at(super::FieldAt("DG1", n));
     let zone = cx.opts.default_zone;
-    let mut c = Obj::new();
+    let mut c = Obj::resource(12);
     let code = cx.cwe(dg1, 3)?;
     // DG1-20 (r23), the sender's id for the diagnosis, goes in as sent. The key a writer
     // matches on is scoped to the visit (else the patient), by that id or else the code:

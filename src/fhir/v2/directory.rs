@@ -117,7 +117,7 @@ impl Ctx<'_, '_> {
             return Some(named(reference, display));
         }
         let id = stable_id(&["Practitioner", &system, &value]);
-        let body = Obj::new()
+        let body = Obj::resource(3)
             .set(
                 "identifier",
                 Json::Array(vec![
@@ -163,7 +163,8 @@ impl Ctx<'_, '_> {
                 levels.push((level, physical, name));
             }
         }
-        let mut path = String::new();
+        // `facility:…/building:…/…/bed:…`: sized for the usual path, grown only for a long one.
+        let mut path = String::with_capacity(128);
         let mut parent: Option<Json> = None;
         let mut last: Option<Resource> = None;
         let count = levels.len();
@@ -192,7 +193,7 @@ impl Ctx<'_, '_> {
                 continue;
             }
             let id = stable_id(&["Location", &system, &path]);
-            let body = Obj::new()
+            let body = Obj::resource(6)
                 .set(
                     "identifier",
                     json!([{"system": system.as_str(), "value": path.as_str()}]),
@@ -277,7 +278,7 @@ impl Ctx<'_, '_> {
             Some(reference) => reference,
             None => {
                 let id = stable_id(&["Organization", &system, &value]);
-                let body = Obj::new()
+                let body = Obj::resource(2)
                     .set("identifier", Json::Array(vec![identifier]))
                     .set("name", name.clone().map(Json::from));
                 let r = Resource::new("Organization", id, Some((system, value)), body);

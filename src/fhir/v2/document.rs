@@ -20,7 +20,7 @@ pub(super) fn map(
         .ok_or_else(|| cx.error("no TXA segment: nothing describes the document"))?;
     let at = |n: usize| cx.at(super::FieldAt("TXA", n));
     let zone = cx.opts.default_zone;
-    let mut d = Obj::new();
+    let mut d = Obj::resource(14);
     // TXA-12 unique document number (r12) names the document; TXA-16 filler number (r16).
     let (ids, key) = cx.business_ids(&txa, &[(12, "document", None)])?;
     let key = key.ok_or_else(|| cx.error("TXA-12: the document has no unique number"))?;

@@ -28,7 +28,7 @@ pub(super) fn map(cx: &Ctx<'_, '_>, patient: &Resource) -> Result<Option<Resourc
     }
     let systems = &cx.systems;
     let offset = cx.opts.default_zone;
-    let mut e = Obj::new();
+    let mut e = Obj::resource(16);
 
     // Identifier: PV1-19 visit number (r41–44), typed VN; without an assigning authority it is
     // scoped to the sending facility, so that visit numbers of two senders never collide.

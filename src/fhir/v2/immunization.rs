@@ -79,7 +79,7 @@ pub(super) fn map(cx: &Ctx<'_, '_>, patient: &Resource) -> Result<Vec<Resource>,
 }
 
 fn start(cx: &Ctx<'_, '_>, orc: &Segment<'_>, subject: &Json) -> Result<Order, MappingError> {
-    let mut body = Obj::new();
+    let mut body = Obj::resource(16);
     // ORC-3 filler and ORC-2 placer numbers (r3, r2); the filler's names the immunization.
     let (ids, key) = cx.business_ids(
         orc,

@@ -128,7 +128,7 @@ fn request(
     c: &Context,
 ) -> Result<Resource, MappingError> {
     let zone = cx.opts.default_zone;
-    let mut r = Obj::new();
+    let mut r = Obj::resource(14);
     r.put("identifier", Json::Array(ids));
     // Status: ORC-5 order status, else ORC-1 order control (as for ServiceRequest); R4's
     // MedicationRequest says "cancelled" where request-status says "revoked".
@@ -298,7 +298,7 @@ fn administration(
         .map_err(at(2))?
         .unwrap_or_else(|| (i + 1).to_string());
     let key = (key.0.clone(), format!("{}-{counter}", key.1));
-    let mut a = Obj::new();
+    let mut a = Obj::resource(12);
     a.push(
         "identifier",
         json!({"system": key.0.as_str(), "value": key.1.as_str()}),

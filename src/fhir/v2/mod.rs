@@ -153,11 +153,19 @@ impl Resource {
         identifier: Option<(String, String)>,
         fields: datatypes::Obj,
     ) -> Self {
-        // Into a new vector sized once: inserting both in front moved every field twice.
-        let mut body = Fields::with_capacity(fields.0.len() + 2);
-        body.append("resourceType", Json::from(kind));
-        body.append("id", Json::from(id.as_str()));
-        body.extend_unique(fields.0);
+        let mut body = fields.0;
+        if body.spare() >= 2 {
+            // Built with room (`Obj::resource`): the fields move up once, in place.
+            body.append("resourceType", Json::from(kind));
+            body.append("id", Json::from(id.as_str()));
+            body.rotate_right(2);
+        } else {
+            let n = body.len() + 2;
+            let fields = std::mem::replace(&mut body, Fields::with_capacity(n));
+            body.append("resourceType", Json::from(kind));
+            body.append("id", Json::from(id.as_str()));
+            body.extend_unique(fields);
+        }
         Resource {
             resource_type: kind,
             id,
@@ -389,7 +397,8 @@ pub fn convert(msg: &Message<'_>, opts: &Options) -> Result<Vec<Resource>, Mappi
             // Once per message: every local system names it.
             sender: datatypes::urn_safe(&sender),
         },
-        shared: Default::default(),
+        // An ADT names tens of places and people: no regrowth of 144-byte resources.
+        shared: std::cell::RefCell::new(Vec::with_capacity(32)),
     };
     let mut out = map_message(&cx, &code, &event)?;
     // Directory resources right after the patient: a writer that sends rows in order

@@ -153,7 +153,7 @@ fn note_extension(note: Json) -> Json {
 fn start(cx: &Ctx<'_, '_>, obr: &Segment<'_>, subject: &Json) -> Result<Report, MappingError> {
     let at = |n: usize| cx.at(super::FieldAt("OBR", n));
     let zone = cx.opts.default_zone;
-    let mut r = Obj::new();
+    let mut r = Obj::resource(14);
     // OBR-3 filler and OBR-2 placer order numbers (r3, r2): the filler's names the report.
     let (ids, key) = cx.business_ids(
         obr,
@@ -244,7 +244,7 @@ pub(super) fn observation(
 ) -> Result<Resource, MappingError> {
     let at = |n: usize| cx.at(super::FieldAt("OBX", n));
     let zone = cx.opts.default_zone;
-    let mut o = Obj::new();
+    let mut o = Obj::resource(16);
     // The set id (OBX-1) and sub id (OBX-4) within the order; without a set id, the place.
     let set = text(&obx.field(1))
         .map_err(at(1))?

@@ -14,7 +14,7 @@ pub(super) fn map(cx: &Ctx<'_, '_>) -> Result<Resource, MappingError> {
         .segment("PID")
         .ok_or_else(|| cx.error("no PID segment: nothing identifies the patient"))?;
     let offset = cx.opts.default_zone;
-    let mut p = Obj::new();
+    let mut p = Obj::resource(22);
 
     let key = identifiers(cx, &pid, &mut p)?;
     let id = stable_id(&["Patient", &key.0, &key.1]);

@@ -109,7 +109,7 @@ fn finish(
     out: &mut Vec<Resource>,
 ) -> Result<(), MappingError> {
     let zone = cx.opts.default_zone;
-    let mut r = Obj::new();
+    let mut r = Obj::resource(16);
     // Identifiers: OBR-2/3 when sent, else ORC-2/3 (ORC r2–3, OBR r2–3); placer first.
     let mut key = None;
     for (n, kind, code) in [(2, "order-placer", "PLAC"), (3, "order-filler", "FILL")] {

@@ -17,7 +17,7 @@ pub(super) fn map(
 ) -> Result<Resource, MappingError> {
     let at = |n: usize| cx.at(super::FieldAt("SPM", n));
     let zone = cx.opts.default_zone;
-    let mut s = Obj::new();
+    let mut s = Obj::resource(12);
     // SPM-2 specimen id (r2, an EIP): the filler's part names the specimen, else the placer's.
     let id = spm.field(2).repetition(1);
     let mut key = None;
