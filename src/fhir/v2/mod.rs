@@ -401,19 +401,28 @@ pub fn convert(msg: &Message<'_>, opts: &Options) -> Result<Vec<Resource>, Mappi
         shared: std::cell::RefCell::new(Vec::with_capacity(32)),
     };
     let mut out = map_message(&cx, &code, &event)?;
+    // A resource two parts of a message name (one specimen for two orders) is sent once.
+    // Directory resources need no such check: `known` shares each once, and their types
+    // are never the mappers' own.
+    if out.len() > 1 {
+        let mut seen = std::collections::HashSet::with_capacity(out.len());
+        let keep: Vec<bool> = out
+            .iter()
+            .map(|r| seen.insert((r.resource_type, r.id.as_str())))
+            .collect();
+        let mut keep = keep.into_iter();
+        out.retain(|_| keep.next().unwrap_or(true));
+    }
     // Directory resources right after the patient: a writer that sends rows in order
     // creates them before the resources that reference them.
     let shared = cx.shared.take();
+    debug_assert!(
+        shared
+            .iter()
+            .all(|s| out.iter().all(|r| r.resource_type != s.resource_type))
+    );
     let at = out.len().min(1);
     out.splice(at..at, shared);
-    // A resource two parts of a message name (one specimen for two orders) is sent once.
-    let mut seen = std::collections::HashSet::with_capacity(out.len());
-    let keep: Vec<bool> = out
-        .iter()
-        .map(|r| seen.insert((r.resource_type, r.id.as_str())))
-        .collect();
-    let mut keep = keep.into_iter();
-    out.retain(|_| keep.next().unwrap_or(true));
     Ok(out)
 }
 
