@@ -385,7 +385,9 @@ impl From<Str> for Json {
     }
 }
 
-/// What a literal in `json!` becomes: a string literal is kept by reference (no copy).
+/// What a literal in `json!` becomes: a string literal is kept by reference (no copy), and
+/// written as is, so it must need no JSON escaping (checked in debug builds by `write_clean`;
+/// the mappers' literals are codes and URIs), as must a field name.
 pub trait Lit {
     fn lit(self) -> Json;
 }
